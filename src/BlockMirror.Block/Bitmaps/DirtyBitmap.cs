@@ -1,0 +1,242 @@
+using System.Numerics;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Bitmaps;
+
+/// <summary>
+/// Dirty tracking for one user of one node: a byte-addressed view of an <see cref="HBitmap"/>, one bit per
+/// <see cref="Granularity"/> bytes, safe against concurrent writers.
+/// </summary>
+/// <remarks>
+/// Setting marks every chunk the range touches (a partial chunk is dirty). Resetting clears only the
+/// chunks the range covers completely (plus a partial last chunk at the device end), so a reset never
+/// forgets bytes it was not asked to forget. Every operation takes one short lock; none blocks on I/O.
+/// </remarks>
+public sealed class DirtyBitmap
+{
+    public const long MinGranularity = 512;
+    public const long MaxGranularity = 64L << 20;
+
+    readonly Lock _lock = new();
+    readonly HBitmap _bits;
+    readonly int _shift;
+    long _length;
+    volatile bool _enabled = true;
+
+    /// <summary>Creates a bitmap not attached to a node (for tests and for the mirror's own in-flight map).</summary>
+    public DirtyBitmap(long granularity, long length)
+        : this(null, null, granularity, length)
+    {
+    }
+
+    internal DirtyBitmap(BlockNode? node, string? name, long granularity, long length)
+    {
+        if (ValidateGranularity(granularity) is { } problem)
+        {
+            throw new ArgumentOutOfRangeException(nameof(granularity), granularity, problem);
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        Node = node;
+        Name = name;
+        Granularity = granularity;
+        _shift = BitOperations.Log2((ulong)granularity);
+        _length = length;
+        _bits = new HBitmap(ChunkCount(length));
+    }
+
+    /// <summary>Null when the granularity is valid, else the reason.</summary>
+    public static string? ValidateGranularity(long granularity) =>
+        granularity < MinGranularity || granularity > MaxGranularity
+            ? $"granularity must be between {MinGranularity} and {MaxGranularity} bytes, got {granularity}"
+            : !BitOperations.IsPow2(granularity)
+                ? $"granularity must be a power of 2, got {granularity}"
+                : null;
+
+    public BlockNode? Node { get; }
+
+    public string? Name { get; }
+
+    /// <summary>Bytes per bit.</summary>
+    public long Granularity { get; }
+
+    /// <summary>Length of the tracked device in bytes.</summary>
+    public long Length
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _length;
+            }
+        }
+    }
+
+    /// <summary>A disabled bitmap is not marked by writes (QEMU's block-dirty-bitmap-disable).</summary>
+    public bool Enabled
+    {
+        get => _enabled;
+        set => _enabled = value;
+    }
+
+    /// <summary>Dirty bytes, exact: a dirty last chunk counts only up to the device end. O(1).</summary>
+    public long DirtyBytes
+    {
+        get
+        {
+            lock (_lock)
+            {
+                var bytes = _bits.Count << _shift;
+                var overhang = (_bits.Size << _shift) - _length;
+                if (overhang > 0 && _bits.Get(_bits.Size - 1))
+                {
+                    bytes -= overhang;
+                }
+
+                return bytes;
+            }
+        }
+    }
+
+    long ChunkCount(long length) => (length + Granularity - 1) >> _shift;
+
+    /// <summary>Marks every chunk that [offset, offset + length) touches.</summary>
+    public void SetDirty(long offset, long length)
+    {
+        if (length <= 0)
+        {
+            return;
+        }
+
+        var first = offset >> _shift;
+        var last = (offset + length - 1) >> _shift;
+        lock (_lock)
+        {
+            _bits.Set(first, last - first + 1);
+        }
+    }
+
+    /// <summary>Clears the chunks that [offset, offset + length) covers completely (the device end counts as a chunk end).</summary>
+    public void ResetDirty(long offset, long length)
+    {
+        if (length <= 0)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            var first = (offset + Granularity - 1) >> _shift;
+            var end = offset + length;
+            var endChunk = end >= _length ? _bits.Size : end >> _shift;
+            if (endChunk > first)
+            {
+                _bits.Reset(first, endChunk - first);
+            }
+        }
+    }
+
+    public void SetAll()
+    {
+        lock (_lock)
+        {
+            _bits.SetAll();
+        }
+    }
+
+    public void Clear()
+    {
+        lock (_lock)
+        {
+            _bits.ResetAll();
+        }
+    }
+
+    /// <summary>True when the chunk holding <paramref name="offset"/> is dirty.</summary>
+    public bool IsDirty(long offset)
+    {
+        lock (_lock)
+        {
+            return _bits.Get(offset >> _shift);
+        }
+    }
+
+    /// <summary>The first dirty byte at or after <paramref name="from"/>, or -1.</summary>
+    public long NextDirty(long from)
+    {
+        lock (_lock)
+        {
+            var bit = _bits.NextSet(Math.Max(0, from) >> _shift);
+            return bit < 0 ? -1 : Math.Max(from, bit << _shift);
+        }
+    }
+
+    /// <summary>The first clean byte at or after <paramref name="from"/>, or <see cref="Length"/> when none.</summary>
+    public long NextClean(long from)
+    {
+        lock (_lock)
+        {
+            if (from >= _length)
+            {
+                return _length;
+            }
+
+            var bit = _bits.NextClear(Math.Max(0, from) >> _shift);
+            return Math.Min(_length, Math.Max(from, bit << _shift));
+        }
+    }
+
+    /// <summary>
+    /// The first dirty area at or after <paramref name="from"/>: it starts at a chunk boundary (or at
+    /// <paramref name="from"/>), covers consecutive dirty chunks, is at most <paramref name="maxLength"/>
+    /// bytes (at least one chunk), and stops at the device end.
+    /// </summary>
+    public bool TryGetNextDirtyArea(long from, long maxLength, out ByteRange area)
+    {
+        lock (_lock)
+        {
+            var first = _bits.NextSet(Math.Max(0, from) >> _shift);
+            if (first < 0)
+            {
+                area = default;
+                return false;
+            }
+
+            var start = Math.Max(from, first << _shift);
+            var maxChunks = Math.Max(1, maxLength >> _shift);
+            var endBit = _bits.NextClear(first, first + maxChunks);
+            var end = Math.Min(_length, endBit << _shift);
+            var limit = Math.Max(maxLength, Granularity);
+            if (end - start > limit)
+            {
+                end = start + limit;
+            }
+
+            area = new ByteRange(start, end - start);
+            return true;
+        }
+    }
+
+    /// <summary>Every dirty area from the start, each at most <paramref name="maxLength"/> bytes.</summary>
+    /// <remarks>Reads a moving target when writers run: an area is as dirty as it was when reached.</remarks>
+    public IEnumerable<ByteRange> EnumerateDirtyAreas(long maxLength = long.MaxValue)
+    {
+        long position = 0;
+        while (TryGetNextDirtyArea(position, maxLength, out var area))
+        {
+            yield return area;
+            position = area.End;
+        }
+    }
+
+    /// <summary>Follows the device to a new length; chunks past a shrunk end are dropped.</summary>
+    public void Resize(long length)
+    {
+        lock (_lock)
+        {
+            _length = length;
+            _bits.Resize(ChunkCount(length));
+        }
+    }
+}

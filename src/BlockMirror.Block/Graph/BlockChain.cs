@@ -1,0 +1,88 @@
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Graph;
+
+/// <summary>
+/// Queries over a backing chain: from a top node down through filters and backing nodes to a base
+/// (exclusive) or the bottom. These decide what a mirror copies.
+/// </summary>
+public static class BlockChain
+{
+    /// <summary>The nodes from <paramref name="top"/> down to, not including, <paramref name="base"/>.</summary>
+    public static IEnumerable<BlockNode> Layers(BlockNode top, BlockNode? @base = null)
+    {
+        for (var node = top; node is not null && !ReferenceEquals(node, @base); node = node.ChainChild)
+        {
+            yield return node;
+        }
+    }
+
+    /// <summary>True when <paramref name="candidate"/> is <paramref name="top"/> or lies below it in its chain.</summary>
+    public static bool Contains(BlockNode top, BlockNode candidate) =>
+        Layers(top).Any(n => ReferenceEquals(n, candidate));
+
+    /// <summary>
+    /// Whether any layer from <paramref name="top"/> down to, not including, <paramref name="base"/> decides
+    /// the content at <paramref name="offset"/>, and for how many bytes that answer holds (at most
+    /// <paramref name="length"/>). QEMU's bdrv_is_allocated_above.
+    /// </summary>
+    public static async ValueTask<(bool Allocated, long Length)> IsAllocatedAboveAsync(BlockNode top, BlockNode? @base, long offset, long length, CancellationToken cancellationToken = default)
+    {
+        var run = length;
+        foreach (var layer in Layers(top, @base))
+        {
+            if (offset >= layer.Length)
+            {
+                // A layer shorter than the top reads zeroes here, decided by the layer above: nothing
+                // below can be allocated at this offset.
+                break;
+            }
+
+            var status = await layer.GetBlockStatusAsync(offset, run, cancellationToken).ConfigureAwait(false);
+            if (status.IsAllocated)
+            {
+                return (true, status.Length);
+            }
+
+            run = Math.Min(run, status.Length);
+        }
+
+        return (false, run);
+    }
+
+    /// <summary>
+    /// What a read of the chain returns from <paramref name="offset"/>: the first layer above
+    /// <paramref name="base"/> that decides the content answers Data and/or Zero (with Allocated). When no
+    /// layer does, the answer is unallocated (it falls to <paramref name="base"/>), and also Zero when
+    /// there is no base. QEMU's bdrv_block_status_above.
+    /// </summary>
+    public static async ValueTask<BlockStatus> GetBlockStatusAboveAsync(BlockNode top, BlockNode? @base, long offset, long length, CancellationToken cancellationToken = default)
+    {
+        var run = length;
+        var zeroBelow = @base is null;
+        foreach (var layer in Layers(top, @base))
+        {
+            if (offset >= layer.Length)
+            {
+                // Past the end of a shorter layer the chain reads zeroes.
+                return new BlockStatus(BlockStatusFlags.Zero | BlockStatusFlags.Allocated, run);
+            }
+
+            var status = await layer.GetBlockStatusAsync(offset, run, cancellationToken).ConfigureAwait(false);
+            if (status.IsAllocated)
+            {
+                return status;
+            }
+
+            if (status.IsZero && layer.ChainChild is null)
+            {
+                // The bottom of the chain has no backing: it reads zeroes without deciding them itself.
+                return new BlockStatus(BlockStatusFlags.Zero, status.Length);
+            }
+
+            run = Math.Min(run, status.Length);
+        }
+
+        return new BlockStatus(zeroBelow ? BlockStatusFlags.Zero : BlockStatusFlags.None, run);
+    }
+}

@@ -1,0 +1,671 @@
+using BlockMirror.Block.Bitmaps;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Graph;
+
+/// <summary>
+/// A node of the block graph: one driver, named children, parents' edges, a count of requests in
+/// flight, a quiesce count for drained sections, and the dirty bitmaps that writes mark.
+/// </summary>
+/// <remarks>
+/// <para>Every request passes through here on its way to the driver: the node validates it (range,
+/// alignment, read-only) with an error naming the node, the operation and the range; counts it in
+/// flight; and, when a write, write-zeroes or discard completes, marks every enabled dirty bitmap.
+/// Marking happens before the request stops counting as in flight, so a drainer that sees the node
+/// idle also sees every bit those requests set.</para>
+/// <para>The public request methods here do not wait for drained sections: they are for the node's
+/// own parents and for tools that own the graph. Users of the graph send through a root
+/// <see cref="NodeEdge"/>, which does.</para>
+/// </remarks>
+public sealed class BlockNode : IEdgeParent
+{
+    IBlockDriver? _driver;
+    bool _closed;
+
+    // Copy-on-write snapshots so the request path reads them without a lock; the graph replaces
+    // them under its lock.
+    NodeEdge[] _children = [];
+    NodeEdge[] _parents = [];
+    DirtyBitmap[] _bitmaps = [];
+
+    // Reasons this node is quiesced: its own drained sections plus one per quiesced child. Changed
+    // only under the graph lock (QEMU's quiesce_counter).
+    int _quiesceCount;
+
+    internal BlockNode(BlockGraph graph, string name, bool autoNamed, bool readOnly)
+    {
+        Graph = graph;
+        Name = name;
+        IsAutoNamed = autoNamed;
+        ReadOnly = readOnly;
+    }
+
+    public BlockGraph Graph { get; }
+
+    /// <summary>The node name (QEMU's node-name); generated names start with '#'.</summary>
+    public string Name { get; }
+
+    /// <summary>The name was generated: the node was created implicitly for a parent and goes away with it.</summary>
+    public bool IsAutoNamed { get; }
+
+    /// <summary>Data-changing requests are refused with EPERM.</summary>
+    public bool ReadOnly { get; }
+
+    public IBlockDriver Driver => _driver ?? throw new InvalidOperationException($"node '{Name}' has no driver yet");
+
+    public string ParentDescription => $"node '{Name}'";
+
+    public long Length => Driver.Length;
+
+    public BlockLimits Limits => Driver.Limits;
+
+    public DriverCapabilities Capabilities => Driver.Capabilities;
+
+    public InFlightTracker InFlight { get; } = new();
+
+    /// <summary>True while some drained section covers this node.</summary>
+    public bool IsQuiesced => Volatile.Read(ref _quiesceCount) > 0;
+
+    public IReadOnlyList<NodeEdge> Children => Volatile.Read(ref _children);
+
+    public IReadOnlyList<NodeEdge> Parents => Volatile.Read(ref _parents);
+
+    public IReadOnlyList<DirtyBitmap> DirtyBitmaps => Volatile.Read(ref _bitmaps);
+
+    /// <summary>The child edge with this role, or null.</summary>
+    public NodeEdge? GetChild(string name)
+    {
+        foreach (var edge in Volatile.Read(ref _children))
+        {
+            if (edge.Name == name)
+            {
+                return edge;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The <c>file</c> child of a format node.</summary>
+    public NodeEdge? File => GetChild(ChildNames.File);
+
+    /// <summary>The backing node, or null when there is none (or the format has no backing).</summary>
+    public BlockNode? Backing => GetChild(ChildNames.Backing)?.Node;
+
+    /// <summary>For a filter: the child every request passes to.</summary>
+    public NodeEdge? FilteredChild =>
+        Driver.Kind == DriverKind.Filter && Driver.FilteredChildName is { } name ? GetChild(name) : null;
+
+    /// <summary>
+    /// The next node down a backing chain: a filter's child, or a format's backing node. What this node
+    /// does not answer itself is read from there.
+    /// </summary>
+    public BlockNode? ChainChild => FilteredChild?.Node ?? (Driver.Capabilities.SupportsBacking ? Backing : null);
+
+    /// <summary>Attaches a child under a role; the parent's driver sends to it through the returned edge.</summary>
+    public NodeEdge AttachChild(string name, BlockNode child) => Graph.AttachChild(this, name, child);
+
+    /// <summary>Detaches a child edge of this node.</summary>
+    public void DetachChild(NodeEdge edge) => Graph.DetachChild(this, edge);
+
+    public override string ToString() => $"'{Name}' ({_driver?.DriverName ?? "opening"})";
+
+    internal void SetDriver(IBlockDriver driver) => _driver = driver;
+
+    internal IBlockDriver? DriverOrNull => _driver;
+
+    internal bool Closed
+    {
+        get => _closed;
+        set => _closed = value;
+    }
+
+    internal void SetChildren(NodeEdge[] children) => Volatile.Write(ref _children, children);
+
+    internal void SetParents(NodeEdge[] parents) => Volatile.Write(ref _parents, parents);
+
+    // ----- Quiesce propagation (called under the graph lock) -----
+
+    /// <summary>One more reason to be quiesced; the first one quiesces every parent, up to the roots.</summary>
+    internal void QuiesceBeginLocked()
+    {
+        if (_quiesceCount++ > 0)
+        {
+            return;
+        }
+
+        foreach (var edge in _parents)
+        {
+            QuiesceParentLocked(edge);
+        }
+    }
+
+    /// <summary>One reason fewer; the last one lets every parent go.</summary>
+    internal void QuiesceEndLocked()
+    {
+        System.Diagnostics.Debug.Assert(_quiesceCount > 0, "unbalanced quiesce");
+        if (--_quiesceCount > 0)
+        {
+            return;
+        }
+
+        foreach (var edge in _parents)
+        {
+            UnquiesceParentLocked(edge);
+        }
+    }
+
+    internal static void QuiesceParentLocked(NodeEdge edge)
+    {
+        if (edge.ParentNode is { } parent)
+        {
+            parent.QuiesceBeginLocked();
+        }
+        else
+        {
+            edge.QuiesceBegin();
+        }
+    }
+
+    internal static void UnquiesceParentLocked(NodeEdge edge)
+    {
+        if (edge.ParentNode is { } parent)
+        {
+            parent.QuiesceEndLocked();
+        }
+        else
+        {
+            edge.QuiesceEnd();
+        }
+    }
+
+    // ----- Dirty bitmaps -----
+
+    /// <summary>Creates an enabled dirty bitmap that every later write, write-zeroes and discard on this node marks.</summary>
+    /// <param name="granularity">Bytes per bit: a power of two from 512 B to 64 MiB.</param>
+    /// <param name="name">Optional; names are unique per node.</param>
+    public DirtyBitmap CreateDirtyBitmap(long granularity, string? name = null)
+    {
+        lock (Graph.SyncRoot)
+        {
+            if (name is not null && Array.Exists(_bitmaps, b => b.Name == name))
+            {
+                throw new BlockGraphException(GraphErrorKind.Invalid, $"Bitmap already exists: {name}");
+            }
+
+            var bitmap = new DirtyBitmap(this, name, granularity, Length);
+            Volatile.Write(ref _bitmaps, [.. _bitmaps, bitmap]);
+            return bitmap;
+        }
+    }
+
+    /// <summary>Removes a bitmap; writes stop marking it.</summary>
+    public void ReleaseDirtyBitmap(DirtyBitmap bitmap)
+    {
+        lock (Graph.SyncRoot)
+        {
+            Volatile.Write(ref _bitmaps, Array.FindAll(_bitmaps, b => !ReferenceEquals(b, bitmap)));
+        }
+    }
+
+    void MarkDirty(long offset, long length)
+    {
+        foreach (var bitmap in Volatile.Read(ref _bitmaps))
+        {
+            if (bitmap.Enabled)
+            {
+                bitmap.SetDirty(offset, length);
+            }
+        }
+    }
+
+    // ----- Validation -----
+
+    BlockIOException Refuse(BlockErrno errno, BlockOperation operation, long offset, long length, string detail) =>
+        BlockIOException.Create(errno, Name, operation, offset, length, detail);
+
+    void ValidateRange(BlockOperation operation, long offset, long length)
+    {
+        if (offset < 0 || length < 0)
+        {
+            throw Refuse(BlockErrno.EINVAL, operation, offset, length, "negative offset or length");
+        }
+
+        var size = Driver.Length;
+        if (offset > size || length > size - offset)
+        {
+            throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
+        }
+
+        var alignment = Driver.Limits.RequestAlignment;
+        if (alignment > 1)
+        {
+            // The last partial block of a device whose length is not a multiple of the alignment
+            // may be reached with an unaligned length; the driver pads it.
+            var endAligned = (offset + length) % alignment == 0 || offset + length == size;
+            if (offset % alignment != 0 || !endAligned)
+            {
+                throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request is not aligned to the node's request alignment of {alignment} bytes");
+            }
+        }
+    }
+
+    void ValidateWrite(BlockOperation operation, long offset, long length)
+    {
+        if (ReadOnly)
+        {
+            throw Refuse(BlockErrno.EPERM, operation, offset, length, "node is read-only");
+        }
+
+        ValidateRange(operation, offset, length);
+    }
+
+    static bool IsForeign(Exception ex) => ex is not BlockIOException and not OperationCanceledException;
+
+    /// <summary>A driver failure that is not yet a block error (a bug, an unexpected IOException) becomes EIO with context.</summary>
+    BlockIOException Wrap(Exception ex, BlockOperation operation, long offset, long length) =>
+        BlockIOException.Create(ex is IOException io && io.HResult is > 0 and < 4096 ? BlockErrnoText.FromErrno(io.HResult) : BlockErrno.EIO,
+            Name, operation, offset, length, ex.Message, ex);
+
+    RequestFlags DriverWriteFlags(RequestFlags flags) =>
+        Driver.Capabilities.CanFua ? flags : flags & ~RequestFlags.Fua;
+
+    bool NeedsFlushAfter(RequestFlags flags) => (flags & RequestFlags.Fua) != 0 && !Driver.Capabilities.CanFua;
+
+    // ----- Requests (public: not gated by drained sections; see remarks) -----
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return ReadEnteredAsync(offset, buffer, cancellationToken);
+    }
+
+    public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return ReadVectorEnteredAsync(offset, buffers, cancellationToken);
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags = RequestFlags.None, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return WriteEnteredAsync(offset, buffer, flags, cancellationToken);
+    }
+
+    public ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags = RequestFlags.None, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return WriteVectorEnteredAsync(offset, buffers, flags, cancellationToken);
+    }
+
+    public ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags = RequestFlags.None, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return WriteZeroesEnteredAsync(offset, length, flags, cancellationToken);
+    }
+
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return DiscardEnteredAsync(offset, length, cancellationToken);
+    }
+
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return FlushEnteredAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Block status of this layer from <paramref name="offset"/>, for at most <paramref name="length"/> bytes
+    /// (clamped to the device end). Adds <see cref="BlockStatusFlags.Allocated"/> where this layer decides
+    /// the content; where a format defers to a backing file that is absent, or shorter than this node, the
+    /// range reads as zeroes and is reported Zero but not Allocated.
+    /// </summary>
+    public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return GetBlockStatusEnteredAsync(offset, length, cancellationToken);
+    }
+
+    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken = default)
+    {
+        InFlight.Enter();
+        return TruncateEnteredAsync(length, cancellationToken);
+    }
+
+    // ----- Request bodies: the caller has already counted the request in flight; these exit it. -----
+
+    internal async ValueTask ReadEnteredAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        try
+        {
+            ValidateRange(BlockOperation.Read, offset, buffer.Length);
+            if (buffer.Length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Read, offset, buffer.Length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask ReadVectorEnteredAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var length = IoVectors.TotalLength(buffers);
+            ValidateRange(BlockOperation.Read, offset, length);
+            if (length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.ReadVectorAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Read, offset, length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask WriteEnteredAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        try
+        {
+            ValidateWrite(BlockOperation.Write, offset, buffer.Length);
+            if (buffer.Length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.WriteAsync(offset, buffer, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                if (NeedsFlushAfter(flags))
+                {
+                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Write, offset, buffer.Length);
+            }
+            finally
+            {
+                // Also on failure: a failed write may have changed part of the range.
+                MarkDirty(offset, buffer.Length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask WriteVectorEnteredAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var length = IoVectors.TotalLength(buffers);
+            ValidateWrite(BlockOperation.Write, offset, length);
+            if (length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.WriteVectorAsync(offset, buffers, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                if (NeedsFlushAfter(flags))
+                {
+                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Write, offset, length);
+            }
+            finally
+            {
+                MarkDirty(offset, length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask WriteZeroesEnteredAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        try
+        {
+            ValidateWrite(BlockOperation.WriteZeroes, offset, length);
+            if (length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.WriteZeroesAsync(offset, length, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                if (NeedsFlushAfter(flags))
+                {
+                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.WriteZeroes, offset, length);
+            }
+            finally
+            {
+                MarkDirty(offset, length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask DiscardEnteredAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        try
+        {
+            ValidateWrite(BlockOperation.Discard, offset, length);
+            if (length == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await Driver.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Discard, offset, length);
+            }
+            finally
+            {
+                MarkDirty(offset, length);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask FlushEnteredAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (ReadOnly)
+            {
+                // Nothing can have been written through a read-only node: nothing to make durable.
+                return;
+            }
+
+            try
+            {
+                await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Flush, 0, 0);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    internal async ValueTask<BlockStatus> GetBlockStatusEnteredAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var size = Driver.Length;
+            if (offset < 0 || length < 0 || offset > size)
+            {
+                throw Refuse(BlockErrno.EINVAL, BlockOperation.BlockStatus, offset, length,
+                    offset > size ? $"offset is past the end of the device ({size} bytes)" : "negative offset or length");
+            }
+
+            length = Math.Min(length, size - offset);
+            if (length == 0)
+            {
+                return new BlockStatus(BlockStatusFlags.None, 0);
+            }
+
+            BlockStatus status;
+            try
+            {
+                status = await Driver.GetBlockStatusAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.BlockStatus, offset, length);
+            }
+
+            System.Diagnostics.Debug.Assert(status.Length > 0 && status.Length <= length, $"driver {Driver.DriverName} answered block status for {status.Length} of {length} bytes");
+            var run = Math.Clamp(status.Length, 1, length);
+            return CompleteStatus(status with { Length = run }, offset);
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+
+    /// <summary>Adds what the node knows and the driver does not: allocation, and the backing file's shape.</summary>
+    BlockStatus CompleteStatus(BlockStatus status, long offset)
+    {
+        if (Driver.Kind == DriverKind.Filter)
+        {
+            // A filter's answer is its child's, already completed by the child node.
+            return status;
+        }
+
+        if ((status.Flags & (BlockStatusFlags.Data | BlockStatusFlags.Zero)) != 0)
+        {
+            return status with { Flags = status.Flags | BlockStatusFlags.Allocated };
+        }
+
+        if (!Driver.Capabilities.SupportsBacking)
+        {
+            // A protocol or format without backing that reports nothing still decides the content.
+            return status with { Flags = status.Flags | BlockStatusFlags.Allocated };
+        }
+
+        var backing = Backing;
+        if (backing is null)
+        {
+            return status with { Flags = status.Flags | BlockStatusFlags.Zero };
+        }
+
+        var backingLength = backing.Length;
+        if (offset >= backingLength)
+        {
+            // Past the end of a shorter backing file the overlay reads zeroes.
+            return status with { Flags = status.Flags | BlockStatusFlags.Zero };
+        }
+
+        // The answer must not run across the backing file's end, where the meaning changes.
+        return status with { Length = Math.Min(status.Length, backingLength - offset) };
+    }
+
+    internal async ValueTask TruncateEnteredAsync(long length, CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (length < 0)
+            {
+                throw Refuse(BlockErrno.EINVAL, BlockOperation.Truncate, 0, length, "negative length");
+            }
+
+            if (ReadOnly)
+            {
+                throw Refuse(BlockErrno.EPERM, BlockOperation.Truncate, 0, length, "node is read-only");
+            }
+
+            if (!Driver.Capabilities.CanTruncate)
+            {
+                throw Refuse(BlockErrno.ENOTSUP, BlockOperation.Truncate, 0, length, $"driver '{Driver.DriverName}' cannot change the length");
+            }
+
+            var alignment = Driver.Limits.RequestAlignment;
+            if (alignment > 1 && length % alignment != 0)
+            {
+                throw Refuse(BlockErrno.EINVAL, BlockOperation.Truncate, 0, length, $"length is not a multiple of the node's request alignment of {alignment} bytes");
+            }
+
+            var oldLength = Driver.Length;
+            try
+            {
+                await Driver.TruncateAsync(length, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsForeign(ex))
+            {
+                throw Wrap(ex, BlockOperation.Truncate, 0, length);
+            }
+
+            foreach (var bitmap in Volatile.Read(ref _bitmaps))
+            {
+                bitmap.Resize(length);
+            }
+
+            if (length > oldLength)
+            {
+                // New bytes are new content as far as any bitmap user is concerned.
+                MarkDirty(oldLength, length - oldLength);
+            }
+        }
+        finally
+        {
+            InFlight.Exit();
+        }
+    }
+}
