@@ -1,0 +1,52 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+
+namespace BlockMirror.Block.Buffers;
+
+/// <summary>
+/// Native memory aligned to a boundary (O_DIRECT needs buffer addresses aligned to the block size).
+/// The memory is not moved by the GC, so pinning it is free.
+/// </summary>
+public sealed unsafe class AlignedMemory : MemoryManager<byte>
+{
+    readonly int _length;
+    byte* _pointer;
+
+    public AlignedMemory(int length, int alignment)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
+        _length = length;
+        _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)length, (nuint)alignment);
+        NativeMemory.Clear(_pointer, (nuint)length);
+    }
+
+    public int Length => _length;
+
+    public override Span<byte> GetSpan()
+    {
+        ObjectDisposedException.ThrowIf(_pointer is null, this);
+        return new Span<byte>(_pointer, _length);
+    }
+
+    public override MemoryHandle Pin(int elementIndex = 0) => new(_pointer + elementIndex);
+
+    public override void Unpin()
+    {
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (_pointer is not null)
+        {
+            NativeMemory.AlignedFree(_pointer);
+            _pointer = null;
+        }
+    }
+
+    /// <summary>True when the memory starts at an address that is a multiple of <paramref name="alignment"/>.</summary>
+    public static bool IsAligned(ReadOnlyMemory<byte> memory, int alignment)
+    {
+        using var handle = memory.Pin();
+        return (nuint)handle.Pointer % (nuint)alignment == 0;
+    }
+}

@@ -1,0 +1,205 @@
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Blkdebug;
+
+/// <summary>Options of the blkdebug filter.</summary>
+/// <param name="Rules">Rules active from the start.</param>
+/// <param name="Align">Request alignment to impose on parents (QEMU's <c>align</c>), 0 for the child's.</param>
+public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, int Align = 0);
+
+/// <summary>
+/// A filter that fails chosen requests (QEMU's blkdebug, nbdkit's error filter). Each request is checked
+/// against the rules in the order they were added; the first rule that fires decides the error, and the
+/// request never reaches the child. Rules can be added and removed while requests run.
+/// </summary>
+public sealed class BlkdebugFilter : FilterDriver
+{
+    public const string Name = "blkdebug";
+
+    readonly Lock _lock = new();
+    readonly string _nodeName;
+    readonly BlockLimits? _limits;
+    readonly List<ActiveRule> _rules = [];
+    long _injected;
+
+    BlkdebugFilter(NodeEdge child, string nodeName, BlkdebugOptions options)
+        : base(child)
+    {
+        _nodeName = nodeName;
+        if (options.Align > 0)
+        {
+            _limits = child.Node.Limits with { RequestAlignment = Math.Max(options.Align, child.Node.Limits.RequestAlignment) };
+        }
+
+        foreach (var rule in options.Rules ?? [])
+        {
+            AddRule(rule);
+        }
+    }
+
+    /// <summary>Creates a blkdebug node above <paramref name="image"/>.</summary>
+    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, BlockNode image, BlkdebugOptions? options = null, bool readOnly = false, CancellationToken cancellationToken = default)
+    {
+        options ??= new BlkdebugOptions();
+        if (options.Align < 0 || (options.Align > 0 && !System.Numerics.BitOperations.IsPow2(options.Align)))
+        {
+            throw new ArgumentException($"blkdebug: align must be a power of 2, got {options.Align}");
+        }
+
+        return graph.CreateNodeAsync(nodeName, readOnly, (node, _) =>
+        {
+            var edge = node.AttachChild(ChildNames.Image, image);
+            return ValueTask.FromResult<IBlockDriver>(new BlkdebugFilter(edge, node.Name, options));
+        }, cancellationToken);
+    }
+
+    public override string DriverName => Name;
+
+    public override BlockLimits Limits => _limits ?? base.Limits;
+
+    /// <summary>How many requests a rule has failed so far.</summary>
+    public long InjectedCount => Interlocked.Read(ref _injected);
+
+    /// <summary>The rules now active (spent once-rules are gone).</summary>
+    public IReadOnlyList<BlkdebugRule> Rules
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return [.. _rules.Select(r => r.Rule)];
+            }
+        }
+    }
+
+    /// <summary>Adds a rule; it applies to requests that start after this returns.</summary>
+    public BlkdebugRule AddRule(BlkdebugRule rule)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rule.After);
+        ArgumentOutOfRangeException.ThrowIfNegative(rule.Offset);
+        lock (_lock)
+        {
+            _rules.Add(new ActiveRule(rule));
+        }
+
+        return rule;
+    }
+
+    /// <summary>Removes a rule (by reference); requests that start after this returns no longer see it.</summary>
+    public bool RemoveRule(BlkdebugRule rule)
+    {
+        lock (_lock)
+        {
+            return _rules.RemoveAll(r => ReferenceEquals(r.Rule, rule)) > 0;
+        }
+    }
+
+    public void ClearRules()
+    {
+        lock (_lock)
+        {
+            _rules.Clear();
+        }
+    }
+
+    /// <summary>Throws the injected error if a rule fires for this request.</summary>
+    void Check(BlockOperation operation, long offset, long length)
+    {
+        BlkdebugRule? fired = null;
+        lock (_lock)
+        {
+            for (var i = 0; i < _rules.Count; i++)
+            {
+                var active = _rules[i];
+                if (!active.Rule.Matches(operation, offset, length))
+                {
+                    continue;
+                }
+
+                // Count matches per rule, so "after N" means the N+1st matching request fails.
+                if (active.Matched++ < active.Rule.After)
+                {
+                    continue;
+                }
+
+                fired = active.Rule;
+                if (fired.Once)
+                {
+                    _rules.RemoveAt(i);
+                }
+
+                break;
+            }
+        }
+
+        if (fired is not null)
+        {
+            Interlocked.Increment(ref _injected);
+            throw BlockIOException.Create(fired.Errno, _nodeName, operation, offset, length,
+                $"{fired.Errno.Describe()} (injected by blkdebug rule {fired})");
+        }
+    }
+
+    public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Read, offset, buffer.Length);
+        return base.ReadAsync(offset, buffer, cancellationToken);
+    }
+
+    public override ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Read, offset, IoVectors.TotalLength(buffers));
+        return base.ReadVectorAsync(offset, buffers, cancellationToken);
+    }
+
+    public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Write, offset, buffer.Length);
+        return base.WriteAsync(offset, buffer, flags, cancellationToken);
+    }
+
+    public override ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Write, offset, IoVectors.TotalLength(buffers));
+        return base.WriteVectorAsync(offset, buffers, flags, cancellationToken);
+    }
+
+    public override ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.WriteZeroes, offset, length);
+        return base.WriteZeroesAsync(offset, length, flags, cancellationToken);
+    }
+
+    public override ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Discard, offset, length);
+        return base.DiscardAsync(offset, length, cancellationToken);
+    }
+
+    public override ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Flush, 0, 0);
+        return base.FlushAsync(cancellationToken);
+    }
+
+    public override ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.BlockStatus, offset, length);
+        return base.GetBlockStatusAsync(offset, length, cancellationToken);
+    }
+
+    public override ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
+    {
+        Check(BlockOperation.Truncate, 0, length);
+        return base.TruncateAsync(length, cancellationToken);
+    }
+
+    /// <summary>A rule with its match counter.</summary>
+    sealed class ActiveRule(BlkdebugRule rule)
+    {
+        public BlkdebugRule Rule { get; } = rule;
+
+        public long Matched { get; set; }
+    }
+}

@@ -1,0 +1,416 @@
+using System.Runtime.InteropServices;
+using BlockMirror.Block.Buffers;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Interop;
+using BlockMirror.Block.Io;
+using Microsoft.Win32.SafeHandles;
+
+namespace BlockMirror.Block.Drivers.File;
+
+/// <summary>
+/// The <c>file</c> protocol driver: a regular file through positional I/O (<see cref="RandomAccess"/>) on a
+/// <see cref="SafeFileHandle"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
+/// with fallocate; flush with fdatasync; optional O_DIRECT.
+/// </summary>
+/// <remarks>
+/// <para>With <c>cache.direct</c> the node demands 4 KiB aligned offsets and lengths (the largest logical
+/// block size in use, so it is right on every device), and buffers whose address is not 4 KiB aligned go
+/// through a pooled aligned bounce buffer.</para>
+/// <para>fallocate modes are tried in order of preference and a mode the file system refuses
+/// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
+/// then writing zero buffers unless the caller asked for no fallback.</para>
+/// </remarks>
+public sealed class FileDriver : IBlockDriver
+{
+    public const string Name = "file";
+
+    /// <summary>Alignment demanded with O_DIRECT.</summary>
+    public const int DirectAlignment = 4096;
+
+    /// <summary>Longest scatter/gather list one system call takes (Linux IOV_MAX).</summary>
+    const int MaxSegments = 1024;
+
+    const int ZeroChunk = 1 << 20;
+
+    // Shared zeroes for the write-zeroes fallback: aligned, so it also serves O_DIRECT, never written.
+    static readonly Lazy<AlignedMemory> Zeroes = new(() => new AlignedMemory(ZeroChunk, DirectAlignment));
+
+    readonly SafeFileHandle _handle;
+    readonly FileDriverOptions _options;
+    readonly AlignedBufferPool? _bounce;
+    long _length;
+    // Plain fields: a stale read only costs one more fallocate attempt that fails the same way.
+    bool _zeroRangeUnsupported;
+    bool _punchUnsupported;
+
+    FileDriver(SafeFileHandle handle, FileDriverOptions options, long length, bool canPunch)
+    {
+        _handle = handle;
+        _options = options;
+        _length = length;
+        _punchUnsupported = !canPunch;
+        _bounce = options.Direct ? new AlignedBufferPool(DirectAlignment) : null;
+        var unmap = options.Discard == FileDiscardMode.Unmap && canPunch;
+        Capabilities = new DriverCapabilities
+        {
+            CanZeroEfficiently = true,
+            CanUnmapOnZero = unmap,
+            CanDiscard = unmap,
+            DiscardZeroes = unmap,
+            ZeroInit = true,
+            CanTruncate = true,
+        };
+        Limits = new BlockLimits(RequestAlignment: options.Direct ? DirectAlignment : 1);
+    }
+
+    /// <summary>Opens a regular file as a node.</summary>
+    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, FileDriverOptions options, bool readOnly = false, CancellationToken cancellationToken = default) =>
+        graph.CreateNodeAsync(nodeName, readOnly, (_, _) => ValueTask.FromResult<IBlockDriver>(Open(options, readOnly)), cancellationToken);
+
+    static FileDriver Open(FileDriverOptions options, bool readOnly)
+    {
+        if (!FileDriverOptions.AioModes.Contains(options.Aio))
+        {
+            throw new BlockOpenException($"Parameter 'aio' does not accept value '{options.Aio}' (expected one of: {string.Join(", ", FileDriverOptions.AioModes)})");
+        }
+
+        if (string.IsNullOrEmpty(options.Filename))
+        {
+            throw new BlockOpenException("Parameter 'filename' is missing");
+        }
+
+        if (Directory.Exists(options.Filename))
+        {
+            throw new BlockOpenException($"Could not open '{options.Filename}': Is a directory", BlockErrno.EISDIR);
+        }
+
+        var flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (options.Direct ? LibC.O_DIRECT : 0);
+        var fd = LibC.Open(options.Filename, flags, 0);
+        if (fd < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            throw new BlockOpenException($"Could not open '{options.Filename}': {LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno));
+        }
+
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        try
+        {
+            var length = RandomAccess.GetLength(handle);
+            if (options.Direct && !readOnly && length % DirectAlignment != 0)
+            {
+                throw new BlockOpenException(
+                    $"Could not open '{options.Filename}' with cache.direct=on for writing: its size ({length} bytes) is not a multiple of {DirectAlignment}");
+            }
+
+            var canPunch = !readOnly && options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, length);
+            return new FileDriver(handle, options, length, canPunch);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Asks the file system whether it punches holes, without touching data: a punch past the end with
+    /// KEEP_SIZE changes nothing where it is supported and fails with EOPNOTSUPP where it is not.
+    /// </summary>
+    static bool ProbePunchHole(SafeFileHandle handle, long length) =>
+        LibC.FAllocate(handle, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, length + DirectAlignment, DirectAlignment) == 0;
+
+    /// <summary>Creates (or, with <paramref name="overwrite"/>, replaces) a sparse file of the given size.</summary>
+    public static void CreateFile(string path, long size, bool overwrite = false)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(size);
+        try
+        {
+            using var handle = System.IO.File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
+            RandomAccess.SetLength(handle, size);
+        }
+        catch (IOException ex)
+        {
+            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EIO, ex);
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EACCES, ex);
+        }
+    }
+
+    public string DriverName => Name;
+
+    public DriverKind Kind => DriverKind.Protocol;
+
+    public DriverCapabilities Capabilities { get; }
+
+    public BlockLimits Limits { get; }
+
+    public long Length => Volatile.Read(ref _length);
+
+    public string? FileName => _options.Filename;
+
+    bool DirectFriendly(long offset, ReadOnlyMemory<byte> buffer) =>
+        _bounce is null ||
+        (offset % DirectAlignment == 0 && buffer.Length % DirectAlignment == 0 && AlignedMemory.IsAligned(buffer, DirectAlignment));
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        DirectFriendly(offset, buffer) ? ReadFullAsync(offset, buffer, cancellationToken) : ReadBouncedAsync(offset, buffer, cancellationToken);
+
+    /// <summary>Reads until the buffer is full; bytes past the end of the file read as zeroes.</summary>
+    async ValueTask ReadFullAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        while (!buffer.IsEmpty)
+        {
+            var read = await RandomAccess.ReadAsync(_handle, buffer, offset, cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                buffer.Span.Clear();
+                return;
+            }
+
+            buffer = buffer[read..];
+            offset += read;
+        }
+    }
+
+    async ValueTask ReadBouncedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        // The node only lets an unaligned length through at the device end; read the whole last block.
+        var alignedLength = (int)RoundUp(buffer.Length, DirectAlignment);
+        var bounce = _bounce!.Rent(alignedLength);
+        try
+        {
+            await ReadFullAsync(offset, bounce.Memory[..alignedLength], cancellationToken).ConfigureAwait(false);
+            bounce.Memory[..buffer.Length].CopyTo(buffer);
+        }
+        finally
+        {
+            _bounce.Return(bounce);
+        }
+    }
+
+    public async ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
+        {
+            for (var i = 0; i < buffers.Count; i++)
+            {
+                await ReadAsync(offset, buffers[i], cancellationToken).ConfigureAwait(false);
+                offset += buffers[i].Length;
+            }
+
+            return;
+        }
+
+        var expected = IoVectors.TotalLength(buffers);
+        var read = await RandomAccess.ReadAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        if (read < expected)
+        {
+            // Short read: the file ended (or the kernel split the request). Finish buffer by buffer.
+            await FinishShortReadAsync(offset, buffers, read, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    async ValueTask FinishShortReadAsync(long offset, IReadOnlyList<Memory<byte>> buffers, long done, CancellationToken cancellationToken)
+    {
+        foreach (var buffer in buffers)
+        {
+            if (done >= buffer.Length)
+            {
+                done -= buffer.Length;
+                offset += buffer.Length;
+                continue;
+            }
+
+            await ReadFullAsync(offset + done, buffer[(int)done..], cancellationToken).ConfigureAwait(false);
+            offset += buffer.Length;
+            done = 0;
+        }
+    }
+
+    bool AllDirectFriendly<T>(long offset, IReadOnlyList<T> buffers)
+    {
+        if (_bounce is null)
+        {
+            return true;
+        }
+
+        for (var i = 0; i < buffers.Count; i++)
+        {
+            var memory = buffers[i] switch
+            {
+                Memory<byte> m => (ReadOnlyMemory<byte>)m,
+                ReadOnlyMemory<byte> r => r,
+                _ => throw new ArgumentException("buffers must be Memory<byte> or ReadOnlyMemory<byte>"),
+            };
+            if (!DirectFriendly(offset, memory))
+            {
+                return false;
+            }
+
+            offset += memory.Length;
+        }
+
+        return true;
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
+        DirectFriendly(offset, buffer)
+            ? RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken)
+            : WriteBouncedAsync(offset, buffer, cancellationToken);
+
+    async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var bounce = _bounce!.Rent(buffer.Length);
+        try
+        {
+            buffer.CopyTo(bounce.Memory);
+            await RandomAccess.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _bounce.Return(bounce);
+        }
+    }
+
+    public async ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
+        {
+            for (var i = 0; i < buffers.Count; i++)
+            {
+                await WriteAsync(offset, buffers[i], flags, cancellationToken).ConfigureAwait(false);
+                offset += buffers[i].Length;
+            }
+
+            return;
+        }
+
+        await RandomAccess.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if ((flags & RequestFlags.MayUnmap) != 0 && Capabilities.CanUnmapOnZero && !_punchUnsupported &&
+            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _punchUnsupported))
+        {
+            return;
+        }
+
+        if (!_zeroRangeUnsupported &&
+            TryFallocate(LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _zeroRangeUnsupported))
+        {
+            return;
+        }
+
+        if ((flags & RequestFlags.NoFallback) != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _options.Filename, BlockOperation.WriteZeroes, offset, length,
+                "the file system cannot zero without writing, and the request asked for no fallback");
+        }
+
+        var zeroes = Zeroes.Value.Memory;
+        while (length > 0)
+        {
+            var count = (int)Math.Min(length, ZeroChunk);
+            await RandomAccess.WriteAsync(_handle, zeroes[..count], offset, cancellationToken).ConfigureAwait(false);
+            offset += count;
+            length -= count;
+        }
+    }
+
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        // Discard is advisory: with discard=ignore, or where holes cannot be punched, it does nothing.
+        if (Capabilities.CanDiscard && !_punchUnsupported)
+        {
+            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.Discard, ref _punchUnsupported);
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// fallocate; false (and the mode remembered as unsupported) when the file system refuses the mode,
+    /// a block error for any other failure (ENOSPC from zero-range, EIO).
+    /// </summary>
+    bool TryFallocate(int mode, long offset, long length, BlockOperation operation, ref bool unsupported)
+    {
+        if (LibC.FAllocate(_handle, mode, offset, length) == 0)
+        {
+            return true;
+        }
+
+        var errno = Marshal.GetLastPInvokeError();
+        if (errno is LibC.ENOTSUP or LibC.EINVAL)
+        {
+            unsupported = true;
+            return false;
+        }
+
+        throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, operation, offset, length,
+            $"fallocate: {LibC.Describe(errno)}");
+    }
+
+    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        // fdatasync blocks until the device has the data; keep it off the caller's thread.
+        var errno = await Task.Run(() => LibC.FDataSync(_handle) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
+        if (errno != 0)
+        {
+            throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Flush, 0, 0, $"fdatasync: {LibC.Describe(errno)}");
+        }
+    }
+
+    /// <summary>Holes read as zeroes, everything else is data; both at the same offset in this file.</summary>
+    public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var end = offset + length;
+        var data = LibC.LSeek(_handle, offset, LibC.SEEK_DATA);
+        if (data < 0)
+        {
+            // ENXIO: no data at or after offset, it sits in the trailing hole. Anything else: the file
+            // system cannot tell, so claim data (safe: it gets copied, never skipped).
+            var errno = Marshal.GetLastPInvokeError();
+            return Status(errno == LibC.ENXIO ? BlockStatusFlags.Zero : BlockStatusFlags.Data, length);
+        }
+
+        if (data > offset)
+        {
+            return Status(BlockStatusFlags.Zero, Math.Min(data, end) - offset);
+        }
+
+        var hole = LibC.LSeek(_handle, offset, LibC.SEEK_HOLE);
+        if (hole <= offset)
+        {
+            // A racing punch-hole or an odd file system; data is the safe answer.
+            return Status(BlockStatusFlags.Data, length);
+        }
+
+        return Status(BlockStatusFlags.Data, Math.Min(hole, end) - offset);
+
+        ValueTask<BlockStatus> Status(BlockStatusFlags flags, long run) =>
+            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, run, offset));
+    }
+
+    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
+    {
+        if (LibC.FTruncate(_handle, length) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Truncate, 0, length, $"ftruncate: {LibC.Describe(errno)}");
+        }
+
+        Volatile.Write(ref _length, length);
+        return ValueTask.CompletedTask;
+    }
+
+    static long RoundUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
+
+    public ValueTask DisposeAsync()
+    {
+        _handle.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,24 @@
+namespace BlockMirror.Block.Drivers.File;
+
+/// <summary>What the file driver does with discard requests (QEMU's <c>discard</c> option).</summary>
+public enum FileDiscardMode
+{
+    /// <summary>Discards are accepted and ignored; write-zeroes never deallocates (QEMU's default).</summary>
+    Ignore,
+
+    /// <summary>Discards punch holes; write-zeroes with may-unmap punches holes too.</summary>
+    Unmap,
+}
+
+/// <summary>Options of the <c>file</c> protocol driver, as QEMU names them.</summary>
+/// <param name="Filename">Path of a regular file.</param>
+/// <param name="Direct"><c>cache.direct</c>: open with O_DIRECT, bypassing the page cache.</param>
+/// <param name="Aio">
+/// <c>aio</c>: <c>threads</c>, <c>native</c> or <c>io_uring</c>. Accepted for compatibility with QEMU's
+/// command lines; every value uses positional I/O on the .NET thread pool.
+/// </param>
+/// <param name="Discard">What discard requests do.</param>
+public sealed record FileDriverOptions(string Filename, bool Direct = false, string Aio = "threads", FileDiscardMode Discard = FileDiscardMode.Ignore)
+{
+    public static readonly IReadOnlyList<string> AioModes = ["threads", "native", "io_uring"];
+}

@@ -1,0 +1,111 @@
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Raw;
+
+/// <summary>Options of the <c>raw</c> format, as QEMU's: a window of the file child.</summary>
+/// <param name="Offset">Where the image starts in the file.</param>
+/// <param name="Size">The image length; null means up to the end of the file.</param>
+public sealed record RawDriverOptions(long Offset = 0, long? Size = null);
+
+/// <summary>
+/// The <c>raw</c> format: the image is the bytes of its <c>file</c> child, optionally a window of them.
+/// Requests pass through with the offset added; block status is the file's.
+/// </summary>
+public sealed class RawDriver : IBlockDriver
+{
+    public const string Name = "raw";
+
+    readonly NodeEdge _file;
+    readonly long _offset;
+    readonly long? _size;
+
+    RawDriver(NodeEdge file, RawDriverOptions options)
+    {
+        _file = file;
+        _offset = options.Offset;
+        _size = options.Size;
+        var window = _offset != 0 || _size is not null;
+        var fileCaps = file.Node.Capabilities;
+        Capabilities = fileCaps with
+        {
+            SupportsBacking = false,
+            CanTruncate = fileCaps.CanTruncate && !window,
+            ZeroInit = fileCaps.ZeroInit && !window,
+        };
+    }
+
+    /// <summary>Creates a raw node over <paramref name="file"/>, checking the window against the file.</summary>
+    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, BlockNode file, RawDriverOptions? options = null, bool readOnly = false, CancellationToken cancellationToken = default)
+    {
+        options ??= new RawDriverOptions();
+        return graph.CreateNodeAsync(nodeName, readOnly, (node, _) =>
+        {
+            if (options.Offset < 0 || options.Size < 0)
+            {
+                throw new ArgumentException($"raw: offset and size must not be negative (offset {options.Offset}, size {options.Size})");
+            }
+
+            var fileLength = file.Length;
+            if (options.Offset > fileLength || (options.Size is { } size && size > fileLength - options.Offset))
+            {
+                throw new ArgumentException($"raw: the window (offset {options.Offset}, size {options.Size}) runs past the end of the file ({fileLength} bytes)");
+            }
+
+            var alignment = file.Limits.RequestAlignment;
+            if (options.Offset % alignment != 0 || (options.Size ?? 0) % alignment != 0)
+            {
+                throw new ArgumentException($"raw: offset and size must be multiples of the file's request alignment ({alignment} bytes)");
+            }
+
+            var edge = node.AttachChild(ChildNames.File, file);
+            return ValueTask.FromResult<IBlockDriver>(new RawDriver(edge, options));
+        }, cancellationToken);
+    }
+
+    public string DriverName => Name;
+
+    public DriverKind Kind => DriverKind.Format;
+
+    public DriverCapabilities Capabilities { get; }
+
+    public BlockLimits Limits => _file.Node.Limits;
+
+    public long Length => _size ?? _file.Node.Length - _offset;
+
+    public string? FileName => _file.Node.Driver.FileName;
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        _file.ReadAsync(_offset + offset, buffer, cancellationToken);
+
+    public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken) =>
+        _file.ReadVectorAsync(_offset + offset, buffers, cancellationToken);
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
+        _file.WriteAsync(_offset + offset, buffer, flags, cancellationToken);
+
+    public ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken) =>
+        _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken);
+
+    public ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken) =>
+        _file.WriteZeroesAsync(_offset + offset, length, flags, cancellationToken);
+
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken) =>
+        _file.DiscardAsync(_offset + offset, length, cancellationToken);
+
+    public ValueTask FlushAsync(CancellationToken cancellationToken) => _file.FlushAsync(cancellationToken);
+
+    public async ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var status = await _file.GetBlockStatusAsync(_offset + offset, length, cancellationToken).ConfigureAwait(false);
+
+        // The data lives in the file at the same offset plus the window start; say so, as QEMU's raw does.
+        return new BlockStatus((status.Flags & (BlockStatusFlags.Data | BlockStatusFlags.Zero)) | BlockStatusFlags.OffsetValid,
+            status.Length, _offset + offset);
+    }
+
+    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
+        _file.TruncateAsync(length, cancellationToken);
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}
