@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio), builds, runs every test project, and ends with one
+# plain line "N passed, N failed" summed over all projects. Exit status 0 only when nothing failed.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { echo "could not install ${missing[*]}"; echo "0 passed, 1 failed"; exit 1; }
+fi
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+if ! dotnet build BlockMirror.slnx -c Release -v quiet -nologo; then
+  echo "build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+results=.test-results
+rm -rf "$results"
+status=0
+# One project at a time, each into its own folder: no report overwrites another, and randomized
+# concurrency tests do not fight another project for the cores. A hang fails the run (instead of
+# eating CI's time limit); no dump is written.
+for project in tests/*.Tests/*.csproj; do
+  name=$(basename "$project" .csproj)
+  dotnet test "$project" -c Release --no-build -nologo \
+    --logger trx --results-directory "$results/$name" \
+    --blame-hang-timeout 10m --blame-hang-dump-type none "$@" || status=$?
+done
+
+passed=0
+failed=0
+for trx in "$results"/*/*.trx; do
+  [ -e "$trx" ] || continue
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -n 1)
+  for field in passed; do
+    n=$(sed -n "s/.* $field=\"\([0-9]*\)\".*/\1/p" <<<"$counters"); passed=$((passed + ${n:-0}))
+  done
+  for field in failed error timeout aborted; do
+    n=$(sed -n "s/.* $field=\"\([0-9]*\)\".*/\1/p" <<<"$counters"); failed=$((failed + ${n:-0}))
+  done
+done
+
+# A test host that crashed may leave no failure in any report; the exit status still tells.
+if [ $status -ne 0 ] && [ $failed -eq 0 ]; then
+  echo "dotnet test exited with status $status without reporting a failed test (crashed or aborted test host)"
+  failed=1
+fi
+
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
