@@ -1,0 +1,111 @@
+using BlockMirror.Jobs.Events;
+
+namespace BlockMirror.Jobs;
+
+/// <summary>
+/// Every job of one process: unique ids, the lock that guards all job state (QEMU's job_mutex), the time
+/// source, and the event bus hosts subscribe to.
+/// </summary>
+public sealed class JobManager(TimeProvider? time = null)
+{
+    readonly List<Job> _jobs = [];
+
+    internal Lock SyncRoot { get; } = new();
+
+    public TimeProvider Time { get; } = time ?? TimeProvider.System;
+
+    public JobEventBus Events { get; } = new();
+
+    public IReadOnlyList<Job> Jobs
+    {
+        get
+        {
+            lock (SyncRoot)
+            {
+                return [.. _jobs];
+            }
+        }
+    }
+
+    public Job? Find(string id)
+    {
+        lock (SyncRoot)
+        {
+            return _jobs.Find(j => j.Id == id);
+        }
+    }
+
+    /// <summary>The job with this id, or QEMU's error for a missing one.</summary>
+    public Job Get(string id) =>
+        Find(id) ?? throw new JobException($"Job '{id}' not found", notFound: true);
+
+    /// <summary>Checks a job id as QEMU does (a letter, then letters, digits, '-', '.', '_'), and that it is free.</summary>
+    public void ValidateNewId(string id)
+    {
+        if (id.Length == 0 || !char.IsAsciiLetter(id[0]) ||
+            !id.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_'))
+        {
+            throw new JobException($"Invalid job ID '{id}'");
+        }
+
+        if (Find(id) is not null)
+        {
+            throw new JobException($"Job ID '{id}' already in use");
+        }
+    }
+
+    /// <summary>Refuses nodes another block job works on (QEMU's op blockers).</summary>
+    public void CheckNodesFree(string jobId, params Block.Graph.BlockNode[] nodes)
+    {
+        lock (SyncRoot)
+        {
+            foreach (var job in _jobs.OfType<BlockJob>())
+            {
+                foreach (var used in job.UsedNodes)
+                {
+                    if (nodes.Any(n => ReferenceEquals(n, used)))
+                    {
+                        throw new JobException($"Node '{used.Name}' is busy: block device is in use by block job: {job.Type.ToWireName()}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Registers a constructed job (state created). Call <see cref="Job.Start"/> next.</summary>
+    public void Register(Job job)
+    {
+        lock (SyncRoot)
+        {
+            if (_jobs.Exists(j => j.Id == job.Id))
+            {
+                throw new JobException($"Job ID '{job.Id}' already in use");
+            }
+
+            _jobs.Add(job);
+            job.Create();
+        }
+    }
+
+    internal void RemoveLocked(Job job) => _jobs.Remove(job);
+
+    internal void PublishLocked(JobEvent e) => Events.Publish(e with { Timestamp = Time.GetUtcNow() });
+
+    /// <summary>Force-cancels every job and waits for each to end (shutdown).</summary>
+    public async Task CancelAllAsync()
+    {
+        foreach (var job in Jobs)
+        {
+            try
+            {
+                await job.CancelAsync(force: true).ConfigureAwait(false);
+            }
+            catch (JobException)
+            {
+                // Already ending: wait below.
+            }
+
+            await job.Finished.ConfigureAwait(false);
+        }
+    }
+}
