@@ -1,0 +1,919 @@
+using BlockMirror.Block.Bitmaps;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Jobs.Mirror;
+
+/// <summary>
+/// The mirror job: copies a source node to a target while writers keep writing to the source, reports
+/// READY once the two are in sync, and on completion moves every parent of the source to the target
+/// without losing a write (QEMU's block/mirror.c, background copy mode).
+/// </summary>
+/// <remarks>
+/// <para><b>Why no write is lost.</b> Every write to the source marks its chunks in the job's dirty
+/// bitmap when it completes. The copy loop clears a chunk's bit <i>before</i> it asks for block status
+/// and reads it. A write that completed before the clear is seen by the read; one that completes after
+/// it marks the chunk again, and the chunk is copied again. An in-flight bitmap keeps two copies of one
+/// chunk from overlapping, so the last copy to land on the target is the newest. At completion the
+/// source is drained (its parents' new requests are held), the bitmap is checked once more, the target
+/// is flushed, and the parents are moved to the target before they are let go.</para>
+/// <para><b>Progress.</b> <c>offset</c> counts bytes copied or zeroed on the target (the zeroing of a
+/// target before the copy is not counted); <c>len</c> is offset plus what is dirty now plus what is in
+/// flight, so it grows while writers dirty the source and may count a chunk once per copy.</para>
+/// </remarks>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001",
+    Justification = "The buffer pool is freed when the copy loop ends; the cancellation source has no timer and needs no disposing.")]
+public sealed class MirrorJob : BlockJob
+{
+    /// <summary>Operations in flight at once (QEMU's MAX_IN_FLIGHT).</summary>
+    public const int MaxInFlight = 16;
+
+    /// <summary>Largest data copy in one operation (QEMU's MAX_IO_BYTES).</summary>
+    public const long MaxIoBytes = 1 << 20;
+
+    /// <summary>The loop yields at least this often so drains and pauses get their turn (QEMU's SLICE_TIME).</summary>
+    static readonly TimeSpan SliceTime = TimeSpan.FromMilliseconds(100);
+
+    readonly BlockGraph _graph;
+    readonly BlockNode _source;
+    readonly BlockNode _mirrorTop;
+    readonly NodeEdge _read;
+    readonly NodeEdge _target;
+    readonly BlockNode? _base;
+    readonly MirrorOptions _options;
+    readonly long _granularity;
+    readonly long _bufSize;
+    readonly long _maxIo;
+    readonly DirtyBitmap _dirty;
+    readonly CancellationTokenSource _forceCancel = new();
+
+    // Shared between the copy loop and completing operations; guarded by _opLock.
+    readonly Lock _opLock = new();
+    readonly Stack<MirrorOp> _opPool = new();
+    HBitmap? _inFlightChunks;
+    MirrorBufferPool? _buffers;
+    int _inFlight;
+    long _bytesInFlight;
+    Exception? _ioFailure;
+    TaskCompletionSource? _ioWaiter;
+
+    // Copy loop only.
+    long _length;
+    long _cursor;
+    DateTimeOffset _lastPause;
+    long _targetCluster;
+    bool _zeroIsCheap;
+
+    volatile bool _shouldComplete;
+    DrainedSection? _drain;
+    bool _exited;
+
+    MirrorJob(JobManager manager, BlockGraph graph, BlockNode source, BlockNode mirrorTop, NodeEdge target, BlockNode? @base,
+        MirrorOptions options, long granularity, long bufSize, DirtyBitmap dirty)
+        : base(manager, options.JobId, JobType.Mirror, options.AutoFinalize, options.AutoDismiss, options.Speed)
+    {
+        _graph = graph;
+        _source = source;
+        _mirrorTop = mirrorTop;
+        _read = ((MirrorTopFilter)mirrorTop.Driver).Source;
+        _target = target;
+        _base = @base;
+        _options = options;
+        _granularity = granularity;
+        _bufSize = bufSize;
+        _maxIo = Math.Min(bufSize, MaxIoBytes);
+        _dirty = dirty;
+    }
+
+    public BlockNode Source => _source;
+
+    public BlockNode Target => _target.Node;
+
+    /// <summary>The mirror-top filter node inserted above the source.</summary>
+    public BlockNode FilterNode => _mirrorTop;
+
+    public long Granularity => _granularity;
+
+    public long BufSize => _bufSize;
+
+    /// <summary>Bytes dirty now (what is left to copy, in flight excluded).</summary>
+    public long DirtyBytes => _dirty.DirtyBytes;
+
+    /// <summary>
+    /// Validates the options, inserts the mirror-top filter above <paramref name="source"/>, starts tracking
+    /// writes, and starts the job. Any refusal leaves the graph as it was.
+    /// </summary>
+    public static async Task<MirrorJob> StartAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, CancellationToken cancellationToken = default)
+    {
+        if (ReferenceEquals(source, target))
+        {
+            throw new JobException("Can't mirror node into itself");
+        }
+
+        if (options.Granularity != 0 && DirtyBitmap.ValidateGranularity(options.Granularity) is not null)
+        {
+            throw new JobException(options.Granularity < DirtyBitmap.MinGranularity || options.Granularity > DirtyBitmap.MaxGranularity
+                ? "Parameter 'granularity' expects a value in range [512B, 64MB]"
+                : "Parameter 'granularity' expects a power of 2");
+        }
+
+        if (options.BufSize < 0)
+        {
+            throw new JobException("Parameter 'buf-size' expects a positive value");
+        }
+
+        if (options.Speed < 0)
+        {
+            throw new JobException("Invalid parameter 'speed'");
+        }
+
+        if (target.ReadOnly)
+        {
+            throw new JobException($"Target node '{target.Name}' is read-only");
+        }
+
+        if (source.Length != target.Length)
+        {
+            throw new JobException($"Source and target image have different sizes (source '{source.Name}' {source.Length} bytes, target '{target.Name}' {target.Length} bytes)");
+        }
+
+        if (options.Sync == MirrorSyncMode.Top && source.Backing is null)
+        {
+            // Without a backing node "top" is "full": everything is above the (absent) base.
+            options = options with { Sync = MirrorSyncMode.Full };
+        }
+
+        var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
+        var bufSize = options.BufSize != 0 ? options.BufSize : MirrorOptions.DefaultBufSize;
+        if (bufSize < granularity)
+        {
+            throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({granularity} bytes), got {bufSize}");
+        }
+
+        bufSize = (bufSize + granularity - 1) / granularity * granularity;
+        if (bufSize > int.MaxValue)
+        {
+            throw new JobException($"Parameter 'buf-size' expects a value of at most {int.MaxValue} bytes");
+        }
+
+        manager.ValidateNewId(options.JobId);
+        manager.CheckNodesFree(options.JobId, source, target);
+        if (options.FilterNodeName is { } filterName && BlockGraph.ValidateNodeName(filterName) is { } problem)
+        {
+            throw new JobException(problem);
+        }
+
+        var @base = options.Sync == MirrorSyncMode.Top ? source.Backing : null;
+
+        // Insert the filter while the source is drained, so no request slips between the old and the
+        // new parents; start tracking writes before the section ends, so none is missed.
+        BlockNode mirrorTop;
+        DirtyBitmap dirty;
+        NodeEdge targetEdge;
+        var parent = new RootParent($"block job '{options.JobId}'");
+        using (await graph.DrainAsync(source, cancellationToken).ConfigureAwait(false))
+        {
+            mirrorTop = await graph.CreateNodeAsync(options.FilterNodeName, false, (node, _) =>
+                    ValueTask.FromResult<Block.Drivers.IBlockDriver>(new MirrorTopFilter(node.AttachChild(ChildNames.Backing, source), options.JobId)),
+                cancellationToken).ConfigureAwait(false);
+            graph.ReplaceNode(source, mirrorTop);
+            dirty = source.CreateDirtyBitmap(granularity);
+            targetEdge = graph.AttachRoot(target, parent, "target");
+        }
+
+        var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty);
+        manager.Register(job);
+        job.Start();
+        return job;
+    }
+
+    /// <summary>The target's cluster size clamped to 4 KiB..64 KiB, or 64 KiB when it has none (QEMU's default).</summary>
+    public static long DefaultGranularity(BlockNode target)
+    {
+        var cluster = target.Limits.ClusterSize;
+        return cluster == 0 ? 64 * 1024 : Math.Clamp(cluster, 4096, 64 * 1024);
+    }
+
+    internal override IEnumerable<BlockNode> UsedNodes => [_source, _target.Node];
+
+    protected override bool SupportsComplete => true;
+
+    protected override void OnComplete()
+    {
+        if (!IsReady)
+        {
+            throw new JobException($"The active block job '{Id}' cannot be completed");
+        }
+
+        _shouldComplete = true;
+        Enter();
+    }
+
+    /// <summary>Before READY every cancel is forced: there is no consistent copy to keep.</summary>
+    protected override bool OnCancel(bool force) => force || !IsReady;
+
+    protected override void OnForceCancelled() => _forceCancel.Cancel();
+
+    protected override async ValueTask OnPauseAsync() => await WaitForAllIoAsync().ConfigureAwait(false);
+
+    // ----- The copy loop -----
+
+    protected override async Task RunAsync()
+    {
+        if (IsCancelled)
+        {
+            return;
+        }
+
+        _length = _source.Length;
+        if (_length == 0)
+        {
+            // Nothing to copy: ready at once, then wait to be completed or cancelled.
+            TransitionToReady();
+            while (!IsCancelRequested && !_shouldComplete)
+            {
+                await YieldAsync().ConfigureAwait(false);
+            }
+
+            if (!IsCancelled)
+            {
+                _drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
+            }
+
+            return;
+        }
+
+        _targetCluster = Math.Max(_target.Node.Limits.ClusterSize, 1);
+        _zeroIsCheap = _target.Node.Capabilities.CanZeroEfficiently;
+        lock (_opLock)
+        {
+            _inFlightChunks = new HBitmap((_length + _granularity - 1) / _granularity);
+            _buffers = new MirrorBufferPool(_bufSize, _granularity);
+        }
+
+        try
+        {
+            _lastPause = Time.GetUtcNow();
+            if (_options.Sync != MirrorSyncMode.None)
+            {
+                await DirtyInitAsync().ConfigureAwait(false);
+                if (IsCancelled)
+                {
+                    return;
+                }
+            }
+
+            await CopyLoopAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            // Only a failure or a forced cancel leaves operations in flight here.
+            await WaitForAllIoAsync().ConfigureAwait(false);
+            lock (_opLock)
+            {
+                _buffers?.Dispose();
+                _buffers = null;
+            }
+        }
+    }
+
+    async Task CopyLoopAsync()
+    {
+        while (true)
+        {
+            ThrowIfIoFailed();
+            await PausePointAsync().ConfigureAwait(false);
+            if (IsCancelled)
+            {
+                return;
+            }
+
+            var dirty = _dirty.DirtyBytes;
+            int inFlight;
+            int freeChunks;
+            lock (_opLock)
+            {
+                ProgressSetRemaining(_bytesInFlight + dirty);
+                inFlight = _inFlight;
+                freeChunks = _buffers!.FreeChunks;
+            }
+
+            var delay = TimeSpan.Zero;
+
+            // Yield with no I/O pending at least once per slice, so drains and pauses are not starved.
+            if (Time.GetUtcNow() - _lastPause < SliceTime && IoStatus == IoStatus.Ok)
+            {
+                if (inFlight >= MaxInFlight || freeChunks == 0 || (dirty == 0 && inFlight > 0))
+                {
+                    await WaitForIoAsync().ConfigureAwait(false);
+                    continue;
+                }
+
+                if (dirty != 0)
+                {
+                    delay = await IterateAsync().ConfigureAwait(false);
+                }
+            }
+
+            var shouldComplete = false;
+            if (InFlight == 0 && dirty == 0)
+            {
+                if (!IsReady)
+                {
+                    // In sync: make what was copied durable, then announce READY once. From now on a
+                    // soft cancel finishes the final sync and leaves a consistent copy.
+                    if (!await FlushTargetAsync().ConfigureAwait(false))
+                    {
+                        continue;
+                    }
+
+                    TransitionToReady();
+                }
+
+                shouldComplete = _shouldComplete || IsCancelRequested;
+                dirty = _dirty.DirtyBytes;
+            }
+
+            if (dirty == 0 && shouldComplete)
+            {
+                // Writers may have dirtied the source since the last look: hold them, look once more,
+                // and flush. Only then is the target a complete copy. The section stays open until the
+                // graph change in PrepareAsync (or AbortAsync) ends it.
+                var drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
+                if (_dirty.DirtyBytes > 0 || !await FlushTargetAsync().ConfigureAwait(false))
+                {
+                    drain.Dispose();
+                    continue;
+                }
+
+                _drain = drain;
+                return;
+            }
+
+            if (!IsReady)
+            {
+                await SleepAsync(delay).ConfigureAwait(false);
+                if (IsCancelled)
+                {
+                    return;
+                }
+            }
+            else if (!shouldComplete)
+            {
+                await SleepAsync(InFlight == 0 && dirty == 0 ? SliceTime : delay).ConfigureAwait(false);
+            }
+
+            _lastPause = Time.GetUtcNow();
+        }
+    }
+
+    int InFlight
+    {
+        get
+        {
+            lock (_opLock)
+            {
+                return _inFlight;
+            }
+        }
+    }
+
+    bool ChunkInFlight(long offset)
+    {
+        lock (_opLock)
+        {
+            return _inFlightChunks!.Get(offset / _granularity);
+        }
+    }
+
+    /// <summary>
+    /// One pass: from the next dirty chunk, take the run of dirty chunks after it (up to buf-size), clear
+    /// their bits, and issue operations over it by block status. Returns how long the rate limit wants the
+    /// loop to wait.
+    /// </summary>
+    async Task<TimeSpan> IterateAsync()
+    {
+        var offset = _dirty.NextDirty(_cursor);
+        if (offset < 0)
+        {
+            _cursor = 0;
+            offset = _dirty.NextDirty(0);
+            if (offset < 0)
+            {
+                return TimeSpan.Zero;
+            }
+        }
+
+        offset -= offset % _granularity;
+        while (ChunkInFlight(offset))
+        {
+            await WaitForIoAsync().ConfigureAwait(false);
+        }
+
+        await PausePointAsync().ConfigureAwait(false);
+        if (IsCancelled)
+        {
+            return TimeSpan.Zero;
+        }
+
+        // Extend over the dirty chunks that follow, stopping at one in flight (it must finish first).
+        long chunks = 1;
+        while ((chunks + 1) * _granularity <= _bufSize)
+        {
+            var next = offset + chunks * _granularity;
+            if (next >= _length || !_dirty.IsDirty(next) || ChunkInFlight(next))
+            {
+                break;
+            }
+
+            chunks++;
+        }
+
+        var end = Math.Min(offset + chunks * _granularity, _length);
+
+        // Clear the dirty bits before asking for block status and reading: a write that completes after
+        // this point marks the chunks again and they are copied again. Mark them in flight under the
+        // same reasoning: no other operation may touch them until this one is done.
+        _dirty.ResetDirty(offset, end - offset);
+        lock (_opLock)
+        {
+            _inFlightChunks!.Set(offset / _granularity, chunks);
+        }
+
+        var delay = TimeSpan.Zero;
+        while (offset < end)
+        {
+            var (method, io) = await ChooseMethodAsync(offset, end).ConfigureAwait(false);
+            while (InFlight >= MaxInFlight)
+            {
+                await WaitForIoAsync().ConfigureAwait(false);
+            }
+
+            if (IoFailed)
+            {
+                // Give the chunks not yet issued back to the bitmap: they were cleared above.
+                ReleaseUnissued(offset, end);
+                return TimeSpan.Zero;
+            }
+
+            if (method == MirrorMethod.Copy)
+            {
+                await StartCopyAsync(offset, io).ConfigureAwait(false);
+            }
+            else
+            {
+                StartZeroOrDiscard(offset, io, method, initialZeroing: false);
+            }
+
+            var accounted = method == MirrorMethod.Copy || !_zeroIsCheap ? io : 0;
+            if (Speed != 0)
+            {
+                delay = Limiter.CalculateDelay(accounted);
+            }
+
+            offset += io;
+        }
+
+        _cursor = end;
+        return delay;
+    }
+
+    void ReleaseUnissued(long offset, long end)
+    {
+        _dirty.SetDirty(offset, end - offset);
+        lock (_opLock)
+        {
+            var first = offset / _granularity;
+            _inFlightChunks!.Reset(first, (end + _granularity - 1) / _granularity - first);
+        }
+    }
+
+    /// <summary>Decides how to move [offset, ...) and how much of it in one operation.</summary>
+    async Task<(MirrorMethod Method, long Length)> ChooseMethodAsync(long offset, long end)
+    {
+        BlockStatus status;
+        try
+        {
+            status = await BlockChain.GetBlockStatusAboveAsync(_read.Node, _base, offset, end - offset).ConfigureAwait(false);
+        }
+        catch (BlockIOException)
+        {
+            // Cannot tell: copy, which is always right (the read will report a real error).
+            return (MirrorMethod.Copy, ChunkAligned(offset, Math.Min(end - offset, _maxIo)));
+        }
+
+        if (status.IsData)
+        {
+            return (MirrorMethod.Copy, ChunkAligned(offset, Math.Min(status.Length, _maxIo)));
+        }
+
+        var io = ChunkAligned(offset, status.Length);
+
+        // Zeroing or discarding only part of a target cluster could make the target allocate it or read
+        // stale data from its backing; copy the zeroes instead, as QEMU does.
+        if (offset % _targetCluster != 0 || (io % _targetCluster != 0 && offset + io != _length))
+        {
+            return (MirrorMethod.Copy, Math.Min(io, _maxIo));
+        }
+
+        return (status.IsZero ? MirrorMethod.Zero : MirrorMethod.Discard, io);
+    }
+
+    /// <summary>Rounds a run down to whole chunks, but never below one chunk nor past the device end.</summary>
+    long ChunkAligned(long offset, long length)
+    {
+        length -= length % _granularity;
+        length = Math.Max(length, _granularity);
+        return Math.Min(length, _length - offset);
+    }
+
+    async Task StartCopyAsync(long offset, long length)
+    {
+        var chunks = (int)((length + _granularity - 1) / _granularity);
+        MirrorOp op;
+        while (true)
+        {
+            lock (_opLock)
+            {
+                if (_buffers!.FreeChunks >= chunks)
+                {
+                    op = RentOpLocked(offset, length, MirrorMethod.Copy, initialZeroing: false);
+                    _buffers.Take(length, op.ReadSegments);
+                    op.FillWriteSegments();
+                    break;
+                }
+            }
+
+            await WaitForIoAsync().ConfigureAwait(false);
+        }
+
+        _ = RunOpAsync(op);
+    }
+
+    void StartZeroOrDiscard(long offset, long length, MirrorMethod method, bool initialZeroing)
+    {
+        MirrorOp op;
+        lock (_opLock)
+        {
+            op = RentOpLocked(offset, length, method, initialZeroing);
+        }
+
+        _ = RunOpAsync(op);
+    }
+
+    MirrorOp RentOpLocked(long offset, long length, MirrorMethod method, bool initialZeroing)
+    {
+        var op = _opPool.Count > 0 ? _opPool.Pop() : new MirrorOp();
+        op.Offset = offset;
+        op.Length = length;
+        op.Method = method;
+        op.InitialZeroing = initialZeroing;
+        _inFlight++;
+        _bytesInFlight += length;
+        return op;
+    }
+
+    async Task RunOpAsync(MirrorOp op)
+    {
+        var succeeded = false;
+        try
+        {
+            var cancel = _forceCancel.Token;
+            switch (op.Method)
+            {
+                case MirrorMethod.Copy:
+                    try
+                    {
+                        await _read.ReadVectorAsync(op.Offset, op.ReadSegments, cancel).ConfigureAwait(false);
+                    }
+                    catch (BlockIOException ex)
+                    {
+                        Failed(op, isRead: true, ex);
+                        return;
+                    }
+
+                    await _target.WriteVectorAsync(op.Offset, op.WriteSegments, RequestFlags.None, cancel).ConfigureAwait(false);
+                    break;
+                case MirrorMethod.Zero:
+                    await _target.WriteZeroesAsync(op.Offset, op.Length, _options.Unmap ? RequestFlags.MayUnmap : RequestFlags.None, cancel).ConfigureAwait(false);
+                    break;
+                case MirrorMethod.Discard:
+                    await _target.DiscardAsync(op.Offset, op.Length, cancel).ConfigureAwait(false);
+                    break;
+            }
+
+            succeeded = true;
+        }
+        catch (BlockIOException ex)
+        {
+            Failed(op, isRead: false, ex);
+        }
+        catch (OperationCanceledException)
+        {
+            // A forced cancel aborted it; the job is ending and the range no longer matters.
+        }
+        catch (Exception ex)
+        {
+            // Not an I/O error: a bug. Fail the job rather than lose the range silently.
+            _dirty.SetDirty(op.Offset, op.Length);
+            lock (_opLock)
+            {
+                _ioFailure ??= ex;
+            }
+        }
+        finally
+        {
+            OperationDone(op, succeeded);
+        }
+    }
+
+    /// <summary>A failed operation: its range is dirty again (it will be retried), then the side's policy decides.</summary>
+    void Failed(MirrorOp op, bool isRead, BlockIOException ex)
+    {
+        _dirty.SetDirty(op.Offset, op.Length);
+        var action = HandleIoError(isRead ? _options.OnSourceError : _options.OnTargetError, isRead, ex.Errno);
+        if (action == BlockErrorAction.Report)
+        {
+            lock (_opLock)
+            {
+                _ioFailure ??= ex;
+            }
+        }
+    }
+
+    void OperationDone(MirrorOp op, bool succeeded)
+    {
+        TaskCompletionSource? waiter;
+        lock (_opLock)
+        {
+            _inFlight--;
+            _bytesInFlight -= op.Length;
+            if (op.ReadSegments.Count > 0)
+            {
+                _buffers?.Return(op.ReadSegments);
+                op.WriteSegments.Clear();
+            }
+
+            if (!op.InitialZeroing)
+            {
+                var first = op.Offset / _granularity;
+                _inFlightChunks!.Reset(first, (op.Offset + op.Length + _granularity - 1) / _granularity - first);
+            }
+
+            _opPool.Push(op);
+            waiter = _ioWaiter;
+            _ioWaiter = null;
+        }
+
+        if (succeeded && !op.InitialZeroing)
+        {
+            ProgressAdvance(op.Length);
+        }
+
+        waiter?.TrySetResult();
+    }
+
+    bool IoFailed
+    {
+        get
+        {
+            lock (_opLock)
+            {
+                return _ioFailure is not null;
+            }
+        }
+    }
+
+    void ThrowIfIoFailed()
+    {
+        Exception? failure;
+        lock (_opLock)
+        {
+            failure = _ioFailure;
+        }
+
+        if (failure is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+    }
+
+    /// <summary>Waits until some operation completes (QEMU's mirror_wait_for_io). Returns at once if none is in flight.</summary>
+    Task WaitForIoAsync()
+    {
+        lock (_opLock)
+        {
+            if (_inFlight == 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            _ioWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _ioWaiter.Task;
+        }
+    }
+
+    async Task WaitForAllIoAsync()
+    {
+        while (InFlight > 0)
+        {
+            await WaitForIoAsync().ConfigureAwait(false);
+        }
+    }
+
+    async Task<bool> FlushTargetAsync()
+    {
+        try
+        {
+            await _target.FlushAsync(_forceCancel.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (BlockIOException ex)
+        {
+            if (HandleIoError(_options.OnTargetError, isRead: false, ex.Errno) == BlockErrorAction.Report)
+            {
+                lock (_opLock)
+                {
+                    _ioFailure ??= ex;
+                }
+            }
+
+            return false;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    // ----- Initial dirtying -----
+
+    /// <summary>
+    /// Marks what must be copied before the job can be in sync. A target that already reads as zeroes
+    /// needs only the source's non-zero data. Otherwise, as QEMU: zero the whole target first where that
+    /// is cheap, else copy everything (zero ranges then become write-zeroes, not data).
+    /// </summary>
+    async Task DirtyInitAsync()
+    {
+        var targetIsZero = _base is null && await TargetReadsZeroAsync().ConfigureAwait(false);
+        if (_base is null && !targetIsZero)
+        {
+            if (!_target.Node.Capabilities.CanUnmapOnZero)
+            {
+                _dirty.SetAll();
+                return;
+            }
+
+            await ZeroTargetAsync().ConfigureAwait(false);
+            if (IsCancelled)
+            {
+                return;
+            }
+
+            ThrowIfIoFailed();
+            targetIsZero = true;
+        }
+
+        for (long offset = 0; offset < _length;)
+        {
+            await ThrottleAsync().ConfigureAwait(false);
+            if (IsCancelled)
+            {
+                return;
+            }
+
+            if (targetIsZero)
+            {
+                // Only what does not read as zeroes needs copying onto a zero target.
+                var status = await BlockChain.GetBlockStatusAboveAsync(_read.Node, null, offset, _length - offset).ConfigureAwait(false);
+                if (!status.IsZero)
+                {
+                    _dirty.SetDirty(offset, status.Length);
+                }
+
+                offset += status.Length;
+            }
+            else
+            {
+                var (allocated, length) = await BlockChain.IsAllocatedAboveAsync(_read.Node, _base, offset, _length - offset).ConfigureAwait(false);
+                if (allocated)
+                {
+                    _dirty.SetDirty(offset, length);
+                }
+
+                offset += length;
+            }
+        }
+    }
+
+    /// <summary>True when every byte of the target reads as zero, as far as block status can tell cheaply.</summary>
+    async Task<bool> TargetReadsZeroAsync()
+    {
+        const int MaxExtents = 4096;
+        var extents = 0;
+        for (long offset = 0; offset < _length; extents++)
+        {
+            if (extents >= MaxExtents)
+            {
+                return false;
+            }
+
+            var status = await BlockChain.GetBlockStatusAboveAsync(_target.Node, null, offset, _length - offset).ConfigureAwait(false);
+            if (!status.IsZero)
+            {
+                return false;
+            }
+
+            offset += status.Length;
+        }
+
+        return true;
+    }
+
+    async Task ZeroTargetAsync()
+    {
+        var step = Math.Max(_granularity, (1L << 30) / _granularity * _granularity);
+        for (long offset = 0; offset < _length;)
+        {
+            await ThrottleAsync().ConfigureAwait(false);
+            if (IsCancelled || IoFailed)
+            {
+                break;
+            }
+
+            if (InFlight >= MaxInFlight)
+            {
+                await WaitForIoAsync().ConfigureAwait(false);
+                continue;
+            }
+
+            var length = Math.Min(step, _length - offset);
+            StartZeroOrDiscard(offset, length, MirrorMethod.Zero, initialZeroing: true);
+            offset += length;
+        }
+
+        await WaitForAllIoAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Yields once per slice during long setup work, so pauses and cancels are seen (QEMU's mirror_throttle).</summary>
+    async ValueTask ThrottleAsync()
+    {
+        var now = Time.GetUtcNow();
+        if (now - _lastPause > SliceTime)
+        {
+            _lastPause = now;
+            await SleepAsync(TimeSpan.Zero).ConfigureAwait(false);
+        }
+        else
+        {
+            await PausePointAsync().ConfigureAwait(false);
+        }
+    }
+
+    // ----- The end -----
+
+    /// <summary>Success: pivot if completion was asked for, otherwise (a cancel after READY) leave the target as a point-in-time copy.</summary>
+    protected override Task PrepareAsync() => ExitAsync(abort: false);
+
+    protected override Task AbortAsync() => ExitAsync(abort: true);
+
+    /// <summary>
+    /// Takes the filter out and, on a completed job, puts the target in the source's place. Runs inside a
+    /// drained section of the source, so no request is in flight while the edges move.
+    /// </summary>
+    async Task ExitAsync(bool abort)
+    {
+        if (_exited)
+        {
+            return;
+        }
+
+        _exited = true;
+        _source.ReleaseDirtyBitmap(_dirty);
+        _drain ??= await _graph.DrainAsync(_source).ConfigureAwait(false);
+        try
+        {
+            var target = _target.Node;
+            if (!abort && _shouldComplete)
+            {
+                // Every parent of the source (the filter's own edge included) moves to the target; then
+                // every parent of the filter (the users) follows, and the filter goes.
+                _graph.ReplaceNode(_source, target);
+                _graph.ReplaceNode(_mirrorTop, target);
+            }
+            else
+            {
+                _graph.ReplaceNode(_mirrorTop, _source);
+            }
+
+            await _graph.DetachRootAsync(_target).ConfigureAwait(false);
+            await _graph.RemoveNodeAsync(_mirrorTop).ConfigureAwait(false);
+        }
+        finally
+        {
+            _drain.Dispose();
+            _drain = null;
+        }
+    }
+}

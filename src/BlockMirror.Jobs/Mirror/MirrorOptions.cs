@@ -1,0 +1,44 @@
+namespace BlockMirror.Jobs.Mirror;
+
+/// <summary>A mirror job's options, with QMP's names and defaults (blockdev-mirror).</summary>
+public sealed record MirrorOptions
+{
+    /// <summary>Default copy buffer: 16 operations of 1 MiB (QEMU's DEFAULT_MIRROR_BUF_SIZE).</summary>
+    public const long DefaultBufSize = MirrorJob.MaxInFlight * MirrorJob.MaxIoBytes;
+
+    /// <summary><c>job-id</c>.</summary>
+    public required string JobId { get; init; }
+
+    /// <summary><c>sync</c>.</summary>
+    public MirrorSyncMode Sync { get; init; } = MirrorSyncMode.Full;
+
+    /// <summary><c>granularity</c> in bytes; 0 picks the target's cluster size clamped to 4 KiB..64 KiB (64 KiB without one).</summary>
+    public long Granularity { get; init; }
+
+    /// <summary><c>buf-size</c> in bytes; 0 picks <see cref="DefaultBufSize"/>.</summary>
+    public long BufSize { get; init; }
+
+    /// <summary><c>speed</c> in bytes per second; 0 is unlimited.</summary>
+    public long Speed { get; init; }
+
+    /// <summary><c>on-source-error</c>.</summary>
+    public BlockdevOnError OnSourceError { get; init; } = BlockdevOnError.Report;
+
+    /// <summary><c>on-target-error</c>.</summary>
+    public BlockdevOnError OnTargetError { get; init; } = BlockdevOnError.Report;
+
+    /// <summary><c>unmap</c>: zero ranges may be deallocated on the target.</summary>
+    public bool Unmap { get; init; } = true;
+
+    /// <summary><c>auto-finalize</c>.</summary>
+    public bool AutoFinalize { get; init; } = true;
+
+    /// <summary><c>auto-dismiss</c>.</summary>
+    public bool AutoDismiss { get; init; } = true;
+
+    /// <summary><c>filter-node-name</c>: the name of the mirror-top node; generated when null.</summary>
+    public string? FilterNodeName { get; init; }
+
+    /// <summary><c>copy-mode</c>.</summary>
+    public MirrorCopyMode CopyMode { get; init; } = MirrorCopyMode.Background;
+}

@@ -1,0 +1,47 @@
+namespace BlockMirror.Jobs.Mirror;
+
+/// <summary>What a mirror copies before tracking new writes (QMP's MirrorSyncMode, the modes we support).</summary>
+public enum MirrorSyncMode
+{
+    /// <summary>Everything the source's whole chain holds.</summary>
+    Full,
+
+    /// <summary>Only what is allocated above the source's backing node; the target shares that base.</summary>
+    Top,
+
+    /// <summary>Nothing but writes made after the job started.</summary>
+    None,
+}
+
+/// <summary>How guest writes reach the target (QMP's MirrorCopyMode).</summary>
+public enum MirrorCopyMode
+{
+    /// <summary>Writes dirty the bitmap and the job copies them in the background (QEMU's default).</summary>
+    Background,
+}
+
+public static class MirrorNames
+{
+    public static string ToWireName(this MirrorSyncMode mode) => mode switch
+    {
+        MirrorSyncMode.Full => "full",
+        MirrorSyncMode.Top => "top",
+        MirrorSyncMode.None => "none",
+        _ => throw new ArgumentOutOfRangeException(nameof(mode)),
+    };
+
+    public static bool TryParseSync(string text, out MirrorSyncMode mode)
+    {
+        foreach (var candidate in Enum.GetValues<MirrorSyncMode>())
+        {
+            if (candidate.ToWireName() == text)
+            {
+                mode = candidate;
+                return true;
+            }
+        }
+
+        mode = default;
+        return false;
+    }
+}
