@@ -66,6 +66,8 @@ public sealed class MirrorJob : BlockJob
 
     volatile bool _shouldComplete;
     DrainedSection? _drain;
+    long _drainStarted;
+    long _pivotPauseTicks = -1;
     bool _exited;
 
     MirrorJob(JobManager manager, BlockGraph graph, BlockNode source, BlockNode mirrorTop, NodeEdge target, BlockNode? @base,
@@ -95,6 +97,19 @@ public sealed class MirrorJob : BlockJob
     public long Granularity => _granularity;
 
     public long BufSize => _bufSize;
+
+    /// <summary>
+    /// How long the final drained section held the source's users: from the start of the drain that
+    /// succeeded to the end of the graph change (null until the job has ended that way).
+    /// </summary>
+    public TimeSpan? PivotPause
+    {
+        get
+        {
+            var ticks = Interlocked.Read(ref _pivotPauseTicks);
+            return ticks < 0 ? null : TimeSpan.FromTicks(ticks);
+        }
+    }
 
     /// <summary>Bytes dirty now (what is left to copy, in flight excluded).</summary>
     public long DirtyBytes => _dirty.DirtyBytes;
@@ -340,6 +355,7 @@ public sealed class MirrorJob : BlockJob
                 // Writers may have dirtied the source since the last look: hold them, look once more,
                 // and flush. Only then is the target a complete copy. The section stays open until the
                 // graph change in PrepareAsync (or AbortAsync) ends it.
+                var drainStarted = Time.GetTimestamp();
                 var drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
                 if (_dirty.DirtyBytes > 0 || !await FlushTargetAsync().ConfigureAwait(false))
                 {
@@ -348,6 +364,7 @@ public sealed class MirrorJob : BlockJob
                 }
 
                 _drain = drain;
+                _drainStarted = drainStarted;
                 return;
             }
 
@@ -506,6 +523,13 @@ public sealed class MirrorJob : BlockJob
         if (status.IsData)
         {
             return (MirrorMethod.Copy, ChunkAligned(offset, Math.Min(status.Length, _maxIo)));
+        }
+
+        // A zero run shorter than one chunk says nothing about the rest of the chunk (data may follow
+        // within it): copy the chunk, never zero it.
+        if (status.Length < _granularity && offset + status.Length < _length)
+        {
+            return (MirrorMethod.Copy, ChunkAligned(offset, _granularity));
         }
 
         var io = ChunkAligned(offset, status.Length);
@@ -891,7 +915,12 @@ public sealed class MirrorJob : BlockJob
 
         _exited = true;
         _source.ReleaseDirtyBitmap(_dirty);
-        _drain ??= await _graph.DrainAsync(_source).ConfigureAwait(false);
+        if (_drain is null)
+        {
+            _drainStarted = Time.GetTimestamp();
+            _drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
+        }
+
         try
         {
             var target = _target.Node;
@@ -914,6 +943,7 @@ public sealed class MirrorJob : BlockJob
         {
             _drain.Dispose();
             _drain = null;
+            Interlocked.Exchange(ref _pivotPauseTicks, Time.GetElapsedTime(_drainStarted).Ticks);
         }
     }
 }
