@@ -1,63 +1,290 @@
 using System.CommandLine;
-using BlockMirror.Block.Drivers.File;
-using BlockMirror.Block.Drivers.Raw;
+using System.Diagnostics;
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Cli.Ui;
+using BlockMirror.Jobs;
+using BlockMirror.Jobs.Events;
+using BlockMirror.Jobs.Mirror;
 
 namespace BlockMirror.Cli.Commands;
 
 /// <summary>
-/// <c>blockmirror demo</c>: runs the product on built-in data and verifies the result. Until the mirror
-/// job lands this exercises the block layer: a sparse raw image with data, zeroes and holes, its
-/// block-status map, and a byte-for-byte read-back.
+/// <c>blockmirror demo</c>: the whole product on built-in data. Builds a source image (data, written
+/// zeroes, holes), keeps in-process writers writing to it as a VM would, mirrors it to a new image with
+/// a live view, completes (pivots) while the writers run, lets them write to the target for a moment,
+/// and verifies byte for byte that the target holds every write.
 /// </summary>
 static class DemoCommand
 {
+    const int Block = 4096;
+
+    /// <summary>The simulated VM writes whole 64 KiB blocks: one write dirties one chunk of the default granularity.</summary>
+    const int WriteBlock = 64 * 1024;
+
     public static Command Create()
     {
-        var size = new Option<string>("--size") { Description = "Image size (e.g. 64M)", DefaultValueFactory = _ => "64M" };
-        var command = new Command("demo", "Run BlockMirror on built-in data and verify the result");
-        command.Options.Add(size);
-        command.SetAction((parse, cancellationToken) => RunAsync(ByteSize.Parse(parse.GetValue(size)!, "--size"), cancellationToken));
+        var size = new Option<string>("--size") { Description = "Source image size", DefaultValueFactory = _ => "256M" };
+        var rate = new Option<string>("--write-rate") { Description = "Total write rate of the simulated VM, e.g. 16M (per second)", DefaultValueFactory = _ => "16M" };
+        var writers = new Option<int>("--writers") { Description = "Concurrent writers", DefaultValueFactory = _ => 4 };
+        var speed = new Option<string?>("--speed") { Description = "Mirror speed limit, e.g. 64M (default: unlimited)" };
+        var keep = new Option<bool>("--keep") { Description = "Keep the images (their directory is printed)" };
+        var command = new Command("demo", "Mirror a disk that is being written to, pivot, and verify that no write was lost")
+        {
+            size, rate, writers, speed, keep,
+        };
+        command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("demo", () =>
+        {
+            var writerCount = parse.GetValue(writers);
+            if (writerCount is < 1 or > 64)
+            {
+                throw new UsageException($"--writers must be between 1 and 64, got {writerCount}");
+            }
+
+            var bytes = ByteSize.Parse(parse.GetValue(size)!, "--size");
+            if (bytes < 1 << 20 || bytes > 2L << 30 || bytes % WriteBlock != 0)
+            {
+                throw new UsageException($"--size must be a multiple of 64K between 1M and 2G, got {parse.GetValue(size)}");
+            }
+
+            var speedText = parse.GetValue(speed);
+            return RunAsync(bytes, ByteSize.Parse(parse.GetValue(rate)!, "--write-rate"), writerCount,
+                speedText is null ? 0 : ByteSize.Parse(speedText, "--speed"), parse.GetValue(keep), cancellationToken);
+        }));
         return command;
     }
 
-    static async Task<int> RunAsync(long size, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(long size, long writeRate, int writerCount, long speed, bool keep, CancellationToken cancellationToken)
     {
         var directory = Directory.CreateTempSubdirectory("blockmirror-demo-");
         try
         {
-            var path = Path.Combine(directory.FullName, "disk.raw");
-            FileDriver.CreateFile(path, size);
+            var sourcePath = Path.Combine(directory.FullName, "source.raw");
+            var targetPath = Path.Combine(directory.FullName, "target.raw");
+            Console.WriteLine($"BlockMirror demo: {ByteSize.Format(size)} disk, {writerCount} writers at {ByteSize.Format(writeRate)}/s, images in {directory.FullName}");
+
             await using var graph = new BlockGraph();
-            var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(path, Discard: FileDiscardMode.Unmap), cancellationToken: cancellationToken).ConfigureAwait(false);
-            var disk = await RawDriver.OpenAsync(graph, "disk", file, cancellationToken: cancellationToken).ConfigureAwait(false);
-            var user = graph.AttachRoot(disk, new RootParent("demo"));
-
-            // A quarter data, a quarter written zeroes, the rest never written (holes).
+            ImageFiles.Create(sourcePath, "raw", size);
+            var source = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(sourcePath, "raw", NodeName: "source"), cancellationToken);
+            var vm = graph.AttachRoot(source, new RootParent("vm"));
             var model = new byte[size];
-            Random.Shared.NextBytes(model.AsSpan(0, (int)(size / 4)));
-            await user.WriteAsync(0, model.AsMemory(0, (int)(size / 4)), cancellationToken: cancellationToken).ConfigureAwait(false);
-            await user.WriteZeroesAsync(size / 4, size / 4, RequestFlags.MayUnmap, cancellationToken).ConfigureAwait(false);
-            await user.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await FillAsync(vm, model, cancellationToken);
 
-            Console.WriteLine($"image {path} ({ByteSize.Format(size)}), block status:");
-            for (long offset = 0; offset < size;)
+            ImageFiles.Create(targetPath, "raw", size);
+            var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, "raw", NodeName: "target"), cancellationToken);
+
+            using var stopWriters = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            var writers = new Writers(vm, model, writerCount, writeRate);
+            var writing = writers.RunAsync(stopWriters.Token);
+
+            var manager = new JobManager();
+            var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var subscription = manager.Events.Subscribe(e =>
             {
-                var status = await user.GetBlockStatusAsync(offset, size - offset, cancellationToken).ConfigureAwait(false);
-                Console.WriteLine($"  {offset,12} +{status.Length,-12} {(status.IsData ? "data" : "zero")}");
-                offset += status.Length;
+                if (e is BlockJobReadyEvent)
+                {
+                    ready.TrySetResult();
+                }
+            });
+
+            var clock = Stopwatch.StartNew();
+            var job = await MirrorJob.StartAsync(manager, graph, source, target,
+                new MirrorOptions { JobId = "demo", Speed = speed }, cancellationToken);
+            var progress = ProgressLine.ForConsole();
+            var copyRate = new RateMeter(TimeSpan.FromSeconds(2));
+            var vmRate = new RateMeter(TimeSpan.FromSeconds(2));
+
+            TimeSpan? timeToReady = null;
+            TimeSpan? completedAt = null;
+            while (!job.Finished.IsCompleted)
+            {
+                var info = job.GetInfo();
+                progress.Update(info.Offset, info.Len, copyRate.Sample(info.Offset), info.Status.ToWireName(),
+                    $"  dirty {ByteSize.Format(job.DirtyBytes)}  vm writes {ByteSize.Format(vmRate.Sample(writers.BytesWritten))}/s");
+                if (ready.Task.IsCompleted && timeToReady is null)
+                {
+                    timeToReady = clock.Elapsed;
+                }
+
+                // Stay READY for a moment with the writers still writing, as a VM would, then pivot.
+                if (timeToReady is { } t && completedAt is null && clock.Elapsed - t > TimeSpan.FromSeconds(0.5))
+                {
+                    completedAt = clock.Elapsed;
+                    job.Complete();
+                }
+
+                await Task.WhenAny(job.Finished, Task.Delay(100, cancellationToken));
             }
 
-            var readBack = new byte[size];
-            await user.ReadAsync(0, readBack, cancellationToken).ConfigureAwait(false);
-            var same = readBack.AsSpan().SequenceEqual(model);
-            Console.WriteLine(same ? "PASS: the image reads back exactly what was written" : "FAIL: the image differs from what was written");
-            return same ? 0 : 1;
+            var final = job.GetInfo();
+            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), copyRate.Sample(final.Offset), final.Status.ToWireName(), force: true);
+            progress.Finish();
+            if (job.Error is not null)
+            {
+                throw new IOException($"the mirror failed: {job.Failure?.Message ?? job.Error}");
+            }
+
+            var writesBeforePivot = writers.Writes;
+            var pivoted = ReferenceEquals(vm.Node, target);
+            Console.WriteLine(pivoted
+                ? $"pivot done: the writers now write to '{target.Name}'"
+                : $"the writers still write to '{vm.Node.Name}', expected '{target.Name}'");
+
+            // The VM keeps running on the copy for a moment.
+            await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken);
+            await stopWriters.CancelAsync();
+            await writing;
+            await vm.FlushAsync(cancellationToken);
+
+            var mismatch = await FirstMismatchAsync(target, model, cancellationToken);
+            Console.WriteLine($"copied {ByteSize.Format(final.Offset)}; time to READY {timeToReady?.TotalSeconds:0.00} s; " +
+                $"pause at the switch {job.PivotPause?.TotalMilliseconds:0.0} ms (longest write during the mirror: {writers.LongestWrite.TotalMilliseconds:0.0} ms)");
+            Console.WriteLine($"the writers made {writers.Writes} writes ({ByteSize.Format(writers.BytesWritten)}), " +
+                $"{writers.Writes - writesBeforePivot} of them after the pivot, on the target");
+            if (mismatch < 0 && pivoted)
+            {
+                Console.WriteLine("PASS: the target holds every write, byte for byte");
+                return 0;
+            }
+
+            Console.WriteLine(mismatch >= 0
+                ? $"FAIL: the target differs from the writes at offset {mismatch}"
+                : "FAIL: the writers were not moved to the target");
+            return 1;
         }
         finally
         {
-            directory.Delete(recursive: true);
+            if (keep)
+            {
+                Console.WriteLine($"images kept in {directory.FullName}");
+            }
+            else
+            {
+                directory.Delete(recursive: true);
+            }
+        }
+    }
+
+    /// <summary>The starting disk: 40% random data, 20% written zeroes, the rest holes with a few islands of data.</summary>
+    static async Task FillAsync(NodeEdge vm, byte[] model, CancellationToken cancellationToken)
+    {
+        var size = model.LongLength;
+        var random = new Random(2024);
+        var dataEnd = size * 4 / 10 / Block * Block;
+        const int Chunk = 1 << 20;
+        for (long offset = 0; offset < dataEnd; offset += Chunk)
+        {
+            var length = (int)Math.Min(Chunk, dataEnd - offset);
+            random.NextBytes(model.AsSpan((int)offset, length));
+            await vm.WriteAsync(offset, model.AsMemory((int)offset, length), cancellationToken: cancellationToken);
+        }
+
+        var zeroEnd = size * 6 / 10 / Block * Block;
+        await vm.WriteZeroesAsync(dataEnd, zeroEnd - dataEnd, RequestFlags.None, cancellationToken);
+        for (var i = 0; i < 16; i++)
+        {
+            var offset = zeroEnd + random.NextInt64((size - zeroEnd) / 65536) * 65536;
+            var length = (int)Math.Min(65536, size - offset);
+            random.NextBytes(model.AsSpan((int)offset, length));
+            await vm.WriteAsync(offset, model.AsMemory((int)offset, length), cancellationToken: cancellationToken);
+        }
+
+        await vm.FlushAsync(cancellationToken);
+    }
+
+    static async Task<long> FirstMismatchAsync(BlockNode node, byte[] model, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[1 << 20];
+        for (long offset = 0; offset < model.LongLength; offset += buffer.Length)
+        {
+            var length = (int)Math.Min(buffer.Length, model.LongLength - offset);
+            await node.ReadAsync(offset, buffer.AsMemory(0, length), cancellationToken);
+            var common = buffer.AsSpan(0, length).CommonPrefixLength(model.AsSpan((int)offset, length));
+            if (common != length)
+            {
+                return offset + common;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>
+    /// The simulated VM: writers that each own every N-th 64 KiB block, so their writes never overlap and
+    /// the model of the disk is exact; each write is recorded in the model once it is acknowledged.
+    /// </summary>
+    sealed class Writers(NodeEdge vm, byte[] model, int count, long bytesPerSecond)
+    {
+        long _writes;
+        long _bytes;
+        long _longestTicks;
+
+        public long Writes => Interlocked.Read(ref _writes);
+
+        public long BytesWritten => Interlocked.Read(ref _bytes);
+
+        public TimeSpan LongestWrite => TimeSpan.FromTicks(Interlocked.Read(ref _longestTicks));
+
+        public Task RunAsync(CancellationToken stop) =>
+            Task.WhenAll(Enumerable.Range(0, count).Select(i => Task.Run(() => WriterAsync(i, stop), CancellationToken.None)));
+
+        async Task WriterAsync(int index, CancellationToken stop)
+        {
+            var random = new Random(index + 1);
+            var blocks = model.LongLength / WriteBlock;
+            var buffer = new byte[WriteBlock];
+            var perWriter = Math.Max(1, bytesPerSecond / count);
+            var clock = Stopwatch.StartNew();
+            long written = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                var block = random.NextInt64(blocks / count) * count + index;
+                if (block >= blocks)
+                {
+                    continue;
+                }
+
+                var offset = block * WriteBlock;
+                random.NextBytes(buffer);
+                var started = Stopwatch.GetTimestamp();
+                await vm.WriteAsync(offset, buffer, cancellationToken: CancellationToken.None);
+                var took = Stopwatch.GetElapsedTime(started).Ticks;
+                buffer.CopyTo(model, offset);
+                InterlockedMax(ref _longestTicks, took);
+                Interlocked.Increment(ref _writes);
+                Interlocked.Add(ref _bytes, WriteBlock);
+                written += WriteBlock;
+
+                // Pace to the requested rate.
+                var due = TimeSpan.FromSeconds((double)written / perWriter) - clock.Elapsed;
+                if (due > TimeSpan.Zero)
+                {
+                    try
+                    {
+                        await Task.Delay(due, stop);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+
+        static void InterlockedMax(ref long target, long value)
+        {
+            var current = Interlocked.Read(ref target);
+            while (value > current)
+            {
+                var seen = Interlocked.CompareExchange(ref target, value, current);
+                if (seen == current)
+                {
+                    return;
+                }
+
+                current = seen;
+            }
         }
     }
 }
