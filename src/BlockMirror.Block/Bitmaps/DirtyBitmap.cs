@@ -247,6 +247,9 @@ public sealed class DirtyBitmap
     /// <summary>Follows the device to a new length; chunks past a shrunk end are dropped.</summary>
     public void Resize(long length)
     {
+        // Checked here: a negative length rounds to zero chunks, so HBitmap would not refuse it and
+        // Length would go negative.
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
         lock (_lock)
         {
             _length = length;

@@ -285,6 +285,17 @@ public sealed class DirtyBitmapTests
         Assert.Equal(-1, bitmap.NextDirty(4 * KiB));
     }
 
+    [Fact]
+    public void A_negative_length_is_refused_and_changes_nothing()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DirtyBitmap(4 * KiB, -1));
+        var bitmap = new DirtyBitmap(4 * KiB, 64 * KiB);
+        bitmap.SetAll();
+        Assert.Throws<ArgumentOutOfRangeException>(() => bitmap.Resize(-1));
+        Assert.Equal(64 * KiB, bitmap.Length);
+        Assert.Equal(64 * KiB, bitmap.DirtyBytes);
+    }
+
     [Theory]
     [InlineData(511)]
     [InlineData(3 * 1024)]
