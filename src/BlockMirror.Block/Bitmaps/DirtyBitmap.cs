@@ -167,6 +167,12 @@ public sealed class DirtyBitmap
     {
         lock (_lock)
         {
+            // The last chunk may run past the device end; the bytes there are never dirty.
+            if (from >= _length)
+            {
+                return -1;
+            }
+
             var bit = _bits.NextSet(Math.Max(0, from) >> _shift);
             return bit < 0 ? -1 : Math.Max(from, bit << _shift);
         }
@@ -196,6 +202,14 @@ public sealed class DirtyBitmap
     {
         lock (_lock)
         {
+            // Past the device end, even inside a dirty partial last chunk, there is no area: without this
+            // the search from the device end returned an empty area there, and EnumerateDirtyAreas never ended.
+            if (from >= _length)
+            {
+                area = default;
+                return false;
+            }
+
             var first = _bits.NextSet(Math.Max(0, from) >> _shift);
             if (first < 0)
             {
@@ -233,6 +247,9 @@ public sealed class DirtyBitmap
     /// <summary>Follows the device to a new length; chunks past a shrunk end are dropped.</summary>
     public void Resize(long length)
     {
+        // Checked here: a negative length rounds to zero chunks, so HBitmap would not refuse it and
+        // Length would go negative.
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
         lock (_lock)
         {
             _length = length;
