@@ -22,18 +22,16 @@ public sealed class FileDriverModelTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    async Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(string name, long size, bool direct, FileDiscardMode discard)
+    Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(string name, long size, bool direct, FileDiscardMode discard) =>
+        OpenAsync(_dir, name, size, direct, discard);
+
+    static async Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(TempDirectory dir, string name, long size, bool direct, FileDiscardMode discard)
     {
-        var path = _dir.File(name);
+        var path = dir.File(name);
         FileDriver.CreateFile(path, size);
         var graph = new BlockGraph();
         var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Discard: discard));
-        if (discard == FileDiscardMode.Unmap && !node.Capabilities.CanDiscard)
-        {
-            await graph.DisposeAsync();
-            Skip.If(true, $"the file system under {_dir.Path} cannot punch holes");
-        }
-
+        Assert.Equal(discard == FileDiscardMode.Unmap, node.Capabilities.CanDiscard);
         return (graph, graph.AttachRoot(node, new RootParent("test")));
     }
 
@@ -56,28 +54,40 @@ public sealed class FileDriverModelTests : IDisposable
     [SkippableTheory]
     [InlineData(FileDiscardMode.Unmap)]
     [InlineData(FileDiscardMode.Ignore)]
-    public Task Buffered_random_unaligned_requests_match_the_model(FileDiscardMode discard) =>
-        Seeds.RunAsync(Seeds.Range(8), async seed =>
+    public async Task Buffered_random_unaligned_requests_match_the_model(FileDiscardMode discard)
+    {
+        await SkipUnlessPunchHolesAsync(discard);
+        await Seeds.RunAsync(Seeds.Range(8), async seed =>
         {
-            var (graph, disk) = await OpenAsync($"buffered-{discard}-{seed}.raw", BufferedSize, direct: false, discard);
+            // A directory per seed, deleted after the graph closes, so long runs do not fill the disk.
+            using var dir = new TempDirectory();
+            var (graph, disk) = await OpenAsync(dir, $"buffered-{discard}-{seed}.raw", BufferedSize, direct: false, discard);
             await using var _ = graph;
             using var runner = new ModelRunner(disk, Profile(BufferedSize, direct: false, discard, BufferKind.Heap), seed);
             await runner.RunAsync(steps: 300, checkEvery: 50);
             Assert.True(runner.Writes > 0 && runner.WriteZeroes > 0 && runner.Discards > 0 && runner.StatusQueries > 0);
         });
+    }
 
     [SkippableTheory]
     [InlineData(FileDiscardMode.Unmap)]
     [InlineData(FileDiscardMode.Ignore)]
-    public Task Direct_random_aligned_requests_from_aligned_and_misaligned_buffers_match_the_model(FileDiscardMode discard) =>
-        Seeds.RunAsync(Seeds.Range(8), async seed =>
+    public async Task Direct_random_aligned_requests_from_aligned_and_misaligned_buffers_match_the_model(FileDiscardMode discard)
+    {
+        await SkipUnlessPunchHolesAsync(discard);
+        await Seeds.RunAsync(Seeds.Range(8), async seed =>
         {
-            var (graph, disk) = await OpenAsync($"direct-{discard}-{seed}.raw", DirectSize, direct: true, discard);
+            using var dir = new TempDirectory();
+            var (graph, disk) = await OpenAsync(dir, $"direct-{discard}-{seed}.raw", DirectSize, direct: true, discard);
             await using var _ = graph;
             using var runner = new ModelRunner(disk, Profile(DirectSize, direct: true, discard, BufferKind.Mixed), seed);
             await runner.RunAsync(steps: 200, checkEvery: 50);
             Assert.True(runner.MisalignedBufferRequests > 0, "the bounce path was not exercised");
         });
+    }
+
+    static Task SkipUnlessPunchHolesAsync(FileDiscardMode discard) =>
+        discard == FileDiscardMode.Unmap ? PunchHoleSupport.SkipUnlessAvailableAsync() : Task.CompletedTask;
 
     [Fact]
     public async Task A_fresh_sparse_file_reports_one_zero_run()
@@ -91,6 +101,7 @@ public sealed class FileDriverModelTests : IDisposable
     [SkippableFact]
     public async Task With_unmap_discarded_whole_blocks_are_holes_and_partial_blocks_read_zero()
     {
+        await PunchHoleSupport.SkipUnlessAvailableAsync();
         var (graph, disk) = await OpenAsync("holes.raw", 16 * Block, direct: false, FileDiscardMode.Unmap);
         await using var _ = graph;
         var data = new byte[16 * Block];
@@ -146,6 +157,7 @@ public sealed class FileDriverModelTests : IDisposable
     [SkippableFact]
     public async Task With_unmap_discard_and_may_unmap_zeroing_release_the_blocks()
     {
+        await PunchHoleSupport.SkipUnlessAvailableAsync();
         var (graph, disk) = await OpenAsync("release.raw", 64 * Block, direct: false, FileDiscardMode.Unmap);
         await using var _ = graph;
         var data = new byte[64 * Block];
