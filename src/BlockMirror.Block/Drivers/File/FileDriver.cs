@@ -194,6 +194,14 @@ public sealed class FileDriver : IBlockDriver
     {
         if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
         {
+            if (!SegmentsBlockAligned(buffers))
+            {
+                // O_DIRECT cannot take a segment on its own when it starts or ends inside a block (the node
+                // only checks the whole request): bounce the whole request, as QEMU does for such a qiov.
+                await ReadVectorBouncedAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
             for (var i = 0; i < buffers.Count; i++)
             {
                 await ReadAsync(offset, buffers[i], cancellationToken).ConfigureAwait(false);
@@ -255,6 +263,76 @@ public sealed class FileDriver : IBlockDriver
         return true;
     }
 
+    /// <summary>
+    /// Without O_DIRECT, always true. With it: every segment but a last one at the device end is a whole
+    /// number of blocks, so that each segment can be sent on its own (bouncing only its address).
+    /// </summary>
+    bool SegmentsBlockAligned<T>(IReadOnlyList<T> buffers)
+    {
+        if (_bounce is null)
+        {
+            return true;
+        }
+
+        for (var i = 0; i < buffers.Count - 1; i++)
+        {
+            var length = buffers[i] switch
+            {
+                Memory<byte> m => m.Length,
+                ReadOnlyMemory<byte> r => r.Length,
+                _ => throw new ArgumentException("buffers must be Memory<byte> or ReadOnlyMemory<byte>"),
+            };
+            if (length % DirectAlignment != 0)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    async ValueTask ReadVectorBouncedAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        var length = (int)IoVectors.TotalLength(buffers);
+        var alignedLength = (int)RoundUp(length, DirectAlignment);
+        var bounce = _bounce!.Rent(alignedLength);
+        try
+        {
+            await ReadFullAsync(offset, bounce.Memory[..alignedLength], cancellationToken).ConfigureAwait(false);
+            var source = bounce.Memory;
+            foreach (var buffer in buffers)
+            {
+                source[..buffer.Length].CopyTo(buffer);
+                source = source[buffer.Length..];
+            }
+        }
+        finally
+        {
+            _bounce.Return(bounce);
+        }
+    }
+
+    async ValueTask WriteVectorBouncedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        var length = (int)IoVectors.TotalLength(buffers);
+        var bounce = _bounce!.Rent(length);
+        try
+        {
+            var target = bounce.Memory;
+            foreach (var buffer in buffers)
+            {
+                buffer.CopyTo(target);
+                target = target[buffer.Length..];
+            }
+
+            await RandomAccess.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _bounce.Return(bounce);
+        }
+    }
+
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
         DirectFriendly(offset, buffer)
             ? RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken)
@@ -278,6 +356,13 @@ public sealed class FileDriver : IBlockDriver
     {
         if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
         {
+            if (!SegmentsBlockAligned(buffers))
+            {
+                // See ReadVectorAsync: a segment that splits a block cannot be written on its own with O_DIRECT.
+                await WriteVectorBouncedAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
             for (var i = 0; i < buffers.Count; i++)
             {
                 await WriteAsync(offset, buffers[i], flags, cancellationToken).ConfigureAwait(false);
