@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
@@ -108,7 +109,7 @@ public sealed class RawDriverTests : IDisposable
     {
         var (graph, file) = await OpenFileAsync();
         await using var _ = graph;
-        var ex = await Assert.ThrowsAsync<ArgumentException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(offset, size)));
+        var ex = await Assert.ThrowsAsync<BlockOpenException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(offset, size)));
         Assert.StartsWith("raw: ", ex.Message);
         Assert.Null(graph.FindNode("disk"));
         Assert.Empty(file.Parents);
@@ -123,7 +124,7 @@ public sealed class RawDriverTests : IDisposable
         var (graph, file) = await OpenFileAsync(direct: true);
         await using var _ = graph;
         Assert.Equal(FileDriver.DirectAlignment, file.Limits.RequestAlignment);
-        var ex = await Assert.ThrowsAsync<ArgumentException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(offset, size)));
+        var ex = await Assert.ThrowsAsync<BlockOpenException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(offset, size)));
         Assert.Contains("request alignment (4096 bytes)", ex.Message);
         Assert.Null(graph.FindNode("disk"));
         Assert.Empty(file.Parents);

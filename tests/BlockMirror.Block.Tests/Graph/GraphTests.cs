@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Memory;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
@@ -80,7 +81,7 @@ public sealed class GraphTests
     {
         await using var graph = new BlockGraph();
         var file = await MemoryDriver.OpenAsync(graph, "file", new MemoryDriverOptions(4096));
-        await Assert.ThrowsAsync<ArgumentException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(Offset: 0, Size: 8192)));
+        await Assert.ThrowsAsync<BlockOpenException>(async () => await RawDriver.OpenAsync(graph, "disk", file, new RawDriverOptions(Offset: 0, Size: 8192)));
         Assert.Null(graph.FindNode("disk"));
         Assert.Empty(file.Parents);
 

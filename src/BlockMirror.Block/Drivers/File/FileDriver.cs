@@ -192,7 +192,20 @@ public sealed class FileDriver : IBlockDriver
 
     public async ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
     {
-        if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
+        if (buffers.Count > MaxSegments && AllDirectFriendly(offset, buffers))
+        {
+            // One system call takes at most IOV_MAX segments: send the list in windows of that size.
+            for (var start = 0; start < buffers.Count; start += MaxSegments)
+            {
+                var window = new SegmentWindow<Memory<byte>>(buffers, start, Math.Min(MaxSegments, buffers.Count - start));
+                await ReadVectorAsync(offset, window, cancellationToken).ConfigureAwait(false);
+                offset += IoVectors.TotalLength(window);
+            }
+
+            return;
+        }
+
+        if (!AllDirectFriendly(offset, buffers))
         {
             if (!SegmentsBlockAligned(buffers))
             {
@@ -354,7 +367,19 @@ public sealed class FileDriver : IBlockDriver
 
     public async ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
-        if (buffers.Count > MaxSegments || !AllDirectFriendly(offset, buffers))
+        if (buffers.Count > MaxSegments && AllDirectFriendly(offset, buffers))
+        {
+            for (var start = 0; start < buffers.Count; start += MaxSegments)
+            {
+                var window = new SegmentWindow<ReadOnlyMemory<byte>>(buffers, start, Math.Min(MaxSegments, buffers.Count - start));
+                await WriteVectorAsync(offset, window, flags, cancellationToken).ConfigureAwait(false);
+                offset += IoVectors.TotalLength(window);
+            }
+
+            return;
+        }
+
+        if (!AllDirectFriendly(offset, buffers))
         {
             if (!SegmentsBlockAligned(buffers))
             {
@@ -497,5 +522,23 @@ public sealed class FileDriver : IBlockDriver
     {
         _handle.Dispose();
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>A window of a segment list, without copying it.</summary>
+    sealed class SegmentWindow<T>(IReadOnlyList<T> list, int start, int count) : IReadOnlyList<T>
+    {
+        public T this[int index] => (uint)index < (uint)count ? list[start + index] : throw new ArgumentOutOfRangeException(nameof(index));
+
+        public int Count => count;
+
+        public IEnumerator<T> GetEnumerator()
+        {
+            for (var i = 0; i < count; i++)
+            {
+                yield return list[start + i];
+            }
+        }
+
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
     }
 }

@@ -76,9 +76,9 @@ public sealed class NullDriver : IBlockDriver
 
     public ValueTask FlushAsync(CancellationToken cancellationToken) => Delay(cancellationToken);
 
-    /// <summary>As QEMU's null-co: zero when reads produce zeroes, otherwise nothing known (the node calls it allocated).</summary>
+    /// <summary>As QEMU's null-co: zero when reads produce zeroes, otherwise nothing known (the node calls it allocated); offset valid.</summary>
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken) =>
-        ValueTask.FromResult(new BlockStatus(_options.ReadZeroes ? BlockStatusFlags.Zero : BlockStatusFlags.None, length));
+        ValueTask.FromResult(new BlockStatus((_options.ReadZeroes ? BlockStatusFlags.Zero : BlockStatusFlags.None) | BlockStatusFlags.OffsetValid, length, offset));
 
     public ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
         throw new System.Diagnostics.UnreachableException("the node refuses truncate: CanTruncate is false");

@@ -43,19 +43,19 @@ public sealed class RawDriver : IBlockDriver
         {
             if (options.Offset < 0 || options.Size < 0)
             {
-                throw new ArgumentException($"raw: offset and size must not be negative (offset {options.Offset}, size {options.Size})");
+                throw new BlockOpenException($"raw: offset and size must not be negative (offset {options.Offset}, size {options.Size})");
             }
 
             var fileLength = file.Length;
             if (options.Offset > fileLength || (options.Size is { } size && size > fileLength - options.Offset))
             {
-                throw new ArgumentException($"raw: the window (offset {options.Offset}, size {options.Size}) runs past the end of the file ({fileLength} bytes)");
+                throw new BlockOpenException($"raw: the window (offset {options.Offset}, size {options.Size}) runs past the end of the file ({fileLength} bytes)");
             }
 
             var alignment = file.Limits.RequestAlignment;
             if (options.Offset % alignment != 0 || (options.Size ?? 0) % alignment != 0)
             {
-                throw new ArgumentException($"raw: offset and size must be multiples of the file's request alignment ({alignment} bytes)");
+                throw new BlockOpenException($"raw: offset and size must be multiples of the file's request alignment ({alignment} bytes)");
             }
 
             var edge = node.AttachChild(ChildNames.File, file);
