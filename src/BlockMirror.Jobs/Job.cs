@@ -571,6 +571,10 @@ public abstract class Job
     }
 
     /// <summary>Sleeps for <paramref name="delay"/> unless woken or cancelled; then a pause point.</summary>
+    /// <remarks>
+    /// A zero delay only yields the thread: a timer cannot fire sooner than the system tick (about a
+    /// millisecond), which would throttle a job that sleeps zero between every piece of work.
+    /// </remarks>
     protected async ValueTask SleepAsync(TimeSpan delay)
     {
         Task? parked = null;
@@ -581,15 +585,19 @@ public abstract class Job
                 return;
             }
 
-            if (!ShouldPauseLocked)
+            if (!ShouldPauseLocked && delay > TimeSpan.Zero)
             {
-                parked = ParkLocked(delay <= TimeSpan.Zero ? TimeSpan.FromTicks(1) : delay);
+                parked = ParkLocked(delay);
             }
         }
 
         if (parked is not null)
         {
             await parked.ConfigureAwait(false);
+        }
+        else
+        {
+            await Task.Yield();
         }
 
         await PausePointAsync().ConfigureAwait(false);
