@@ -13,8 +13,27 @@ static class MirrorTestRunner
     {
         await WaitReadyAsync(manager, job);
         job.Complete();
-        await job.Finished.WaitAsync(Limit);
+        await WaitFinishedAsync(job);
         Assert.Null(job.Error);
+    }
+
+    public static async Task WaitFinishedAsync(MirrorJob job)
+    {
+        try
+        {
+            await job.Finished.WaitAsync(Limit);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"job did not end within {Limit.TotalSeconds} s: {Describe(job)}");
+        }
+    }
+
+    /// <summary>Everything worth knowing when a job seems stuck.</summary>
+    public static string Describe(MirrorJob job)
+    {
+        var info = job.GetInfo();
+        return $"status {info.Status.ToWireName()}, dirty {job.DirtyBytes}, offset {info.Offset}, len {info.Len}, busy {info.Busy}, paused {info.Paused}, speed {info.Speed}, io-status {info.IoStatus.ToWireName()}";
     }
 
     public static async Task WaitReadyAsync(JobManager manager, MirrorJob job)
@@ -32,7 +51,15 @@ static class MirrorTestRunner
             return;
         }
 
-        await Task.WhenAny(ready.Task, job.Finished).WaitAsync(Limit);
+        try
+        {
+            await Task.WhenAny(ready.Task, job.Finished).WaitAsync(Limit);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"no READY within {Limit.TotalSeconds} s: {Describe(job)}");
+        }
+
         Assert.True(ready.Task.IsCompleted, $"job ended before READY: {job.Error}");
     }
 }
