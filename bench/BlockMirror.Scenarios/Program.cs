@@ -1,0 +1,70 @@
+using System.Globalization;
+using System.Text;
+
+namespace BlockMirror.Scenarios;
+
+/// <summary>
+/// Scenario benchmarks: BlockMirror and QEMU's tools on the same images, in the same run, alternating
+/// (ABAB) with a cold page cache before every run; prints a markdown table of medians and ratios.
+/// </summary>
+static class Program
+{
+    static int Main(string[] args)
+    {
+        var options = Options.Parse(args);
+        Directory.CreateDirectory(options.DataDirectory);
+        var cold = Runner.DropCaches();
+        var rows = new List<Row>();
+        foreach (var scenario in options.Scenarios)
+        {
+            rows.AddRange(scenario switch
+            {
+                "dense" => FileScenarios.Dense(options),
+                "sparse" => FileScenarios.Sparse(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse)"),
+            });
+        }
+
+        var report = new StringBuilder();
+        report.AppendLine(CultureInfo.InvariantCulture, $"Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {Environment.ProcessorCount} cores, {Runner.Run("free -g | awk '/Mem:/ {print $2}'").Trim()} GiB; {Runner.Run("qemu-img --version | head -1").Trim()}; .NET {Environment.Version}");
+        report.AppendLine(CultureInfo.InvariantCulture, $"Command: `{options.CommandLine}`; {options.Pairs} pair(s), alternating, page cache {(cold ? "dropped before every run" : "NOT dropped (no permission): warm runs")}.");
+        report.AppendLine();
+        report.Append(Table.Render(rows, "qemu-img convert -W -m 16 + sync"));
+        Console.WriteLine(report);
+        if (options.Output is { } output)
+        {
+            File.WriteAllText(output, report.ToString());
+        }
+
+        return 0;
+    }
+}
+
+/// <summary>Command-line options of the scenario runner.</summary>
+sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList<string> Scenarios, string BlockMirror, string? Output, string CommandLine)
+{
+    public static Options Parse(string[] args)
+    {
+        var data = "/var/tmp/blockmirror-bench";
+        var pairs = 3;
+        var quick = false;
+        string[] scenarios = ["dense", "sparse"];
+        var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
+        string? output = null;
+        for (var i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--data-dir": data = args[++i]; break;
+                case "--pairs": pairs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--quick": quick = true; pairs = 1; break;
+                case "--scenarios": scenarios = args[++i].Split(','); break;
+                case "--blockmirror": blockMirror = args[++i]; break;
+                case "--output": output = args[++i]; break;
+                default: throw new ArgumentException($"unknown option '{args[i]}' (known: --data-dir, --pairs, --quick, --scenarios, --blockmirror, --output)");
+            }
+        }
+
+        return new Options(data, pairs, quick, scenarios, blockMirror, output, "blockmirror-scenarios " + string.Join(' ', args));
+    }
+}
