@@ -76,13 +76,19 @@ static class MirrorCommand
 
         await using var graph = new BlockGraph();
         var source = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, Direct: direct, NodeName: "source"), cancellationToken);
+        if (Directory.Exists(targetPath))
+        {
+            throw new UsageException($"TARGET '{targetPath}' is a directory");
+        }
+
         targetFormat ??= File.Exists(targetPath) || Path.HasExtension(targetPath) ? ImageFiles.GuessFormat(targetPath) : source.Driver.DriverName;
+        var createdTarget = false;
         if (!File.Exists(targetPath))
         {
             ImageFiles.Create(targetPath, targetFormat, source.Length);
+            createdTarget = true;
         }
 
-        var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, Direct: direct, NodeName: "target"), cancellationToken);
         var manager = new JobManager();
         var events = new List<JobEvent>();
         using var subscription = manager.Events.Subscribe(e =>
@@ -93,7 +99,21 @@ static class MirrorCommand
             }
         });
 
-        var job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
+        MirrorJob job;
+        try
+        {
+            var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, Direct: direct, NodeName: "target"), cancellationToken);
+            job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
+        }
+        catch when (createdTarget)
+        {
+            // The job validates its options against the target (granularity, buf-size, O_DIRECT
+            // alignment), so a refusal comes after the target was created: remove it, so a refused
+            // mirror leaves nothing behind. Unlinking a file that is still open is fine on POSIX.
+            File.Delete(targetPath);
+            throw;
+        }
+
         using var onCancel = cancellationToken.Register(() => _ = job.CancelAsync(force: true));
         var progress = ProgressLine.ForConsole();
         var rate = new RateMeter(TimeSpan.FromSeconds(3));
