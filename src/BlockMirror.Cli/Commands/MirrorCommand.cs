@@ -3,6 +3,7 @@ using System.Text.Json;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Cli.Interop;
 using BlockMirror.Cli.Ui;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;
@@ -69,7 +70,9 @@ static class MirrorCommand
     static async Task<int> RunAsync(string sourcePath, string targetPath, string? format, string? targetFormat, bool direct,
         MirrorOptions options, bool json, CancellationToken cancellationToken)
     {
-        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath))
+        // A file mirrored onto itself would be zeroed (the target does not read as zeroes) and lose its
+        // data: compare the files, not only the paths, so links to the source are refused too.
+        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath) || FileIdentity.AreSame(sourcePath, targetPath) == true)
         {
             throw new UsageException("SOURCE and TARGET are the same file");
         }
