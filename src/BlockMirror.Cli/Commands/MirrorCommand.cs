@@ -3,6 +3,7 @@ using System.Text.Json;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Cli.Interop;
 using BlockMirror.Cli.Ui;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;
@@ -69,20 +70,28 @@ static class MirrorCommand
     static async Task<int> RunAsync(string sourcePath, string targetPath, string? format, string? targetFormat, bool direct,
         MirrorOptions options, bool json, CancellationToken cancellationToken)
     {
-        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath))
+        // A file mirrored onto itself would be zeroed (the target does not read as zeroes) and lose its
+        // data: compare the files, not only the paths, so links to the source are refused too.
+        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath) || FileIdentity.AreSame(sourcePath, targetPath) == true)
         {
             throw new UsageException("SOURCE and TARGET are the same file");
         }
 
         await using var graph = new BlockGraph();
         var source = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, Direct: direct, NodeName: "source"), cancellationToken);
+        if (Directory.Exists(targetPath))
+        {
+            throw new UsageException($"TARGET '{targetPath}' is a directory");
+        }
+
         targetFormat ??= File.Exists(targetPath) || Path.HasExtension(targetPath) ? ImageFiles.GuessFormat(targetPath) : source.Driver.DriverName;
+        var createdTarget = false;
         if (!File.Exists(targetPath))
         {
             ImageFiles.Create(targetPath, targetFormat, source.Length);
+            createdTarget = true;
         }
 
-        var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, Direct: direct, NodeName: "target"), cancellationToken);
         var manager = new JobManager();
         var events = new List<JobEvent>();
         using var subscription = manager.Events.Subscribe(e =>
@@ -93,7 +102,21 @@ static class MirrorCommand
             }
         });
 
-        var job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
+        MirrorJob job;
+        try
+        {
+            var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, Direct: direct, NodeName: "target"), cancellationToken);
+            job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
+        }
+        catch when (createdTarget)
+        {
+            // The job validates its options against the target (granularity, buf-size, O_DIRECT
+            // alignment), so a refusal comes after the target was created: remove it, so a refused
+            // mirror leaves nothing behind. Unlinking a file that is still open is fine on POSIX.
+            File.Delete(targetPath);
+            throw;
+        }
+
         using var onCancel = cancellationToken.Register(() => _ = job.CancelAsync(force: true));
         var progress = ProgressLine.ForConsole();
         var rate = new RateMeter(TimeSpan.FromSeconds(3));

@@ -1,0 +1,180 @@
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary><c>blockmirror mirror</c> on real raw files made by qemu-io, checked with qemu-img.</summary>
+public sealed class MirrorCommandTests : IDisposable
+{
+    const long Size = 32L << 20;
+    const long K = 1024;
+    const long M = 1024 * K;
+
+    /// <summary>The source: data at the start, middle and end, a partial chunk, written zeroes (alone and inside data), holes.</summary>
+    static readonly string[] SourceWrites =
+    [
+        "write -P 0xab 0 1M",
+        "write -P 0xcd 5M 64k",
+        "write -P 0x5a 8196k 4k",
+        "write -z 12M 1M",
+        "write -P 0xee 16M 256k",
+        "write -z 16448k 64k",
+        "write -P 0x11 32256k 512k",
+    ];
+
+    /// <summary>Ranges no write touched, at least a chunk away from any data: they must stay holes on a new target.</summary>
+    static readonly (long Start, long End)[] NeverWritten =
+    [
+        (1 * M, 5 * M), (5 * M + 64 * K, 8 * M), (9 * M, 12 * M), (13 * M, 16 * M), (17 * M, 31 * M),
+    ];
+
+    /// <summary>Ranges that hold non-zero data in the source: they must be data on the target.</summary>
+    static readonly (long Start, long End)[] Written =
+    [
+        (0, 1 * M), (5 * M, 5 * M + 64 * K), (8 * M + 4 * K, 8 * M + 8 * K), (16 * M, 16 * M + 64 * K),
+        (16 * M + 128 * K, 16 * M + 256 * K), (31 * M + 512 * K, 32 * M),
+    ];
+
+    readonly TempDirectory _dir = new("blockmirror-cli-test-");
+
+    public void Dispose() => _dir.Dispose();
+
+    async Task<string> CreateSourceAsync()
+    {
+        var source = _dir.File("source.raw");
+        await QemuImages.CreateAsync(source, "32M", SourceWrites);
+        return source;
+    }
+
+    static void AssertSucceeded(CliResult result)
+    {
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.True(result.StandardError.Length == 0, result.ToString());
+    }
+
+    [SkippableFact]
+    public async Task Mirror_to_a_new_target_creates_an_identical_sparse_copy()
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("target.raw");
+
+        var result = await BlockMirrorCli.RunAsync("mirror", source, target);
+
+        AssertSucceeded(result);
+        Assert.Equal(Size, new FileInfo(target).Length);
+        await QemuImages.AssertIdenticalAsync(source, target);
+
+        var map = await QemuImages.MapAsync(target);
+        foreach (var (start, end) in NeverWritten)
+        {
+            Assert.All(map.Where(e => e.Start < end && e.End > start),
+                e => Assert.True(e.Zero && !e.Data, $"[{start}, {end}) was never written, but the target maps {e} there"));
+        }
+
+        foreach (var (start, end) in Written)
+        {
+            var covered = map.Where(e => e.Data && e.Start < end && e.End > start).Sum(e => Math.Min(e.End, end) - Math.Max(e.Start, start));
+            Assert.True(covered == end - start, $"[{start}, {end}) holds data in the source; the target maps only {covered} bytes of it as data");
+        }
+
+        // The data is under 3 MiB (4 with the written zeroes, which the source may report as data).
+        var allocated = await QemuImages.AllocatedBytesAsync(target);
+        Assert.True(allocated < Size / 4, $"the target occupies {allocated} bytes of {Size}: not sparse");
+    }
+
+    [SkippableTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Mirror_onto_an_existing_target_replaces_stale_data_everywhere(bool noUnmap)
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("stale.raw");
+        await QemuImages.CreateAsync(target, "32M", "write -P 0x77 0 32M");
+
+        var result = await BlockMirrorCli.RunAsync(noUnmap ? ["mirror", "--no-unmap", source, target] : ["mirror", source, target]);
+
+        AssertSucceeded(result);
+        Assert.Equal(Size, new FileInfo(target).Length);
+        // The stale 0x77 bytes were everywhere, so this covers the source's holes and written zeroes too.
+        await QemuImages.AssertIdenticalAsync(source, target);
+    }
+
+    public static TheoryData<string[]> Options => new()
+    {
+        new[] { "--granularity", "4K" },
+        new[] { "--granularity", "1M" },
+        new[] { "--buf-size", "1M" },
+        new[] { "--speed", "10G" },
+        new[] { "--direct" },
+        new[] { "--no-unmap" },
+        new[] { "--sync", "top" },
+        new[] { "-f", "raw", "-O", "raw" },
+        new[] { "--granularity", "4K", "--buf-size", "1M", "--speed", "1G", "--direct" },
+    };
+
+    [SkippableTheory]
+    [MemberData(nameof(Options))]
+    public async Task Mirror_options_produce_an_identical_image(string[] options)
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("target.raw");
+
+        var result = await BlockMirrorCli.RunAsync(["mirror", .. options, source, target]);
+
+        AssertSucceeded(result);
+        await QemuImages.AssertIdenticalAsync(source, target);
+    }
+
+    [SkippableFact]
+    public async Task Sync_none_onto_an_identical_copy_copies_nothing_and_stays_identical()
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("copy.raw");
+        File.Copy(source, target);
+
+        var result = await BlockMirrorCli.RunAsync("mirror", "--sync", "none", source, target);
+
+        AssertSucceeded(result);
+        Assert.Equal($"mirrored 0 B from {source} to {target}", result.OutputLines[^1]);
+        await QemuImages.AssertIdenticalAsync(source, target);
+    }
+
+    [SkippableFact]
+    public async Task Sync_none_leaves_what_the_target_held()
+    {
+        // Nothing writes to the source during the job, so sync=none has nothing to copy.
+        var source = await CreateSourceAsync();
+        var target = _dir.File("stale.raw");
+        await QemuImages.CreateAsync(target, "32M", "write -P 0x77 0 32M");
+        var before = QemuImages.Fingerprint(target);
+
+        var result = await BlockMirrorCli.RunAsync("mirror", "--sync", "none", source, target);
+
+        AssertSucceeded(result);
+        Assert.Equal(before, QemuImages.Fingerprint(target));
+    }
+
+    [SkippableFact]
+    public async Task Progress_through_a_pipe_is_plain_lines()
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("target.raw");
+
+        // Slow enough (about 2 MiB of data at 2 MiB/s) for more than one progress sample.
+        var result = await BlockMirrorCli.RunAsync("mirror", "--speed", "2M", source, target);
+
+        AssertSucceeded(result);
+        Assert.DoesNotContain('\r', result.StandardOutput);
+        Assert.DoesNotContain('\u001b', result.StandardOutput);
+        Assert.DoesNotContain("[#", result.StandardOutput, StringComparison.Ordinal);
+        var lines = result.OutputLines;
+        var progress = lines[..^1];
+        Assert.All(progress, line => Assert.Matches(@"^\s*\d+ % \S+ \S+ / \S+ \S+  \S+ \S+/s  ETA \d\d:\d\d  \S+$", line));
+        Assert.Contains(progress, line => line.StartsWith("100 % ", StringComparison.Ordinal));
+        Assert.Matches($@"^mirrored \S+ \S+ from {System.Text.RegularExpressions.Regex.Escape(source)} to {System.Text.RegularExpressions.Regex.Escape(target)}$", lines[^1]);
+
+        // One plain line per second at most, plus the first and the final one.
+        Assert.True(progress.Length <= result.Elapsed.TotalSeconds + 3, result.ToString());
+        Assert.True(progress.Length >= 2, result.ToString());
+        await QemuImages.AssertIdenticalAsync(source, target);
+    }
+}
