@@ -63,8 +63,10 @@ public sealed class MirrorRefusalTests : IDisposable
         { ["--format", "vmdk"], "Unknown image format 'vmdk'" },
         { ["-f", "qcow2"], "Unknown image format 'qcow2'" },
         { ["--target-format", "vmdk"], "Unknown image format 'vmdk'" },
-        { ["--on-source-error", "bogus"], "--on-source-error: unknown error policy 'bogus' (expected report, ignore, stop or enospc)" },
-        { ["--on-target-error", "bogus"], "--on-target-error: unknown error policy 'bogus' (expected report, ignore, stop or enospc)" },
+        { ["--on-source-error", "bogus"], "--on-source-error: unknown error policy 'bogus' (expected report or ignore)" },
+        { ["--on-target-error", "bogus"], "--on-target-error: unknown error policy 'bogus' (expected report or ignore)" },
+        { ["--on-source-error", "stop"], "--on-source-error stop: a stopped job must be resumed over QMP; use report or ignore here, or run the job in 'blockmirror serve'" },
+        { ["--on-target-error", "enospc"], "--on-target-error enospc: a stopped job must be resumed over QMP; use report or ignore here, or run the job in 'blockmirror serve'" },
     };
 
     [Theory]

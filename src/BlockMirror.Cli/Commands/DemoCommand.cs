@@ -118,7 +118,7 @@ static class DemoCommand
             }
 
             var final = job.GetInfo();
-            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), copyRate.Sample(final.Offset), final.Status.ToWireName(), force: true);
+            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), copyRate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
             progress.Finish();
             if (job.Error is not null)
             {

@@ -28,8 +28,8 @@ static class MirrorCommand
         var granularity = new Option<string?>("--granularity") { Description = "Dirty-tracking granularity, e.g. 64K (default: target cluster size, 64K)" };
         var bufSize = new Option<string?>("--buf-size") { Description = "Copy buffer size, e.g. 16M" };
         var speed = new Option<string?>("--speed") { Description = "Bytes per second, e.g. 100M (default: unlimited)" };
-        var onSourceError = new Option<string>("--on-source-error") { Description = "report, ignore, stop or enospc", DefaultValueFactory = _ => "report" };
-        var onTargetError = new Option<string>("--on-target-error") { Description = "report, ignore, stop or enospc", DefaultValueFactory = _ => "report" };
+        var onSourceError = new Option<string>("--on-source-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
+        var onTargetError = new Option<string>("--on-target-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
         var noUnmap = new Option<bool>("--no-unmap") { Description = "Write zeroes instead of deallocating zero ranges on the target" };
         var direct = new Option<bool>("--direct") { Description = "Open both images with O_DIRECT (cache.direct=on)" };
         var json = new Option<bool>("--json") { Description = "Print QMP-style JSON events and progress, one object per line" };
@@ -62,10 +62,18 @@ static class MirrorCommand
     static MirrorSyncMode ParseSync(string text) =>
         MirrorNames.TryParseSync(text, out var mode) ? mode : throw new UsageException($"unknown sync mode '{text}' (expected full, top or none)");
 
-    static BlockdevOnError ParsePolicy(string text, string option) =>
-        ErrorPolicy.TryParse(text, out var policy) && policy != BlockdevOnError.Auto
-            ? policy
-            : throw new UsageException($"{option}: unknown error policy '{text}' (expected report, ignore, stop or enospc)");
+    /// <summary>
+    /// Only report and ignore: stop (and enospc, which may stop) pause the job until someone resumes it,
+    /// and a one-shot command has no monitor to resume from. `blockmirror serve` offers them over QMP.
+    /// </summary>
+    static BlockdevOnError ParsePolicy(string text, string option) => text switch
+    {
+        "report" => BlockdevOnError.Report,
+        "ignore" => BlockdevOnError.Ignore,
+        "stop" or "enospc" => throw new UsageException(
+            $"{option} {text}: a stopped job must be resumed over QMP; use report or ignore here, or run the job in 'blockmirror serve'"),
+        _ => throw new UsageException($"{option}: unknown error policy '{text}' (expected report or ignore)"),
+    };
 
     static async Task<int> RunAsync(string sourcePath, string targetPath, string? format, string? targetFormat, bool direct,
         MirrorOptions options, bool json, CancellationToken cancellationToken)
@@ -169,7 +177,7 @@ static class MirrorCommand
         var final = job.GetInfo();
         if (!json)
         {
-            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), final.Status.ToWireName(), force: true);
+            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
             progress.Finish();
         }
 
