@@ -1,0 +1,68 @@
+namespace BlockMirror.Jobs.Tests;
+
+/// <summary>Job state machine bugs found by the lifecycle tests, kept as named tests.</summary>
+public sealed class JobRegressionTests
+{
+    /// <summary>
+    /// Found by the verb matrix: set-speed wakes the body so that a shorter sleep takes effect, and the
+    /// wake-up ended a pause: the paused job went back to running while still counted as paused.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Set_speed_on_a_paused_job_leaves_it_paused(bool ready)
+    {
+        var manager = new JobManager();
+        using var log = new EventLog(manager);
+        var job = TestJob.Create(manager);
+        await job.WaitParkedAsync(JobStatus.Running);
+        if (ready)
+        {
+            job.MakeReady();
+            await job.WaitParkedAsync(JobStatus.Ready);
+        }
+
+        var paused = ready ? JobStatus.Standby : JobStatus.Paused;
+        job.Pause();
+        await job.WaitParkedAsync(paused);
+        var mark = log.Count;
+
+        job.SetSpeed(1 << 20);
+        job.SetSpeed(0);
+        await Task.Delay(20);
+        Assert.Equal(paused, job.Status);
+        Assert.True(job.IsPaused);
+        Assert.Equal(mark, log.Count);
+
+        job.Resume();
+        await job.WaitParkedAsync(ready ? JobStatus.Ready : JobStatus.Running);
+        await job.CancelAsync(force: true);
+        await job.Finished.WaitAsync(TestJob.Limit);
+    }
+
+    /// <summary>
+    /// Found by the verb matrix: complete is accepted in standby (QEMU 7.2), and its wake-up let the paused
+    /// job finish while the user still had it paused. QEMU completes it only once resumed.
+    /// </summary>
+    [Fact]
+    public async Task Complete_in_standby_takes_effect_only_after_resume()
+    {
+        var manager = new JobManager();
+        using var log = new EventLog(manager);
+        var job = TestJob.Create(manager);
+        await job.WaitParkedAsync(JobStatus.Running);
+        job.MakeReady();
+        await job.WaitParkedAsync(JobStatus.Ready);
+        job.Pause();
+        await job.WaitParkedAsync(JobStatus.Standby);
+
+        job.Complete();
+        await Task.Delay(20);
+        Assert.Equal(JobStatus.Standby, job.Status);
+        Assert.False(job.Finished.IsCompleted);
+
+        job.Resume();
+        await job.Finished.WaitAsync(TestJob.Limit);
+        Assert.Equal(["standby", "ready", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"], log.Names.Skip(4));
+    }
+}
