@@ -42,15 +42,19 @@ public sealed class JobManager(TimeProvider? time = null)
     /// <summary>Checks a job id as QEMU does (a letter, then letters, digits, '-', '.', '_'), and that it is free.</summary>
     public void ValidateNewId(string id)
     {
+        ValidateIdForm(id);
+        if (Find(id) is not null)
+        {
+            throw new JobException($"Job ID '{id}' already in use");
+        }
+    }
+
+    static void ValidateIdForm(string id)
+    {
         if (id.Length == 0 || !char.IsAsciiLetter(id[0]) ||
             !id.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_'))
         {
             throw new JobException($"Invalid job ID '{id}'");
-        }
-
-        if (Find(id) is not null)
-        {
-            throw new JobException($"Job ID '{id}' already in use");
         }
     }
 
@@ -75,6 +79,8 @@ public sealed class JobManager(TimeProvider? time = null)
     /// <summary>Registers a constructed job (state created). Call <see cref="Job.Start"/> next.</summary>
     public void Register(Job job)
     {
+        // Every job passes here, whoever built it: check the id's form here too, as QEMU's job_create does.
+        ValidateIdForm(job.Id);
         lock (SyncRoot)
         {
             if (_jobs.Exists(j => j.Id == job.Id))

@@ -65,4 +65,21 @@ public sealed class JobRegressionTests
         await job.Finished.WaitAsync(TestJob.Limit);
         Assert.Equal(["standby", "ready", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"], log.Names.Skip(4));
     }
+
+    /// <summary>
+    /// Found by the lifecycle tests: only MirrorJob.StartAsync checked an id's form; JobManager.Register,
+    /// the one step every job passes, registered "0job" or "" without complaint. QEMU's job_create checks both.
+    /// </summary>
+    [Fact]
+    public void Register_refuses_a_malformed_job_id()
+    {
+        var manager = new JobManager();
+        using var log = new EventLog(manager);
+        var job = new TestJob(manager, "0job");
+        var ex = Assert.Throws<JobException>(() => manager.Register(job));
+        Assert.Equal("Invalid job ID '0job'", ex.Message);
+        Assert.Empty(manager.Jobs);
+        Assert.Equal(JobStatus.Undefined, job.Status);
+        Assert.Equal(0, log.Count);
+    }
 }
