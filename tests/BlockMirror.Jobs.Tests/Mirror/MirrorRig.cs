@@ -72,14 +72,16 @@ sealed class MirrorRig : IAsyncDisposable
         var content = new byte[size];
         if (withData && size > 0)
         {
+            // Only the data is written: the zero ranges stay unallocated, as on a sparse disk.
             var random = new Random(1234);
-            random.NextBytes(content.AsSpan(0, (int)Math.Min(size, 512 * 1024)));
+            var first = (int)Math.Min(size, 512 * 1024);
+            random.NextBytes(content.AsSpan(0, first));
+            await sourceMemory.WriteAsync(0, content.AsMemory(0, first));
             if (size >= 704 * 1024)
             {
                 random.NextBytes(content.AsSpan(640 * 1024, 64 * 1024));
+                await sourceMemory.WriteAsync(640 * 1024, content.AsMemory(640 * 1024, 64 * 1024));
             }
-
-            await sourceMemory.WriteAsync(0, content);
         }
 
         return new MirrorRig(graph, new JobManager(time), sourceMemory, targetMemory, source, target, vm, content);
