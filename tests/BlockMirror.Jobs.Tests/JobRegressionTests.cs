@@ -1,6 +1,8 @@
+using BlockMirror.TestKit;
+
 namespace BlockMirror.Jobs.Tests;
 
-/// <summary>Job state machine bugs found by the lifecycle tests, kept as named tests.</summary>
+/// <summary>Bugs in the job layer (state machine, job manager, rate limiter) found by the tests, kept as named tests.</summary>
 public sealed class JobRegressionTests
 {
     /// <summary>
@@ -81,5 +83,29 @@ public sealed class JobRegressionTests
         Assert.Empty(manager.Jobs);
         Assert.Equal(JobStatus.Undefined, job.Status);
         Assert.Equal(0, log.Count);
+    }
+
+    /// <summary>
+    /// Found by the rate-limit tests: the limiter rounded the slices a piece of work claims down to whole
+    /// slices, and a caller that woke after the slice end (a real timer always does) started afresh, so
+    /// the fraction was never paid: 200 000-byte pieces at 1 MiB/s ran at about twice the speed.
+    /// </summary>
+    [Fact]
+    public void Rate_limiter_charges_the_fraction_of_a_slice_to_a_caller_that_wakes_late()
+    {
+        var time = new ManualTimeProvider();
+        var limiter = new RateLimiter(time);
+        limiter.SetSpeed(1 << 20);
+        for (var piece = 0; piece < 42; piece++)
+        {
+            var delay = limiter.CalculateDelay(200_000);
+            if (delay > TimeSpan.Zero)
+            {
+                time.Advance(delay + TimeSpan.FromMilliseconds(1));
+            }
+        }
+
+        // 8 400 000 bytes at 1 MiB/s: at least 8.01 s less one slice.
+        Assert.True(time.Elapsed >= TimeSpan.FromSeconds(7.9), $"took {time.Elapsed.TotalMilliseconds} ms of fake time");
     }
 }
