@@ -161,7 +161,9 @@ public sealed class MirrorJob : BlockJob
 
         var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
         var bufSize = options.BufSize != 0 ? options.BufSize : MirrorOptions.DefaultBufSize;
-        if (bufSize < granularity)
+        // Only a buf-size the user gave is refused; the default (16 MiB) is rounded up below when the
+        // granularity is larger (up to 64 MiB), as QEMU rounds any buf-size.
+        if (options.BufSize != 0 && bufSize < granularity)
         {
             throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({granularity} bytes), got {bufSize}");
         }

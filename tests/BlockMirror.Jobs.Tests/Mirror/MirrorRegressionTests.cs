@@ -42,4 +42,19 @@ public sealed class MirrorRegressionTests : IDisposable
         await target.ReadAsync(65536 + 4096, copied);
         Assert.Equal(data, copied);
     }
+
+    /// <summary>
+    /// Found by the bad-input tests: granularity 64 MiB (the largest allowed) was refused with "buf-size
+    /// expects a value of at least the granularity (67108864 bytes), got 16777216": the default buffer,
+    /// which the user never gave, was checked as if given. QEMU rounds the buffer up to the granularity.
+    /// </summary>
+    [Fact]
+    public async Task The_largest_granularity_works_with_the_default_buffer_size()
+    {
+        await using var rig = await MirrorRig.CreateAsync();
+        var job = await rig.StartAsync(new MirrorOptions { JobId = "mirror0", Granularity = 64L << 20 });
+        Assert.Equal(64L << 20, job.BufSize);
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        await rig.AssertTargetEqualsSourceAsync();
+    }
 }
