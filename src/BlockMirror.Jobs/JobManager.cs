@@ -6,11 +6,18 @@ namespace BlockMirror.Jobs;
 /// Every job of one process: unique ids, the lock that guards all job state (QEMU's job_mutex), the time
 /// source, and the event bus hosts subscribe to.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "SemaphoreSlim needs disposing only when its wait handle is used; the start gate never uses it.")]
 public sealed class JobManager(TimeProvider? time = null)
 {
     readonly List<Job> _jobs = [];
 
     internal Lock SyncRoot { get; } = new();
+
+    /// <summary>
+    /// Held by a job's start from its checks (id free, nodes free) to its registration, so no two starts
+    /// pass the checks before either has registered. QEMU gets the same from running one QMP command at a time.
+    /// </summary>
+    internal SemaphoreSlim StartGate { get; } = new(1, 1);
 
     public TimeProvider Time { get; } = time ?? TimeProvider.System;
 
