@@ -2,6 +2,7 @@ using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Drivers.Memory;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs.Mirror;
+using BlockMirror.TestKit;
 
 namespace BlockMirror.Jobs.Tests.Mirror;
 
@@ -53,20 +54,26 @@ sealed class MirrorRig : IAsyncDisposable
 
     public BlkdebugFilter TargetDebug => (BlkdebugFilter)Target.Driver;
 
+    /// <summary>The target's gate, when made with <c>gateTarget</c>.</summary>
+    public GateFilter TargetGate => (GateFilter)Target.Driver;
+
     /// <summary>The source's user: writes through it reach the source through the mirror's filter.</summary>
     public NodeEdge Vm { get; }
 
     /// <summary>What the source held when the rig was made.</summary>
     public byte[] Content { get; }
 
+    /// <param name="gateTarget">The target is an (open) <see cref="GateFilter"/> instead of blkdebug, so a test can hold its requests.</param>
     public static async Task<MirrorRig> CreateAsync(long size = DefaultSize, bool targetZeroInit = true, TimeProvider? time = null,
-        bool withData = true)
+        bool withData = true, bool gateTarget = false)
     {
         var graph = new BlockGraph();
         var sourceMemory = await MemoryDriver.OpenAsync(graph, "src-mem", new MemoryDriverOptions(size));
         var targetMemory = await MemoryDriver.OpenAsync(graph, "dst-mem", new MemoryDriverOptions(size, targetZeroInit));
         var source = await BlkdebugFilter.OpenAsync(graph, "src", sourceMemory);
-        var target = await BlkdebugFilter.OpenAsync(graph, "dst", targetMemory);
+        var target = gateTarget
+            ? await GateFilter.OpenAsync(graph, "dst", targetMemory, startOpen: true)
+            : await BlkdebugFilter.OpenAsync(graph, "dst", targetMemory);
         var vm = graph.AttachRoot(source, new RootParent("vm"), "vm");
 
         var content = new byte[size];
