@@ -561,12 +561,24 @@ public abstract class Job
             parked = ParkLocked(null);
         }
 
-        await parked.ConfigureAwait(false);
-
-        lock (Lock)
+        // Only a resume or a cancel ends a pause. Other verbs wake the body too (set-speed, and complete in
+        // standby), and QEMU's callers avoid waking a paused job; here the pause point itself parks again
+        // while the pause still stands, so no such wake-up can let a paused job run on.
+        while (true)
         {
-            _paused = false;
-            TransitionLocked(resumeTo);
+            await parked.ConfigureAwait(false);
+            lock (Lock)
+            {
+                if (ShouldPauseLocked && !_forceCancel)
+                {
+                    parked = ParkLocked(null);
+                    continue;
+                }
+
+                _paused = false;
+                TransitionLocked(resumeTo);
+                return;
+            }
         }
     }
 

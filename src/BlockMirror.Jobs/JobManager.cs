@@ -6,11 +6,18 @@ namespace BlockMirror.Jobs;
 /// Every job of one process: unique ids, the lock that guards all job state (QEMU's job_mutex), the time
 /// source, and the event bus hosts subscribe to.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "SemaphoreSlim needs disposing only when its wait handle is used; the start gate never uses it.")]
 public sealed class JobManager(TimeProvider? time = null)
 {
     readonly List<Job> _jobs = [];
 
     internal Lock SyncRoot { get; } = new();
+
+    /// <summary>
+    /// Held by a job's start from its checks (id free, nodes free) to its registration, so no two starts
+    /// pass the checks before either has registered. QEMU gets the same from running one QMP command at a time.
+    /// </summary>
+    internal SemaphoreSlim StartGate { get; } = new(1, 1);
 
     public TimeProvider Time { get; } = time ?? TimeProvider.System;
 
@@ -42,15 +49,19 @@ public sealed class JobManager(TimeProvider? time = null)
     /// <summary>Checks a job id as QEMU does (a letter, then letters, digits, '-', '.', '_'), and that it is free.</summary>
     public void ValidateNewId(string id)
     {
+        ValidateIdForm(id);
+        if (Find(id) is not null)
+        {
+            throw new JobException($"Job ID '{id}' already in use");
+        }
+    }
+
+    static void ValidateIdForm(string id)
+    {
         if (id.Length == 0 || !char.IsAsciiLetter(id[0]) ||
             !id.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_'))
         {
             throw new JobException($"Invalid job ID '{id}'");
-        }
-
-        if (Find(id) is not null)
-        {
-            throw new JobException($"Job ID '{id}' already in use");
         }
     }
 
@@ -75,6 +86,8 @@ public sealed class JobManager(TimeProvider? time = null)
     /// <summary>Registers a constructed job (state created). Call <see cref="Job.Start"/> next.</summary>
     public void Register(Job job)
     {
+        // Every job passes here, whoever built it: check the id's form here too, as QEMU's job_create does.
+        ValidateIdForm(job.Id);
         lock (SyncRoot)
         {
             if (_jobs.Exists(j => j.Id == job.Id))

@@ -77,10 +77,12 @@ public sealed class RateLimiter(TimeProvider time, TimeSpan slice)
                 return TimeSpan.Zero;
             }
 
-            // Quota used up: the work claims as many whole slices as it needs, and the caller waits
-            // until the last of them ends.
-            var slices = _dispatched / _sliceQuota;
-            _sliceEnd = _sliceStart + slices * slice.Ticks;
+            // Quota used up: the work claims the time it needs at this speed, and the caller waits until
+            // then. Fractions of a slice count (QEMU computes delay_slices as a double): rounding down to
+            // whole slices let the excess through for free whenever the caller woke after the slice end
+            // and accounting started afresh, which is every time with a real timer.
+            var slices = (double)_dispatched / _sliceQuota;
+            _sliceEnd = _sliceStart + (long)(slices * slice.Ticks);
             return TimeSpan.FromTicks(Math.Max(0, _sliceEnd - now));
         }
     }

@@ -81,10 +81,28 @@ public sealed class GateFilter : FilterDriver
         await base.ReadAsync(offset, buffer, cancellationToken);
     }
 
+    public override async ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        await PassAsync(cancellationToken);
+        await base.ReadVectorAsync(offset, buffers, cancellationToken);
+    }
+
     public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
         await PassAsync(cancellationToken);
         await base.WriteAsync(offset, buffer, flags, cancellationToken);
+    }
+
+    public override async ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        await PassAsync(cancellationToken);
+        await base.WriteVectorAsync(offset, buffers, flags, cancellationToken);
+    }
+
+    public override async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        await PassAsync(cancellationToken);
+        await base.DiscardAsync(offset, length, cancellationToken);
     }
 
     public override async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)

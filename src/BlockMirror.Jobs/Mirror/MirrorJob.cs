@@ -161,7 +161,9 @@ public sealed class MirrorJob : BlockJob
 
         var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
         var bufSize = options.BufSize != 0 ? options.BufSize : MirrorOptions.DefaultBufSize;
-        if (bufSize < granularity)
+        // Only a buf-size the user gave is refused; the default (16 MiB) is rounded up below when the
+        // granularity is larger (up to 64 MiB), as QEMU rounds any buf-size.
+        if (options.BufSize != 0 && bufSize < granularity)
         {
             throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({granularity} bytes), got {bufSize}");
         }
@@ -172,6 +174,24 @@ public sealed class MirrorJob : BlockJob
             throw new JobException($"Parameter 'buf-size' expects a value of at most {int.MaxValue} bytes");
         }
 
+        // The checks that another start can invalidate, the graph change and the registration form one
+        // step against other starts: a start waits in a drained section between them, and two starts
+        // that had both passed the checks (same id, or same node) would both change the graph.
+        await manager.StartGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            manager.StartGate.Release();
+        }
+    }
+
+    /// <summary>The part of <see cref="StartAsync"/> that runs under the job manager's start gate.</summary>
+    static async Task<MirrorJob> StartGatedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, long granularity, long bufSize, CancellationToken cancellationToken)
+    {
         manager.ValidateNewId(options.JobId);
         manager.CheckNodesFree(options.JobId, source, target);
         if (options.FilterNodeName is { } filterName && BlockGraph.ValidateNodeName(filterName) is { } problem)

@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Memory;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs.Mirror;
 using BlockMirror.TestKit;
@@ -41,5 +42,87 @@ public sealed class MirrorRegressionTests : IDisposable
         var copied = new byte[4096];
         await target.ReadAsync(65536 + 4096, copied);
         Assert.Equal(data, copied);
+    }
+
+    /// <summary>
+    /// Found by the bad-input tests: granularity 64 MiB (the largest allowed) was refused with "buf-size
+    /// expects a value of at least the granularity (67108864 bytes), got 16777216": the default buffer,
+    /// which the user never gave, was checked as if given. QEMU rounds the buffer up to the granularity.
+    /// </summary>
+    [Fact]
+    public async Task The_largest_granularity_works_with_the_default_buffer_size()
+    {
+        await using var rig = await MirrorRig.CreateAsync();
+        var job = await rig.StartAsync(new MirrorOptions { JobId = "mirror0", Granularity = 64L << 20 });
+        Assert.Equal(64L << 20, job.BufSize);
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        await rig.AssertTargetEqualsSourceAsync();
+    }
+
+    /// <summary>
+    /// Found by the bad-input tests. Two starts at once: the first waits in its drained section for a write in flight on its source
+    /// while the second runs. Both check the id and the nodes before they change the graph, so one must
+    /// win and the other must leave nothing behind: no filter above its source, no bitmap, no edge.
+    /// Both used to pass the checks: with one id the later registration failed after its filter was in
+    /// the graph (an orphan mirror_top stayed above the source); with one source both jobs ran.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Of_two_racing_starts_one_wins_and_the_other_leaves_nothing(bool sameId)
+    {
+        await using var graph = new BlockGraph();
+        var memoryA = await MemoryDriver.OpenAsync(graph, "a-mem", new MemoryDriverOptions(MirrorRig.DefaultSize));
+        var sourceA = await GateFilter.OpenAsync(graph, "a", memoryA);
+        var vmA = graph.AttachRoot(sourceA, new RootParent("vm-a"), "vm");
+
+        // Same id: two different sources. Same source: two different ids.
+        var sourceB = sameId ? await MemoryDriver.OpenAsync(graph, "b", new MemoryDriverOptions(MirrorRig.DefaultSize)) : sourceA;
+        var vmB = sameId ? graph.AttachRoot(sourceB, new RootParent("vm-b"), "vm") : vmA;
+        var targetA = await MemoryDriver.OpenAsync(graph, "a-dst", new MemoryDriverOptions(MirrorRig.DefaultSize));
+        var targetB = await MemoryDriver.OpenAsync(graph, "b-dst", new MemoryDriverOptions(MirrorRig.DefaultSize));
+        var manager = new JobManager();
+
+        var write = vmA.WriteAsync(0, Enumerable.Repeat((byte)7, 4096).ToArray()).AsTask();
+        await ((GateFilter)sourceA.Driver).WaitArrivedAsync(1);
+        var first = OutcomeAsync(MirrorJob.StartAsync(manager, graph, sourceA, targetA, new MirrorOptions { JobId = "j" }));
+        var second = OutcomeAsync(MirrorJob.StartAsync(manager, graph, sourceB, targetB, new MirrorOptions { JobId = sameId ? "j" : "k" }));
+
+        // Let the second start get as far as it can before the first one's drain ends.
+        await Task.Delay(20);
+        ((GateFilter)sourceA.Driver).Open();
+        await write;
+        var outcomes = await Task.WhenAll(first, second).WaitAsync(MirrorTestRunner.Limit);
+
+        var winner = Assert.Single(outcomes, o => o.Job is not null).Job!;
+        var refused = Assert.IsType<JobException>(Assert.Single(outcomes, o => o.Error is not null).Error);
+        Assert.Equal(sameId ? "Job ID 'j' already in use" : "Node 'a' is busy: block device is in use by block job: mirror", refused.Message);
+        Assert.Equal([winner], manager.Jobs);
+        Assert.Equal([winner.FilterNode], graph.Nodes.Where(n => n.Driver.DriverName == "mirror_top"));
+        var loserSource = ReferenceEquals(winner.Source, sourceA) ? sourceB : sourceA;
+        var loserTarget = ReferenceEquals(winner.Target, targetA) ? targetB : targetA;
+        Assert.Empty(loserTarget.Parents);
+        Assert.Equal(sameId ? 0 : 1, loserSource.DirtyBitmaps.Count);
+        Assert.Single(winner.Source.DirtyBitmaps);
+        Assert.Same(sameId ? loserSource : winner.FilterNode, (ReferenceEquals(loserSource, sourceA) ? vmA : vmB).Node);
+
+        await MirrorTestRunner.CompleteWhenReadyAsync(manager, winner);
+        Assert.DoesNotContain(graph.Nodes, n => n.Driver.DriverName == "mirror_top");
+        Assert.Empty(sourceA.DirtyBitmaps);
+        Assert.Empty(sourceB.DirtyBitmaps);
+        Assert.Same(winner.Target, (ReferenceEquals(winner.Source, sourceA) ? vmA : vmB).Node);
+        MirrorRig.AssertSameBytes(await MirrorRig.ReadAllAsync(winner.Source), await MirrorRig.ReadAllAsync(winner.Target), "target vs source");
+
+        static async Task<(MirrorJob? Job, Exception? Error)> OutcomeAsync(Task<MirrorJob> start)
+        {
+            try
+            {
+                return (await start, null);
+            }
+            catch (Exception ex)
+            {
+                return (null, ex);
+            }
+        }
     }
 }
