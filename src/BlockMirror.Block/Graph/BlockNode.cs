@@ -29,6 +29,9 @@ public sealed class BlockNode : IEdgeParent
     NodeEdge[] _parents = [];
     DirtyBitmap[] _bitmaps = [];
 
+    // Who forbids changing this node's length (QEMU: a parent without the RESIZE permission shared).
+    string[] _resizeBlockers = [];
+
     // Reasons this node is quiesced: its own drained sections plus one per quiesced child. Changed
     // only under the graph lock (QEMU's quiesce_counter).
     int _quiesceCount;
@@ -177,6 +180,42 @@ public sealed class BlockNode : IEdgeParent
         else
         {
             edge.QuiesceEnd();
+        }
+    }
+
+    // ----- Resize blockers -----
+
+    /// <summary>
+    /// Forbids truncating this node until the returned handle is disposed: a job copying it relies on its
+    /// length. Truncate requests then fail with EBUSY naming <paramref name="holder"/>.
+    /// </summary>
+    public IDisposable BlockResize(string holder)
+    {
+        lock (Graph.SyncRoot)
+        {
+            Volatile.Write(ref _resizeBlockers, [.. _resizeBlockers, holder]);
+        }
+
+        return new ResizeBlock(this, holder);
+    }
+
+    sealed class ResizeBlock(BlockNode node, string holder) : IDisposable
+    {
+        int _released;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+            {
+                return;
+            }
+
+            lock (node.Graph.SyncRoot)
+            {
+                var blockers = new List<string>(node._resizeBlockers);
+                blockers.Remove(holder);
+                Volatile.Write(ref node._resizeBlockers, [.. blockers]);
+            }
         }
     }
 
@@ -629,6 +668,11 @@ public sealed class BlockNode : IEdgeParent
             if (ReadOnly)
             {
                 throw Refuse(BlockErrno.EPERM, BlockOperation.Truncate, 0, length, "node is read-only");
+            }
+
+            if (Volatile.Read(ref _resizeBlockers) is [var holder, ..])
+            {
+                throw Refuse(BlockErrno.EBUSY, BlockOperation.Truncate, 0, length, $"the length cannot change while {holder} uses the node");
             }
 
             if (!Driver.Capabilities.CanTruncate)

@@ -64,6 +64,10 @@ public sealed class MirrorJob : BlockJob
     long _targetCluster;
     bool _zeroIsCheap;
 
+    // The source's and the target's lengths must not change while the job copies one onto the other.
+    IDisposable? _sourceResizeBlock;
+    IDisposable? _targetResizeBlock;
+
     volatile bool _shouldComplete;
     DrainedSection? _drain;
     long _drainStarted;
@@ -206,18 +210,28 @@ public sealed class MirrorJob : BlockJob
         BlockNode mirrorTop;
         DirtyBitmap dirty;
         NodeEdge targetEdge;
+        IDisposable sourceResize;
+        IDisposable targetResize;
         var parent = new RootParent($"block job '{options.JobId}'");
         using (await graph.DrainAsync(source, cancellationToken).ConfigureAwait(false))
         {
             mirrorTop = await graph.CreateNodeAsync(options.FilterNodeName, false, (node, _) =>
-                    ValueTask.FromResult<Block.Drivers.IBlockDriver>(new MirrorTopFilter(node.AttachChild(ChildNames.Backing, source), options.JobId)),
+                    ValueTask.FromResult<Block.Drivers.IBlockDriver>(new MirrorTopFilter(node.AttachChild(ChildNames.Backing, source))),
                 cancellationToken).ConfigureAwait(false);
             graph.ReplaceNode(source, mirrorTop);
+
+            // Nothing below can fail: take the blocks now, so a failed filter creation leaves none behind.
+            sourceResize = source.BlockResize(parent.ParentDescription);
+            targetResize = target.BlockResize(parent.ParentDescription);
             dirty = source.CreateDirtyBitmap(granularity);
             targetEdge = graph.AttachRoot(target, parent, "target");
         }
 
-        var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty);
+        var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty)
+        {
+            _sourceResizeBlock = sourceResize,
+            _targetResizeBlock = targetResize,
+        };
         manager.Register(job);
         job.Start();
         return job;
@@ -268,7 +282,9 @@ public sealed class MirrorJob : BlockJob
             TransitionToReady();
             while (!IsCancelRequested && !_shouldComplete)
             {
-                await YieldAsync().ConfigureAwait(false);
+                // A timed sleep, not a yield: a complete that lands between the check and the park
+                // would find the body busy and not wake it, and a yield would then wait forever.
+                await SleepAsync(SliceTime).ConfigureAwait(false);
             }
 
             if (!IsCancelled)
@@ -958,6 +974,8 @@ public sealed class MirrorJob : BlockJob
 
             await _graph.DetachRootAsync(_target).ConfigureAwait(false);
             await _graph.RemoveNodeAsync(_mirrorTop).ConfigureAwait(false);
+            _sourceResizeBlock?.Dispose();
+            _targetResizeBlock?.Dispose();
         }
         finally
         {

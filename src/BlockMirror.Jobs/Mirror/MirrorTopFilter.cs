@@ -1,15 +1,14 @@
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
-using BlockMirror.Block.Io;
 
 namespace BlockMirror.Jobs.Mirror;
 
 /// <summary>
 /// The filter a mirror inserts above its source (QEMU's mirror_top). Every parent of the source sends
-/// through it while the job runs, which is what lets the pivot move them all at once, and what keeps
-/// the source's length fixed: a resize would invalidate the copy.
+/// through it while the job runs, which is what lets the pivot move them all at once. (The job keeps
+/// the source's and the target's lengths fixed with resize blockers on both nodes.)
 /// </summary>
-sealed class MirrorTopFilter(NodeEdge source, string jobId) : FilterDriver(source)
+sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
 {
     public const string Name = "mirror_top";
 
@@ -17,8 +16,4 @@ sealed class MirrorTopFilter(NodeEdge source, string jobId) : FilterDriver(sourc
 
     /// <summary>The edge to the source: the job reads through it, untouched by drained sections.</summary>
     public NodeEdge Source => Child;
-
-    public override ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
-        throw BlockIOException.Create(BlockErrno.EBUSY, Source.Node.Name, BlockOperation.Truncate, 0, length,
-            $"cannot resize a node while block job '{jobId}' mirrors it");
 }

@@ -260,6 +260,29 @@ public sealed class MirrorBehaviourTests
     }
 
     [Fact]
+    public async Task Neither_the_source_nor_the_target_node_can_be_resized_directly_while_mirrored()
+    {
+        // Not only through the mirror filter: a truncate sent to the nodes themselves is refused too.
+        var time = new ManualTimeProvider();
+        await using var rig = await MirrorRig.CreateAsync(time: time);
+        var job = await rig.StartAsync(MirrorRig.Options() with { Speed = 4096 });
+        await WaitParkedAsync(job);
+
+        foreach (var node in new[] { rig.Source, rig.Target })
+        {
+            var ex = await Assert.ThrowsAsync<BlockIOException>(() => node.TruncateAsync(2 * MirrorRig.DefaultSize).AsTask());
+            Assert.Equal(BlockErrno.EBUSY, ex.Errno);
+            Assert.Contains($"block job '{job.Id}'", ex.Message);
+            Assert.Equal(MirrorRig.DefaultSize, node.Length);
+        }
+
+        await job.CancelAsync(force: true);
+        await MirrorTestRunner.WaitFinishedAsync(job);
+        await rig.Target.TruncateAsync(2 * MirrorRig.DefaultSize);
+        Assert.Equal(2 * MirrorRig.DefaultSize, rig.Target.Length);
+    }
+
+    [Fact]
     public async Task Progress_offset_reaches_len_at_READY_and_len_covers_the_data()
     {
         await using var rig = await MirrorRig.CreateAsync();
