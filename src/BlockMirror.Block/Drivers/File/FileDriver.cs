@@ -402,6 +402,7 @@ public sealed class FileDriver : IBlockDriver
 
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
     {
+        ForgetDataRun();
         if ((flags & RequestFlags.MayUnmap) != 0 && Capabilities.CanUnmapOnZero && !_punchUnsupported &&
             TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _punchUnsupported))
         {
@@ -432,6 +433,7 @@ public sealed class FileDriver : IBlockDriver
 
     public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
     {
+        ForgetDataRun();
         // Discard is advisory: with discard=ignore, or where holes cannot be punched, it does nothing.
         if (Capabilities.CanDiscard && !_punchUnsupported)
         {
@@ -447,12 +449,17 @@ public sealed class FileDriver : IBlockDriver
     /// </summary>
     bool TryFallocate(int mode, long offset, long length, BlockOperation operation, ref bool unsupported)
     {
-        if (LibC.FAllocate(_handle, mode, offset, length) == 0)
+        var failed = LibC.FAllocate(_handle, mode, offset, length) != 0;
+        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+
+        // Again after the call: a status query that ran while the hole was being punched may have cached
+        // the state before it.
+        ForgetDataRun();
+        if (!failed)
         {
             return true;
         }
 
-        var errno = Marshal.GetLastPInvokeError();
         if (errno is LibC.ENOTSUP or LibC.EINVAL)
         {
             unsupported = true;
@@ -473,10 +480,42 @@ public sealed class FileDriver : IBlockDriver
         }
     }
 
+    /// <summary>A run of data lseek found: [Start, End).</summary>
+    sealed record DataRun(long Start, long End);
+
+    // The last data run lseek found (QEMU's block-status cache). SEEK_HOLE walks the page cache on some
+    // file systems (tmpfs), so asking again for every piece of a dense file is quadratic. Writes only turn
+    // holes into data, so they never make a cached data run wrong; write-zeroes, discard and truncate may
+    // punch holes, so they forget it. The generation lets a query that raced with one of those see that
+    // its answer may be stale and not cache it.
+    readonly Lock _dataRunLock = new();
+    DataRun? _dataRun;
+    long _holeGeneration;
+
+    void ForgetDataRun()
+    {
+        lock (_dataRunLock)
+        {
+            _holeGeneration++;
+            _dataRun = null;
+        }
+    }
+
     /// <summary>Holes read as zeroes, everything else is data; both at the same offset in this file.</summary>
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
     {
         var end = offset + length;
+        if (Volatile.Read(ref _dataRun) is { } cached && offset >= cached.Start && offset < cached.End)
+        {
+            return Status(BlockStatusFlags.Data, Math.Min(cached.End, end) - offset);
+        }
+
+        long generation;
+        lock (_dataRunLock)
+        {
+            generation = _holeGeneration;
+        }
+
         var data = LibC.LSeek(_handle, offset, LibC.SEEK_DATA);
         if (data < 0)
         {
@@ -498,17 +537,29 @@ public sealed class FileDriver : IBlockDriver
             return Status(BlockStatusFlags.Data, length);
         }
 
+        lock (_dataRunLock)
+        {
+            // Only if no hole could have been punched since the lseeks began.
+            if (_holeGeneration == generation)
+            {
+                _dataRun = new DataRun(offset, hole);
+            }
+        }
+
         return Status(BlockStatusFlags.Data, Math.Min(hole, end) - offset);
 
-        ValueTask<BlockStatus> Status(BlockStatusFlags flags, long run) =>
-            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, run, offset));
+        ValueTask<BlockStatus> Status(BlockStatusFlags flags, long length) =>
+            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, length, offset));
     }
 
     public ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
-        if (LibC.FTruncate(_handle, length) != 0)
+        ForgetDataRun();
+        var failed = LibC.FTruncate(_handle, length) != 0;
+        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+        ForgetDataRun();
+        if (failed)
         {
-            var errno = Marshal.GetLastPInvokeError();
             throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Truncate, 0, length, $"ftruncate: {LibC.Describe(errno)}");
         }
 
