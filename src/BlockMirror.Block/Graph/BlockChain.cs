@@ -29,7 +29,8 @@ public static class BlockChain
     public static async ValueTask<(bool Allocated, long Length)> IsAllocatedAboveAsync(BlockNode top, BlockNode? @base, long offset, long length, CancellationToken cancellationToken = default)
     {
         var run = length;
-        foreach (var layer in Layers(top, @base))
+        // A plain walk rather than Layers(): these run once per mirror operation, and an iterator allocates.
+        for (var layer = top; layer is not null && !ReferenceEquals(layer, @base); layer = layer.ChainChild)
         {
             if (offset >= layer.Length)
             {
@@ -60,7 +61,8 @@ public static class BlockChain
     {
         var run = length;
         var zeroBelow = @base is null;
-        foreach (var layer in Layers(top, @base))
+        // A plain walk rather than Layers(): these run once per mirror operation, and an iterator allocates.
+        for (var layer = top; layer is not null && !ReferenceEquals(layer, @base); layer = layer.ChainChild)
         {
             if (offset >= layer.Length)
             {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Io;
@@ -375,7 +376,10 @@ public sealed class BlockNode : IEdgeParent
     }
 
     // ----- Request bodies: the caller has already counted the request in flight; these exit it. -----
+    // Every request passes through one of these, so their state machines come from a pool
+    // (PoolingAsyncValueTaskMethodBuilder) instead of one heap object per request that waits.
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask ReadEnteredAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         try
@@ -401,6 +405,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask ReadVectorEnteredAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
     {
         try
@@ -427,6 +432,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask WriteEnteredAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
         try
@@ -461,6 +467,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask WriteVectorEnteredAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
         try
@@ -495,6 +502,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask WriteZeroesEnteredAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
     {
         try
@@ -528,6 +536,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask DiscardEnteredAsync(long offset, long length, CancellationToken cancellationToken)
     {
         try
@@ -557,6 +566,7 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     internal async ValueTask FlushEnteredAsync(CancellationToken cancellationToken)
     {
         try

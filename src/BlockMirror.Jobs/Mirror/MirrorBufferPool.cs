@@ -25,25 +25,53 @@ sealed class MirrorBufferPool : IDisposable
 
     public int FreeChunks => _free.Count;
 
-    /// <summary>Fills <paramref name="segments"/> with chunks covering <paramref name="length"/> bytes; the caller checked there are enough.</summary>
+    /// <summary>
+    /// Fills <paramref name="segments"/> with chunks covering <paramref name="length"/> bytes; the caller
+    /// checked there are enough. Chunks that lie next to each other in memory become one segment, so
+    /// that a whole operation usually reaches the file as one buffer: the kernel gets one iovec, and
+    /// .NET's vectored file API (which allocates two arrays per call) is not needed.
+    /// </summary>
     public void Take(long length, List<Memory<byte>> segments)
     {
         segments.Clear();
+        int runStart = -1, runEnd = -1;
         for (long covered = 0; covered < length; covered += _chunkSize)
         {
             var index = _free.Pop();
             var size = (int)Math.Min(_chunkSize, length - covered);
-            segments.Add(_memory.Memory.Slice(index * _chunkSize, size));
+            if (runStart >= 0 && index * _chunkSize == runEnd)
+            {
+                runEnd += size;
+                continue;
+            }
+
+            if (runStart >= 0)
+            {
+                segments.Add(_memory.Memory[runStart..runEnd]);
+            }
+
+            runStart = index * _chunkSize;
+            runEnd = runStart + size;
+        }
+
+        if (runStart >= 0)
+        {
+            segments.Add(_memory.Memory[runStart..runEnd]);
         }
     }
 
-    /// <summary>Puts back chunks taken by <see cref="Take"/>.</summary>
+    /// <summary>Gives back every chunk of <paramref name="segments"/>.</summary>
     public void Return(List<Memory<byte>> segments)
     {
-        foreach (var segment in segments)
+        // Push the highest chunk first, so that the next Take pops them in ascending order and can
+        // merge them again.
+        for (var s = segments.Count - 1; s >= 0; s--)
         {
-            System.Runtime.InteropServices.MemoryMarshal.TryGetMemoryManager<byte, AlignedMemory>(segment, out _, out var start, out _);
-            _free.Push(start / _chunkSize);
+            System.Runtime.InteropServices.MemoryMarshal.TryGetMemoryManager<byte, AlignedMemory>(segments[s], out _, out var start, out var length);
+            for (var chunk = (start + length - 1) / _chunkSize; chunk >= start / _chunkSize; chunk--)
+            {
+                _free.Push(chunk);
+            }
         }
 
         segments.Clear();

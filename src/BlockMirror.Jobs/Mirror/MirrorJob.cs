@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
@@ -543,7 +544,8 @@ public sealed class MirrorJob : BlockJob
     }
 
     /// <summary>Decides how to move [offset, ...) and how much of it in one operation.</summary>
-    async Task<(MirrorMethod Method, long Length)> ChooseMethodAsync(long offset, long end)
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    async ValueTask<(MirrorMethod Method, long Length)> ChooseMethodAsync(long offset, long end)
     {
         BlockStatus status;
         try

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
@@ -158,6 +159,7 @@ public sealed class FileDriver : IBlockDriver
         DirectFriendly(offset, buffer) ? ReadFullAsync(offset, buffer, cancellationToken) : ReadBouncedAsync(offset, buffer, cancellationToken);
 
     /// <summary>Reads until the buffer is full; bytes past the end of the file read as zeroes.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ReadFullAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         while (!buffer.IsEmpty)
@@ -190,6 +192,7 @@ public sealed class FileDriver : IBlockDriver
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
     {
         if (buffers.Count > MaxSegments && AllDirectFriendly(offset, buffers))
@@ -221,6 +224,14 @@ public sealed class FileDriver : IBlockDriver
                 offset += buffers[i].Length;
             }
 
+            return;
+        }
+
+        if (buffers.Count == 1)
+        {
+            // One segment (the mirror's usual case): the single-buffer call allocates nothing, where the
+            // vectored one allocates two arrays per call.
+            await ReadFullAsync(offset, buffers[0], cancellationToken).ConfigureAwait(false);
             return;
         }
 
@@ -365,6 +376,7 @@ public sealed class FileDriver : IBlockDriver
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
         if (buffers.Count > MaxSegments && AllDirectFriendly(offset, buffers))
@@ -394,6 +406,12 @@ public sealed class FileDriver : IBlockDriver
                 offset += buffers[i].Length;
             }
 
+            return;
+        }
+
+        if (buffers.Count == 1)
+        {
+            await RandomAccess.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
             return;
         }
 
