@@ -104,11 +104,12 @@ public sealed class MirrorCommandTests : IDisposable
         new[] { "--granularity", "1M" },
         new[] { "--buf-size", "1M" },
         new[] { "--speed", "10G" },
-        new[] { "--direct" },
+        new[] { "--cache", "none" },
+        new[] { "--cache", "writeback" },
         new[] { "--no-unmap" },
         new[] { "--sync", "top" },
         new[] { "-f", "raw", "-O", "raw" },
-        new[] { "--granularity", "4K", "--buf-size", "1M", "--speed", "1G", "--direct" },
+        new[] { "--granularity", "4K", "--buf-size", "1M", "--speed", "1G", "--cache", "none" },
     };
 
     [SkippableTheory]

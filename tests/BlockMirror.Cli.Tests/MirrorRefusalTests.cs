@@ -63,6 +63,7 @@ public sealed class MirrorRefusalTests : IDisposable
         { ["--format", "vmdk"], "Unknown image format 'vmdk'" },
         { ["-f", "qcow2"], "Unknown image format 'qcow2'" },
         { ["--target-format", "vmdk"], "Unknown image format 'vmdk'" },
+        { ["--cache", "directsync"], "--cache: unknown cache mode 'directsync' (expected auto, none or writeback)" },
         { ["--on-source-error", "bogus"], "--on-source-error: unknown error policy 'bogus' (expected report or ignore)" },
         { ["--on-target-error", "bogus"], "--on-target-error: unknown error policy 'bogus' (expected report or ignore)" },
         { ["--on-source-error", "stop"], "--on-source-error stop: a stopped job must be resumed over QMP; use report or ignore here, or run the job in 'blockmirror serve'" },
@@ -226,9 +227,23 @@ public sealed class MirrorRefusalTests : IDisposable
         WriteImage(odd, 1_000_001, 0x42, 0, 4096);
         var target = _dir.File("new.raw");
 
-        var result = await BlockMirrorCli.RunAsync("mirror", "--direct", odd, target);
+        var result = await BlockMirrorCli.RunAsync("mirror", "--cache", "none", odd, target);
 
         AssertRefused(result, "is not a multiple of 4096");
         Assert.False(File.Exists(target), $"the refused mirror left {target} behind");
+    }
+
+    [Fact]
+    public async Task By_default_an_image_o_direct_cannot_write_is_mirrored_through_the_page_cache()
+    {
+        // The default cache mode (auto) prefers O_DIRECT but must not refuse what the page cache can do.
+        var odd = _dir.File("odd.raw");
+        WriteImage(odd, 1_000_001, 0x42, 0, 4096);
+        var target = _dir.File("new.raw");
+
+        var result = await BlockMirrorCli.RunAsync("mirror", odd, target);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal(File.ReadAllBytes(odd), File.ReadAllBytes(target));
     }
 }

@@ -31,12 +31,16 @@ static class MirrorCommand
         var onSourceError = new Option<string>("--on-source-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
         var onTargetError = new Option<string>("--on-target-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
         var noUnmap = new Option<bool>("--no-unmap") { Description = "Write zeroes instead of deallocating zero ranges on the target" };
-        var direct = new Option<bool>("--direct") { Description = "Open both images with O_DIRECT (cache.direct=on)" };
+        var cache = new Option<string>("--cache", "-t")
+        {
+            Description = "How both images are opened: none (O_DIRECT), writeback (page cache), or auto (none where the file allows it)",
+            DefaultValueFactory = _ => "auto",
+        };
         var json = new Option<bool>("--json") { Description = "Print QMP-style JSON events and progress, one object per line" };
 
         var command = new Command("mirror", "Mirror SOURCE onto TARGET, then complete (pivot) once they are in sync")
         {
-            source, target, format, targetFormat, sync, granularity, bufSize, speed, onSourceError, onTargetError, noUnmap, direct, json,
+            source, target, format, targetFormat, sync, granularity, bufSize, speed, onSourceError, onTargetError, noUnmap, cache, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("mirror", () =>
         {
@@ -52,12 +56,20 @@ static class MirrorCommand
                 Unmap = !parse.GetValue(noUnmap),
             };
             return RunAsync(parse.GetValue(source)!, parse.GetValue(target)!, parse.GetValue(format), parse.GetValue(targetFormat),
-                parse.GetValue(direct), options, parse.GetValue(json), cancellationToken);
+                ParseCache(parse.GetValue(cache)!), options, parse.GetValue(json), cancellationToken);
         }));
         return command;
     }
 
     static long ParseSize(string? text, string option) => text is null ? 0 : ByteSize.Parse(text, option);
+
+    static CacheMode ParseCache(string text) => text switch
+    {
+        "auto" => CacheMode.Auto,
+        "none" => CacheMode.None,
+        "writeback" => CacheMode.Writeback,
+        _ => throw new UsageException($"--cache: unknown cache mode '{text}' (expected auto, none or writeback)"),
+    };
 
     static MirrorSyncMode ParseSync(string text) =>
         MirrorNames.TryParseSync(text, out var mode) ? mode : throw new UsageException($"unknown sync mode '{text}' (expected full, top or none)");
@@ -75,7 +87,7 @@ static class MirrorCommand
         _ => throw new UsageException($"{option}: unknown error policy '{text}' (expected report or ignore)"),
     };
 
-    static async Task<int> RunAsync(string sourcePath, string targetPath, string? format, string? targetFormat, bool direct,
+    static async Task<int> RunAsync(string sourcePath, string targetPath, string? format, string? targetFormat, CacheMode cache,
         MirrorOptions options, bool json, CancellationToken cancellationToken)
     {
         // A file mirrored onto itself would be zeroed (the target does not read as zeroes) and lose its
@@ -86,7 +98,7 @@ static class MirrorCommand
         }
 
         await using var graph = new BlockGraph();
-        var source = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, Direct: direct, NodeName: "source"), cancellationToken);
+        var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, NodeName: "source"), cache, cancellationToken);
         if (Directory.Exists(targetPath))
         {
             throw new UsageException($"TARGET '{targetPath}' is a directory");
@@ -113,7 +125,7 @@ static class MirrorCommand
         MirrorJob job;
         try
         {
-            var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, Direct: direct, NodeName: "target"), cancellationToken);
+            var target = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, NodeName: "target"), cache, cancellationToken);
             job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
         }
         catch when (createdTarget)
