@@ -21,7 +21,8 @@ static class Program
             {
                 "dense" => FileScenarios.Dense(options),
                 "sparse" => FileScenarios.Sparse(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse)"),
+                "qcow2" => ImageLayerScenarios.Qcow2(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, qcow2)"),
             });
         }
 
@@ -29,7 +30,7 @@ static class Program
         report.AppendLine(CultureInfo.InvariantCulture, $"Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {Environment.ProcessorCount} cores, {Runner.Run("free -g | awk '/Mem:/ {print $2}'").Trim()} GiB; {Runner.Run("qemu-img --version | head -1").Trim()}; .NET {Environment.Version}");
         report.AppendLine(CultureInfo.InvariantCulture, $"Command: `{options.CommandLine}`; {options.Pairs} pair(s), alternating, page cache {(cold ? "dropped before every run" : "NOT dropped (no permission): warm runs")}.");
         report.AppendLine();
-        report.Append(Table.Render(rows, "qemu-img convert -W -m 16 + sync"));
+        report.Append(Table.Render(rows));
         Console.WriteLine(report);
         if (options.Output is { } output)
         {
@@ -48,7 +49,7 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         var data = "/var/tmp/blockmirror-bench";
         var pairs = 3;
         var quick = false;
-        string[] scenarios = ["dense", "sparse"];
+        string[] scenarios = ["dense", "sparse", "qcow2"];
         var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
         string? output = null;
         for (var i = 0; i < args.Length; i++)

@@ -4,7 +4,8 @@ using System.Text;
 namespace BlockMirror.Scenarios;
 
 /// <summary>One measured quantity of a scenario, for both contenders, and its ratio (ours / theirs).</summary>
-sealed record Row(string Scenario, string Metric, IReadOnlyList<double> Ours, IReadOnlyList<double> Theirs, string Unit, string? Target = null)
+sealed record Row(string Scenario, string Metric, IReadOnlyList<double> Ours, IReadOnlyList<double> Theirs, string Unit, string? Target = null,
+    string Against = "qemu-img convert -W -m 16 + sync")
 {
     public static double Median(IReadOnlyList<double> values)
     {
@@ -18,7 +19,19 @@ sealed record Row(string Scenario, string Metric, IReadOnlyList<double> Ours, IR
 /// <summary>Markdown rendering of the results.</summary>
 static class Table
 {
-    public static string Render(IEnumerable<Row> rows, string theirsName)
+    /// <summary>One table per contender, in the order the rows came.</summary>
+    public static string Render(IEnumerable<Row> rows)
+    {
+        var text = new StringBuilder();
+        foreach (var group in rows.GroupBy(r => r.Against))
+        {
+            text.Append(Render(group, group.Key)).AppendLine();
+        }
+
+        return text.ToString();
+    }
+
+    static string Render(IEnumerable<Row> rows, string theirsName)
     {
         var text = new StringBuilder();
         text.AppendLine(CultureInfo.InvariantCulture, $"| scenario | metric | BlockMirror median (min..max) | {theirsName} median (min..max) | ratio ours/theirs | target |");
