@@ -1,0 +1,445 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Text;
+using BlockMirror.Block.Buffers;
+using BlockMirror.Nbd.Protocol;
+
+namespace BlockMirror.Nbd.Server;
+
+/// <summary>
+/// One client: the fixed newstyle handshake (<see cref="HandshakeAsync"/>), then the transmission phase
+/// (<see cref="NbdTransmission"/>). Anything that puts the byte stream out of step (a wrong magic, a
+/// payload too large to skip, an endless option haggle) closes the connection; every other mistake is
+/// answered with the protocol's error and the connection carries on.
+/// </summary>
+sealed class NbdConnection : IAsyncDisposable
+{
+    /// <summary>Options one handshake may send before the server gives up on it.</summary>
+    internal const int MaxOptions = 256;
+
+    /// <summary>Largest option payload read: names and meta-context queries are at most 4 KiB each.</summary>
+    internal const int MaxOptionLength = 64 << 10;
+
+    /// <summary>NBD strings (export names, context queries) are limited to 4 KiB by the protocol.</summary>
+    internal const int MaxStringLength = 4096;
+
+    /// <summary>How long a client may take to reach the transmission phase.</summary>
+    internal static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>Meta context id of <c>base:allocation</c> on this connection.</summary>
+    internal const uint AllocationContextId = 1;
+
+    internal const string AllocationContext = "base:allocation";
+
+    readonly Stream _stream;
+    readonly NbdServer _server;
+
+    public NbdConnection(Stream stream, NbdServer server)
+    {
+        _stream = stream;
+        _server = server;
+        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 << 10, minimumReadSize: 64 << 10));
+        Writer = PipeWriter.Create(stream);
+    }
+
+    internal PipeReader Reader { get; }
+
+    internal PipeWriter Writer { get; }
+
+    internal AlignedBufferPool Buffers => _server.Buffers;
+
+    internal bool Structured { get; private set; }
+
+    /// <summary>The export <c>base:allocation</c> was selected for with NBD_OPT_SET_META_CONTEXT, if any.</summary>
+    string? _allocationContextExport;
+
+    bool _noZeroes;
+
+    /// <summary>Serves the client until it disconnects, breaks the protocol, or <paramref name="cancellationToken"/> fires.</summary>
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        NbdExport? export = null;
+        try
+        {
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                handshake.CancelAfter(HandshakeTimeout);
+                export = await HandshakeAsync(handshake.Token).ConfigureAwait(false);
+            }
+
+            if (export is null)
+            {
+                return;
+            }
+
+            var transmission = new NbdTransmission(this, export, Structured, _allocationContextExport == export.Name);
+            await using (transmission.ConfigureAwait(false))
+            {
+                await transmission.RunAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or NbdProtocolException or ObjectDisposedException)
+        {
+            // The client went away or broke the protocol: closing the connection is the whole answer.
+        }
+        finally
+        {
+            if (export is not null)
+            {
+                Interlocked.Decrement(ref export.Clients);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The fixed newstyle handshake. Returns the export the client chose, or null when the connection is to
+    /// be closed (NBD_OPT_ABORT, an unknown export by NBD_OPT_EXPORT_NAME, too many options).
+    /// </summary>
+    async Task<NbdExport?> HandshakeAsync(CancellationToken cancellationToken)
+    {
+        NbdWire.WriteUInt64(Writer, NbdMagic.Init);
+        NbdWire.WriteUInt64(Writer, NbdMagic.Option);
+        NbdWire.WriteUInt16(Writer, (ushort)(NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes));
+        await Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+
+        var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(await ReadBytesAsync(4, cancellationToken).ConfigureAwait(false));
+        if ((clientFlags & ~(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)) != 0)
+        {
+            // proto.md: a server that does not know a client flag must close the connection.
+            return null;
+        }
+
+        _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+        for (var count = 0; count < MaxOptions; count++)
+        {
+            var headerBytes = await ReadBytesAsync(NbdWire.OptionHeaderSize, cancellationToken).ConfigureAwait(false);
+            var sequence = new ReadOnlySequence<byte>(headerBytes);
+            NbdWire.TryReadOptionHeader(ref sequence, out var header);
+            if (header.Magic != NbdMagic.Option)
+            {
+                throw new NbdProtocolException($"option magic 0x{header.Magic:x16} instead of IHAVEOPT");
+            }
+
+            if (header.Length > MaxOptionLength)
+            {
+                await OptionReplyAsync(header.Option, NbdOptionReply.ErrTooBig,
+                    $"option data of {header.Length} bytes is over the limit of {MaxOptionLength}", cancellationToken).ConfigureAwait(false);
+                return null;
+            }
+
+            var data = await ReadBytesAsync((int)header.Length, cancellationToken).ConfigureAwait(false);
+            var (done, export) = await HandleOptionAsync(header.Option, data, cancellationToken).ConfigureAwait(false);
+            if (done)
+            {
+                if (export is not null)
+                {
+                    Interlocked.Increment(ref export.Clients);
+                }
+
+                return export;
+            }
+        }
+
+        // An option haggle that never ends: the client had its chance.
+        return null;
+    }
+
+    /// <summary>One option. Returns done when the handshake is over: with the export to serve, or null to close.</summary>
+    async Task<(bool Done, NbdExport? Export)> HandleOptionAsync(NbdOption option, byte[] data, CancellationToken cancellationToken)
+    {
+        switch (option)
+        {
+            case NbdOption.ExportName:
+            {
+                // No way to report an error here: an unknown name closes the connection (proto.md).
+                var export = _server.FindExport(Encoding.UTF8.GetString(data));
+                if (export is null)
+                {
+                    return (true, null);
+                }
+
+                NbdWire.WriteUInt64(Writer, (ulong)export.Edge.Node.Length);
+                NbdWire.WriteUInt16(Writer, (ushort)TransmissionFlags(export));
+                if (!_noZeroes)
+                {
+                    Writer.Write(new byte[124]);
+                }
+
+                await Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+                return (true, export);
+            }
+
+            case NbdOption.Abort:
+                await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+                return (true, null);
+
+            case NbdOption.List:
+                if (data.Length != 0)
+                {
+                    await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "NBD_OPT_LIST takes no data", cancellationToken).ConfigureAwait(false);
+                    break;
+                }
+
+                foreach (var export in _server.Exports)
+                {
+                    var name = Encoding.UTF8.GetBytes(export.Name);
+                    var description = Encoding.UTF8.GetBytes(export.Description ?? "");
+                    NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Server, (uint)(4 + name.Length + description.Length));
+                    NbdWire.WriteUInt32(Writer, (uint)name.Length);
+                    Writer.Write(name);
+                    Writer.Write(description);
+                }
+
+                await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+                break;
+
+            case NbdOption.Info:
+            case NbdOption.Go:
+                return await HandleInfoAsync(option, data, cancellationToken).ConfigureAwait(false);
+
+            case NbdOption.StructuredReply:
+                if (data.Length != 0)
+                {
+                    await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data", cancellationToken).ConfigureAwait(false);
+                }
+                else if (Structured)
+                {
+                    await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "structured replies are already negotiated", cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    Structured = true;
+                    await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+                }
+
+                break;
+
+            case NbdOption.ListMetaContext:
+            case NbdOption.SetMetaContext:
+                await HandleMetaContextAsync(option, data, cancellationToken).ConfigureAwait(false);
+                break;
+
+            case NbdOption.StartTls:
+                await OptionReplyAsync(option, NbdOptionReply.ErrPolicy, "TLS is not configured on this server", cancellationToken).ConfigureAwait(false);
+                break;
+
+            default:
+                await OptionReplyAsync(option, NbdOptionReply.ErrUnsupported, $"option {(uint)option} is not supported", cancellationToken).ConfigureAwait(false);
+                break;
+        }
+
+        return (false, null);
+    }
+
+    /// <summary>NBD_OPT_INFO and NBD_OPT_GO: u32 name length, name, u16 count, count × u16 information request.</summary>
+    async Task<(bool Done, NbdExport? Export)> HandleInfoAsync(NbdOption option, byte[] data, CancellationToken cancellationToken)
+    {
+        var span = data.AsSpan();
+        if (span.Length < 6 || BinaryPrimitives.ReadUInt32BigEndian(span) is var nameLength && nameLength > MaxStringLength ||
+            span.Length < 4 + (int)nameLength + 2)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "malformed export name", cancellationToken).ConfigureAwait(false);
+            return (false, null);
+        }
+
+        var name = Encoding.UTF8.GetString(span.Slice(4, (int)nameLength));
+        var rest = span[(4 + (int)nameLength)..];
+        var requests = BinaryPrimitives.ReadUInt16BigEndian(rest);
+        if (rest.Length != 2 + 2 * requests)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "malformed information request list", cancellationToken).ConfigureAwait(false);
+            return (false, null);
+        }
+
+        var export = _server.FindExport(name);
+        if (export is null)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrUnknown, $"export '{name}' not present", cancellationToken).ConfigureAwait(false);
+            return (false, null);
+        }
+
+        bool wantName = false, wantDescription = false;
+        for (var i = 0; i < requests; i++)
+        {
+            switch ((NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(rest[(2 + 2 * i)..]))
+            {
+                case NbdInfo.Name: wantName = true; break;
+                case NbdInfo.Description: wantDescription = true; break;
+            }
+        }
+
+        NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Info, 12);
+        NbdWire.WriteUInt16(Writer, (ushort)NbdInfo.Export);
+        NbdWire.WriteUInt64(Writer, (ulong)export.Edge.Node.Length);
+        NbdWire.WriteUInt16(Writer, (ushort)TransmissionFlags(export));
+        if (wantName)
+        {
+            var bytes = Encoding.UTF8.GetBytes(export.Name);
+            NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Info, (uint)(2 + bytes.Length));
+            NbdWire.WriteUInt16(Writer, (ushort)NbdInfo.Name);
+            Writer.Write(bytes);
+        }
+
+        if (wantDescription && export.Description is not null)
+        {
+            var bytes = Encoding.UTF8.GetBytes(export.Description);
+            NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Info, (uint)(2 + bytes.Length));
+            NbdWire.WriteUInt16(Writer, (ushort)NbdInfo.Description);
+            Writer.Write(bytes);
+        }
+
+        // Block sizes, always: any alignment works (the node bounces what O_DIRECT cannot take), 4 KiB is
+        // preferred, and a request carries at most NbdTransmission.MaxPayload bytes.
+        NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Info, 14);
+        NbdWire.WriteUInt16(Writer, (ushort)NbdInfo.BlockSize);
+        NbdWire.WriteUInt32(Writer, 1);
+        NbdWire.WriteUInt32(Writer, 4096);
+        NbdWire.WriteUInt32(Writer, NbdTransmission.MaxPayload);
+        await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+        return option == NbdOption.Go ? (true, export) : (false, null);
+    }
+
+    /// <summary>
+    /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: u32 export name length, name, u32 query count,
+    /// then per query u32 length and the query. Only <c>base:allocation</c> exists here.
+    /// </summary>
+    async Task HandleMetaContextAsync(NbdOption option, byte[] data, CancellationToken cancellationToken)
+    {
+        if (!Structured)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "meta contexts need structured replies first", cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        var span = data.AsSpan();
+        var queries = new List<string>();
+        string? name = null;
+        var valid = TryReadString(ref span, out name);
+        if (valid && span.Length >= 4)
+        {
+            var count = BinaryPrimitives.ReadUInt32BigEndian(span);
+            span = span[4..];
+            for (var i = 0; valid && i < count; i++)
+            {
+                valid = TryReadString(ref span, out var query);
+                queries.Add(query!);
+            }
+
+            valid &= span.IsEmpty;
+        }
+        else
+        {
+            valid = false;
+        }
+
+        if (!valid)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "malformed meta context request", cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        if (_server.FindExport(name!) is null)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrUnknown, $"export '{name}' not present", cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        bool matched;
+        if (option == NbdOption.SetMetaContext)
+        {
+            matched = queries.Contains(AllocationContext);
+            _allocationContextExport = matched ? name : null;
+        }
+        else
+        {
+            // A listing with no queries lists everything; "base:" lists the whole namespace.
+            matched = queries.Count == 0 || queries.Any(q => q is "base:" or AllocationContext);
+        }
+
+        if (matched)
+        {
+            var context = Encoding.ASCII.GetBytes(AllocationContext);
+            NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.MetaContext, (uint)(4 + context.Length));
+            NbdWire.WriteUInt32(Writer, option == NbdOption.SetMetaContext ? AllocationContextId : 0);
+            Writer.Write(context);
+        }
+
+        await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+    }
+
+    static bool TryReadString(ref Span<byte> span, out string? value)
+    {
+        value = null;
+        if (span.Length < 4)
+        {
+            return false;
+        }
+
+        var length = BinaryPrimitives.ReadUInt32BigEndian(span);
+        if (length > MaxStringLength || span.Length < 4 + (int)length)
+        {
+            return false;
+        }
+
+        value = Encoding.UTF8.GetString(span.Slice(4, (int)length));
+        span = span[(4 + (int)length)..];
+        return true;
+    }
+
+    /// <summary>An option reply with an optional UTF-8 message (errors carry one for the client's log).</summary>
+    async ValueTask OptionReplyAsync(NbdOption option, NbdOptionReply reply, string? message, CancellationToken cancellationToken)
+    {
+        var bytes = message is null ? [] : Encoding.UTF8.GetBytes(message);
+        NbdWire.WriteOptionReplyHeader(Writer, option, reply, (uint)bytes.Length);
+        Writer.Write(bytes);
+        await Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    NbdTransmissionFlags TransmissionFlags(NbdExport export)
+    {
+        var flags = NbdTransmissionFlags.HasFlags | NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua |
+            NbdTransmissionFlags.SendCache |
+            // Every connection reaches the same node, and a flush on one covers writes made on all.
+            NbdTransmissionFlags.CanMultiConn;
+        flags |= export.Writable
+            ? NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero
+            : NbdTransmissionFlags.ReadOnly;
+        if (Structured)
+        {
+            // Reads are always answered in one chunk, so "don't fragment" costs nothing to honour.
+            flags |= NbdTransmissionFlags.SendDf;
+        }
+
+        return flags;
+    }
+
+    /// <summary>Reads exactly <paramref name="count"/> bytes (handshake only: it allocates).</summary>
+    async ValueTask<byte[]> ReadBytesAsync(int count, CancellationToken cancellationToken)
+    {
+        if (count == 0)
+        {
+            return [];
+        }
+
+        var result = await Reader.ReadAtLeastAsync(count, cancellationToken).ConfigureAwait(false);
+        if (result.Buffer.Length < count)
+        {
+            throw new EndOfStreamException("the client closed the connection during the handshake");
+        }
+
+        var bytes = result.Buffer.Slice(0, count).ToArray();
+        Reader.AdvanceTo(result.Buffer.GetPosition(count));
+        return bytes;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Reader.CompleteAsync().ConfigureAwait(false);
+        await Writer.CompleteAsync().ConfigureAwait(false);
+        await _stream.DisposeAsync().ConfigureAwait(false);
+    }
+}
+
+/// <summary>The client broke the protocol in a way that leaves the byte stream out of step: close the connection.</summary>
+sealed class NbdProtocolException(string message) : Exception(message);

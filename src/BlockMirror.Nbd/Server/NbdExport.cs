@@ -1,0 +1,41 @@
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Nbd.Server;
+
+/// <summary>What <c>block-export-add type=nbd</c> asks for.</summary>
+/// <param name="Id">The export id (QMP's <c>id</c>).</param>
+/// <param name="Name">The name clients ask for; defaults to the node name.</param>
+/// <param name="Writable">Whether clients may write.</param>
+/// <param name="Description">Free text shown by NBD_INFO_DESCRIPTION and in export lists.</param>
+public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null);
+
+/// <summary>
+/// One export: a root parent of its node, so that requests go through the graph (a running mirror sees
+/// and copies every write) and a pivot re-points <see cref="Edge"/> at the new node with no help from here.
+/// </summary>
+public sealed class NbdExport : IEdgeParent
+{
+    internal NbdExport(NbdExportOptions options, string name)
+    {
+        Id = options.Id;
+        Name = name;
+        Writable = options.Writable;
+        Description = options.Description;
+    }
+
+    public string Id { get; }
+
+    public string Name { get; }
+
+    public bool Writable { get; }
+
+    public string? Description { get; }
+
+    /// <summary>The edge requests travel; set once the export is attached.</summary>
+    public NodeEdge Edge { get; internal set; } = null!;
+
+    public string ParentDescription => $"export '{Id}'";
+
+    /// <summary>Connections currently using the export.</summary>
+    internal int Clients;
+}

@@ -1,0 +1,195 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using BlockMirror.Block.Buffers;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Nbd.Server;
+
+/// <summary>
+/// The NBD server of <c>nbd-server-start</c> / <c>--nbd-server</c>: one listening socket (TCP or Unix), any
+/// number of clients, and the exports of <c>block-export-add</c>. A client that misbehaves loses its own
+/// connection and nothing else.
+/// </summary>
+public sealed class NbdServer : IAsyncDisposable
+{
+    readonly BlockGraph _graph;
+    readonly ConcurrentDictionary<string, NbdExport> _exports = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<Task, byte> _connections = new();
+    readonly CancellationTokenSource _stopping = new();
+    Socket? _listener;
+    Task? _accepting;
+    string? _unixPath;
+
+    public NbdServer(BlockGraph graph) => _graph = graph;
+
+    /// <summary>Buffers for payloads: aligned, so an O_DIRECT node takes them without a bounce.</summary>
+    internal AlignedBufferPool Buffers { get; } = new(4096);
+
+    /// <summary>Where the server listens, once started (the port is the real one when 0 was asked for).</summary>
+    public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
+
+    public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Id, StringComparer.Ordinal);
+
+    /// <summary>Binds and starts accepting clients. A Unix socket path must not exist yet.</summary>
+    public void Start(EndPoint endPoint)
+    {
+        if (_listener is not null)
+        {
+            throw new InvalidOperationException("NBD server already running");
+        }
+
+        var unix = endPoint is UnixDomainSocketEndPoint;
+        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+        try
+        {
+            if (!unix)
+            {
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            }
+
+            socket.Bind(endPoint);
+            socket.Listen(64);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        _unixPath = unix ? endPoint.ToString() : null;
+        _listener = socket;
+        _accepting = AcceptAsync(socket, _stopping.Token);
+    }
+
+    async Task AcceptAsync(Socket listener, CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            if (client.ProtocolType == ProtocolType.Tcp)
+            {
+                // Replies are small and latency-bound: never wait to coalesce them.
+                client.NoDelay = true;
+            }
+
+            var connection = new NbdConnection(new NetworkStream(client, ownsSocket: true), this);
+            var task = ServeAsync(connection, cancellationToken);
+            _connections.TryAdd(task, 0);
+            _ = task.ContinueWith(t => _connections.TryRemove(t, out _), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+    }
+
+    static async Task ServeAsync(NbdConnection connection, CancellationToken cancellationToken)
+    {
+        await Task.Yield();
+        await using (connection.ConfigureAwait(false))
+        {
+            await connection.RunAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Exports <paramref name="node"/> (<c>block-export-add type=nbd</c>). The export becomes a root parent of
+    /// the node; a writable export needs a writable node.
+    /// </summary>
+    public NbdExport AddExport(BlockNode node, NbdExportOptions options)
+    {
+        var name = options.Name ?? node.Name;
+        if (name.Length > NbdConnection.MaxStringLength)
+        {
+            throw new BlockOpenException($"export name is longer than {NbdConnection.MaxStringLength} bytes");
+        }
+
+        if (options.Writable && node.ReadOnly)
+        {
+            throw new BlockOpenException($"Cannot export node '{node.Name}' writable: the node is read-only", Block.Io.BlockErrno.EPERM);
+        }
+
+        var export = new NbdExport(options, name);
+        if (_exports.Values.Any(e => e.Id == options.Id))
+        {
+            throw new ArgumentException($"Block export id '{options.Id}' is already in use");
+        }
+
+        if (!_exports.TryAdd(name, export))
+        {
+            throw new ArgumentException($"NBD server already has an export named '{name}'");
+        }
+
+        export.Edge = _graph.AttachRoot(node, export, "export");
+        return export;
+    }
+
+    /// <summary>The export with this NBD name, or null.</summary>
+    internal NbdExport? FindExport(string name) => _exports.TryGetValue(name, out var export) ? export : null;
+
+    /// <summary>The export with this id, or null.</summary>
+    public NbdExport? GetExport(string id) => _exports.Values.FirstOrDefault(e => e.Id == id);
+
+    /// <summary>
+    /// Removes an export so new clients cannot find it, and detaches it from its node. Connections already
+    /// using it keep their edge until they end (QEMU's <c>mode: safe</c> refuses while clients exist; the
+    /// caller checks <see cref="NbdExport.Clients"/> for that).
+    /// </summary>
+    public async ValueTask RemoveExportAsync(NbdExport export)
+    {
+        if (_exports.TryRemove(new KeyValuePair<string, NbdExport>(export.Name, export)))
+        {
+            await _graph.DetachRootAsync(export.Edge).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Clients connected to <paramref name="export"/> right now.</summary>
+    public static int ClientCount(NbdExport export) => Volatile.Read(ref export.Clients);
+
+    /// <summary>Stops listening and closes every connection, after their requests in progress have replied.</summary>
+    public async ValueTask StopAsync()
+    {
+        if (_listener is null)
+        {
+            return;
+        }
+
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        _listener.Dispose();
+        if (_accepting is not null)
+        {
+            await _accepting.ConfigureAwait(false);
+        }
+
+        await Task.WhenAll(_connections.Keys).ConfigureAwait(false);
+        if (_unixPath is not null)
+        {
+            File.Delete(_unixPath);
+        }
+
+        _listener = null;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync().ConfigureAwait(false);
+        foreach (var export in _exports.Values.ToList())
+        {
+            await RemoveExportAsync(export).ConfigureAwait(false);
+        }
+
+        _stopping.Dispose();
+    }
+}
