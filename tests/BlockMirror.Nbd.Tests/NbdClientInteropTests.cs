@@ -89,4 +89,20 @@ public sealed class NbdClientInteropTests
         Assert.Contains("can't open device", result.StandardOutput + result.StandardError, StringComparison.Ordinal);
         Assert.True((await File.ReadAllBytesAsync(nbd.ImagePath)).AsSpan().IndexOfAnyExcept((byte)0) < 0);
     }
+
+    [SkippableFact]
+    public async Task Fio_random_writes_at_depth_16_verify()
+    {
+        await using var nbd = await NbdFixture.StartAsync(Size);
+
+        var output = await ExternalTool.RunCheckedAsync("fio", "--name=nbd", "--ioengine=nbd", $"--uri={nbd.Uri}",
+            "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=4M", "--verify=crc32c", "--do_verify=1", "--randseed=5",
+            "--output-format=json");
+
+        using var report = System.Text.Json.JsonDocument.Parse(output[output.IndexOf('{', StringComparison.Ordinal)..]);
+        var job = report.RootElement.GetProperty("jobs")[0];
+        Assert.Equal(0, job.GetProperty("error").GetInt32());
+        Assert.Equal(4L << 20, job.GetProperty("write").GetProperty("io_bytes").GetInt64());
+        Assert.Equal(4L << 20, job.GetProperty("read").GetProperty("io_bytes").GetInt64());
+    }
 }
