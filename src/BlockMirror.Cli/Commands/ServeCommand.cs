@@ -1,0 +1,282 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using BlockMirror.Qmp.Commands;
+using BlockMirror.Qmp.Protocol;
+using BlockMirror.Qmp.Server;
+
+namespace BlockMirror.Cli.Commands;
+
+/// <summary>
+/// <c>blockmirror serve</c>: qemu-storage-daemon's command line. Options are applied in the order given, as
+/// qemu-storage-daemon applies them, so an <c>--export</c> may name a node made by an earlier <c>--blockdev</c>.
+/// Runs until SIGTERM, SIGINT or QMP <c>quit</c>, then cancels jobs, closes exports and flushes every image.
+/// </summary>
+static class ServeCommand
+{
+    /// <summary>Set in the child of <c>--daemonize</c>: it reports "ready" on stdout once it serves.</summary>
+    const string DaemonChildVariable = "BLOCKMIRROR_DAEMON_CHILD";
+
+    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--pidfile", "--daemonize"];
+
+    public static Command Create()
+    {
+        var command = new Command("serve", "Run as a storage daemon with qemu-storage-daemon's options: " +
+            "--blockdev, --chardev socket,..., --monitor, --nbd-server, --export, --pidfile, --daemonize")
+        {
+            TreatUnmatchedTokensAsErrors = false,
+        };
+        command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("serve", () => RunAsync([.. parse.UnmatchedTokens], cancellationToken)));
+        return command;
+    }
+
+    /// <summary>One option of the command line, in order.</summary>
+    sealed record Setting(string Option, string? Value);
+
+    static List<Setting> ReadSettings(IReadOnlyList<string> tokens)
+    {
+        var settings = new List<Setting>();
+        for (var i = 0; i < tokens.Count; i++)
+        {
+            var token = tokens[i];
+            string option, value;
+            var equals = token.IndexOf('=', StringComparison.Ordinal);
+            if (token.StartsWith("--", StringComparison.Ordinal) && equals > 0 && Known.Contains(token[..equals]))
+            {
+                (option, value) = (token[..equals], token[(equals + 1)..]);
+            }
+            else if (token == "--daemonize")
+            {
+                settings.Add(new Setting(token, null));
+                continue;
+            }
+            else if (Known.Contains(token))
+            {
+                if (i + 1 >= tokens.Count)
+                {
+                    throw new UsageException($"option '{token}' needs an argument");
+                }
+
+                (option, value) = (token, tokens[++i]);
+            }
+            else
+            {
+                throw new UsageException($"unrecognized option '{token}' (known: {string.Join(", ", Known)})");
+            }
+
+            settings.Add(new Setting(option, value));
+        }
+
+        return settings;
+    }
+
+    static async Task<int> RunAsync(IReadOnlyList<string> tokens, CancellationToken cancellationToken)
+    {
+        var settings = ReadSettings(tokens);
+        if (settings.Any(s => s.Option == "--daemonize") && Environment.GetEnvironmentVariable(DaemonChildVariable) is null)
+        {
+            return await DaemonizeAsync(tokens, cancellationToken);
+        }
+
+        await using var daemon = new StorageDaemon();
+        await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
+        var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
+        string? pidfile = null;
+        try
+        {
+            foreach (var setting in settings)
+            {
+                switch (setting.Option)
+                {
+                    case "--blockdev":
+                        await BlockdevFactory.CreateAsync(daemon.Graph, Arguments(setting.Value!, null), topLevel: true, cancellationToken);
+                        break;
+                    case "--chardev":
+                        var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
+                        if (!chardevs.TryAdd(id, endPoint))
+                        {
+                            throw new UsageException($"attempt to add duplicate property '{id}' to object (type 'container')");
+                        }
+
+                        break;
+                    case "--monitor":
+                        monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs));
+                        break;
+                    case "--nbd-server":
+                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)));
+                        break;
+                    case "--export":
+                        daemon.Commands.TryGet("block-export-add", out var add);
+                        await add(Arguments(setting.Value!, null), cancellationToken);
+                        break;
+                    case "--pidfile":
+                        pidfile = setting.Value!;
+                        break;
+                }
+            }
+        }
+        catch (QmpException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+        catch (SocketException ex)
+        {
+            throw new UsageException($"Failed to bind socket: {ex.Message}");
+        }
+        catch (JsonException ex)
+        {
+            throw new UsageException($"JSON parse error: {ex.Message}");
+        }
+
+        if (pidfile is not null)
+        {
+            await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
+        }
+
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult(); });
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult(); });
+        if (Environment.GetEnvironmentVariable(DaemonChildVariable) is not null)
+        {
+            // Tell the parent of --daemonize that we serve; it exits 0 and we carry on without it.
+            Console.Out.WriteLine("ready");
+            Console.Out.Flush();
+            Console.SetOut(TextWriter.Null);
+            Console.SetError(TextWriter.Null);
+        }
+
+        await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+        if (pidfile is not null)
+        {
+            File.Delete(pidfile);
+        }
+
+        return 0;
+    }
+
+    /// <summary>A value in qemu-storage-daemon's syntax: JSON when it starts with '{', key=value otherwise.</summary>
+    static QmpArguments Arguments(string value, string? impliedKey)
+    {
+        if (value.TrimStart().StartsWith('{'))
+        {
+            using var document = JsonDocument.Parse(value);
+            return new QmpArguments(document.RootElement.Clone());
+        }
+
+        return new QmpArguments(KeyVal.Parse(value, impliedKey), keyval: true);
+    }
+
+    /// <summary><c>socket,id=ID,path=PATH|host=H,port=P,server=on,wait=off</c>: a listening socket for a monitor.</summary>
+    static (string Id, EndPoint EndPoint) ReadChardev(QmpArguments chardev)
+    {
+        var backend = chardev.RequireString("backend");
+        var id = chardev.RequireString("id");
+        var path = chardev.OptionalString("path");
+        var host = chardev.OptionalString("host");
+        var port = chardev.OptionalString("port");
+        var server = chardev.OptionalBool("server") ?? false;
+        var wait = chardev.OptionalBool("wait") ?? true;
+        chardev.Accept("telnet", "nodelay", "ipv4", "ipv6", "to", "logfile", "logappend");
+        chardev.CheckNoneUnexpected();
+        if (backend != "socket")
+        {
+            throw new UsageException($"chardev '{id}': backend '{backend}' is not supported (only socket)");
+        }
+
+        if (!server)
+        {
+            throw new UsageException($"chardev '{id}': only server=on sockets are supported");
+        }
+
+        if (wait)
+        {
+            throw new UsageException($"chardev '{id}': wait=on is not supported; add wait=off");
+        }
+
+        if (path is not null)
+        {
+            return (id, new UnixDomainSocketEndPoint(path));
+        }
+
+        if (host is null || port is null)
+        {
+            throw new UsageException($"chardev '{id}': give path=, or host= and port=");
+        }
+
+        var address = new QmpArguments(KeyVal.Parse($"type=inet,host={host.Replace(",", ",,", StringComparison.Ordinal)},port={port}"), keyval: true);
+        return (id, StorageDaemon.ReadSocketAddress(address, legacy: false));
+    }
+
+    static EndPoint ReadMonitor(QmpArguments monitor, Dictionary<string, EndPoint> chardevs)
+    {
+        var chardev = monitor.RequireString("chardev");
+        var mode = monitor.OptionalEnum("mode", "control", "readline") ?? "control";
+        monitor.Accept("pretty", "id");
+        monitor.CheckNoneUnexpected();
+        if (mode != "control")
+        {
+            throw new UsageException("only mode=control monitors are supported");
+        }
+
+        return chardevs.TryGetValue(chardev, out var endPoint) ? endPoint : throw new UsageException($"chardev \"{chardev}\" not found");
+    }
+
+    static EndPoint ReadNbdServer(QmpArguments server)
+    {
+        var address = server.OptionalObject("addr") ?? throw new UsageException("Parameter 'addr' is missing");
+        var endPoint = StorageDaemon.ReadSocketAddress(address, legacy: false);
+        server.Accept("max-connections");
+        if (server.OptionalString("tls-creds") is not null || server.OptionalString("tls-authz") is not null)
+        {
+            throw new UsageException("TLS is not supported by this NBD server");
+        }
+
+        server.CheckNoneUnexpected();
+        return endPoint;
+    }
+
+    /// <summary>
+    /// <c>--daemonize</c>: .NET cannot fork, so the parent starts itself again in a new session and returns
+    /// once that child says it serves (qemu-storage-daemon returns at the same point), or fails with the
+    /// child's error if it cannot start.
+    /// </summary>
+    static async Task<int> DaemonizeAsync(IReadOnlyList<string> tokens, CancellationToken cancellationToken)
+    {
+        var start = new ProcessStartInfo("setsid")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(Environment.ProcessPath!);
+        if (!Path.GetFileNameWithoutExtension(Environment.ProcessPath!).Equals("blockmirror", StringComparison.Ordinal))
+        {
+            // Run through the dotnet host: pass the entry assembly.
+            start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "blockmirror.dll"));
+        }
+
+        start.ArgumentList.Add("serve");
+        foreach (var token in tokens)
+        {
+            start.ArgumentList.Add(token);
+        }
+
+        start.Environment[DaemonChildVariable] = "1";
+        using var child = Process.Start(start) ?? throw new UsageException("could not start the daemon process");
+        child.StandardInput.Close();
+        var ready = await child.StandardOutput.ReadLineAsync(cancellationToken);
+        if (ready == "ready")
+        {
+            return 0;
+        }
+
+        await child.WaitForExitAsync(cancellationToken);
+        var error = (await child.StandardError.ReadToEndAsync(cancellationToken)).Trim();
+        await Console.Error.WriteLineAsync(error.Length > 0 ? error : $"blockmirror serve: the daemon exited with {child.ExitCode} before it was ready");
+        return child.ExitCode == 0 ? 1 : child.ExitCode;
+    }
+}

@@ -1,0 +1,91 @@
+using System.Text.Json.Nodes;
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Qmp.Commands;
+
+/// <summary>blockdev-add, blockdev-del, query-named-block-nodes.</summary>
+public sealed partial class StorageDaemon
+{
+    void AddBlockdevCommands()
+    {
+        Commands.Add("blockdev-add", async (arguments, cancellationToken) =>
+        {
+            await BlockdevFactory.CreateAsync(Graph, arguments, topLevel: true, cancellationToken).ConfigureAwait(false);
+            return Empty;
+        });
+
+        Commands.Add("blockdev-del", async (arguments, _) =>
+        {
+            var name = arguments.RequireString("node-name");
+            arguments.CheckNoneUnexpected();
+            var node = Graph.FindNode(name) ?? throw Protocol.QmpException.Generic($"Failed to find node with node-name='{name}'");
+            if (node.IsAutoNamed)
+            {
+                throw Protocol.QmpException.Generic($"Node {name} is not owned by the monitor");
+            }
+
+            if (node.Parents.Count > 0)
+            {
+                throw Protocol.QmpException.Generic($"Node '{name}' is busy: {node.Parents[0].Parent.ParentDescription} uses it");
+            }
+
+            await Graph.RemoveNodeAsync(node).ConfigureAwait(false);
+            return Empty;
+        });
+
+        Commands.Add("query-named-block-nodes", (arguments, _) =>
+        {
+            arguments.Accept("flat");
+            arguments.CheckNoneUnexpected();
+            var list = new JsonArray();
+            foreach (var node in Graph.Nodes)
+            {
+                list.Add((JsonNode)DescribeNode(node));
+            }
+
+            return ValueTask.FromResult<JsonNode?>(list);
+        });
+    }
+
+    /// <summary>A BlockDeviceInfo, with the members scripts look at.</summary>
+    static JsonObject DescribeNode(BlockNode node)
+    {
+        var info = new JsonObject
+        {
+            ["node-name"] = node.Name,
+            ["drv"] = node.Driver.DriverName,
+            ["ro"] = node.ReadOnly,
+            ["file"] = node.Driver.FileName ?? "",
+            ["encrypted"] = false,
+            ["detect_zeroes"] = "off",
+            ["bps"] = 0, ["bps_rd"] = 0, ["bps_wr"] = 0, ["iops"] = 0, ["iops_rd"] = 0, ["iops_wr"] = 0,
+            ["write_threshold"] = 0,
+            ["backing_file_depth"] = Depth(node),
+            ["cache"] = new JsonObject { ["writeback"] = true, ["direct"] = false, ["no-flush"] = false },
+            ["image"] = new JsonObject
+            {
+                ["filename"] = node.Driver.FileName ?? "",
+                ["format"] = node.Driver.DriverName,
+                ["virtual-size"] = node.Length,
+                ["dirty-flag"] = false,
+            },
+        };
+        if (node.Backing is { } backing)
+        {
+            info["backing_file"] = backing.Driver.FileName ?? backing.Name;
+        }
+
+        return info;
+    }
+
+    static int Depth(BlockNode node)
+    {
+        var depth = 0;
+        for (var b = node.Backing; b is not null; b = b.Backing)
+        {
+            depth++;
+        }
+
+        return depth;
+    }
+}

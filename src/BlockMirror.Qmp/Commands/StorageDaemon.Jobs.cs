@@ -1,0 +1,136 @@
+using System.Text.Json.Nodes;
+using BlockMirror.Jobs;
+
+namespace BlockMirror.Qmp.Commands;
+
+/// <summary>The block-job-* and job-* verbs, query-block-jobs, query-jobs.</summary>
+public sealed partial class StorageDaemon
+{
+    void AddJobCommands()
+    {
+        // block-job-*: the job is named by "device" (its id), and a missing one is DeviceNotActive.
+        Commands.Add("block-job-set-speed", (arguments, _) =>
+        {
+            var device = arguments.RequireString("device");
+            var speed = arguments.RequireInt("speed");
+            arguments.CheckNoneUnexpected();
+            var job = FindBlockJob(Jobs, device);
+            if (speed < 0)
+            {
+                throw Protocol.QmpException.Generic("Parameter 'speed' expects a non-negative value");
+            }
+
+            job.SetSpeed(speed);
+            return ValueTask.FromResult(Empty);
+        });
+        Commands.Add("block-job-cancel", async (arguments, _) =>
+        {
+            var device = arguments.RequireString("device");
+            var force = arguments.OptionalBool("force") ?? false;
+            arguments.CheckNoneUnexpected();
+            await FindBlockJob(Jobs, device).CancelAsync(force).ConfigureAwait(false);
+            return Empty;
+        });
+        AddVerb("block-job-pause", "device", block: true, job => job.Pause());
+        AddVerb("block-job-resume", "device", block: true, job => job.Resume());
+        AddVerb("block-job-complete", "device", block: true, job => job.Complete());
+        AddVerb("block-job-dismiss", "id", block: true, job => job.Dismiss());
+        Commands.Add("block-job-finalize", async (arguments, _) =>
+        {
+            var id = arguments.RequireString("id");
+            arguments.CheckNoneUnexpected();
+            await FindBlockJob(Jobs, id).FinalizeAsync().ConfigureAwait(false);
+            return Empty;
+        });
+
+        AddVerb("job-pause", "id", block: false, job => job.Pause());
+        AddVerb("job-resume", "id", block: false, job => job.Resume());
+        AddVerb("job-complete", "id", block: false, job => job.Complete());
+        AddVerb("job-dismiss", "id", block: false, job => job.Dismiss());
+        Commands.Add("job-cancel", async (arguments, _) =>
+        {
+            var id = arguments.RequireString("id");
+            arguments.CheckNoneUnexpected();
+            await FindJob(Jobs, id).CancelAsync(force: false).ConfigureAwait(false);
+            return Empty;
+        });
+        Commands.Add("job-finalize", async (arguments, _) =>
+        {
+            var id = arguments.RequireString("id");
+            arguments.CheckNoneUnexpected();
+            await FindJob(Jobs, id).FinalizeAsync().ConfigureAwait(false);
+            return Empty;
+        });
+
+        Commands.Add("query-block-jobs", (arguments, _) =>
+        {
+            arguments.CheckNoneUnexpected();
+            var list = new JsonArray();
+            foreach (var job in Jobs.Jobs.OfType<BlockJob>())
+            {
+                list.Add((JsonNode)DescribeBlockJob(job.GetInfo()));
+            }
+
+            return ValueTask.FromResult<JsonNode?>(list);
+        });
+        Commands.Add("query-jobs", (arguments, _) =>
+        {
+            arguments.CheckNoneUnexpected();
+            var list = new JsonArray();
+            foreach (var job in Jobs.Jobs)
+            {
+                var info = new JsonObject
+                {
+                    ["id"] = job.Id,
+                    ["type"] = job.Type.ToWireName(),
+                    ["status"] = job.Status.ToWireName(),
+                    ["current-progress"] = job.ProgressCurrent,
+                    ["total-progress"] = job.ProgressTotal,
+                };
+                if (job.Error is { } error)
+                {
+                    info["error"] = error;
+                }
+
+                list.Add((JsonNode)info);
+            }
+
+            return ValueTask.FromResult<JsonNode?>(list);
+        });
+    }
+
+    void AddVerb(string command, string idMember, bool block, Action<Job> verb) =>
+        Commands.Add(command, (arguments, _) =>
+        {
+            var id = arguments.RequireString(idMember);
+            arguments.CheckNoneUnexpected();
+            verb(block ? FindBlockJob(Jobs, id) : FindJob(Jobs, id));
+            return ValueTask.FromResult(Empty);
+        });
+
+    /// <summary>A BlockJobInfo as query-block-jobs returns it.</summary>
+    static JsonObject DescribeBlockJob(BlockJobInfo info)
+    {
+        var result = new JsonObject
+        {
+            ["auto-finalize"] = info.AutoFinalize,
+            ["io-status"] = info.IoStatus.ToWireName(),
+            ["device"] = info.Device,
+            ["auto-dismiss"] = info.AutoDismiss,
+            ["busy"] = info.Busy,
+            ["len"] = info.Len,
+            ["offset"] = info.Offset,
+            ["status"] = info.Status.ToWireName(),
+            ["paused"] = info.Paused,
+            ["speed"] = info.Speed,
+            ["ready"] = info.Ready,
+            ["type"] = info.Type.ToWireName(),
+        };
+        if (info.Error is { } error)
+        {
+            result["error"] = error;
+        }
+
+        return result;
+    }
+}

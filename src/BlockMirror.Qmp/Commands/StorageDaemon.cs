@@ -1,0 +1,94 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using BlockMirror.Block.Graph;
+using BlockMirror.Jobs;
+using BlockMirror.Nbd.Server;
+using BlockMirror.Qmp.Protocol;
+
+namespace BlockMirror.Qmp.Commands;
+
+/// <summary>
+/// Everything a qemu-storage-daemon holds: the node graph, the jobs, the NBD server and its exports, and
+/// the QMP commands that act on them. <c>blockmirror serve</c> builds one from its command line; tests build
+/// one directly.
+/// </summary>
+public sealed partial class StorageDaemon : IAsyncDisposable
+{
+    readonly TaskCompletionSource _quit = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public StorageDaemon(TimeProvider? time = null)
+    {
+        Jobs = new JobManager(time);
+        Commands = new QmpCommandTable();
+        AddBlockdevCommands();
+        AddJobCommands();
+        AddMirrorCommands();
+        AddExportCommands();
+        AddMiscCommands();
+    }
+
+    public BlockGraph Graph { get; } = new();
+
+    public JobManager Jobs { get; }
+
+    public QmpCommandTable Commands { get; }
+
+    /// <summary>The NBD server, once <c>nbd-server-start</c> (or <c>--nbd-server</c>) started it.</summary>
+    public NbdServer? Nbd { get; private set; }
+
+    /// <summary>Completes when a client sent <c>quit</c>.</summary>
+    public Task QuitRequested => _quit.Task;
+
+    /// <summary>Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time.</summary>
+    public EndPoint StartNbdServer(EndPoint endPoint)
+    {
+        if (Nbd is not null)
+        {
+            throw QmpException.Generic("NBD server already running");
+        }
+
+        var server = new NbdServer(Graph);
+        try
+        {
+            server.Start(endPoint);
+        }
+        catch (SocketException ex)
+        {
+            throw QmpException.Generic($"Failed to bind socket: {ex.Message}");
+        }
+
+        Nbd = server;
+        return server.LocalEndPoint!;
+    }
+
+    async ValueTask StopNbdServerAsync()
+    {
+        if (Nbd is { } server)
+        {
+            Nbd = null;
+            await server.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Shuts down as qemu-storage-daemon does on SIGTERM or quit: jobs cancelled, exports and the NBD server
+    /// closed, then every node flushed and closed.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        await Jobs.CancelAllAsync().ConfigureAwait(false);
+        await StopNbdServerAsync().ConfigureAwait(false);
+        await Graph.DisposeAsync().ConfigureAwait(false);
+    }
+
+    static BlockJob FindBlockJob(JobManager jobs, string device) =>
+        jobs.Find(device) as BlockJob ?? throw new QmpException("DeviceNotActive", $"No active block job on device '{device}'");
+
+    static Job FindJob(JobManager jobs, string id) => jobs.Find(id) ?? throw QmpException.Generic("Job not found");
+
+    BlockNode FindNode(string name) =>
+        Graph.FindNode(name) ?? throw QmpException.Generic($"Cannot find device='{name}' nor node-name='{name}'");
+
+    static JsonNode? Empty => null;
+}

@@ -1,0 +1,155 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using BlockMirror.Jobs;
+using BlockMirror.Jobs.Events;
+using BlockMirror.Qmp.Events;
+using BlockMirror.Qmp.Protocol;
+
+namespace BlockMirror.Qmp.Server;
+
+/// <summary>
+/// QMP monitors (<c>--chardev socket,...</c> + <c>--monitor</c>): listening sockets, the sessions on them,
+/// and the job events every negotiated session receives.
+/// </summary>
+public sealed class QmpServer : IAsyncDisposable
+{
+    /// <summary>The QEMU version we speak the QMP of (qapi schema 7.2).</summary>
+    public const int Major = 7, Minor = 2, Micro = 0;
+
+    public const string Package = "BlockMirror";
+
+    readonly List<Socket> _listeners = [];
+    readonly List<string> _socketPaths = [];
+    readonly ConcurrentDictionary<QmpSession, Task> _sessions = new();
+    readonly CancellationTokenSource _stopping = new();
+    readonly List<Task> _accepting = [];
+    readonly IDisposable _events;
+
+    public QmpServer(QmpCommandTable commands, JobEventBus events)
+    {
+        Commands = commands;
+        _events = events.Subscribe(Broadcast);
+    }
+
+    public QmpCommandTable Commands { get; }
+
+    /// <summary>Listens on a Unix socket (created with mode 0600: the monitor controls every disk) or a TCP endpoint.</summary>
+    public EndPoint Listen(EndPoint endPoint)
+    {
+        var unix = endPoint is UnixDomainSocketEndPoint;
+        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+        try
+        {
+            socket.Bind(endPoint);
+            if (unix)
+            {
+                var path = endPoint.ToString()!;
+                _socketPaths.Add(path);
+                if (!OperatingSystem.IsWindows())
+                {
+                    File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                }
+            }
+
+            socket.Listen(16);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        _listeners.Add(socket);
+        _accepting.Add(AcceptAsync(socket, _stopping.Token));
+        return socket.LocalEndPoint!;
+    }
+
+    async Task AcceptAsync(Socket listener, CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            var session = new QmpSession(new NetworkStream(client, ownsSocket: true), this);
+            _sessions[session] = RunSessionAsync(session, cancellationToken);
+        }
+    }
+
+    async Task RunSessionAsync(QmpSession session, CancellationToken cancellationToken)
+    {
+        await Task.Yield();
+        try
+        {
+            await session.RunAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _sessions.TryRemove(session, out _);
+        }
+    }
+
+    /// <summary>Sends an event to every negotiated monitor.</summary>
+    public void Broadcast(JobEvent e)
+    {
+        var json = QmpSession.Serialize(writer => QmpEventWriter.Write(writer, e));
+        foreach (var session in _sessions.Keys)
+        {
+            if (session.Negotiated)
+            {
+                session.Send(json);
+            }
+        }
+    }
+
+    internal byte[] Greeting() => QmpSession.Serialize(writer =>
+    {
+        writer.WriteStartObject();
+        writer.WriteStartObject("QMP");
+        writer.WriteStartObject("version");
+        writer.WriteStartObject("qemu");
+        writer.WriteNumber("micro", Micro);
+        writer.WriteNumber("minor", Minor);
+        writer.WriteNumber("major", Major);
+        writer.WriteEndObject();
+        writer.WriteString("package", Package);
+        writer.WriteEndObject();
+        writer.WriteStartArray("capabilities");
+        writer.WriteEndArray();
+        writer.WriteEndObject();
+        writer.WriteEndObject();
+    });
+
+    public async ValueTask DisposeAsync()
+    {
+        _events.Dispose();
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        foreach (var listener in _listeners)
+        {
+            listener.Dispose();
+        }
+
+        await Task.WhenAll(_accepting).ConfigureAwait(false);
+        await Task.WhenAll(_sessions.Values).ConfigureAwait(false);
+        foreach (var path in _socketPaths)
+        {
+            File.Delete(path);
+        }
+
+        _stopping.Dispose();
+    }
+}
