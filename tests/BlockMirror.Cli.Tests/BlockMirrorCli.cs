@@ -63,7 +63,7 @@ static class BlockMirrorCli
     /// The dotnet host running the tests: <c>dotnet test</c> sets DOTNET_HOST_PATH; the test host itself
     /// usually runs under it too; else whatever <c>dotnet</c> is on PATH.
     /// </summary>
-    static string DotnetHost()
+    public static string DotnetHost()
     {
         if (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host))
         {

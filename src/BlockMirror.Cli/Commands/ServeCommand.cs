@@ -83,6 +83,7 @@ static class ServeCommand
 
         await using var daemon = new StorageDaemon();
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
+        daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
         try

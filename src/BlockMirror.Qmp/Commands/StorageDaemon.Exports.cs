@@ -75,7 +75,7 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic($"export '{id}' still in use");
             }
 
-            await Nbd.RemoveExportAsync(export).ConfigureAwait(false);
+            await DeleteExportAsync(export).ConfigureAwait(false);
             return Empty;
         });
 

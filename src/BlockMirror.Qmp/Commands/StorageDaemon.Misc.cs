@@ -28,11 +28,13 @@ public sealed partial class StorageDaemon
 
             return ValueTask.FromResult<JsonNode?>(list);
         });
-        Commands.Add("quit", (arguments, _) =>
+        Commands.Add("quit", async (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
+            // qemu-storage-daemon closes its exports (and says so) before it answers quit.
+            await CloseExportsAsync().ConfigureAwait(false);
             _quit.TrySetResult();
-            return ValueTask.FromResult(Empty);
+            return Empty;
         });
     }
 }

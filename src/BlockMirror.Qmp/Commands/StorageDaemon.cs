@@ -37,6 +37,30 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     /// <summary>The NBD server, once <c>nbd-server-start</c> (or <c>--nbd-server</c>) started it.</summary>
     public NbdServer? Nbd { get; private set; }
 
+    /// <summary>Daemon events for the monitors (job events travel on <see cref="JobManager.Events"/>).</summary>
+    public event Action<Events.QmpEvent>? EventRaised;
+
+    void Raise(string name, JsonObject data) => EventRaised?.Invoke(new Events.QmpEvent(name, data, Jobs.Time.GetUtcNow()));
+
+    /// <summary>Removes an export and announces it (BLOCK_EXPORT_DELETED), as QEMU does for every way an export ends.</summary>
+    async ValueTask DeleteExportAsync(NbdExport export)
+    {
+        await Nbd!.RemoveExportAsync(export).ConfigureAwait(false);
+        Raise("BLOCK_EXPORT_DELETED", new JsonObject { ["id"] = export.Id });
+    }
+
+    /// <summary>Closes every export, then the NBD server.</summary>
+    async ValueTask CloseExportsAsync()
+    {
+        if (Nbd is { } server)
+        {
+            foreach (var export in server.Exports.ToList())
+            {
+                await DeleteExportAsync(export).ConfigureAwait(false);
+            }
+        }
+    }
+
     /// <summary>Completes when a client sent <c>quit</c>.</summary>
     public Task QuitRequested => _quit.Task;
 
@@ -64,6 +88,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
 
     async ValueTask StopNbdServerAsync()
     {
+        await CloseExportsAsync().ConfigureAwait(false);
         if (Nbd is { } server)
         {
             Nbd = null;

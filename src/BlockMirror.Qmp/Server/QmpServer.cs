@@ -116,6 +116,27 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
+    /// <summary>Sends a daemon event to every negotiated monitor.</summary>
+    public void Broadcast(QmpEvent e)
+    {
+        var json = QmpSession.Serialize(writer =>
+        {
+            writer.WriteStartObject();
+            writer.WriteString("event", e.Name);
+            writer.WritePropertyName("data");
+            e.Data.WriteTo(writer);
+            QmpEventWriter.WriteTimestamp(writer, e.Timestamp);
+            writer.WriteEndObject();
+        });
+        foreach (var session in _sessions.Keys)
+        {
+            if (session.Negotiated)
+            {
+                session.Send(json);
+            }
+        }
+    }
+
     internal byte[] Greeting() => QmpSession.Serialize(writer =>
     {
         writer.WriteStartObject();

@@ -1,0 +1,133 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary>
+/// The main scenario as a qemu-storage-daemon user scripts it, run unchanged against qemu-storage-daemon
+/// and against <c>blockmirror serve</c>: a disk exported over NBD and written by qemu-io before, during and
+/// after a blockdev-mirror, READY, block-job-complete, and writes after the pivot. Both daemons must give
+/// the same events and job states, and both targets must hold every write.
+/// </summary>
+public sealed class ServeDifferentialTests : IDisposable
+{
+    const long Size = 16 << 20;
+
+    readonly TempDirectory _dir = new("blockmirror-serve-test-");
+
+    public void Dispose() => _dir.Dispose();
+
+    /// <summary>The writes of the scenario: (pattern byte, offset, length), in the order they are made.</summary>
+    static readonly (string Phase, int Pattern, long Offset, int Length)[] Writes =
+    [
+        ("before", 0x11, 0, 1 << 20),
+        ("before", 0x12, 5 << 20, 64 << 10),
+        ("running", 0x21, 512 << 10, 128 << 10),
+        ("running", 0x22, 9 << 20, 4 << 10),
+        ("ready", 0x31, 12 << 20, 1 << 20),
+        ("ready", 0x32, 64 << 10, 4 << 10),
+        ("pivoted", 0x41, 15 << 20, 256 << 10),
+        ("pivoted", 0x42, 0, 4 << 10),
+    ];
+
+    [SkippableFact]
+    public async Task The_same_script_gives_the_same_events_on_both_daemons_and_loses_no_write()
+    {
+        var qsd = ExternalTool.Require("qemu-storage-daemon");
+        ExternalTool.Require("qemu-io");
+
+        var theirs = await RunScenarioAsync("qsd", dir => Start(qsd, [], dir));
+        var ours = await RunScenarioAsync("ours", dir => Start(BlockMirrorCli.DotnetHost(), [BlockMirrorCli.DllPath, "serve"], dir));
+
+        Assert.Equal(
+            ["JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "JOB_STATUS_CHANGE ready", "BLOCK_JOB_READY",
+             "JOB_STATUS_CHANGE waiting", "JOB_STATUS_CHANGE pending", "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null",
+             "BLOCK_EXPORT_DELETED"],
+            theirs);
+        Assert.Equal(theirs, ours);
+    }
+
+    static Process Start(string program, string[] prefix, string dir)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var argument in prefix.Concat(DaemonArguments(dir)))
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        return Process.Start(start)!;
+    }
+
+    /// <summary>qemu-storage-daemon's options: the same for both daemons.</summary>
+    static string[] DaemonArguments(string dir) =>
+    [
+        "--blockdev", $"driver=file,node-name=file0,filename={dir}/source.raw",
+        "--blockdev", "driver=raw,node-name=disk,file=file0",
+        "--chardev", $"socket,id=mon0,path={dir}/qmp.sock,server=on,wait=off",
+        "--monitor", "chardev=mon0",
+        "--nbd-server", $"addr.type=unix,addr.path={dir}/nbd.sock",
+        "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on",
+    ];
+
+    async Task<List<string>> RunScenarioAsync(string name, Func<string, Process> start)
+    {
+        var dir = Path.Combine(_dir.Path, name);
+        Directory.CreateDirectory(dir);
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", $"{dir}/source.raw", Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", $"{dir}/target.raw", Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        using var daemon = start(dir);
+        var stderr = daemon.StandardError.ReadToEndAsync();
+        try
+        {
+            await using var qmp = await QmpClient.ConnectAsync($"{dir}/qmp.sock");
+            var uri = $"nbd+unix:///disk?socket={dir}/nbd.sock";
+            await WriteAsync(uri, "before");
+
+            await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "target-file", ["filename"] = $"{dir}/target.raw" });
+            await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "raw", ["node-name"] = "target", ["file"] = "target-file" });
+            await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "disk", ["target"] = "target", ["sync"] = "full" });
+            await WriteAsync(uri, "running");
+            await qmp.WaitEventAsync("BLOCK_JOB_READY");
+            await WriteAsync(uri, "ready");
+            await qmp.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "job0" });
+            await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "null");
+
+            // After the pivot the export writes to the target.
+            var exports = (await qmp.ExecuteAsync("query-block-exports"))!.AsArray();
+            Assert.Equal("target", (string?)exports.Single()!["node-name"]);
+            await WriteAsync(uri, "pivoted");
+            await qmp.ExecuteAsync("quit");
+            Assert.True(daemon.WaitForExit(30_000), $"{name} did not exit after quit");
+            var events = qmp.Events.Select(e => (string)e["event"]! == "JOB_STATUS_CHANGE"
+                ? $"JOB_STATUS_CHANGE {(string?)e["data"]!["status"]}"
+                : (string)e["event"]!).ToList();
+
+            var target = await File.ReadAllBytesAsync($"{dir}/target.raw");
+            var expected = new byte[Size];
+            foreach (var write in Writes)
+            {
+                expected.AsSpan((int)write.Offset, write.Length).Fill((byte)write.Pattern);
+            }
+
+            Assert.True(expected.AsSpan().SequenceEqual(target), $"{name}: the target does not hold every write");
+            return events;
+        }
+        finally
+        {
+            if (!daemon.HasExited)
+            {
+                daemon.Kill(entireProcessTree: true);
+            }
+
+            await daemon.WaitForExitAsync();
+            _ = await stderr;
+        }
+    }
+
+    static async Task WriteAsync(string uri, string phase)
+    {
+        var commands = Writes.Where(w => w.Phase == phase).SelectMany(w => new[] { "-c", $"write -P {w.Pattern} {w.Offset} {w.Length}" });
+        await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. commands, uri]);
+    }
+}
