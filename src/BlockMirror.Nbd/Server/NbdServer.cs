@@ -95,14 +95,26 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    static async Task ServeAsync(NbdConnection connection, CancellationToken cancellationToken)
+    async Task ServeAsync(NbdConnection connection, CancellationToken cancellationToken)
     {
         await Task.Yield();
-        await using (connection.ConfigureAwait(false))
+        try
         {
-            await connection.RunAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                await connection.RunAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex)
+        {
+            // A bug, not a client's mistake (those end the connection inside RunAsync): the connection is
+            // gone, the server carries on, and tests see it here.
+            UnexpectedErrors.Enqueue(ex);
         }
     }
+
+    /// <summary>Failures no connection should have had; fuzz tests assert there are none.</summary>
+    internal ConcurrentQueue<Exception> UnexpectedErrors { get; } = new();
 
     /// <summary>
     /// Exports <paramref name="node"/> (<c>block-export-add type=nbd</c>). The export becomes a root parent of
