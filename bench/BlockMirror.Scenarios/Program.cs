@@ -22,7 +22,8 @@ static class Program
                 "dense" => FileScenarios.Dense(options),
                 "sparse" => FileScenarios.Sparse(options),
                 "qcow2" => ImageLayerScenarios.Qcow2(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, qcow2)"),
+                "nbd" => NbdScenarios.Export(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, qcow2, nbd)"),
             });
         }
 
@@ -49,7 +50,7 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         var data = "/var/tmp/blockmirror-bench";
         var pairs = 3;
         var quick = false;
-        string[] scenarios = ["dense", "sparse", "qcow2"];
+        string[] scenarios = ["dense", "sparse", "qcow2", "nbd"];
         var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
         string? output = null;
         for (var i = 0; i < args.Length; i++)

@@ -45,6 +45,9 @@ sealed class NbdConnection : IAsyncDisposable
 
     internal PipeReader Reader { get; }
 
+    /// <summary>The socket stream under <see cref="Writer"/>: read data goes straight to it, once the writer is flushed.</summary>
+    internal Stream Stream => _stream;
+
     internal PipeWriter Writer { get; }
 
     internal AlignedBufferPool Buffers => _server.Buffers;
