@@ -108,6 +108,30 @@ public sealed class ServeTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Drive_mirror_creates_the_target_and_job_verbs_drive_it_to_the_end()
+    {
+        await using var qmp = await QmpClient.ConnectAsync(Socket);
+        var target = _dir.File("copy.raw");
+
+        await qmp.ExecuteAsync("drive-mirror", new JsonObject
+        {
+            ["job-id"] = "m", ["device"] = "disk", ["target"] = target, ["format"] = "raw", ["sync"] = "full",
+            ["mode"] = "absolute-paths", ["auto-finalize"] = false, ["speed"] = 1 << 30,
+        });
+        await qmp.WaitEventAsync("BLOCK_JOB_READY");
+        var jobs = (await qmp.ExecuteAsync("query-jobs"))!.AsArray();
+        Assert.Equal("ready", (string?)jobs.Single()!["status"]);
+        await qmp.ExecuteAsync("job-pause", new JsonObject { ["id"] = "m" });
+        await qmp.ExecuteAsync("job-resume", new JsonObject { ["id"] = "m" });
+        await qmp.ExecuteAsync("job-complete", new JsonObject { ["id"] = "m" });
+        await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "pending");
+        await qmp.ExecuteAsync("job-finalize", new JsonObject { ["id"] = "m" });
+        await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "null");
+
+        Assert.Equal(await File.ReadAllBytesAsync(_dir.File("disk.raw")), await File.ReadAllBytesAsync(target));
+    }
+
+    [Fact]
     public async Task Malformed_input_is_answered_and_the_monitor_stays_in_step()
     {
         await using var qmp = await QmpClient.ConnectAsync(Socket);
