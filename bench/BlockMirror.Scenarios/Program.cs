@@ -23,7 +23,9 @@ static class Program
                 "sparse" => FileScenarios.Sparse(options),
                 "qcow2" => ImageLayerScenarios.Qcow2(options),
                 "nbd" => NbdScenarios.Export(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, qcow2, nbd)"),
+                "mirror" => MirrorScenarios.Dense(options),
+                "live" => MirrorScenarios.Live(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, qcow2, nbd)"),
             });
         }
 
@@ -50,7 +52,7 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         var data = "/var/tmp/blockmirror-bench";
         var pairs = 3;
         var quick = false;
-        string[] scenarios = ["dense", "sparse", "qcow2", "nbd"];
+        string[] scenarios = ["mirror", "live", "dense", "sparse", "nbd", "qcow2"];
         var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
         string? output = null;
         for (var i = 0; i < args.Length; i++)

@@ -249,8 +249,16 @@ public sealed class BlockNode : IEdgeParent
         }
     }
 
+    /// <summary>Counts completed data-changing requests; a flush with nothing new to make durable is skipped.</summary>
+    long _writeGeneration;
+
+    /// <summary>The <see cref="_writeGeneration"/> the last successful flush covered.</summary>
+    long _flushedGeneration;
+
+    /// <summary>Called when a data-changing request has ended (also a failed one: it may have changed part of its range).</summary>
     void MarkDirty(long offset, long length)
     {
+        Interlocked.Increment(ref _writeGeneration);
         foreach (var bitmap in Volatile.Read(ref _bitmaps))
         {
             if (bitmap.Enabled)
@@ -571,15 +579,25 @@ public sealed class BlockNode : IEdgeParent
     {
         try
         {
-            if (ReadOnly)
+            // Nothing written through this node since the last flush (or ever, for a read-only node): the
+            // flush has nothing to make durable. QEMU's bdrv_co_flush skips the same way; it matters at a
+            // mirror's switch-over, whose final flush would otherwise wait for an fdatasync of nothing.
+            var generation = Volatile.Read(ref _writeGeneration);
+            if (ReadOnly || generation == Volatile.Read(ref _flushedGeneration))
             {
-                // Nothing can have been written through a read-only node: nothing to make durable.
                 return;
             }
 
             try
             {
                 await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                // Writes that ended after `generation` was read are not covered: record no more than it.
+                long flushed;
+                do
+                {
+                    flushed = Volatile.Read(ref _flushedGeneration);
+                }
+                while (flushed < generation && Interlocked.CompareExchange(ref _flushedGeneration, generation, flushed) != flushed);
             }
             catch (Exception ex) when (IsForeign(ex))
             {

@@ -140,6 +140,8 @@ public sealed class BlkdebugTests
     {
         await using var s = await OpenAsync();
         s.Blkdebug.AddRule(new BlkdebugRule(Operation: BlockOperation.Flush, Offset: Size / 2, Length: 1));
+        // A flush with nothing written since the last one is skipped before it reaches the filter.
+        await s.Root.WriteAsync(0, new byte[512]);
         var ex = await Assert.ThrowsAsync<BlockIOException>(async () => await s.Root.FlushAsync());
         Assert.Equal(BlockOperation.Flush, ex.Operation);
     }
@@ -355,5 +357,20 @@ public sealed class BlkdebugTests
         var disk = await MemoryDriver.OpenAsync(graph, "disk", new MemoryDriverOptions(Size));
         await Assert.ThrowsAsync<ArgumentException>(async () => await BlkdebugFilter.OpenAsync(graph, "bad", disk, new BlkdebugOptions(Align: 3)));
         Assert.Null(graph.FindNode("bad"));
+    }
+
+    [Fact]
+    public async Task A_flush_with_nothing_written_since_the_last_one_is_skipped()
+    {
+        await using var s = await OpenAsync();
+        s.Blkdebug.AddRule(new BlkdebugRule(Operation: BlockOperation.Flush));
+
+        await s.Root.FlushAsync();
+        await s.Root.WriteAsync(0, new byte[512]);
+        await Assert.ThrowsAsync<BlockIOException>(async () => await s.Root.FlushAsync());
+        // The failed flush made nothing durable: the next one is tried again.
+        await Assert.ThrowsAsync<BlockIOException>(async () => await s.Root.FlushAsync());
+
+        Assert.Equal(2, s.Blkdebug.InjectedCount);
     }
 }

@@ -103,9 +103,12 @@ public sealed class MirrorBehaviourTests
         var job = await rig.StartAsync(MirrorRig.Options());
         await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
 
-        // The cancel's final flush is held at the target: the job is still ready, with a cancel requested.
+        // A write after READY makes the cancel's final sync copy it; that copy is held at the target: the
+        // job is still ready, with a cancel requested. (With nothing written since READY the final flush
+        // would have nothing to do and be skipped.)
         rig.TargetGate.Close();
         var arrived = rig.TargetGate.Arrived;
+        await rig.Vm.WriteAsync(0, Enumerable.Repeat((byte)0x5c, 4096).ToArray());
         await job.CancelAsync(force: false);
         await rig.TargetGate.WaitArrivedAsync(arrived + 1);
         Assert.Equal(JobStatus.Ready, job.Status);

@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using System.Globalization;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Scenarios;
+
+/// <summary>
+/// A storage daemon under test, qemu-storage-daemon or <c>blockmirror serve</c>, started with the same
+/// qemu-storage-daemon options and driven through the same QMP client. Reads the daemon's own CPU time and
+/// peak memory from /proc before it exits.
+/// </summary>
+sealed class Daemon : IAsyncDisposable
+{
+    readonly Process _process;
+
+    Daemon(Process process, QmpClient qmp, string name)
+    {
+        _process = process;
+        Qmp = qmp;
+        Name = name;
+    }
+
+    public QmpClient Qmp { get; }
+
+    public string Name { get; }
+
+    public static async Task<Daemon> StartAsync(Options options, bool ours, string directory, IEnumerable<string> arguments)
+    {
+        var socket = Path.Combine(directory, "qmp.sock");
+        File.Delete(socket);
+        var start = new ProcessStartInfo(ours ? "dotnet" : "qemu-storage-daemon") { UseShellExecute = false, RedirectStandardError = true };
+        if (ours)
+        {
+            start.ArgumentList.Add(options.BlockMirror);
+            start.ArgumentList.Add("serve");
+        }
+
+        foreach (var argument in arguments.Concat(["--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"]))
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        var process = Process.Start(start)!;
+        try
+        {
+            var qmp = await QmpClient.ConnectAsync(socket);
+            return new Daemon(process, qmp, ours ? "blockmirror" : "qemu-storage-daemon");
+        }
+        catch
+        {
+            process.Kill(entireProcessTree: true);
+            throw new InvalidOperationException($"{start.FileName} did not start: {await process.StandardError.ReadToEndAsync()}");
+        }
+    }
+
+    /// <summary>User plus system CPU seconds the daemon has used so far.</summary>
+    public double CpuSeconds()
+    {
+        // /proc/PID/stat: fields 14 and 15 (utime, stime) in clock ticks, after the ")" that ends the name.
+        var stat = File.ReadAllText($"/proc/{_process.Id}/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+        return ticks / 100.0;
+    }
+
+    /// <summary>Peak resident memory (VmHWM) in MiB.</summary>
+    public double PeakRssMiB()
+    {
+        var line = File.ReadLines($"/proc/{_process.Id}/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await Qmp.ExecuteAsync("quit");
+        }
+        catch (Exception ex) when (ex is IOException or InvalidOperationException or EndOfStreamException)
+        {
+        }
+
+        if (!_process.WaitForExit(30_000))
+        {
+            _process.Kill(entireProcessTree: true);
+        }
+
+        await Qmp.DisposeAsync();
+        _process.Dispose();
+    }
+}
