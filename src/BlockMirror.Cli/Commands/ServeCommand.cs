@@ -81,6 +81,8 @@ static class ServeCommand
             return await DaemonizeAsync(tokens, cancellationToken);
         }
 
+        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup).
+        await BlockMirror.Jobs.Mirror.MirrorWarmup.RunAsync(cancellationToken);
         await using var daemon = new StorageDaemon();
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
         daemon.EventRaised += monitors.Broadcast;
