@@ -1,4 +1,6 @@
+using System.Buffers.Binary;
 using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 
@@ -8,24 +10,46 @@ namespace BlockMirror.Block.Drivers;
 /// <param name="Path">The image file.</param>
 /// <param name="Format">Format name; null picks it from the extension (<c>.qcow2</c>, else raw).</param>
 /// <param name="ReadOnly">Open both nodes read-only.</param>
-/// <param name="Direct">O_DIRECT on the file node (<c>cache.direct</c>).</param>
-/// <param name="Discard">Let discards and may-unmap zeroing punch holes.</param>
+/// <param name="Direct">O_DIRECT on the file node (<c>cache.direct</c>), and on the backing files a qcow2 header names.</param>
+/// <param name="Discard">Let discards and may-unmap zeroing punch holes (qcow2: free clusters).</param>
 /// <param name="NodeName">Name of the format node (the file node gets a generated name).</param>
+/// <param name="Qcow2">qcow2 options beyond these (cache size, backing), or null for the defaults.</param>
 public sealed record ImageOpenOptions(string Path, string? Format = null, bool ReadOnly = false, bool Direct = false,
-    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null);
+    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null, Qcow2Options? Qcow2 = null);
 
 /// <summary>The image formats the command-line tools open by file name.</summary>
 public static class ImageFiles
 {
     /// <summary>Formats this build can open.</summary>
-    public static IReadOnlyList<string> Formats { get; } = [RawDriver.Name];
+    public static IReadOnlyList<string> Formats { get; } = [RawDriver.Name, Qcow2Driver.Name];
 
     /// <summary>The format for a path: by extension, raw when nothing else fits.</summary>
     public static string GuessFormat(string path) =>
-        System.IO.Path.GetExtension(path).Equals(".qcow2", StringComparison.OrdinalIgnoreCase) ? "qcow2" : RawDriver.Name;
+        System.IO.Path.GetExtension(path).Equals(".qcow2", StringComparison.OrdinalIgnoreCase) ? Qcow2Driver.Name : RawDriver.Name;
 
-    /// <summary>Opens a file node and, above it, a format node; returns the format node.</summary>
-    public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken = default)
+    /// <summary>The format an existing file has by its content: qcow2 when it starts with the qcow2 magic, else raw (QEMU's probe).</summary>
+    public static string Probe(string path)
+    {
+        try
+        {
+            using var handle = System.IO.File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+            Span<byte> magic = stackalloc byte[4];
+            return RandomAccess.Read(handle, magic, 0) == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Header.Magic
+                ? Qcow2Driver.Name
+                : RawDriver.Name;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // The open that follows reports the problem with its own words.
+            return RawDriver.Name;
+        }
+    }
+
+    /// <summary>Opens a file node and, above it, a format node (with its backing chain); returns the format node.</summary>
+    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken = default) =>
+        OpenAsync(graph, options, [], cancellationToken);
+
+    internal static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, IReadOnlyList<string> chain, CancellationToken cancellationToken)
     {
         var format = options.Format ?? GuessFormat(options.Path);
         if (!Formats.Contains(format))
@@ -36,6 +60,12 @@ public static class ImageFiles
         var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(options.Path, options.Direct, Discard: options.Discard), options.ReadOnly, cancellationToken).ConfigureAwait(false);
         try
         {
+            if (format == Qcow2Driver.Name)
+            {
+                var qcow2 = (options.Qcow2 ?? new Qcow2Options()) with { Discard = options.Discard, BackingDirect = options.Direct, Chain = chain };
+                return await Qcow2Driver.OpenAsync(graph, options.NodeName, file, qcow2, options.ReadOnly, cancellationToken).ConfigureAwait(false);
+            }
+
             return await RawDriver.OpenAsync(graph, options.NodeName, file, readOnly: options.ReadOnly, cancellationToken: cancellationToken).ConfigureAwait(false);
         }
         catch
@@ -48,6 +78,12 @@ public static class ImageFiles
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
     public static void Create(string path, string format, long size)
     {
+        if (format == Qcow2Driver.Name)
+        {
+            Qcow2Create.Create(path, new Qcow2CreateOptions { Size = size });
+            return;
+        }
+
         if (!Formats.Contains(format))
         {
             throw new BlockOpenException($"Unknown image format '{format}' for '{path}' (supported: {string.Join(", ", Formats)})");

@@ -3,7 +3,7 @@ using System.Text.Json;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
-using BlockMirror.Cli.Interop;
+using BlockMirror.Block.Interop;
 using BlockMirror.Cli.Ui;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;

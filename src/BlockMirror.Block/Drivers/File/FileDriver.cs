@@ -96,13 +96,9 @@ public sealed class FileDriver : IBlockDriver
         var handle = new SafeFileHandle(fd, ownsHandle: true);
         try
         {
+            // With O_DIRECT a length that is not a multiple of the alignment leaves a last block that cannot
+            // be written on its own: the raw format refuses such a file for writing; qcow2 grows it first.
             var length = RandomAccess.GetLength(handle);
-            if (options.Direct && !readOnly && length % DirectAlignment != 0)
-            {
-                throw new BlockOpenException(
-                    $"Could not open '{options.Filename}' with cache.direct=on for writing: its size ({length} bytes) is not a multiple of {DirectAlignment}");
-            }
-
             var canPunch = !readOnly && options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, length);
             return new FileDriver(handle, options, length, canPunch);
         }

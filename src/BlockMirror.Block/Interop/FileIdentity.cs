@@ -1,12 +1,12 @@
 using System.Runtime.InteropServices;
 
-namespace BlockMirror.Cli.Interop;
+namespace BlockMirror.Block.Interop;
 
 /// <summary>
 /// Whether two paths name the same file through symbolic links, hard links or bind mounts: the same
 /// device and inode, read with statx(2), whose layout is the same on every Linux architecture.
 /// </summary>
-static partial class FileIdentity
+public static partial class FileIdentity
 {
     const int AtFdCwd = -100;
     const uint StatxIno = 0x100;
@@ -26,7 +26,8 @@ static partial class FileIdentity
     public static bool? AreSame(string a, string b) =>
         Identify(a) is { } first && Identify(b) is { } second ? first == second : null;
 
-    static (uint DevMajor, uint DevMinor, ulong Inode)? Identify(string path)
+    /// <summary>The device and inode of a file (links followed), or null when it cannot be examined.</summary>
+    public static (uint DevMajor, uint DevMinor, ulong Inode)? Identify(string path)
     {
         Span<byte> buffer = stackalloc byte[StatxSize];
         try

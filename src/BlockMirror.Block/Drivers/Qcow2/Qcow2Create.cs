@@ -1,0 +1,195 @@
+using System.Buffers.Binary;
+using System.Text;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Qcow2;
+
+/// <summary>What <c>qemu-img create -f qcow2 -o ...</c> takes, with its names and defaults.</summary>
+public sealed record Qcow2CreateOptions
+{
+    /// <summary>Virtual size in bytes, a multiple of 512.</summary>
+    public required long Size { get; init; }
+
+    /// <summary><c>cluster_size</c>: a power of two from 512 B to 2 MiB.</summary>
+    public int ClusterSize { get; init; } = 65536;
+
+    /// <summary>2 for <c>compat=0.10</c>, 3 for <c>compat=1.1</c> (the default).</summary>
+    public int Version { get; init; } = 3;
+
+    /// <summary><c>backing_file</c>, stored as given (a relative name is relative to the new image's directory).</summary>
+    public string? BackingFile { get; init; }
+
+    /// <summary><c>backing_fmt</c>.</summary>
+    public string? BackingFormat { get; init; }
+
+    /// <summary><c>lazy_refcounts</c> (version 3 only).</summary>
+    public bool LazyRefcounts { get; init; }
+
+    /// <summary><c>refcount_bits</c>: a power of two from 1 to 64 (16 only on version 2).</summary>
+    public int RefcountBits { get; init; } = 16;
+
+    /// <summary>The <c>-o</c> line qemu-img prints: <c>fmt=qcow2 cluster_size=65536 ...</c>.</summary>
+    public string Describe() =>
+        $"fmt=qcow2 cluster_size={ClusterSize} extended_l2=off compression_type=zlib size={Size}" +
+        (BackingFile is null ? "" : $" backing_file={BackingFile}") + (BackingFormat is null ? "" : $" backing_fmt={BackingFormat}") +
+        (Version == 2 ? " compat=0.10" : "") + $" lazy_refcounts={(LazyRefcounts ? "on" : "off")} refcount_bits={RefcountBits}";
+}
+
+/// <summary>Writes a new, empty qcow2 image with the layout qemu-img gives it: header, refcount table, refcount block, L1 table.</summary>
+public static class Qcow2Create
+{
+    /// <summary>Checks the options the way qemu-img does; null when they are fine, else what is wrong.</summary>
+    public static string? Validate(Qcow2CreateOptions options)
+    {
+        if (options.ClusterSize < 512 || options.ClusterSize > 1 << Qcow2Header.MaxClusterBits || (options.ClusterSize & (options.ClusterSize - 1)) != 0)
+        {
+            return $"Cluster size must be a power of two between 512 and 2048k (got {options.ClusterSize})";
+        }
+
+        if (options.Version is not (2 or 3))
+        {
+            return "Invalid compat level (expected 0.10 or 1.1)";
+        }
+
+        if (options.RefcountBits is < 1 or > 64 || (options.RefcountBits & (options.RefcountBits - 1)) != 0)
+        {
+            return $"Refcount width must be a power of two and may not exceed 64 bits (got {options.RefcountBits})";
+        }
+
+        if (options.Version == 2 && options.RefcountBits != 16)
+        {
+            return "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)";
+        }
+
+        if (options.Version == 2 && options.LazyRefcounts)
+        {
+            return "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)";
+        }
+
+        if (options.Size < 0 || options.Size % 512 != 0)
+        {
+            return $"Image size must be a multiple of 512 bytes (got {options.Size})";
+        }
+
+        var probe = new Qcow2Header { ClusterBits = int.Log2(options.ClusterSize), Size = options.Size };
+        if (probe.L1EntriesFor(options.Size) > Qcow2Header.MaxL1TableBytes / 8)
+        {
+            return $"The image size is too large for file format 'qcow2' with a cluster size of {options.ClusterSize} (try using a larger cluster size)";
+        }
+
+        if (options.BackingFile is { } backing && Encoding.UTF8.GetByteCount(backing) > Qcow2Header.MaxBackingFileNameLength)
+        {
+            return $"Backing file name too long (more than {Qcow2Header.MaxBackingFileNameLength} bytes)";
+        }
+
+        return null;
+    }
+
+    /// <summary>Creates the image; refuses to overwrite an existing file.</summary>
+    public static void Create(string path, Qcow2CreateOptions options)
+    {
+        if (Validate(options) is { } problem)
+        {
+            throw new BlockOpenException($"qcow2: {problem}");
+        }
+
+        var image = Build(options);
+        try
+        {
+            using var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
+            RandomAccess.Write(handle, image, 0);
+        }
+        catch (IOException ex) when (ex is not BlockOpenException)
+        {
+            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EIO, ex);
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EACCES, ex);
+        }
+    }
+
+    /// <summary>The bytes of the new image.</summary>
+    static byte[] Build(Qcow2CreateOptions options)
+    {
+        var clusterBits = int.Log2(options.ClusterSize);
+        var cs = options.ClusterSize;
+        var header = new Qcow2Header
+        {
+            Version = options.Version,
+            ClusterBits = clusterBits,
+            Size = options.Size,
+            RefcountOrder = int.Log2(options.RefcountBits),
+            HeaderLength = options.Version == 3 ? 112 : Qcow2Header.Version2HeaderLength,
+            CompatibleFeatures = options.LazyRefcounts ? Qcow2Header.CompatibleLazyRefcounts : 0,
+            BackingFile = options.BackingFile,
+        };
+        if (options.BackingFile is not null && options.BackingFormat is { } format)
+        {
+            header.BackingFormat = format;
+        }
+
+        header.Extensions.Add(new Qcow2HeaderExtension(Qcow2Header.ExtensionFeatureNameTable, FeatureNameTable()));
+
+        // Header, refcount table (t clusters), refcount blocks (b), L1 table (l): the blocks must count
+        // every one of these clusters and the table must hold an entry per block.
+        var l1Entries = header.L1EntriesFor(options.Size);
+        var l = Math.Max(1, (l1Entries * 8 + cs - 1) / cs);
+        var perBlock = (long)cs * 8 / options.RefcountBits;
+        long t = 1, b = 1;
+        while (true)
+        {
+            var total = 1 + t + b + l;
+            var blocks = (total + perBlock - 1) / perBlock;
+            var tables = (blocks * 8 + cs - 1) / cs;
+            if (blocks == b && tables == t)
+            {
+                break;
+            }
+
+            b = blocks;
+            t = tables;
+        }
+
+        var clusters = 1 + t + b + l;
+        header.RefcountTableOffset = (long)cs;
+        header.RefcountTableClusters = (int)t;
+        header.L1TableOffset = (1 + t + b) * cs;
+        header.L1Size = (int)l1Entries;
+
+        var image = new byte[clusters * cs];
+        header.Serialize().CopyTo(image, 0);
+        for (var i = 0; i < b; i++)
+        {
+            BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan((int)(cs + i * 8)), (ulong)((1 + t + i) * cs));
+        }
+
+        var blocksStart = (int)((1 + t) * cs);
+        for (var c = 0L; c < clusters; c++)
+        {
+            var block = image.AsSpan(blocksStart + (int)(c / perBlock * cs), cs);
+            Qcow2Image.WriteRefcount(block, c % perBlock, header.RefcountOrder, 1);
+        }
+
+        return image;
+    }
+
+    /// <summary>The feature name table extension: the names of the feature bits this format version defines.</summary>
+    static byte[] FeatureNameTable()
+    {
+        (byte Type, byte Bit, string Name)[] features =
+        [
+            (0, 0, "dirty bit"), (0, 1, "corrupt bit"), (0, 2, "external data file"), (0, 3, "compression type"), (0, 4, "extended L2 entries"),
+            (1, 0, "lazy refcounts"), (2, 0, "bitmaps"), (2, 1, "raw external data"),
+        ];
+        var table = new byte[features.Length * 48];
+        for (var i = 0; i < features.Length; i++)
+        {
+            table[i * 48] = features[i].Type;
+            table[i * 48 + 1] = features[i].Bit;
+            Encoding.ASCII.GetBytes(features[i].Name).CopyTo(table, i * 48 + 2);
+        }
+
+        return table;
+    }
+}

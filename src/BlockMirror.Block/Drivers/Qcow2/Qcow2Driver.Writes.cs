@@ -1,0 +1,422 @@
+using BlockMirror.Block.Buffers;
+using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Qcow2;
+
+// Writes, write-zeroes, discard, flush and truncate.
+public sealed partial class Qcow2Driver
+{
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        CheckWritable(BlockOperation.Write, offset, buffer.Length);
+        while (buffer.Length > 0)
+        {
+            var written = await WriteRunAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+            offset += written;
+            buffer = buffer[written..];
+        }
+    }
+
+    void CheckWritable(BlockOperation operation, long offset, long length)
+    {
+        if (_image.Corrupt)
+        {
+            throw _image.CorruptRefusal(operation, offset, length);
+        }
+
+        if (_writeRefusal is not null)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, operation, offset, length, _writeRefusal);
+        }
+    }
+
+    /// <summary>
+    /// Takes the metadata lock at a moment when no allocating write is under way on the guest clusters that
+    /// [start, end) touches.
+    /// </summary>
+    async ValueTask LockClearOfAllocationsAsync(long start, long end, CancellationToken cancellationToken)
+    {
+        var g = _image.Geometry;
+        start = g.ClusterStart(start);
+        end = g.ClusterEnd(end);
+        while (true)
+        {
+            await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            Qcow2Allocation? busy = null;
+            foreach (var allocation in _allocations)
+            {
+                if (allocation.Start < end && start < allocation.End)
+                {
+                    busy = allocation;
+                    break;
+                }
+            }
+
+            if (busy is null)
+            {
+                return;
+            }
+
+            _lock.Release();
+            await busy.Done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Writes a prefix of <paramref name="data"/> that maps one way inside one L2 table; returns its length.</summary>
+    async ValueTask<int> WriteRunAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        var g = _image.Geometry;
+        var span = (int)Math.Min(data.Length, (g.L1Index(offset) + 1) * g.L2Span - offset);
+        Qcow2Mapping run;
+        Qcow2Allocation? allocation = null;
+        long host, clusterStart = 0, clusters = 0;
+        var knownZero = false;
+        int slot;
+        await LockClearOfAllocationsAsync(offset, offset + span, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            run = await MapAsync(BlockOperation.Write, offset, span, cancellationToken).ConfigureAwait(false);
+            if (run.Kind == Qcow2ClusterKind.Normal && run.Copied)
+            {
+                host = run.HostOffset;
+                if (_image.OverlapsMetadata(host, run.Length))
+                {
+                    throw await _image.SignalCorruptionAsync(BlockOperation.Write, offset, run.Length,
+                        $"guest offset {offset} maps to host offset {host}, which holds metadata", cancellationToken).ConfigureAwait(false);
+                }
+
+                await _image.EnsureFileLengthAsync(host + run.Length, cancellationToken).ConfigureAwait(false);
+                slot = _image.HostInFlight.Register(host, host + run.Length);
+            }
+            else
+            {
+                clusterStart = g.ClusterStart(offset);
+                clusters = g.ClustersFor(offset + run.Length - clusterStart);
+                try
+                {
+                    (host, knownZero) = await _image.ReserveDataClustersAsync(clusterStart, clusters, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Qcow2Corruption c)
+                {
+                    throw await _image.SignalCorruptionAsync(BlockOperation.Write, offset, run.Length, c.Problem, cancellationToken).ConfigureAwait(false);
+                }
+
+                allocation = new Qcow2Allocation(clusterStart, clusterStart + (clusters << g.ClusterBits));
+                _allocations.Add(allocation);
+                slot = _image.HostInFlight.Register(host, host + (clusters << g.ClusterBits));
+            }
+        }
+        finally
+        {
+            _lock.Release();
+        }
+
+        var length = (int)run.Length;
+        try
+        {
+            if (allocation is null)
+            {
+                await _image.File.WriteAsync(host, data[..length], RequestFlags.None, cancellationToken).ConfigureAwait(false);
+                return length;
+            }
+
+            try
+            {
+                await WriteAllocatedAsync(run, offset, data[..length], clusterStart, clusters, host, knownZero, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                await FinishAllocationAsync(allocation, () => _image.UnreserveDataClustersAsync(host, clusters, CancellationToken.None), offset, length).ConfigureAwait(false);
+                throw;
+            }
+
+            await FinishAllocationAsync(allocation, () => _image.CommitDataClustersAsync(clusterStart, clusters, host, CancellationToken.None), offset, length).ConfigureAwait(false);
+            return length;
+        }
+        finally
+        {
+            _image.HostInFlight.Release(slot);
+        }
+    }
+
+    /// <summary>Sets (or gives back) an allocation's clusters under the lock, and lets waiting requests go.</summary>
+    async ValueTask FinishAllocationAsync(Qcow2Allocation allocation, Func<ValueTask> change, long offset, long length)
+    {
+        // Not cancellable: the data is written (or the write failed) and the metadata must follow either way.
+        await _lock.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            await change().ConfigureAwait(false);
+        }
+        catch (Qcow2Corruption c)
+        {
+            throw await _image.SignalCorruptionAsync(BlockOperation.Write, offset, length, c.Problem, CancellationToken.None).ConfigureAwait(false);
+        }
+        finally
+        {
+            _allocations.Remove(allocation);
+            _lock.Release();
+            allocation.Done.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// Writes data into newly reserved clusters, with the rest of the first and last cluster copied from what
+    /// the guest saw there before (backing file, zeroes, compressed or shared data). Head, data and tail go
+    /// out in one vectored write; zero parts are skipped when the new clusters are known to read as zeroes.
+    /// </summary>
+    async ValueTask WriteAllocatedAsync(Qcow2Mapping old, long offset, ReadOnlyMemory<byte> data, long clusterStart, long clusters, long host,
+        bool knownZero, CancellationToken cancellationToken)
+    {
+        var g = _image.Geometry;
+        var head = (int)(offset - clusterStart);
+        var tailStart = offset + data.Length;
+        var tail = (int)Math.Max(0, Math.Min(clusterStart + (clusters << g.ClusterBits), _image.Size) - tailStart);
+        var zeroSource = old.Kind == Qcow2ClusterKind.Zero || (old.Kind == Qcow2ClusterKind.Unallocated && Backing is null);
+        if (zeroSource && knownZero || head == 0 && tail == 0)
+        {
+            await _image.File.WriteAsync(host + head, data, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        AlignedMemory? headBuffer = null, tailBuffer = null;
+        try
+        {
+            var segments = new List<ReadOnlyMemory<byte>>(3);
+            if (head > 0)
+            {
+                segments.Add(await CopySourceAsync(old, offset, clusterStart, head, zeroSource, b => headBuffer = b, cancellationToken).ConfigureAwait(false));
+            }
+
+            segments.Add(data);
+            if (tail > 0)
+            {
+                segments.Add(await CopySourceAsync(old, offset, tailStart, tail, zeroSource, b => tailBuffer = b, cancellationToken).ConfigureAwait(false));
+            }
+
+            await _image.File.WriteVectorAsync(host, segments, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (headBuffer is not null)
+            {
+                _buffers.Return(headBuffer);
+            }
+
+            if (tailBuffer is not null)
+            {
+                _buffers.Return(tailBuffer);
+            }
+        }
+    }
+
+    /// <summary>The old guest bytes [start, start + length) of a cluster being copied on write.</summary>
+    async ValueTask<ReadOnlyMemory<byte>> CopySourceAsync(Qcow2Mapping old, long offset, long start, int length, bool zeroSource,
+        Action<AlignedMemory> rented, CancellationToken cancellationToken)
+    {
+        if (zeroSource)
+        {
+            return Zeroes.Value.Memory[..length];
+        }
+
+        var buffer = _buffers.Rent(length);
+        rented(buffer);
+        var memory = buffer.Memory[..length];
+        switch (old.Kind)
+        {
+            case Qcow2ClusterKind.Unallocated:
+                await ReadBackingAsync(start, memory, cancellationToken).ConfigureAwait(false);
+                break;
+            case Qcow2ClusterKind.Compressed:
+                await ReadCompressedAsync(old.Entry, start & _image.Geometry.ClusterMask, memory, cancellationToken).ConfigureAwait(false);
+                break;
+            default:
+                // A cluster shared with a snapshot (refcount above one): its old host bytes.
+                await _image.ReadClampedAsync(old.HostOffset + (start - offset), memory, cancellationToken).ConfigureAwait(false);
+                break;
+        }
+
+        return memory;
+    }
+
+    public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        CheckWritable(BlockOperation.WriteZeroes, offset, length);
+        var g = _image.Geometry;
+        var end = offset + length;
+        while (offset < end)
+        {
+            var clusterStart = g.ClusterStart(offset);
+            var clusterLimit = Math.Min(clusterStart + g.ClusterSize, _image.Size);
+            if (offset != clusterStart || end < clusterLimit)
+            {
+                var partEnd = Math.Min(end, clusterLimit);
+                await ZeroPartialClusterAsync(offset, partEnd - offset, flags, cancellationToken).ConfigureAwait(false);
+                offset = partEnd;
+                continue;
+            }
+
+            // Whole clusters up to the end of the request (a trailing partial cluster at the end of the image
+            // counts as whole) or of the L2 table.
+            var wholeEnd = Math.Min((g.L1Index(offset) + 1) * g.L2Span, end >= _image.Size ? g.ClusterEnd(end) : g.ClusterStart(end));
+            await ZeroClustersAsync(offset, (wholeEnd - offset) >> g.ClusterBits, flags, cancellationToken).ConfigureAwait(false);
+            offset = Math.Min(wholeEnd, end);
+        }
+    }
+
+    async ValueTask ZeroClustersAsync(long offset, long count, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        var g = _image.Geometry;
+        var hasBacking = Backing is not null;
+        if (_image.Header.Version < 3 && hasBacking)
+        {
+            // No zero flag in version 2: only writing zeroes hides the backing file.
+            if ((flags & RequestFlags.NoFallback) != 0)
+            {
+                throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.WriteZeroes, offset, count << g.ClusterBits,
+                    "a version 2 (compat=0.10) image with a backing file can only zero by writing zeroes, and the request asked for no fallback");
+            }
+
+            await WriteZeroBuffersAsync(offset, count << g.ClusterBits, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        var update = (flags & RequestFlags.MayUnmap) != 0 ? Qcow2Image.ClusterUpdate.ZeroUnmapping : Qcow2Image.ClusterUpdate.ZeroKeepingHost;
+        await UpdateClustersAsync(BlockOperation.WriteZeroes, offset, count, update, hasBacking, cancellationToken).ConfigureAwait(false);
+    }
+
+    async ValueTask UpdateClustersAsync(BlockOperation operation, long offset, long count, Qcow2Image.ClusterUpdate update, bool hasBacking, CancellationToken cancellationToken)
+    {
+        var g = _image.Geometry;
+        await LockClearOfAllocationsAsync(offset, offset + (count << g.ClusterBits), cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _image.UpdateClustersAsync(offset, count, update, hasBacking, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Qcow2Corruption c)
+        {
+            throw await _image.SignalCorruptionAsync(operation, offset, count << g.ClusterBits, c.Problem, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    async ValueTask ZeroPartialClusterAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        Qcow2Mapping run;
+        await LockClearOfAllocationsAsync(offset, offset + length, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            run = await MapAsync(BlockOperation.WriteZeroes, offset, length, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+
+        var backing = Backing;
+        var readsZero = run.Kind == Qcow2ClusterKind.Zero ||
+            (run.Kind == Qcow2ClusterKind.Unallocated && (backing is null || offset >= backing.Node.Length));
+        if (readsZero && run.Length >= length)
+        {
+            return;
+        }
+
+        if ((flags & RequestFlags.NoFallback) != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.WriteZeroes, offset, length,
+                "zeroing part of a cluster needs writing zeroes, and the request asked for no fallback");
+        }
+
+        await WriteZeroBuffersAsync(offset, length, cancellationToken).ConfigureAwait(false);
+    }
+
+    async ValueTask WriteZeroBuffersAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var zeroes = Zeroes.Value.Memory;
+        while (length > 0)
+        {
+            var count = (int)Math.Min(length, zeroes.Length);
+            await WriteAsync(offset, zeroes[..count], RequestFlags.None, cancellationToken).ConfigureAwait(false);
+            offset += count;
+            length -= count;
+        }
+    }
+
+    /// <summary>
+    /// Releases whole clusters (QEMU's qcow2 discard): with <c>discard=unmap</c> they are freed and punched out
+    /// of the file and, on version 3, read as zeroes afterwards; partial clusters are left as they are.
+    /// </summary>
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        if (_image.Discard != FileDiscardMode.Unmap)
+        {
+            return;
+        }
+
+        CheckWritable(BlockOperation.Discard, offset, length);
+        var g = _image.Geometry;
+        var end = offset + length;
+        var start = g.ClusterEnd(offset);
+        var stop = end >= _image.Size ? g.ClusterEnd(end) : g.ClusterStart(end);
+        while (start < stop)
+        {
+            var pieceEnd = Math.Min(stop, (g.L1Index(start) + 1) * g.L2Span);
+            await UpdateClustersAsync(BlockOperation.Discard, start, (pieceEnd - start) >> g.ClusterBits, Qcow2Image.ClusterUpdate.Discard,
+                Backing is not null, cancellationToken).ConfigureAwait(false);
+            start = pieceEnd;
+        }
+    }
+
+    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_image.Writable && !_image.Corrupt)
+            {
+                await _image.WriteBackAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _lock.Release();
+        }
+
+        await _image.File.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Grows the image (the new part reads as zeroes, or from a longer backing file). Shrinking is refused.</summary>
+    public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
+    {
+        CheckWritable(BlockOperation.Truncate, 0, length);
+        if (length < _image.Size)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length,
+                $"shrinking a qcow2 image (from {_image.Size} to {length} bytes) is not supported");
+        }
+
+        if (length % 512 != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.EINVAL, _image.Name, BlockOperation.Truncate, 0, length,
+                "a qcow2 image's size must be a multiple of 512 bytes");
+        }
+
+        await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _image.GrowAsync(length, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Qcow2Corruption c)
+        {
+            throw await _image.SignalCorruptionAsync(BlockOperation.Truncate, 0, length, c.Problem, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+}

@@ -1,0 +1,355 @@
+using System.Buffers.Binary;
+using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Qcow2;
+
+/// <summary>
+/// The metadata of one open qcow2 image: the header, the active L1 table and the refcount table in
+/// memory, L2 tables and refcount blocks in write-back caches, the cluster allocator, and the order in
+/// which metadata reaches the file. Every member is used under the driver's metadata lock; this class
+/// does no locking of its own. Data requests (<see cref="Qcow2Driver"/>) look mappings up here and do
+/// their data I/O outside the lock.
+/// </summary>
+/// <remarks>
+/// <para><b>Crash safety.</b> The file never holds a pointer to something that is not there yet:
+/// a new refcount block is written before the refcount table points at it; refcounts are written (and,
+/// unless lazy refcounts are on, flushed) before the L2 tables that point at the clusters they count;
+/// a new L2 table is written before its L1 entry; data is written before its L2 entry. Going the other
+/// way, a cluster is unlinked from its L2 table on disk before its refcount drops. A process killed at
+/// any point therefore leaves at worst clusters whose refcount is too high: leaks, never corruption.</para>
+/// <para><b>Lazy refcounts</b> (compatible feature bit 0) drop the flushes between those steps; the image
+/// is then marked dirty before the first metadata write and clean again on close, and an image found
+/// dirty is repaired when it is next opened for writing.</para>
+/// </remarks>
+internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
+{
+    /// <summary>The file grows in steps of at least this much, so allocations do not each call ftruncate.</summary>
+    const long FileGrowthStep = 1 << 20;
+
+    readonly NodeEdge _file;
+    readonly byte[] _headerBlock;
+    readonly int _fileAlignment;
+    readonly Qcow2TableCache _l2Cache;
+    readonly Qcow2TableCache _refblockCache;
+
+    // The active L1 table and the refcount table, decoded. Their clusters on disk are rewritten a block
+    // at a time when an entry changes (write-through: both are small and change rarely).
+    ulong[] _l1;
+    ulong[] _reftable;
+
+    // Where metadata lives, for the overlap checks before data is written (QEMU's overlap-check).
+    readonly HashSet<long> _l2Offsets = [];
+    readonly HashSet<long> _refblockOffsets = [];
+
+    // The allocator's lowest cluster that may be free, and the first cluster that was never written since
+    // open (clusters from there on read as zeroes, so copy-on-write from zeroes need not write them).
+    long _freeClusterHint;
+    long _untouchedFrom;
+
+    // Write-order obligations between the caches (QEMU's cache dependencies), see Qcow2Image.WriteBack.cs.
+    bool _l2NeedsRefcountsFirst;
+    bool _refcountsNeedL2Durable;
+    bool _markedDirty;
+
+    Qcow2Image(NodeEdge file, Qcow2Header header, byte[] headerBlock, string name, bool writable, long l2CacheBytes, FileDiscardMode discard)
+    {
+        _file = file;
+        Header = header;
+        _headerBlock = headerBlock;
+        Name = name;
+        Writable = writable;
+        Geometry = new Qcow2Geometry(header);
+        Discard = discard;
+        _fileAlignment = Math.Max(1, file.Node.Limits.RequestAlignment);
+        var bufferAlignment = Math.Max(_fileAlignment, 64);
+        _l2Cache = new Qcow2TableCache(this, "L2", (int)Math.Clamp(l2CacheBytes / Geometry.ClusterSize, 2, int.MaxValue), Geometry.ClusterSize, bufferAlignment);
+        _refblockCache = new Qcow2TableCache(this, "refcount block", 4, Geometry.ClusterSize, bufferAlignment);
+        _l1 = [];
+        _reftable = [];
+        Lazy = (header.CompatibleFeatures & Qcow2Header.CompatibleLazyRefcounts) != 0;
+    }
+
+    public Qcow2Header Header { get; }
+
+    public Qcow2Geometry Geometry { get; }
+
+    /// <summary>The image file's name, for messages.</summary>
+    public string Name { get; }
+
+    public bool Writable { get; }
+
+    /// <summary>Lazy refcounts: no flushes between metadata writes; the dirty bit covers the gap.</summary>
+    public bool Lazy { get; }
+
+    public FileDiscardMode Discard { get; }
+
+    /// <summary>The image is marked corrupt (found so at open, or by a check while running): no more writes.</summary>
+    public bool Corrupt { get; private set; }
+
+    /// <summary>Host ranges that data requests are using outside the lock; the allocator leaves them alone.</summary>
+    public Qcow2HostRanges HostInFlight { get; } = new();
+
+    public NodeEdge File => _file;
+
+    public long Size => Header.Size;
+
+    /// <summary>Reads the tables the image needs in memory and checks every pointer in them.</summary>
+    public static async ValueTask<Qcow2Image> OpenAsync(NodeEdge file, Qcow2Header header, byte[] headerBlock, string name, bool writable,
+        long l2CacheBytes, FileDiscardMode discard, CancellationToken cancellationToken)
+    {
+        var image = new Qcow2Image(file, header, headerBlock, name, writable, l2CacheBytes, discard);
+        try
+        {
+            await image.LoadTablesAsync(cancellationToken).ConfigureAwait(false);
+            image.Corrupt = (header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0;
+            return image;
+        }
+        catch
+        {
+            image.Dispose();
+            throw;
+        }
+    }
+
+    async ValueTask LoadTablesAsync(CancellationToken cancellationToken)
+    {
+        var g = Geometry;
+        var fileLength = _file.Node.Length;
+        _l1 = await ReadEntriesAsync(Header.L1TableOffset, Header.L1Size, cancellationToken).ConfigureAwait(false);
+        _reftable = await ReadEntriesAsync(Header.RefcountTableOffset, Header.RefcountTableClusters * (g.ClusterSize / 8), cancellationToken).ConfigureAwait(false);
+
+        var l1Bytes = g.ClustersFor((long)Header.L1Size * 8) << g.ClusterBits;
+        var reftableBytes = (long)Header.RefcountTableClusters << g.ClusterBits;
+        (string What, long Start, long Length)[] fixedAreas =
+        [
+            ("the header", 0, g.ClusterSize),
+            ("the L1 table", Header.L1TableOffset, l1Bytes),
+            ("the refcount table", Header.RefcountTableOffset, reftableBytes),
+        ];
+
+        void CheckPointer(string field, ulong entry, ulong reservedMask)
+        {
+            if ((entry & reservedMask) != 0)
+            {
+                throw new Qcow2Exception(Name, field, $"reserved bits are set (0x{entry & reservedMask:x16})");
+            }
+
+            var offset = Qcow2Entries.HostOffset(entry);
+            if ((offset & g.ClusterMask) != 0)
+            {
+                throw new Qcow2Exception(Name, field, $"offset {offset} is not aligned to the cluster size ({g.ClusterSize})");
+            }
+
+            if (offset >= fileLength)
+            {
+                throw new Qcow2Exception(Name, field, $"offset {offset} is beyond the end of the file ({fileLength} bytes)");
+            }
+
+            foreach (var (what, start, length) in fixedAreas)
+            {
+                if (offset < start + length && start < offset + g.ClusterSize)
+                {
+                    throw new Qcow2Exception(Name, field, $"offset {offset} overlaps {what} (offset {start})");
+                }
+            }
+        }
+
+        for (var i = 0; i < _l1.Length; i++)
+        {
+            if (_l1[i] == 0)
+            {
+                continue;
+            }
+
+            var field = $"L1 table entry {i}";
+            CheckPointer(field, _l1[i], ~(Qcow2Entries.OffsetMask | Qcow2Entries.Copied));
+            var offset = Qcow2Entries.HostOffset(_l1[i]);
+            if (offset != 0 && !_l2Offsets.Add(offset))
+            {
+                throw new Qcow2Exception(Name, field, $"L2 table offset {offset} is used by another L1 entry too");
+            }
+        }
+
+        for (var i = 0; i < _reftable.Length; i++)
+        {
+            if (_reftable[i] == 0)
+            {
+                continue;
+            }
+
+            var field = $"refcount table entry {i}";
+            CheckPointer(field, _reftable[i], ~Qcow2Entries.OffsetMask);
+            var offset = Qcow2Entries.HostOffset(_reftable[i]);
+            if (_l2Offsets.Contains(offset))
+            {
+                throw new Qcow2Exception(Name, field, $"refcount block offset {offset} overlaps an L2 table");
+            }
+
+            if (!_refblockOffsets.Add(offset))
+            {
+                throw new Qcow2Exception(Name, field, $"refcount block offset {offset} is used by another refcount table entry too");
+            }
+        }
+
+        _untouchedFrom = g.ClustersFor(fileLength);
+    }
+
+    /// <summary>Reads <paramref name="count"/> big-endian u64 entries (a table whose tail may lie past the end of the file).</summary>
+    async ValueTask<ulong[]> ReadEntriesAsync(long offset, int count, CancellationToken cancellationToken)
+    {
+        var entries = new ulong[count];
+        if (count == 0)
+        {
+            return entries;
+        }
+
+        var bytes = new byte[(long)count * 8];
+        await ReadClampedAsync(offset, bytes, cancellationToken).ConfigureAwait(false);
+        for (var i = 0; i < count; i++)
+        {
+            entries[i] = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 8));
+        }
+
+        return entries;
+    }
+
+    /// <summary>Reads from the file; the part of the range past the end of the file reads as zeroes.</summary>
+    public async ValueTask ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var available = (int)Math.Clamp(_file.Node.Length - offset, 0, buffer.Length);
+        if (available > 0)
+        {
+            await _file.ReadAsync(offset, buffer[..available], cancellationToken).ConfigureAwait(false);
+        }
+
+        buffer.Span[available..].Clear();
+    }
+
+    /// <summary>Grows the file (sparse, in steps) so that writes up to <paramref name="end"/> are inside it.</summary>
+    public async ValueTask EnsureFileLengthAsync(long end, CancellationToken cancellationToken)
+    {
+        if (_file.Node.Length >= end)
+        {
+            return;
+        }
+
+        var step = Math.Max(Geometry.ClusterSize, FileGrowthStep);
+        await _file.TruncateAsync((end + step - 1) / step * step, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes header bytes [start, end) of the in-memory header block, widened to the file's alignment.
+    /// Fields that must change together are given in one range, so they land in one write.
+    /// </summary>
+    async ValueTask WriteHeaderAsync(int start, int end, CancellationToken cancellationToken)
+    {
+        var from = start / _fileAlignment * _fileAlignment;
+        var to = Math.Min(_headerBlock.Length, (end + _fileAlignment - 1) / _fileAlignment * _fileAlignment);
+        await EnsureFileLengthAsync(to, cancellationToken).ConfigureAwait(false);
+        await _file.WriteAsync(from, _headerBlock.AsMemory(from, to - from), RequestFlags.None, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Sets or clears incompatible feature bits in the header, on disk, and flushes.</summary>
+    async ValueTask SetIncompatibleFeaturesAsync(ulong features, CancellationToken cancellationToken)
+    {
+        if (Header.Version < 3)
+        {
+            return;
+        }
+
+        Header.IncompatibleFeatures = features;
+        BinaryPrimitives.WriteUInt64BigEndian(_headerBlock.AsSpan(72), features);
+        await WriteHeaderAsync(72, 80, cancellationToken).ConfigureAwait(false);
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Clears the auto-clear feature bits before the first write. The spec requires it for bits a writer
+    /// does not maintain: this implementation keeps no persistent bitmaps, so after it has written, the
+    /// bitmaps extension (kept byte for byte) no longer describes the disk and must be marked so.
+    /// </summary>
+    public async ValueTask ClearAutoclearFeaturesAsync(CancellationToken cancellationToken)
+    {
+        if (Header.Version < 3 || Header.AutoclearFeatures == 0)
+        {
+            return;
+        }
+
+        Header.AutoclearFeatures = 0;
+        BinaryPrimitives.WriteUInt64BigEndian(_headerBlock.AsSpan(88), 0);
+        await WriteHeaderAsync(88, 96, cancellationToken).ConfigureAwait(false);
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Clears a dirty bit left by an earlier writer, after the refcounts were repaired.</summary>
+    public ValueTask ClearDirtyBitAsync(CancellationToken cancellationToken) =>
+        SetIncompatibleFeaturesAsync(Header.IncompatibleFeatures & ~Qcow2Header.IncompatibleDirty, cancellationToken);
+
+    /// <summary>
+    /// Metadata was found inconsistent: mark the image corrupt on disk (when it is open for writing) so no
+    /// program writes more damage into it, and return the error for the request that found it.
+    /// </summary>
+    public async ValueTask<BlockIOException> SignalCorruptionAsync(BlockOperation operation, long offset, long length, string problem, CancellationToken cancellationToken)
+    {
+        var first = !Corrupt;
+        Corrupt = true;
+        if (first && Writable)
+        {
+            try
+            {
+                await SetIncompatibleFeaturesAsync(Header.IncompatibleFeatures | Qcow2Header.IncompatibleCorrupt, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (IOException)
+            {
+                // The request fails either way; the in-memory flag still stops further writes.
+            }
+        }
+
+        return BlockIOException.Create(BlockErrno.EIO, Name, operation, offset, length,
+            $"qcow2 image '{Name}' is corrupt: {problem}; the image is marked corrupt and refuses writes (run 'blockmirror check -r all')");
+    }
+
+    /// <summary>The error for a write to an image that is marked corrupt.</summary>
+    public BlockIOException CorruptRefusal(BlockOperation operation, long offset, long length) =>
+        BlockIOException.Create(BlockErrno.EACCES, Name, operation, offset, length,
+            $"qcow2 image '{Name}' is marked corrupt and refuses writes (run 'blockmirror check -r all' to repair it)");
+
+    /// <summary>True when [offset, offset + length) of the file holds qcow2 metadata that data must never overwrite.</summary>
+    public bool OverlapsMetadata(long offset, long length)
+    {
+        var g = Geometry;
+        var end = offset + length;
+        if (offset < g.ClusterSize)
+        {
+            return true;
+        }
+
+        if (offset < Header.L1TableOffset + (g.ClustersFor((long)_l1.Length * 8) << g.ClusterBits) && Header.L1TableOffset < end)
+        {
+            return true;
+        }
+
+        if (offset < Header.RefcountTableOffset + ((long)Header.RefcountTableClusters << g.ClusterBits) && Header.RefcountTableOffset < end)
+        {
+            return true;
+        }
+
+        for (var cluster = g.ClusterStart(offset); cluster < end; cluster += g.ClusterSize)
+        {
+            if (_l2Offsets.Contains(cluster) || _refblockOffsets.Contains(cluster))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    public void Dispose()
+    {
+        _l2Cache.Dispose();
+        _refblockCache.Dispose();
+    }
+}
