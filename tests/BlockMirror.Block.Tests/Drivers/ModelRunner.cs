@@ -74,6 +74,15 @@ sealed record ModelProfile
     /// <summary>Share of vectored requests (in percent) with more than 1024 segments (Linux IOV_MAX).</summary>
     public int ManySegmentsPercent { get; init; }
 
+    /// <summary>Discard releases whole granules only: a partial granule at either end keeps its data.</summary>
+    public bool DiscardWholeGranulesOnly { get; init; }
+
+    /// <summary>
+    /// A format that may leave ranges unallocated (falling through to a backing file, or reading as zeroes
+    /// without one): its answers need not be Allocated.
+    /// </summary>
+    public bool MayBeUnallocated { get; init; }
+
     /// <summary>Share of steps (in percent) that are flushes; each is an fdatasync on a file.</summary>
     public int FlushPercent { get; init; } = 3;
 }
@@ -452,6 +461,16 @@ sealed class ModelRunner : IDisposable
         var (offset, length) = PickRange();
         Record($"discard {offset}+{length}");
         await _disk.DiscardAsync(offset, length);
+        if (_profile.DiscardWholeGranulesOnly)
+        {
+            // Only the whole granules inside the range change; the partial ones at its ends keep their data.
+            var granule = _profile.Granularity;
+            var end = offset + length;
+            offset = (offset + granule - 1) / granule * granule;
+            end = end == _profile.Size ? end : end / granule * granule;
+            length = Math.Max(0, end - offset);
+        }
+
         if (_profile.DiscardZeroes)
         {
             _model.Zero(offset, length);
@@ -562,7 +581,7 @@ sealed class ModelRunner : IDisposable
     /// <summary>What must hold for any answer: Zero runs read zeroes, garbage is Data, the flags are complete.</summary>
     void CheckRun(long offset, BlockStatus status)
     {
-        if (!status.IsAllocated)
+        if (!status.IsAllocated && !_profile.MayBeUnallocated)
         {
             throw Failure($"block status at {offset} answered {status}: a protocol driver decides all of its content (Allocated)");
         }

@@ -158,7 +158,20 @@ public static class Qcow2Create
         header.L1Size = (int)l1Entries;
 
         var image = new byte[clusters * cs];
-        header.Serialize().CopyTo(image, 0);
+        byte[] first;
+        try
+        {
+            first = header.Serialize();
+        }
+        catch (InvalidOperationException)
+        {
+            // A 512-byte cluster has no room for the feature name table next to a backing file: it is
+            // optional, and qemu-img leaves it out too.
+            header.Extensions.RemoveAll(e => e.Type == Qcow2Header.ExtensionFeatureNameTable);
+            first = header.Serialize();
+        }
+
+        first.CopyTo(image, 0);
         for (var i = 0; i < b; i++)
         {
             BinaryPrimitives.WriteUInt64BigEndian(image.AsSpan((int)(cs + i * 8)), (ulong)((1 + t + i) * cs));

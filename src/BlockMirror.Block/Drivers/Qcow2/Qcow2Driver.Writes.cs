@@ -243,7 +243,44 @@ public sealed partial class Qcow2Driver
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
     {
         CheckWritable(BlockOperation.WriteZeroes, offset, length);
+        var pieces = ZeroPieces(offset, length);
+        if ((flags & RequestFlags.NoFallback) != 0)
+        {
+            // A fast zeroing either happens whole or not at all: every piece that would need zero buffers
+            // is found before any piece changes.
+            foreach (var (start, count, whole) in pieces)
+            {
+                if (!await CanZeroWithoutWritingAsync(start, count, whole, cancellationToken).ConfigureAwait(false))
+                {
+                    throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.WriteZeroes, offset, length,
+                        whole
+                            ? "a version 2 (compat=0.10) image with a backing file can only zero by writing zeroes, and the request asked for no fallback"
+                            : "zeroing part of a cluster needs writing zeroes, and the request asked for no fallback");
+                }
+            }
+        }
+
+        foreach (var (start, count, whole) in pieces)
+        {
+            if (whole)
+            {
+                await ZeroClustersAsync(start, count >> _image.Geometry.ClusterBits, flags, cancellationToken).ConfigureAwait(false);
+            }
+            else if (!await CanZeroWithoutWritingAsync(start, count, whole: false, cancellationToken).ConfigureAwait(false))
+            {
+                await WriteZeroBuffersAsync(start, count, cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The range cut into partial clusters and runs of whole clusters inside one L2 table (a trailing
+    /// partial cluster at the end of the image counts as whole).
+    /// </summary>
+    List<(long Start, long Length, bool Whole)> ZeroPieces(long offset, long length)
+    {
         var g = _image.Geometry;
+        var pieces = new List<(long, long, bool)>();
         var end = offset + length;
         while (offset < end)
         {
@@ -252,17 +289,45 @@ public sealed partial class Qcow2Driver
             if (offset != clusterStart || end < clusterLimit)
             {
                 var partEnd = Math.Min(end, clusterLimit);
-                await ZeroPartialClusterAsync(offset, partEnd - offset, flags, cancellationToken).ConfigureAwait(false);
+                pieces.Add((offset, partEnd - offset, false));
                 offset = partEnd;
                 continue;
             }
 
-            // Whole clusters up to the end of the request (a trailing partial cluster at the end of the image
-            // counts as whole) or of the L2 table.
             var wholeEnd = Math.Min((g.L1Index(offset) + 1) * g.L2Span, end >= _image.Size ? g.ClusterEnd(end) : g.ClusterStart(end));
-            await ZeroClustersAsync(offset, (wholeEnd - offset) >> g.ClusterBits, flags, cancellationToken).ConfigureAwait(false);
+            pieces.Add((offset, wholeEnd - offset, true));
             offset = Math.Min(wholeEnd, end);
         }
+
+        return pieces;
+    }
+
+    /// <summary>
+    /// Whether a piece can be zeroed by changing metadata only: whole clusters, unless only writing zeroes
+    /// hides a backing file (version 2); a partial cluster, when it already reads as zeroes.
+    /// </summary>
+    async ValueTask<bool> CanZeroWithoutWritingAsync(long offset, long length, bool whole, CancellationToken cancellationToken)
+    {
+        if (whole)
+        {
+            return _image.Header.Version >= 3 || Backing is null;
+        }
+
+        Qcow2Mapping run;
+        await LockClearOfAllocationsAsync(offset, offset + length, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            run = await MapAsync(BlockOperation.WriteZeroes, offset, length, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+
+        var backing = Backing;
+        var readsZero = run.Kind == Qcow2ClusterKind.Zero ||
+            (run.Kind == Qcow2ClusterKind.Unallocated && (backing is null || offset >= backing.Node.Length));
+        return readsZero && run.Length >= length;
     }
 
     async ValueTask ZeroClustersAsync(long offset, long count, RequestFlags flags, CancellationToken cancellationToken)
@@ -272,12 +337,6 @@ public sealed partial class Qcow2Driver
         if (_image.Header.Version < 3 && hasBacking)
         {
             // No zero flag in version 2: only writing zeroes hides the backing file.
-            if ((flags & RequestFlags.NoFallback) != 0)
-            {
-                throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.WriteZeroes, offset, count << g.ClusterBits,
-                    "a version 2 (compat=0.10) image with a backing file can only zero by writing zeroes, and the request asked for no fallback");
-            }
-
             await WriteZeroBuffersAsync(offset, count << g.ClusterBits, cancellationToken).ConfigureAwait(false);
             return;
         }
@@ -302,36 +361,6 @@ public sealed partial class Qcow2Driver
         {
             _lock.Release();
         }
-    }
-
-    async ValueTask ZeroPartialClusterAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
-    {
-        Qcow2Mapping run;
-        await LockClearOfAllocationsAsync(offset, offset + length, cancellationToken).ConfigureAwait(false);
-        try
-        {
-            run = await MapAsync(BlockOperation.WriteZeroes, offset, length, cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            _lock.Release();
-        }
-
-        var backing = Backing;
-        var readsZero = run.Kind == Qcow2ClusterKind.Zero ||
-            (run.Kind == Qcow2ClusterKind.Unallocated && (backing is null || offset >= backing.Node.Length));
-        if (readsZero && run.Length >= length)
-        {
-            return;
-        }
-
-        if ((flags & RequestFlags.NoFallback) != 0)
-        {
-            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.WriteZeroes, offset, length,
-                "zeroing part of a cluster needs writing zeroes, and the request asked for no fallback");
-        }
-
-        await WriteZeroBuffersAsync(offset, length, cancellationToken).ConfigureAwait(false);
     }
 
     async ValueTask WriteZeroBuffersAsync(long offset, long length, CancellationToken cancellationToken)

@@ -103,20 +103,10 @@ internal sealed partial class Qcow2Image
         while (true)
         {
             var start = await FindFreeRunAsync(count, cancellationToken).ConfigureAwait(false);
-            var missing = -1L;
-            for (var block = start >> g.RefblockBits; block <= (start + count - 1) >> g.RefblockBits; block++)
+            if (HasMissingRefblock(start, count))
             {
-                if (block >= _reftable.Length || _reftable[block] == 0)
-                {
-                    missing = block;
-                    break;
-                }
-            }
-
-            if (missing >= 0)
-            {
-                // The new block may take a cluster of the run just found: look again afterwards.
-                await CreateRefblockAsync(missing, cancellationToken).ConfigureAwait(false);
+                // Blocks go after the run and the file, so the run stays whole: look again afterwards.
+                await CreateRefblocksAsync(start, count, cancellationToken).ConfigureAwait(false);
                 continue;
             }
 
@@ -197,41 +187,108 @@ internal sealed partial class Qcow2Image
         return runStart;
     }
 
-    /// <summary>
-    /// Creates the refcount block for table entry <paramref name="tableIndex"/>, in the first cluster of the
-    /// range it describes (all free, as it had no block), counting itself. Written before the table points at it.
-    /// </summary>
-    async ValueTask CreateRefblockAsync(long tableIndex, CancellationToken cancellationToken)
+    bool HasMissingRefblock(long start, long count)
     {
-        if (tableIndex >= _reftable.Length)
+        var g = Geometry;
+        for (var block = start >> g.RefblockBits; block <= (start + count - 1) >> g.RefblockBits; block++)
         {
-            await GrowRefcountTableAsync(tableIndex, cancellationToken).ConfigureAwait(false);
+            if (block >= _reftable.Length || _reftable[block] == 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// Creates the refcount blocks that clusters [start, start + count) lack. They are placed after the end
+    /// of the file and of that run (never inside the run, which would split it), together with any further
+    /// blocks needed to count themselves; written and flushed before the refcount table points at them.
+    /// A table too small for them is grown instead, and the caller looks again.
+    /// </summary>
+    async ValueTask CreateRefblocksAsync(long start, long count, CancellationToken cancellationToken)
+    {
+        var g = Geometry;
+        var area = Math.Max(_untouchedFrom, start + count);
+        var missing = new SortedSet<long>();
+        var placed = 0;
+        while (true)
+        {
+            // The blocks the run lacks, and those lacking for the area the new blocks themselves take.
+            missing.Clear();
+            AddMissing(start, start + count);
+            AddMissing(area, area + placed);
+            if (missing.Count == placed)
+            {
+                break;
+            }
+
+            placed = missing.Count;
+        }
+
+        void AddMissing(long from, long to)
+        {
+            for (var block = from >> g.RefblockBits; from < to && block <= (to - 1) >> g.RefblockBits; block++)
+            {
+                if (block >= _reftable.Length || _reftable[block] == 0)
+                {
+                    missing.Add(block);
+                }
+            }
+        }
+
+        if (missing.Max >= _reftable.Length)
+        {
+            await GrowRefcountTableAsync(missing.Max, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        var g = Geometry;
-        var cluster = tableIndex << g.RefblockBits;
-        var offset = cluster << g.ClusterBits;
-        if (OverlapsMetadata(offset, g.ClusterSize))
+        var blocks = missing.Count;
+        var areaEnd = area + blocks;
+        if (OverlapsMetadata(area << g.ClusterBits, (long)blocks << g.ClusterBits))
         {
-            throw new Qcow2Corruption($"refcount table entry {tableIndex} is empty, yet cluster {cluster} holds metadata");
+            throw new Qcow2Corruption($"refcounts say clusters {area}..{areaEnd - 1} are free, but they hold metadata");
         }
 
         await BeforeMetadataWriteAsync(cancellationToken).ConfigureAwait(false);
-        var block = await _refblockCache.GetAsync(offset, load: false, cancellationToken).ConfigureAwait(false);
-        WriteRefcount(block.Span, 0, g.RefcountOrder, 1);
-        await EnsureFileLengthAsync(offset + g.ClusterSize, cancellationToken).ConfigureAwait(false);
-        await _file.WriteAsync(offset, block.Memory, RequestFlags.None, cancellationToken).ConfigureAwait(false);
-        block.Dirty = false;
+        var bytes = new byte[(long)blocks << g.ClusterBits];
+        var slot = new Dictionary<long, int>();
+        foreach (var block in missing)
+        {
+            slot[block] = slot.Count;
+        }
+
+        // Each new block's cluster is in use: counted in the new block that covers it, or an existing one.
+        for (var c = area; c < areaEnd; c++)
+        {
+            if (slot.TryGetValue(c >> g.RefblockBits, out var s))
+            {
+                WriteRefcount(bytes.AsSpan(s << g.ClusterBits, g.ClusterSize), c & (g.RefblockEntries - 1), g.RefcountOrder, 1);
+            }
+            else
+            {
+                await UpdateRefcountAsync(c, +1, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        await EnsureFileLengthAsync(areaEnd << g.ClusterBits, cancellationToken).ConfigureAwait(false);
+        await _file.WriteAsync(area << g.ClusterBits, bytes, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+        await MakeRefcountsDurableAsync(cancellationToken).ConfigureAwait(false);
         if (!Lazy)
         {
             await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
         }
 
-        _reftable[tableIndex] = (ulong)offset;
-        await WriteEntryBlockAsync(_reftable, Header.RefcountTableOffset, tableIndex, cancellationToken).ConfigureAwait(false);
-        _refblockOffsets.Add(offset);
-        _untouchedFrom = Math.Max(_untouchedFrom, cluster + 1);
+        foreach (var (block, s) in slot)
+        {
+            var offset = (area + s) << g.ClusterBits;
+            _reftable[block] = (ulong)offset;
+            _refblockOffsets.Add(offset);
+            await WriteEntryBlockAsync(_reftable, Header.RefcountTableOffset, block, cancellationToken).ConfigureAwait(false);
+        }
+
+        _untouchedFrom = Math.Max(_untouchedFrom, areaEnd);
     }
 
     /// <summary>
@@ -244,7 +301,7 @@ internal sealed partial class Qcow2Image
         var g = Geometry;
         var entriesPerCluster = g.ClusterSize / 8;
         var wanted = Math.Max(neededIndex + 1, (long)_reftable.Length * 2);
-        var area = g.ClustersFor(_file.Node.Length);
+        var area = _untouchedFrom;
         long tableClusters, blocks = 0;
         while (true)
         {

@@ -43,8 +43,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     readonly HashSet<long> _l2Offsets = [];
     readonly HashSet<long> _refblockOffsets = [];
 
-    // The allocator's lowest cluster that may be free, and the first cluster that was never written since
-    // open (clusters from there on read as zeroes, so copy-on-write from zeroes need not write them).
+    // The allocator's lowest cluster that may be free, and the end of the used part of the file: clusters
+    // from there on were never written since open, so they read as zeroes (copy-on-write from zeroes need
+    // not write them) and new refcount structures can be put there.
     long _freeClusterHint;
     long _untouchedFrom;
 
