@@ -3,6 +3,7 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Null;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
@@ -18,7 +19,7 @@ namespace BlockMirror.Qmp.Commands;
 public static class BlockdevFactory
 {
     /// <summary>The drivers blockdev-add knows, as QAPI's BlockdevDriver names them.</summary>
-    public static readonly string[] Drivers = ["blkdebug", "file", "null-co", "raw"];
+    public static readonly string[] Drivers = ["blkdebug", "file", "null-co", "qcow2", "raw"];
 
     /// <summary>What one node's options say, checked, before anything is opened.</summary>
     abstract record Plan(string? NodeName, bool ReadOnly);
@@ -30,6 +31,9 @@ public static class BlockdevFactory
     sealed record RawPlan(string? NodeName, bool ReadOnly, ChildPlan File, RawDriverOptions Options) : Plan(NodeName, ReadOnly);
 
     sealed record BlkdebugPlan(string? NodeName, bool ReadOnly, ChildPlan Image, BlkdebugOptions Options) : Plan(NodeName, ReadOnly);
+
+    /// <summary>qcow2: the file child, and the backing child when one is given (null: none; absent: the header's).</summary>
+    sealed record Qcow2Plan(string? NodeName, bool ReadOnly, ChildPlan File, ChildPlan? Backing, Qcow2Options Options) : Plan(NodeName, ReadOnly);
 
     /// <summary>A child: an existing node by name, or inline options for a new implicit one.</summary>
     sealed record ChildPlan(BlockNode? Existing, Plan? Inline);
@@ -92,11 +96,20 @@ public static class BlockdevFactory
                 new RawDriverOptions(options.OptionalUnsigned("offset") ?? 0, options.OptionalUnsigned("size"))),
             "blkdebug" => new BlkdebugPlan(nodeName, readOnly, Child(graph, options, "image", readOnly),
                 new BlkdebugOptions(Rules(options), (int)(options.OptionalUnsigned("align") ?? 0))),
+            "qcow2" => Qcow2(graph, options, nodeName, readOnly, discard, direct),
             _ => throw new InvalidOperationException(driver),
         };
         if (driver == "file")
         {
             options.Accept("locking", "drop-cache", "x-check-cache-dropped");
+        }
+
+        if (driver == "qcow2")
+        {
+            // QEMU's tuning knobs: accepted so that scripts run unchanged; this driver sizes its refcount
+            // cache itself, writes back on flush, and checks every data write against metadata.
+            options.Accept("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "overlap-check",
+                "cache-size", "refcount-cache-size", "cache-clean-interval", "data-file");
         }
 
         options.CheckNoneUnexpected();
@@ -118,6 +131,39 @@ public static class BlockdevFactory
             default:
                 throw QmpException.Generic($"Invalid parameter type for '{options.Prefix}{name}', expected: BlockdevRef");
         }
+    }
+
+    static Qcow2Plan Qcow2(BlockGraph graph, QmpArguments options, string? nodeName, bool readOnly, FileDiscardMode discard, bool direct)
+    {
+        if (options.OptionalRaw("data-file") is not null)
+        {
+            throw QmpException.Generic("qcow2: an external data file ('data-file') is not supported");
+        }
+
+        var l2Cache = options.OptionalUnsigned("l2-cache-size");
+        if (l2Cache is 0)
+        {
+            throw QmpException.Generic("l2-cache-size must be positive");
+        }
+
+        ChildPlan? backing = null;
+        var mode = Qcow2BackingMode.FromHeader;
+        switch (options.OptionalRaw("backing"))
+        {
+            case null:
+                break;
+            case { ValueKind: JsonValueKind.Null }:
+                mode = Qcow2BackingMode.None;
+                break;
+            default:
+                // A backing image is never written through its overlay: open it read-only.
+                backing = Child(graph, options, "backing", readOnly: true);
+                mode = Qcow2BackingMode.Node;
+                break;
+        }
+
+        var qcow2 = new Qcow2Options { L2CacheSize = l2Cache, Discard = discard, Backing = mode, BackingDirect = direct };
+        return new Qcow2Plan(nodeName, readOnly, Child(graph, options, "file", readOnly), backing, qcow2);
     }
 
     /// <summary>blkdebug's <c>inject-error</c> list: event (read_aio, write_aio, flush_to_disk...), errno, sector, once, immediately.</summary>
@@ -179,6 +225,23 @@ public static class BlockdevFactory
                 var child = await OpenChildAsync(graph, debug.Image, cancellationToken).ConfigureAwait(false);
                 return await WithChildAsync(graph, debug.Image, child,
                     () => BlkdebugFilter.OpenAsync(graph, debug.NodeName, child, debug.Options, debug.ReadOnly, cancellationToken)).ConfigureAwait(false);
+            }
+
+            case Qcow2Plan qcow2:
+            {
+                var file = await OpenChildAsync(graph, qcow2.File, cancellationToken).ConfigureAwait(false);
+                return await WithChildAsync(graph, qcow2.File, file, async () =>
+                {
+                    var options = qcow2.Options;
+                    if (qcow2.Backing is { } backingPlan)
+                    {
+                        var backing = await OpenChildAsync(graph, backingPlan, cancellationToken).ConfigureAwait(false);
+                        return await WithChildAsync(graph, backingPlan, backing,
+                            () => Qcow2Driver.OpenAsync(graph, qcow2.NodeName, file, options with { BackingNode = backing }, qcow2.ReadOnly, cancellationToken)).ConfigureAwait(false);
+                    }
+
+                    return await Qcow2Driver.OpenAsync(graph, qcow2.NodeName, file, options, qcow2.ReadOnly, cancellationToken).ConfigureAwait(false);
+                }).ConfigureAwait(false);
             }
 
             default:
