@@ -23,6 +23,7 @@ static class Program
         root.Subcommands.Add(MirrorCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(InfoCommand.Create());
         return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
     }
 }
