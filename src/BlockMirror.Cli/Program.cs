@@ -24,6 +24,7 @@ static class Program
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(InfoCommand.Create());
+        root.Subcommands.Add(MapCommand.Create());
         return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
     }
 }
