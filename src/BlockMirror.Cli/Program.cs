@@ -26,6 +26,7 @@ static class Program
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(MapCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
+        root.Subcommands.Add(CompareCommand.Create());
         return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
     }
 }
