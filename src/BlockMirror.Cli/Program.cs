@@ -23,6 +23,8 @@ static class Program
         root.Subcommands.Add(MirrorCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(CreateCommand.Create());
+        root.Subcommands.Add(ResizeCommand.Create());
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(MapCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
