@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Numerics;
 
 namespace BlockMirror.Cli.Tools;
 
@@ -14,38 +15,73 @@ static class QemuText
     /// </summary>
     public static string SizeToString(long bytes)
     {
-        var value = (double)bytes;
         var unit = 0;
-        if (value > 0)
+        if (bytes > 0)
         {
-            // frexp(value * 1024 / 1000) returns e with 2^(e-1) <= x < 2^e; QEMU divides e - 1 by 10.
-            var exponent = Math.ILogB(value / (1000.0 / 1024.0));
+            // frexp(bytes * 1024 / 1000) returns e with 2^(e-1) <= x < 2^e; QEMU divides e - 1 by 10.
+            var exponent = Math.ILogB(bytes / (1000.0 / 1024.0));
             unit = Math.Clamp(exponent / 10, 0, Prefixes.Length - 1);
         }
 
-        return $"{FormatG(value / Math.Pow(2, unit * 10), 3)} {Prefixes[unit]}B";
+        return $"{FormatG(bytes, BigInteger.One << (unit * 10), 3)} {Prefixes[unit]}B";
     }
 
-    /// <summary>C's <c>%.{precision}g</c>: significant digits, trailing zeroes dropped, exponent form outside 1e-4..1e{precision}.</summary>
-    public static string FormatG(double value, int precision)
+    /// <summary>
+    /// C's <c>%.{precision}g</c> of the exact fraction <paramref name="numerator"/> / <paramref name="denominator"/>
+    /// (both positive, or a zero numerator): significant digits rounded half to even as glibc rounds an exact
+    /// tie (1.125 gives "1.12"), trailing zeroes dropped, exponent form outside 1e-4..1e{precision}.
+    /// </summary>
+    public static string FormatG(BigInteger numerator, BigInteger denominator, int precision)
     {
-        if (value == 0)
+        if (numerator.IsZero)
         {
             return "0";
         }
 
-        // Round to the significant digits first: the exponent of the rounded value picks the form.
-        var scientific = value.ToString("E" + (precision - 1).ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
-        var exponent = int.Parse(scientific[(scientific.IndexOf('E') + 1)..], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture);
-        if (exponent < -4 || exponent >= precision)
+        // The decimal exponent: 10^e <= n/d < 10^(e+1).
+        var e = (int)Math.Floor(BigInteger.Log10(numerator) - BigInteger.Log10(denominator));
+        while (Compare(numerator, denominator, e) < 0)
         {
-            var mantissa = TrimZeroes(scientific[..scientific.IndexOf('E')]);
-            return string.Create(CultureInfo.InvariantCulture, $"{mantissa}e{(exponent < 0 ? '-' : '+')}{Math.Abs(exponent):00}");
+            e--;
         }
 
-        var decimals = precision - 1 - exponent;
-        return TrimZeroes(value.ToString("F" + decimals.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture));
+        while (Compare(numerator, denominator, e + 1) >= 0)
+        {
+            e++;
+        }
+
+        // The first `precision` digits: n/d * 10^(precision-1-e), rounded half to even.
+        var shift = precision - 1 - e;
+        var top = shift >= 0 ? numerator * BigInteger.Pow(10, shift) : numerator;
+        var bottom = shift >= 0 ? denominator : denominator * BigInteger.Pow(10, -shift);
+        var digits = BigInteger.DivRem(top, bottom, out var remainder);
+        var twice = remainder * 2;
+        if (twice > bottom || (twice == bottom && !digits.IsEven))
+        {
+            digits++;
+        }
+
+        if (digits == BigInteger.Pow(10, precision))
+        {
+            digits /= 10;
+            e++;
+        }
+
+        var text = digits.ToString(CultureInfo.InvariantCulture);
+        if (e < -4 || e >= precision)
+        {
+            var mantissa = TrimZeroes(text.Length > 1 ? $"{text[0]}.{text[1..]}" : text);
+            return string.Create(CultureInfo.InvariantCulture, $"{mantissa}e{(e < 0 ? '-' : '+')}{Math.Abs(e):00}");
+        }
+
+        var decimals = precision - 1 - e;
+        text = text.PadLeft(decimals + 1, '0');
+        return TrimZeroes(decimals == 0 ? text : $"{text[..^decimals]}.{text[^decimals..]}");
     }
+
+    /// <summary>Compares n/d with 10^e.</summary>
+    static int Compare(BigInteger numerator, BigInteger denominator, int e) =>
+        e >= 0 ? numerator.CompareTo(denominator * BigInteger.Pow(10, e)) : (numerator * BigInteger.Pow(10, -e)).CompareTo(denominator);
 
     static string TrimZeroes(string number) =>
         number.Contains('.', StringComparison.Ordinal) ? number.TrimEnd('0').TrimEnd('.') : number;
