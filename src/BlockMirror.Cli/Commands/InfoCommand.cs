@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Text;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
@@ -32,7 +33,7 @@ static class InfoCommand
 
     /// <summary>One image's report: qemu-img's ImageInfo fields.</summary>
     sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool DirtyFlag, Qcow2Header? Header,
-        string? BackingFilename, string? FullBackingFilename, string? BackingFormat);
+        string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots);
 
     static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, CancellationToken cancellationToken)
     {
@@ -90,7 +91,8 @@ static class InfoCommand
             header,
             backing,
             backing is null ? null : ImageTool.CombinePath(path, backing),
-            backing is null ? null : header!.BackingFormat);
+            backing is null ? null : header!.BackingFormat,
+            header is null ? [] : await Qcow2Snapshots.ReadAsync(node, header, path, cancellationToken));
     }
 
     /// <summary>The fields in QAPI's ImageInfo order; <see cref="QemuJson"/> prints them in QEMU's order.</summary>
@@ -121,9 +123,33 @@ static class InfoCommand
             }
         }
 
+        if (r.Snapshots.Count > 0)
+        {
+            json.Add("snapshots", r.Snapshots.Select(ToJson).ToList());
+        }
+
         if (r.Header is { } h)
         {
             json.Add("format-specific", new QemuJson().Add("type", Qcow2Driver.Name).Add("data", Qcow2Specific(h)));
+        }
+
+        return json;
+    }
+
+    /// <summary>QAPI's SnapshotInfo.</summary>
+    static QemuJson ToJson(SnapshotInfo s)
+    {
+        var json = new QemuJson()
+            .Add("id", s.Id)
+            .Add("name", s.Name)
+            .Add("vm-state-size", s.VmStateSize)
+            .Add("date-sec", s.DateSeconds)
+            .Add("date-nsec", s.DateNanoseconds)
+            .Add("vm-clock-sec", s.VmClockNanoseconds / 1_000_000_000)
+            .Add("vm-clock-nsec", s.VmClockNanoseconds % 1_000_000_000);
+        if (s.InstructionCount is { } icount)
+        {
+            json.Add("icount", icount);
         }
 
         return json;
@@ -177,6 +203,16 @@ static class InfoCommand
             text.Append($"backing file format: {backingFormat}\n");
         }
 
+        if (r.Snapshots.Count > 0)
+        {
+            text.Append("Snapshot list:\n");
+            text.Append(CultureInfo.InvariantCulture, $"{"ID",-10}{"TAG",-17}{"VM SIZE",8}{"DATE",20}{"VM CLOCK",13}{"ICOUNT",11}\n");
+            foreach (var s in r.Snapshots)
+            {
+                text.Append(SnapshotLine(s)).Append('\n');
+            }
+        }
+
         if (r.Header is { } h)
         {
             text.Append("Format specific information:\n");
@@ -196,6 +232,18 @@ static class InfoCommand
         }
 
         return text.ToString();
+    }
+
+    /// <summary>QEMU's bdrv_snapshot_dump: <c>%-9s %-16s %8s%20s%13s%11s</c>, the date in local time.</summary>
+    static string SnapshotLine(SnapshotInfo s)
+    {
+        var date = DateTimeOffset.FromUnixTimeSeconds(s.DateSeconds).ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+        var seconds = s.VmClockNanoseconds / 1_000_000_000;
+        var clock = string.Create(CultureInfo.InvariantCulture,
+            $"{seconds / 3600:00}:{seconds / 60 % 60:00}:{seconds % 60:00}.{s.VmClockNanoseconds / 1_000_000 % 1000:000}");
+        var icount = s.InstructionCount?.ToString(CultureInfo.InvariantCulture) ?? "";
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{s.Id,-9} {s.Name,-16} {QemuText.SizeToString(s.VmStateSize),8}{date,20}{clock,13}{icount,11}");
     }
 
     static string Bool(bool value) => value ? "true" : "false";

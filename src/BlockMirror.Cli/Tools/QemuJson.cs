@@ -10,7 +10,8 @@ namespace BlockMirror.Cli.Tools;
 /// <c>qemu-img info --output=json</c> ("virtual-size", "filename", "cluster-size", ...).
 /// </summary>
 /// <remarks>
-/// Values are <see cref="long"/>, <see cref="bool"/>, <see cref="string"/> or a nested <see cref="QemuJson"/>.
+/// Values are <see cref="long"/>, <see cref="bool"/>, <see cref="string"/>, a nested <see cref="QemuJson"/>, or a
+/// list of them.
 /// Add keys in the order QEMU's QAPI schema lists them: within one bucket the key added last comes first.
 /// </remarks>
 sealed class QemuJson
@@ -41,16 +42,30 @@ sealed class QemuJson
     /// <summary>A JSON array of objects as qemu-img prints <c>--backing-chain</c>, without a trailing newline.</summary>
     public static string ToPrettyArray(IReadOnlyList<QemuJson> items)
     {
-        var text = new StringBuilder("[");
+        var text = new StringBuilder();
+        WriteArray(text, items, 0);
+        return text.ToString();
+    }
+
+    static void WriteArray(StringBuilder text, IReadOnlyList<QemuJson> items, int level)
+    {
+        if (items.Count == 0)
+        {
+            text.Append("[]");
+            return;
+        }
+
+        text.Append('[');
         for (var i = 0; i < items.Count; i++)
         {
             text.Append(i == 0 ? "\n" : ",\n");
-            Indent(text, 1);
-            items[i].Write(text, 1);
+            Indent(text, level + 1);
+            items[i].Write(text, level + 1);
         }
 
-        text.Append('\n').Append(']');
-        return text.ToString();
+        text.Append('\n');
+        Indent(text, level);
+        text.Append(']');
     }
 
     void Write(StringBuilder text, int level)
@@ -74,6 +89,9 @@ sealed class QemuJson
             {
                 case QemuJson nested:
                     nested.Write(text, level + 1);
+                    break;
+                case IReadOnlyList<QemuJson> list:
+                    WriteArray(text, list, level + 1);
                     break;
                 case bool b:
                     text.Append(b ? "true" : "false");
