@@ -44,6 +44,17 @@ static class ImageRecipes
             "'write -P 0x12 1M 64k' 'write -z 1M 4k'",
             dir => Qcow2Async(dir, "img.qcow2", "4M", ["-o", "extended_l2=on"],
                 ["write -P 0x11 4k 4k", "write -z 64k 8k", "write -P 0x12 1M 64k", "write -z 1M 4k"])),
+        ["snapshots"] = ("qemu-img create -f qcow2 img.qcow2 4M; qemu-io 'write -P 0x11 0 128k'; qemu-img snapshot -c first; " +
+            "qemu-io 'write -P 0x22 0 64k'; qemu-img snapshot -c second-with-a-long-name; qemu-io 'write -P 0x33 1M 64k'",
+            async dir =>
+            {
+                var path = await Qcow2Async(dir, "img.qcow2", "4M", [], ["write -P 0x11 0 128k"]);
+                await ExternalTool.RunCheckedAsync("qemu-img", "snapshot", "-c", "first", path);
+                await QemuIoAsync(path, "qcow2", ["write -P 0x22 0 64k"]);
+                await ExternalTool.RunCheckedAsync("qemu-img", "snapshot", "-c", "second-with-a-long-name", path);
+                await QemuIoAsync(path, "qcow2", ["write -P 0x33 1M 64k"]);
+                return path;
+            }),
         ["raw"] = ("qemu-img create -f raw img.raw 4M; qemu-io -f raw 'write -P 0x11 0 64k' 'write -P 0x12 1M 4k' 'write -z 2M 64k'",
             async dir =>
             {
