@@ -123,6 +123,7 @@ public sealed class ImageToolRefusalTests : IDisposable
         { ["-f", "qcow2", "-b", "missing.qcow2", "-F", "qcow2", "new.qcow2"], "Could not open backing image 'missing.qcow2'" },
         { ["-f", "qcow2", "-b", "new.qcow2", "-F", "qcow2", "new.qcow2", "1M"], "same filename as the backing file" },
         { ["-f", "qcow2", "-o", "backing_fmt=qcow2", "new.qcow2", "1M"], "backing_fmt is only valid with backing_file" },
+        { ["-f", "qcow2"], "Expecting image file name" },
     };
 
     [Theory]
@@ -178,6 +179,17 @@ public sealed class ImageToolRefusalTests : IDisposable
         AssertRefused(await BlockMirrorCli.RunAsync("resize", path, "big"), "resize", 1, "invalid size 'big'");
         AssertRefused(await BlockMirrorCli.RunAsync("resize", path, "--", "-2M"), "resize", 1, "New image size must be positive.");
         Assert.Equal(before, QemuImages.Fingerprint(path));
+    }
+
+    [Fact]
+    public async Task Create_lists_its_options_without_a_file_name()
+    {
+        var result = await BlockMirrorCli.RunAsync(["create", "-f", "qcow2", "-o", "help"], _dir.Path);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal("Supported qcow2 options:", result.OutputLines[0]);
+        Assert.Contains(result.OutputLines, l => l.StartsWith("  cluster_size=<size>", StringComparison.Ordinal));
+        Assert.Empty(Directory.GetFileSystemEntries(_dir.Path));
     }
 
     [Fact]

@@ -41,7 +41,8 @@ static class CreateCommand
 
     public static Command Create()
     {
-        var file = new Argument<string>("FILE") { Description = "Image file to create" };
+        // Optional only so that '-o help' needs no file name, as with qemu-img.
+        var file = new Argument<string?>("FILE") { Description = "Image file to create", Arity = ArgumentArity.ZeroOrOne };
         var size = new Argument<string?>("SIZE")
         {
             Description = "Virtual size, e.g. 10G (default: the backing file's)",
@@ -58,12 +59,15 @@ static class CreateCommand
             file, size, format, options, backing, backingFormat, unsafeBacking, quiet,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("create", 1, () =>
-            RunAsync(new Request(parse.GetValue(file)!, parse.GetValue(size), parse.GetValue(format)!, parse.GetValue(options) ?? [],
+            RunAsync(new Request(parse.GetValue(file), parse.GetValue(size), parse.GetValue(format)!, parse.GetValue(options) ?? [],
                 parse.GetValue(backing), parse.GetValue(backingFormat), parse.GetValue(unsafeBacking), parse.GetValue(quiet)), cancellationToken)));
         return command;
     }
 
-    sealed record Request(string File, string? Size, string Format, string[] Options, string? Backing, string? BackingFormat, bool Unsafe, bool Quiet);
+    sealed record Request(string? FileOrNull, string? Size, string Format, string[] Options, string? Backing, string? BackingFormat, bool Unsafe, bool Quiet)
+    {
+        public string File => FileOrNull ?? throw new UsageException("Expecting image file name");
+    }
 
     static async Task<int> RunAsync(Request request, CancellationToken cancellationToken)
     {
