@@ -27,7 +27,53 @@ static class CliErrors
             return 130;
         }
     }
+
+    /// <summary>
+    /// For the image tools (<c>create</c>, <c>info</c>, <c>map</c>, <c>check</c>, <c>compare</c>, <c>resize</c>),
+    /// which read images anyone may hand them: every failure, also an unexpected one from a damaged image,
+    /// ends as one line on stderr and <paramref name="errorExitCode"/> (qemu-img's code for the command), never
+    /// as a stack trace. A <see cref="ToolExitException"/> brings its own code.
+    /// </summary>
+    public static async Task<int> RunToolAsync(string command, int errorExitCode, Func<Task<int>> body)
+    {
+        try
+        {
+            return await body();
+        }
+        catch (ToolExitException ex)
+        {
+            return await FailAsync(command, ex.Message, ex.ExitCode);
+        }
+        catch (Exception ex) when (ex is BlockOpenException or BlockIOException or BlockGraphException
+            or FormatException or ArgumentException or UsageException or IOException or UnauthorizedAccessException)
+        {
+            return await FailAsync(command, ex.Message, errorExitCode);
+        }
+        catch (OperationCanceledException)
+        {
+            return await FailAsync(command, "interrupted", 130);
+        }
+        catch (Exception ex)
+        {
+            // A bug, most likely in how a damaged image is read: say so plainly, still in one line.
+            return await FailAsync(command, $"internal error: {ex.GetType().Name}: {ex.Message}", errorExitCode);
+        }
+    }
+
+    /// <summary>Prints <c>blockmirror COMMAND: message</c> on stderr (after what stdout already holds) and returns <paramref name="exitCode"/>.</summary>
+    public static async Task<int> FailAsync(string command, string message, int exitCode)
+    {
+        Console.Out.Flush();
+        await Console.Error.WriteLineAsync($"blockmirror {command}: {message.ReplaceLineEndings(" ")}");
+        return exitCode;
+    }
 }
 
 /// <summary>A command line that parses but asks for something impossible.</summary>
 sealed class UsageException(string message) : Exception(message);
+
+/// <summary>A failure with its own exit status (qemu-img's, e.g. 63 for a format without checks).</summary>
+sealed class ToolExitException(string message, int exitCode) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

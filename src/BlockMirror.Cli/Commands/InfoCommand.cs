@@ -1,0 +1,250 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Graph;
+using BlockMirror.Cli.Interop;
+using BlockMirror.Cli.Tools;
+
+namespace BlockMirror.Cli.Commands;
+
+/// <summary>
+/// <c>blockmirror info [-f FMT] [--backing-chain] [--output=human|json] FILE</c>: qemu-img info's report,
+/// in its words and JSON shape. Each image of a chain is opened by itself, read-only, without its backing
+/// file, as qemu-img does: the report of an overlay whose backing file is missing still comes out.
+/// </summary>
+static class InfoCommand
+{
+    public static Command Create()
+    {
+        var file = new Argument<string>("FILE") { Description = "Image file" };
+        var format = new Option<string?>("--format", "-f") { Description = "Image format (default: probed from the content)" };
+        var chain = new Option<bool>("--backing-chain") { Description = "Report every image of the backing chain, top first" };
+        var output = new Option<string?>("--output") { Description = "human (default) or json" };
+        var command = new Command("info", "Show an image's format, sizes, backing file and format-specific information (qemu-img info)")
+        {
+            file, format, chain, output,
+        };
+        command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("info", 1, () =>
+            RunAsync(parse.GetValue(file)!, parse.GetValue(format), parse.GetValue(chain), ImageTool.IsJson(parse.GetValue(output)), cancellationToken)));
+        return command;
+    }
+
+    /// <summary>One image's report: qemu-img's ImageInfo fields.</summary>
+    sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool DirtyFlag, Qcow2Header? Header,
+        string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots);
+
+    static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, CancellationToken cancellationToken)
+    {
+        var reports = new List<ImageReport>();
+        var seen = new HashSet<string>();
+        string? next = path;
+        var nextFormat = format;
+        while (next is not null)
+        {
+            if (!seen.Add(Identity(next)))
+            {
+                throw new IOException($"Backing file '{next}' creates an infinite loop.");
+            }
+
+            var report = await ReportAsync(next, nextFormat, cancellationToken);
+            reports.Add(report);
+            if (!backingChain)
+            {
+                break;
+            }
+
+            next = report.FullBackingFilename;
+            nextFormat = report.BackingFormat;
+        }
+
+        if (json)
+        {
+            Console.Write(backingChain ? QemuJson.ToPrettyArray([.. reports.Select(ToJson)]) : ToJson(reports[0]).ToPrettyString());
+            Console.Write('\n');
+        }
+        else
+        {
+            Console.Write(string.Join("\n", reports.Select(ToHuman)));
+        }
+
+        return 0;
+    }
+
+    static string Identity(string path) =>
+        Block.Interop.FileIdentity.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
+
+    static async Task<ImageReport> ReportAsync(string path, string? format, CancellationToken cancellationToken)
+    {
+        await using var graph = new BlockGraph();
+        var node = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: false, cancellationToken);
+        ImageTool.PrintWarnings("info", node);
+        var header = (node.Driver as Qcow2Driver)?.Header;
+        var backing = header?.BackingFile;
+        return new ImageReport(
+            path,
+            node.Driver.DriverName,
+            node.Length,
+            AllocatedSize.Of(path),
+            header is not null && (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0,
+            header,
+            backing,
+            backing is null ? null : ImageTool.CombinePath(path, backing),
+            backing is null ? null : header!.BackingFormat,
+            header is null ? [] : await Qcow2Snapshots.ReadAsync(node, header, path, cancellationToken));
+    }
+
+    /// <summary>The fields in QAPI's ImageInfo order; <see cref="QemuJson"/> prints them in QEMU's order.</summary>
+    static QemuJson ToJson(ImageReport r)
+    {
+        var json = new QemuJson()
+            .Add("filename", r.Filename)
+            .Add("format", r.Format)
+            .Add("dirty-flag", r.DirtyFlag);
+        if (r.ActualSize is { } actual)
+        {
+            json.Add("actual-size", actual);
+        }
+
+        json.Add("virtual-size", r.VirtualSize);
+        if (r.Header is { } header)
+        {
+            json.Add("cluster-size", (long)header.ClusterSize);
+        }
+
+        if (r.BackingFilename is { } backing)
+        {
+            json.Add("backing-filename", backing);
+            json.Add("full-backing-filename", r.FullBackingFilename!);
+            if (r.BackingFormat is { } backingFormat)
+            {
+                json.Add("backing-filename-format", backingFormat);
+            }
+        }
+
+        if (r.Snapshots.Count > 0)
+        {
+            json.Add("snapshots", r.Snapshots.Select(ToJson).ToList());
+        }
+
+        if (r.Header is { } h)
+        {
+            json.Add("format-specific", new QemuJson().Add("type", Qcow2Driver.Name).Add("data", Qcow2Specific(h)));
+        }
+
+        return json;
+    }
+
+    /// <summary>QAPI's SnapshotInfo.</summary>
+    static QemuJson ToJson(SnapshotInfo s)
+    {
+        var json = new QemuJson()
+            .Add("id", s.Id)
+            .Add("name", s.Name)
+            .Add("vm-state-size", s.VmStateSize)
+            .Add("date-sec", s.DateSeconds)
+            .Add("date-nsec", s.DateNanoseconds)
+            .Add("vm-clock-sec", s.VmClockNanoseconds / 1_000_000_000)
+            .Add("vm-clock-nsec", s.VmClockNanoseconds % 1_000_000_000);
+        if (s.InstructionCount is { } icount)
+        {
+            json.Add("icount", icount);
+        }
+
+        return json;
+    }
+
+    /// <summary>QAPI's ImageInfoSpecificQCow2: version 2 images have no feature bits, so only three fields.</summary>
+    static QemuJson Qcow2Specific(Qcow2Header h)
+    {
+        var data = new QemuJson().Add("compat", h.Version == 2 ? "0.10" : "1.1");
+        if (h.Version >= 3)
+        {
+            data.Add("lazy-refcounts", (h.CompatibleFeatures & Qcow2Header.CompatibleLazyRefcounts) != 0)
+                .Add("corrupt", (h.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0)
+                .Add("extended-l2", h.HasExtendedL2);
+        }
+
+        return data.Add("refcount-bits", (long)h.RefcountBits).Add("compression-type", h.CompressionType == 0 ? "zlib" : "zstd");
+    }
+
+    /// <summary>QEMU's bdrv_image_info_dump.</summary>
+    static string ToHuman(ImageReport r)
+    {
+        var text = new StringBuilder();
+        text.Append($"image: {r.Filename}\n");
+        text.Append($"file format: {r.Format}\n");
+        text.Append($"virtual size: {QemuText.SizeToString(r.VirtualSize)} ({r.VirtualSize} bytes)\n");
+        text.Append($"disk size: {(r.ActualSize is { } actual ? QemuText.SizeToString(actual) : "unavailable")}\n");
+        if (r.Header is { } header)
+        {
+            text.Append($"cluster_size: {header.ClusterSize}\n");
+        }
+
+        if (r.DirtyFlag)
+        {
+            text.Append("cleanly shut down: no\n");
+        }
+
+        if (r.BackingFilename is { } backing)
+        {
+            text.Append($"backing file: {backing}");
+            if (r.FullBackingFilename != backing)
+            {
+                text.Append($" (actual path: {r.FullBackingFilename})");
+            }
+
+            text.Append('\n');
+        }
+
+        if (r.BackingFormat is { } backingFormat)
+        {
+            text.Append($"backing file format: {backingFormat}\n");
+        }
+
+        if (r.Snapshots.Count > 0)
+        {
+            text.Append("Snapshot list:\n");
+            text.Append(CultureInfo.InvariantCulture, $"{"ID",-10}{"TAG",-17}{"VM SIZE",8}{"DATE",20}{"VM CLOCK",13}{"ICOUNT",11}\n");
+            foreach (var s in r.Snapshots)
+            {
+                text.Append(SnapshotLine(s)).Append('\n');
+            }
+        }
+
+        if (r.Header is { } h)
+        {
+            text.Append("Format specific information:\n");
+            text.Append($"    compat: {(h.Version == 2 ? "0.10" : "1.1")}\n");
+            text.Append($"    compression type: {(h.CompressionType == 0 ? "zlib" : "zstd")}\n");
+            if (h.Version >= 3)
+            {
+                text.Append($"    lazy refcounts: {Bool((h.CompatibleFeatures & Qcow2Header.CompatibleLazyRefcounts) != 0)}\n");
+            }
+
+            text.Append($"    refcount bits: {h.RefcountBits}\n");
+            if (h.Version >= 3)
+            {
+                text.Append($"    corrupt: {Bool((h.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0)}\n");
+                text.Append($"    extended l2: {Bool(h.HasExtendedL2)}\n");
+            }
+        }
+
+        return text.ToString();
+    }
+
+    /// <summary>QEMU's bdrv_snapshot_dump: <c>%-9s %-16s %8s%20s%13s%11s</c>, the date in local time.</summary>
+    static string SnapshotLine(SnapshotInfo s)
+    {
+        var date = DateTimeOffset.FromUnixTimeSeconds(s.DateSeconds).ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture);
+        var seconds = s.VmClockNanoseconds / 1_000_000_000;
+        var clock = string.Create(CultureInfo.InvariantCulture,
+            $"{seconds / 3600:00}:{seconds / 60 % 60:00}:{seconds % 60:00}.{s.VmClockNanoseconds / 1_000_000 % 1000:000}");
+        var icount = s.InstructionCount?.ToString(CultureInfo.InvariantCulture) ?? "";
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{s.Id,-9} {s.Name,-16} {QemuText.SizeToString(s.VmStateSize),8}{date,20}{clock,13}{icount,11}");
+    }
+
+    static string Bool(bool value) => value ? "true" : "false";
+}

@@ -1,0 +1,81 @@
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Cli.Tools;
+
+/// <summary>What the qemu-img-like commands share: opening an image by name, naming its backing files, warnings.</summary>
+static class ImageTool
+{
+    /// <summary>The format to open <paramref name="path"/> with: the one given, else what its content says (qemu-img probes, it does not look at the extension).</summary>
+    public static string FormatOf(string path, string? format) => format ?? ImageFiles.Probe(path);
+
+    /// <summary>
+    /// Opens an image read-only (or for writing) with its backing chain, or alone when
+    /// <paramref name="withBacking"/> is false (as <c>qemu-img info</c> opens each image of a chain by itself,
+    /// so that a missing backing file does not hide the overlay's information).
+    /// </summary>
+    public static async Task<BlockNode> OpenAsync(BlockGraph graph, string path, string? format, bool readOnly, bool withBacking, CancellationToken cancellationToken)
+    {
+        var options = new ImageOpenOptions(path, FormatOf(path, format), ReadOnly: readOnly,
+            Qcow2: withBacking ? null : new Qcow2Options { Backing = Qcow2BackingMode.None });
+        return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+    }
+
+    /// <summary>
+    /// QEMU's path_combine: a relative backing file name is relative to the directory part of the overlay's
+    /// name <em>as the user wrote it</em> ("top.qcow2" backed by "base.qcow2" gives "base.qcow2";
+    /// "/images/top.qcow2" gives "/images/base.qcow2"). qemu-img prints these names, so we do too.
+    /// </summary>
+    public static string CombinePath(string overlay, string backing)
+    {
+        if (backing.StartsWith('/'))
+        {
+            return backing;
+        }
+
+        var slash = overlay.LastIndexOf('/');
+        return slash < 0 ? backing : overlay[..(slash + 1)] + backing;
+    }
+
+    /// <summary>
+    /// The chain below <paramref name="top"/> with the names qemu-img shows for each layer: the top under
+    /// <paramref name="topName"/>, each backing image under its overlay's name combined with the backing file
+    /// name in the overlay's header.
+    /// </summary>
+    public static IReadOnlyList<(BlockNode Node, string Name)> NamedLayers(BlockNode top, string topName)
+    {
+        var layers = new List<(BlockNode, string)>();
+        var name = topName;
+        for (var node = top; node is not null; node = node.ChainChild)
+        {
+            layers.Add((node, name));
+            name = node.Driver is Qcow2Driver { Header.BackingFile: { } backing } ? CombinePath(name, backing) : node.ChainChild?.Driver.FileName ?? "";
+        }
+
+        return layers;
+    }
+
+    /// <summary>Prints what the block layer found worth telling (e.g. an image marked corrupt) for every layer of the chain.</summary>
+    public static void PrintWarnings(string command, BlockNode top)
+    {
+        foreach (var node in BlockChain.Layers(top))
+        {
+            if (node.Driver is Qcow2Driver qcow2)
+            {
+                foreach (var warning in qcow2.Warnings)
+                {
+                    Console.Error.WriteLine($"blockmirror {command}: warning: {warning}");
+                }
+            }
+        }
+    }
+
+    /// <summary>Parses <c>--output</c>: <c>human</c> (the default) or <c>json</c>.</summary>
+    public static bool IsJson(string? output) => output switch
+    {
+        null or "human" => false,
+        "json" => true,
+        _ => throw new Commands.UsageException($"--output: unknown output format '{output}' (expected human or json)"),
+    };
+}
