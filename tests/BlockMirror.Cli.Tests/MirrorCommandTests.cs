@@ -52,6 +52,25 @@ public sealed class MirrorCommandTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task Mirror_to_and_from_qcow2_named_by_extension_gives_identical_images_qemu_img_checks_clean()
+    {
+        var source = await CreateSourceAsync();
+        var qcow2 = _dir.File("target.qcow2");
+        AssertSucceeded(await BlockMirrorCli.RunAsync("mirror", "--json", source, qcow2));
+        var check = await ExternalTool.RunCheckedAsync("qemu-img", "check", qcow2);
+        Assert.Contains("No errors were found on the image.", check);
+        await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "raw", "-F", "qcow2", source, qcow2);
+
+        // Holes stay unallocated in the qcow2 image: qemu-img map shows data only where the source has it.
+        var map = await ExternalTool.RunCheckedAsync("qemu-img", "map", "--output=json", qcow2);
+        Assert.Contains("\"start\": 1048576, \"length\": 4194304, \"depth\": 0, \"present\": false, \"zero\": true, \"data\": false", map);
+
+        var back = _dir.File("back.raw");
+        AssertSucceeded(await BlockMirrorCli.RunAsync("mirror", "--json", qcow2, back));
+        await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "raw", "-F", "raw", source, back);
+    }
+
+    [SkippableFact]
     public async Task Mirror_to_a_new_target_creates_an_identical_sparse_copy()
     {
         var source = await CreateSourceAsync();

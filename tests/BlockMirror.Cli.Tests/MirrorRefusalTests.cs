@@ -61,7 +61,7 @@ public sealed class MirrorRefusalTests : IDisposable
         { ["--speed", "-100M"], "invalid --speed '-100M'" },
         { ["--speed", "fast"], "invalid --speed 'fast'" },
         { ["--format", "vmdk"], "Unknown image format 'vmdk'" },
-        { ["-f", "qcow2"], "Unknown image format 'qcow2'" },
+        { ["-f", "qcow2"], "magic: not a qcow2 image" },
         { ["--target-format", "vmdk"], "Unknown image format 'vmdk'" },
         { ["--cache", "directsync"], "--cache: unknown cache mode 'directsync' (expected auto, none or writeback)" },
         { ["--on-source-error", "bogus"], "--on-source-error: unknown error policy 'bogus' (expected report or ignore)" },
@@ -187,12 +187,11 @@ public sealed class MirrorRefusalTests : IDisposable
     [Fact]
     public async Task A_target_format_this_build_cannot_write_is_refused_before_creating_it()
     {
-        // The format comes from the extension; qcow2 is not supported yet.
-        var target = _dir.File("new.qcow2");
+        var target = _dir.File("new.vmdk");
 
-        var result = await BlockMirrorCli.RunAsync("mirror", _source, target);
+        var result = await BlockMirrorCli.RunAsync("mirror", "-O", "vmdk", _source, target);
 
-        AssertRefused(result, $"Unknown image format 'qcow2' for '{target}' (supported: raw)");
+        AssertRefused(result, $"Unknown image format 'vmdk' for '{target}' (supported: raw, qcow2)");
         Assert.False(File.Exists(target));
     }
 

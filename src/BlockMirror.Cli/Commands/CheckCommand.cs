@@ -70,6 +70,12 @@ static class CheckCommand
             await Console.Error.WriteLineAsync(message);
         }
 
+        if (result.Failed)
+        {
+            // qemu-img prints no report when the check cannot complete (a repair that needs -r all).
+            return await CliErrors.FailAsync("check", "Check failed: Input/output error", ExitFailed);
+        }
+
         if (!quiet)
         {
             Console.Write(json ? ToJson(path, result).ToPrettyString() + "\n" : ToHuman(result));

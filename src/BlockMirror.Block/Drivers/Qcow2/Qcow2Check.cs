@@ -17,36 +17,44 @@ public static class Qcow2Check
     public static async Task<Qcow2CheckResult> CheckAsync(BlockNode file, Qcow2RepairMode repair, CancellationToken cancellationToken = default)
     {
         var name = file.Driver.FileName ?? file.Name;
-        var scan = await Qcow2CheckScan.RunAsync(file, name, cancellationToken).ConfigureAwait(false);
-        if (repair == Qcow2RepairMode.None || (scan.Leaks == 0 && scan.Corruptions == 0))
+
+        // As qemu-img orders it: refcounts first; copied flags only once the refcounts are what they will stay.
+        var scan = await Qcow2CheckScan.RunAsync(file, name, checkCopied: repair == Qcow2RepairMode.None, cancellationToken).ConfigureAwait(false);
+        if (repair == Qcow2RepairMode.None)
         {
             return Result(scan, 0, 0, scan.Messages);
         }
 
         var messages = new List<string>(scan.Messages);
-        var g = scan.Geometry;
-        var lowRefcountWithoutBlock = scan.Mismatches.Any(m => m.Stored < m.Referenced && !scan.Refblocks.ContainsKey(m.Cluster >> g.RefblockBits));
-        if (repair == Qcow2RepairMode.All && (scan.RefcountStructureBroken || lowRefcountWithoutBlock))
+        if (scan.NeedsRebuild && repair != Qcow2RepairMode.All)
+        {
+            messages.Add("ERROR need to rebuild refcount structures");
+            return Result(scan, 0, 0, messages) with { Failed = true, CheckErrors = scan.CheckErrors + 1 };
+        }
+
+        if (scan.NeedsRebuild)
         {
             messages.Add("Rebuilding refcount structure");
             await RebuildAsync(file, scan, cancellationToken).ConfigureAwait(false);
         }
-        else
+        else if (scan.Leaks > 0 || scan.Corruptions > 0)
         {
             await RepairInPlaceAsync(file, scan, repair, messages, cancellationToken).ConfigureAwait(false);
         }
 
+        var copiedFixed = 0;
         if (repair == Qcow2RepairMode.All)
         {
-            // The copied flags follow the refcounts as they are now.
-            var again = await Qcow2CheckScan.RunAsync(file, name, cancellationToken).ConfigureAwait(false);
+            var again = await Qcow2CheckScan.RunAsync(file, name, checkCopied: true, cancellationToken).ConfigureAwait(false);
             if (again.CopiedFixes.Count > 0)
             {
+                messages.AddRange(again.Messages.Where(m => m.StartsWith("ERROR OFLAG_COPIED", StringComparison.Ordinal)));
                 await FixCopiedFlagsAsync(file, again, cancellationToken).ConfigureAwait(false);
+                copiedFixed = again.CopiedFixes.Count;
             }
         }
 
-        var final = await Qcow2CheckScan.RunAsync(file, name, cancellationToken).ConfigureAwait(false);
+        var final = await Qcow2CheckScan.RunAsync(file, name, checkCopied: true, cancellationToken).ConfigureAwait(false);
         if (repair == Qcow2RepairMode.All && final.Corruptions == 0 &&
             (final.Header.IncompatibleFeatures & (Qcow2Header.IncompatibleCorrupt | Qcow2Header.IncompatibleDirty)) != 0)
         {
@@ -55,7 +63,7 @@ public static class Qcow2Check
             await PatchHeaderAsync(file, block => BinaryPrimitives.WriteUInt64BigEndian(block[72..], features), cancellationToken).ConfigureAwait(false);
         }
 
-        return Result(final, Math.Max(0, scan.Corruptions - final.Corruptions), Math.Max(0, scan.Leaks - final.Leaks), messages);
+        return Result(final, Math.Max(0, scan.Corruptions + copiedFixed - final.Corruptions), Math.Max(0, scan.Leaks - final.Leaks), messages);
     }
 
     /// <summary>
@@ -79,7 +87,7 @@ public static class Qcow2Check
         CheckErrors = scan.CheckErrors,
         CorruptionsFixed = corruptionsFixed,
         LeaksFixed = leaksFixed,
-        ImageEndOffset = (scan.HighestReferenced + 1) << scan.Geometry.ClusterBits,
+        ImageEndOffset = (scan.HighestUsed + 1) << scan.Geometry.ClusterBits,
         TotalClusters = scan.Geometry.ClustersFor(scan.Header.Size),
         AllocatedClusters = scan.Allocated,
         FragmentedClusters = scan.Fragmented,
@@ -204,18 +212,21 @@ public static class Qcow2Check
 
         if (l1Changed)
         {
-            var bytes = new byte[scan.L1.Length * 8];
+            // The whole clusters of the table (as far as the file goes), so the write suits O_DIRECT too.
+            var offset = scan.Header.L1TableOffset;
+            var bytes = new byte[Math.Min(g.ClustersFor((long)scan.L1.Length * 8) << g.ClusterBits, file.Length - offset)];
+            await file.ReadAsync(offset, bytes, cancellationToken).ConfigureAwait(false);
             for (var i = 0; i < scan.L1.Length; i++)
             {
                 BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), scan.L1[i]);
             }
 
-            await file.WriteAsync(scan.Header.L1TableOffset, bytes, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+            await file.WriteAsync(offset, bytes, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         }
 
         foreach (var table in scan.CopiedFixes.Where(f => !f.L1).GroupBy(f => f.Table))
         {
-            var bytes = new byte[g.ClusterSize];
+            var bytes = new byte[Math.Min(g.ClusterSize, file.Length - table.Key)];
             await file.ReadAsync(table.Key, bytes, cancellationToken).ConfigureAwait(false);
             foreach (var fix in table)
             {

@@ -42,6 +42,12 @@ public sealed record Qcow2CheckResult
 
     public long CompressedClusters { get; init; }
 
+    /// <summary>
+    /// The check could not complete (qemu-img: "Check failed"): a repair was asked for that needs the refcount
+    /// structure rebuilt, which only <see cref="Qcow2RepairMode.All"/> does. Nothing was written.
+    /// </summary>
+    public bool Failed { get; init; }
+
     /// <summary>One line per finding, worded as qemu-img check words them ("Leaked cluster 5 refcount=1 reference=0").</summary>
     public IReadOnlyList<string> Messages { get; init; } = [];
 }

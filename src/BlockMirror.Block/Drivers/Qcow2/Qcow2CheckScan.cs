@@ -25,8 +25,12 @@ internal sealed class Qcow2CheckScan
     // Clusters of the refcount table and blocks: a rebuild replaces them, so they do not count then.
     readonly List<long> _refcountStructure = [];
 
-    Qcow2CheckScan(BlockNode file, Qcow2Header header, string name)
+    // Copied flags are judged against refcounts; before a repair of the refcounts that would be premature.
+    readonly bool _checkCopied;
+
+    Qcow2CheckScan(BlockNode file, Qcow2Header header, string name, bool checkCopied)
     {
+        _checkCopied = checkCopied;
         _file = file;
         Header = header;
         Name = name;
@@ -70,6 +74,12 @@ internal sealed class Qcow2CheckScan
 
     public long HighestReferenced { get; private set; } = -1;
 
+    /// <summary>The last cluster with a reference or a stored refcount: the image ends after it.</summary>
+    public long HighestUsed { get; private set; } = -1;
+
+    /// <summary>A referenced cluster has refcount 0: only a rebuilt refcount structure can hold it (QEMU's rule).</summary>
+    public bool NeedsRebuild => RefcountStructureBroken || Mismatches.Exists(m => m.Stored == 0 && m.Referenced > 0);
+
     public List<string> Messages => _messages;
 
     /// <summary>Clusters whose stored refcount differs from the references: (cluster, stored, referenced).</summary>
@@ -78,7 +88,7 @@ internal sealed class Qcow2CheckScan
     /// <summary>Copied flags to set right: (is L1, table offset or L1 index, entry index, corrected entry).</summary>
     public List<(bool L1, long Table, int Index, ulong Entry)> CopiedFixes { get; } = [];
 
-    public static async Task<Qcow2CheckScan> RunAsync(BlockNode file, string name, CancellationToken cancellationToken)
+    public static async Task<Qcow2CheckScan> RunAsync(BlockNode file, string name, bool checkCopied, CancellationToken cancellationToken)
     {
         var first = new byte[(int)Math.Min(file.Length, 1 << Qcow2Header.MaxClusterBits)];
         if (first.Length > 0)
@@ -86,7 +96,7 @@ internal sealed class Qcow2CheckScan
             await file.ReadAsync(0, first, cancellationToken).ConfigureAwait(false);
         }
 
-        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name), name);
+        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name), name, checkCopied);
         await scan.WalkAsync(cancellationToken).ConfigureAwait(false);
         return scan;
     }
@@ -145,6 +155,13 @@ internal sealed class Qcow2CheckScan
         }
 
         var g = Geometry;
+        if (offset + length - g.ClusterSize >= FileLength)
+        {
+            // qemu-img's rule: a region that ends a whole cluster or more past the end of the file is not counted.
+            Corruption($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{length:x}");
+            return;
+        }
+
         for (var c = offset >> g.ClusterBits; c <= (offset + length - 1) >> g.ClusterBits; c++)
         {
             if (c < FileClusters)
@@ -191,7 +208,7 @@ internal sealed class Qcow2CheckScan
 
             if (offset >= FileLength)
             {
-                Corruption($"ERROR l2_offset={offset:x}: L2 table is outside the image (L1 index {i})");
+                // Reported as a reference past the end of the file; there is nothing to read.
                 continue;
             }
 
@@ -299,7 +316,7 @@ internal sealed class Qcow2CheckScan
                 return;
             }
 
-            await _file.ReadAsync(position, head, cancellationToken).ConfigureAwait(false);
+            await ReadClampedAsync(position, head, cancellationToken).ConfigureAwait(false);
             var l1Offset = (long)(BinaryPrimitives.ReadUInt64BigEndian(head) & long.MaxValue);
             var l1Size = BinaryPrimitives.ReadUInt32BigEndian(head.AsSpan(8));
             var idSize = BinaryPrimitives.ReadUInt16BigEndian(head.AsSpan(12));
@@ -340,7 +357,7 @@ internal sealed class Qcow2CheckScan
 
         Reference(directoryOffset, directorySize);
         var directory = new byte[directorySize];
-        await _file.ReadAsync(directoryOffset, directory, cancellationToken).ConfigureAwait(false);
+        await ReadClampedAsync(directoryOffset, directory, cancellationToken).ConfigureAwait(false);
         var position = 0;
         for (var b = 0; b < count && position + 24 <= directory.Length; b++)
         {
@@ -425,6 +442,11 @@ internal sealed class Qcow2CheckScan
         {
             var stored = Stored(cluster);
             var referenced = Referenced(cluster);
+            if (stored != 0 || referenced != 0)
+            {
+                HighestUsed = Math.Max(HighestUsed, cluster);
+            }
+
             if (stored == referenced)
             {
                 return;
@@ -446,6 +468,11 @@ internal sealed class Qcow2CheckScan
     /// <summary>Bit 63 of an active L1 or L2 entry must be set exactly when the stored refcount is one.</summary>
     void CheckCopied(ulong entry, long offset, Func<(string Message, bool L1, long Table, int Index)> describe)
     {
+        if (!_checkCopied)
+        {
+            return;
+        }
+
         var refcount = Stored(offset >> Geometry.ClusterBits);
         var want = refcount == 1;
         if (want == ((entry & Qcow2Entries.Copied) != 0))
@@ -471,14 +498,6 @@ internal sealed class Qcow2CheckScan
         return entries;
     }
 
-    async Task ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        var available = (int)Math.Clamp(FileLength - offset, 0, buffer.Length);
-        if (available > 0)
-        {
-            await _file.ReadAsync(offset, buffer[..available], cancellationToken).ConfigureAwait(false);
-        }
-
-        buffer.Span[available..].Clear();
-    }
+    ValueTask ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        Qcow2FileReads.ReadClampedAsync(_file.ReadAsync, FileLength, _file.Limits.RequestAlignment, offset, buffer, cancellationToken);
 }

@@ -168,6 +168,7 @@ public sealed partial class Qcow2Driver
             Qcow2ClusterKind.Zero when run.HasHost => new BlockStatus(BlockStatusFlags.Zero | BlockStatusFlags.OffsetValid, run.Length, run.HostOffset),
             Qcow2ClusterKind.Zero => new BlockStatus(BlockStatusFlags.Zero, run.Length),
             Qcow2ClusterKind.Compressed => new BlockStatus(BlockStatusFlags.Data, run.Length),
+            Qcow2ClusterKind.Unallocated when run.HasHost => new BlockStatus(BlockStatusFlags.OffsetValid, run.Length, run.HostOffset),
             _ => new BlockStatus(BlockStatusFlags.None, run.Length),
         };
     }

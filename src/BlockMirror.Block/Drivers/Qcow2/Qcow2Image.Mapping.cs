@@ -126,9 +126,12 @@ internal sealed partial class Qcow2Image
             return (Qcow2ClusterKind.Normal, cluster + ((long)sub << g.SubclusterBits), (standard & Qcow2Entries.Copied) != 0, standard);
         }
 
+        // A subcluster that is not allocated may still sit in an allocated cluster: its host offset is known
+        // (QEMU reports it, as ZERO_ALLOC and UNALLOCATED_ALLOC).
+        var subHost = cluster != 0 ? cluster + ((long)sub << g.SubclusterBits) : -1;
         return ((bitmap >> (32 + sub)) & 1) != 0
-            ? (Qcow2ClusterKind.Zero, -1, false, standard)
-            : (Qcow2ClusterKind.Unallocated, -1, false, standard);
+            ? (Qcow2ClusterKind.Zero, subHost, false, standard)
+            : (Qcow2ClusterKind.Unallocated, subHost, false, standard);
     }
 
     /// <summary>

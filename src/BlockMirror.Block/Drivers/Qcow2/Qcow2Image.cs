@@ -216,17 +216,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         return entries;
     }
 
-    /// <summary>Reads from the file; the part of the range past the end of the file reads as zeroes.</summary>
-    public async ValueTask ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        var available = (int)Math.Clamp(_file.Node.Length - offset, 0, buffer.Length);
-        if (available > 0)
-        {
-            await _file.ReadAsync(offset, buffer[..available], cancellationToken).ConfigureAwait(false);
-        }
-
-        buffer.Span[available..].Clear();
-    }
+    /// <summary>Reads from the file; the part of the range past its end reads as zeroes (see <see cref="Qcow2FileReads"/>).</summary>
+    public ValueTask ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        Qcow2FileReads.ReadClampedAsync(_file.ReadAsync, _file.Node.Length, _fileAlignment, offset, buffer, cancellationToken);
 
     /// <summary>Grows the file (sparse, in steps) so that writes up to <paramref name="end"/> are inside it.</summary>
     public async ValueTask EnsureFileLengthAsync(long end, CancellationToken cancellationToken)
