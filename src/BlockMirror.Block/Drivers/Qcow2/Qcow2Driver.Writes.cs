@@ -174,6 +174,16 @@ public sealed partial class Qcow2Driver
         var tailStart = offset + data.Length;
         var tail = (int)Math.Max(0, Math.Min(clusterStart + (clusters << g.ClusterBits), _image.Size) - tailStart);
         var zeroSource = old.Kind == Qcow2ClusterKind.Zero || (old.Kind == Qcow2ClusterKind.Unallocated && Backing is null);
+        if (zeroSource && knownZero && (head > 0 || tail > 0) && _image.File.Node.Limits.RequestAlignment > 1)
+        {
+            // With O_DIRECT, a write into a hole makes the file system allocate under its inode lock, one
+            // write at a time; allocating the whole new clusters at once (fallocate ZERO_RANGE, as QEMU's
+            // handle_alloc_space does) turns the data writes into overwrites, which run in parallel. Through
+            // the page cache the hole costs nothing and the extra call would. A file system without
+            // ZERO_RANGE just skips this.
+            await PreallocateAsync(host, clusters << g.ClusterBits, cancellationToken).ConfigureAwait(false);
+        }
+
         if (zeroSource && knownZero || head == 0 && tail == 0)
         {
             await _image.File.WriteAsync(host + head, data, RequestFlags.None, cancellationToken).ConfigureAwait(false);
@@ -208,6 +218,17 @@ public sealed partial class Qcow2Driver
             {
                 _buffers.Return(tailBuffer);
             }
+        }
+    }
+
+    async ValueTask PreallocateAsync(long host, long length, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _image.File.WriteZeroesAsync(host, length, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
+        }
+        catch (BlockIOException e) when (e.Errno == BlockErrno.ENOTSUP)
+        {
         }
     }
 

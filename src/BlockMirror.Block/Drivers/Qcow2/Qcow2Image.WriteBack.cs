@@ -92,6 +92,15 @@ internal sealed partial class Qcow2Image
         }
 
         await WriteBackAsync(cancellationToken).ConfigureAwait(false);
+
+        // The file grew ahead of the allocations in steps; what lies past the last cluster ever used was never
+        // written and nothing points there.
+        var usedEnd = _untouchedFrom << Geometry.ClusterBits;
+        if (_grewFile && _file.Node.Length > usedEnd && usedEnd % _fileAlignment == 0)
+        {
+            await _file.TruncateAsync(usedEnd, cancellationToken).ConfigureAwait(false);
+        }
+
         await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
         if (_markedDirty)
         {

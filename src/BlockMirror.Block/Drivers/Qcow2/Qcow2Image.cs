@@ -25,8 +25,14 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 /// </remarks>
 internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 {
-    /// <summary>The file grows in steps of at least this much, so allocations do not each call ftruncate.</summary>
+    /// <summary>
+    /// The file grows in steps of at least this much, and of an eighth of its length, so that allocations do
+    /// not each call ftruncate (a sequential 1 GiB write spent a fifth of its time there with 1 MiB steps).
+    /// A clean close cuts the unused tail off again.
+    /// </summary>
     const long FileGrowthStep = 1 << 20;
+
+    const long MaxFileGrowthStep = 256L << 20;
 
     readonly NodeEdge _file;
     readonly byte[] _headerBlock;
@@ -53,6 +59,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     bool _l2NeedsRefcountsFirst;
     bool _refcountsNeedL2Durable;
     bool _markedDirty;
+
+    // This image made its file longer: the part past the last used cluster is cut off again at close.
+    bool _grewFile;
 
     Qcow2Image(NodeEdge file, Qcow2Header header, byte[] headerBlock, string name, bool writable, long l2CacheBytes, FileDiscardMode discard)
     {
@@ -228,7 +237,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             return;
         }
 
-        var step = Math.Max(Geometry.ClusterSize, FileGrowthStep);
+        _grewFile = true;
+        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(_file.Node.Length / 8, FileGrowthStep, MaxFileGrowthStep));
+        step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
         await _file.TruncateAsync((end + step - 1) / step * step, cancellationToken).ConfigureAwait(false);
     }
 
