@@ -148,18 +148,15 @@ public static class BlockdevFactory
 
         ChildPlan? backing = null;
         var mode = Qcow2BackingMode.FromHeader;
-        switch (options.OptionalRaw("backing"))
+        if (options.IsExplicitNull("backing"))
         {
-            case null:
-                break;
-            case { ValueKind: JsonValueKind.Null }:
-                mode = Qcow2BackingMode.None;
-                break;
-            default:
-                // A backing image is never written through its overlay: open it read-only.
-                backing = Child(graph, options, "backing", readOnly: true);
-                mode = Qcow2BackingMode.Node;
-                break;
+            mode = Qcow2BackingMode.None;
+        }
+        else if (options.OptionalRaw("backing") is not null)
+        {
+            // A backing image is never written through its overlay: open it read-only.
+            backing = Child(graph, options, "backing", readOnly: true);
+            mode = Qcow2BackingMode.Node;
         }
 
         var qcow2 = new Qcow2Options { L2CacheSize = l2Cache, Discard = discard, Backing = mode, BackingDirect = direct };

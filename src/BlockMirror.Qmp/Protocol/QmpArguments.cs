@@ -42,6 +42,17 @@ public sealed class QmpArguments
         return false;
     }
 
+    /// <summary>
+    /// The member is given as JSON <c>null</c> (QAPI's "OrNull" alternates, e.g. <c>"backing": null</c>), or,
+    /// on a key=value command line, as an empty value.
+    /// </summary>
+    public bool IsExplicitNull(string name)
+    {
+        _read.Add(name);
+        return _arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out var value) &&
+            (value.ValueKind == JsonValueKind.Null || (_keyval && value.ValueKind == JsonValueKind.String && value.GetString()!.Length == 0));
+    }
+
     /// <summary>How member names of this object are reported: empty at the top, <c>file.</c> inside <c>file</c>.</summary>
     public string Prefix => _prefix;
 
