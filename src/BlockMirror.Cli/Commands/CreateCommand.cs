@@ -207,7 +207,7 @@ static class CreateCommand
     static async Task<Qcow2CreateOptions> WithBackingAsync(Request request, Qcow2CreateOptions create, string backingFile, CancellationToken cancellationToken)
     {
         var path = Qcow2Driver.ResolveBackingPath(request.File, backingFile);
-        if (Path.GetFullPath(path) == Path.GetFullPath(request.File) || FileIdentity.AreSame(path, request.File) == true)
+        if (Path.GetFullPath(path) == Path.GetFullPath(request.File) || FileStatus.AreSame(path, request.File) == true)
         {
             throw new UsageException($"{request.File}: Error: Trying to create an image with the same filename as the backing file");
         }

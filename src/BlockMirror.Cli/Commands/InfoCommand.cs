@@ -4,7 +4,7 @@ using System.Text;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
-using BlockMirror.Cli.Interop;
+using BlockMirror.Block.Interop;
 using BlockMirror.Cli.Tools;
 
 namespace BlockMirror.Cli.Commands;
@@ -73,7 +73,7 @@ static class InfoCommand
     }
 
     static string Identity(string path) =>
-        Block.Interop.FileIdentity.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
+        Block.Interop.FileStatus.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
 
     static async Task<ImageReport> ReportAsync(string path, string? format, CancellationToken cancellationToken)
     {
@@ -86,7 +86,7 @@ static class InfoCommand
             path,
             node.Driver.DriverName,
             node.Length,
-            AllocatedSize.Of(path),
+            FileStatus.AllocatedBytes(path),
             header is not null && (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0,
             header,
             backing,

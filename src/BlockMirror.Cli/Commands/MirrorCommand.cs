@@ -92,7 +92,7 @@ static class MirrorCommand
     {
         // A file mirrored onto itself would be zeroed (the target does not read as zeroes) and lose its
         // data: compare the files, not only the paths, so links to the source are refused too.
-        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath) || FileIdentity.AreSame(sourcePath, targetPath) == true)
+        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath) || FileStatus.AreSame(sourcePath, targetPath) == true)
         {
             throw new UsageException("SOURCE and TARGET are the same file");
         }

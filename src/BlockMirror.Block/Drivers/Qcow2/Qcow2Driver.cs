@@ -243,7 +243,7 @@ public sealed partial class Qcow2Driver : IBlockDriver
 
     /// <summary>What makes two paths the same file for loop detection: device and inode, else the full path.</summary>
     static string Identity(string path) =>
-        Interop.FileIdentity.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
+        Interop.FileStatus.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
 
     public async ValueTask DisposeAsync()
     {
