@@ -25,6 +25,12 @@ public sealed partial class Qcow2Driver
                 {
                     slot = _image.HostInFlight.Register(run.HostOffset, run.HostOffset + run.Length);
                 }
+                else if (run.Kind == Qcow2ClusterKind.Compressed)
+                {
+                    // A write over this cluster may free the compressed bytes meanwhile: keep them from reuse.
+                    var (_, spanStart, spanLength) = _image.Geometry.DecodeCompressed(run.Entry);
+                    slot = _image.HostInFlight.Register(spanStart, spanStart + spanLength);
+                }
             }
             finally
             {
