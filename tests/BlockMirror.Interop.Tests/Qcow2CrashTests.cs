@@ -119,15 +119,22 @@ public sealed class Qcow2CrashTests : IDisposable
             reached.TrySetResult();
         });
 
-        await reached.Task.WaitAsync(TimeSpan.FromSeconds(60));
-        await Task.Delay(jitterMs);
-        if (process.HasExited)
+        try
         {
-            Assert.Fail($"the writer exited on its own: {await stderr}");
+            await reached.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            await Task.Delay(jitterMs);
+            if (process.HasExited)
+            {
+                Assert.Fail($"the writer exited on its own: {await stderr}");
+            }
+        }
+        finally
+        {
+            // Also when the test fails: a writer left running would go on writing for ever.
+            process.Kill();
+            await process.WaitForExitAsync();
         }
 
-        process.Kill();
-        await process.WaitForExitAsync();
         await reader;
         int lastDone = -1, lastFlush = -1;
         foreach (var line in lines)
