@@ -439,6 +439,29 @@ public sealed partial class Qcow2Driver
         await _image.File.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Writes another backing file name (and format) into the image header, or removes it. Only the header
+    /// changes: which node backs this one is the graph's business.
+    /// </summary>
+    public async ValueTask ChangeBackingFileAsync(string? name, string? format, CancellationToken cancellationToken = default)
+    {
+        if (!_image.Writable)
+        {
+            throw BlockIOException.Create(BlockErrno.EPERM, _image.Name, BlockOperation.Write, 0, 0, "the image is open read-only: its backing file name cannot change");
+        }
+
+        CheckWritable(BlockOperation.Write, 0, 0);
+        await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _image.ChangeBackingFileAsync(name, format, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
     /// <summary>Grows the image (the new part reads as zeroes, or from a longer backing file). Shrinking is refused.</summary>
     public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {

@@ -287,6 +287,34 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Names another backing file (and its format) in the header, or none (QEMU's bdrv_change_backing_file,
+    /// which block-commit and a mirror's pivot use). The header cluster is rewritten whole, as QEMU does;
+    /// extensions and fields this code does not know are kept as they were.
+    /// </summary>
+    public async ValueTask ChangeBackingFileAsync(string? name, string? format, CancellationToken cancellationToken)
+    {
+        var (oldName, oldFormat) = (Header.BackingFile, Header.BackingFormat);
+        Header.BackingFile = name;
+        Header.BackingFormat = name is null ? null : format;
+        byte[] block;
+        try
+        {
+            block = Header.Serialize();
+        }
+        catch (InvalidOperationException e)
+        {
+            Header.BackingFile = oldName;
+            Header.BackingFormat = oldFormat;
+            Header.Serialize();
+            throw BlockIOException.Create(BlockErrno.EINVAL, Name, BlockOperation.Write, 0, 0, $"the backing file name '{name}' does not fit: {e.Message}");
+        }
+
+        block.CopyTo(_headerBlock, 0);
+        await WriteHeaderAsync(0, _headerBlock.Length, cancellationToken).ConfigureAwait(false);
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Clears a dirty bit left by an earlier writer, after the refcounts were repaired.</summary>
     public ValueTask ClearDirtyBitAsync(CancellationToken cancellationToken) =>
         SetIncompatibleFeaturesAsync(Header.IncompatibleFeatures & ~Qcow2Header.IncompatibleDirty, cancellationToken);
