@@ -54,16 +54,16 @@ public sealed class RawDriver : IBlockDriver
 
             var alignment = file.Limits.RequestAlignment;
             var windowEnd = options.Size is { } windowSize ? options.Offset + windowSize : fileLength;
+            if (options.Offset % alignment != 0 || (options.Size ?? 0) % alignment != 0)
+            {
+                throw new BlockOpenException($"raw: offset and size must be multiples of the file's request alignment ({alignment} bytes)");
+            }
+
             if (!readOnly && windowEnd % alignment != 0)
             {
                 // Its last, partial block could not be written with O_DIRECT.
                 throw new BlockOpenException(
                     $"Could not open '{file.Driver.FileName ?? file.Name}' with cache.direct=on for writing: its size ({windowEnd} bytes) is not a multiple of {alignment}");
-            }
-
-            if (options.Offset % alignment != 0 || (options.Size ?? 0) % alignment != 0)
-            {
-                throw new BlockOpenException($"raw: offset and size must be multiples of the file's request alignment ({alignment} bytes)");
             }
 
             var edge = node.AttachChild(ChildNames.File, file);
