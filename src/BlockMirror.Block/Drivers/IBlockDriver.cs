@@ -36,6 +36,13 @@ public interface IBlockDriver : IAsyncDisposable
     /// <summary>The file name this node stands for (QEMU's bs->filename), for query commands and messages.</summary>
     string? FileName => null;
 
+    /// <summary>
+    /// The backing file the image's own metadata names, whether or not a backing node is attached (a format
+    /// such as qcow2; null for everything else). A mirror whose target names one it has not opened copies
+    /// whole target clusters, so that nothing the target would read from its backing goes stale.
+    /// </summary>
+    string? BackingFileName => null;
+
     /// <summary>Fills <paramref name="buffer"/> with the bytes at <paramref name="offset"/>.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken);
 

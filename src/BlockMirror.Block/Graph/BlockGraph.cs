@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Graph;
 
@@ -342,6 +343,68 @@ public sealed class BlockGraph : IAsyncDisposable
         }
 
         return result;
+    }
+
+    /// <summary>
+    /// Switches a node, and the protocol node under it (its <c>file</c> children, recursively), between
+    /// read-only and read-write without closing them (QEMU's bdrv_reopen_set_read_only), inside a drained
+    /// section. Going read-write the file goes first, so the format can write into it; going read-only the
+    /// format goes first, so it can write its metadata back before the file stops taking writes. A driver
+    /// that cannot do it refuses with ENOTSUP, and nodes already switched are switched back.
+    /// </summary>
+    public async ValueTask ReopenAsync(BlockNode node, bool readOnly, CancellationToken cancellationToken = default)
+    {
+        List<BlockNode> stack = [];
+        for (var n = node; n is not null; n = n.File?.Node)
+        {
+            stack.Add(n);
+        }
+
+        if (!readOnly)
+        {
+            stack.Reverse();
+        }
+
+        using var section = await DrainAsync(node, cancellationToken).ConfigureAwait(false);
+        List<BlockNode> changed = [];
+        try
+        {
+            foreach (var member in stack)
+            {
+                if (member.ReadOnly == readOnly)
+                {
+                    continue;
+                }
+
+                if (member.Driver is not IReopenableDriver reopenable)
+                {
+                    throw BlockIOException.Create(BlockErrno.ENOTSUP, member.Name, BlockOperation.Write, 0, 0,
+                        $"driver '{member.Driver.DriverName}' cannot be reopened {(readOnly ? "read-only" : "read-write")}");
+                }
+
+                await reopenable.ReopenAsync(readOnly, cancellationToken).ConfigureAwait(false);
+                member.ReadOnly = readOnly;
+                changed.Add(member);
+            }
+        }
+        catch
+        {
+            changed.Reverse();
+            foreach (var member in changed)
+            {
+                try
+                {
+                    await ((IReopenableDriver)member.Driver).ReopenAsync(!readOnly, CancellationToken.None).ConfigureAwait(false);
+                    member.ReadOnly = !readOnly;
+                }
+                catch (IOException)
+                {
+                    // Leave it as it is now: its flag says so.
+                }
+            }
+
+            throw;
+        }
     }
 
     /// <summary>

@@ -53,8 +53,15 @@ public sealed class BlockNode : IEdgeParent
     /// <summary>The name was generated: the node was created implicitly for a parent and goes away with it.</summary>
     public bool IsAutoNamed { get; }
 
-    /// <summary>Data-changing requests are refused with EPERM.</summary>
-    public bool ReadOnly { get; }
+    /// <summary>Data-changing requests are refused with EPERM. Changes only through <see cref="BlockGraph.ReopenAsync"/>.</summary>
+    public bool ReadOnly { get; internal set; }
+
+    /// <summary>
+    /// Read-only only because nothing needed to write it (a backing file opened from a header, or QEMU's
+    /// <c>auto-read-only</c>): a job that must write it (a commit into it) may reopen it read-write. A node
+    /// the user asked to be read-only stays so.
+    /// </summary>
+    public bool AutoReadOnly { get; set; }
 
     public IBlockDriver Driver => _driver ?? throw new InvalidOperationException($"node '{Name}' has no driver yet");
 

@@ -20,7 +20,7 @@ public sealed record MemoryDriverOptions(long Size, bool ZeroInit = true);
 /// Pages are swapped with compare-and-exchange, so concurrent writes to different parts of one page
 /// never lose each other. Overlapping concurrent requests get no ordering, as on a real disk.
 /// </remarks>
-public sealed class MemoryDriver : IBlockDriver
+public sealed class MemoryDriver : IBlockDriver, IReopenableDriver
 {
     public const string Name = "memory";
     public const byte GarbageByte = 0xA5;
@@ -241,4 +241,7 @@ public sealed class MemoryDriver : IBlockDriver
     }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    /// <summary>Nothing to change: the node's flag is all there is.</summary>
+    public ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

@@ -16,7 +16,7 @@ public sealed record NullDriverOptions(long Size = NullDriverOptions.DefaultSize
 /// <c>null-co</c>: a device of a given size that discards writes and reads nothing (or zeroes). For
 /// benchmarks, where it removes the storage from the measurement.
 /// </summary>
-public sealed class NullDriver : IBlockDriver
+public sealed class NullDriver : IBlockDriver, IReopenableDriver
 {
     public const string Name = "null-co";
 
@@ -84,4 +84,7 @@ public sealed class NullDriver : IBlockDriver
         throw new System.Diagnostics.UnreachableException("the node refuses truncate: CanTruncate is false");
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    /// <summary>Nothing to change: the node's flag is all there is.</summary>
+    public ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

@@ -331,7 +331,7 @@ public sealed partial class Qcow2Driver
     {
         if (whole)
         {
-            return _image.Header.Version >= 3 || Backing is null;
+            return _image.Header.Version >= 3 || !HasBackingFile;
         }
 
         Qcow2Mapping run;
@@ -347,14 +347,15 @@ public sealed partial class Qcow2Driver
 
         var backing = Backing;
         var readsZero = run.Kind == Qcow2ClusterKind.Zero ||
-            (run.Kind == Qcow2ClusterKind.Unallocated && (backing is null || offset >= backing.Node.Length));
+            (run.Kind == Qcow2ClusterKind.Unallocated && !HasBackingFile) ||
+            (run.Kind == Qcow2ClusterKind.Unallocated && backing is not null && offset >= backing.Node.Length);
         return readsZero && run.Length >= length;
     }
 
     async ValueTask ZeroClustersAsync(long offset, long count, RequestFlags flags, CancellationToken cancellationToken)
     {
         var g = _image.Geometry;
-        var hasBacking = Backing is not null;
+        var hasBacking = HasBackingFile;
         if (_image.Header.Version < 3 && hasBacking)
         {
             // No zero flag in version 2: only writing zeroes hides the backing file.
@@ -416,7 +417,7 @@ public sealed partial class Qcow2Driver
         {
             var pieceEnd = Math.Min(stop, (g.L1Index(start) + 1) * g.L2Span);
             await UpdateClustersAsync(BlockOperation.Discard, start, (pieceEnd - start) >> g.ClusterBits, Qcow2Image.ClusterUpdate.Discard,
-                Backing is not null, cancellationToken).ConfigureAwait(false);
+                HasBackingFile, cancellationToken).ConfigureAwait(false);
             start = pieceEnd;
         }
     }

@@ -20,7 +20,7 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 /// reusing a cluster a late request is still using.</para>
 /// <para>The file grows as clusters are allocated; writes past its end never reach the file node.</para>
 /// </remarks>
-public sealed partial class Qcow2Driver : IBlockDriver
+public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
 {
     public const string Name = "qcow2";
 
@@ -72,7 +72,7 @@ public sealed partial class Qcow2Driver : IBlockDriver
 
     public DriverKind Kind => DriverKind.Format;
 
-    public DriverCapabilities Capabilities => Backing is null ? _withoutBacking : _withBacking;
+    public DriverCapabilities Capabilities => HasBackingFile ? _withBacking : _withoutBacking;
 
     public BlockLimits Limits { get; }
 
@@ -87,6 +87,16 @@ public sealed partial class Qcow2Driver : IBlockDriver
     public IReadOnlyList<string> Warnings { get; }
 
     NodeEdge? Backing => _node.GetChild(ChildNames.Backing);
+
+    /// <summary>
+    /// A backing file is open, or the header names one that is not open (yet): a mirror target gets its
+    /// backing only at the switch-over. Either way an unallocated cluster is not known to read as zeroes,
+    /// so zeroing and discarding must mark clusters zero instead of leaving them unallocated.
+    /// </summary>
+    bool HasBackingFile => Backing is not null || _image.Header.BackingFile is not null;
+
+    /// <summary>The backing file the header names (whether or not it is open).</summary>
+    public string? BackingFileName => _image.Header.BackingFile;
 
     /// <summary>
     /// Opens a qcow2 node over <paramref name="file"/>: checks the header and every table pointer before
@@ -233,6 +243,9 @@ public sealed partial class Qcow2Driver : IBlockDriver
             throw new BlockOpenException($"Could not open backing file '{backingName}' of '{image.Name}': {e.Message}", e.Errno, e);
         }
 
+        // Read-only because nothing writes a backing file, not because the user said so: a commit into it
+        // may reopen it read-write.
+        backing.AutoReadOnly = true;
         node.AttachChild(ChildNames.Backing, backing);
         return backing;
     }
@@ -244,6 +257,19 @@ public sealed partial class Qcow2Driver : IBlockDriver
     /// <summary>What makes two paths the same file for loop detection: device and inode, else the full path.</summary>
     static string Identity(string path) =>
         Interop.FileStatus.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
+
+    public async ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken)
+    {
+        await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _image.ReopenAsync(readOnly, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {

@@ -88,7 +88,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     /// <summary>The image file's name, for messages.</summary>
     public string Name { get; }
 
-    public bool Writable { get; }
+    public bool Writable { get; private set; }
 
     /// <summary>Lazy refcounts: no flushes between metadata writes; the dirty bit covers the gap.</summary>
     public bool Lazy { get; }
@@ -313,6 +313,35 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         block.CopyTo(_headerBlock, 0);
         await WriteHeaderAsync(0, _headerBlock.Length, cancellationToken).ConfigureAwait(false);
         await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Switches between read-only and read-write (the file under it is read-write throughout). Going
+    /// read-only writes everything back first; going read-write refuses an image marked corrupt or left
+    /// dirty by another writer, which only a fresh open (that repairs it) may write.
+    /// </summary>
+    public async ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken)
+    {
+        if (readOnly)
+        {
+            await CloseAsync(cancellationToken).ConfigureAwait(false);
+            Writable = false;
+            return;
+        }
+
+        if (Corrupt)
+        {
+            throw CorruptRefusal(BlockOperation.Write, 0, 0);
+        }
+
+        if ((Header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.EBUSY, Name, BlockOperation.Write, 0, 0,
+                "the image was left dirty by another writer: open it read-write afresh, which repairs its refcounts");
+        }
+
+        Writable = true;
+        await ClearAutoclearFeaturesAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Clears a dirty bit left by an earlier writer, after the refcounts were repaired.</summary>

@@ -12,7 +12,7 @@ public sealed record RawDriverOptions(long Offset = 0, long? Size = null);
 /// The <c>raw</c> format: the image is the bytes of its <c>file</c> child, optionally a window of them.
 /// Requests pass through with the offset added; block status is the file's.
 /// </summary>
-public sealed class RawDriver : IBlockDriver
+public sealed class RawDriver : IBlockDriver, IReopenableDriver
 {
     public const string Name = "raw";
 
@@ -114,6 +114,19 @@ public sealed class RawDriver : IBlockDriver
 
     public ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
         _file.TruncateAsync(length, cancellationToken);
+
+    /// <summary>The raw format keeps no state of its own; going read-write, its window must still suit the file.</summary>
+    public ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken)
+    {
+        var alignment = _file.Node.Limits.RequestAlignment;
+        if (!readOnly && (_offset + Length) % alignment != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.EINVAL, _file.Node.Name, BlockOperation.Write, 0, 0,
+                $"with cache.direct=on the image's end ({_offset + Length} bytes) must be a multiple of {alignment} to be written");
+        }
+
+        return ValueTask.CompletedTask;
+    }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }
