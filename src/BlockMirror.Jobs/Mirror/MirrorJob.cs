@@ -42,6 +42,11 @@ public sealed class MirrorJob : BlockJob
     readonly NodeEdge _target;
     readonly BlockNode? _base;
     readonly MirrorOptions _options;
+    readonly IReadOnlyList<BlockNode> _usedNodes;
+
+    // Active commit: the target is the base of the source's own chain, reopened read-write for the job
+    // (and read-only again if the job does not complete).
+    readonly bool _reopenedTarget;
     readonly long _granularity;
     readonly long _bufSize;
     readonly long _maxIo;
@@ -58,6 +63,10 @@ public sealed class MirrorJob : BlockJob
     Exception? _ioFailure;
     TaskCompletionSource? _ioWaiter;
 
+    // Clusters of a target that names a backing file it has not opened yet, copied whole at their first
+    // copy so that none of them keeps bytes it would otherwise read from that backing (QEMU's cow_bitmap).
+    // One bit per chunk; under _opLock.
+
     // Copy loop only.
     long _length;
     long _cursor;
@@ -69,6 +78,7 @@ public sealed class MirrorJob : BlockJob
     IDisposable? _sourceResizeBlock;
     IDisposable? _targetResizeBlock;
 
+    BlockNode? _replaces;
     volatile bool _shouldComplete;
     DrainedSection? _drain;
     long _drainStarted;
@@ -76,9 +86,11 @@ public sealed class MirrorJob : BlockJob
     bool _exited;
 
     MirrorJob(JobManager manager, BlockGraph graph, BlockNode source, BlockNode mirrorTop, NodeEdge target, BlockNode? @base,
-        MirrorOptions options, long granularity, long bufSize, DirtyBitmap dirty)
-        : base(manager, options.JobId, JobType.Mirror, options.AutoFinalize, options.AutoDismiss, options.Speed)
+        MirrorOptions options, long granularity, long bufSize, DirtyBitmap dirty, JobType type, IReadOnlyList<BlockNode> usedNodes, bool reopenedTarget)
+        : base(manager, options.JobId, type, options.AutoFinalize, options.AutoDismiss, options.Speed)
     {
+        _usedNodes = usedNodes;
+        _reopenedTarget = reopenedTarget;
         _graph = graph;
         _source = source;
         _mirrorTop = mirrorTop;
@@ -123,7 +135,7 @@ public sealed class MirrorJob : BlockJob
     /// Validates the options, inserts the mirror-top filter above <paramref name="source"/>, starts tracking
     /// writes, and starts the job. Any refusal leaves the graph as it was.
     /// </summary>
-    public static async Task<MirrorJob> StartAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+    public static Task<MirrorJob> StartAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
         MirrorOptions options, CancellationToken cancellationToken = default)
     {
         if (ReferenceEquals(source, target))
@@ -131,6 +143,64 @@ public sealed class MirrorJob : BlockJob
             throw new JobException("Can't mirror node into itself");
         }
 
+        if (source.Length != target.Length)
+        {
+            throw new JobException($"Source and target image have different sizes (source '{source.Name}' {source.Length} bytes, target '{target.Name}' {target.Length} bytes)");
+        }
+
+        if (options.Sync == MirrorSyncMode.Top && source.Backing is null)
+        {
+            // Without a backing node "top" is "full": everything is above the (absent) base.
+            options = options with { Sync = MirrorSyncMode.Full };
+        }
+
+        var @base = options.Sync == MirrorSyncMode.Top ? source.Backing : null;
+        return StartCoreAsync(manager, graph, source, target, options, JobType.Mirror, @base, [source, target], reopenedTarget: false, cancellationToken);
+    }
+
+    /// <summary>
+    /// Active commit (QEMU's commit_active_start): <paramref name="top"/> is the active layer, and what the
+    /// layers above <paramref name="base"/> hold is mirrored down into it; completion puts the base in the
+    /// top's place, so the layers in between drop out of the chain. The base is reopened read-write if it
+    /// was read-only only for being a backing file, and grown to the top's size if it is smaller.
+    /// </summary>
+    public static async Task<MirrorJob> StartActiveCommitAsync(JobManager manager, BlockGraph graph, BlockNode top, BlockNode @base,
+        MirrorOptions options, CancellationToken cancellationToken = default)
+    {
+        var chain = Commit.CommitJob.CheckChain(top, @base);
+        if (options.Speed < 0)
+        {
+            throw new JobException("Invalid parameter 'speed'");
+        }
+
+        manager.ValidateNewId(options.JobId);
+        manager.CheckNodesFree(options.JobId, [.. chain]);
+        var reopened = await Commit.CommitJob.MakeWritableAsync(graph, @base, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (@base.Length < top.Length)
+            {
+                await @base.TruncateAsync(top.Length, cancellationToken).ConfigureAwait(false);
+            }
+
+            return await StartCoreAsync(manager, graph, top, @base, options with { Sync = MirrorSyncMode.Top, BackingMode = MirrorBackingMode.LeaveBackingChain },
+                JobType.Commit, @base, chain, reopened, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (reopened)
+            {
+                await graph.ReopenAsync(@base, readOnly: true, CancellationToken.None).ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>What a mirror and an active commit share: option checks, the start gate, the graph change.</summary>
+    static async Task<MirrorJob> StartCoreAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes, bool reopenedTarget, CancellationToken cancellationToken)
+    {
         if (options.Granularity != 0 && DirtyBitmap.ValidateGranularity(options.Granularity) is not null)
         {
             throw new JobException(options.Granularity < DirtyBitmap.MinGranularity || options.Granularity > DirtyBitmap.MaxGranularity
@@ -153,17 +223,7 @@ public sealed class MirrorJob : BlockJob
             throw new JobException($"Target node '{target.Name}' is read-only");
         }
 
-        if (source.Length != target.Length)
-        {
-            throw new JobException($"Source and target image have different sizes (source '{source.Name}' {source.Length} bytes, target '{target.Name}' {target.Length} bytes)");
-        }
-
-        if (options.Sync == MirrorSyncMode.Top && source.Backing is null)
-        {
-            // Without a backing node "top" is "full": everything is above the (absent) base.
-            options = options with { Sync = MirrorSyncMode.Full };
-        }
-
+        var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, target, replacesName) : null;
         var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
         var bufSize = options.BufSize != 0 ? options.BufSize : MirrorOptions.DefaultBufSize;
         // Only a buf-size the user gave is refused; the default (16 MiB) is rounded up below when the
@@ -185,7 +245,7 @@ public sealed class MirrorJob : BlockJob
         await manager.StartGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, cancellationToken).ConfigureAwait(false);
+            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget, replaces, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -193,18 +253,17 @@ public sealed class MirrorJob : BlockJob
         }
     }
 
-    /// <summary>The part of <see cref="StartAsync"/> that runs under the job manager's start gate.</summary>
+    /// <summary>The part of <see cref="StartCoreAsync"/> that runs under the job manager's start gate.</summary>
     static async Task<MirrorJob> StartGatedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
-        MirrorOptions options, long granularity, long bufSize, CancellationToken cancellationToken)
+        MirrorOptions options, long granularity, long bufSize, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes,
+        bool reopenedTarget, BlockNode? replaces, CancellationToken cancellationToken)
     {
         manager.ValidateNewId(options.JobId);
-        manager.CheckNodesFree(options.JobId, source, target);
+        manager.CheckNodesFree(options.JobId, [.. usedNodes]);
         if (options.FilterNodeName is { } filterName && BlockGraph.ValidateNodeName(filterName) is { } problem)
         {
             throw new JobException(problem);
         }
-
-        var @base = options.Sync == MirrorSyncMode.Top ? source.Backing : null;
 
         // Insert the filter while the source is drained, so no request slips between the old and the
         // new parents; start tracking writes before the section ends, so none is missed.
@@ -228,10 +287,11 @@ public sealed class MirrorJob : BlockJob
             targetEdge = graph.AttachRoot(target, parent, "target");
         }
 
-        var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty)
+        var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty, type, usedNodes, reopenedTarget)
         {
             _sourceResizeBlock = sourceResize,
             _targetResizeBlock = targetResize,
+            _replaces = replaces,
         };
         manager.Register(job);
         job.Start();
@@ -245,7 +305,31 @@ public sealed class MirrorJob : BlockJob
         return cluster == 0 ? 64 * 1024 : Math.Clamp(cluster, 4096, 64 * 1024);
     }
 
-    internal override IEnumerable<BlockNode> UsedNodes => [_source, _target.Node];
+    /// <summary>
+    /// The node a <c>replaces</c> names, checked as QEMU's check_to_replace_node does: it exists, has the
+    /// target's size, and reaches the source through filters only (so that putting the target in its
+    /// place changes no data its users see).
+    /// </summary>
+    static BlockNode CheckReplaces(BlockGraph graph, BlockNode source, BlockNode target, string name)
+    {
+        var node = graph.FindNode(name) ?? throw new JobException($"Failed to find node with node-name='{name}'");
+        for (var n = node; n is not null; n = n.FilteredChild?.Node)
+        {
+            if (ReferenceEquals(n, source))
+            {
+                if (node.Length != target.Length)
+                {
+                    throw new JobException("cannot replace image with a mirror image of different size");
+                }
+
+                return node;
+            }
+        }
+
+        throw new JobException($"Cannot replace '{name}' by a node mirrored from '{source.Name}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data");
+    }
+
+    internal override IEnumerable<BlockNode> UsedNodes => _usedNodes;
 
     protected override bool SupportsComplete => true;
 

@@ -39,6 +39,12 @@ public sealed record MirrorOptions
     /// <summary><c>filter-node-name</c>: the name of the mirror-top node; generated when null.</summary>
     public string? FilterNodeName { get; init; }
 
+    /// <summary><c>replaces</c>: the node the target takes the place of at completion (the source, or a filter above it); null: the source.</summary>
+    public string? Replaces { get; init; }
+
+    /// <summary>What happens to the target's backing at completion (drive-mirror's modes; blockdev-mirror leaves it).</summary>
+    public MirrorBackingMode BackingMode { get; init; } = MirrorBackingMode.LeaveBackingChain;
+
     /// <summary><c>copy-mode</c>.</summary>
     public MirrorCopyMode CopyMode { get; init; } = MirrorCopyMode.Background;
 }

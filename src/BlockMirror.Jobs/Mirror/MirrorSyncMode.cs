@@ -13,6 +13,19 @@ public enum MirrorSyncMode
     None,
 }
 
+/// <summary>What a mirror does with the target's backing file at completion (QEMU's BlockMirrorBackingMode).</summary>
+public enum MirrorBackingMode
+{
+    /// <summary>Nothing: the target's backing is whatever its user set (blockdev-mirror).</summary>
+    LeaveBackingChain,
+
+    /// <summary>The target is backed by the source's base (sync top) or by the source (sync none): drive-mirror of a new image.</summary>
+    SourceBackingChain,
+
+    /// <summary>The target opens the backing file its header names: drive-mirror onto an existing image.</summary>
+    OpenBackingChain,
+}
+
 /// <summary>How guest writes reach the target (QMP's MirrorCopyMode).</summary>
 public enum MirrorCopyMode
 {
