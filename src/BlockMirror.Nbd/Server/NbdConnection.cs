@@ -39,8 +39,10 @@ sealed class NbdConnection : IAsyncDisposable
     {
         _stream = stream;
         _server = server;
-        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 << 10, minimumReadSize: 64 << 10));
-        Writer = PipeWriter.Create(stream);
+        // Both leave the stream open: DisposeAsync closes it last. (Completing a reader that owned the stream
+        // closed it under the writer, whose completion then failed writing out a reply it still held.)
+        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 << 10, minimumReadSize: 64 << 10, leaveOpen: true));
+        Writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true));
     }
 
     internal PipeReader Reader { get; }
@@ -439,7 +441,15 @@ sealed class NbdConnection : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await Reader.CompleteAsync().ConfigureAwait(false);
-        await Writer.CompleteAsync().ConfigureAwait(false);
+        try
+        {
+            // Writes out whatever the writer still holds; the client may be gone already.
+            await Writer.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+        {
+        }
+
         await _stream.DisposeAsync().ConfigureAwait(false);
     }
 }
