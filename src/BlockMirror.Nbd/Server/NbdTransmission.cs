@@ -57,6 +57,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     bool _sending;
     bool _broken;
 
+    // Replies of the batch being sent whose buffers and slots are back already.
+    int _released;
+
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         try
@@ -461,6 +464,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 }
             }
 
+            _released = 0;
             try
             {
                 if (!_broken)
@@ -474,28 +478,15 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 _broken = true;
             }
 
-            for (var i = 0; i < count; i++)
-            {
-                ref var reply = ref _sendingReplies[i];
-                if (reply.Data is not null)
-                {
-                    _buffers.Return(reply.Data);
-                }
-
-                if (reply.Body is not null)
-                {
-                    ArrayPool<byte>.Shared.Return(reply.Body);
-                }
-
-                reply = default;
-
-                // Only now: the connection closes once every slot is back, and so after every reply is out.
-                _slots.Release();
-            }
+            ReleaseUpTo(count);
         }
     }
 
-    /// <summary>Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into one buffer, large data from its own.</summary>
+    /// <summary>
+    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into one buffer, large
+    /// data from its own. Each reply is released as soon as its last byte is sent, not at the end of the
+    /// batch: its slot lets the request loop start the next request while the rest are still being sent.
+    /// </summary>
     async ValueTask WriteRepliesAsync(int count)
     {
         var used = 0;
@@ -508,6 +499,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             {
                 await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
                 used = 0;
+                ReleaseUpTo(i);
             }
 
             ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_batch.AsSpan(used));
@@ -527,13 +519,39 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             {
                 await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
                 used = 0;
+                ReleaseUpTo(i);
                 await _stream.WriteAsync(body).ConfigureAwait(false);
+                ReleaseUpTo(i + 1);
             }
         }
 
         if (used > 0)
         {
             await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Gives back the buffers and request slots of <c>_sendingReplies[_released..end)</c>.</summary>
+    void ReleaseUpTo(int end)
+    {
+        for (; _released < end; _released++)
+        {
+            ref var reply = ref _sendingReplies[_released];
+            if (reply.Data is not null)
+            {
+                _buffers.Return(reply.Data);
+            }
+
+            if (reply.Body is not null)
+            {
+                ArrayPool<byte>.Shared.Return(reply.Body);
+            }
+
+            reply = default;
+
+            // Only once its reply is out (or the client is gone): the connection closes when every slot
+            // is back, and so after every reply has been sent.
+            _slots.Release();
         }
     }
 
