@@ -94,8 +94,14 @@ static class ServeCommand
             return await DaemonizeAsync(tokens, cancellationToken);
         }
 
-        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup).
+        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup), and the NBD
+        // request path before the first client connects (see NbdWarmup).
         await BlockMirror.Jobs.Mirror.MirrorWarmup.RunAsync(cancellationToken);
+        if (settings.Any(s => s.Option == "--nbd-server"))
+        {
+            await BlockMirror.Nbd.Server.NbdWarmup.RunAsync(cancellationToken);
+        }
+
         await using var daemon = new StorageDaemon();
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
         daemon.EventRaised += monitors.Broadcast;
