@@ -15,7 +15,9 @@ static class Program
         // starts with one thread per core and adds more only after it sees them blocked for a while, so
         // 16 requests in flight ran on about 2 threads: the disk's queue stayed nearly empty (random 4 KiB
         // writes took 1.75x qemu-img bench's time). Let the pool grow to QEMU's 64 I/O workers at once;
-        // threads are still created only when there is work queued for them.
+        // threads are still created only when there is work queued for them. (File reads, writes and
+        // flushes have since moved to the file driver's own threads, FileIoThreads; the minimum stays for
+        // the blocking calls that still run on pool threads: fallocate, lseek, opening images.)
         ThreadPool.GetMinThreads(out var workers, out var completionPorts);
         ThreadPool.SetMinThreads(Math.Max(workers, IoThreads), completionPorts);
         var root = new RootCommand("BlockMirror: live disk-image mirroring (qemu-storage-daemon compatible)");

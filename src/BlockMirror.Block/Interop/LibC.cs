@@ -5,7 +5,7 @@ namespace BlockMirror.Block.Interop;
 
 /// <summary>
 /// The few Linux system calls the BCL does not expose: open(2) with O_DIRECT, lseek(2) with
-/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2). Constants are Linux's.
+/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2), futex(2). Constants are Linux's.
 /// </summary>
 static partial class LibC
 {
@@ -43,6 +43,33 @@ static partial class LibC
 
     [LibraryImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
     public static partial int FTruncate(SafeFileHandle fd, long length);
+
+    public const int EAGAIN = 11;
+    public const int EINTR = 4;
+    public const int ETIMEDOUT = 110;
+
+    public const int FUTEX_WAIT_PRIVATE = 128;
+    public const int FUTEX_WAKE_PRIVATE = 129;
+
+    /// <summary>The futex system call's number differs between architectures.</summary>
+    public static long SYS_futex => RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.X64 => 202,
+        Architecture.Arm64 => 98,
+        _ => 240,
+    };
+
+    /// <summary>A relative timeout for futex(2).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    /// <summary>futex(2) through syscall(2): glibc has no wrapper.</summary>
+    [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
+    public static unsafe partial long Futex(long number, int* address, int operation, int value, Timespec* timeout, int* address2, int value3);
 
     [LibraryImport("libc", EntryPoint = "strerror")]
     private static partial nint StrError(int errnum);

@@ -20,6 +20,9 @@ static class ServeCommand
     /// <summary>Set in the child of <c>--daemonize</c>: it reports "ready" on stdout once it serves.</summary>
     const string DaemonChildVariable = "BLOCKMIRROR_DAEMON_CHILD";
 
+    /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
+    const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
     static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--pidfile", "--daemonize"];
 
     public static Command Create()
@@ -75,14 +78,30 @@ static class ServeCommand
 
     static async Task<int> RunAsync(IReadOnlyList<string> tokens, CancellationToken cancellationToken)
     {
+        // By default .NET hands every socket completion from its epoll thread to the thread pool, so an NBD
+        // request woke two threads before its I/O was even submitted (epoll thread, then a pool worker).
+        // Run completions on the epoll thread instead, as QEMU's main loop does: the NBD request loop only
+        // parses and submits there (blocking requests go to the pool), and sends on the thread whose I/O
+        // finished. Set before any socket exists; a value the user set is kept.
+        if (Environment.GetEnvironmentVariable(InlineCompletionsVariable) is null)
+        {
+            Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
+        }
+
         var settings = ReadSettings(tokens);
         if (settings.Any(s => s.Option == "--daemonize") && Environment.GetEnvironmentVariable(DaemonChildVariable) is null)
         {
             return await DaemonizeAsync(tokens, cancellationToken);
         }
 
-        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup).
+        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup), and the NBD
+        // request path before the first client connects (see NbdWarmup).
         await BlockMirror.Jobs.Mirror.MirrorWarmup.RunAsync(cancellationToken);
+        if (settings.Any(s => s.Option == "--nbd-server"))
+        {
+            await BlockMirror.Nbd.Server.NbdWarmup.RunAsync(cancellationToken);
+        }
+
         await using var daemon = new StorageDaemon();
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
         daemon.EventRaised += monitors.Broadcast;

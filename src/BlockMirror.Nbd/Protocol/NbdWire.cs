@@ -111,25 +111,31 @@ public static class NbdWire
     }
 
     /// <summary>Writes a simple reply header; on a successful read the data follows.</summary>
-    public static void WriteSimpleReply(IBufferWriter<byte> writer, NbdError error, ulong cookie)
+    public static void WriteSimpleReply(IBufferWriter<byte> writer, NbdError error, ulong cookie) =>
+        writer.Advance(WriteSimpleReply(writer.GetSpan(SimpleReplySize), error, cookie));
+
+    /// <summary>Writes a simple reply header at the start of <paramref name="destination"/>; returns its size.</summary>
+    public static int WriteSimpleReply(Span<byte> destination, NbdError error, ulong cookie)
     {
-        var span = writer.GetSpan(SimpleReplySize);
-        BinaryPrimitives.WriteUInt32BigEndian(span, NbdMagic.SimpleReply);
-        BinaryPrimitives.WriteUInt32BigEndian(span[4..], (uint)error);
-        BinaryPrimitives.WriteUInt64BigEndian(span[8..], cookie);
-        writer.Advance(SimpleReplySize);
+        BinaryPrimitives.WriteUInt32BigEndian(destination, NbdMagic.SimpleReply);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[4..], (uint)error);
+        BinaryPrimitives.WriteUInt64BigEndian(destination[8..], cookie);
+        return SimpleReplySize;
     }
 
     /// <summary>Writes a structured reply chunk header; <paramref name="length"/> bytes of payload must follow.</summary>
-    public static void WriteChunkHeader(IBufferWriter<byte> writer, NbdChunkFlags flags, NbdChunkType type, ulong cookie, uint length)
+    public static void WriteChunkHeader(IBufferWriter<byte> writer, NbdChunkFlags flags, NbdChunkType type, ulong cookie, uint length) =>
+        writer.Advance(WriteChunkHeader(writer.GetSpan(ChunkHeaderSize), flags, type, cookie, length));
+
+    /// <summary>Writes a structured reply chunk header at the start of <paramref name="destination"/>; returns its size.</summary>
+    public static int WriteChunkHeader(Span<byte> destination, NbdChunkFlags flags, NbdChunkType type, ulong cookie, uint length)
     {
-        var span = writer.GetSpan(ChunkHeaderSize);
-        BinaryPrimitives.WriteUInt32BigEndian(span, NbdMagic.StructuredReply);
-        BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)flags);
-        BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)type);
-        BinaryPrimitives.WriteUInt64BigEndian(span[8..], cookie);
-        BinaryPrimitives.WriteUInt32BigEndian(span[16..], length);
-        writer.Advance(ChunkHeaderSize);
+        BinaryPrimitives.WriteUInt32BigEndian(destination, NbdMagic.StructuredReply);
+        BinaryPrimitives.WriteUInt16BigEndian(destination[4..], (ushort)flags);
+        BinaryPrimitives.WriteUInt16BigEndian(destination[6..], (ushort)type);
+        BinaryPrimitives.WriteUInt64BigEndian(destination[8..], cookie);
+        BinaryPrimitives.WriteUInt32BigEndian(destination[16..], length);
+        return ChunkHeaderSize;
     }
 
     public static void WriteUInt16(IBufferWriter<byte> writer, ushort value)

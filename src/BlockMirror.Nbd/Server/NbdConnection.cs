@@ -39,13 +39,17 @@ sealed class NbdConnection : IAsyncDisposable
     {
         _stream = stream;
         _server = server;
-        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 << 10, minimumReadSize: 64 << 10));
-        Writer = PipeWriter.Create(stream);
+        // Both leave the stream open: DisposeAsync closes it last. (Completing a reader that owned the stream
+        // closed it under the writer, whose completion then failed writing out a reply it still held.)
+        // Small reads: in the transmission phase a header read brings along at most this much of a write
+        // payload (copied out of the pipe); the rest of the payload is read straight into its buffer.
+        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 << 10, minimumReadSize: 4 << 10, leaveOpen: true));
+        Writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true));
     }
 
     internal PipeReader Reader { get; }
 
-    /// <summary>The socket stream under <see cref="Writer"/>: read data goes straight to it, once the writer is flushed.</summary>
+    /// <summary>The socket stream under <see cref="Reader"/> and <see cref="Writer"/>: the transmission phase reads write payloads from it and sends replies to it directly.</summary>
     internal Stream Stream => _stream;
 
     internal PipeWriter Writer { get; }
@@ -439,7 +443,15 @@ sealed class NbdConnection : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await Reader.CompleteAsync().ConfigureAwait(false);
-        await Writer.CompleteAsync().ConfigureAwait(false);
+        try
+        {
+            // Writes out whatever the writer still holds; the client may be gone already.
+            await Writer.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+        {
+        }
+
         await _stream.DisposeAsync().ConfigureAwait(false);
     }
 }

@@ -1,5 +1,7 @@
 using System.Buffers;
+using System.Buffers.Binary;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using System.Text;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
@@ -11,9 +13,18 @@ namespace BlockMirror.Nbd.Server;
 /// <summary>
 /// The transmission phase of one connection. One loop reads requests (and write payloads) in order; each
 /// request then runs on its own, at most <see cref="MaxInFlight"/> at once, and replies as soon as it is
-/// done, out of order, one reply at a time on the socket. Requests reach the export's node through its
-/// root edge, so writes are seen by a running mirror and follow a pivot.
+/// done, out of order. Requests reach the export's node through its root edge, so writes are seen by a
+/// running mirror and follow a pivot.
 /// </summary>
+/// <remarks>
+/// <para>Write payloads: what the pipe already holds is copied out of it, the rest is read from the socket
+/// straight into the pooled request buffer. The pipe reads in small pieces so that a header read brings
+/// along little of a large payload.</para>
+/// <para>Replies: a finished request queues its reply (header, and read data or a structured payload) and
+/// goes on; the first to find no sender running becomes the sender and writes out everything queued, small
+/// replies coalesced into one send, until the queue is empty. No request waits for another's send, and
+/// the request slot and the reply's buffers are given back only once the reply is on the socket.</para>
+/// </remarks>
 sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool structured, bool allocationContext) : IAsyncDisposable
 {
     /// <summary>Largest read or write payload (QEMU's NBD_MAX_BUFFER_SIZE): a bigger read is refused, a bigger write closes the connection.</summary>
@@ -25,12 +36,29 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     /// <summary>Most extents one block-status reply describes.</summary>
     const int MaxExtents = 2048;
 
+    /// <summary>Reply data up to this size is copied next to its header and sent with it; larger data is sent from its own buffer.</summary>
+    const int CoalesceLimit = 4096;
+
+    /// <summary>Room for every reply in flight with coalesced data, so one send can carry them all.</summary>
+    const int BatchSize = MaxInFlight * (CoalesceLimit + ReplyHeader.Length);
+
     readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
-    readonly SemaphoreSlim _writeLock = new(1, 1);
     readonly PipeReader _reader = connection.Reader;
-    readonly PipeWriter _writer = connection.Writer;
+    readonly Stream _stream = connection.Stream;
     readonly AlignedBufferPool _buffers = connection.Buffers;
     readonly NodeEdge _edge = export.Edge;
+
+    // Replies: _replies and _sending are guarded by _replyLock; the batch buffer, the array of replies being
+    // sent and _broken belong to the one sender running.
+    readonly Lock _replyLock = new();
+    readonly Queue<Reply> _replies = new(MaxInFlight);
+    readonly Reply[] _sendingReplies = new Reply[MaxInFlight];
+    readonly byte[] _batch = new byte[BatchSize];
+    bool _sending;
+    bool _broken;
+
+    // Replies of the batch being sent whose buffers and slots are back already.
+    int _released;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -70,8 +98,31 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                     payload = await ReadPayloadAsync((int)request.Length, cancellationToken).ConfigureAwait(false);
                 }
 
-                await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
-                _ = ServeAsync(request, payload);
+                try
+                {
+                    await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch
+                {
+                    if (payload is not null)
+                    {
+                        _buffers.Return(payload);
+                    }
+
+                    throw;
+                }
+
+                if (request.Command is NbdCommand.Read or NbdCommand.Write)
+                {
+                    // Runs on this thread until the I/O is submitted, then the loop reads on.
+                    _ = ServeAsync(request, payload);
+                }
+                else
+                {
+                    // Trim, write-zeroes and block status make blocking system calls (fallocate, lseek)
+                    // before their first await, and flush is rare: keep them off the request loop.
+                    _ = Task.Run(() => ServeAsync(request, payload), CancellationToken.None);
+                }
             }
         }
         finally
@@ -87,20 +138,29 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     async ValueTask<AlignedMemory> ReadPayloadAsync(int length, CancellationToken cancellationToken)
     {
         var payload = _buffers.Rent(Math.Max(length, 1));
-        var copied = 0;
         try
         {
+            // The part of the payload that came in with the header is in the pipe...
+            var copied = 0;
+            if (_reader.TryRead(out var result))
+            {
+                copied = (int)Math.Min(result.Buffer.Length, length);
+                result.Buffer.Slice(0, copied).CopyTo(payload.Memory.Span);
+                _reader.AdvanceTo(result.Buffer.GetPosition(copied));
+            }
+
+            // ...the rest comes from the socket straight into the payload buffer, one copy fewer than through
+            // the pipe. Reading around the pipe keeps the byte stream in order only because the pipe holds
+            // nothing now (it was emptied above) and never reads ahead on its own.
             while (copied < length)
             {
-                var result = await _reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-                var take = (int)Math.Min(result.Buffer.Length, length - copied);
-                result.Buffer.Slice(0, take).CopyTo(payload.Memory.Span[copied..]);
-                copied += take;
-                _reader.AdvanceTo(result.Buffer.GetPosition(take));
-                if (take == 0 && result.IsCompleted)
+                var read = await _stream.ReadAsync(payload.Memory[copied..length], cancellationToken).ConfigureAwait(false);
+                if (read == 0)
                 {
                     throw new EndOfStreamException("the client closed the connection in the middle of a write payload");
                 }
+
+                copied += read;
             }
 
             return payload;
@@ -112,29 +172,35 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
         }
     }
 
+    /// <summary>Runs one request and queues its one reply; the reply's sender gives the request slot back.</summary>
     async Task ServeAsync(NbdRequest request, AlignedMemory? payload)
     {
+        var queued = false;
         try
         {
             var (error, message) = Validate(request);
             if (error != NbdError.None)
             {
-                await ReplyErrorAsync(request, error, message).ConfigureAwait(false);
+                QueueError(request, error, message);
+                queued = true;
                 return;
             }
 
             try
             {
+                // Queues the reply as its last step.
                 await ExecuteAsync(request, payload).ConfigureAwait(false);
+                queued = true;
             }
             catch (BlockIOException ex)
             {
-                await ReplyErrorAsync(request, ToNbdError(ex.Errno), ex.Message).ConfigureAwait(false);
+                QueueError(request, ToNbdError(ex.Errno), ex.Message);
+                queued = true;
             }
         }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
         {
-            // The reply could not be sent: the connection is closing, and the reader loop ends it.
+            // The node went away with the connection: no reply, the reader loop ends the connection.
         }
         finally
         {
@@ -143,7 +209,10 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 _buffers.Return(payload);
             }
 
-            _slots.Release();
+            if (!queued)
+            {
+                _slots.Release();
+            }
         }
     }
 
@@ -244,7 +313,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 return;
         }
 
-        await ReplyOkAsync(request).ConfigureAwait(false);
+        var reply = default(Reply);
+        reply.HeaderLength = NbdWire.WriteSimpleReply(reply.Header, NbdError.None, request.Cookie);
+        Queue(ref reply);
     }
 
     async ValueTask ReadAsync(NbdRequest request, long offset, int length)
@@ -252,39 +323,33 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
         var buffer = _buffers.Rent(Math.Max(length, 1));
         try
         {
-            var data = buffer.Memory[..length];
             if (length > 0)
             {
-                await _edge.ReadAsync(offset, data).ConfigureAwait(false);
-            }
-
-            await _writeLock.WaitAsync().ConfigureAwait(false);
-            try
-            {
-                if (structured)
-                {
-                    NbdWire.WriteChunkHeader(_writer, NbdChunkFlags.Done, NbdChunkType.OffsetData, request.Cookie, (uint)(8 + length));
-                    NbdWire.WriteUInt64(_writer, request.Offset);
-                }
-                else
-                {
-                    NbdWire.WriteSimpleReply(_writer, NbdError.None, request.Cookie);
-                }
-
-                // The header goes through the pipe; the data goes from our buffer to the socket directly
-                // (one copy fewer for every byte read), after the flush has emptied the pipe.
-                await _writer.FlushAsync().ConfigureAwait(false);
-                await connection.Stream.WriteAsync(data).ConfigureAwait(false);
-            }
-            finally
-            {
-                _writeLock.Release();
+                await _edge.ReadAsync(offset, buffer.Memory[..length]).ConfigureAwait(false);
             }
         }
-        finally
+        catch
         {
             _buffers.Return(buffer);
+            throw;
         }
+
+        // The data goes to the socket from this buffer (or next to its header, when small); the sender
+        // returns the buffer to the pool.
+        var reply = new Reply { Data = buffer, BodyLength = length };
+        if (structured)
+        {
+            Span<byte> header = reply.Header;
+            var size = NbdWire.WriteChunkHeader(header, NbdChunkFlags.Done, NbdChunkType.OffsetData, request.Cookie, (uint)(8 + length));
+            BinaryPrimitives.WriteUInt64BigEndian(header[size..], request.Offset);
+            reply.HeaderLength = size + 8;
+        }
+        else
+        {
+            reply.HeaderLength = NbdWire.WriteSimpleReply(reply.Header, NbdError.None, request.Cookie);
+        }
+
+        Queue(ref reply);
     }
 
     /// <summary>
@@ -319,65 +384,199 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             }
         }
 
-        await _writeLock.WaitAsync().ConfigureAwait(false);
-        try
+        var bodyLength = 4 + 8 * extents.Count;
+        var body = ArrayPool<byte>.Shared.Rent(bodyLength);
+        BinaryPrimitives.WriteUInt32BigEndian(body, NbdConnection.AllocationContextId);
+        for (var i = 0; i < extents.Count; i++)
         {
-            NbdWire.WriteChunkHeader(_writer, NbdChunkFlags.Done, NbdChunkType.BlockStatus, request.Cookie, (uint)(4 + 8 * extents.Count));
-            NbdWire.WriteUInt32(_writer, NbdConnection.AllocationContextId);
-            foreach (var (length, state) in extents)
+            BinaryPrimitives.WriteUInt32BigEndian(body.AsSpan(4 + 8 * i), extents[i].Length);
+            BinaryPrimitives.WriteUInt32BigEndian(body.AsSpan(8 + 8 * i), (uint)extents[i].State);
+        }
+
+        var reply = new Reply { Body = body, BodyLength = bodyLength };
+        reply.HeaderLength = NbdWire.WriteChunkHeader(reply.Header, NbdChunkFlags.Done, NbdChunkType.BlockStatus, request.Cookie, (uint)bodyLength);
+        Queue(ref reply);
+    }
+
+    void QueueError(NbdRequest request, NbdError error, string? message)
+    {
+        var reply = default(Reply);
+        if (structured)
+        {
+            // An error chunk carries a message for the client's log: u32 error, u16 length, text.
+            var text = Encoding.UTF8.GetBytes(message ?? "");
+            var length = Math.Min(text.Length, 4096);
+            var body = ArrayPool<byte>.Shared.Rent(6 + length);
+            BinaryPrimitives.WriteUInt32BigEndian(body, (uint)error);
+            BinaryPrimitives.WriteUInt16BigEndian(body.AsSpan(4), (ushort)length);
+            text.AsSpan(0, length).CopyTo(body.AsSpan(6));
+            reply.Body = body;
+            reply.BodyLength = 6 + length;
+            reply.HeaderLength = NbdWire.WriteChunkHeader(reply.Header, NbdChunkFlags.Done, NbdChunkType.Error, request.Cookie, (uint)reply.BodyLength);
+        }
+        else
+        {
+            reply.HeaderLength = NbdWire.WriteSimpleReply(reply.Header, error, request.Cookie);
+        }
+
+        Queue(ref reply);
+    }
+
+    /// <summary>Queues a request's reply; when no sender is running, this thread becomes the sender.</summary>
+    void Queue(ref Reply reply)
+    {
+        lock (_replyLock)
+        {
+            _replies.Enqueue(reply);
+            if (_sending)
             {
-                NbdWire.WriteUInt32(_writer, length);
-                NbdWire.WriteUInt32(_writer, (uint)state);
+                // The running sender looks at the queue again before it stops.
+                return;
             }
 
-            await _writer.FlushAsync().ConfigureAwait(false);
+            _sending = true;
         }
-        finally
-        {
-            _writeLock.Release();
-        }
+
+        _ = SendRepliesAsync();
     }
 
-    async ValueTask ReplyOkAsync(NbdRequest request)
+    /// <summary>
+    /// Writes out the queued replies until the queue is empty, then stops. Runs on the thread of the request
+    /// that found no sender, and goes on wherever its sends complete.
+    /// </summary>
+    async Task SendRepliesAsync()
     {
-        await _writeLock.WaitAsync().ConfigureAwait(false);
-        try
+        while (true)
         {
-            NbdWire.WriteSimpleReply(_writer, NbdError.None, request.Cookie);
-            await _writer.FlushAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            _writeLock.Release();
-        }
-    }
-
-    async ValueTask ReplyErrorAsync(NbdRequest request, NbdError error, string? message)
-    {
-        await _writeLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (structured)
+            int count;
+            lock (_replyLock)
             {
-                // An error chunk carries a message for the client's log: u32 error, u16 length, text.
-                var text = Encoding.UTF8.GetBytes(message ?? "");
-                var length = Math.Min(text.Length, 4096);
-                NbdWire.WriteChunkHeader(_writer, NbdChunkFlags.Done, NbdChunkType.Error, request.Cookie, (uint)(6 + length));
-                NbdWire.WriteUInt32(_writer, (uint)error);
-                NbdWire.WriteUInt16(_writer, (ushort)length);
-                _writer.Write(text.AsSpan(0, length));
+                count = _replies.Count;
+                if (count == 0)
+                {
+                    _sending = false;
+                    return;
+                }
+
+                for (var i = 0; i < count; i++)
+                {
+                    _sendingReplies[i] = _replies.Dequeue();
+                }
+            }
+
+            _released = 0;
+            try
+            {
+                if (!_broken)
+                {
+                    await WriteRepliesAsync(count).ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
+            {
+                // The client is gone: the reader loop ends the connection; the replies still queued are dropped.
+                _broken = true;
+            }
+
+            ReleaseUpTo(count);
+        }
+    }
+
+    /// <summary>
+    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into one buffer, large
+    /// data from its own. Each reply is released as soon as its last byte is sent, not at the end of the
+    /// batch: its slot lets the request loop start the next request while the rest are still being sent.
+    /// </summary>
+    async ValueTask WriteRepliesAsync(int count)
+    {
+        var used = 0;
+        for (var i = 0; i < count; i++)
+        {
+            var headerLength = _sendingReplies[i].HeaderLength;
+            var bodyLength = _sendingReplies[i].BodyLength;
+            var coalesce = bodyLength <= CoalesceLimit;
+            if (used + headerLength + (coalesce ? bodyLength : 0) > _batch.Length)
+            {
+                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+                used = 0;
+                ReleaseUpTo(i);
+            }
+
+            ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_batch.AsSpan(used));
+            used += headerLength;
+            if (bodyLength == 0)
+            {
+                continue;
+            }
+
+            var body = _sendingReplies[i].Data is { } data ? data.Memory[..bodyLength] : _sendingReplies[i].Body.AsMemory(0, bodyLength);
+            if (coalesce)
+            {
+                body.Span.CopyTo(_batch.AsSpan(used));
+                used += bodyLength;
             }
             else
             {
-                NbdWire.WriteSimpleReply(_writer, error, request.Cookie);
+                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+                used = 0;
+                ReleaseUpTo(i);
+                await _stream.WriteAsync(body).ConfigureAwait(false);
+                ReleaseUpTo(i + 1);
+            }
+        }
+
+        if (used > 0)
+        {
+            await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Gives back the buffers and request slots of <c>_sendingReplies[_released..end)</c>.</summary>
+    void ReleaseUpTo(int end)
+    {
+        for (; _released < end; _released++)
+        {
+            ref var reply = ref _sendingReplies[_released];
+            if (reply.Data is not null)
+            {
+                _buffers.Return(reply.Data);
             }
 
-            await _writer.FlushAsync().ConfigureAwait(false);
+            if (reply.Body is not null)
+            {
+                ArrayPool<byte>.Shared.Return(reply.Body);
+            }
+
+            reply = default;
+
+            // Only once its reply is out (or the client is gone): the connection closes when every slot
+            // is back, and so after every reply has been sent.
+            _slots.Release();
         }
-        finally
-        {
-            _writeLock.Release();
-        }
+    }
+
+    /// <summary>One reply waiting to be sent: its header, then <see cref="BodyLength"/> bytes from <see cref="Data"/> or <see cref="Body"/>.</summary>
+    struct Reply
+    {
+        public ReplyHeader Header;
+        public int HeaderLength;
+
+        /// <summary>Read data, from the request buffer pool; returned to it once sent.</summary>
+        public AlignedMemory? Data;
+
+        /// <summary>A structured reply's payload, rented from the shared array pool; returned once sent.</summary>
+        public byte[]? Body;
+
+        public int BodyLength;
+    }
+
+    /// <summary>Room for the longest reply header: a structured chunk header and the offset of an OffsetData chunk.</summary>
+    [InlineArray(Length)]
+    struct ReplyHeader
+    {
+        public const int Length = NbdWire.ChunkHeaderSize + 8;
+
+        byte _element;
     }
 
     /// <summary>NBD carries a fixed set of errno values; everything else becomes EIO.</summary>
@@ -395,7 +594,6 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     public ValueTask DisposeAsync()
     {
         _slots.Dispose();
-        _writeLock.Dispose();
         return ValueTask.CompletedTask;
     }
 }

@@ -10,7 +10,7 @@ namespace BlockMirror.Block.Drivers.File;
 
 /// <summary>
 /// The <c>file</c> protocol driver: a regular file through positional I/O (<see cref="RandomAccess"/>) on a
-/// <see cref="SafeFileHandle"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
+/// <see cref="SafeFileHandle"/>, the blocking calls made by <see cref="FileIoThreads"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
 /// with fallocate; flush with fdatasync; optional O_DIRECT.
 /// </summary>
 /// <remarks>
@@ -35,6 +35,9 @@ public sealed class FileDriver : IBlockDriver
 
     // Shared zeroes for the write-zeroes fallback: aligned, so it also serves O_DIRECT, never written.
     static readonly Lazy<AlignedMemory> Zeroes = new(() => new AlignedMemory(ZeroChunk, DirectAlignment));
+
+    /// <summary>Where the blocking calls run (QEMU's thread pool for aio=threads).</summary>
+    static FileIoThreads Io => FileIoThreads.Shared;
 
     readonly SafeFileHandle _handle;
     readonly FileDriverOptions _options;
@@ -160,7 +163,7 @@ public sealed class FileDriver : IBlockDriver
     {
         while (!buffer.IsEmpty)
         {
-            var read = await RandomAccess.ReadAsync(_handle, buffer, offset, cancellationToken).ConfigureAwait(false);
+            var read = await Io.ReadAsync(_handle, buffer, offset, cancellationToken).ConfigureAwait(false);
             if (read == 0)
             {
                 buffer.Span.Clear();
@@ -232,7 +235,7 @@ public sealed class FileDriver : IBlockDriver
         }
 
         var expected = IoVectors.TotalLength(buffers);
-        var read = await RandomAccess.ReadAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        var read = await Io.ReadAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
         if (read < expected)
         {
             // Short read: the file ended (or the kernel split the request). Finish buffer by buffer.
@@ -345,7 +348,7 @@ public sealed class FileDriver : IBlockDriver
                 target = target[buffer.Length..];
             }
 
-            await RandomAccess.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
+            await Io.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -355,7 +358,7 @@ public sealed class FileDriver : IBlockDriver
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
         DirectFriendly(offset, buffer)
-            ? RandomAccess.WriteAsync(_handle, buffer, offset, cancellationToken)
+            ? Io.WriteAsync(_handle, buffer, offset, cancellationToken)
             : WriteBouncedAsync(offset, buffer, cancellationToken);
 
     async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
@@ -364,7 +367,7 @@ public sealed class FileDriver : IBlockDriver
         try
         {
             buffer.CopyTo(bounce.Memory);
-            await RandomAccess.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
+            await Io.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -407,11 +410,11 @@ public sealed class FileDriver : IBlockDriver
 
         if (buffers.Count == 1)
         {
-            await RandomAccess.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
+            await Io.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        await RandomAccess.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        await Io.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
@@ -439,7 +442,7 @@ public sealed class FileDriver : IBlockDriver
         while (length > 0)
         {
             var count = (int)Math.Min(length, ZeroChunk);
-            await RandomAccess.WriteAsync(_handle, zeroes[..count], offset, cancellationToken).ConfigureAwait(false);
+            await Io.WriteAsync(_handle, zeroes[..count], offset, cancellationToken).ConfigureAwait(false);
             offset += count;
             length -= count;
         }
@@ -487,7 +490,7 @@ public sealed class FileDriver : IBlockDriver
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         // fdatasync blocks until the device has the data; keep it off the caller's thread.
-        var errno = await Task.Run(() => LibC.FDataSync(_handle) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
+        var errno = await Io.RunAsync(_handle, static handle => LibC.FDataSync(handle) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
         if (errno != 0)
         {
             throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Flush, 0, 0, $"fdatasync: {LibC.Describe(errno)}");

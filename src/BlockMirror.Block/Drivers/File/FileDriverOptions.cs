@@ -15,7 +15,7 @@ public enum FileDiscardMode
 /// <param name="Direct"><c>cache.direct</c>: open with O_DIRECT, bypassing the page cache.</param>
 /// <param name="Aio">
 /// <c>aio</c>: <c>threads</c>, <c>native</c> or <c>io_uring</c>. Accepted for compatibility with QEMU's
-/// command lines; every value uses positional I/O on the .NET thread pool.
+/// command lines; every value makes positional I/O calls on <see cref="FileIoThreads"/>.
 /// </param>
 /// <param name="Discard">What discard requests do.</param>
 public sealed record FileDriverOptions(string Filename, bool Direct = false, string Aio = "threads", FileDiscardMode Discard = FileDiscardMode.Ignore)
