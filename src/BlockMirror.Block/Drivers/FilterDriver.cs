@@ -7,7 +7,7 @@ namespace BlockMirror.Block.Drivers;
 /// Base for filters: one filtered child, every request passed on unchanged. A filter overrides only
 /// what it observes or changes (nbdkit's <c>next-&gt;pread</c>, QEMU's <c>is_filter</c>).
 /// </summary>
-public abstract class FilterDriver(NodeEdge child) : IBlockDriver
+public abstract class FilterDriver(NodeEdge child) : IBlockDriver, IReopenableDriver
 {
     /// <summary>The filtered child; requests go here.</summary>
     protected NodeEdge Child { get; } = child;
@@ -59,4 +59,7 @@ public abstract class FilterDriver(NodeEdge child) : IBlockDriver
         GC.SuppressFinalize(this);
         return ValueTask.CompletedTask;
     }
+
+    /// <summary>A filter keeps no state that depends on the mode: its child is reopened with it.</summary>
+    public virtual ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }

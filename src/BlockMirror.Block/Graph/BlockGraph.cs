@@ -169,6 +169,44 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Makes <paramref name="backing"/> the node's backing child, or leaves it without one (null), in one
+    /// step: QEMU's bdrv_set_backing_hd. Only the graph changes; the image header keeps the name it has
+    /// (a mirror target is created naming its future backing). The old backing closes if it was implicit
+    /// and nothing else uses it.
+    /// </summary>
+    public void SetBacking(BlockNode node, BlockNode? backing)
+    {
+        if (!node.Driver.Capabilities.SupportsBacking)
+        {
+            throw new BlockGraphException(GraphErrorKind.Invalid, $"Driver '{node.Driver.DriverName}' of node '{node.Name}' does not support backing files");
+        }
+
+        List<BlockNode> orphans = [];
+        lock (SyncRoot)
+        {
+            if (backing is not null && (ReferenceEquals(node, backing) || IsDescendantLocked(backing, node)))
+            {
+                throw new BlockGraphException(GraphErrorKind.Invalid, $"making '{backing.Name}' the backing of '{node.Name}' would create a loop");
+            }
+
+            if (node.GetChild(ChildNames.Backing) is { } old)
+            {
+                DetachChildLocked(node, old, orphans);
+            }
+        }
+
+        if (backing is not null)
+        {
+            AttachChild(node, ChildNames.Backing, backing);
+        }
+
+        foreach (var orphan in orphans)
+        {
+            _ = CloseNodeAsync(orphan).AsTask();
+        }
+    }
+
     internal void DetachChild(BlockNode parent, NodeEdge edge)
     {
         List<BlockNode> orphans = [];
@@ -346,16 +384,17 @@ public sealed class BlockGraph : IAsyncDisposable
     }
 
     /// <summary>
-    /// Switches a node, and the protocol node under it (its <c>file</c> children, recursively), between
-    /// read-only and read-write without closing them (QEMU's bdrv_reopen_set_read_only), inside a drained
-    /// section. Going read-write the file goes first, so the format can write into it; going read-only the
-    /// format goes first, so it can write its metadata back before the file stops taking writes. A driver
-    /// that cannot do it refuses with ENOTSUP, and nodes already switched are switched back.
+    /// Switches a node, and the nodes under it that hold its data (its <c>file</c> child, a filter's child,
+    /// recursively), between read-only and read-write without closing them (QEMU's
+    /// bdrv_reopen_set_read_only), inside a drained section. Going read-write the file goes first, so the
+    /// format can write into it; going read-only the format goes first, so it can write its metadata back
+    /// before the file stops taking writes. A driver that cannot do it refuses with ENOTSUP, and nodes
+    /// already switched are switched back.
     /// </summary>
     public async ValueTask ReopenAsync(BlockNode node, bool readOnly, CancellationToken cancellationToken = default)
     {
         List<BlockNode> stack = [];
-        for (var n = node; n is not null; n = n.File?.Node)
+        for (var n = node; n is not null; n = n.File?.Node ?? n.FilteredChild?.Node)
         {
             stack.Add(n);
         }

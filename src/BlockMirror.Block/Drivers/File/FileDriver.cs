@@ -21,7 +21,7 @@ namespace BlockMirror.Block.Drivers.File;
 /// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
 /// then writing zero buffers unless the caller asked for no fallback.</para>
 /// </remarks>
-public sealed class FileDriver : IBlockDriver
+public sealed class FileDriver : IBlockDriver, IReopenableDriver
 {
     public const string Name = "file";
 
@@ -39,7 +39,8 @@ public sealed class FileDriver : IBlockDriver
     /// <summary>Where the blocking calls run (QEMU's thread pool for aio=threads).</summary>
     static FileIoThreads Io => FileIoThreads.Shared;
 
-    readonly SafeFileHandle _handle;
+    // Replaced only by a reopen, which runs drained (nothing in flight).
+    SafeFileHandle _handle;
     readonly FileDriverOptions _options;
     readonly AlignedBufferPool? _bounce;
     long _length;
@@ -54,16 +55,7 @@ public sealed class FileDriver : IBlockDriver
         _length = length;
         _punchUnsupported = !canPunch;
         _bounce = options.Direct ? new AlignedBufferPool(DirectAlignment) : null;
-        var unmap = options.Discard == FileDiscardMode.Unmap && canPunch;
-        Capabilities = new DriverCapabilities
-        {
-            CanZeroEfficiently = true,
-            CanUnmapOnZero = unmap,
-            CanDiscard = unmap,
-            DiscardZeroes = unmap,
-            ZeroInit = true,
-            CanTruncate = true,
-        };
+        Capabilities = CapabilitiesFor(options, canPunch);
         Limits = new BlockLimits(RequestAlignment: options.Direct ? DirectAlignment : 1);
     }
 
@@ -88,15 +80,7 @@ public sealed class FileDriver : IBlockDriver
             throw new BlockOpenException($"Could not open '{options.Filename}': Is a directory", BlockErrno.EISDIR);
         }
 
-        var flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (options.Direct ? LibC.O_DIRECT : 0);
-        var fd = LibC.Open(options.Filename, flags, 0);
-        if (fd < 0)
-        {
-            var errno = Marshal.GetLastPInvokeError();
-            throw new BlockOpenException($"Could not open '{options.Filename}': {LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno));
-        }
-
-        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        var handle = OpenHandle(options, readOnly);
         try
         {
             // With O_DIRECT a length that is not a multiple of the alignment leaves a last block that cannot
@@ -110,6 +94,66 @@ public sealed class FileDriver : IBlockDriver
             handle.Dispose();
             throw;
         }
+    }
+
+    static SafeFileHandle OpenHandle(FileDriverOptions options, bool readOnly)
+    {
+        var flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (options.Direct ? LibC.O_DIRECT : 0);
+        var fd = LibC.Open(options.Filename, flags, 0);
+        if (fd < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            throw new BlockOpenException($"Could not open '{options.Filename}': {LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno));
+        }
+
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    static DriverCapabilities CapabilitiesFor(FileDriverOptions options, bool canPunch)
+    {
+        var unmap = options.Discard == FileDiscardMode.Unmap && canPunch;
+        return new DriverCapabilities
+        {
+            CanZeroEfficiently = true,
+            CanUnmapOnZero = unmap,
+            CanDiscard = unmap,
+            DiscardZeroes = unmap,
+            ZeroInit = true,
+            CanTruncate = true,
+        };
+    }
+
+    /// <summary>
+    /// Opens the file again with the other access mode and swaps the descriptor (QEMU's raw_reopen does the
+    /// same). The new descriptor must name the same file: one renamed or replaced under the path since the
+    /// node opened it is refused rather than silently switched to.
+    /// </summary>
+    public ValueTask ReopenAsync(bool readOnly, CancellationToken cancellationToken)
+    {
+        SafeFileHandle handle;
+        try
+        {
+            handle = OpenHandle(_options, readOnly);
+        }
+        catch (BlockOpenException ex)
+        {
+            throw BlockIOException.Create(ex.Errno, _options.Filename, BlockOperation.Write, 0, 0, ex.Message);
+        }
+
+        if (FileStatus.AreSame($"/proc/self/fd/{handle.DangerousGetHandle()}", $"/proc/self/fd/{_handle.DangerousGetHandle()}") != true)
+        {
+            handle.Dispose();
+            throw BlockIOException.Create(BlockErrno.EIO, _options.Filename, BlockOperation.Write, 0, 0,
+                $"Could not reopen '{_options.Filename}': the path now names another file than the one open");
+        }
+
+        var canPunch = !readOnly && _options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, Length);
+        var old = _handle;
+        _handle = handle;
+        _punchUnsupported = !canPunch;
+        Capabilities = CapabilitiesFor(_options, canPunch);
+        old.Dispose();
+        return ValueTask.CompletedTask;
     }
 
     /// <summary>
@@ -142,7 +186,7 @@ public sealed class FileDriver : IBlockDriver
 
     public DriverKind Kind => DriverKind.Protocol;
 
-    public DriverCapabilities Capabilities { get; }
+    public DriverCapabilities Capabilities { get; private set; }
 
     public BlockLimits Limits { get; }
 

@@ -250,6 +250,22 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
         return backing;
     }
 
+    /// <summary>
+    /// Opens the backing chain the header names, for an image opened without it (QEMU's
+    /// bdrv_open_backing_file: a drive-mirror target in mode 'existing' gets its chain at the switch-over).
+    /// Returns the backing node, or null when the header names none. An image with a backing open keeps it.
+    /// </summary>
+    public async ValueTask<BlockNode?> OpenBackingFileAsync(BlockGraph graph, CancellationToken cancellationToken = default)
+    {
+        if (Backing is { } open)
+        {
+            return open.Node;
+        }
+
+        var options = new Qcow2Options { BackingDirect = _image.File.Node.Limits.RequestAlignment > 1 };
+        return await OpenBackingAsync(graph, _node, _image, options, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>A backing file name from a header: relative names are relative to the overlay's directory, as QEMU reads them.</summary>
     public static string ResolveBackingPath(string image, string backing) =>
         Path.IsPathRooted(backing) ? backing : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(image)) ?? ".", backing);
