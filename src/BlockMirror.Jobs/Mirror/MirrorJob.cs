@@ -1,5 +1,7 @@
 using System.Runtime.CompilerServices;
 using BlockMirror.Block.Bitmaps;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 
@@ -65,7 +67,8 @@ public sealed class MirrorJob : BlockJob
 
     // Clusters of a target that names a backing file it has not opened yet, copied whole at their first
     // copy so that none of them keeps bytes it would otherwise read from that backing (QEMU's cow_bitmap).
-    // One bit per chunk; under _opLock.
+    // One bit per chunk, set once a copy covering it has succeeded; null when not needed. Under _opLock.
+    HBitmap? _cowChunks;
 
     // Copy loop only.
     long _length;
@@ -234,6 +237,12 @@ public sealed class MirrorJob : BlockJob
         }
 
         bufSize = (bufSize + granularity - 1) / granularity * granularity;
+        if (NeedsCowAlignment(target, granularity))
+        {
+            // One operation must hold a whole target cluster (see NeedsCowAlignment).
+            bufSize = Math.Max(bufSize, target.Limits.ClusterSize);
+        }
+
         if (bufSize > int.MaxValue)
         {
             throw new JobException($"Parameter 'buf-size' expects a value of at most {int.MaxValue} bytes");
@@ -386,6 +395,10 @@ public sealed class MirrorJob : BlockJob
         {
             _inFlightChunks = new HBitmap((_length + _granularity - 1) / _granularity);
             _buffers = new MirrorBufferPool(_bufSize, _granularity);
+            if (NeedsCowAlignment(_target.Node, _granularity))
+            {
+                _cowChunks = new HBitmap((_length + _granularity - 1) / _granularity);
+            }
         }
 
         try
@@ -525,6 +538,39 @@ public sealed class MirrorJob : BlockJob
         }
     }
 
+    bool RangeInFlight(long offset, long end)
+    {
+        lock (_opLock)
+        {
+            for (var chunk = offset / _granularity; chunk * _granularity < end; chunk++)
+            {
+                if (_inFlightChunks!.Get(chunk))
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
+
+    /// <summary>Null when the target needs no COW alignment; else whether the chunk has been copied once.</summary>
+    bool? CowCopied(long offset)
+    {
+        lock (_opLock)
+        {
+            return _cowChunks?.Get(offset / _granularity);
+        }
+    }
+
+    /// <summary>
+    /// QEMU's condition for its cow_bitmap: the target names a backing file that is not open (it will be
+    /// at completion), and a chunk is smaller than a target cluster, so a partial copy would leave the
+    /// rest of a newly allocated cluster to be read, wrongly, from that backing later.
+    /// </summary>
+    static bool NeedsCowAlignment(BlockNode target, long granularity) =>
+        target.Driver.BackingFileName is not null && target.Backing is null && granularity < target.Limits.ClusterSize;
+
     /// <summary>
     /// One pass: from the next dirty chunk, take the run of dirty chunks after it (up to buf-size), clear
     /// their bits, and issue operations over it by block status. Returns how long the rate limit wants the
@@ -569,6 +615,18 @@ public sealed class MirrorJob : BlockJob
         }
 
         var end = Math.Min(offset + chunks * _granularity, _length);
+        if (CowCopied(offset) == false)
+        {
+            // First copy into this part of a target whose backing is not open: take whole target
+            // clusters, clean chunks around the dirty ones included, so the target never allocates a
+            // cluster holding only part of its data (the rest would be read from the backing later).
+            (offset, end) = (offset - offset % _targetCluster, Math.Min((end + _targetCluster - 1) / _targetCluster * _targetCluster, _length));
+            chunks = (end - offset + _granularity - 1) / _granularity;
+            while (RangeInFlight(offset, end))
+            {
+                await WaitForIoAsync().ConfigureAwait(false);
+            }
+        }
 
         // Clear the dirty bits before asking for block status and reading: a write that completes after
         // this point marks the chunks again and they are copied again. Mark them in flight under the
@@ -634,7 +692,9 @@ public sealed class MirrorJob : BlockJob
         BlockStatus status;
         try
         {
-            status = await BlockChain.GetBlockStatusAboveAsync(_read.Node, _base, offset, end - offset).ConfigureAwait(false);
+            // The whole chain, as QEMU's mirror_iteration asks: what the source reads is what is copied.
+            // (Only the initial dirty bitmap of sync=top looks above the base.)
+            status = await BlockChain.GetBlockStatusAboveAsync(_read.Node, null, offset, end - offset).ConfigureAwait(false);
         }
         catch (BlockIOException)
         {
@@ -804,7 +864,12 @@ public sealed class MirrorJob : BlockJob
             if (!op.InitialZeroing)
             {
                 var first = op.Offset / _granularity;
-                _inFlightChunks!.Reset(first, (op.Offset + op.Length + _granularity - 1) / _granularity - first);
+                var count = (op.Offset + op.Length + _granularity - 1) / _granularity - first;
+                _inFlightChunks!.Reset(first, count);
+                if (succeeded)
+                {
+                    _cowChunks?.Set(first, count);
+                }
             }
 
             _opPool.Push(op);
@@ -1043,15 +1108,41 @@ public sealed class MirrorJob : BlockJob
             _drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
         }
 
+        var complete = !abort && _shouldComplete;
+        Exception? backingFailure = null;
         try
         {
             var target = _target.Node;
-            if (!abort && _shouldComplete)
+            if (complete)
             {
-                // Every parent of the source (the filter's own edge included) moves to the target; then
-                // every parent of the filter (the users) follows, and the filter goes.
-                _graph.ReplaceNode(_source, target);
-                _graph.ReplaceNode(_mirrorTop, target);
+                try
+                {
+                    await AttachTargetBackingAsync(target).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is BlockOpenException or BlockIOException or JobException)
+                {
+                    // Nothing has moved yet: end as a cancelled job would, and fail with the reason.
+                    backingFailure = ex;
+                    complete = false;
+                }
+            }
+
+            if (complete)
+            {
+                if (_replaces is { } replaces)
+                {
+                    // The target takes the named node's place; the filter gives its users back to the
+                    // source, which the replaced node no longer reaches.
+                    _graph.ReplaceNode(replaces, target);
+                    _graph.ReplaceNode(_mirrorTop, _source);
+                }
+                else
+                {
+                    // Every parent of the source (the filter's own edge included) moves to the target;
+                    // then every parent of the filter (the users) follows, and the filter goes.
+                    _graph.ReplaceNode(_source, target);
+                    _graph.ReplaceNode(_mirrorTop, target);
+                }
             }
             else
             {
@@ -1062,12 +1153,45 @@ public sealed class MirrorJob : BlockJob
             await _graph.RemoveNodeAsync(_mirrorTop).ConfigureAwait(false);
             _sourceResizeBlock?.Dispose();
             _targetResizeBlock?.Dispose();
+            if (!complete && _reopenedTarget)
+            {
+                // An active commit that did not complete: the base goes back to read-only, as it was.
+                await _graph.ReopenAsync(target, readOnly: true, CancellationToken.None).ConfigureAwait(false);
+            }
         }
         finally
         {
             _drain.Dispose();
             _drain = null;
             Interlocked.Exchange(ref _pivotPauseTicks, Time.GetElapsedTime(_drainStarted).Ticks);
+        }
+
+        if (backingFailure is not null)
+        {
+            throw new JobException($"Could not give target '{_target.Node.Name}' its backing: {backingFailure.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Gives a completing target its backing, by the backing mode: the source's base for sync=top (the
+    /// source itself for sync=none), or the chain its own header names. A target that already has the
+    /// right backing is left alone.
+    /// </summary>
+    async Task AttachTargetBackingAsync(BlockNode target)
+    {
+        switch (_options.BackingMode)
+        {
+            case MirrorBackingMode.SourceBackingChain:
+                var backing = _options.Sync == MirrorSyncMode.None ? _source : _base;
+                if (!ReferenceEquals(target.Backing, backing))
+                {
+                    _graph.SetBacking(target, backing);
+                }
+
+                break;
+            case MirrorBackingMode.OpenBackingChain when target.Backing is null && target.Driver is Qcow2Driver qcow2:
+                await qcow2.OpenBackingFileAsync(_graph, CancellationToken.None).ConfigureAwait(false);
+                break;
         }
     }
 }
