@@ -76,12 +76,17 @@ public static class ImageFiles
     }
 
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
-    public static void Create(string path, string format, long size)
+    public static void Create(string path, string format, long size, string? backingFile = null, string? backingFormat = null)
     {
         if (format == Qcow2Driver.Name)
         {
-            Qcow2Create.Create(path, new Qcow2CreateOptions { Size = size });
+            Qcow2Create.Create(path, new Qcow2CreateOptions { Size = size, BackingFile = backingFile, BackingFormat = backingFormat });
             return;
+        }
+
+        if (backingFile is not null)
+        {
+            throw new BlockOpenException($"Backing file not supported for file format '{format}'");
         }
 
         if (!Formats.Contains(format))

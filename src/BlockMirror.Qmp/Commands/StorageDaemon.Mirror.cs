@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Mirror;
@@ -38,18 +39,60 @@ public sealed partial class StorageDaemon
             var options = ReadMirrorOptions(arguments, jobId ?? device, allowUnmap: true);
             arguments.CheckNoneUnexpected();
             var source = FindNode(device);
+            if (options.Replaces is not null && nodeName is null)
+            {
+                throw QmpException.Generic("a node-name must be provided when replacing a named node of the graph");
+            }
+
             if (nodeName is not null && Graph.FindNode(nodeName) is not null)
             {
                 throw QmpException.Generic($"node-name '{nodeName}' is already in use");
             }
 
-            format ??= mode == "existing" ? null : source.Driver.DriverName;
+            // What the new target is backed by (QEMU's qmp_drive_mirror): sync=top shares the source's
+            // backing, sync=none is backed by the source itself, sync=full stands alone.
+            var targetBacking = SkipFilters(source).Backing;
+            if (targetBacking is null && options.Sync == MirrorSyncMode.Top)
+            {
+                options = options with { Sync = MirrorSyncMode.Full };
+            }
+
+            if (options.Sync == MirrorSyncMode.None)
+            {
+                targetBacking = source;
+            }
+
+            if (options.Sync == MirrorSyncMode.Full)
+            {
+                targetBacking = null;
+            }
+
+            // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
+            // existing: the target's own header names its chain, opened at the switch.
+            options = options with { BackingMode = mode == "existing" ? MirrorBackingMode.OpenBackingChain : MirrorBackingMode.SourceBackingChain };
+            format ??= mode == "existing" ? null : SkipFilters(source).Driver.DriverName;
             var created = false;
             if (mode == "absolute-paths")
             {
-                // As QEMU: a new image the size of the source, replacing any file of that name.
+                // As QEMU: a new image the size of the source, replacing any file of that name, naming the
+                // backing's file and format in its header.
+                var backing = targetBacking is null ? null : SkipFilters(targetBacking);
+                if (backing is not null && backing.Driver.FileName is null)
+                {
+                    throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
+                }
+
                 File.Delete(target);
-                ImageFiles.Create(target, format ?? ImageFiles.GuessFormat(target), source.Length);
+                try
+                {
+                    ImageFiles.Create(target, format ?? ImageFiles.GuessFormat(target), source.Length,
+                        backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
+                }
+                catch (BlockOpenException ex)
+                {
+                    throw QmpException.Generic(ex.Message);
+                }
+
                 created = true;
             }
             else if (!File.Exists(target))
@@ -60,7 +103,10 @@ public sealed partial class StorageDaemon
             BlockNode targetNode;
             try
             {
-                targetNode = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(target, format, NodeName: nodeName), cancellationToken).ConfigureAwait(false);
+                // Without its backing: the mirror copies what the target must hold, and the backing is
+                // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING).
+                targetNode = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(target, format, NodeName: nodeName,
+                    Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
             }
             catch when (created)
             {
@@ -106,11 +152,6 @@ public sealed partial class StorageDaemon
         var copyMode = arguments.OptionalEnum("copy-mode", "background", "write-blocking");
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
         var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
-        if (replaces is not null)
-        {
-            throw QmpException.Generic("'replaces' is not supported yet");
-        }
-
         if (copyMode == "write-blocking")
         {
             throw QmpException.Generic("copy-mode 'write-blocking' is not supported yet; use 'background'");
@@ -132,9 +173,21 @@ public sealed partial class StorageDaemon
             OnTargetError = onTarget,
             Unmap = unmap,
             FilterNodeName = filterNodeName,
+            Replaces = replaces,
             AutoFinalize = autoFinalize,
             AutoDismiss = autoDismiss,
         };
+    }
+
+    /// <summary>The first node at or below <paramref name="node"/> that is not a filter (QEMU's bdrv_skip_filters).</summary>
+    static BlockNode SkipFilters(BlockNode node)
+    {
+        while (node.FilteredChild is { } child)
+        {
+            node = child.Node;
+        }
+
+        return node;
     }
 
     static BlockdevOnError Policy(string? text) =>

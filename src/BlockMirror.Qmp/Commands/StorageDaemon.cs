@@ -24,6 +24,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddBlockdevCommands();
         AddJobCommands();
         AddMirrorCommands();
+        AddCommitCommands();
         AddExportCommands();
         AddMiscCommands();
     }

@@ -1,0 +1,171 @@
+using BlockMirror.Block.Graph;
+using BlockMirror.Jobs;
+using BlockMirror.Jobs.Commit;
+using BlockMirror.Jobs.Mirror;
+using BlockMirror.Qmp.Protocol;
+
+namespace BlockMirror.Qmp.Commands;
+
+/// <summary>
+/// block-commit (qapi/block-core.json, QEMU 7.2): with top the active layer, an active commit (a mirror
+/// into the base that completes on request); with top below it, an intermediate commit that completes by
+/// itself. Lookups and error texts follow QEMU's qmp_block_commit, in its order, so a client (libvirt)
+/// that probes by error class sees the same answers.
+/// </summary>
+public sealed partial class StorageDaemon
+{
+    void AddCommitCommands()
+    {
+        Commands.Add("block-commit", async (arguments, cancellationToken) =>
+        {
+            var jobId = arguments.OptionalString("job-id");
+            var device = arguments.RequireString("device");
+            var baseNode = arguments.OptionalString("base-node");
+            var baseFile = arguments.OptionalString("base");
+            var topNode = arguments.OptionalString("top-node");
+            var topFile = arguments.OptionalString("top");
+            var backingFile = arguments.OptionalString("backing-file");
+            var speed = arguments.OptionalInt("speed") ?? 0;
+            var onError = Policy(arguments.OptionalEnum("on-error", ErrorPolicies));
+            var filterNodeName = arguments.OptionalString("filter-node-name");
+            var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
+            var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
+            arguments.CheckNoneUnexpected();
+
+            // The device first: libvirt tells versions apart by this DeviceNotFound.
+            var bs = Graph.FindNode(device) ?? throw new QmpException("DeviceNotFound", $"Device '{device}' not found");
+            if (bs.Parents.Any(e => e.ParentNode is not null))
+            {
+                throw QmpException.Generic("Need a root block node");
+            }
+
+            var top = bs;
+            if (topNode is not null && topFile is not null)
+            {
+                throw QmpException.Generic("'top-node' and 'top' are mutually exclusive");
+            }
+            else if (topNode is not null)
+            {
+                top = FindNode(topNode);
+                if (!ChainOf(bs).Contains(top))
+                {
+                    throw QmpException.Generic($"'{topNode}' is not in this backing file chain");
+                }
+            }
+            else if (topFile is not null)
+            {
+                top = FindBackingImage(bs, topFile, includeSelf: true) ?? throw QmpException.Generic($"Top image file {topFile} not found");
+            }
+
+            BlockNode @base;
+            if (baseNode is not null && baseFile is not null)
+            {
+                throw QmpException.Generic("'base-node' and 'base' are mutually exclusive");
+            }
+            else if (baseNode is not null)
+            {
+                @base = FindNode(baseNode);
+                if (!ChainOf(top).Contains(@base))
+                {
+                    throw QmpException.Generic($"'{baseNode}' is not in this backing file chain");
+                }
+            }
+            else if (baseFile is not null)
+            {
+                @base = FindBackingImage(top, baseFile, includeSelf: false) ?? throw QmpException.Generic($"Can't find '{baseFile}' in the backing chain");
+            }
+            else
+            {
+                @base = ChainOf(top)[^1];
+            }
+
+            if (ReferenceEquals(top, @base))
+            {
+                throw QmpException.Generic("cannot commit an image into itself");
+            }
+
+            if (speed < 0)
+            {
+                throw QmpException.Generic("Invalid parameter 'speed'");
+            }
+
+            var active = ReferenceEquals(SkipFilters(top), SkipFilters(bs));
+            if (active)
+            {
+                if (backingFile is not null)
+                {
+                    throw QmpException.Generic("'backing-file' specified, but 'top' is the active layer");
+                }
+
+                var options = new MirrorOptions
+                {
+                    JobId = jobId ?? device,
+                    Speed = speed,
+                    OnSourceError = onError,
+                    OnTargetError = onError,
+                    FilterNodeName = filterNodeName,
+                    AutoFinalize = autoFinalize,
+                    AutoDismiss = autoDismiss,
+                };
+                await MirrorJob.StartActiveCommitAsync(Jobs, Graph, top, @base, options, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                var options = new CommitOptions
+                {
+                    JobId = jobId ?? device,
+                    Speed = speed,
+                    OnError = onError,
+                    BackingFile = backingFile,
+                    FilterNodeName = filterNodeName,
+                    AutoFinalize = autoFinalize,
+                    AutoDismiss = autoDismiss,
+                };
+                await CommitJob.StartAsync(Jobs, Graph, top, @base, options, cancellationToken).ConfigureAwait(false);
+            }
+
+            return Empty;
+        });
+    }
+
+    /// <summary>The node and the nodes below it through filters and backing files, in order.</summary>
+    static List<BlockNode> ChainOf(BlockNode node)
+    {
+        List<BlockNode> chain = [];
+        for (var n = node; n is not null; n = n.ChainChild)
+        {
+            chain.Add(n);
+        }
+
+        return chain;
+    }
+
+    /// <summary>
+    /// The image of the chain whose file is <paramref name="name"/> (QEMU's bdrv_find_backing_image): the
+    /// name as the user gave it, or a relative name read from the directory of the image above, as a
+    /// header's backing name is read.
+    /// </summary>
+    static BlockNode? FindBackingImage(BlockNode top, string name, bool includeSelf)
+    {
+        string? above = null;
+        foreach (var node in ChainOf(top))
+        {
+            var file = node.Driver.FileName;
+            if ((includeSelf || !ReferenceEquals(node, top)) && node.Driver.Kind != Block.Drivers.DriverKind.Filter && file is not null)
+            {
+                var wanted = Path.IsPathRooted(name) || above is null ? Path.GetFullPath(name) : Path.GetFullPath(Path.Combine(Path.GetDirectoryName(above) ?? ".", name));
+                if (file == name || Path.GetFullPath(file) == wanted)
+                {
+                    return node;
+                }
+            }
+
+            if (node.Driver.Kind != Block.Drivers.DriverKind.Filter && file is not null)
+            {
+                above = Path.GetFullPath(file);
+            }
+        }
+
+        return null;
+    }
+}
