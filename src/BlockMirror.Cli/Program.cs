@@ -23,6 +23,7 @@ static class Program
         var root = new RootCommand("BlockMirror: live disk-image mirroring (qemu-storage-daemon compatible)");
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(MirrorCommand.Create());
+        root.Subcommands.Add(CommitCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(CreateCommand.Create());

@@ -18,6 +18,15 @@ enum CacheMode
 
 static class CacheModes
 {
+    /// <summary>A <c>--cache</c> value.</summary>
+    public static CacheMode Parse(string text) => text switch
+    {
+        "auto" => CacheMode.Auto,
+        "none" => CacheMode.None,
+        "writeback" => CacheMode.Writeback,
+        _ => throw new UsageException($"--cache: unknown cache mode '{text}' (expected auto, none or writeback)"),
+    };
+
     /// <summary>
     /// Opens an image in <paramref name="mode"/>. Auto prefers O_DIRECT because a mirror reads and writes
     /// every byte once: through the page cache each byte is also copied by the kernel (measured here: about

@@ -1,14 +1,11 @@
 using System.CommandLine;
-using System.Text.Json;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Interop;
 using BlockMirror.Cli.Ui;
 using BlockMirror.Jobs;
-using BlockMirror.Jobs.Events;
 using BlockMirror.Jobs.Mirror;
-using BlockMirror.Qmp.Events;
 
 namespace BlockMirror.Cli.Commands;
 
@@ -56,20 +53,12 @@ static class MirrorCommand
                 Unmap = !parse.GetValue(noUnmap),
             };
             return RunAsync(parse.GetValue(source)!, parse.GetValue(target)!, parse.GetValue(format), parse.GetValue(targetFormat),
-                ParseCache(parse.GetValue(cache)!), options, parse.GetValue(json), cancellationToken);
+                CacheModes.Parse(parse.GetValue(cache)!), options, parse.GetValue(json), cancellationToken);
         }));
         return command;
     }
 
     static long ParseSize(string? text, string option) => text is null ? 0 : ByteSize.Parse(text, option);
-
-    static CacheMode ParseCache(string text) => text switch
-    {
-        "auto" => CacheMode.Auto,
-        "none" => CacheMode.None,
-        "writeback" => CacheMode.Writeback,
-        _ => throw new UsageException($"--cache: unknown cache mode '{text}' (expected auto, none or writeback)"),
-    };
 
     static MirrorSyncMode ParseSync(string text) =>
         MirrorNames.TryParseSync(text, out var mode) ? mode : throw new UsageException($"unknown sync mode '{text}' (expected full, top or none)");
@@ -113,15 +102,7 @@ static class MirrorCommand
         }
 
         var manager = new JobManager();
-        var events = new List<JobEvent>();
-        using var subscription = manager.Events.Subscribe(e =>
-        {
-            lock (events)
-            {
-                events.Add(e);
-            }
-        });
-
+        using var console = new JobConsole(manager, json);
         MirrorJob job;
         try
         {
@@ -137,95 +118,12 @@ static class MirrorCommand
             throw;
         }
 
-        using var onCancel = cancellationToken.Register(() => _ = job.CancelAsync(force: true));
-        var progress = ProgressLine.ForConsole();
-        var rate = new RateMeter(TimeSpan.FromSeconds(3));
-        var completed = false;
-        while (!job.Finished.IsCompleted)
-        {
-            List<JobEvent> batch;
-            lock (events)
-            {
-                batch = [.. events];
-                events.Clear();
-            }
-
-            foreach (var e in batch)
-            {
-                if (json)
-                {
-                    Console.WriteLine(QmpEventWriter.ToJson(e));
-                }
-
-                if (e is BlockJobReadyEvent && !completed)
-                {
-                    // A command-line mirror has no one to wait for: pivot as soon as the copy is in sync.
-                    completed = true;
-                    job.Complete();
-                }
-            }
-
-            var info = job.GetInfo();
-            if (json)
-            {
-                WriteProgressJson(info, job.DirtyBytes);
-            }
-            else
-            {
-                progress.Update(info.Offset, info.Len, rate.Sample(info.Offset), info.Status.ToWireName());
-            }
-
-            await Task.WhenAny(job.Finished, Task.Delay(json ? 1000 : 200, CancellationToken.None));
-        }
-
-        foreach (var e in events)
-        {
-            if (json)
-            {
-                Console.WriteLine(QmpEventWriter.ToJson(e));
-            }
-        }
-
-        var final = job.GetInfo();
-        if (!json)
-        {
-            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
-            progress.Finish();
-        }
-
-        if (job.Error is not null)
-        {
-            throw new IOException($"the mirror failed: {job.Failure?.Message ?? job.Error}");
-        }
-
-        cancellationToken.ThrowIfCancellationRequested();
-
+        var final = await console.RunAsync(job, () => job.DirtyBytes, "mirror", cancellationToken);
         if (!json)
         {
             Console.WriteLine($"mirrored {ByteSize.Format(final.Offset)} from {sourcePath} to {targetPath}");
         }
 
         return 0;
-    }
-
-    static void WriteProgressJson(BlockJobInfo info, long dirty)
-    {
-        using var buffer = new MemoryStream();
-        using (var writer = new Utf8JsonWriter(buffer))
-        {
-            writer.WriteStartObject();
-            writer.WriteString("event", "PROGRESS");
-            writer.WriteStartObject("data");
-            writer.WriteString("device", info.Device);
-            writer.WriteString("status", info.Status.ToWireName());
-            writer.WriteNumber("offset", info.Offset);
-            writer.WriteNumber("len", info.Len);
-            writer.WriteNumber("dirty", dirty);
-            writer.WriteEndObject();
-            QmpEventWriter.WriteTimestamp(writer, DateTimeOffset.UtcNow);
-            writer.WriteEndObject();
-        }
-
-        Console.WriteLine(System.Text.Encoding.UTF8.GetString(buffer.ToArray()));
     }
 }

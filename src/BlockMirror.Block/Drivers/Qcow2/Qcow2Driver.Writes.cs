@@ -422,6 +422,26 @@ public sealed partial class Qcow2Driver
         }
     }
 
+    /// <summary>
+    /// Drops every cluster, so the image reads its backing file everywhere again (QEMU's bdrv_make_empty,
+    /// which <c>qemu-img commit</c> does to the committed image), and makes that durable.
+    /// </summary>
+    public async ValueTask MakeEmptyAsync(CancellationToken cancellationToken = default)
+    {
+        CheckWritable(BlockOperation.Discard, 0, _image.Size);
+        var g = _image.Geometry;
+        var end = g.ClusterEnd(_image.Size);
+        for (long start = 0; start < end;)
+        {
+            var pieceEnd = Math.Min(end, (g.L1Index(start) + 1) * g.L2Span);
+            await UpdateClustersAsync(BlockOperation.Discard, start, (pieceEnd - start) >> g.ClusterBits, Qcow2Image.ClusterUpdate.Unallocate,
+                HasBackingFile, cancellationToken).ConfigureAwait(false);
+            start = pieceEnd;
+        }
+
+        await FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);

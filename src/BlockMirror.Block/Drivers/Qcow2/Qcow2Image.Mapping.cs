@@ -16,6 +16,9 @@ internal sealed partial class Qcow2Image
 
         /// <summary>Release the clusters (QEMU's non-full discard: on version 3 they still read as zeroes).</summary>
         Discard,
+
+        /// <summary>Release the clusters and leave them unallocated, reading from the backing file again (a full discard).</summary>
+        Unallocate,
     }
 
     /// <summary>
@@ -268,7 +271,7 @@ internal sealed partial class Qcow2Image
         var g = Geometry;
         var l1Index = g.L1Index(offset);
         var v3 = Header.Version >= 3;
-        if (_l1[l1Index] == 0 && !(hasBacking && v3))
+        if (_l1[l1Index] == 0 && (update == ClusterUpdate.Unallocate || !(hasBacking && v3)))
         {
             // Nothing is allocated under an empty L1 entry, and without a backing file it reads as zeroes.
             return;
@@ -285,7 +288,7 @@ internal sealed partial class Qcow2Image
             var compressed = (old & Qcow2Entries.Compressed) != 0;
             var owned = !compressed && host != 0;
             ulong entry;
-            if (!v3)
+            if (!v3 || update == ClusterUpdate.Unallocate)
             {
                 // Version 2 has no zero flag; callers send zeroing here only when there is no backing file,
                 // where an unallocated cluster reads as zeroes.

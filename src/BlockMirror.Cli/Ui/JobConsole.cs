@@ -1,0 +1,129 @@
+using System.Text.Json;
+using BlockMirror.Jobs;
+using BlockMirror.Jobs.Events;
+using BlockMirror.Qmp.Events;
+
+namespace BlockMirror.Cli.Ui;
+
+/// <summary>
+/// Runs a block job to its end for a one-shot command: completes it as soon as it is READY (there is no
+/// one else to decide), shows progress as a line or as QMP-style JSON events, and turns a failed job into
+/// an error. Created before the job starts, so that its first events are seen too.
+/// </summary>
+sealed class JobConsole : IDisposable
+{
+    readonly List<JobEvent> _events = [];
+    readonly IDisposable _subscription;
+    readonly bool _json;
+    readonly bool _progress;
+
+    /// <param name="json">Print every event and a PROGRESS object each second, one JSON object per line.</param>
+    /// <param name="progress">Show the progress line (ignored with <paramref name="json"/>).</param>
+    public JobConsole(JobManager manager, bool json, bool progress = true)
+    {
+        _json = json;
+        _progress = progress && !json;
+        _subscription = manager.Events.Subscribe(e =>
+        {
+            lock (_events)
+            {
+                _events.Add(e);
+            }
+        });
+    }
+
+    /// <summary>
+    /// Waits for the job to end; <paramref name="dirtyBytes"/> (what is left to copy) goes into the JSON
+    /// progress. Throws <see cref="IOException"/> with <paramref name="what"/> when the job failed.
+    /// </summary>
+    public async Task<BlockJobInfo> RunAsync(BlockJob job, Func<long> dirtyBytes, string what, CancellationToken cancellationToken)
+    {
+        using var onCancel = cancellationToken.Register(() => _ = job.CancelAsync(force: true));
+        var line = ProgressLine.ForConsole();
+        var rate = new RateMeter(TimeSpan.FromSeconds(3));
+        var completed = false;
+        while (!job.Finished.IsCompleted)
+        {
+            foreach (var e in TakeEvents())
+            {
+                if (e is BlockJobReadyEvent && !completed)
+                {
+                    completed = true;
+                    job.Complete();
+                }
+            }
+
+            var info = job.GetInfo();
+            if (_json)
+            {
+                WriteProgressJson(info, dirtyBytes());
+            }
+            else if (_progress)
+            {
+                line.Update(info.Offset, info.Len, rate.Sample(info.Offset), info.Status.ToWireName());
+            }
+
+            await Task.WhenAny(job.Finished, Task.Delay(_json ? 1000 : 200, CancellationToken.None));
+        }
+
+        TakeEvents();
+        var final = job.GetInfo();
+        if (_progress)
+        {
+            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
+            line.Finish();
+        }
+
+        if (job.Error is not null)
+        {
+            throw new IOException($"the {what} failed: {job.Failure?.Message ?? job.Error}");
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        return final;
+    }
+
+    /// <summary>The events since the last call, printed first in JSON mode.</summary>
+    List<JobEvent> TakeEvents()
+    {
+        List<JobEvent> batch;
+        lock (_events)
+        {
+            batch = [.. _events];
+            _events.Clear();
+        }
+
+        if (_json)
+        {
+            foreach (var e in batch)
+            {
+                Console.WriteLine(QmpEventWriter.ToJson(e));
+            }
+        }
+
+        return batch;
+    }
+
+    static void WriteProgressJson(BlockJobInfo info, long dirty)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("event", "PROGRESS");
+            writer.WriteStartObject("data");
+            writer.WriteString("device", info.Device);
+            writer.WriteString("status", info.Status.ToWireName());
+            writer.WriteNumber("offset", info.Offset);
+            writer.WriteNumber("len", info.Len);
+            writer.WriteNumber("dirty", dirty);
+            writer.WriteEndObject();
+            QmpEventWriter.WriteTimestamp(writer, DateTimeOffset.UtcNow);
+            writer.WriteEndObject();
+        }
+
+        Console.WriteLine(System.Text.Encoding.UTF8.GetString(buffer.ToArray()));
+    }
+
+    public void Dispose() => _subscription.Dispose();
+}
