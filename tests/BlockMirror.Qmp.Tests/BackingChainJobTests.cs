@@ -224,6 +224,47 @@ public sealed class BackingChainJobTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task A_running_commit_holds_every_image_of_its_chain_and_a_cancel_puts_the_base_back_to_read_only()
+    {
+        var chain = await MakeChainAsync(3);
+        var expected = await SnapshotAsync(chain[^1]);
+        await using (var daemon = new DaemonHarness())
+        {
+            await daemon.ExecuteAsync("blockdev-add", Open("top", chain[^1]));
+            var graph = daemon.Daemon.Graph;
+            BlockMirror.Block.Graph.BlockNode Image(string path) =>
+                graph.Nodes.Single(n => n.Driver.DriverName == "qcow2" && n.Driver.FileName == path);
+            var mid = Image(chain[1]);
+            var @base = Image(chain[0]);
+            Assert.True(@base.ReadOnly);
+
+            // Slow, so it is still running while the others try.
+            await daemon.ExecuteAsync("block-commit", new JsonObject { ["job-id"] = "c0", ["device"] = "top", ["speed"] = 4096 });
+            await daemon.WaitStatusAsync("c0", JobStatus.Running);
+            Assert.False(@base.ReadOnly);
+            foreach (var node in new[] { mid, @base })
+            {
+                var error = await daemon.ErrorAsync("drive-mirror", new JsonObject
+                {
+                    ["job-id"] = "m0", ["device"] = node.Name, ["target"] = _dir.File("copy.qcow2"), ["sync"] = "full",
+                });
+                Assert.Contains("is busy: block device is in use by block job: commit", error, StringComparison.Ordinal);
+                Assert.False(File.Exists(_dir.File("copy.qcow2")));
+            }
+
+            await daemon.ExecuteAsync("block-job-cancel", new JsonObject { ["device"] = "c0", ["force"] = true });
+            await daemon.WaitStatusAsync("c0", JobStatus.Null);
+            Assert.Contains(daemon.Events, e => e is BlockJobCancelledEvent);
+            Assert.True(@base.ReadOnly);
+            Assert.DoesNotContain(graph.Nodes, n => n.Driver.DriverName == "mirror_top");
+        }
+
+        // Cancelled before READY: the top still reads as before, through the whole chain.
+        await AssertIdenticalAsync(chain[^1], expected);
+        await AssertCleanAsync(chain[0]);
+    }
+
+    [SkippableFact]
     public async Task Bad_commit_and_replaces_requests_get_qemus_errors_and_change_nothing()
     {
         var chain = await MakeChainAsync(3);
