@@ -183,6 +183,35 @@ public sealed class BackingChainJobTests : IDisposable
             $"the copy holds {await OwnDataAsync(copy)} bytes of its own, the top {await OwnDataAsync(chain[^1])}");
     }
 
+    [SkippableFact]
+    public async Task Drive_mirror_sync_none_copies_only_new_writes_onto_an_image_backed_by_the_source()
+    {
+        var chain = await MakeChainAsync(2);
+        var expected = await SnapshotAsync(chain[^1]);
+        var copy = _dir.File("copy.qcow2");
+        await using (var daemon = new DaemonHarness())
+        {
+            await daemon.ExecuteAsync("blockdev-add", Open("top", chain[^1]));
+            var socket = await ExportAsync(daemon, "top");
+            await daemon.ExecuteAsync("drive-mirror", new JsonObject
+            {
+                ["job-id"] = "m0", ["device"] = "top", ["target"] = copy, ["sync"] = "none", ["format"] = "qcow2",
+            });
+            await WriteBothAsync(socket, expected, "write -P 0x91 256k 64k");
+            await daemon.WaitAsync(e => e is BlockJobReadyEvent);
+            await WriteBothAsync(socket, expected, "write -P 0x92 1M 64k");
+            await daemon.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m0" });
+            await daemon.WaitStatusAsync("m0", JobStatus.Null);
+            await WriteBothAsync(socket, expected, "write -P 0x93 2M 64k");
+        }
+
+        // The copy is backed by the old top and holds the writes made since the start, nothing else.
+        Assert.Equal(Path.GetFullPath(chain[^1]), await BackingOfAsync(copy));
+        await AssertCleanAsync(copy);
+        await AssertIdenticalAsync(copy, expected);
+        Assert.Equal(3 * (64 << 10), await OwnDataAsync(copy));
+    }
+
     static async Task<long> OwnDataAsync(string image)
     {
         var map = JsonNode.Parse(await ExternalTool.RunCheckedAsync("qemu-img", "map", "--output=json", "-U", image))!.AsArray();
