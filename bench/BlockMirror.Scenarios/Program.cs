@@ -25,7 +25,8 @@ static class Program
                 "nbd" => NbdScenarios.Export(options),
                 "mirror" => MirrorScenarios.Dense(options),
                 "live" => MirrorScenarios.Live(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, qcow2, nbd)"),
+                "sparse-qmp" => MirrorScenarios.Sparse(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd)"),
             });
         }
 
@@ -38,6 +39,7 @@ static class Program
         if (options.Output is { } output)
         {
             File.WriteAllText(output, report.ToString());
+            Chart.Write(rows, Path.ChangeExtension(output, ".png"));
         }
 
         return 0;
@@ -52,7 +54,7 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         var data = "/var/tmp/blockmirror-bench";
         var pairs = 3;
         var quick = false;
-        string[] scenarios = ["mirror", "live", "dense", "sparse", "nbd", "qcow2"];
+        string[] scenarios = ["mirror", "sparse-qmp", "live", "dense", "sparse", "nbd", "qcow2"];
         var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
         string? output = null;
         for (var i = 0; i < args.Length; i++)
