@@ -82,10 +82,23 @@ public sealed partial class StorageDaemon
                     throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
                 }
 
+                // QEMU's bdrv_img_create refuses a bad format before it touches anything: a refused request
+                // must not cost the user the file already at the target's path.
+                var targetFormat = format ?? ImageFiles.GuessFormat(target);
+                if (!ImageFiles.Formats.Contains(targetFormat))
+                {
+                    throw QmpException.Generic($"Unknown file format '{targetFormat}'");
+                }
+
+                if (backing is not null && targetFormat != Qcow2Driver.Name)
+                {
+                    throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
+                }
+
                 File.Delete(target);
                 try
                 {
-                    ImageFiles.Create(target, format ?? ImageFiles.GuessFormat(target), source.Length,
+                    ImageFiles.Create(target, targetFormat, source.Length,
                         backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
                 }
                 catch (BlockOpenException ex)
