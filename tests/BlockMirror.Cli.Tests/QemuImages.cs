@@ -26,10 +26,10 @@ static class QemuImages
         }
     }
 
-    /// <summary>Fails unless <c>qemu-img compare</c> finds the two raw images identical.</summary>
-    public static async Task AssertIdenticalAsync(string expected, string actual)
+    /// <summary>Fails unless <c>qemu-img compare</c> finds the two images (raw unless told) identical.</summary>
+    public static async Task AssertIdenticalAsync(string expected, string actual, string expectedFormat = "raw", string actualFormat = "raw")
     {
-        var result = await ExternalTool.RunAsync("qemu-img", ["compare", "-f", "raw", "-F", "raw", expected, actual]);
+        var result = await ExternalTool.RunAsync("qemu-img", ["compare", "-f", expectedFormat, "-F", actualFormat, expected, actual]);
         Assert.True(result.ExitCode == 0 && result.StandardOutput.Contains("Images are identical.", StringComparison.Ordinal),
             $"qemu-img compare {expected} {actual} exited {result.ExitCode}:\n{result.StandardOutput}{result.StandardError}");
     }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using BlockMirror.TestKit;
 
@@ -34,56 +33,23 @@ public sealed class ServeDifferentialTests : IDisposable
     [SkippableFact]
     public async Task The_same_script_gives_the_same_events_on_both_daemons_and_loses_no_write()
     {
-        var qsd = ExternalTool.Require("qemu-storage-daemon");
-        ExternalTool.Require("qemu-io");
+        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd());
+        var ours = await RunScenarioAsync(DifferentialDaemon.Ours());
 
-        var theirs = await RunScenarioAsync("qsd", dir => Start(qsd, [], dir));
-        var ours = await RunScenarioAsync("ours", dir => Start(BlockMirrorCli.DotnetHost(), [BlockMirrorCli.DllPath, "serve"], dir));
-
-        Assert.Equal(
-            ["JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "JOB_STATUS_CHANGE ready", "BLOCK_JOB_READY",
-             "JOB_STATUS_CHANGE waiting", "JOB_STATUS_CHANGE pending", "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null",
-             "BLOCK_EXPORT_DELETED"],
-            theirs);
+        Assert.Equal(DifferentialDaemon.ReadyJobEvents, theirs);
         Assert.Equal(theirs, ours);
     }
 
-    static Process Start(string program, string[] prefix, string dir)
+    async Task<List<string>> RunScenarioAsync(DifferentialDaemon daemon)
     {
-        var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var argument in prefix.Concat(DaemonArguments(dir)))
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        return Process.Start(start)!;
-    }
-
-    /// <summary>qemu-storage-daemon's options: the same for both daemons.</summary>
-    static string[] DaemonArguments(string dir) =>
-    [
-        "--blockdev", $"driver=file,node-name=file0,filename={dir}/source.raw",
-        "--blockdev", "driver=raw,node-name=disk,file=file0",
-        "--chardev", $"socket,id=mon0,path={dir}/qmp.sock,server=on,wait=off",
-        "--monitor", "chardev=mon0",
-        "--nbd-server", $"addr.type=unix,addr.path={dir}/nbd.sock",
-        "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on",
-    ];
-
-    async Task<List<string>> RunScenarioAsync(string name, Func<string, Process> start)
-    {
-        var dir = Path.Combine(_dir.Path, name);
+        var dir = Path.Combine(_dir.Path, daemon.Name);
         Directory.CreateDirectory(dir);
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", $"{dir}/source.raw", Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", $"{dir}/target.raw", Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        using var daemon = start(dir);
-        var stderr = daemon.StandardError.ReadToEndAsync();
-        try
+        string[] blockdevs = ["--blockdev", $"driver=file,node-name=file0,filename={dir}/source.raw", "--blockdev", "driver=raw,node-name=disk,file=file0"];
+        var events = await daemon.RunAsync(dir, blockdevs, "disk", async (qmp, uri) =>
         {
-            await using var qmp = await QmpClient.ConnectAsync($"{dir}/qmp.sock");
-            var uri = $"nbd+unix:///disk?socket={dir}/nbd.sock";
             await WriteAsync(uri, "before");
-
             await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "target-file", ["filename"] = $"{dir}/target.raw" });
             await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "raw", ["node-name"] = "target", ["file"] = "target-file" });
             await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "disk", ["target"] = "target", ["sync"] = "full" });
@@ -91,43 +57,25 @@ public sealed class ServeDifferentialTests : IDisposable
             await qmp.WaitEventAsync("BLOCK_JOB_READY");
             await WriteAsync(uri, "ready");
             await qmp.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "job0" });
-            await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "null");
+            await DifferentialDaemon.WaitJobGoneAsync(qmp);
 
             // After the pivot the export writes to the target.
             var exports = (await qmp.ExecuteAsync("query-block-exports"))!.AsArray();
             Assert.Equal("target", (string?)exports.Single()!["node-name"]);
             await WriteAsync(uri, "pivoted");
-            await qmp.ExecuteAsync("quit");
-            Assert.True(daemon.WaitForExit(30_000), $"{name} did not exit after quit");
-            var events = qmp.Events.Select(e => (string)e["event"]! == "JOB_STATUS_CHANGE"
-                ? $"JOB_STATUS_CHANGE {(string?)e["data"]!["status"]}"
-                : (string)e["event"]!).ToList();
+        });
 
-            var target = await File.ReadAllBytesAsync($"{dir}/target.raw");
-            var expected = new byte[Size];
-            foreach (var write in Writes)
-            {
-                expected.AsSpan((int)write.Offset, write.Length).Fill((byte)write.Pattern);
-            }
-
-            Assert.True(expected.AsSpan().SequenceEqual(target), $"{name}: the target does not hold every write");
-            return events;
-        }
-        finally
+        var target = await File.ReadAllBytesAsync($"{dir}/target.raw");
+        var expected = new byte[Size];
+        foreach (var write in Writes)
         {
-            if (!daemon.HasExited)
-            {
-                daemon.Kill(entireProcessTree: true);
-            }
-
-            await daemon.WaitForExitAsync();
-            _ = await stderr;
+            expected.AsSpan((int)write.Offset, write.Length).Fill((byte)write.Pattern);
         }
+
+        Assert.True(expected.AsSpan().SequenceEqual(target), $"{daemon.Name}: the target does not hold every write");
+        return events;
     }
 
-    static async Task WriteAsync(string uri, string phase)
-    {
-        var commands = Writes.Where(w => w.Phase == phase).SelectMany(w => new[] { "-c", $"write -P {w.Pattern} {w.Offset} {w.Length}" });
-        await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. commands, uri]);
-    }
+    static Task WriteAsync(string uri, string phase) =>
+        ImageRecipes.QemuIoAsync(uri, "raw", Writes.Where(w => w.Phase == phase).Select(w => $"write -P {w.Pattern} {w.Offset} {w.Length}"));
 }

@@ -318,11 +318,12 @@ public sealed class BackingChainJobTests : IDisposable
         {
             ("block-commit", new() { ["device"] = "nope" }, "Device 'nope' not found"),
             ("block-commit", new() { ["device"] = "top", ["base-node"] = "other" }, "'other' is not in this backing file chain"),
+            ("block-commit", new() { ["device"] = "top", ["base-node"] = "nope" }, "Cannot find device='' nor node-name='nope'"),
             ("block-commit", new() { ["device"] = "top", ["top-node"] = "top", ["base-node"] = "top" }, "cannot commit an image into itself"),
             ("block-commit", new() { ["device"] = "top", ["base"] = _dir.File("missing.qcow2") }, $"Can't find '{_dir.File("missing.qcow2")}' in the backing chain"),
             ("block-commit", new() { ["device"] = "top", ["top"] = _dir.File("missing.qcow2") }, $"Top image file {_dir.File("missing.qcow2")} not found"),
             ("block-commit", new() { ["device"] = "top", ["backing-file"] = "x.qcow2" }, "'backing-file' specified, but 'top' is the active layer"),
-            ("block-commit", new() { ["device"] = "top", ["speed"] = -1 }, "Invalid parameter 'speed'"),
+            ("block-commit", new() { ["device"] = "top", ["speed"] = -1 }, "Parameter 'speed' expects a non-negative value"),
             ("block-commit", new() { ["device"] = "ro-top" }, "read-only"),
             ("blockdev-mirror", new() { ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "nope" }, "Failed to find node with node-name='nope'"),
             ("blockdev-mirror", new() { ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "ro-top" },

@@ -46,7 +46,8 @@ public sealed partial class StorageDaemon
             }
             else if (topNode is not null)
             {
-                top = FindNode(topNode);
+                // A node name only, never a device (QEMU's bdrv_lookup_bs(NULL, top_node)): hence device=''.
+                top = Graph.GetNode(topNode);
                 if (!ChainOf(bs).Contains(top))
                 {
                     throw QmpException.Generic($"'{topNode}' is not in this backing file chain");
@@ -64,7 +65,7 @@ public sealed partial class StorageDaemon
             }
             else if (baseNode is not null)
             {
-                @base = FindNode(baseNode);
+                @base = Graph.GetNode(baseNode);
                 if (!ChainOf(top).Contains(@base))
                 {
                     throw QmpException.Generic($"'{baseNode}' is not in this backing file chain");
@@ -86,7 +87,7 @@ public sealed partial class StorageDaemon
 
             if (speed < 0)
             {
-                throw QmpException.Generic("Invalid parameter 'speed'");
+                throw QmpException.Generic("Parameter 'speed' expects a non-negative value");
             }
 
             var active = ReferenceEquals(SkipFilters(top), SkipFilters(bs));

@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs;
@@ -82,10 +83,23 @@ public sealed partial class StorageDaemon
                     throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
                 }
 
+                // QEMU's bdrv_img_create refuses a bad format before it touches anything: a refused request
+                // must not cost the user the file already at the target's path.
+                var targetFormat = format ?? ImageFiles.GuessFormat(target);
+                if (!ImageFiles.Formats.Contains(targetFormat))
+                {
+                    throw QmpException.Generic($"Unknown file format '{targetFormat}'");
+                }
+
+                if (backing is not null && targetFormat != Qcow2Driver.Name)
+                {
+                    throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
+                }
+
                 File.Delete(target);
                 try
                 {
-                    ImageFiles.Create(target, format ?? ImageFiles.GuessFormat(target), source.Length,
+                    ImageFiles.Create(target, targetFormat, source.Length,
                         backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
                 }
                 catch (BlockOpenException ex)
@@ -104,8 +118,11 @@ public sealed partial class StorageDaemon
             try
             {
                 // Without its backing: the mirror copies what the target must hold, and the backing is
-                // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING).
-                targetNode = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(target, format, NodeName: nodeName,
+                // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING). With the
+                // source's discard mode, as QEMU opens it with the source's flags: a guest's discard must do
+                // after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
+                var discard = SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+                targetNode = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(target, format, Discard: discard, NodeName: nodeName,
                     Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
             }
             catch when (created)
