@@ -58,17 +58,73 @@ static class ConcurrencyHarness
         Assert.True(failures.IsEmpty, $"{failures.Count} seed(s) failed; first: {failures.FirstOrDefault()}");
     }
 
-    /// <summary>
-    /// Disturbs the job, then ends it as <paramref name="ending"/> says and waits for the end. Without
-    /// auto-finalize, <paramref name="atSwitch"/> runs while the job is pending: the source is still
-    /// drained, so the writers are held and the target must equal the source right then (the
-    /// point-in-time copy, or the state at the pivot). Returns what it found wrong, or null.
-    /// </summary>
-    public static async Task<string?> EndJobAsync(JobManager manager, MirrorJob job, Random random, JobEnding ending, bool autoFinalize,
-        Disturbance disturbance, Func<Task<string?>> atSwitch)
+    /// <summary>A chunk size from the smallest (512 bytes) to 64 KiB.</summary>
+    public static long DrawGranularity(Random random)
     {
-        await DisturbAsync(job, random, disturbance);
-        if (ending == JobEnding.ForceCancel)
+        long[] granularities = [512, 1024, 4096, 16384, 65536];
+        return granularities[random.Next(granularities.Length)];
+    }
+
+    /// <summary>A disk size of 64 KiB..512 KiB, a third of the time with a tail that is no multiple of a chunk.</summary>
+    public static long DrawSize(Random random) =>
+        random.Next(64, 512) * 1024L + (random.Next(3) == 0 ? random.Next(1, 64) * 512L : 0);
+
+    /// <summary>Complete six times in ten, cancel after READY twice, forced cancel twice.</summary>
+    public static JobEnding DrawEnding(Random random) => random.Next(10) switch
+    {
+        < 6 => JobEnding.Complete,
+        < 8 => JobEnding.CancelAfterReady,
+        _ => JobEnding.ForceCancel,
+    };
+
+    /// <summary>What a scenario decides about the writers and the job's life, whatever the job.</summary>
+    /// <param name="Speed">The limit that speed changes set, when <paramref name="SpeedChanges"/>.</param>
+    public sealed record Plan(int Seed, int Writers, JobEnding Ending, bool AutoFinalize, bool Pauses, bool SpeedChanges, long Speed);
+
+    /// <summary>
+    /// Starts the writers and the job (the writers after it when <paramref name="writersAfterStart"/>),
+    /// disturbs the job, ends it as the plan says, lets the writers go on a moment and stops them; then
+    /// checks what <paramref name="atSwitch"/> found and the job's events. Without auto-finalize,
+    /// <paramref name="atSwitch"/> runs while the job is pending: the source is still drained, so the
+    /// writers are held and the target must equal the source right then (the point-in-time copy, or the
+    /// state at the pivot); it returns what it found wrong, or null.
+    /// </summary>
+    public static async Task<MirrorJob> RunAsync(JobManager manager, ConcurrentWriters writers, Plan plan, Random random,
+        Func<Task<MirrorJob>> start, Func<Task<string?>> atSwitch, bool writersAfterStart = false)
+    {
+        var events = new ConcurrentQueue<JobEvent>();
+        using var subscription = manager.Events.Subscribe(events.Enqueue);
+        MirrorJob job;
+        string? problem;
+        try
+        {
+            if (!writersAfterStart)
+            {
+                writers.Start(plan.Writers, plan.Seed);
+            }
+
+            job = await start();
+            if (writersAfterStart)
+            {
+                writers.Start(plan.Writers, plan.Seed);
+            }
+
+            problem = await EndJobAsync(manager, job, random, plan, atSwitch);
+        }
+        finally
+        {
+            await writers.StopAsync(random);
+        }
+
+        Require(problem is null, $"at the switch the target differed from the source: {problem}");
+        CheckEventSequence([.. events], plan.Ending);
+        return job;
+    }
+
+    static async Task<string?> EndJobAsync(JobManager manager, MirrorJob job, Random random, Plan plan, Func<Task<string?>> atSwitch)
+    {
+        await DisturbAsync(job, random, plan);
+        if (plan.Ending == JobEnding.ForceCancel)
         {
             await job.CancelAsync(force: true);
             await MirrorTestRunner.WaitFinishedAsync(job);
@@ -77,8 +133,8 @@ static class ConcurrencyHarness
 
         string? problem = null;
         await MirrorTestRunner.WaitReadyAsync(manager, job);
-        await DisturbAsync(job, random, disturbance);
-        if (ending == JobEnding.Complete)
+        await DisturbAsync(job, random, plan);
+        if (plan.Ending == JobEnding.Complete)
         {
             job.Complete();
         }
@@ -87,7 +143,7 @@ static class ConcurrencyHarness
             await job.CancelAsync(force: false);
         }
 
-        if (!autoFinalize)
+        if (!plan.AutoFinalize)
         {
             await WaitStatusAsync(job, JobStatus.Pending);
             problem = await atSwitch();
@@ -98,11 +154,8 @@ static class ConcurrencyHarness
         return problem;
     }
 
-    /// <summary>Which disturbances a scenario allows; <paramref name="Speed"/> is the limit speed changes set.</summary>
-    public sealed record Disturbance(bool Pauses, bool SpeedChanges, long Speed);
-
     /// <summary>Random pauses, resumes and speed changes for a short while.</summary>
-    static async Task DisturbAsync(MirrorJob job, Random random, Disturbance d)
+    static async Task DisturbAsync(MirrorJob job, Random random, Plan d)
     {
         var steps = random.Next(0, 4);
         for (var i = 0; i < steps; i++)
@@ -160,20 +213,21 @@ static class ConcurrencyHarness
     }
 
     /// <summary>Null when the two nodes read the same bytes, else where they first differ.</summary>
-    public static async Task<string?> CompareAsync(BlockNode a, BlockNode b, long size)
-    {
-        var left = new byte[size];
-        await a.ReadAsync(0, left);
-        return await CompareModelAsync(b, left);
-    }
+    public static async Task<string?> CompareAsync(BlockNode a, BlockNode b) =>
+        await CompareModelAsync(b, await MirrorRig.ReadAllAsync(a));
 
     /// <summary>Null when the node reads what the model says, else where it first differs.</summary>
     public static async Task<string?> CompareModelAsync(BlockNode node, byte[] model)
     {
-        var actual = new byte[model.LongLength];
-        await node.ReadAsync(0, actual);
-        var common = actual.AsSpan().CommonPrefixLength(model);
-        return common == model.Length ? null : $"first difference at offset {common} of {model.Length}";
+        var actual = await MirrorRig.ReadAllAsync(node);
+        return Difference(model, actual);
+    }
+
+    /// <summary>Null when the two are the same bytes, else where they first differ.</summary>
+    public static string? Difference(ReadOnlySpan<byte> expected, ReadOnlySpan<byte> actual)
+    {
+        var common = actual.CommonPrefixLength(expected);
+        return common == expected.Length && actual.Length == expected.Length ? null : $"first difference at offset {common} of {expected.Length}";
     }
 
     public static void Require(bool condition, string message)
@@ -192,7 +246,7 @@ static class ConcurrencyHarness
     }
 
     /// <summary>Every JOB_STATUS_CHANGE follows the transition table, and the job ends with the right final event.</summary>
-    public static void CheckEventSequence(JobEvent[] events, JobEnding ending)
+    static void CheckEventSequence(JobEvent[] events, JobEnding ending)
     {
         var status = JobStatus.Undefined;
         foreach (var change in events.OfType<JobStatusChangeEvent>())

@@ -1,7 +1,5 @@
-using System.Collections.Concurrent;
 using BlockMirror.Block.Drivers.Memory;
 using BlockMirror.Block.Graph;
-using BlockMirror.Jobs.Events;
 using BlockMirror.Jobs.Mirror;
 using BlockMirror.TestKit;
 using Xunit.Abstractions;
@@ -27,22 +25,19 @@ public sealed class MirrorConcurrencyTests(ITestOutputHelper output)
         public static Scenario FromSeed(int seed)
         {
             var random = new Random(seed);
-            long[] granularities = [512, 1024, 4096, 16384, 65536];
-            var granularity = granularities[random.Next(granularities.Length)];
+            var granularity = ConcurrencyHarness.DrawGranularity(random);
 
             // Sizes that are and are not multiples of the granularity, so the tail chunk is exercised.
-            var size = random.Next(64, 512) * 1024L + (random.Next(3) == 0 ? random.Next(1, 64) * 512L : 0);
+            var size = ConcurrencyHarness.DrawSize(random);
             var bufSize = granularity * (1L << random.Next(0, 6));
-            var ending = random.Next(10) switch
-            {
-                < 6 => JobEnding.Complete,
-                < 8 => JobEnding.CancelAfterReady,
-                _ => JobEnding.ForceCancel,
-            };
+            var ending = ConcurrencyHarness.DrawEnding(random);
             return new Scenario(seed, size, granularity, bufSize, random.Next(1, 9), random.Next(2) == 0,
                 random.Next(5) == 0 ? MirrorSyncMode.None : MirrorSyncMode.Full, random.Next(2) == 0, ending,
                 random.Next(3) == 0, random.Next(6) == 0);
         }
+
+        // Speed changes fast enough that a limited job still finishes well inside the time limit.
+        public ConcurrencyHarness.Plan Plan => new(Seed, Writers, Ending, AutoFinalize, Pauses, SpeedChanges, Size * 20);
     }
 
     [Fact]
@@ -83,18 +78,7 @@ public sealed class MirrorConcurrencyTests(ITestOutputHelper output)
         }
 
         var manager = new JobManager();
-        var events = new ConcurrentQueue<JobEvent>();
-        using var subscription = manager.Events.Subscribe(events.Enqueue);
         using var writers = new ConcurrentWriters(vm, model, (int)s.Granularity, discardZeroes: true);
-
-        // sync=none copies only what is written once the job runs: a write that completes before the
-        // start is on the source only, by definition, so those writers start after it (seed 372 caught a
-        // write that slipped in first). The other modes copy everything: their writers start first.
-        if (s.Sync != MirrorSyncMode.None)
-        {
-            writers.Start(s.Writers, s.Seed);
-        }
-
         var options = new MirrorOptions
         {
             JobId = "mirror",
@@ -103,27 +87,14 @@ public sealed class MirrorConcurrencyTests(ITestOutputHelper output)
             BufSize = s.BufSize,
             AutoFinalize = s.AutoFinalize,
         };
-        var job = await MirrorJob.StartAsync(manager, graph, source, target, options);
-        if (s.Sync == MirrorSyncMode.None)
-        {
-            writers.Start(s.Writers, s.Seed);
-        }
 
-        string? pointInTimeProblem;
-        try
-        {
-            // Fast enough that a limited job still finishes well inside the time limit.
-            var disturbance = new ConcurrencyHarness.Disturbance(s.Pauses, s.SpeedChanges, s.Size * 20);
-            pointInTimeProblem = await ConcurrencyHarness.EndJobAsync(manager, job, random, s.Ending, s.AutoFinalize, disturbance,
-                () => ConcurrencyHarness.CompareAsync(sourceMemory, targetMemory, s.Size));
-        }
-        finally
-        {
-            await writers.StopAsync(random);
-        }
-
-        Require(pointInTimeProblem is null, $"at the switch the target differed from the source: {pointInTimeProblem}");
-        ConcurrencyHarness.CheckEventSequence(events.ToArray(), s.Ending);
+        // sync=none copies only what is written once the job runs: a write that completes before the
+        // start is on the source only, by definition, so those writers start after it (seed 372 caught a
+        // write that slipped in first). The other modes copy everything: their writers start first.
+        var job = await ConcurrencyHarness.RunAsync(manager, writers, s.Plan, random,
+            () => MirrorJob.StartAsync(manager, graph, source, target, options),
+            () => ConcurrencyHarness.CompareAsync(sourceMemory, targetMemory),
+            writersAfterStart: s.Sync == MirrorSyncMode.None);
         ConcurrencyHarness.CheckJobLeftNothing(graph, source);
 
         switch (s.Ending)
