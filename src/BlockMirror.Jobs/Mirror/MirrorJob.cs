@@ -615,11 +615,13 @@ public sealed class MirrorJob : BlockJob
         }
 
         var end = Math.Min(offset + chunks * _granularity, _length);
-        if (CowCopied(offset) == false)
+        if (CowCopied(offset) == false || CowCopied(end - 1) == false)
         {
             // First copy into this part of a target whose backing is not open: take whole target
             // clusters, clean chunks around the dirty ones included, so the target never allocates a
             // cluster holding only part of its data (the rest would be read from the backing later).
+            // Both ends are looked at, as QEMU's mirror_cow_align does: a run may start in a cluster
+            // copied before and end in one never copied (clusters in between it covers whole).
             (offset, end) = (offset - offset % _targetCluster, Math.Min((end + _targetCluster - 1) / _targetCluster * _targetCluster, _length));
             chunks = (end - offset + _granularity - 1) / _granularity;
             while (RangeInFlight(offset, end))

@@ -1,5 +1,6 @@
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Memory;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs.Mirror;
 using BlockMirror.TestKit;
@@ -124,5 +125,61 @@ public sealed class MirrorRegressionTests : IDisposable
                 return (null, ex);
             }
         }
+    }
+
+    /// <summary>
+    /// Found by the sync=top concurrency test (seed 531): a target that names its backing without having it
+    /// open must get whole clusters at their first copy. A run of dirty chunks that started in a cluster
+    /// copied before and ended in one never copied was not widened, so the target allocated that cluster
+    /// holding only the chunk: once the base was attached the rest of it read zeroes, not the base's data.
+    /// </summary>
+    [Fact]
+    public async Task A_run_ending_in_a_target_cluster_never_copied_copies_that_cluster_whole()
+    {
+        const long size = 64 * 1024;
+        var (basePath, topPath, targetPath) = (_dir.File("base.qcow2"), _dir.File("top.qcow2"), _dir.File("target.qcow2"));
+        Qcow2Create.Create(basePath, new Qcow2CreateOptions { Size = size });
+        Qcow2Create.Create(topPath, new Qcow2CreateOptions { Size = size, ClusterSize = 4096, BackingFile = basePath });
+        Qcow2Create.Create(targetPath, new Qcow2CreateOptions { Size = size, ClusterSize = 4096, BackingFile = basePath });
+        var baseData = Enumerable.Repeat((byte)0xba, (int)size).ToArray();
+        await using (var setup = new BlockGraph())
+        {
+            await (await ImageFiles.OpenAsync(setup, new ImageOpenOptions(basePath, "qcow2"))).WriteAsync(0, baseData);
+        }
+
+        await using var graph = new BlockGraph();
+        var top = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(topPath, "qcow2", NodeName: "top"));
+        var target = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(targetPath, "qcow2", NodeName: "dst",
+            Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }));
+        var vm = graph.AttachRoot(top, new RootParent("vm"));
+
+        // Above the base, the top has clusters 0 and 3: the first copies take target clusters 0 and 3 whole,
+        // and the job's cursor ends after cluster 3.
+        await vm.WriteAsync(0, Enumerable.Repeat((byte)0x70, 4096).ToArray());
+        await vm.WriteAsync(12288, Enumerable.Repeat((byte)0x73, 4096).ToArray());
+        var manager = new JobManager();
+        var job = await MirrorJob.StartAsync(manager, graph, top, target, new MirrorOptions
+        {
+            JobId = "j",
+            Sync = MirrorSyncMode.Top,
+            Granularity = 512,
+            BufSize = 8192,
+            BackingMode = MirrorBackingMode.SourceBackingChain,
+        });
+        await MirrorTestRunner.WaitReadyAsync(manager, job);
+
+        // Dirty chunks 7 and 8: the cursor wraps to chunk 7, and the run starts in copied cluster 0 and ends
+        // in cluster 1, never copied.
+        await vm.WriteAsync(3584, Enumerable.Repeat((byte)0x71, 1024).ToArray());
+        job.Complete();
+        await MirrorTestRunner.WaitFinishedAsync(job);
+        Assert.Null(job.Error);
+
+        var expected = (byte[])baseData.Clone();
+        expected.AsSpan(0, 3584).Fill(0x70);
+        expected.AsSpan(3584, 1024).Fill(0x71);
+        expected.AsSpan(12288, 4096).Fill(0x73);
+        Assert.Same(target, vm.Node);
+        MirrorRig.AssertSameBytes(expected, await MirrorRig.ReadAllAsync(target), "target after completion");
     }
 }

@@ -18,6 +18,15 @@ public sealed partial class Qcow2Driver
         }
     }
 
+    /// <summary>
+    /// The token for a change of metadata that has begun: none. A request's token (a mirror's forced cancel
+    /// cancels its in-flight target writes) is honoured while the request waits and while it moves data,
+    /// never between the file requests of one metadata change: a reservation, a zeroing or a discard cut
+    /// short between its refcount, L2 and L1 writes leaves clusters counted that nothing uses (leaks), or an
+    /// L1 entry set in memory that never reaches the file. QEMU's coroutines cannot be cancelled there either.
+    /// </summary>
+    static CancellationToken MetadataChange => CancellationToken.None;
+
     void CheckWritable(BlockOperation operation, long offset, long length)
     {
         if (_image.Corrupt)
@@ -95,7 +104,9 @@ public sealed partial class Qcow2Driver
                 clusters = g.ClustersFor(offset + run.Length - clusterStart);
                 try
                 {
-                    (host, knownZero) = await _image.ReserveDataClustersAsync(clusterStart, clusters, cancellationToken).ConfigureAwait(false);
+                    // Not cancellable: a reservation links a new L2 table and counts clusters over several
+                    // file requests, and one cut short leaks them (see MetadataChange).
+                    (host, knownZero) = await _image.ReserveDataClustersAsync(clusterStart, clusters, MetadataChange).ConfigureAwait(false);
                 }
                 catch (Qcow2Corruption c)
                 {
@@ -373,7 +384,7 @@ public sealed partial class Qcow2Driver
         await LockClearOfAllocationsAsync(offset, offset + (count << g.ClusterBits), cancellationToken).ConfigureAwait(false);
         try
         {
-            await _image.UpdateClustersAsync(offset, count, update, hasBacking, cancellationToken).ConfigureAwait(false);
+            await _image.UpdateClustersAsync(offset, count, update, hasBacking, MetadataChange).ConfigureAwait(false);
         }
         catch (Qcow2Corruption c)
         {
@@ -502,7 +513,7 @@ public sealed partial class Qcow2Driver
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await _image.GrowAsync(length, cancellationToken).ConfigureAwait(false);
+            await _image.GrowAsync(length, MetadataChange).ConfigureAwait(false);
         }
         catch (Qcow2Corruption c)
         {
