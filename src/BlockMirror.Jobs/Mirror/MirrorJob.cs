@@ -74,6 +74,7 @@ public sealed class MirrorJob : BlockJob
     long _length;
     long _cursor;
     DateTimeOffset _lastPause;
+    DateTimeOffset _lastReadyFlush;
     long _targetCluster;
     bool _zeroIsCheap;
 
@@ -478,6 +479,19 @@ public sealed class MirrorJob : BlockJob
                     }
 
                     TransitionToReady();
+                    _lastReadyFlush = Time.GetUtcNow();
+                }
+                else if (!_shouldComplete && !IsCancelRequested && Time.GetUtcNow() - _lastReadyFlush >= SliceTime)
+                {
+                    // In READY, make the copies durable as they land, once a slice (a flush with nothing
+                    // new is skipped by the node): the flush at the switch, made while the writers are
+                    // held, then has at most a slice of copies to write back. QEMU flushes only then, and
+                    // under a writer its switch holds the guest 50 to 400 ms.
+                    _lastReadyFlush = Time.GetUtcNow();
+                    if (!await FlushTargetAsync().ConfigureAwait(false))
+                    {
+                        continue;
+                    }
                 }
 
                 shouldComplete = _shouldComplete || IsCancelRequested;
