@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.IO.Compression;
 using BlockMirror.Block.Io;
 
@@ -11,6 +12,7 @@ public sealed partial class Qcow2Driver
     ulong _decompressedEntry;
     byte[]? _decompressed;
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         while (buffer.Length > 0)
@@ -56,6 +58,7 @@ public sealed partial class Qcow2Driver
     }
 
     /// <summary>Fills <paramref name="buffer"/> with the guest bytes at <paramref name="offset"/>, all inside <paramref name="run"/>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ReadRunAsync(Qcow2Mapping run, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         switch (run.Kind)
@@ -180,6 +183,7 @@ public sealed partial class Qcow2Driver
     }
 
     /// <summary>Looks a run up (under the lock); an inconsistency found on the way marks the image corrupt.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     async ValueTask<Qcow2Mapping> MapAsync(BlockOperation operation, long offset, long length, CancellationToken cancellationToken)
     {
         try

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Io;
@@ -7,6 +8,7 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 // Writes, write-zeroes, discard, flush and truncate.
 public sealed partial class Qcow2Driver
 {
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
         CheckWritable(BlockOperation.Write, offset, buffer.Length);
@@ -44,6 +46,7 @@ public sealed partial class Qcow2Driver
     /// Takes the metadata lock at a moment when no allocating write is under way on the guest clusters that
     /// [start, end) touches.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask LockClearOfAllocationsAsync(long start, long end, CancellationToken cancellationToken)
     {
         var g = _image.Geometry;
@@ -73,6 +76,7 @@ public sealed partial class Qcow2Driver
     }
 
     /// <summary>Writes a prefix of <paramref name="data"/> that maps one way inside one L2 table; returns its length.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     async ValueTask<int> WriteRunAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
         var g = _image.Geometry;
@@ -152,6 +156,7 @@ public sealed partial class Qcow2Driver
     }
 
     /// <summary>Sets (or gives back) an allocation's clusters under the lock, and lets waiting requests go.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask FinishAllocationAsync(Qcow2Allocation allocation, Func<ValueTask> change, long offset, long length)
     {
         // Not cancellable: the data is written (or the write failed) and the metadata must follow either way.
@@ -177,6 +182,7 @@ public sealed partial class Qcow2Driver
     /// the guest saw there before (backing file, zeroes, compressed or shared data). Head, data and tail go
     /// out in one vectored write; zero parts are skipped when the new clusters are known to read as zeroes.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask WriteAllocatedAsync(Qcow2Mapping old, long offset, ReadOnlyMemory<byte> data, long clusterStart, long clusters, long host,
         bool knownZero, CancellationToken cancellationToken)
     {

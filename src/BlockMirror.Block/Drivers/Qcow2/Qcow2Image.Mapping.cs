@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -25,6 +26,7 @@ internal sealed partial class Qcow2Image
     /// How the guest bytes from <paramref name="offset"/> map, for at most <paramref name="length"/> bytes and
     /// never past the end of the L2 table that maps <paramref name="offset"/>.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Qcow2Mapping> GetMappingAsync(long offset, long length, CancellationToken cancellationToken)
     {
         var g = Geometry;
@@ -215,6 +217,7 @@ internal sealed partial class Qcow2Image
     /// <paramref name="guestOffset"/> (inside one L2 table): makes the L2 table writable and reserves host
     /// clusters. <c>KnownZero</c>: the host clusters were never written, so they read as zeroes.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<(long Host, bool KnownZero)> ReserveDataClustersAsync(long guestOffset, long clusters, CancellationToken cancellationToken)
     {
         await GetL2ForWriteAsync(Geometry.L1Index(guestOffset), cancellationToken).ConfigureAwait(false);
@@ -242,6 +245,7 @@ internal sealed partial class Qcow2Image
     /// Second half of an allocating write, once the data is in the file: points the L2 entries at the new
     /// clusters, and releases what they pointed at before (compressed or shared clusters, preallocated zeroes).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask CommitDataClustersAsync(long guestOffset, long clusters, long host, CancellationToken cancellationToken)
     {
         var g = Geometry;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers.Binary;
 using BlockMirror.Block.Buffers;
 
@@ -78,6 +79,7 @@ internal sealed class Qcow2TableCache(IQcow2TableStore store, string name, int c
     /// The table at <paramref name="offset"/>: from the cache, else read from the image
     /// (<paramref name="load"/>) or zero-filled for a cluster that is being made a new table.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Qcow2Table> GetAsync(long offset, bool load, CancellationToken cancellationToken)
     {
         if (_byOffset.TryGetValue(offset, out var cached))
