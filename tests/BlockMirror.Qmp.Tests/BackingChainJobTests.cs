@@ -61,6 +61,11 @@ public sealed class BackingChainJobTests : IDisposable
     /// <summary>Writes through the NBD export and into the expected view, the same commands.</summary>
     static async Task WriteBothAsync(string socket, string expected, params string[] commands)
     {
+        if (commands.Length == 0)
+        {
+            return;
+        }
+
         await QemuIoWithFormatAsync($"nbd+unix:///disk?socket={socket}", "raw", commands);
         await QemuIoWithFormatAsync(expected, "raw", commands);
     }
@@ -157,22 +162,9 @@ public sealed class BackingChainJobTests : IDisposable
     public async Task Drive_mirror_sync_top_copies_only_the_top_and_backs_the_new_image_with_the_source_base()
     {
         var chain = await MakeChainAsync(3);
-        var expected = await SnapshotAsync(chain[^1]);
         var copy = _dir.File("copy.qcow2");
-        await using (var daemon = new DaemonHarness())
-        {
-            await daemon.ExecuteAsync("blockdev-add", Open("top", chain[^1]));
-            var socket = await ExportAsync(daemon, "top");
-            await daemon.ExecuteAsync("drive-mirror", new JsonObject
-            {
-                ["job-id"] = "m0", ["device"] = "top", ["target"] = copy, ["sync"] = "top", ["format"] = "qcow2", ["node-name"] = "copy",
-            });
-            await WriteBothAsync(socket, expected, "write -P 0x81 128k 64k", "write -z 3M 64k");
-            await daemon.WaitAsync(e => e is BlockJobReadyEvent);
-            await daemon.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m0" });
-            await daemon.WaitStatusAsync("m0", JobStatus.Null);
-            await WriteBothAsync(socket, expected, "write -P 0x82 2M 4k");
-        }
+        var expected = await DriveMirrorWhileWritingAsync(chain[^1], copy, "top",
+            running: ["write -P 0x81 128k 64k", "write -z 3M 64k"], ready: [], pivoted: ["write -P 0x82 2M 4k"]);
 
         Assert.Equal(Path.GetFullPath(chain[1]), await BackingOfAsync(copy));
         await AssertCleanAsync(copy);
@@ -187,29 +179,38 @@ public sealed class BackingChainJobTests : IDisposable
     public async Task Drive_mirror_sync_none_copies_only_new_writes_onto_an_image_backed_by_the_source()
     {
         var chain = await MakeChainAsync(2);
-        var expected = await SnapshotAsync(chain[^1]);
         var copy = _dir.File("copy.qcow2");
-        await using (var daemon = new DaemonHarness())
-        {
-            await daemon.ExecuteAsync("blockdev-add", Open("top", chain[^1]));
-            var socket = await ExportAsync(daemon, "top");
-            await daemon.ExecuteAsync("drive-mirror", new JsonObject
-            {
-                ["job-id"] = "m0", ["device"] = "top", ["target"] = copy, ["sync"] = "none", ["format"] = "qcow2",
-            });
-            await WriteBothAsync(socket, expected, "write -P 0x91 256k 64k");
-            await daemon.WaitAsync(e => e is BlockJobReadyEvent);
-            await WriteBothAsync(socket, expected, "write -P 0x92 1M 64k");
-            await daemon.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m0" });
-            await daemon.WaitStatusAsync("m0", JobStatus.Null);
-            await WriteBothAsync(socket, expected, "write -P 0x93 2M 64k");
-        }
+        var expected = await DriveMirrorWhileWritingAsync(chain[^1], copy, "none",
+            running: ["write -P 0x91 256k 64k"], ready: ["write -P 0x92 1M 64k"], pivoted: ["write -P 0x93 2M 64k"]);
 
         // The copy is backed by the old top and holds the writes made since the start, nothing else.
         Assert.Equal(Path.GetFullPath(chain[^1]), await BackingOfAsync(copy));
         await AssertCleanAsync(copy);
         await AssertIdenticalAsync(copy, expected);
         Assert.Equal(3 * (64 << 10), await OwnDataAsync(copy));
+    }
+
+    /// <summary>
+    /// drive-mirror of <paramref name="top"/> (exported over NBD) into a new qcow2 with the given sync, with
+    /// writes while it runs, at READY and after the switch; returns the expected guest view.
+    /// </summary>
+    async Task<string> DriveMirrorWhileWritingAsync(string top, string copy, string sync, string[] running, string[] ready, string[] pivoted)
+    {
+        var expected = await SnapshotAsync(top);
+        await using var daemon = new DaemonHarness();
+        await daemon.ExecuteAsync("blockdev-add", Open("top", top));
+        var socket = await ExportAsync(daemon, "top");
+        await daemon.ExecuteAsync("drive-mirror", new JsonObject
+        {
+            ["job-id"] = "m0", ["device"] = "top", ["target"] = copy, ["sync"] = sync, ["format"] = "qcow2", ["node-name"] = "copy",
+        });
+        await WriteBothAsync(socket, expected, running);
+        await daemon.WaitAsync(e => e is BlockJobReadyEvent);
+        await WriteBothAsync(socket, expected, ready);
+        await daemon.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m0" });
+        await daemon.WaitStatusAsync("m0", JobStatus.Null);
+        await WriteBothAsync(socket, expected, pivoted);
+        return expected;
     }
 
     static async Task<long> OwnDataAsync(string image)
