@@ -22,6 +22,38 @@ public static class BlockChain
         Layers(top).Any(n => ReferenceEquals(n, candidate));
 
     /// <summary>
+    /// The image of the chain whose file <paramref name="name"/> names (QEMU's bdrv_find_backing_image, for
+    /// block-commit's <c>top</c>/<c>base</c> and <c>qemu-img commit -b</c>): the name as given, a relative
+    /// name read from the directory of the image above (as a header's backing name is read) or from the
+    /// current directory, or another link to the same file. Filters are passed over.
+    /// </summary>
+    public static BlockNode? FindImage(BlockNode top, string name, bool includeTop)
+    {
+        string? above = null;
+        foreach (var node in Layers(top))
+        {
+            if (node.Driver.Kind == Drivers.DriverKind.Filter || node.Driver.FileName is not { } file)
+            {
+                continue;
+            }
+
+            if (includeTop || !ReferenceEquals(node, top))
+            {
+                var besideAbove = above is null || Path.IsPathRooted(name) ? null : Path.GetFullPath(Path.Combine(Path.GetDirectoryName(above) ?? ".", name));
+                var full = Path.GetFullPath(file);
+                if (file == name || full == besideAbove || full == Path.GetFullPath(name) || Interop.FileStatus.AreSame(file, name) == true)
+                {
+                    return node;
+                }
+            }
+
+            above = Path.GetFullPath(file);
+        }
+
+        return null;
+    }
+
+    /// <summary>
     /// Whether any layer from <paramref name="top"/> down to, not including, <paramref name="base"/> decides
     /// the content at <paramref name="offset"/>, and for how many bytes that answer holds (at most
     /// <paramref name="length"/>). QEMU's bdrv_is_allocated_above.

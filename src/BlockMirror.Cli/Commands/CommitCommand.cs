@@ -54,7 +54,7 @@ static class CommitCommand
         var @base = top.Backing ?? throw new UsageException("Image does not have a backing file");
         if (basePath is not null)
         {
-            @base = FindInChain(top, basePath) ?? throw new UsageException($"Did not find '{basePath}' in the backing chain of '{imagePath}'");
+            @base = BlockChain.FindImage(top, basePath, includeTop: false) ?? throw new UsageException($"Did not find '{basePath}' in the backing chain of '{imagePath}'");
         }
 
         var manager = new JobManager();
@@ -74,20 +74,5 @@ static class CommitCommand
         }
 
         return 0;
-    }
-
-    /// <summary>The image below <paramref name="top"/> whose file is <paramref name="path"/> (same file, any spelling of its name).</summary>
-    static BlockNode? FindInChain(BlockNode top, string path)
-    {
-        for (var node = top.Backing; node is not null; node = node.ChainChild)
-        {
-            if (node.Driver.FileName is { } file &&
-                (Path.GetFullPath(file) == Path.GetFullPath(path) || Block.Interop.FileStatus.AreSame(file, path) == true))
-            {
-                return node;
-            }
-        }
-
-        return null;
     }
 }

@@ -48,14 +48,14 @@ public sealed partial class StorageDaemon
             {
                 // A node name only, never a device (QEMU's bdrv_lookup_bs(NULL, top_node)): hence device=''.
                 top = Graph.GetNode(topNode);
-                if (!ChainOf(bs).Contains(top))
+                if (!BlockChain.Contains(bs, top))
                 {
                     throw QmpException.Generic($"'{topNode}' is not in this backing file chain");
                 }
             }
             else if (topFile is not null)
             {
-                top = FindBackingImage(bs, topFile, includeSelf: true) ?? throw QmpException.Generic($"Top image file {topFile} not found");
+                top = BlockChain.FindImage(bs, topFile, includeTop: true) ?? throw QmpException.Generic($"Top image file {topFile} not found");
             }
 
             BlockNode @base;
@@ -66,18 +66,18 @@ public sealed partial class StorageDaemon
             else if (baseNode is not null)
             {
                 @base = Graph.GetNode(baseNode);
-                if (!ChainOf(top).Contains(@base))
+                if (!BlockChain.Contains(top, @base))
                 {
                     throw QmpException.Generic($"'{baseNode}' is not in this backing file chain");
                 }
             }
             else if (baseFile is not null)
             {
-                @base = FindBackingImage(top, baseFile, includeSelf: false) ?? throw QmpException.Generic($"Can't find '{baseFile}' in the backing chain");
+                @base = BlockChain.FindImage(top, baseFile, includeTop: false) ?? throw QmpException.Generic($"Can't find '{baseFile}' in the backing chain");
             }
             else
             {
-                @base = ChainOf(top)[^1];
+                @base = BlockChain.Layers(top).Last();
             }
 
             if (ReferenceEquals(top, @base))
@@ -127,46 +127,5 @@ public sealed partial class StorageDaemon
 
             return Empty;
         });
-    }
-
-    /// <summary>The node and the nodes below it through filters and backing files, in order.</summary>
-    static List<BlockNode> ChainOf(BlockNode node)
-    {
-        List<BlockNode> chain = [];
-        for (var n = node; n is not null; n = n.ChainChild)
-        {
-            chain.Add(n);
-        }
-
-        return chain;
-    }
-
-    /// <summary>
-    /// The image of the chain whose file is <paramref name="name"/> (QEMU's bdrv_find_backing_image): the
-    /// name as the user gave it, or a relative name read from the directory of the image above, as a
-    /// header's backing name is read.
-    /// </summary>
-    static BlockNode? FindBackingImage(BlockNode top, string name, bool includeSelf)
-    {
-        string? above = null;
-        foreach (var node in ChainOf(top))
-        {
-            var file = node.Driver.FileName;
-            if ((includeSelf || !ReferenceEquals(node, top)) && node.Driver.Kind != Block.Drivers.DriverKind.Filter && file is not null)
-            {
-                var wanted = Path.IsPathRooted(name) || above is null ? Path.GetFullPath(name) : Path.GetFullPath(Path.Combine(Path.GetDirectoryName(above) ?? ".", name));
-                if (file == name || Path.GetFullPath(file) == wanted)
-                {
-                    return node;
-                }
-            }
-
-            if (node.Driver.Kind != Block.Drivers.DriverKind.Filter && file is not null)
-            {
-                above = Path.GetFullPath(file);
-            }
-        }
-
-        return null;
     }
 }
