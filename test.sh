@@ -40,6 +40,19 @@ for project in tests/*.Tests/*.csproj; do
     --blame-hang-timeout 10m --blame-hang-dump-type none "$@" || status=$?
 done
 
+publish_failed=0
+# The command-line tests once more, against the native executable users install (publish.sh): the same
+# code compiled ahead of time, where something the JIT build tolerates (reflection, a missing runtime
+# option) would fail.
+if native=$(./publish.sh artifacts/blockmirror | tail -n 1) && [ -x "$native" ]; then
+  BLOCKMIRROR_EXE="$native" dotnet test tests/BlockMirror.Cli.Tests/BlockMirror.Cli.Tests.csproj -c Release --no-build -nologo \
+    --logger trx --results-directory "$results/BlockMirror.Cli.Tests.native" \
+    --blame-hang-timeout 10m --blame-hang-dump-type none "$@" || status=$?
+else
+  echo "publish.sh failed: no native blockmirror to test (counted as one failure)"
+  publish_failed=1
+fi
+
 passed=0
 failed=0
 for trx in "$results"/*/*.trx; do
@@ -52,6 +65,8 @@ for trx in "$results"/*/*.trx; do
     n=$(sed -n "s/.* $field=\"\([0-9]*\)\".*/\1/p" <<<"$counters"); failed=$((failed + ${n:-0}))
   done
 done
+
+failed=$((failed + publish_failed))
 
 # A test host that crashed may leave no failure in any report; the exit status still tells.
 if [ $status -ne 0 ] && [ $failed -eq 0 ]; then

@@ -29,7 +29,7 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
         "BLOCK_EXPORT_DELETED",
     ];
 
-    public static DifferentialDaemon Ours() => new("ours", BlockMirrorCli.DotnetHost(), [BlockMirrorCli.DllPath, "serve"]);
+    public static DifferentialDaemon Ours() => new("ours", BlockMirrorCli.Launcher[0], [.. BlockMirrorCli.Launcher.Skip(1), "serve"]);
 
     /// <summary>
     /// Starts the daemon with <paramref name="blockdevs"/>, a monitor on <c>DIR/qmp.sock</c> and an NBD server

@@ -27,20 +27,14 @@ public sealed class ServeQcow2Tests : IDisposable
 
         var socket = _dir.File("qmp.sock");
         var nbd = _dir.File("nbd.sock");
-        var start = new ProcessStartInfo(BlockMirrorCli.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var argument in new[]
-        {
-            BlockMirrorCli.DllPath, "serve",
+        using var daemon = Process.Start(BlockMirrorCli.StartInfo(
+        [
+            "serve",
             "--blockdev", $"driver=qcow2,node-name=disk,file.driver=file,file.filename={overlay}",
             "--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0",
             "--nbd-server", $"addr.type=unix,addr.path={nbd}",
             "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on",
-        })
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var daemon = Process.Start(start)!;
+        ]))!;
         var stderr = daemon.StandardError.ReadToEndAsync();
         try
         {

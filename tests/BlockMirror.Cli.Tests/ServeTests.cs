@@ -45,15 +45,7 @@ public sealed class ServeTests : IAsyncLifetime
 
     static Process StartServe(params string[] arguments)
     {
-        var start = new ProcessStartInfo(BlockMirrorCli.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        start.ArgumentList.Add(BlockMirrorCli.DllPath);
-        start.ArgumentList.Add("serve");
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        return Process.Start(start)!;
+        return Process.Start(BlockMirrorCli.StartInfo(["serve", .. arguments]))!;
     }
 
     static string ErrorOf(JsonObject reply) =>

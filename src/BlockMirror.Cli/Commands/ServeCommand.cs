@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using BlockMirror.Qmp.Commands;
@@ -94,12 +95,16 @@ static class ServeCommand
             return await DaemonizeAsync(tokens, cancellationToken);
         }
 
-        // Compile the switch-over path now, not during the first pivot (see MirrorWarmup), and the NBD
-        // request path before the first client connects (see NbdWarmup).
-        await BlockMirror.Jobs.Mirror.MirrorWarmup.RunAsync(cancellationToken);
-        if (settings.Any(s => s.Option == "--nbd-server"))
+        // Under the JIT, compile the switch-over path now, not during the first pivot (see MirrorWarmup),
+        // and the NBD request path before the first client connects (see NbdWarmup). The native build
+        // (publish.sh) was compiled ahead of time: nothing to warm up.
+        if (RuntimeFeature.IsDynamicCodeCompiled)
         {
-            await BlockMirror.Nbd.Server.NbdWarmup.RunAsync(cancellationToken);
+            await BlockMirror.Jobs.Mirror.MirrorWarmup.RunAsync(cancellationToken);
+            if (settings.Any(s => s.Option == "--nbd-server"))
+            {
+                await BlockMirror.Nbd.Server.NbdWarmup.RunAsync(cancellationToken);
+            }
         }
 
         await using var daemon = new StorageDaemon();
