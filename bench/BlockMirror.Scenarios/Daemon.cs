@@ -28,12 +28,8 @@ sealed class Daemon : IAsyncDisposable
     {
         var socket = Path.Combine(directory, "qmp.sock");
         File.Delete(socket);
-        var start = new ProcessStartInfo(ours ? "dotnet" : "qemu-storage-daemon") { UseShellExecute = false, RedirectStandardError = true };
-        if (ours)
-        {
-            start.ArgumentList.Add(options.BlockMirror);
-            start.ArgumentList.Add("serve");
-        }
+        var start = ours ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        start.RedirectStandardError = true;
 
         foreach (var argument in arguments.Concat(["--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"]))
         {

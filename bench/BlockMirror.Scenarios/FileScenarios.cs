@@ -37,7 +37,7 @@ static class FileScenarios
                 Runner.DropCaches();
                 if ((turn == 0) == oursFirst)
                 {
-                    ours.Add(Runner.Measure($"dotnet '{options.BlockMirror}' mirror '{source}' '{target}' > /dev/null && sync"));
+                    ours.Add(Runner.Measure(options.Shell($"mirror '{source}' '{target}' > /dev/null && sync")));
                 }
                 else
                 {

@@ -57,7 +57,7 @@ static partial class ImageLayerScenarios
                         Runner.DropCaches();
                         var arguments = $"{(c.Write ? "-w " : "")}-c {c.Count} -d {Depth} -s {c.BufferSize} -S {c.Step} -t {cache} -f qcow2 '{image}'";
                         var mine = (turn == 0) == oursFirst;
-                        var output = Runner.Run(mine ? $"dotnet '{options.BlockMirror}' bench {arguments}" : $"qemu-img bench {arguments}");
+                        var output = Runner.Run(mine ? options.Shell($"bench {arguments}") : $"qemu-img bench {arguments}");
                         var mibPerSecond = c.Count * (double)c.BufferSize / (1 << 20) / Seconds(output);
                         (mine ? ours : theirs).Add(mibPerSecond);
                         Console.Error.WriteLine($"{name}: pair {pair + 1} turn {turn + 1} done");

@@ -90,12 +90,8 @@ static class NbdScenarios
 
     static Process Start(Options options, bool mine, string image, string socket)
     {
-        var start = new ProcessStartInfo(mine ? "dotnet" : "qemu-storage-daemon") { UseShellExecute = false, RedirectStandardError = true };
-        if (mine)
-        {
-            start.ArgumentList.Add(options.BlockMirror);
-            start.ArgumentList.Add("serve");
-        }
+        var start = mine ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        start.RedirectStandardError = true;
 
         foreach (var argument in new[]
         {

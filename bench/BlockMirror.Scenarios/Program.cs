@@ -1,5 +1,7 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text;
+using BlockMirror.TestKit;
 
 namespace BlockMirror.Scenarios;
 
@@ -73,4 +75,10 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
 
         return new Options(data, pairs, quick, scenarios, blockMirror, output, "blockmirror-scenarios " + string.Join(' ', args));
     }
+
+    /// <summary>A shell command line running <c>blockmirror</c> with <paramref name="arguments"/> (already quoted).</summary>
+    public string Shell(string arguments) => string.Join(' ', BlockMirrorLauncher.Launcher(BlockMirror).Select(part => $"'{part}'")) + " " + arguments;
+
+    /// <summary>A start description for <c>blockmirror</c> with <paramref name="arguments"/>; output not redirected.</summary>
+    public ProcessStartInfo Start(params IEnumerable<string> arguments) => BlockMirrorLauncher.StartInfo(BlockMirror, arguments);
 }
