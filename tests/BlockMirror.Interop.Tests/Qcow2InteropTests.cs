@@ -268,6 +268,46 @@ public sealed class Qcow2InteropTests : IDisposable
         await AssertCleanAsync(path);
     }
 
+    /// <summary>
+    /// With O_DIRECT the file grows in preallocated steps (16, 32, 64 MiB ... ahead of its end) so that data
+    /// writes into new clusters run in parallel: 16 writers in flight across several steps, then the data,
+    /// <c>qemu-img check</c>, and a file cut back to the image's end on close.
+    /// </summary>
+    [SkippableFact]
+    public async Task Parallel_direct_writes_across_file_growth_steps_keep_data_and_close_trims_the_file()
+    {
+        // Not in /tmp: it may be a tmpfs, and this is about a disk file system's allocation.
+        using var dir = TempDirectory.OnDisk("blockmirror-qcow2-growth-");
+        var path = dir.File("grow.qcow2");
+        const int Chunk = 1 << 20;
+        const int Chunks = 80;
+        Qcow2Create.Create(path, new Qcow2CreateOptions { Size = (long)Chunk * Chunks, ClusterSize = 65536 });
+        var expected = new byte[(long)Chunk * Chunks];
+        new Random(11).NextBytes(expected);
+        await using (var graph = new BlockGraph())
+        {
+            var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, Direct: true));
+            var next = -1;
+            await Task.WhenAll(Enumerable.Range(0, 16).Select(async _ =>
+            {
+                // Chunks in a scattered order (37 is prime to 80), so allocations interleave with growth.
+                for (int i; (i = Interlocked.Increment(ref next)) < Chunks;)
+                {
+                    var at = (long)(i * 37 % Chunks) * Chunk;
+                    await node.WriteAsync(at, expected.AsMemory((int)at, Chunk));
+                }
+            }));
+        }
+
+        await AssertCleanAsync(path);
+        var expectedPath = dir.File("expected.raw");
+        await File.WriteAllBytesAsync(expectedPath, expected);
+        await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "qcow2", "-F", "raw", path, expectedPath);
+        var check = await ExternalTool.RunCheckedAsync("qemu-img", "check", "--output=json", path);
+        var end = long.Parse(System.Text.RegularExpressions.Regex.Match(check, "\"image-end-offset\": (\\d+)").Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.Equal(end, new FileInfo(path).Length);
+    }
+
     [SkippableFact]
     public async Task Growing_an_image_past_its_l1_table_keeps_data_and_passes_check()
     {

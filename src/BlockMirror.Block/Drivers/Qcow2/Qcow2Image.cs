@@ -26,11 +26,14 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 {
     /// <summary>
-    /// The file grows in steps of at least this much, and of an eighth of its length, so that allocations do
-    /// not each call ftruncate (a sequential 1 GiB write spent a fifth of its time there with 1 MiB steps).
+    /// The file grows in steps of at least this much, and of its own length (it doubles) up to
+    /// <see cref="MaxFileGrowthStep"/>, so that allocations seldom call ftruncate. Each call is costly: with
+    /// O_DIRECT the file system first waits for every write in flight to the file, and it runs under the
+    /// metadata lock. A sequential 1 GiB write spent a fifth of its time there with 1 MiB steps, and with
+    /// steps of an eighth of the length still made 59 calls, up to 25 ms each; doubling from 16 MiB makes 8.
     /// A clean close cuts the unused tail off again.
     /// </summary>
-    const long FileGrowthStep = 1 << 20;
+    const long FileGrowthStep = 16 << 20;
 
     const long MaxFileGrowthStep = 256L << 20;
 
@@ -229,7 +232,15 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     public ValueTask ReadClampedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         Qcow2FileReads.ReadClampedAsync(_file.ReadAsync, _file.Node.Length, _fileAlignment, offset, buffer, cancellationToken);
 
-    /// <summary>Grows the file (sparse, in steps) so that writes up to <paramref name="end"/> are inside it.</summary>
+    /// <summary>Grows the file (in steps, see <see cref="FileGrowthStep"/>) so that writes up to <paramref name="end"/> are inside it.</summary>
+    /// <remarks>
+    /// With O_DIRECT the new step is also allocated (fallocate ZERO_RANGE: blocks reserved, still reading as
+    /// zeroes). A direct write into a hole makes the file system allocate under its inode lock, so writes to
+    /// new clusters ran one at a time; into allocated blocks they run side by side. Measured with 1 GiB of
+    /// random 64 KiB writes at depth 16: 0.76 s instead of 1.8 to 2.2 s. Through the page cache the file
+    /// system allocates at writeback anyway, and the step stays a hole. The steps still allocated past the
+    /// image's end (at most <see cref="MaxFileGrowthStep"/>) are given back when a clean close cuts the file.
+    /// </remarks>
     public async ValueTask EnsureFileLengthAsync(long end, CancellationToken cancellationToken)
     {
         if (_file.Node.Length >= end)
@@ -238,9 +249,21 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         }
 
         _grewFile = true;
-        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(_file.Node.Length / 8, FileGrowthStep, MaxFileGrowthStep));
+        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(_file.Node.Length, FileGrowthStep, MaxFileGrowthStep));
         step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
-        await _file.TruncateAsync((end + step - 1) / step * step, cancellationToken).ConfigureAwait(false);
+        var old = _file.Node.Length;
+        var length = (end + step - 1) / step * step;
+        await _file.TruncateAsync(length, cancellationToken).ConfigureAwait(false);
+        if (_fileAlignment > 1 && old % _fileAlignment == 0)
+        {
+            try
+            {
+                await _file.WriteZeroesAsync(old, length - old, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
+            }
+            catch (BlockIOException e) when (e.Errno == BlockErrno.ENOTSUP)
+            {
+            }
+        }
     }
 
     /// <summary>
