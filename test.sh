@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, nbdinfo, nbdcopy, fio), builds, runs every test project, and ends with one
-# plain line "N passed, N failed" summed over all projects. Exit status 0 only when nothing failed.
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio), builds, runs every test project, then the command-line
+# tests again against the native build (publish.sh, which installs clang), and ends with one plain line
+# "N passed, N failed" summed over all runs. Exit status 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
