@@ -198,7 +198,7 @@ public sealed partial class Qcow2Driver
             // handle_alloc_space does) turns the data writes into overwrites, which run in parallel. Through
             // the page cache the hole costs nothing and the extra call would. A file system without
             // ZERO_RANGE just skips this.
-            await PreallocateAsync(host, clusters << g.ClusterBits, cancellationToken).ConfigureAwait(false);
+            await _image.PreallocateAsync(host, clusters << g.ClusterBits, cancellationToken).ConfigureAwait(false);
         }
 
         if (zeroSource && knownZero || head == 0 && tail == 0)
@@ -235,17 +235,6 @@ public sealed partial class Qcow2Driver
             {
                 _buffers.Return(tailBuffer);
             }
-        }
-    }
-
-    async ValueTask PreallocateAsync(long host, long length, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await _image.File.WriteZeroesAsync(host, length, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
-        }
-        catch (BlockIOException e) when (e.Errno == BlockErrno.ENOTSUP)
-        {
         }
     }
 

@@ -237,7 +237,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     /// With O_DIRECT the new step is also allocated (fallocate ZERO_RANGE: blocks reserved, still reading as
     /// zeroes). A direct write into a hole makes the file system allocate under its inode lock, so writes to
     /// new clusters ran one at a time; into allocated blocks they run side by side. Measured with 1 GiB of
-    /// random 64 KiB writes at depth 16: 0.76 s instead of 1.8 to 2.2 s. Through the page cache the file
+    /// random 64 KiB writes at depth 16: 0.76 s instead of about 1.7 s. Through the page cache the file
     /// system allocates at writeback anyway, and the step stays a hole. The steps still allocated past the
     /// image's end (at most <see cref="MaxFileGrowthStep"/>) are given back when a clean close cuts the file.
     /// </remarks>
@@ -249,20 +249,30 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         }
 
         _grewFile = true;
-        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(_file.Node.Length, FileGrowthStep, MaxFileGrowthStep));
-        step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
         var old = _file.Node.Length;
+        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(old, FileGrowthStep, MaxFileGrowthStep));
+        step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
         var length = (end + step - 1) / step * step;
         await _file.TruncateAsync(length, cancellationToken).ConfigureAwait(false);
         if (_fileAlignment > 1 && old % _fileAlignment == 0)
         {
-            try
-            {
-                await _file.WriteZeroesAsync(old, length - old, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
-            }
-            catch (BlockIOException e) when (e.Errno == BlockErrno.ENOTSUP)
-            {
-            }
+            await PreallocateAsync(old, length - old, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Allocates file blocks for [<paramref name="offset"/>, +<paramref name="length"/>) that read as zeroes
+    /// (fallocate ZERO_RANGE), so that direct writes into them need no allocation; a file system without
+    /// ZERO_RANGE just skips it.
+    /// </summary>
+    public async ValueTask PreallocateAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _file.WriteZeroesAsync(offset, length, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
+        }
+        catch (BlockIOException e) when (e.Errno == BlockErrno.ENOTSUP)
+        {
         }
     }
 
