@@ -207,6 +207,12 @@ public sealed partial class StorageDaemon
         return node;
     }
 
+    /// <summary>
+    /// A policy as QMP names it; absent is <c>report</c>. <c>auto</c> stays <c>auto</c>: for a job QEMU treats it as
+    /// <c>enospc</c> (stop on ENOSPC, report anything else), not as <c>report</c>.
+    /// </summary>
     static BlockdevOnError Policy(string? text) =>
-        text is null or "auto" ? BlockdevOnError.Report : ErrorPolicy.TryParse(text, out var policy) ? policy : BlockdevOnError.Report;
+        text is null ? BlockdevOnError.Report
+        : ErrorPolicy.TryParse(text, out var policy) ? policy
+        : throw new InvalidOperationException($"'{text}' passed the enum check but is no policy");
 }
