@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
@@ -8,7 +7,10 @@ namespace BlockMirror.Block.Drivers;
 
 /// <summary>Options for opening an image file as a format node over a file node.</summary>
 /// <param name="Path">The image file.</param>
-/// <param name="Format">Format name; null picks it from the extension (<c>.qcow2</c>, else raw).</param>
+/// <param name="Format">
+/// Format name; null probes the file's content as QEMU does. A raw image found that way is guarded: a write
+/// that would make its first block announce an image format is refused (EPERM), as QEMU refuses it.
+/// </param>
 /// <param name="ReadOnly">Open both nodes read-only.</param>
 /// <param name="Direct">O_DIRECT on the file node (<c>cache.direct</c>), and on the backing files a qcow2 header names.</param>
 /// <param name="Discard">Let discards and may-unmap zeroing punch holes (qcow2: free clusters).</param>
@@ -23,24 +25,22 @@ public static class ImageFiles
     /// <summary>Formats this build can open.</summary>
     public static IReadOnlyList<string> Formats { get; } = [RawDriver.Name, Qcow2Driver.Name];
 
-    /// <summary>The format for a path: by extension, raw when nothing else fits.</summary>
+    /// <summary>The format for a file still to be created, by its extension: qcow2 for <c>.qcow2</c>, else raw. An existing file is probed instead (<see cref="Probe"/>).</summary>
     public static string GuessFormat(string path) =>
         System.IO.Path.GetExtension(path).Equals(".qcow2", StringComparison.OrdinalIgnoreCase) ? Qcow2Driver.Name : RawDriver.Name;
 
-    /// <summary>The format an existing file has by its content: qcow2 when it starts with the qcow2 magic, else raw (QEMU's probe).</summary>
+    /// <summary>
+    /// The format an existing file has by its content (QEMU's probe, <see cref="ImageFormatProbe"/>); raw when
+    /// nothing is recognised or the file cannot be read (the open that follows reports that in its own words).
+    /// </summary>
     public static string Probe(string path)
     {
         try
         {
-            using var handle = System.IO.File.OpenHandle(path, FileMode.Open, FileAccess.Read);
-            Span<byte> magic = stackalloc byte[4];
-            return RandomAccess.Read(handle, magic, 0) == 4 && BinaryPrimitives.ReadUInt32BigEndian(magic) == Qcow2Header.Magic
-                ? Qcow2Driver.Name
-                : RawDriver.Name;
+            return ImageFormatProbe.Detect(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            // The open that follows reports the problem with its own words.
             return RawDriver.Name;
         }
     }
@@ -51,10 +51,13 @@ public static class ImageFiles
 
     internal static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, IReadOnlyList<string> chain, CancellationToken cancellationToken)
     {
-        var format = options.Format ?? GuessFormat(options.Path);
+        var probed = options.Format is null;
+        var format = options.Format ?? Probe(options.Path);
         if (!Formats.Contains(format))
         {
-            throw new BlockOpenException($"Unknown image format '{format}' for '{options.Path}' (supported: {string.Join(", ", Formats)})");
+            throw new BlockOpenException(probed
+                ? $"'{options.Path}' is a {format} image, a format this build cannot open (supported: {string.Join(", ", Formats)})"
+                : $"Unknown image format '{format}' for '{options.Path}' (supported: {string.Join(", ", Formats)})");
         }
 
         var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(options.Path, options.Direct, Discard: options.Discard), options.ReadOnly, cancellationToken).ConfigureAwait(false);
@@ -66,7 +69,7 @@ public static class ImageFiles
                 return await Qcow2Driver.OpenAsync(graph, options.NodeName, file, qcow2, options.ReadOnly, cancellationToken).ConfigureAwait(false);
             }
 
-            return await RawDriver.OpenAsync(graph, options.NodeName, file, readOnly: options.ReadOnly, cancellationToken: cancellationToken).ConfigureAwait(false);
+            return await RawDriver.OpenAsync(graph, options.NodeName, file, new RawDriverOptions(Probed: probed), options.ReadOnly, cancellationToken).ConfigureAwait(false);
         }
         catch
         {

@@ -6,7 +6,11 @@ namespace BlockMirror.Block.Drivers.Raw;
 /// <summary>Options of the <c>raw</c> format, as QEMU's: a window of the file child.</summary>
 /// <param name="Offset">Where the image starts in the file.</param>
 /// <param name="Size">The image length; null means up to the end of the file.</param>
-public sealed record RawDriverOptions(long Offset = 0, long? Size = null);
+/// <param name="Probed">
+/// The format was not given but guessed from the content (QEMU's <c>bs-&gt;probed</c>): writes that would make
+/// the first block announce an image format are refused, see <see cref="RawProbeGuard"/>.
+/// </param>
+public sealed record RawDriverOptions(long Offset = 0, long? Size = null, bool Probed = false);
 
 /// <summary>
 /// The <c>raw</c> format: the image is the bytes of its <c>file</c> child, optionally a window of them.
@@ -19,12 +23,14 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
     readonly NodeEdge _file;
     readonly long _offset;
     readonly long? _size;
+    readonly RawProbeGuard? _guard;
 
-    RawDriver(NodeEdge file, RawDriverOptions options)
+    RawDriver(NodeEdge file, RawDriverOptions options, string nodeName)
     {
         _file = file;
         _offset = options.Offset;
         _size = options.Size;
+        _guard = options.Probed ? new RawProbeGuard(file, nodeName) : null;
         var window = _offset != 0 || _size is not null;
         var fileCaps = file.Node.Capabilities;
         Capabilities = fileCaps with
@@ -67,7 +73,7 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
             }
 
             var edge = node.AttachChild(ChildNames.File, file);
-            return ValueTask.FromResult<IBlockDriver>(new RawDriver(edge, options));
+            return ValueTask.FromResult<IBlockDriver>(new RawDriver(edge, options, node.Name));
         }, cancellationToken);
     }
 
@@ -90,16 +96,41 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
         _file.ReadVectorAsync(_offset + offset, buffers, cancellationToken);
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
-        _file.WriteAsync(_offset + offset, buffer, flags, cancellationToken);
+        _guard is not null && offset < ImageFormatProbe.Size
+            ? GuardedAsync(offset, [buffer], flags, cancellationToken)
+            : _file.WriteAsync(_offset + offset, buffer, flags, cancellationToken);
 
     public ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken) =>
-        _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken);
+        _guard is not null && offset < ImageFormatProbe.Size
+            ? GuardedAsync(offset, buffers, flags, cancellationToken)
+            : _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken);
 
-    public ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken) =>
-        _file.WriteZeroesAsync(_offset + offset, length, flags, cancellationToken);
+    async ValueTask GuardedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        await _guard!.CheckWriteAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+        await _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken).ConfigureAwait(false);
+    }
 
-    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken) =>
-        _file.DiscardAsync(_offset + offset, length, cancellationToken);
+    public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if (_guard is not null && offset < ImageFormatProbe.Size)
+        {
+            await _guard.CheckZeroesAsync(offset, length, BlockOperation.WriteZeroes, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _file.WriteZeroesAsync(_offset + offset, length, flags, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        if (_guard is not null && offset < ImageFormatProbe.Size)
+        {
+            // A discarded range may read back as zeroes: judge the block as if it did.
+            await _guard.CheckZeroesAsync(offset, length, BlockOperation.Discard, cancellationToken).ConfigureAwait(false);
+        }
+
+        await _file.DiscardAsync(_offset + offset, length, cancellationToken).ConfigureAwait(false);
+    }
 
     public ValueTask FlushAsync(CancellationToken cancellationToken) => _file.FlushAsync(cancellationToken);
 
