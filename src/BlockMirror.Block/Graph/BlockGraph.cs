@@ -55,6 +55,26 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The protocol node that has <paramref name="path"/> open, by the file's identity (device and inode, so a
+    /// link or another spelling of the path is found too), or null. A command that would create, truncate or
+    /// delete a file asks this first: no open node's file is ever touched behind its back.
+    /// </summary>
+    public BlockNode? FindNodeUsingFile(string path)
+    {
+        var fullPath = System.IO.Path.GetFullPath(path);
+        foreach (var node in Nodes)
+        {
+            if (node.Driver is { Kind: DriverKind.Protocol, FileName: { } fileName } &&
+                (System.IO.Path.GetFullPath(fileName) == fullPath || Interop.FileStatus.AreSame(fileName, path) == true))
+            {
+                return node;
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>The node with this name, or a <see cref="GraphErrorKind.NotFound"/> error worded as QEMU's.</summary>
     public BlockNode GetNode(string name) =>
         FindNode(name) ?? throw new BlockGraphException(GraphErrorKind.NotFound, $"Cannot find device='' nor node-name='{name}'");

@@ -201,9 +201,13 @@ public sealed class MirrorJob : BlockJob
         }
     }
 
-    /// <summary>What a mirror and an active commit share: option checks, the start gate, the graph change.</summary>
-    static async Task<MirrorJob> StartCoreAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
-        MirrorOptions options, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes, bool reopenedTarget, CancellationToken cancellationToken)
+    /// <summary>
+    /// The checks that need no target node: the options' own values, the job ID, the filter's name, and that
+    /// no other job uses the source. A command that makes the target itself (drive-mirror, <c>blockmirror
+    /// mirror</c>) runs them before it creates any file, so that a refused request leaves the disk as it was;
+    /// the start runs them again (under its gate, where another start could have taken the ID or the node).
+    /// </summary>
+    public static void CheckOptions(JobManager manager, BlockNode source, MirrorOptions options)
     {
         if (options.Granularity != 0 && DirtyBitmap.ValidateGranularity(options.Granularity) is not null)
         {
@@ -217,11 +221,30 @@ public sealed class MirrorJob : BlockJob
             throw new JobException("Parameter 'buf-size' expects a positive value");
         }
 
+        if (options.Granularity != 0 && options.BufSize != 0 && options.BufSize < options.Granularity)
+        {
+            throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({options.Granularity} bytes), got {options.BufSize}");
+        }
+
         if (options.Speed < 0)
         {
             throw new JobException("Invalid parameter 'speed'");
         }
 
+        manager.ValidateNewId(options.JobId);
+        if (options.FilterNodeName is { } filterName && BlockGraph.ValidateNodeName(filterName) is { } problem)
+        {
+            throw new JobException(problem);
+        }
+
+        manager.CheckNodesFree(options.JobId, source);
+    }
+
+    /// <summary>What a mirror and an active commit share: option checks, the start gate, the graph change.</summary>
+    static async Task<MirrorJob> StartCoreAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes, bool reopenedTarget, CancellationToken cancellationToken)
+    {
+        CheckOptions(manager, source, options);
         if (target.ReadOnly)
         {
             throw new JobException($"Target node '{target.Name}' is read-only");
@@ -270,10 +293,6 @@ public sealed class MirrorJob : BlockJob
     {
         manager.ValidateNewId(options.JobId);
         manager.CheckNodesFree(options.JobId, [.. usedNodes]);
-        if (options.FilterNodeName is { } filterName && BlockGraph.ValidateNodeName(filterName) is { } problem)
-        {
-            throw new JobException(problem);
-        }
 
         // Insert the filter while the source is drained, so no request slips between the old and the
         // new parents; start tracking writes before the section ends, so none is missed.

@@ -1,6 +1,7 @@
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Mirror;
@@ -40,97 +41,8 @@ public sealed partial class StorageDaemon
             var options = ReadMirrorOptions(arguments, jobId ?? device, allowUnmap: true);
             arguments.CheckNoneUnexpected();
             var source = FindNode(device);
-            if (options.Replaces is not null && nodeName is null)
-            {
-                throw QmpException.Generic("a node-name must be provided when replacing a named node of the graph");
-            }
-
-            if (nodeName is not null && Graph.FindNode(nodeName) is not null)
-            {
-                throw QmpException.Generic($"node-name '{nodeName}' is already in use");
-            }
-
-            // What the new target is backed by (QEMU's qmp_drive_mirror): sync=top shares the source's
-            // backing, sync=none is backed by the source itself, sync=full stands alone.
-            var targetBacking = SkipFilters(source).Backing;
-            if (targetBacking is null && options.Sync == MirrorSyncMode.Top)
-            {
-                options = options with { Sync = MirrorSyncMode.Full };
-            }
-
-            if (options.Sync == MirrorSyncMode.None)
-            {
-                targetBacking = source;
-            }
-
-            if (options.Sync == MirrorSyncMode.Full)
-            {
-                targetBacking = null;
-            }
-
-            // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
-            // existing: the target's own header names its chain, opened at the switch.
-            options = options with { BackingMode = mode == "existing" ? MirrorBackingMode.OpenBackingChain : MirrorBackingMode.SourceBackingChain };
-            format ??= mode == "existing" ? null : SkipFilters(source).Driver.DriverName;
-            var created = false;
-            if (mode == "absolute-paths")
-            {
-                // As QEMU: a new image the size of the source, replacing any file of that name, naming the
-                // backing's file and format in its header.
-                var backing = targetBacking is null ? null : SkipFilters(targetBacking);
-                if (backing is not null && backing.Driver.FileName is null)
-                {
-                    throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
-                }
-
-                // QEMU's bdrv_img_create refuses a bad format before it touches anything: a refused request
-                // must not cost the user the file already at the target's path.
-                var targetFormat = format ?? ImageFiles.GuessFormat(target);
-                if (!ImageFiles.Formats.Contains(targetFormat))
-                {
-                    throw QmpException.Generic($"Unknown file format '{targetFormat}'");
-                }
-
-                if (backing is not null && targetFormat != Qcow2Driver.Name)
-                {
-                    throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
-                }
-
-                File.Delete(target);
-                try
-                {
-                    ImageFiles.Create(target, targetFormat, source.Length,
-                        backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
-                }
-                catch (BlockOpenException ex)
-                {
-                    throw QmpException.Generic(ex.Message);
-                }
-
-                created = true;
-            }
-            else if (!File.Exists(target))
-            {
-                throw QmpException.Generic($"Could not open '{target}': No such file or directory");
-            }
-
-            BlockNode targetNode;
-            try
-            {
-                // Without its backing: the mirror copies what the target must hold, and the backing is
-                // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING). With the
-                // source's discard mode, as QEMU opens it with the source's flags: a guest's discard must do
-                // after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
-                var discard = SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
-                targetNode = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(target, format, Discard: discard, NodeName: nodeName,
-                    Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
-            }
-            catch when (created)
-            {
-                File.Delete(target);
-                throw;
-            }
-
+            var plan = PlanDriveMirrorTarget(source, target, format, nodeName, mode, ref options);
+            var targetNode = await OpenDriveMirrorTargetAsync(plan, source, cancellationToken).ConfigureAwait(false);
             try
             {
                 await MirrorJob.StartAsync(Jobs, Graph, source, targetNode, options, cancellationToken).ConfigureAwait(false);
@@ -138,16 +50,176 @@ public sealed partial class StorageDaemon
             catch
             {
                 await Graph.RemoveNodeAsync(targetNode).ConfigureAwait(false);
-                if (created)
-                {
-                    File.Delete(target);
-                }
-
+                RemoveCreatedTarget(plan);
                 throw;
             }
 
             return Empty;
         });
+    }
+
+    /// <summary>
+    /// What drive-mirror will do with its target, decided and checked before anything touches a file.
+    /// </summary>
+    /// <param name="Path">The target's file.</param>
+    /// <param name="Format">Its format; null for an existing target whose format is probed.</param>
+    /// <param name="Create">Create the file (absolute-paths), replacing one at that path.</param>
+    /// <param name="Existed">A file was at the path before the command: never removed on failure.</param>
+    /// <param name="BackingFile">The backing file the new image's header names (absolute path), or null.</param>
+    /// <param name="BackingFormat">Its format.</param>
+    sealed record DriveMirrorTarget(string Path, string? Format, string? NodeName, bool Create, bool Existed, string? BackingFile, string? BackingFormat);
+
+    /// <summary>
+    /// Every check drive-mirror makes before it creates, truncates or opens its target: the job's options,
+    /// the node-name, the format, the backing the new image would name, and that no open node uses the
+    /// target's file. QEMU creates the target before it checks the job's options (a refused request leaves a
+    /// new image behind, or replaces an existing one); here a refused request changes nothing on disk.
+    /// </summary>
+    DriveMirrorTarget PlanDriveMirrorTarget(BlockNode source, string target, string? format, string? nodeName, string mode, ref MirrorOptions options)
+    {
+        if (options.Replaces is not null && nodeName is null)
+        {
+            throw QmpException.Generic("a node-name must be provided when replacing a named node of the graph");
+        }
+
+        if (nodeName is not null && Graph.FindNode(nodeName) is not null)
+        {
+            throw QmpException.Generic($"node-name '{nodeName}' is already in use");
+        }
+
+        // What the new target is backed by (QEMU's qmp_drive_mirror): sync=top shares the source's
+        // backing, sync=none is backed by the source itself, sync=full stands alone.
+        var targetBacking = SkipFilters(source).Backing;
+        if (targetBacking is null && options.Sync == MirrorSyncMode.Top)
+        {
+            options = options with { Sync = MirrorSyncMode.Full };
+        }
+
+        if (options.Sync == MirrorSyncMode.None)
+        {
+            targetBacking = source;
+        }
+
+        if (options.Sync == MirrorSyncMode.Full)
+        {
+            targetBacking = null;
+        }
+
+        // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
+        // existing: the target's own header names its chain, opened at the switch.
+        options = options with { BackingMode = mode == "existing" ? MirrorBackingMode.OpenBackingChain : MirrorBackingMode.SourceBackingChain };
+        try
+        {
+            MirrorJob.CheckOptions(Jobs, source, options);
+        }
+        catch (JobException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
+
+        // A file an open node uses is never created over, truncated or mirrored onto: that is how the
+        // source itself (or its backing file) would be wiped. QEMU refuses it through its image lock.
+        if (Graph.FindNodeUsingFile(target) is not null)
+        {
+            throw QmpException.Generic("Failed to get \"write\" lock");
+        }
+
+        var existed = File.Exists(target);
+        if (mode == "existing")
+        {
+            return existed
+                ? new DriveMirrorTarget(target, format, nodeName, Create: false, Existed: true, null, null)
+                : throw QmpException.Generic($"Could not open '{target}': No such file or directory");
+        }
+
+        if (Directory.Exists(target))
+        {
+            throw QmpException.Generic($"Could not create '{target}': Is a directory");
+        }
+
+        // As QEMU: a new image the size of the source, in the source's format unless told, naming the
+        // backing's file and format in its header.
+        var targetFormat = format ?? SkipFilters(source).Driver.DriverName;
+        if (!ImageFiles.Formats.Contains(targetFormat))
+        {
+            throw QmpException.Generic($"Unknown file format '{targetFormat}'");
+        }
+
+        var backing = targetBacking is null ? null : SkipFilters(targetBacking);
+        if (backing is not null && backing.Driver.FileName is null)
+        {
+            throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
+        }
+
+        if (backing is not null && targetFormat != Qcow2Driver.Name)
+        {
+            throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
+        }
+
+        return new DriveMirrorTarget(target, targetFormat, nodeName, Create: true, existed,
+            backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
+    }
+
+    /// <summary>Creates the target where the plan says so, then opens it; a file this created is removed again if the open fails.</summary>
+    async Task<BlockNode> OpenDriveMirrorTargetAsync(DriveMirrorTarget plan, BlockNode source, CancellationToken cancellationToken)
+    {
+        if (plan.Create)
+        {
+            try
+            {
+                if (plan.Existed)
+                {
+                    File.Delete(plan.Path);
+                }
+
+                ImageFiles.Create(plan.Path, plan.Format!, source.Length, plan.BackingFile, plan.BackingFormat);
+            }
+            catch (BlockOpenException ex)
+            {
+                throw QmpException.Generic(ex.Message);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                throw QmpException.Generic($"Could not create '{plan.Path}': {ex.Message}");
+            }
+        }
+
+        try
+        {
+            // Without its backing: the mirror copies what the target must hold, and the backing is
+            // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING). With the
+            // source's discard mode, as QEMU opens it with the source's flags: a guest's discard must do
+            // after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
+            var discard = SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+            var node = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName,
+                Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
+            if (plan.Format is null && node.Driver.DriverName == RawDriver.Name)
+            {
+                // QEMU's words, on the daemon's standard error as QEMU prints them.
+                await Console.Error.WriteLineAsync($"WARNING: Image format was not specified for '{plan.Path}' and probing guessed raw.\n" +
+                    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+                    "         Specify the 'raw' format explicitly to remove the restrictions.").ConfigureAwait(false);
+            }
+
+            return node;
+        }
+        catch
+        {
+            RemoveCreatedTarget(plan);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Removes a target file this command created for a job that did not start: only a file that was not there
+    /// before, and only while no open node uses it. A file that was there stays (as QEMU leaves it).
+    /// </summary>
+    void RemoveCreatedTarget(DriveMirrorTarget plan)
+    {
+        if (plan.Create && !plan.Existed && Graph.FindNodeUsingFile(plan.Path) is null)
+        {
+            File.Delete(plan.Path);
+        }
     }
 
     static MirrorOptions ReadMirrorOptions(QmpArguments arguments, string jobId, bool allowUnmap)

@@ -232,10 +232,12 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
             throw new BlockOpenException($"qcow2 image '{image.Name}': backing file format '{format}' is not supported (supported: {string.Join(", ", ImageFiles.Formats)})");
         }
 
+        // A header without a backing format leaves it to the probe, and a backing probed as raw keeps QEMU's
+        // guard on its first block: a commit that reopens it read-write must not write an image header there.
         BlockNode backing;
         try
         {
-            backing = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, format ?? ImageFiles.Probe(path), ReadOnly: true, Direct: options.BackingDirect),
+            backing = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, format, ReadOnly: true, Direct: options.BackingDirect),
                 [.. chain, identity], cancellationToken).ConfigureAwait(false);
         }
         catch (BlockOpenException e)
