@@ -88,6 +88,9 @@ static class MirrorCommand
             throw new UsageException("SOURCE and TARGET are the same file");
         }
 
+        // Ctrl-C and SIGTERM cancel the job, so that the target is closed and, if the command made it, removed.
+        using var interrupts = Interrupts.Watch(cancellationToken);
+        cancellationToken = interrupts.Token;
         await using var graph = new BlockGraph();
         // A null format probes the content, as qemu-img does: a qcow2 named disk.img is a qcow2.
         var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, NodeName: "source"), cache, cancellationToken);

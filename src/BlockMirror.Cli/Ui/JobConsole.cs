@@ -70,16 +70,17 @@ sealed class JobConsole : IDisposable
         var final = job.GetInfo();
         if (_progress)
         {
-            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
+            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), cancellationToken.IsCancellationRequested ? "cancelled" : job.Error is null ? "completed" : "failed", force: true);
             line.Finish();
         }
 
+        // Cancelled by us (the job then reports "Operation canceled" as its error): an interrupt, not a failure.
+        cancellationToken.ThrowIfCancellationRequested();
         if (job.Error is not null)
         {
             throw new IOException($"the {what} failed: {job.Failure?.Message ?? job.Error}");
         }
 
-        cancellationToken.ThrowIfCancellationRequested();
         return final;
     }
 
