@@ -78,11 +78,18 @@ sealed class JobConsole : IDisposable
         cancellationToken.ThrowIfCancellationRequested();
         if (job.Error is not null)
         {
-            throw new IOException($"the {what} failed: {job.Failure?.Message ?? job.Error}");
+            throw new IOException($"the {what} failed: {Describe(job.Error, job.Failure)}");
         }
 
         return final;
     }
+
+    /// <summary>
+    /// The job's error as QMP reports it (for an I/O error the errno's text, e.g. "Operation not permitted")
+    /// with the context its exception holds (which node, which request, why), each said once.
+    /// </summary>
+    static string Describe(string error, Exception? failure) =>
+        failure is null ? error : failure.Message.Contains(error, StringComparison.Ordinal) ? failure.Message : $"{error}: {failure.Message}";
 
     /// <summary>The events since the last call, printed first in JSON mode.</summary>
     List<JobEvent> TakeEvents()
