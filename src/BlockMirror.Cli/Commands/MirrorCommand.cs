@@ -111,6 +111,7 @@ static class MirrorCommand
             var targetNode = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, target.OpenFormat, NodeName: "target"), cache, cancellationToken);
             var job = await MirrorJob.StartAsync(manager, graph, source, targetNode, options, cancellationToken);
             started = true;
+            // Once the job runs, not at open: a refusal before it stays one line, and only the job writes.
             if (target.ProbedRaw)
             {
                 Console.Error.WriteLine(target.ProbeWarning);
@@ -127,8 +128,8 @@ static class MirrorCommand
         catch when (!target.Exists)
         {
             // Refused by the job (granularity, buf-size, O_DIRECT alignment are checked against the target),
-            // failed or interrupted: a target the command created goes again, closed first so that no
-            // flush of the graph's close writes into a file of the same name made meanwhile.
+            // failed or interrupted: a target the command created goes again. The graph is closed first (its
+            // close flushes the target's metadata), so nothing writes to the file once its name is gone.
             await graph.DisposeAsync();
             File.Delete(targetPath);
             throw;
