@@ -21,9 +21,9 @@ static class CliErrors
             await Console.Error.WriteLineAsync($"blockmirror {command}: {ex.Message}");
             return 1;
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException ex)
         {
-            await Console.Error.WriteLineAsync($"blockmirror {command}: interrupted");
+            await Console.Error.WriteLineAsync($"blockmirror {command}: {(ex is InterruptedException ? ex.Message : "interrupted")}");
             return 130;
         }
     }
@@ -71,6 +71,9 @@ static class CliErrors
 
 /// <summary>A command line that parses but asks for something impossible.</summary>
 sealed class UsageException(string message) : Exception(message);
+
+/// <summary>An interrupt (exit status 130) with more to say than "interrupted", e.g. what it left behind.</summary>
+sealed class InterruptedException(string message) : OperationCanceledException(message);
 
 /// <summary>A failure with its own exit status (qemu-img's, e.g. 63 for a format without checks).</summary>
 sealed class ToolExitException(string message, int exitCode) : Exception(message)

@@ -49,6 +49,9 @@ static class CommitCommand
     static async Task<int> RunAsync(string imagePath, string? format, string? basePath, bool drop, CacheMode cache, long speed,
         bool progress, bool json, CancellationToken cancellationToken)
     {
+        // Ctrl-C and SIGTERM cancel the job, so that the images are closed (their metadata flushed), not cut off.
+        using var interrupts = Interrupts.Watch(cancellationToken);
+        cancellationToken = interrupts.Token;
         await using var graph = new BlockGraph();
         var top = await CacheModes.OpenAsync(graph, new ImageOpenOptions(imagePath, format, NodeName: "top"), cache, cancellationToken);
         var @base = top.Backing ?? throw new UsageException("Image does not have a backing file");

@@ -11,7 +11,9 @@ namespace BlockMirror.Cli.Commands;
 
 /// <summary>
 /// <c>blockmirror mirror SOURCE TARGET</c>: runs a mirror job between two image files until it is in
-/// sync, then completes it. Creates a missing target (sparse, same size and format).
+/// sync, then completes it. Creates a missing target (sparse, same size and format; with <c>--sync top</c> or
+/// <c>none</c> backed as drive-mirror backs it), and removes it again if the mirror is refused, fails or is
+/// interrupted.
 /// </summary>
 static class MirrorCommand
 {
@@ -19,8 +21,8 @@ static class MirrorCommand
     {
         var source = new Argument<string>("SOURCE") { Description = "Source image file" };
         var target = new Argument<string>("TARGET") { Description = "Target image file (created if missing)" };
-        var format = new Option<string?>("--format", "-f") { Description = "Source format (default: by extension, else raw)" };
-        var targetFormat = new Option<string?>("--target-format", "-O") { Description = "Target format (default: by extension, else the source's)" };
+        var format = new Option<string?>("--format", "-f") { Description = "Source format (default: probed from its content)" };
+        var targetFormat = new Option<string?>("--target-format", "-O") { Description = "Target format (default: an existing target's is probed; a new one's is qcow2 for .qcow2, raw for .raw, else the source's)" };
         var sync = new Option<string>("--sync") { Description = "What to copy: full, top or none", DefaultValueFactory = _ => "full" };
         var granularity = new Option<string?>("--granularity") { Description = "Dirty-tracking granularity, e.g. 64K (default: target cluster size, 64K)" };
         var bufSize = new Option<string?>("--buf-size") { Description = "Copy buffer size, e.g. 16M" };
@@ -86,44 +88,59 @@ static class MirrorCommand
             throw new UsageException("SOURCE and TARGET are the same file");
         }
 
+        // Ctrl-C and SIGTERM cancel the job, so that the target is closed and, if the command made it, removed.
+        using var interrupts = Interrupts.Watch(cancellationToken);
+        cancellationToken = interrupts.Token;
         await using var graph = new BlockGraph();
+        // A null format probes the content, as qemu-img does: a qcow2 named disk.img is a qcow2.
         var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, NodeName: "source"), cache, cancellationToken);
-        if (Directory.Exists(targetPath))
+        var target = await MirrorTarget.PlanAsync(source, targetPath, targetFormat, options.Sync, cancellationToken);
+        options = options with { Sync = target.Sync };
+        if (!target.Exists)
         {
-            throw new UsageException($"TARGET '{targetPath}' is a directory");
-        }
-
-        targetFormat ??= File.Exists(targetPath) || Path.HasExtension(targetPath) ? ImageFiles.GuessFormat(targetPath) : source.Driver.DriverName;
-        var createdTarget = false;
-        if (!File.Exists(targetPath))
-        {
-            ImageFiles.Create(targetPath, targetFormat, source.Length);
-            createdTarget = true;
+            ImageFiles.Create(targetPath, target.Format, source.Length, target.BackingFile, target.BackingFormat);
         }
 
         var manager = new JobManager();
         using var console = new JobConsole(manager, json);
-        MirrorJob job;
+        var started = false;
         try
         {
-            var target = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, targetFormat, NodeName: "target"), cache, cancellationToken);
-            job = await MirrorJob.StartAsync(manager, graph, source, target, options, cancellationToken);
+            // A new target opens with the backing file it was given, so that it reads what the source reads
+            // where sync=top copies nothing, and its zeroes are written as zeroes over that backing.
+            var targetNode = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, target.OpenFormat, NodeName: "target"), cache, cancellationToken);
+            var job = await MirrorJob.StartAsync(manager, graph, source, targetNode, options, cancellationToken);
+            started = true;
+            // Once the job runs, not at open: a refusal before it stays one line, and only the job writes.
+            if (target.ProbedRaw)
+            {
+                Console.Error.WriteLine(target.ProbeWarning);
+            }
+
+            var final = await console.RunAsync(job, () => job.DirtyBytes, "mirror", cancellationToken);
+            if (!json)
+            {
+                Console.WriteLine($"mirrored {ByteSize.Format(final.Offset)} from {sourcePath} to {targetPath}");
+            }
+
+            return 0;
         }
-        catch when (createdTarget)
+        catch when (!target.Exists)
         {
-            // The job validates its options against the target (granularity, buf-size, O_DIRECT
-            // alignment), so a refusal comes after the target was created: remove it, so a refused
-            // mirror leaves nothing behind. Unlinking a file that is still open is fine on POSIX.
+            // Refused by the job (granularity, buf-size, O_DIRECT alignment are checked against the target),
+            // failed or interrupted: a target the command created goes again. The graph is closed first (its
+            // close flushes the target's metadata), so nothing writes to the file once its name is gone.
+            await graph.DisposeAsync();
             File.Delete(targetPath);
             throw;
         }
-
-        var final = await console.RunAsync(job, () => job.DirtyBytes, "mirror", cancellationToken);
-        if (!json)
+        catch (IOException ex) when (started)
         {
-            Console.WriteLine($"mirrored {ByteSize.Format(final.Offset)} from {sourcePath} to {targetPath}");
+            throw new IOException($"{ex.Message}; TARGET '{targetPath}' existed before and was kept: it holds a partial copy", ex);
         }
-
-        return 0;
+        catch (OperationCanceledException) when (started)
+        {
+            throw new InterruptedException($"interrupted; TARGET '{targetPath}' existed before and was kept: it holds a partial copy");
+        }
     }
 }

@@ -70,18 +70,26 @@ sealed class JobConsole : IDisposable
         var final = job.GetInfo();
         if (_progress)
         {
-            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
+            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), cancellationToken.IsCancellationRequested ? "cancelled" : job.Error is null ? "completed" : "failed", force: true);
             line.Finish();
         }
 
+        // Cancelled by us (the job then reports "Operation canceled" as its error): an interrupt, not a failure.
+        cancellationToken.ThrowIfCancellationRequested();
         if (job.Error is not null)
         {
-            throw new IOException($"the {what} failed: {job.Failure?.Message ?? job.Error}");
+            throw new IOException($"the {what} failed: {Describe(job.Error, job.Failure)}");
         }
 
-        cancellationToken.ThrowIfCancellationRequested();
         return final;
     }
+
+    /// <summary>
+    /// The job's error as QMP reports it (for an I/O error the errno's text, e.g. "Operation not permitted")
+    /// with the context its exception holds (which node, which request, why), each said once.
+    /// </summary>
+    static string Describe(string error, Exception? failure) =>
+        failure is null ? error : failure.Message.Contains(error, StringComparison.Ordinal) ? failure.Message : $"{error}: {failure.Message}";
 
     /// <summary>The events since the last call, printed first in JSON mode.</summary>
     List<JobEvent> TakeEvents()

@@ -1,0 +1,47 @@
+using System.Runtime.InteropServices;
+
+namespace BlockMirror.Cli.Commands;
+
+/// <summary>
+/// Turns the first SIGINT (Ctrl-C) or SIGTERM into a cancellation, so that a command that writes images can
+/// stop its job, close the images and clean up after itself; a second signal ends the process as usual, for
+/// a command that does not stop. The command's own token is not enough: System.CommandLine's invocation
+/// token was never cancelled by either signal here (the process died of the signal, checked by sending
+/// SIGINT to <c>blockmirror mirror</c>), so the images were left as the signal found them.
+/// </summary>
+sealed class Interrupts : IDisposable
+{
+    readonly CancellationTokenSource _source;
+    readonly PosixSignalRegistration _interrupt;
+    readonly PosixSignalRegistration _terminate;
+    int _signals;
+
+    Interrupts(CancellationToken cancellationToken)
+    {
+        _source = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        _interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+    }
+
+    /// <summary>Cancelled by the first SIGINT or SIGTERM, or with <c>cancellationToken</c>.</summary>
+    public CancellationToken Token => _source.Token;
+
+    /// <summary>Watches for the signals until disposed.</summary>
+    public static Interrupts Watch(CancellationToken cancellationToken) => new(cancellationToken);
+
+    void OnSignal(PosixSignalContext context)
+    {
+        if (Interlocked.Increment(ref _signals) == 1)
+        {
+            context.Cancel = true;
+            _source.Cancel();
+        }
+    }
+
+    public void Dispose()
+    {
+        _interrupt.Dispose();
+        _terminate.Dispose();
+        _source.Dispose();
+    }
+}

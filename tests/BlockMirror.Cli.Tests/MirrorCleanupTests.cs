@@ -1,0 +1,153 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary>
+/// A mirror that fails (the source cannot be read) or is interrupted (SIGINT) removes the target it created,
+/// so that the next attempt does not meet a half-written file; a target that existed before stays, and the
+/// error says that it holds a partial copy.
+/// </summary>
+public sealed partial class MirrorCleanupTests : IDisposable
+{
+    readonly TempDirectory _dir = new("blockmirror-mirror-cleanup-");
+
+    public void Dispose() => _dir.Dispose();
+
+    /// <summary>
+    /// The 'compressed' recipe with the deflate stream of its first compressed cluster overwritten: qemu-img
+    /// cannot read it either (checked here, so the test does not rest on our reading of the damage).
+    /// </summary>
+    async Task<string> UnreadableSourceAsync()
+    {
+        var image = await ImageRecipes.BuildAsync("compressed", _dir);
+        var layout = ImageRecipes.ReadLayout(image);
+        var entry = new byte[8];
+        using (var stream = File.OpenRead(image))
+        {
+            stream.Position = layout.L1TableOffset;
+            stream.ReadExactly(entry);
+            stream.Position = (long)(BinaryPrimitives.ReadUInt64BigEndian(entry) & 0x00ff_ffff_ffff_fe00UL);
+            stream.ReadExactly(entry);
+        }
+
+        var l2 = BinaryPrimitives.ReadUInt64BigEndian(entry);
+        Assert.True((l2 & (1UL << 62)) != 0, "the recipe's first cluster should be compressed");
+        var hostOffset = (long)(l2 & ((1UL << (62 - (layout.ClusterBits - 8))) - 1));
+        ImageRecipes.Poke(image, hostOffset, [.. Enumerable.Repeat((byte)0xff, 64)]);
+
+        var convert = await ExternalTool.RunAsync("qemu-img", ["convert", "-O", "raw", image, _dir.File("qemu-view.raw")]);
+        Assert.True(convert.ExitCode != 0, "qemu-img convert read the damaged image; the test needs one it cannot read");
+        return image;
+    }
+
+    [SkippableTheory]
+    [InlineData("copy.qcow2")]
+    [InlineData("copy.raw")]
+    public async Task A_failed_mirror_removes_the_target_it_created(string name)
+    {
+        var source = await UnreadableSourceAsync();
+        var target = _dir.File(name);
+
+        var result = await BlockMirrorCli.RunAsync("mirror", source, target);
+
+        Assert.True(result.ExitCode == 1, result.ToString());
+        Assert.StartsWith("blockmirror mirror: the mirror failed: ", result.ErrorLines[^1], StringComparison.Ordinal);
+        Assert.False(File.Exists(target), $"the failed mirror left {target} behind");
+    }
+
+    [SkippableFact]
+    public async Task A_failed_mirror_keeps_an_existing_target_and_says_it_holds_a_partial_copy()
+    {
+        var source = await UnreadableSourceAsync();
+        var target = _dir.File("existing.raw");
+        await QemuImages.CreateAsync(target, "2M", "write -P 0x77 0 2M");
+
+        var result = await BlockMirrorCli.RunAsync("mirror", "-O", "raw", source, target);
+
+        Assert.True(result.ExitCode == 1, result.ToString());
+        Assert.Contains($"TARGET '{target}' existed before and was kept: it holds a partial copy", result.ErrorLines[^1], StringComparison.Ordinal);
+        Assert.True(File.Exists(target));
+    }
+
+    [GeneratedRegex(@"^\s*(\d+) % ")]
+    private static partial Regex ProgressPercent();
+
+    /// <summary>
+    /// Starts a mirror slowed down by --speed, sends SIGINT once a progress line shows it copying, and
+    /// returns what the interrupted command printed and its exit status.
+    /// </summary>
+    async Task<CliResult> InterruptedMirrorAsync(string source, string target, params string[] options)
+    {
+        ExternalTool.Require("kill");
+        var start = BlockMirrorCli.StartInfo(["mirror", "--speed", "2M", .. options, source, target]);
+        var clock = Stopwatch.StartNew();
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {start.FileName}");
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = new List<string>();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        try
+        {
+            while (await process.StandardOutput.ReadLineAsync(timeout.Token) is { } line)
+            {
+                stdout.Add(line);
+                if (ProgressPercent().Match(line) is { Success: true } m && int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0)
+                {
+                    await ExternalTool.RunCheckedAsync("kill", "-INT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                    break;
+                }
+            }
+
+            stdout.Add(await process.StandardOutput.ReadToEndAsync(timeout.Token));
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+        }
+
+        return new CliResult(process.ExitCode, string.Join('\n', stdout), await stderr, clock.Elapsed);
+    }
+
+    /// <summary>A 64 MiB sparse raw source with 16 MiB of data: 8 s at --speed 2M, long enough to be interrupted.</summary>
+    async Task<string> SlowSourceAsync()
+    {
+        var source = _dir.File("source.raw");
+        await QemuImages.CreateAsync(source, "64M", "write -P 0x5a 0 16M");
+        return source;
+    }
+
+    [SkippableTheory]
+    [InlineData("copy.qcow2")]
+    [InlineData("copy.raw")]
+    public async Task An_interrupted_mirror_removes_the_target_it_created(string name)
+    {
+        var source = await SlowSourceAsync();
+        var target = _dir.File(name);
+
+        var result = await InterruptedMirrorAsync(source, target);
+
+        Assert.True(result.ExitCode == 130, result.ToString());
+        Assert.Equal("blockmirror mirror: interrupted", result.ErrorLines[^1]);
+        Assert.False(File.Exists(target), $"the interrupted mirror left {target} behind");
+    }
+
+    [SkippableFact]
+    public async Task An_interrupted_mirror_keeps_an_existing_target_and_says_it_holds_a_partial_copy()
+    {
+        var source = await SlowSourceAsync();
+        var target = _dir.File("existing.raw");
+        await QemuImages.CreateAsync(target, "64M");
+
+        var result = await InterruptedMirrorAsync(source, target, "-O", "raw");
+
+        Assert.True(result.ExitCode == 130, result.ToString());
+        Assert.Equal($"blockmirror mirror: interrupted; TARGET '{target}' existed before and was kept: it holds a partial copy", result.ErrorLines[^1]);
+        Assert.True(File.Exists(target));
+    }
+}
