@@ -42,6 +42,18 @@ public sealed partial class StorageDaemon
             arguments.CheckNoneUnexpected();
             var source = FindNode(device);
             var plan = PlanDriveMirrorTarget(source, target, format, nodeName, mode, ref options);
+
+            // After the target's own checks, as QEMU meets those first (it creates the target, then checks
+            // the job), but before anything is created: QEMU would leave a new image behind here.
+            try
+            {
+                MirrorJob.CheckOptions(Jobs, source, options);
+            }
+            catch (JobException ex)
+            {
+                throw QmpException.Generic(ex.Message);
+            }
+
             var targetNode = await OpenDriveMirrorTargetAsync(plan, source, cancellationToken).ConfigureAwait(false);
             try
             {
@@ -70,10 +82,11 @@ public sealed partial class StorageDaemon
     sealed record DriveMirrorTarget(string Path, string? Format, string? NodeName, bool Create, bool Existed, string? BackingFile, string? BackingFormat);
 
     /// <summary>
-    /// Every check drive-mirror makes before it creates, truncates or opens its target: the job's options,
-    /// the node-name, the format, the backing the new image would name, and that no open node uses the
-    /// target's file. QEMU creates the target before it checks the job's options (a refused request leaves a
-    /// new image behind, or replaces an existing one); here a refused request changes nothing on disk.
+    /// The checks drive-mirror makes of its target before it creates, truncates or opens it: the node-name,
+    /// the format, the backing the new image would name, and that no open node uses the target's file. With
+    /// the job's options (checked next) they all come before any change: QEMU creates the target before it
+    /// checks the job's options (a refused request leaves a new image behind, or replaces an existing one);
+    /// here a refused request changes nothing on disk.
     /// </summary>
     DriveMirrorTarget PlanDriveMirrorTarget(BlockNode source, string target, string? format, string? nodeName, string mode, ref MirrorOptions options)
     {
@@ -108,37 +121,17 @@ public sealed partial class StorageDaemon
         // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
         // existing: the target's own header names its chain, opened at the switch.
         options = options with { BackingMode = mode == "existing" ? MirrorBackingMode.OpenBackingChain : MirrorBackingMode.SourceBackingChain };
-        try
-        {
-            MirrorJob.CheckOptions(Jobs, source, options);
-        }
-        catch (JobException ex)
-        {
-            throw QmpException.Generic(ex.Message);
-        }
-
-        // A file an open node uses is never created over, truncated or mirrored onto: that is how the
-        // source itself (or its backing file) would be wiped. QEMU refuses it through its image lock.
-        if (Graph.FindNodeUsingFile(target) is not null)
-        {
-            throw QmpException.Generic("Failed to get \"write\" lock");
-        }
-
         var existed = File.Exists(target);
         if (mode == "existing")
         {
+            RefuseFileInUse(target);
             return existed
                 ? new DriveMirrorTarget(target, format, nodeName, Create: false, Existed: true, null, null)
                 : throw QmpException.Generic($"Could not open '{target}': No such file or directory");
         }
 
-        if (Directory.Exists(target))
-        {
-            throw QmpException.Generic($"Could not create '{target}': Is a directory");
-        }
-
-        // As QEMU: a new image the size of the source, in the source's format unless told, naming the
-        // backing's file and format in its header.
+        // As QEMU (bdrv_img_create, in its order): a new image the size of the source, in the source's format
+        // unless told, naming the backing's file and format in its header.
         var targetFormat = format ?? SkipFilters(source).Driver.DriverName;
         if (!ImageFiles.Formats.Contains(targetFormat))
         {
@@ -151,13 +144,36 @@ public sealed partial class StorageDaemon
             throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
         }
 
+        if (backing?.Driver.FileName == target)
+        {
+            throw QmpException.Generic("Error: Trying to create an image with the same filename as the backing file");
+        }
+
         if (backing is not null && targetFormat != Qcow2Driver.Name)
         {
             throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
         }
 
+        RefuseFileInUse(target);
+        if (Directory.Exists(target))
+        {
+            throw QmpException.Generic($"Could not create '{target}': Is a directory");
+        }
+
         return new DriveMirrorTarget(target, targetFormat, nodeName, Create: true, existed,
             backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
+    }
+
+    /// <summary>
+    /// A file an open node uses is never created over, truncated or mirrored onto: that is how the source itself
+    /// (or its backing file) would be wiped. QEMU refuses it through its image lock, in these words.
+    /// </summary>
+    void RefuseFileInUse(string path)
+    {
+        if (Graph.FindNodeUsingFile(path) is not null)
+        {
+            throw QmpException.Generic("Failed to get \"write\" lock");
+        }
     }
 
     /// <summary>Creates the target where the plan says so, then opens it; a file this created is removed again if the open fails.</summary>
