@@ -160,6 +160,13 @@ static class ServeCommand
 
         if (pidfile is not null)
         {
+            // Writing the pid truncates the file: never one of the images being served (QEMU's lock on the pid
+            // file fails there too, against the image's locks).
+            if (daemon.Graph.FindNodeUsingFile(pidfile) is not null)
+            {
+                throw new UsageException($"Cannot lock pid file '{pidfile}': it is an image file the daemon has open");
+            }
+
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
 

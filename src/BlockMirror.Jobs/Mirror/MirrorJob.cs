@@ -172,12 +172,9 @@ public sealed class MirrorJob : BlockJob
         MirrorOptions options, CancellationToken cancellationToken = default)
     {
         var chain = Commit.CommitJob.CheckChain(top, @base);
-        if (options.Speed < 0)
-        {
-            throw new JobException("Invalid parameter 'speed'");
-        }
 
-        manager.ValidateNewId(options.JobId);
+        // Every option is checked before the base is reopened or grown: a refused request changes nothing.
+        CheckOptions(manager, top, options);
         manager.CheckNodesFree(options.JobId, [.. chain]);
         var reopened = await Commit.CommitJob.MakeWritableAsync(graph, @base, cancellationToken).ConfigureAwait(false);
         try
