@@ -29,6 +29,9 @@ public enum FaultSide
 {
     SourceRead,
     TargetWrite,
+
+    /// <summary>The query of what lies above the base (intermediate commit only; it counts as a read).</summary>
+    SourceBlockStatus,
 }
 
 /// <summary>
@@ -51,6 +54,7 @@ sealed class PolicyChain : IAsyncDisposable
     public const string JobId = "job0";
 
     readonly TempDirectory _dir;
+    BlockNode? _statusFilter;
 
     PolicyChain(TempDirectory dir, BlockGraph graph, BlockNode @base, BlockNode mid, BlockNode top, BlockNode target)
     {
@@ -135,6 +139,20 @@ sealed class PolicyChain : IAsyncDisposable
     /// </summary>
     public async Task<(BlkdebugFilter Debug, BlkdebugRule Rule)> InjectAsync(PolicyJob job, FaultSide side, BlockErrno errno, bool once)
     {
+        if (side == FaultSide.SourceBlockStatus)
+        {
+            // qcow2 answers block status from its own tables, never asking its file for it: the error comes
+            // from a blkdebug filter put between top and mid, which the commit then takes as its top.
+            _statusFilter = await BlkdebugFilter.OpenAsync(Graph, "mid-status", Mid, readOnly: true);
+            using (await Graph.DrainAsync(Mid))
+            {
+                Graph.ReplaceNode(Mid, _statusFilter);
+            }
+
+            var statusDebug = (BlkdebugFilter)_statusFilter.Driver;
+            return (statusDebug, statusDebug.AddRule(new BlkdebugRule(BlockOperation.BlockStatus, FaultOffset, Chunk, errno, Once: once)));
+        }
+
         var (layer, operation) = side == FaultSide.SourceRead ? (Mid, BlockOperation.Read) : (job == PolicyJob.Mirror ? null : Base, BlockOperation.Write);
         var debug = layer is null ? (BlkdebugFilter)Target.Driver : DebugOf(layer);
         var offset = layer is null ? FaultOffset : await HostOffsetAsync(layer, FaultOffset);
@@ -163,7 +181,7 @@ sealed class PolicyChain : IAsyncDisposable
         {
             PolicyJob.Mirror => await MirrorJob.StartAsync(Manager, Graph, Top, Target, mirror, cancellationToken),
             PolicyJob.ActiveCommit => await MirrorJob.StartActiveCommitAsync(Manager, Graph, Top, Base, mirror, cancellationToken),
-            PolicyJob.IntermediateCommit => await CommitJob.StartAsync(Manager, Graph, Mid, Base, new CommitOptions { JobId = JobId, OnError = policy }, cancellationToken),
+            PolicyJob.IntermediateCommit => await CommitJob.StartAsync(Manager, Graph, _statusFilter ?? Mid, Base, new CommitOptions { JobId = JobId, OnError = policy }, cancellationToken),
             _ => throw new ArgumentOutOfRangeException(nameof(job)),
         };
     }
