@@ -56,7 +56,7 @@ sealed class PolicyChain : IAsyncDisposable
     readonly TempDirectory _dir;
     BlockNode? _statusFilter;
 
-    PolicyChain(TempDirectory dir, BlockGraph graph, BlockNode @base, BlockNode mid, BlockNode top, BlockNode target)
+    PolicyChain(TempDirectory dir, BlockGraph graph, BlockNode @base, BlockNode mid, BlockNode top, BlockNode target, TimeProvider? time)
     {
         _dir = dir;
         Graph = graph;
@@ -64,7 +64,7 @@ sealed class PolicyChain : IAsyncDisposable
         Mid = mid;
         Top = top;
         Target = target;
-        Manager = new JobManager();
+        Manager = new JobManager(time);
         Log = new EventLog(Manager);
     }
 
@@ -83,7 +83,8 @@ sealed class PolicyChain : IAsyncDisposable
     /// <summary>The mirror's target: blkdebug over a raw file.</summary>
     public BlockNode Target { get; }
 
-    public static async Task<PolicyChain> CreateAsync()
+    /// <param name="time">The jobs' clock; the system's when null.</param>
+    public static async Task<PolicyChain> CreateAsync(TimeProvider? time = null)
     {
         var dir = TempDirectory.InMemory("blockmirror-policy-");
         var (basePath, midPath, topPath, targetPath) = (dir.File("base.qcow2"), dir.File("mid.qcow2"), dir.File("top.qcow2"), dir.File("target.raw"));
@@ -107,7 +108,7 @@ sealed class PolicyChain : IAsyncDisposable
         graph.AttachRoot(top, new RootParent("vm"), "vm");
         var targetFile = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(targetPath));
         var target = await BlkdebugFilter.OpenAsync(graph, "target", targetFile);
-        return new PolicyChain(dir, graph, @base, mid, top, target);
+        return new PolicyChain(dir, graph, @base, mid, top, target, time);
     }
 
     /// <summary>file → blkdebug ("name-debug") → qcow2 ("name"); lower layers read-only as backing files are.</summary>
