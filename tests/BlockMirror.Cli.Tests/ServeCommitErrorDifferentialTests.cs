@@ -5,12 +5,12 @@ using BlockMirror.TestKit;
 namespace BlockMirror.Cli.Tests;
 
 /// <summary>
-/// An intermediate commit whose read of the middle layer fails once, under each on-error policy, run
-/// unchanged against qemu-storage-daemon 7.2 and <c>blockmirror serve</c>: base.qcow2 &lt;- mid.qcow2 &lt;-
-/// top.qcow2 made by qemu-img and qemu-io, mid's file under a blkdebug node whose inject-error rule fails
-/// the read of one of mid's data clusters once. Both daemons must give the same events (the error's
-/// operation and action, and the job's end), the same io-status while stopped, and the same base; when the
-/// job succeeds the base must hold mid's whole view, the chunk that failed included.
+/// An intermediate commit whose read of the middle layer, or write to the base, fails once, under each
+/// on-error policy, run unchanged against qemu-storage-daemon 7.2 and <c>blockmirror serve</c>: base.qcow2
+/// &lt;- mid.qcow2 &lt;- top.qcow2 made by qemu-img and qemu-io, mid's (or the base's) file under a blkdebug
+/// node whose inject-error rule fails the read (write) of one data cluster once. Both daemons must give the
+/// same events (the error's operation and action, and the job's end), the same io-status while stopped,
+/// and the same base; when the job succeeds the base must hold mid's whole view, the failed chunk included.
 /// </summary>
 public sealed class ServeCommitErrorDifferentialTests : IDisposable
 {
@@ -30,22 +30,41 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
     const long FaultGuestOffset = (2 << 20) + (640 << 10);
 
     /// <summary>
+    /// Where each operation's error is injected: reads of mid's file, or writes to the base's file (the base
+    /// already has the cluster, so the commit overwrites it in place, at a sector known beforehand).
+    /// </summary>
+    static readonly Dictionary<string, (string Layer, string Event)> Faults = new()
+    {
+        ["read"] = ("mid", "read_aio"),
+        ["write"] = ("base", "write_aio"),
+    };
+
+    /// <summary>
     /// How much of the file blockmirror's qcow2 driver reads at open, to find the header before it knows
     /// the cluster size (up to the largest cluster, 2 MiB).
     /// </summary>
     const long HeaderReadLength = 2 << 20;
 
     [SkippableTheory]
-    [InlineData("ignore", 5, "ignore", null)]
-    [InlineData("ignore", 28, "ignore", null)]
-    [InlineData("report", 5, "report", null)]
-    [InlineData("stop", 5, "stop", "failed")]
-    [InlineData("stop", 28, "stop", "nospace")]
-    [InlineData("enospc", 28, "stop", "nospace")]
-    [InlineData("enospc", 5, "report", null)]
-    [InlineData("auto", 28, "stop", "nospace")]
-    [InlineData("auto", 5, "report", null)]
-    public async Task A_read_error_once_in_an_intermediate_commit_ends_the_same_on_both_daemons(string policy, int errno, string action, string? stoppedIoStatus)
+    [InlineData("read", "ignore", 5, "ignore", null)]
+    [InlineData("read", "ignore", 28, "ignore", null)]
+    [InlineData("read", "report", 5, "report", null)]
+    [InlineData("read", "stop", 5, "stop", "failed")]
+    [InlineData("read", "stop", 28, "stop", "nospace")]
+    [InlineData("read", "enospc", 28, "stop", "nospace")]
+    [InlineData("read", "enospc", 5, "report", null)]
+    [InlineData("read", "auto", 28, "stop", "nospace")]
+    [InlineData("read", "auto", 5, "report", null)]
+    [InlineData("write", "ignore", 5, "ignore", null)]
+    [InlineData("write", "ignore", 28, "ignore", null)]
+    [InlineData("write", "report", 5, "report", null)]
+    [InlineData("write", "stop", 5, "stop", "failed")]
+    [InlineData("write", "stop", 28, "stop", "nospace")]
+    [InlineData("write", "enospc", 28, "stop", "nospace")]
+    [InlineData("write", "enospc", 5, "report", null)]
+    [InlineData("write", "auto", 28, "stop", "nospace")]
+    [InlineData("write", "auto", 5, "report", null)]
+    public async Task An_error_once_in_an_intermediate_commit_ends_the_same_on_both_daemons(string operation, string policy, int errno, string action, string? stoppedIoStatus)
     {
         DifferentialDaemon[] daemons = [DifferentialDaemon.Qsd(), DifferentialDaemon.Ours()];
         var events = new List<string>[daemons.Length];
@@ -54,8 +73,9 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
         for (var i = 0; i < daemons.Length; i++)
         {
             var dir = dirs[i];
-            var sector = await MakeChainAsync(dir);
-            events[i] = await daemons[i].RunAsync(dir, Blockdevs(dir, sector, errno), "top", async (qmp, _) =>
+            var fault = Faults[operation];
+            var sector = await MakeChainAsync(dir, fault.Layer);
+            events[i] = await daemons[i].RunAsync(dir, Blockdevs(dir, fault, sector, errno), "top", async (qmp, _) =>
             {
                 await qmp.ExecuteAsync("block-commit", new JsonObject
                 {
@@ -76,7 +96,7 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
             Assert.Contains("No errors were found on the image.", check);
         }
 
-        var error = $"BLOCK_JOB_ERROR read {action}";
+        var error = $"BLOCK_JOB_ERROR {operation} {action}";
         string[] expected = action switch
         {
             "report" =>
@@ -110,35 +130,41 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
     }
 
     /// <summary>
-    /// Each layer as its own node, mid's file under blkdebug. The rule names the sector where mid keeps the
-    /// faulty cluster. The daemons differ in when a rule is armed, and the test is built around it: QEMU
-    /// arms a read_aio rule at the first data read of the format driver above and then fails the next
-    /// request that covers the sector, while blockmirror's blkdebug has no events and arms it from the
-    /// start, for every read. Naming the sector keeps both off the table reads, and the sector lies past
-    /// the header read of blockmirror's qcow2 open (<see cref="HeaderReadLength"/>), which would otherwise
-    /// take the error and refuse to open mid.
+    /// Each layer as its own node, the faulty layer's file under blkdebug. The rule names the sector where
+    /// that layer keeps the faulty cluster. The daemons differ in when a rule is armed, and the test is built
+    /// around it: QEMU arms a read_aio (write_aio) rule at the first data read (write) of the format driver
+    /// above and then fails the next request of any kind that covers the sector, while blockmirror's blkdebug
+    /// has no events and arms the rule from the start, for reads (writes) only. Naming the sector keeps both
+    /// off the table reads and writes, and the sector lies past the header read of blockmirror's qcow2 open
+    /// (<see cref="HeaderReadLength"/>), which would otherwise take a read error and refuse to open the layer.
     /// </summary>
-    static string[] Blockdevs(string dir, long sector, int errno)
+    static string[] Blockdevs(string dir, (string Layer, string Event) fault, long sector, int errno) =>
+    [
+        .. Layer(dir, "base", null, fault, sector, errno),
+        .. Layer(dir, "mid", "base", fault, sector, errno),
+        .. Layer(dir, "top", "mid", fault, sector, errno),
+    ];
+
+    /// <summary>One layer: its file node, blkdebug above the file when the fault is in this layer, and the qcow2 node.</summary>
+    static string[] Layer(string dir, string name, string? backing, (string Layer, string Event) fault, long sector, int errno)
     {
+        string[] file = ["--blockdev", $"driver=file,node-name={name}-file,filename={dir}/{name}.qcow2"];
+        var qcow2 = $"driver=qcow2,node-name={name},file={name}{(fault.Layer == name ? "-debug" : "-file")}{(backing is null ? "" : $",backing={backing}")}";
+        if (fault.Layer != name)
+        {
+            return [.. file, "--blockdev", qcow2];
+        }
+
         var blkdebug = new JsonObject
         {
-            ["driver"] = "blkdebug", ["node-name"] = "mid-debug", ["image"] = "mid-file",
-            ["inject-error"] = new JsonArray(new JsonObject { ["event"] = "read_aio", ["errno"] = errno, ["sector"] = sector, ["once"] = true }),
+            ["driver"] = "blkdebug", ["node-name"] = $"{name}-debug", ["image"] = $"{name}-file",
+            ["inject-error"] = new JsonArray(new JsonObject { ["event"] = fault.Event, ["errno"] = errno, ["sector"] = sector, ["once"] = true }),
         };
-        return
-        [
-            "--blockdev", $"driver=file,node-name=base-file,filename={dir}/base.qcow2",
-            "--blockdev", "driver=qcow2,node-name=base,file=base-file",
-            "--blockdev", $"driver=file,node-name=mid-file,filename={dir}/mid.qcow2",
-            "--blockdev", blkdebug.ToJsonString(),
-            "--blockdev", "driver=qcow2,node-name=mid,file=mid-debug,backing=base",
-            "--blockdev", $"driver=file,node-name=top-file,filename={dir}/top.qcow2",
-            "--blockdev", "driver=qcow2,node-name=top,file=top-file,backing=mid",
-        ];
+        return [.. file, "--blockdev", blkdebug.ToJsonString(), "--blockdev", qcow2];
     }
 
-    /// <summary>Makes the chain and expected.raw (mid's view: what the base must hold after the commit); returns the faulty sector of mid's file.</summary>
-    static async Task<long> MakeChainAsync(string dir)
+    /// <summary>Makes the chain and expected.raw (mid's view: what the base must hold after the commit); returns the faulty sector of the layer's file.</summary>
+    static async Task<long> MakeChainAsync(string dir, string faultLayer)
     {
         Directory.CreateDirectory(dir);
         for (var level = 0; level < Chain.Length; level++)
@@ -148,8 +174,8 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
         }
 
         await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-f", "qcow2", "-O", "raw", $"{dir}/mid.qcow2", $"{dir}/expected.raw");
-        var host = await HostOffsetAsync($"{dir}/mid.qcow2", FaultGuestOffset);
-        Assert.True(host >= HeaderReadLength, $"mid keeps the faulty cluster at {host}, inside the header read at open");
+        var host = await HostOffsetAsync($"{dir}/{faultLayer}.qcow2", FaultGuestOffset);
+        Assert.True(host >= HeaderReadLength, $"{faultLayer} keeps the faulty cluster at {host}, inside the header read at open");
         return host / 512;
     }
 
