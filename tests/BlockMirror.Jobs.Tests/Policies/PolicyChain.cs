@@ -135,31 +135,35 @@ sealed class PolicyChain : IAsyncDisposable
     static BlkdebugFilter DebugOf(BlockNode layer) => (BlkdebugFilter)layer.File!.Node.Driver;
 
     /// <summary>
-    /// Adds the rule that fails the fault chunk on <paramref name="side"/> of <paramref name="job"/>, and
-    /// returns the blkdebug node that holds it.
+    /// Adds the rule that fails the fault chunk on <paramref name="side"/> of <paramref name="job"/>; returns
+    /// the blkdebug node that holds it, and the rule.
     /// </summary>
     public async Task<(BlkdebugFilter Debug, BlkdebugRule Rule)> InjectAsync(PolicyJob job, FaultSide side, BlockErrno errno, bool once)
     {
-        if (side == FaultSide.SourceBlockStatus)
+        var (debug, operation, offset) = side switch
         {
-            // qcow2 answers block status from its own tables, never asking its file for it: the error comes
-            // from a blkdebug filter put between top and mid, which the commit then takes as its top.
-            _statusFilter = await BlkdebugFilter.OpenAsync(Graph, "mid-status", Mid, readOnly: true);
-            using (await Graph.DrainAsync(Mid))
-            {
-                Graph.ReplaceNode(Mid, _statusFilter);
-            }
+            FaultSide.SourceRead => (DebugOf(Mid), BlockOperation.Read, await HostOffsetAsync(Mid, FaultOffset)),
+            FaultSide.TargetWrite when job == PolicyJob.Mirror => ((BlkdebugFilter)Target.Driver, BlockOperation.Write, FaultOffset),
+            FaultSide.TargetWrite => (DebugOf(Base), BlockOperation.Write, await HostOffsetAsync(Base, FaultOffset)),
+            FaultSide.SourceBlockStatus => (await InsertStatusFilterAsync(), BlockOperation.BlockStatus, FaultOffset),
+            _ => throw new ArgumentOutOfRangeException(nameof(side)),
+        };
+        return (debug, debug.AddRule(new BlkdebugRule(operation, offset, Chunk, errno, Once: once)));
+    }
 
-            var statusDebug = (BlkdebugFilter)_statusFilter.Driver;
-            return (statusDebug, statusDebug.AddRule(new BlkdebugRule(BlockOperation.BlockStatus, FaultOffset, Chunk, errno, Once: once)));
+    /// <summary>
+    /// qcow2 answers block status from its own tables, never asking its file: a block-status error comes
+    /// from a blkdebug filter put between top and mid, which the commit then takes as its top.
+    /// </summary>
+    async Task<BlkdebugFilter> InsertStatusFilterAsync()
+    {
+        _statusFilter = await BlkdebugFilter.OpenAsync(Graph, "mid-status", Mid, readOnly: true);
+        using (await Graph.DrainAsync(Mid))
+        {
+            Graph.ReplaceNode(Mid, _statusFilter);
         }
 
-        var (layer, operation) = side == FaultSide.SourceRead ? (Mid, BlockOperation.Read) : (job == PolicyJob.Mirror ? null : Base, BlockOperation.Write);
-        var debug = layer is null ? (BlkdebugFilter)Target.Driver : DebugOf(layer);
-        var offset = layer is null ? FaultOffset : await HostOffsetAsync(layer, FaultOffset);
-        var rule = new BlkdebugRule(operation, offset, Chunk, errno, Once: once);
-        debug.AddRule(rule);
-        return (debug, rule);
+        return (BlkdebugFilter)_statusFilter.Driver;
     }
 
     static async Task<long> HostOffsetAsync(BlockNode layer, long offset)
