@@ -8,7 +8,10 @@ public enum BlockdevOnError
     /// <summary>Fail the job with the error.</summary>
     Report,
 
-    /// <summary>Carry on as if the request had succeeded (the range stays dirty and is retried).</summary>
+    /// <summary>
+    /// Carry on, and try the failed range again (a mirror leaves it dirty, a commit repeats the step): an
+    /// error is never a reason to leave data behind.
+    /// </summary>
     Ignore,
 
     /// <summary>Stop on ENOSPC, report anything else.</summary>

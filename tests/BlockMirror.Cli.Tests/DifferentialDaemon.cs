@@ -57,7 +57,18 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
         var stderr = daemon.StandardError.ReadToEndAsync();
         try
         {
-            await using var qmp = await QmpClient.ConnectAsync($"{dir}/qmp.sock");
+            QmpClient connected;
+            try
+            {
+                connected = await QmpClient.ConnectAsync($"{dir}/qmp.sock");
+            }
+            catch (Exception e) when (daemon.WaitForExit(5_000))
+            {
+                // The daemon refused its options: what it said is the useful part.
+                throw new InvalidOperationException($"{Name} exited with {daemon.ExitCode} before its monitor answered: {await stderr}", e);
+            }
+
+            await using var qmp = connected;
             await script(qmp, $"nbd+unix:///{ExportName}?socket={dir}/nbd.sock");
             await qmp.ExecuteAsync("quit");
             Assert.True(daemon.WaitForExit(30_000), $"{Name} did not exit after quit");
@@ -75,10 +86,22 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
         }
     }
 
-    /// <summary>An event as the tests compare it: its name, and for JOB_STATUS_CHANGE the new status.</summary>
-    public static string Describe(JsonObject e) => (string)e["event"]! == "JOB_STATUS_CHANGE"
-        ? $"JOB_STATUS_CHANGE {(string?)e["data"]!["status"]}"
-        : (string)e["event"]!;
+    /// <summary>
+    /// An event as the tests compare it: its name; for JOB_STATUS_CHANGE the new status, for BLOCK_JOB_ERROR
+    /// the operation and the action, for a BLOCK_JOB_COMPLETED that carries an error the error.
+    /// </summary>
+    public static string Describe(JsonObject e)
+    {
+        var name = (string)e["event"]!;
+        var data = e["data"];
+        return name switch
+        {
+            "JOB_STATUS_CHANGE" => $"{name} {(string?)data!["status"]}",
+            "BLOCK_JOB_ERROR" => $"{name} {(string?)data!["operation"]} {(string?)data["action"]}",
+            "BLOCK_JOB_COMPLETED" when data?["error"] is { } error => $"{name} error: {(string?)error}",
+            _ => name,
+        };
+    }
 
     /// <summary>Waits until the job is gone (its JOB_STATUS_CHANGE to null).</summary>
     public static Task WaitJobGoneAsync(QmpClient qmp) =>

@@ -192,24 +192,8 @@ public sealed class ErrorPolicyTests
         await rig.AssertTargetEqualsSourceAsync();
     }
 
-    /// <summary>The job parks as if the user had paused it, with the I/O status set, and stays so.</summary>
-    static async Task AssertStoppedAsync(MirrorRig rig, MirrorJob job, JobStatus status, IoStatus ioStatus)
-    {
-        await rig.Log.WaitForAsync(e => e is BlockJobErrorEvent { Action: BlockErrorAction.Stop }, "BLOCK_JOB_ERROR stop");
-        await WaitParkedAsync(job, status);
-        Assert.True(job.IsUserPaused);
-        var info = job.GetInfo();
-        Assert.Equal((true, status, ioStatus), (info.Paused, info.Status, info.IoStatus));
-        Assert.Equal(ioStatus, job.IoStatus);
-        Assert.Null(job.Error);
-
-        // Stopped means stopped: nothing moves while the user has not resumed.
-        var events = rig.Log.Count;
-        await Task.Delay(20);
-        Assert.Equal(status, job.Status);
-        Assert.Equal(events, rig.Log.Count);
-        Assert.Throws<JobException>(job.Pause);
-    }
+    static Task AssertStoppedAsync(MirrorRig rig, MirrorJob job, JobStatus status, IoStatus ioStatus) =>
+        StoppedJob.AssertStoppedAsync(rig.Log, job, status, ioStatus);
 
     // ----- enospc -----
 
@@ -236,15 +220,5 @@ public sealed class ErrorPolicyTests
         var job = await rig.StartAsync(MirrorRig.Options() with { OnTargetError = BlockdevOnError.Enospc });
         await MirrorTestRunner.WaitFinishedAsync(job);
         AssertFailedWithOneError(rig, job, "write");
-    }
-
-    static async Task WaitParkedAsync(Job job, JobStatus status)
-    {
-        using var cts = new CancellationTokenSource(MirrorTestRunner.Limit);
-        while (job.IsBusy || job.Status != status)
-        {
-            Assert.False(cts.IsCancellationRequested, $"job never parked in {status.ToWireName()}: now {job.Status.ToWireName()}");
-            await Task.Delay(1, CancellationToken.None);
-        }
     }
 }

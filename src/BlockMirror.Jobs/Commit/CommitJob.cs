@@ -23,6 +23,9 @@ public sealed class CommitJob : BlockJob
     /// <summary>Bytes per step (QEMU's COMMIT_BUFFER_SIZE).</summary>
     public const int BufferSize = 512 * 1024;
 
+    /// <summary>The pause before a step that failed is tried again.</summary>
+    static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(10);
+
     readonly BlockGraph _graph;
     readonly BlockNode _top;
     readonly BlockNode _base;
@@ -197,33 +200,39 @@ public sealed class CommitJob : BlockJob
             }
 
             delay = TimeSpan.Zero;
-            var (allocated, n) = await BlockChain.IsAllocatedAboveAsync(_read.Node, _base, offset, Math.Min(BufferSize, length - offset)).ConfigureAwait(false);
-            if (allocated)
+            var isRead = true;
+            bool allocated;
+            long n;
+            try
             {
-                var part = buffer.Memory[..(int)n];
-                var isRead = true;
-                try
+                (allocated, n) = await BlockChain.IsAllocatedAboveAsync(_read.Node, _base, offset, Math.Min(BufferSize, length - offset), _forceCancel.Token).ConfigureAwait(false);
+                if (allocated)
                 {
+                    var part = buffer.Memory[..(int)n];
                     await _read.ReadAsync(offset, part, _forceCancel.Token).ConfigureAwait(false);
                     isRead = false;
                     await _write.WriteAsync(offset, part, RequestFlags.None, _forceCancel.Token).ConfigureAwait(false);
                 }
-                catch (BlockIOException ex)
+            }
+            catch (BlockIOException ex)
+            {
+                // A failed block-status query counts as a read of the top, as in QEMU. Anything but report
+                // tries this same step again (ignore at once, stop once resumed): moving on would leave
+                // the base without the step's data while the job still ends as a success.
+                if (HandleIoError(_options.OnError, isRead, ex.Errno) == BlockErrorAction.Report)
                 {
-                    switch (HandleIoError(_options.OnError, isRead, ex.Errno))
-                    {
-                        case BlockErrorAction.Report:
-                            throw;
-                        case BlockErrorAction.Stop:
-                            // Paused now; once resumed, this step is tried again.
-                            continue;
-                    }
+                    throw;
                 }
 
-                if (Speed != 0)
-                {
-                    delay = Limiter.CalculateDelay(n);
-                }
+                // An error that persists under ignore repeats forever, as in QEMU: wait a little between
+                // tries so the loop does not take a core, and stays cancellable (the sleep is woken by it).
+                delay = RetryDelay;
+                continue;
+            }
+
+            if (allocated && Speed != 0)
+            {
+                delay = Limiter.CalculateDelay(n);
             }
 
             ProgressAdvance(n);
