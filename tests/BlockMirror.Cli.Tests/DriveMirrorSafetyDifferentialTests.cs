@@ -166,7 +166,8 @@ public sealed class DriveMirrorSafetyDifferentialTests : IDisposable
         Assert.Equal(errors[0], errors[1]);
         Assert.Equal(
         [
-            "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR", "JOB_STATUS_CHANGE aborting", "BLOCK_JOB_COMPLETED",
+            "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR write report", "JOB_STATUS_CHANGE aborting",
+            "BLOCK_JOB_COMPLETED error: Operation not permitted",
             "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED",
         ], events[0]);
         Assert.Equal(events[0], events[1]);

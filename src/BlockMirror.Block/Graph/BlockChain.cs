@@ -17,6 +17,17 @@ public static class BlockChain
         }
     }
 
+    /// <summary>The first node at or below <paramref name="node"/> that is not a filter (QEMU's bdrv_skip_filters).</summary>
+    public static BlockNode SkipFilters(BlockNode node)
+    {
+        while (node.FilteredChild is { } child)
+        {
+            node = child.Node;
+        }
+
+        return node;
+    }
+
     /// <summary>True when <paramref name="candidate"/> is <paramref name="top"/> or lies below it in its chain.</summary>
     public static bool Contains(BlockNode top, BlockNode candidate) =>
         Layers(top).Any(n => ReferenceEquals(n, candidate));

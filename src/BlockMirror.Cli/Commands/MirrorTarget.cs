@@ -44,18 +44,7 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
             throw new UsageException($"TARGET '{path}' is a directory");
         }
 
-        // Without a backing file "top" is "full": everything is above the (absent) base.
-        if (sync == MirrorSyncMode.Top && source.Backing is null)
-        {
-            sync = MirrorSyncMode.Full;
-        }
-
-        var backing = sync switch
-        {
-            MirrorSyncMode.Top => source.Backing,
-            MirrorSyncMode.None => source,
-            _ => null,
-        };
+        (sync, var backing) = NewTargetBacking.Choose(source, sync);
 
         if (File.Exists(path))
         {

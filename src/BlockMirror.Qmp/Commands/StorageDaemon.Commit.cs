@@ -90,7 +90,7 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic("Parameter 'speed' expects a non-negative value");
             }
 
-            var active = ReferenceEquals(SkipFilters(top), SkipFilters(bs));
+            var active = ReferenceEquals(BlockChain.SkipFilters(top), BlockChain.SkipFilters(bs));
             if (active)
             {
                 if (backingFile is not null)

@@ -100,23 +100,8 @@ public sealed partial class StorageDaemon
             throw QmpException.Generic($"node-name '{nodeName}' is already in use");
         }
 
-        // What the new target is backed by (QEMU's qmp_drive_mirror): sync=top shares the source's
-        // backing, sync=none is backed by the source itself, sync=full stands alone.
-        var targetBacking = SkipFilters(source).Backing;
-        if (targetBacking is null && options.Sync == MirrorSyncMode.Top)
-        {
-            options = options with { Sync = MirrorSyncMode.Full };
-        }
-
-        if (options.Sync == MirrorSyncMode.None)
-        {
-            targetBacking = source;
-        }
-
-        if (options.Sync == MirrorSyncMode.Full)
-        {
-            targetBacking = null;
-        }
+        var (sync, backing) = NewTargetBacking.Choose(source, options.Sync);
+        options = options with { Sync = sync };
 
         // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
         // existing: the target's own header names its chain, opened at the switch.
@@ -132,13 +117,12 @@ public sealed partial class StorageDaemon
 
         // As QEMU (bdrv_img_create, in its order): a new image the size of the source, in the source's format
         // unless told, naming the backing's file and format in its header.
-        var targetFormat = format ?? SkipFilters(source).Driver.DriverName;
+        var targetFormat = format ?? BlockChain.SkipFilters(source).Driver.DriverName;
         if (!ImageFiles.Formats.Contains(targetFormat))
         {
             throw QmpException.Generic($"Unknown file format '{targetFormat}'");
         }
 
-        var backing = targetBacking is null ? null : SkipFilters(targetBacking);
         if (backing is not null && backing.Driver.FileName is null)
         {
             throw QmpException.Generic($"Cannot name the backing of the new target: node '{backing.Name}' has no file name");
@@ -206,7 +190,7 @@ public sealed partial class StorageDaemon
             // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING). With the
             // source's discard mode, as QEMU opens it with the source's flags: a guest's discard must do
             // after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
-            var discard = SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+            var discard = BlockChain.SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
             var node = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName,
                 Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
             if (plan.Format is null && node.Driver.DriverName == RawDriver.Name)
@@ -282,17 +266,6 @@ public sealed partial class StorageDaemon
             AutoFinalize = autoFinalize,
             AutoDismiss = autoDismiss,
         };
-    }
-
-    /// <summary>The first node at or below <paramref name="node"/> that is not a filter (QEMU's bdrv_skip_filters).</summary>
-    static BlockNode SkipFilters(BlockNode node)
-    {
-        while (node.FilteredChild is { } child)
-        {
-            node = child.Node;
-        }
-
-        return node;
     }
 
     /// <summary>
