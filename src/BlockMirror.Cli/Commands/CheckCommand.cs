@@ -58,7 +58,7 @@ static class CheckCommand
             throw new UsageException($"Unknown image format '{format}' (supported: {string.Join(", ", ImageFiles.Formats)})");
         }
 
-        if (format != Qcow2Driver.Name)
+        if (format != DriverNames.Qcow2)
         {
             throw new ToolExitException("This image format does not support checks", ExitNoCheck);
         }
@@ -93,7 +93,7 @@ static class CheckCommand
     static QemuJson ToJson(string path, Qcow2CheckResult r) =>
         new QemuJson()
             .Add("filename", path)
-            .Add("format", Qcow2Driver.Name)
+            .Add("format", DriverNames.Qcow2)
             .Add("check-errors", r.CheckErrors)
             .AddNonZero("image-end-offset", r.ImageEndOffset)
             .AddNonZero("corruptions", r.Corruptions)
