@@ -65,7 +65,7 @@ static class CommitCommand
         var job = await MirrorJob.StartActiveCommitAsync(manager, graph, top, @base, options, cancellationToken);
         await console.RunAsync(job, () => job.DirtyBytes, "commit", cancellationToken);
 
-        if (!drop && top.Driver is IBackingFileDriver backingFile)
+        if (!drop && top.Driver is IBackingFileFormat backingFile)
         {
             await backingFile.MakeEmptyAsync(cancellationToken);
         }

@@ -272,7 +272,7 @@ public sealed class CommitJob : BlockJob
         var name = _options.BackingFile ?? _base.Driver.FileName;
         foreach (var overlay in overlays)
         {
-            if (overlay.Driver is IBackingFileDriver backingFile)
+            if (overlay.Driver is IBackingFileFormat backingFile)
             {
                 await backingFile.ChangeBackingFileAsync(name, _base.Driver.DriverName).ConfigureAwait(false);
             }

@@ -1220,7 +1220,7 @@ public sealed class MirrorJob : BlockJob
                 }
 
                 break;
-            case MirrorBackingMode.OpenBackingChain when target.Backing is null && target.Driver is IBackingFileDriver backingFile:
+            case MirrorBackingMode.OpenBackingChain when target.Backing is null && target.Driver is IBackingFileFormat backingFile:
                 await backingFile.OpenBackingFileAsync(_graph, CancellationToken.None).ConfigureAwait(false);
                 break;
         }

@@ -20,7 +20,7 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 /// reusing a cluster a late request is still using.</para>
 /// <para>The file grows as clusters are allocated; writes past its end never reach the file node.</para>
 /// </remarks>
-public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBackingFileDriver, IImageWarnings
+public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBackingFileFormat, IImageWarnings
 {
     public const string Name = DriverNames.Qcow2;
 

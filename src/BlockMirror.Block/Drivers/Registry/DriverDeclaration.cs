@@ -11,7 +11,7 @@ public delegate NodeOpener DriverOptionsReader(NodeOptions node);
 /// Everything about one driver, in one place: its QEMU name, where it sits in a stack, whether
 /// <c>blockdev-add</c> offers it, and its option schema with how it opens (<see cref="Read"/>). What an
 /// open node can do is its driver's <see cref="DriverCapabilities"/> and the optional capability
-/// interfaces it implements (<see cref="IBackingFileDriver"/>, <see cref="IReopenableDriver"/>).
+/// interfaces it implements (<see cref="IBackingFileFormat"/>, <see cref="IReopenableDriver"/>).
 /// </summary>
 /// <param name="Name">QAPI's BlockdevDriver name.</param>
 /// <param name="Kind">Protocol, format or filter; the formats are the ones image files are opened as.</param>

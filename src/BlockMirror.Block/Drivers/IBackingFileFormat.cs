@@ -7,7 +7,7 @@ namespace BlockMirror.Block.Drivers;
 /// need from it, so that they ask the node's driver for the capability instead of for a concrete type.
 /// The name itself is <see cref="IBlockDriver.BackingFileName"/>.
 /// </summary>
-public interface IBackingFileDriver
+public interface IBackingFileFormat
 {
     /// <summary>The backing file's format as the metadata records it, or null when it records none.</summary>
     string? BackingFormat { get; }
