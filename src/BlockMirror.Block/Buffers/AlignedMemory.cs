@@ -9,6 +9,9 @@ namespace BlockMirror.Block.Buffers;
 /// </summary>
 public sealed unsafe class AlignedMemory : MemoryManager<byte>
 {
+    /// <summary>An alignment that suits every buffer, also for a node opened with O_DIRECT (the file driver's demand).</summary>
+    public const int DirectAlignment = 4096;
+
     readonly int _length;
     byte* _pointer;
 

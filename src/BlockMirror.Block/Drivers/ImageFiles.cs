@@ -1,6 +1,9 @@
+using System.Buffers;
+using System.Text.Json;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
+using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 
 namespace BlockMirror.Block.Drivers;
@@ -23,7 +26,7 @@ public sealed record ImageOpenOptions(string Path, string? Format = null, bool R
 public static class ImageFiles
 {
     /// <summary>Formats this build can open.</summary>
-    public static IReadOnlyList<string> Formats { get; } = [RawDriver.Name, Qcow2Driver.Name];
+    public static IReadOnlyList<string> Formats => DriverRegistry.Formats;
 
     /// <summary>The format for a file still to be created, by its extension: qcow2 for <c>.qcow2</c>, else raw. An existing file is probed instead (<see cref="Probe"/>).</summary>
     public static string GuessFormat(string path) =>
@@ -60,22 +63,86 @@ public static class ImageFiles
                 : $"Unknown image format '{format}' for '{options.Path}' (supported: {string.Join(", ", Formats)})");
         }
 
-        var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(options.Path, options.Direct, Discard: options.Discard), options.ReadOnly, cancellationToken).ConfigureAwait(false);
-        try
+        // The same options blockdev-add would take for this image, read by the same registry.
+        using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format));
+        return await DriverRegistry.OpenAsync(graph, new OptionReader(blockdev.RootElement), new OpenRules { ProbedFormat = probed, Chain = chain },
+            cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Opens just a <c>file</c> node on an image (for tools that read an image's bytes as they are, such as a check).</summary>
+    public static async ValueTask<BlockNode> OpenFileNodeAsync(BlockGraph graph, string path, bool readOnly, CancellationToken cancellationToken = default)
+    {
+        using var blockdev = JsonDocument.Parse(Serialize(writer =>
         {
-            if (format == Qcow2Driver.Name)
+            WriteFile(writer, path, direct: false, FileDiscardMode.Ignore);
+            writer.WriteBoolean("read-only", readOnly);
+        }));
+        return await DriverRegistry.OpenAsync(graph, new OptionReader(blockdev.RootElement), new OpenRules(), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// An image as blockdev-add options: the format node (node name, read-only, discard, cache.direct, the
+    /// qcow2 options given) over an inline file node with the same discard and cache.direct.
+    /// </summary>
+    static byte[] BlockdevOptions(ImageOpenOptions options, string format) => Serialize(writer =>
+    {
+        writer.WriteString("driver", format);
+        if (options.NodeName is { } name)
+        {
+            writer.WriteString("node-name", name);
+        }
+
+        writer.WriteBoolean("read-only", options.ReadOnly);
+        WriteNodeBase(writer, options.Direct, options.Discard);
+        if (format == DriverNames.Qcow2 && options.Qcow2 is { } qcow2)
+        {
+            if (qcow2.L2CacheSize is { } l2Cache)
             {
-                var qcow2 = (options.Qcow2 ?? new Qcow2Options()) with { Discard = options.Discard, BackingDirect = options.Direct, Chain = chain };
-                return await Qcow2Driver.OpenAsync(graph, options.NodeName, file, qcow2, options.ReadOnly, cancellationToken).ConfigureAwait(false);
+                writer.WriteNumber("l2-cache-size", l2Cache);
             }
 
-            return await RawDriver.OpenAsync(graph, options.NodeName, file, new RawDriverOptions(Probed: probed), options.ReadOnly, cancellationToken).ConfigureAwait(false);
+            switch (qcow2.Backing)
+            {
+                case Qcow2BackingMode.None:
+                    writer.WriteNull("backing");
+                    break;
+                case Qcow2BackingMode.Node:
+                    writer.WriteString("backing", qcow2.BackingNode?.Name ?? throw new BlockOpenException("qcow2: backing mode 'node' needs a backing node"));
+                    break;
+            }
         }
-        catch
+
+        writer.WriteStartObject("file");
+        WriteFile(writer, options.Path, options.Direct, options.Discard);
+        writer.WriteEndObject();
+    });
+
+    static void WriteFile(Utf8JsonWriter writer, string path, bool direct, FileDiscardMode discard)
+    {
+        writer.WriteString("driver", DriverNames.File);
+        writer.WriteString("filename", path);
+        WriteNodeBase(writer, direct, discard);
+    }
+
+    static void WriteNodeBase(Utf8JsonWriter writer, bool direct, FileDiscardMode discard)
+    {
+        writer.WriteString("discard", discard == FileDiscardMode.Unmap ? "unmap" : "ignore");
+        writer.WriteStartObject("cache");
+        writer.WriteBoolean("direct", direct);
+        writer.WriteEndObject();
+    }
+
+    static byte[] Serialize(Action<Utf8JsonWriter> members)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        using (var writer = new Utf8JsonWriter(buffer))
         {
-            await graph.RemoveNodeAsync(file).ConfigureAwait(false);
-            throw;
+            writer.WriteStartObject();
+            members(writer);
+            writer.WriteEndObject();
         }
+
+        return buffer.WrittenSpan.ToArray();
     }
 
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>

@@ -91,7 +91,7 @@ static class BenchCommand
         }
 
         // One aligned buffer per request slot, filled once: the loop itself allocates nothing.
-        using var buffers = new AlignedMemory(checked(settings.BufferSize * depth), FileDriverAlignment);
+        using var buffers = new AlignedMemory(checked(settings.BufferSize * depth), AlignedMemory.DirectAlignment);
         buffers.Memory.Span.Fill(settings.Pattern);
         var generator = new RequestGenerator(settings, size);
         var clock = Stopwatch.StartNew();
@@ -121,8 +121,6 @@ static class BenchCommand
         await graph.DetachRootAsync(edge);
         return 0;
     }
-
-    const int FileDriverAlignment = 4096;
 
     static async Task WorkAsync(NodeEdge edge, RequestGenerator generator, long end, Memory<byte> buffer, bool write, CancellationToken cancellationToken)
     {

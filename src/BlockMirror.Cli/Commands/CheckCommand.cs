@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text;
 using BlockMirror.Block.Drivers;
-using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Cli.Tools;
@@ -51,14 +50,14 @@ static class CheckCommand
         await using var graph = new BlockGraph();
         // The check reads (and a repair writes) the file directly: an image too damaged for the qcow2 driver
         // to open can still be checked, and repaired.
-        var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(path), readOnly: repair == Qcow2RepairMode.None, cancellationToken);
+        var file = await ImageFiles.OpenFileNodeAsync(graph, path, readOnly: repair == Qcow2RepairMode.None, cancellationToken);
         format = ImageTool.FormatOf(path, format);
         if (!ImageFiles.Formats.Contains(format))
         {
             throw new UsageException($"Unknown image format '{format}' (supported: {string.Join(", ", ImageFiles.Formats)})");
         }
 
-        if (format != Qcow2Driver.Name)
+        if (format != DriverNames.Qcow2)
         {
             throw new ToolExitException("This image format does not support checks", ExitNoCheck);
         }
@@ -93,7 +92,7 @@ static class CheckCommand
     static QemuJson ToJson(string path, Qcow2CheckResult r) =>
         new QemuJson()
             .Add("filename", path)
-            .Add("format", Qcow2Driver.Name)
+            .Add("format", DriverNames.Qcow2)
             .Add("check-errors", r.CheckErrors)
             .AddNonZero("image-end-offset", r.ImageEndOffset)
             .AddNonZero("corruptions", r.Corruptions)

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using BlockMirror.Block.Drivers;
-using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Cli.Ui;
@@ -66,9 +65,9 @@ static class CommitCommand
         var job = await MirrorJob.StartActiveCommitAsync(manager, graph, top, @base, options, cancellationToken);
         await console.RunAsync(job, () => job.DirtyBytes, "commit", cancellationToken);
 
-        if (!drop && top.Driver is Qcow2Driver qcow2)
+        if (!drop && top.Driver is IBackingFileFormat backingFile)
         {
-            await qcow2.MakeEmptyAsync(cancellationToken);
+            await backingFile.MakeEmptyAsync(cancellationToken);
         }
 
         if (!json)

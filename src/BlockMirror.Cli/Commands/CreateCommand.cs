@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Globalization;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
-using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Interop;
 using BlockMirror.Block.Io;
@@ -48,7 +47,7 @@ static class CreateCommand
             Description = "Virtual size, e.g. 10G (default: the backing file's)",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        var format = new Option<string>("--format", "-f") { Description = "Image format: raw (default) or qcow2", DefaultValueFactory = _ => RawDriver.Name };
+        var format = new Option<string>("--format", "-f") { Description = "Image format: raw (default) or qcow2", DefaultValueFactory = _ => DriverNames.Raw };
         var options = new Option<string[]>("--options", "-o") { Description = "Format options, key=value,... ('-o help' lists them)" };
         var backing = new Option<string?>("--backing", "-b") { Description = "Backing file (qcow2); relative names are relative to FILE's directory" };
         var backingFormat = new Option<string?>("--backing-format", "-F") { Description = "Backing file format (default: probed from its content)" };
@@ -98,7 +97,7 @@ static class CreateCommand
             throw new UsageException($"{request.File}: Is a directory");
         }
 
-        return request.Format == Qcow2Driver.Name
+        return request.Format == DriverNames.Qcow2
             ? await CreateQcow2Async(request, options, cancellationToken)
             : CreateRaw(request, options);
     }
@@ -106,7 +105,7 @@ static class CreateCommand
     static void PrintHelp(string format)
     {
         Console.WriteLine($"Supported {format} options:");
-        foreach (var (name, help) in format == Qcow2Driver.Name ? Qcow2Parameters : RawParameters)
+        foreach (var (name, help) in format == DriverNames.Qcow2 ? Qcow2Parameters : RawParameters)
         {
             Console.WriteLine($"  {name,-22} - {help}");
         }
@@ -141,7 +140,7 @@ static class CreateCommand
         }
 
         Announce(request, $"fmt=raw size={given}");
-        Replace(request.File, temporary => ImageFiles.Create(temporary, RawDriver.Name, RoundUpToSector(given)));
+        Replace(request.File, temporary => ImageFiles.Create(temporary, DriverNames.Raw, RoundUpToSector(given)));
         return 0;
     }
 
@@ -206,7 +205,7 @@ static class CreateCommand
     /// </summary>
     static async Task<Qcow2CreateOptions> WithBackingAsync(Request request, Qcow2CreateOptions create, string backingFile, CancellationToken cancellationToken)
     {
-        var path = Qcow2Driver.ResolveBackingPath(request.File, backingFile);
+        var path = BackingPaths.Resolve(request.File, backingFile);
         if (Path.GetFullPath(path) == Path.GetFullPath(request.File) || FileStatus.AreSame(path, request.File) == true)
         {
             throw new UsageException($"{request.File}: Error: Trying to create an image with the same filename as the backing file");

@@ -80,7 +80,7 @@ static class InfoCommand
         await using var graph = new BlockGraph();
         var node = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: false, cancellationToken);
         ImageTool.PrintWarnings("info", node);
-        var header = (node.Driver as Qcow2Driver)?.Header;
+        var header = Qcow2Inspection.HeaderOf(node);
         var backing = header?.BackingFile;
         return new ImageReport(
             path,
@@ -130,7 +130,7 @@ static class InfoCommand
 
         if (r.Header is { } h)
         {
-            json.Add("format-specific", new QemuJson().Add("type", Qcow2Driver.Name).Add("data", Qcow2Specific(h)));
+            json.Add("format-specific", new QemuJson().Add("type", DriverNames.Qcow2).Add("data", Qcow2Specific(h)));
         }
 
         return json;

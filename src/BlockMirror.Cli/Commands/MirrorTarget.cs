@@ -1,6 +1,4 @@
 using BlockMirror.Block.Drivers;
-using BlockMirror.Block.Drivers.Qcow2;
-using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 using BlockMirror.Cli.Tools;
 using BlockMirror.Jobs.Mirror;
@@ -22,7 +20,7 @@ namespace BlockMirror.Cli.Commands;
 sealed record MirrorTarget(string Path, bool Exists, string Format, string? OpenFormat, MirrorSyncMode Sync, string? BackingFile, string? BackingFormat)
 {
     /// <summary>An existing target opened without <c>-O</c> that probed as raw: QEMU restricts (and warns about) writes to its first block.</summary>
-    public bool ProbedRaw => OpenFormat is null && Format == RawDriver.Name;
+    public bool ProbedRaw => OpenFormat is null && Format == DriverNames.Raw;
 
     /// <summary>
     /// QEMU's warning for a writable raw image whose format was probed, printed so that the user knows why a
@@ -64,7 +62,7 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
         }
 
         var backingName = backing.Driver.FileName ?? throw new UsageException($"--sync {sync.ToWireName()}: the backing of '{source.Name}' has no file name to write into TARGET");
-        if (newFormat == RawDriver.Name)
+        if (newFormat == DriverNames.Raw)
         {
             throw new UsageException($"--sync {sync.ToWireName()}: TARGET '{path}' would be raw and would read zeroes where '{backingName}' has data, but " +
                 "raw cannot name a backing file; use a qcow2 TARGET or --sync full");
@@ -79,8 +77,8 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
     /// </summary>
     static string? FormatByExtension(string path) => System.IO.Path.GetExtension(path).ToLowerInvariant() switch
     {
-        ".qcow2" => Qcow2Driver.Name,
-        ".raw" => RawDriver.Name,
+        ".qcow2" => DriverNames.Qcow2,
+        ".raw" => DriverNames.Raw,
         _ => null,
     };
 
@@ -91,7 +89,7 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
     static async Task RequireOwnBackingAsync(string path, string format, BlockNode source, CancellationToken cancellationToken)
     {
         string? own = null;
-        if (format != RawDriver.Name)
+        if (format != DriverNames.Raw)
         {
             await using var graph = new BlockGraph();
             var node = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: false, cancellationToken);

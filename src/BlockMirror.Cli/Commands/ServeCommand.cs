@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -119,7 +120,7 @@ static class ServeCommand
                 switch (setting.Option)
                 {
                     case "--blockdev":
-                        await BlockdevFactory.CreateAsync(daemon.Graph, Arguments(setting.Value!, null), topLevel: true, cancellationToken);
+                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, null), OpenRules.BlockdevAdd, cancellationToken);
                         break;
                     case "--chardev":
                         var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));

@@ -50,7 +50,7 @@ static class ImageTool
         for (var node = top; node is not null; node = node.ChainChild)
         {
             layers.Add((node, name));
-            name = node.Driver is Qcow2Driver { Header.BackingFile: { } backing } ? CombinePath(name, backing) : node.ChainChild?.Driver.FileName ?? "";
+            name = node.Driver.BackingFileName is { } backing ? CombinePath(name, backing) : node.ChainChild?.Driver.FileName ?? "";
         }
 
         return layers;
@@ -61,9 +61,9 @@ static class ImageTool
     {
         foreach (var node in BlockChain.Layers(top))
         {
-            if (node.Driver is Qcow2Driver qcow2)
+            if (node.Driver is IImageWarnings image)
             {
-                foreach (var warning in qcow2.Warnings)
+                foreach (var warning in image.Warnings)
                 {
                     Console.Error.WriteLine($"blockmirror {command}: warning: {warning}");
                 }

@@ -1,5 +1,5 @@
 using BlockMirror.Block.Buffers;
-using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 
@@ -189,7 +189,7 @@ public sealed class CommitJob : BlockJob
             await _write.TruncateAsync(length, _forceCancel.Token).ConfigureAwait(false);
         }
 
-        using var buffer = new AlignedMemory(BufferSize, Block.Drivers.File.FileDriver.DirectAlignment);
+        using var buffer = new AlignedMemory(BufferSize, AlignedMemory.DirectAlignment);
         var delay = TimeSpan.Zero;
         for (long offset = 0; offset < length;)
         {
@@ -272,9 +272,9 @@ public sealed class CommitJob : BlockJob
         var name = _options.BackingFile ?? _base.Driver.FileName;
         foreach (var overlay in overlays)
         {
-            if (overlay.Driver is Qcow2Driver qcow2)
+            if (overlay.Driver is IBackingFileFormat backingFile)
             {
-                await qcow2.ChangeBackingFileAsync(name, _base.Driver.DriverName).ConfigureAwait(false);
+                await backingFile.ChangeBackingFileAsync(name, _base.Driver.DriverName).ConfigureAwait(false);
             }
         }
     }

@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Drivers;
-using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 
@@ -1221,8 +1220,8 @@ public sealed class MirrorJob : BlockJob
                 }
 
                 break;
-            case MirrorBackingMode.OpenBackingChain when target.Backing is null && target.Driver is Qcow2Driver qcow2:
-                await qcow2.OpenBackingFileAsync(_graph, CancellationToken.None).ConfigureAwait(false);
+            case MirrorBackingMode.OpenBackingChain when target.Backing is null && target.Driver is IBackingFileFormat backingFile:
+                await backingFile.OpenBackingFileAsync(_graph, CancellationToken.None).ConfigureAwait(false);
                 break;
         }
     }

@@ -1,4 +1,5 @@
-using BlockMirror.Block.Drivers.Memory;
+using System.Text.Json;
+using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 
 namespace BlockMirror.Jobs.Mirror;
@@ -16,8 +17,8 @@ public static class MirrorWarmup
         const long Size = 1 << 20;
         var graph = new BlockGraph();
         await using var _ = graph.ConfigureAwait(false);
-        var source = await MemoryDriver.OpenAsync(graph, "warmup-source", new MemoryDriverOptions(Size), cancellationToken: cancellationToken).ConfigureAwait(false);
-        var target = await MemoryDriver.OpenAsync(graph, "warmup-target", new MemoryDriverOptions(Size), cancellationToken: cancellationToken).ConfigureAwait(false);
+        var source = await OpenMemoryAsync(graph, "warmup-source", Size, cancellationToken).ConfigureAwait(false);
+        var target = await OpenMemoryAsync(graph, "warmup-target", Size, cancellationToken).ConfigureAwait(false);
         var user = graph.AttachRoot(source, new RootParent("warmup"));
         await user.WriteAsync(0, new byte[64 * 1024], cancellationToken: cancellationToken).ConfigureAwait(false);
         var manager = new JobManager();
@@ -35,5 +36,11 @@ public static class MirrorWarmup
 
         await job.Finished.ConfigureAwait(false);
         await user.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    static async ValueTask<BlockNode> OpenMemoryAsync(BlockGraph graph, string name, long size, CancellationToken cancellationToken)
+    {
+        using var options = JsonDocument.Parse($$"""{"driver": "memory", "node-name": "{{name}}", "size": {{size}}}""");
+        return await DriverRegistry.OpenAsync(graph, new OptionReader(options.RootElement), new OpenRules { InternalDrivers = true }, cancellationToken).ConfigureAwait(false);
     }
 }

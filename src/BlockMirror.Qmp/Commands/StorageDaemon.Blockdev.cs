@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 
 namespace BlockMirror.Qmp.Commands;
@@ -10,7 +11,7 @@ public sealed partial class StorageDaemon
     {
         Commands.Add("blockdev-add", async (arguments, cancellationToken) =>
         {
-            await BlockdevFactory.CreateAsync(Graph, arguments, topLevel: true, cancellationToken).ConfigureAwait(false);
+            await DriverRegistry.OpenAsync(Graph, arguments, OpenRules.BlockdevAdd, cancellationToken).ConfigureAwait(false);
             return Empty;
         });
 

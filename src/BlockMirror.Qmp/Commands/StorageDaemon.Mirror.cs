@@ -1,7 +1,6 @@
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
-using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Graph;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Mirror;
@@ -133,7 +132,7 @@ public sealed partial class StorageDaemon
             throw QmpException.Generic("Error: Trying to create an image with the same filename as the backing file");
         }
 
-        if (backing is not null && targetFormat != Qcow2Driver.Name)
+        if (backing is not null && targetFormat != DriverNames.Qcow2)
         {
             throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
         }
@@ -193,7 +192,7 @@ public sealed partial class StorageDaemon
             var discard = BlockChain.SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
             var node = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName,
                 Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
-            if (plan.Format is null && node.Driver.DriverName == RawDriver.Name)
+            if (plan.Format is null && node.Driver.DriverName == DriverNames.Raw)
             {
                 // QEMU's words, on the daemon's standard error as QEMU prints them.
                 await Console.Error.WriteLineAsync($"WARNING: Image format was not specified for '{plan.Path}' and probing guessed raw.\n" +

@@ -15,7 +15,7 @@ public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, 
 /// </summary>
 public sealed class BlkdebugFilter : FilterDriver
 {
-    public const string Name = "blkdebug";
+    public const string Name = DriverNames.Blkdebug;
 
     readonly Lock _lock = new();
     readonly string _nodeName;

@@ -23,10 +23,10 @@ namespace BlockMirror.Block.Drivers.File;
 /// </remarks>
 public sealed class FileDriver : IBlockDriver, IReopenableDriver
 {
-    public const string Name = "file";
+    public const string Name = DriverNames.File;
 
     /// <summary>Alignment demanded with O_DIRECT.</summary>
-    public const int DirectAlignment = 4096;
+    public const int DirectAlignment = AlignedMemory.DirectAlignment;
 
     /// <summary>Longest scatter/gather list one system call takes (Linux IOV_MAX).</summary>
     const int MaxSegments = 1024;

@@ -22,7 +22,7 @@ public sealed record MemoryDriverOptions(long Size, bool ZeroInit = true);
 /// </remarks>
 public sealed class MemoryDriver : IBlockDriver, IReopenableDriver
 {
-    public const string Name = "memory";
+    public const string Name = DriverNames.Memory;
     public const byte GarbageByte = 0xA5;
 
     const int PageShift = 16;

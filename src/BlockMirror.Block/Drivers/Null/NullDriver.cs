@@ -18,7 +18,7 @@ public sealed record NullDriverOptions(long Size = NullDriverOptions.DefaultSize
 /// </summary>
 public sealed class NullDriver : IBlockDriver, IReopenableDriver
 {
-    public const string Name = "null-co";
+    public const string Name = DriverNames.NullCo;
 
     readonly NullDriverOptions _options;
 

@@ -20,9 +20,9 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 /// reusing a cluster a late request is still using.</para>
 /// <para>The file grows as clusters are allocated; writes past its end never reach the file node.</para>
 /// </remarks>
-public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
+public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBackingFileFormat, IImageWarnings
 {
-    public const string Name = "qcow2";
+    public const string Name = DriverNames.Qcow2;
 
     /// <summary>Backing chains deeper than this are refused (a guard against runaway recursion, not a format limit).</summary>
     public const int MaxChainDepth = 64;
@@ -97,6 +97,8 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
 
     /// <summary>The backing file the header names (whether or not it is open).</summary>
     public string? BackingFileName => _image.Header.BackingFile;
+
+    public string? BackingFormat => _image.Header.BackingFormat;
 
     /// <summary>
     /// Opens a qcow2 node over <paramref name="file"/>: checks the header and every table pointer before
@@ -213,7 +215,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
             return null;
         }
 
-        var path = ResolveBackingPath(image.Name, backingName);
+        var path = BackingPaths.Resolve(image.Name, backingName);
         var chain = options.Chain.Count == 0 ? [Identity(image.Name)] : options.Chain;
         var identity = Identity(path);
         if (chain.Contains(identity))
@@ -267,10 +269,6 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver
         var options = new Qcow2Options { BackingDirect = _image.File.Node.Limits.RequestAlignment > 1 };
         return await OpenBackingAsync(graph, _node, _image, options, cancellationToken).ConfigureAwait(false);
     }
-
-    /// <summary>A backing file name from a header: relative names are relative to the overlay's directory, as QEMU reads them.</summary>
-    public static string ResolveBackingPath(string image, string backing) =>
-        Path.IsPathRooted(backing) ? backing : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(image)) ?? ".", backing);
 
     /// <summary>What makes two paths the same file for loop detection: device and inode, else the full path.</summary>
     static string Identity(string path) =>

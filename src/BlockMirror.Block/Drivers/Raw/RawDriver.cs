@@ -18,7 +18,7 @@ public sealed record RawDriverOptions(long Offset = 0, long? Size = null, bool P
 /// </summary>
 public sealed class RawDriver : IBlockDriver, IReopenableDriver
 {
-    public const string Name = "raw";
+    public const string Name = DriverNames.Raw;
 
     readonly NodeEdge _file;
     readonly long _offset;

@@ -1,0 +1,61 @@
+using System.Text.Json;
+using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Io;
+
+namespace BlockMirror.Block.Drivers.Blkdebug;
+
+/// <summary>The <c>blkdebug</c> filter's declaration (QEMU's BlockdevOptionsBlkdebug).</summary>
+static class BlkdebugDeclaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Blkdebug, DriverKind.Filter, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var image = node.Child("image");
+        var options = new BlkdebugOptions(Rules(node.Options), (int)(node.Options.OptionalUnsigned("align") ?? 0));
+        return async opening =>
+        {
+            var child = await opening.OpenChildAsync(image).ConfigureAwait(false);
+            return await BlkdebugFilter.OpenAsync(opening.Graph, node.NodeName, child, options, node.ReadOnly, opening.CancellationToken).ConfigureAwait(false);
+        };
+    }
+
+    /// <summary><c>inject-error</c>: a list of event (read_aio, write_aio, flush_to_disk...), errno, sector, once, immediately.</summary>
+    static List<BlkdebugRule>? Rules(OptionReader options)
+    {
+        if (options.OptionalRaw("inject-error") is not { } list)
+        {
+            return null;
+        }
+
+        if (list.ValueKind != JsonValueKind.Array)
+        {
+            throw options.Invalid($"Invalid parameter type for '{options.Prefix}inject-error', expected: array");
+        }
+
+        var rules = new List<BlkdebugRule>();
+        var index = 0;
+        foreach (var item in list.EnumerateArray())
+        {
+            var rule = options.Nested(item, $"{options.Prefix}inject-error[{index++}].");
+            var operation = rule.OptionalString("event") switch
+            {
+                null => throw options.Invalid($"Parameter '{options.Prefix}inject-error[{index - 1}].event' is missing"),
+                "read_aio" => BlockOperation.Read,
+                "write_aio" => BlockOperation.Write,
+                "flush_to_disk" => BlockOperation.Flush,
+                "pwrite_zeroes" => BlockOperation.WriteZeroes,
+                "pdiscard" => BlockOperation.Discard,
+                var other => throw options.Invalid($"Parameter '{options.Prefix}inject-error[{index - 1}].event' does not accept value '{other}'"),
+            };
+            var errno = (BlockErrno)(rule.OptionalInt("errno") ?? (long)BlockErrno.EIO);
+            var sector = rule.OptionalInt("sector");
+            var once = rule.OptionalBool("once") ?? false;
+            rule.Accept("state", "iotype", "immediately");
+            rule.CheckNoneUnexpected();
+            rules.Add(new BlkdebugRule(operation, sector is { } s and >= 0 ? s * 512 : 0, sector is >= 0 ? 512 : null, errno, 0, once));
+        }
+
+        return rules;
+    }
+}

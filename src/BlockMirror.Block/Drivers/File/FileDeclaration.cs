@@ -1,0 +1,18 @@
+using BlockMirror.Block.Drivers.Registry;
+
+namespace BlockMirror.Block.Drivers.File;
+
+/// <summary>The <c>file</c> protocol driver's declaration (QEMU's BlockdevOptionsFile).</summary>
+static class FileDeclaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.File, DriverKind.Protocol, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var options = new FileDriverOptions(node.Options.RequireString("filename"), node.Direct,
+            node.Options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", node.Discard);
+        // Accepted so that QEMU's scripts run unchanged; this driver does not act on them.
+        node.Options.Accept("locking", "drop-cache", "x-check-cache-dropped");
+        return opening => FileDriver.OpenAsync(opening.Graph, node.NodeName, options, node.ReadOnly, opening.CancellationToken);
+    }
+}

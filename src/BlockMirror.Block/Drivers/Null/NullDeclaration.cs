@@ -1,0 +1,16 @@
+using BlockMirror.Block.Drivers.Registry;
+
+namespace BlockMirror.Block.Drivers.Null;
+
+/// <summary>The <c>null-co</c> driver's declaration (QEMU's BlockdevOptionsNull).</summary>
+static class NullDeclaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.NullCo, DriverKind.Protocol, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var options = new NullDriverOptions(node.Options.OptionalUnsigned("size") ?? NullDriverOptions.DefaultSize,
+            node.Options.OptionalBool("read-zeroes") ?? false, node.Options.OptionalUnsigned("latency-ns") ?? 0);
+        return opening => NullDriver.OpenAsync(opening.Graph, node.NodeName, options, node.ReadOnly, opening.CancellationToken);
+    }
+}

@@ -1,0 +1,54 @@
+using BlockMirror.Block.Drivers.Registry;
+
+namespace BlockMirror.Block.Drivers.Qcow2;
+
+/// <summary>The <c>qcow2</c> format's declaration (QEMU's BlockdevOptionsQcow2).</summary>
+static class Qcow2Declaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Qcow2, DriverKind.Format, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var options = node.Options;
+        if (options.OptionalRaw("data-file") is not null)
+        {
+            throw options.Invalid("qcow2: an external data file ('data-file') is not supported");
+        }
+
+        var l2Cache = options.OptionalUnsigned("l2-cache-size");
+        if (l2Cache is 0)
+        {
+            throw options.Invalid("l2-cache-size must be positive");
+        }
+
+        ChildPlan? backing = null;
+        var mode = Qcow2BackingMode.FromHeader;
+        if (options.IsExplicitNull("backing"))
+        {
+            mode = Qcow2BackingMode.None;
+        }
+        else if (options.OptionalRaw("backing") is not null)
+        {
+            // A backing image is never written through its overlay: open it read-only.
+            backing = node.Child("backing", readOnly: true);
+            mode = Qcow2BackingMode.Node;
+        }
+
+        var file = node.Child("file");
+        // QEMU's tuning knobs: accepted so that scripts run unchanged; this driver sizes its refcount
+        // cache itself, writes back on flush, and checks every data write against metadata.
+        options.Accept("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "overlap-check",
+            "cache-size", "refcount-cache-size", "cache-clean-interval");
+        // Backing files the header names are opened with the overlay's cache.direct.
+        var qcow2 = new Qcow2Options
+        {
+            L2CacheSize = l2Cache, Discard = node.Discard, Backing = mode, BackingDirect = node.Direct, Chain = node.Rules.Chain,
+        };
+        return async opening =>
+        {
+            var fileNode = await opening.OpenChildAsync(file).ConfigureAwait(false);
+            var withBacking = backing is null ? qcow2 : qcow2 with { BackingNode = await opening.OpenChildAsync(backing).ConfigureAwait(false) };
+            return await Qcow2Driver.OpenAsync(opening.Graph, node.NodeName, fileNode, withBacking, node.ReadOnly, opening.CancellationToken).ConfigureAwait(false);
+        };
+    }
+}

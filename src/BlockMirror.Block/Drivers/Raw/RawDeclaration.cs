@@ -1,0 +1,20 @@
+using BlockMirror.Block.Drivers.Registry;
+
+namespace BlockMirror.Block.Drivers.Raw;
+
+/// <summary>The <c>raw</c> format's declaration (QEMU's BlockdevOptionsRaw).</summary>
+static class RawDeclaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Raw, DriverKind.Format, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var file = node.Child("file");
+        var options = new RawDriverOptions(node.Options.OptionalUnsigned("offset") ?? 0, node.Options.OptionalUnsigned("size"), node.Rules.ProbedFormat);
+        return async opening =>
+        {
+            var child = await opening.OpenChildAsync(file).ConfigureAwait(false);
+            return await RawDriver.OpenAsync(opening.Graph, node.NodeName, child, options, node.ReadOnly, opening.CancellationToken).ConfigureAwait(false);
+        };
+    }
+}

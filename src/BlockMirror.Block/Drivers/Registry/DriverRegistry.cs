@@ -1,0 +1,109 @@
+using BlockMirror.Block.Drivers.Blkdebug;
+using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Drivers.Memory;
+using BlockMirror.Block.Drivers.Null;
+using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Drivers.Raw;
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Block.Drivers.Registry;
+
+/// <summary>
+/// The drivers this build has, and the one way to open a node from options (QEMU's BlockdevOptions): QMP's
+/// blockdev-add, the daemon's <c>--blockdev</c>, images opened by file name (<see cref="ImageFiles"/>) and
+/// the backing files a qcow2 header names all come here, so they accept and refuse the same options with
+/// the same words. The list is explicit (no reflection: the daemon is compiled ahead of time).
+/// </summary>
+public static class DriverRegistry
+{
+    /// <summary>Every driver, in the order messages list them (the formats: raw, then qcow2).</summary>
+    public static IReadOnlyList<DriverDeclaration> All { get; } =
+    [
+        FileDeclaration.Driver,
+        RawDeclaration.Driver,
+        Qcow2Declaration.Driver,
+        NullDeclaration.Driver,
+        BlkdebugDeclaration.Driver,
+        MemoryDeclaration.Driver,
+    ];
+
+    /// <summary>The drivers blockdev-add offers, as QAPI names them.</summary>
+    public static IReadOnlyList<string> Offered { get; } = [.. All.Where(d => d.Offered).Select(d => d.Name)];
+
+    static readonly string[] OfferedNames = [.. Offered];
+
+    static readonly string[] AllNames = [.. All.Select(d => d.Name)];
+
+    /// <summary>The formats an image file can be opened as (raw, qcow2).</summary>
+    public static IReadOnlyList<string> Formats { get; } = [.. All.Where(d => d.Kind == DriverKind.Format).Select(d => d.Name)];
+
+    public static DriverDeclaration? Find(string name) => All.FirstOrDefault(d => d.Name == name);
+
+    /// <summary>Checks the options and opens the node (and its inline children).</summary>
+    public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, OptionReader options, OpenRules rules, CancellationToken cancellationToken = default)
+    {
+        var plan = Read(graph, options, parentReadOnly: false, rules);
+        if (rules.NameRequired && plan.NodeName is null)
+        {
+            throw options.Invalid("'node-name' must be specified for the root node");
+        }
+
+        return await OpenAsync(graph, plan, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Reads one node's options, and its inline children's, checking all of them; opens nothing.</summary>
+    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules)
+    {
+        var name = options.OptionalEnum("driver", rules.InternalDrivers ? AllNames : OfferedNames)
+            ?? throw options.Invalid($"Parameter '{options.Prefix}driver' is missing");
+        var driver = Find(name)!;
+        var nodeName = options.OptionalString("node-name");
+        if (nodeName is not null)
+        {
+            if (BlockGraph.ValidateNodeName(nodeName) is { } problem)
+            {
+                throw options.Invalid(problem);
+            }
+
+            if (graph.FindNode(nodeName) is not null)
+            {
+                throw options.Invalid($"node-name '{nodeName}' is already in use");
+            }
+        }
+
+        var readOnly = options.OptionalBool("read-only") ?? parentReadOnly;
+        var discard = options.OptionalEnum("discard", "ignore", "off", "unmap", "on") is "unmap" or "on" ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+        var direct = false;
+        if (options.OptionalObject("cache") is { } cache)
+        {
+            direct = cache.OptionalBool("direct") ?? false;
+            cache.Accept("no-flush");
+            cache.CheckNoneUnexpected();
+        }
+
+        if (options.OptionalEnum("detect-zeroes", "off", "on", "unmap") is "on" or "unmap")
+        {
+            throw options.Invalid("detect-zeroes is not supported; use detect-zeroes=off");
+        }
+
+        // Accepted for compatibility with scripts written for QEMU; they change nothing here.
+        options.Accept("auto-read-only", "force-share");
+        var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules));
+        options.CheckNoneUnexpected();
+        return new NodePlan(driver, nodeName, readOnly, open);
+    }
+
+    internal static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, NodePlan plan, CancellationToken cancellationToken)
+    {
+        var opening = new NodeOpening(graph, cancellationToken);
+        try
+        {
+            return await plan.Open(opening).ConfigureAwait(false);
+        }
+        catch
+        {
+            await opening.CloseInlineChildrenAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+}

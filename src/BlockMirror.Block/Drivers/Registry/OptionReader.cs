@@ -1,0 +1,220 @@
+using System.Text.Json;
+
+namespace BlockMirror.Block.Drivers.Registry;
+
+/// <summary>
+/// An options object (a QMP command's <c>arguments</c>, a node's <c>BlockdevOptions</c>), read the way QEMU's QAPI input visitor reads it: each member is
+/// checked for presence and type as it is asked for (missing and mistyped members are reported in that
+/// order, with QEMU's wording), and <see cref="CheckNoneUnexpected"/> then refuses members nobody asked for.
+/// Handlers read every argument before they change anything, so a refused command changes nothing.
+/// Errors are <see cref="BlockOptionException"/>s; the QMP layer's subclass turns them into its own error
+/// type, with the same text.
+/// </summary>
+public class OptionReader
+{
+    readonly JsonElement _arguments;
+    readonly HashSet<string> _read = new(StringComparer.Ordinal);
+    readonly string _prefix;
+
+    readonly bool _keyval;
+
+    /// <param name="arguments">The object.</param>
+    /// <param name="prefix">How member names are reported (<c>file.</c> for a nested object).</param>
+    /// <param name="keyval">Values come from the command line's key=value syntax: all are strings, and a
+    /// member the schema types as a number or boolean is converted, as QEMU's keyval visitor does.</param>
+    public OptionReader(JsonElement arguments, string prefix = "", bool keyval = false)
+    {
+        _arguments = arguments;
+        _prefix = prefix;
+        _keyval = keyval;
+    }
+
+    bool TryGet(string name, out JsonElement value)
+    {
+        _read.Add(name);
+        if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null)
+        {
+            return true;
+        }
+
+        value = default;
+        return false;
+    }
+
+    /// <summary>
+    /// The member is given as JSON <c>null</c> (QAPI's "OrNull" alternates, e.g. <c>"backing": null</c>), or,
+    /// on a key=value command line, as an empty value.
+    /// </summary>
+    public bool IsExplicitNull(string name)
+    {
+        _read.Add(name);
+        return _arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out var value) &&
+            (value.ValueKind == JsonValueKind.Null || (_keyval && value.ValueKind == JsonValueKind.String && value.GetString()!.Length == 0));
+    }
+
+    /// <summary>How member names of this object are reported: empty at the top, <c>file.</c> inside <c>file</c>.</summary>
+    public string Prefix => _prefix;
+
+    string Full(string name) => _prefix + name;
+
+    /// <summary>Values read from the command line's key=value syntax (all strings).</summary>
+    public bool IsKeyVal => _keyval;
+
+    /// <summary>The exception an option error is reported with; a protocol layer maps it to its own type.</summary>
+    protected virtual Exception Error(string message) => new BlockOptionException(message);
+
+    /// <summary>An option error in the caller's words, as the exception this reader reports errors with.</summary>
+    public Exception Invalid(string message) => Error(message);
+
+    /// <summary>Reads a nested object or list item with this reader's rules (and error type).</summary>
+    protected virtual OptionReader Create(JsonElement value, string prefix) => new(value, prefix, _keyval);
+
+    Exception Missing(string name) => Invalid($"Parameter '{Full(name)}' is missing");
+
+    Exception WrongType(string name, string expected) => Invalid($"Invalid parameter type for '{Full(name)}', expected: {expected}");
+
+    public string RequireString(string name) => OptionalString(name) ?? throw Missing(name);
+
+    public string? OptionalString(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        return value.ValueKind == JsonValueKind.String ? value.GetString()! : throw WrongType(name, "string");
+    }
+
+    public long RequireInt(string name) => OptionalInt(name) ?? throw Missing(name);
+
+    public long? OptionalInt(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        if (_keyval && value.ValueKind == JsonValueKind.String)
+        {
+            // The command line also takes sizes with a suffix (size=1G), as QEMU's keyval visitor does.
+            return TryParseSize(value.GetString()!, out var size) ? size : throw Invalid($"Parameter '{Full(name)}' expects integer");
+        }
+
+        return value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) ? number : throw WrongType(name, "integer");
+    }
+
+    /// <summary>A size or count that must not be negative (QAPI's uint64/size).</summary>
+    public long? OptionalUnsigned(string name)
+    {
+        var value = OptionalInt(name);
+        return value is < 0 ? throw Invalid($"Parameter '{Full(name)}' expects uint64") : value;
+    }
+
+    public bool? OptionalBool(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        return value.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            JsonValueKind.String when _keyval => value.GetString() switch
+            {
+                "on" or "yes" or "true" => true,
+                "off" or "no" or "false" => false,
+                _ => throw Invalid($"Parameter '{Full(name)}' expects 'on' or 'off'"),
+            },
+            _ => throw WrongType(name, "boolean"),
+        };
+    }
+
+    /// <summary>An enum member: one of <paramref name="allowed"/>, as QAPI spells them.</summary>
+    public string? OptionalEnum(string name, params string[] allowed)
+    {
+        var value = OptionalString(name);
+        return value is null || allowed.Contains(value, StringComparer.Ordinal)
+            ? value
+            : throw Invalid($"Parameter '{Full(name)}' does not accept value '{value}'");
+    }
+
+    /// <summary>A nested object, read with the same rules; its member names are reported as <c>name.member</c>.</summary>
+    public virtual OptionReader? OptionalObject(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        return value.ValueKind == JsonValueKind.Object ? Create(value, Full(name) + ".") : throw WrongType(name, "object");
+    }
+
+    /// <summary>The raw value of a member whose type depends on its content (an alternate, e.g. a node reference or inline options).</summary>
+    public JsonElement? OptionalRaw(string name) => TryGet(name, out var value) ? value : null;
+
+    /// <summary>A nested object or element read with this object's rules (for list items).</summary>
+    public virtual OptionReader Nested(JsonElement value, string prefix) => Create(value, prefix);
+
+    static bool TryParseSize(string text, out long size)
+    {
+        size = 0;
+        if (text.Length == 0)
+        {
+            return false;
+        }
+
+        var shift = char.ToUpperInvariant(text[^1]) switch
+        {
+            'K' => 10,
+            'M' => 20,
+            'G' => 30,
+            'T' => 40,
+            'P' => 50,
+            'E' => 60,
+            'B' => 0,
+            _ => -1,
+        };
+        var digits = shift >= 0 ? text[..^1] : text;
+        if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        {
+            return false;
+        }
+
+        shift = Math.Max(shift, 0);
+        if (number > long.MaxValue >> shift)
+        {
+            return false;
+        }
+
+        size = number << shift;
+        return true;
+    }
+
+    /// <summary>Marks members as read on purpose without using them (accepted and ignored).</summary>
+    public void Accept(params string[] names)
+    {
+        foreach (var name in names)
+        {
+            _read.Add(name);
+        }
+    }
+
+    /// <summary>Refuses the first member no one asked for, as QAPI's visit_check_struct does.</summary>
+    public void CheckNoneUnexpected()
+    {
+        if (_arguments.ValueKind != JsonValueKind.Object)
+        {
+            return;
+        }
+
+        foreach (var property in _arguments.EnumerateObject())
+        {
+            if (!_read.Contains(property.Name))
+            {
+                throw Invalid($"Parameter '{Full(property.Name)}' is unexpected");
+            }
+        }
+    }
+}
