@@ -16,8 +16,12 @@ namespace BlockMirror.Block.Drivers;
 /// <param name="Discard">Let discards and may-unmap zeroing punch holes (qcow2: free clusters).</param>
 /// <param name="NodeName">Name of the format node (the file node gets a generated name).</param>
 /// <param name="Qcow2">qcow2 options beyond these (cache size, backing), or null for the defaults.</param>
+/// <param name="ForceShare">
+/// qemu-img's <c>-U</c>: the image is opened even while another user writes it (read-only only), and the
+/// locks it holds forbid nothing to others.
+/// </param>
 public sealed record ImageOpenOptions(string Path, string? Format = null, bool ReadOnly = false, bool Direct = false,
-    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null, Qcow2Options? Qcow2 = null);
+    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null, Qcow2Options? Qcow2 = null, bool ForceShare = false);
 
 /// <summary>The image formats the command-line tools open by file name.</summary>
 public static class ImageFiles
@@ -60,16 +64,34 @@ public static class ImageFiles
                 : $"Unknown image format '{format}' for '{options.Path}' (supported: {string.Join(", ", Formats)})");
         }
 
+        if (options.ForceShare && !options.ReadOnly)
+        {
+            throw new BlockOpenException($"Could not open '{options.Path}': force-share=on can only be used with read-only images");
+        }
+
         var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(options.Path, options.Direct, Discard: options.Discard), options.ReadOnly, cancellationToken).ConfigureAwait(false);
+        file.ForceShare = options.ForceShare;
         try
         {
+            BlockNode node;
             if (format == Qcow2Driver.Name)
             {
                 var qcow2 = (options.Qcow2 ?? new Qcow2Options()) with { Discard = options.Discard, BackingDirect = options.Direct, Chain = chain };
-                return await Qcow2Driver.OpenAsync(graph, options.NodeName, file, qcow2, options.ReadOnly, cancellationToken).ConfigureAwait(false);
+                node = await Qcow2Driver.OpenAsync(graph, options.NodeName, file, qcow2, options.ReadOnly, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                node = await RawDriver.OpenAsync(graph, options.NodeName, file, new RawDriverOptions(Probed: probed), options.ReadOnly, cancellationToken).ConfigureAwait(false);
             }
 
-            return await RawDriver.OpenAsync(graph, options.NodeName, file, new RawDriverOptions(Probed: probed), options.ReadOnly, cancellationToken).ConfigureAwait(false);
+            node.ForceShare = options.ForceShare;
+            return node;
+        }
+        catch (BlockGraphException ex) when (ex.Hint is not null)
+        {
+            // Another user's lock: worded as qemu-img words it, with its hint.
+            await graph.RemoveNodeAsync(file).ConfigureAwait(false);
+            throw new BlockGraphException(ex.Kind, $"Could not open '{options.Path}': {ex.Message}") { Hint = ex.Hint };
         }
         catch
         {
