@@ -88,7 +88,13 @@ public static class BlockdevFactory
         Plan plan = driver switch
         {
             "file" => new FilePlan(nodeName, readOnly, new FileDriverOptions(
-                options.RequireString("filename"), direct, options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", discard)),
+                options.RequireString("filename"), direct, options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", discard,
+                options.OptionalEnum("locking", "auto", "on", "off") switch
+                {
+                    "on" => FileLockingMode.On,
+                    "off" => FileLockingMode.Off,
+                    _ => FileLockingMode.Auto,
+                })),
             "null-co" => new NullPlan(nodeName, readOnly, new NullDriverOptions(
                 options.OptionalUnsigned("size") ?? NullDriverOptions.DefaultSize, options.OptionalBool("read-zeroes") ?? false,
                 options.OptionalUnsigned("latency-ns") ?? 0)),
@@ -101,7 +107,7 @@ public static class BlockdevFactory
         };
         if (driver == "file")
         {
-            options.Accept("locking", "drop-cache", "x-check-cache-dropped");
+            options.Accept("drop-cache", "x-check-cache-dropped");
         }
 
         if (driver == "qcow2")
