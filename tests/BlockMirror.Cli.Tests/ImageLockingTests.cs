@@ -30,6 +30,7 @@ public sealed class ImageLockingTests : IDisposable
         ("resize", Write, false),
         ("commit", Write, false),
         ("mirror", SharedWrite, false),
+        ("create -f qcow2", Write, false),
     ];
 
     public static TheoryData<string, string, string> Matrix()
@@ -60,13 +61,17 @@ public sealed class ImageLockingTests : IDisposable
         var image = await CreateOverlayAsync();
         await using var held = await HoldAsync(holder == "qsd" ? DifferentialDaemon.Qsd() : DifferentialDaemon.Ours(), image);
         var (_, refusal, readOnly) = Commands.Single(c => c.Command == command);
+        var before = BlockMirror.Block.Interop.FileStatus.Identify(image);
 
         var refused = await RunAsync(tool, command, image, forceShare: false);
 
         var exitCode = command == "compare" ? 2 : 1;
         var prefix = tool == "qemu-img" ? "qemu-img" : $"blockmirror {command.Split(' ')[0]}";
+        // A creation is refused before it touches the file; the others when they open it.
+        var message = command.StartsWith("create", StringComparison.Ordinal) ? $"{image}: {refusal}" : $"Could not open '{image}': {refusal}";
         Assert.True(refused.ExitCode == exitCode, $"expected exit {exitCode}:\n{refused}");
-        Assert.Equal([$"{prefix}: Could not open '{image}': {refusal}", $"Is another process using the image [{image}]?"], refused.ErrorLines);
+        Assert.Equal([$"{prefix}: {message}", $"Is another process using the image [{image}]?"], refused.ErrorLines);
+        Assert.Equal(before, BlockMirror.Block.Interop.FileStatus.Identify(image));
 
         if (readOnly)
         {
@@ -123,6 +128,7 @@ public sealed class ImageLockingTests : IDisposable
             "compare" => [image, image],
             "resize" => [image, "+1M"],
             "mirror" => [image, _dir.File("copy.qcow2")],
+            "create -f qcow2" => [image, "1M"],
             _ => [image],
         });
 

@@ -100,6 +100,12 @@ public static class ImageFiles
         }
     }
 
+    /// <summary>
+    /// Throws a <see cref="BlockGraphException"/> (<c>Failed to get "write" lock</c>, with qemu-img's hint) when
+    /// another process holds the image at <paramref name="path"/>: a creation must not replace or truncate it.
+    /// </summary>
+    public static void CheckReplaceable(string path) => FileLocks.CheckReplaceable(path);
+
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
     public static void Create(string path, string format, long size, string? backingFile = null, string? backingFormat = null)
     {

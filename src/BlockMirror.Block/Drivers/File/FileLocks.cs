@@ -89,6 +89,27 @@ sealed class FileLocks(string path)
         Set(handle, takes, unshared, ignoreErrors: true);
     }
 
+    /// <summary>
+    /// Refuses to replace or truncate a file another user holds, as QEMU's raw_co_create does before it
+    /// truncates: write and resize taken for a moment, resize shared with nobody. Nothing to check when the
+    /// file cannot be opened (the creation then says what is wrong in its own words) or has no OFD locks.
+    /// </summary>
+    public static void CheckReplaceable(string path)
+    {
+        var fd = LibC.Open(path, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            return;
+        }
+
+        // Closing the descriptor drops what Apply took.
+        using var handle = new SafeFileHandle(fd, ownsHandle: true);
+        if (Supported(handle, FileLockingMode.Auto, path))
+        {
+            new FileLocks(path).Apply(handle, BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All & ~BlockPermissions.Resize);
+        }
+    }
+
     /// <summary>Takes the same locks on a new descriptor of the file (a reopen) before the old one closes.</summary>
     public void CopyTo(SafeFileHandle handle)
     {
