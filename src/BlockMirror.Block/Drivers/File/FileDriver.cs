@@ -57,7 +57,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         _length = length;
         _punchUnsupported = !canPunch;
         _bounce = options.Direct ? new AlignedBufferPool(DirectAlignment) : null;
-        _locks = FileLocks.Supported(handle, options.Locking, options.Filename) ? new FileLocks(options.Filename) : null;
+        _locks = FileLocks.Supported(handle, options.Locking, options.Filename) ? new FileLocks(options.Filename, handle) : null;
         Capabilities = CapabilitiesFor(options, canPunch);
         Limits = new BlockLimits(RequestAlignment: options.Direct ? DirectAlignment : 1);
     }
@@ -152,7 +152,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
         var canPunch = !readOnly && _options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, Length);
         // The locks belong to the old descriptor and go with it: hold them on the new one first.
-        _locks?.CopyTo(handle);
+        _locks?.MoveTo(handle);
         var old = _handle;
         _handle = handle;
         _punchUnsupported = !canPunch;
@@ -634,7 +634,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     }
 
     /// <inheritdoc/>
-    public void SetPermissions(BlockPermissions takes, BlockPermissions shares) => _locks?.Apply(_handle, takes, shares);
+    public void SetPermissions(BlockPermissions takes, BlockPermissions shares) => _locks?.Apply(takes, shares);
 
     static long RoundUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
 

@@ -27,12 +27,16 @@ public enum FileLockingMode
 /// </summary>
 /// <remarks>
 /// OFD locks belong to the open file description, so two nodes in this process on one file conflict as
-/// two processes do, and closing the descriptor drops them. Changed only under the graph lock.
+/// two processes do, and closing the descriptor drops them. The graph changes them under its lock; a
+/// reopen moves them to its new descriptor under this object's own, so neither sees the other half done.
 /// </remarks>
-sealed class FileLocks(string path)
+sealed class FileLocks(string path, SafeFileHandle handle)
 {
     const int PermissionBase = 100;
     const int SharedBase = 200;
+
+    readonly Lock _gate = new();
+    SafeFileHandle _handle = handle;
 
     // The bytes held now: PermissionBase+i for each bit of _taken, SharedBase+i for each bit of _unshared.
     BlockPermissions _taken;
@@ -66,27 +70,30 @@ sealed class FileLocks(string path)
     /// after checking that no other user holds a lock that forbids it. Takes the new bytes before checking
     /// (so two users starting at once cannot both pass), and on a refusal goes back to what it held.
     /// </summary>
-    public void Apply(SafeFileHandle handle, BlockPermissions takes, BlockPermissions shares)
+    public void Apply(BlockPermissions takes, BlockPermissions shares)
     {
-        var unshared = BlockPermissions.All & ~shares;
-        if (takes == _taken && unshared == _unshared)
+        lock (_gate)
         {
-            return;
-        }
+            var unshared = BlockPermissions.All & ~shares;
+            if (takes == _taken && unshared == _unshared)
+            {
+                return;
+            }
 
-        var (oldTaken, oldUnshared) = (_taken, _unshared);
-        try
-        {
-            Set(handle, takes | oldTaken, unshared | oldUnshared);
-            Check(handle, takes, unshared);
-        }
-        catch
-        {
-            Set(handle, oldTaken, oldUnshared, ignoreErrors: true);
-            throw;
-        }
+            var (oldTaken, oldUnshared) = (_taken, _unshared);
+            try
+            {
+                Set(_handle, takes | oldTaken, unshared | oldUnshared);
+                Check(_handle, takes, unshared);
+            }
+            catch
+            {
+                Set(_handle, oldTaken, oldUnshared, ignoreErrors: true);
+                throw;
+            }
 
-        Set(handle, takes, unshared, ignoreErrors: true);
+            Set(_handle, takes, unshared, ignoreErrors: true);
+        }
     }
 
     /// <summary>
@@ -106,16 +113,23 @@ sealed class FileLocks(string path)
         using var handle = new SafeFileHandle(fd, ownsHandle: true);
         if (Supported(handle, FileLockingMode.Auto, path))
         {
-            new FileLocks(path).Apply(handle, BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All & ~BlockPermissions.Resize);
+            new FileLocks(path, handle).Apply(BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All & ~BlockPermissions.Resize);
         }
     }
 
-    /// <summary>Takes the same locks on a new descriptor of the file (a reopen) before the old one closes.</summary>
-    public void CopyTo(SafeFileHandle handle)
+    /// <summary>
+    /// Holds the same locks on a new descriptor of the file (a reopen) and keeps to it from now on; the old
+    /// one's go when it closes.
+    /// </summary>
+    public void MoveTo(SafeFileHandle handle)
     {
-        var (taken, unshared) = (_taken, _unshared);
-        _taken = _unshared = BlockPermissions.None;
-        Set(handle, taken, unshared, ignoreErrors: true);
+        lock (_gate)
+        {
+            var (taken, unshared) = (_taken, _unshared);
+            _taken = _unshared = BlockPermissions.None;
+            _handle = handle;
+            Set(handle, taken, unshared, ignoreErrors: true);
+        }
     }
 
     void Check(SafeFileHandle handle, BlockPermissions takes, BlockPermissions unshared)
