@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Cli.Tests;
@@ -7,7 +8,7 @@ namespace BlockMirror.Cli.Tests;
 /// Image locks seen across processes, both ways: an overlay held writable by the real qemu-storage-daemon
 /// or by <c>blockmirror serve</c> is refused to qemu-img and to blockmirror's image commands alike, in the
 /// same words (qemu-img's), and the read-only ones get through with <c>-U</c>. Then: a second serve of an
-/// image is refused, and <c>locking=off</c> takes no lock.
+/// image is refused, and <c>locking=off</c> takes no lock. blockdev-add of a held image is refused by both daemons alike.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class ImageLockingTests : IDisposable
@@ -104,6 +105,41 @@ public sealed class ImageLockingTests : IDisposable
         var info = await RunAsync("qemu-img", "check -r leaks", image, forceShare: false);
 
         Assert.True(info.ExitCode == 0, $"nothing is locked:\n{info}");
+    }
+
+    [SkippableFact]
+    public async Task Blockdev_add_of_an_image_held_elsewhere_is_refused_by_both_daemons_in_the_same_words()
+    {
+        var image = await CreateOverlayAsync();
+        await using var held = await HoldAsync(DifferentialDaemon.Qsd(), image);
+        List<List<string>> answers = [];
+        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
+        {
+            var dir = _dir.File(daemon.Name);
+            Directory.CreateDirectory(dir);
+            await QemuImages.CreateAsync($"{dir}/other.raw", "1M");
+            List<string> said = [];
+            await daemon.RunAsync(dir, ["--blockdev", $"driver=file,node-name=other,filename={dir}/other.raw"], "other", async (qmp, _) =>
+            {
+                foreach (var (readOnly, locking) in new[] { (false, "auto"), (true, "auto"), (true, "off") })
+                {
+                    var reply = await qmp.CommandAsync("blockdev-add", new JsonObject
+                    {
+                        ["driver"] = "qcow2", ["node-name"] = "x", ["read-only"] = readOnly, ["backing"] = null,
+                        ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = image, ["locking"] = locking },
+                    });
+                    said.Add(reply["error"] is { } error ? (string)error["desc"]! : "ok");
+                    if (reply["error"] is null)
+                    {
+                        await qmp.ExecuteAsync("blockdev-del", new JsonObject { ["node-name"] = "x" });
+                    }
+                }
+            });
+            answers.Add(said);
+        }
+
+        Assert.Equal([Write, SharedWrite, "ok"], answers[0]);
+        Assert.Equal(answers[0], answers[1]);
     }
 
     async Task<string> CreateOverlayAsync()
