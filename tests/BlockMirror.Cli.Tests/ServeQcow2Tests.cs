@@ -49,18 +49,20 @@ public sealed class ServeQcow2Tests : IDisposable
             Assert.Equal("qcow2", (string?)disk["drv"]);
             Assert.Equal(1, (int)disk["backing_file_depth"]!);
 
-            // The same base opened again: without a backing file the data written to the base is not there.
+            // The same overlay opened again: without a backing file the data written to the base is not there.
+            // 'disk' holds the overlay writable, and its lock refuses a second opening (as QEMU's does): these
+            // take no lock.
             await qmp.ExecuteAsync("blockdev-add", new JsonObject
             {
                 ["driver"] = "qcow2", ["node-name"] = "alone", ["read-only"] = true, ["backing"] = null,
-                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay, ["read-only"] = true },
+                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay, ["read-only"] = true, ["locking"] = "off" },
             });
             await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "base-file", ["filename"] = basePath, ["read-only"] = true });
             await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "qcow2", ["node-name"] = "base", ["file"] = "base-file", ["read-only"] = true });
             await qmp.ExecuteAsync("blockdev-add", new JsonObject
             {
                 ["driver"] = "qcow2", ["node-name"] = "over-named", ["read-only"] = true, ["backing"] = "base",
-                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay, ["read-only"] = true },
+                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay, ["read-only"] = true, ["locking"] = "off" },
             });
             nodes = (await qmp.ExecuteAsync("query-named-block-nodes"))!.AsArray();
             Assert.Equal(0, (int)nodes.Single(n => (string?)n!["node-name"] == "alone")!["backing_file_depth"]!);
@@ -70,7 +72,7 @@ public sealed class ServeQcow2Tests : IDisposable
             var bad = await qmp.CommandAsync("blockdev-add", new JsonObject
             {
                 ["driver"] = "qcow2", ["node-name"] = "broken", ["backing"] = "nope",
-                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay },
+                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = overlay, ["locking"] = "off" },
             });
             Assert.Contains("nope", bad["error"]!["desc"]!.ToString());
 

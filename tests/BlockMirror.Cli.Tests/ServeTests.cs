@@ -63,7 +63,7 @@ public sealed class ServeTests : IAsyncLifetime
         { "blockdev-add", new JsonObject { ["driver"] = "vmdk", ["node-name"] = "x" }, "GenericError: Parameter 'driver' does not accept value 'vmdk'" },
         { "block-job-pause", new JsonObject { ["device"] = "job0" }, "DeviceNotActive: No active block job on device 'job0'" },
         { "job-dismiss", new JsonObject { ["id"] = "job0" }, "GenericError: Job not found" },
-        { "blockdev-del", new JsonObject { ["node-name"] = "file0" }, "GenericError: Node 'file0' is busy: node 'disk' uses it" },
+        { "blockdev-del", new JsonObject { ["node-name"] = "file0" }, "GenericError: Block device file0 is in use" },
         { "qmp_capabilities", null, "CommandNotFound: Capabilities negotiation is already complete, command ignored" },
     };
 

@@ -19,8 +19,12 @@ namespace BlockMirror.Block.Drivers;
 /// <param name="Discard">Let discards and may-unmap zeroing punch holes (qcow2: free clusters).</param>
 /// <param name="NodeName">Name of the format node (the file node gets a generated name).</param>
 /// <param name="Qcow2">qcow2 options beyond these (cache size, backing), or null for the defaults.</param>
+/// <param name="ForceShare">
+/// qemu-img's <c>-U</c>: the image is opened even while another user writes it (read-only only), and the
+/// locks it holds forbid nothing to others.
+/// </param>
 public sealed record ImageOpenOptions(string Path, string? Format = null, bool ReadOnly = false, bool Direct = false,
-    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null, Qcow2Options? Qcow2 = null);
+    FileDiscardMode Discard = FileDiscardMode.Unmap, string? NodeName = null, Qcow2Options? Qcow2 = null, bool ForceShare = false);
 
 /// <summary>The image formats the command-line tools open by file name.</summary>
 public static class ImageFiles
@@ -65,8 +69,20 @@ public static class ImageFiles
 
         // The same options blockdev-add would take for this image, read by the same registry.
         using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format));
-        return await DriverRegistry.OpenAsync(graph, new OptionReader(blockdev.RootElement), new OpenRules { ProbedFormat = probed, Chain = chain },
-            cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return await DriverRegistry.OpenAsync(graph, new OptionReader(blockdev.RootElement), new OpenRules { ProbedFormat = probed, Chain = chain },
+                cancellationToken).ConfigureAwait(false);
+        }
+        catch (BlockGraphException ex) when (ex.Hint is not null)
+        {
+            // Another user's lock: worded as qemu-img words it, with its hint.
+            throw new BlockGraphException(ex.Kind, $"Could not open '{options.Path}': {ex.Message}") { Hint = ex.Hint };
+        }
+        catch (BlockOptionException ex) when (options.ForceShare && !options.ReadOnly)
+        {
+            throw new BlockOpenException($"Could not open '{options.Path}': {ex.Message}");
+        }
     }
 
     /// <summary>Opens just a <c>file</c> node on an image (for tools that read an image's bytes as they are, such as a check).</summary>
@@ -93,6 +109,11 @@ public static class ImageFiles
         }
 
         writer.WriteBoolean("read-only", options.ReadOnly);
+        if (options.ForceShare)
+        {
+            writer.WriteBoolean("force-share", true);
+        }
+
         WriteNodeBase(writer, options.Direct, options.Discard);
         if (format == DriverNames.Qcow2 && options.Qcow2 is { } qcow2)
         {
@@ -144,6 +165,12 @@ public static class ImageFiles
 
         return buffer.WrittenSpan.ToArray();
     }
+
+    /// <summary>
+    /// Throws a <see cref="BlockGraphException"/> (<c>Failed to get "write" lock</c>, with qemu-img's hint) when
+    /// another process holds the image at <paramref name="path"/>: a creation must not replace or truncate it.
+    /// </summary>
+    public static void CheckReplaceable(string path) => FileLocks.CheckReplaceable(path);
 
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
     public static void Create(string path, string format, long size, string? backingFile = null, string? backingFormat = null)

@@ -11,7 +11,7 @@ namespace BlockMirror.Block.Graph;
 /// One lock (<see cref="SyncRoot"/>) guards topology and quiesce state. It is never held across an
 /// await: drained sections change counters under it, then wait for in-flight requests outside it.
 /// </remarks>
-public sealed class BlockGraph : IAsyncDisposable
+public sealed partial class BlockGraph : IAsyncDisposable
 {
     /// <summary>QEMU's limit on node names (id_wellformed plus the 31-byte node-name field).</summary>
     public const int MaxNodeNameLength = 31;
@@ -161,7 +161,7 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
-    internal NodeEdge AttachChild(BlockNode parent, string name, BlockNode child)
+    internal NodeEdge AttachChild(BlockNode parent, string name, BlockNode child, ChildRole role)
     {
         lock (SyncRoot)
         {
@@ -175,9 +175,15 @@ public sealed class BlockGraph : IAsyncDisposable
                 throw new BlockGraphException(GraphErrorKind.Invalid, $"making '{child.Name}' the '{name}' child of '{parent.Name}' would create a loop");
             }
 
-            var edge = new NodeEdge(parent, name, child);
+            var edge = new NodeEdge(parent, name, child, role);
+            var saved = SavePermissionsLocked();
             parent.SetChildren([.. parent.Children, edge]);
             child.SetParents([.. child.Parents, edge]);
+            CommitPermissionsLocked(saved, () =>
+            {
+                parent.SetChildren([.. parent.Children.Where(e => !ReferenceEquals(e, edge))]);
+                child.SetParents([.. child.Parents.Where(e => !ReferenceEquals(e, edge))]);
+            });
 
             // A parent of a quiesced node is quiesced too, for as long as the child is.
             if (child.IsQuiesced)
@@ -218,7 +224,7 @@ public sealed class BlockGraph : IAsyncDisposable
 
         if (backing is not null)
         {
-            AttachChild(node, ChildNames.Backing, backing);
+            AttachChild(node, ChildNames.Backing, backing, ChildRole.Cow);
         }
 
         foreach (var orphan in orphans)
@@ -258,6 +264,7 @@ public sealed class BlockGraph : IAsyncDisposable
             parent.QuiesceEndLocked();
         }
 
+        ReleasePermissionsLocked();
         CollectIfOrphanLocked(child, orphans);
     }
 
@@ -282,13 +289,20 @@ public sealed class BlockGraph : IAsyncDisposable
         return false;
     }
 
-    /// <summary>Attaches a root edge: a user of the node that honours drained sections.</summary>
-    public NodeEdge AttachRoot(BlockNode node, IEdgeParent parent, string name = "root")
+    /// <summary>
+    /// Attaches a root edge: a user of the node that honours drained sections, taking
+    /// <paramref name="takes"/> and sharing <paramref name="shares"/>. Refused, with QEMU's message, when
+    /// another user of the node does not share what this one takes, or takes what it does not share.
+    /// </summary>
+    public NodeEdge AttachRoot(BlockNode node, IEdgeParent parent, string name = "root",
+        BlockPermissions takes = BlockPermissions.ConsistentRead, BlockPermissions shares = BlockPermissions.All)
     {
         lock (SyncRoot)
         {
-            var edge = new NodeEdge(parent, name, node);
+            var edge = new NodeEdge(parent, name, node, ChildRole.Filtered, takes, shares);
+            var saved = SavePermissionsLocked();
             node.SetParents([.. node.Parents, edge]);
+            CommitPermissionsLocked(saved, () => node.SetParents([.. node.Parents.Where(e => !ReferenceEquals(e, edge))]));
             _roots.Add(edge);
             if (node.IsQuiesced)
             {
@@ -317,6 +331,7 @@ public sealed class BlockGraph : IAsyncDisposable
                 edge.QuiesceEnd();
             }
 
+            ReleasePermissionsLocked();
             CollectIfOrphanLocked(node, orphans);
         }
 
@@ -445,6 +460,12 @@ public sealed class BlockGraph : IAsyncDisposable
                 member.ReadOnly = readOnly;
                 changed.Add(member);
             }
+
+            // A format going read-write now writes its file: take that (and its locks), or undo.
+            lock (SyncRoot)
+            {
+                CommitPermissionsLocked(SavePermissionsLocked(), static () => { });
+            }
         }
         catch
         {
@@ -460,6 +481,11 @@ public sealed class BlockGraph : IAsyncDisposable
                 {
                     // Leave it as it is now: its flag says so.
                 }
+            }
+
+            lock (SyncRoot)
+            {
+                ReleasePermissionsLocked();
             }
 
             throw;
@@ -481,6 +507,8 @@ public sealed class BlockGraph : IAsyncDisposable
 
         lock (SyncRoot)
         {
+            var saved = SavePermissionsLocked();
+            List<NodeEdge> moved = [];
             foreach (var edge in from.Parents)
             {
                 if (edge.ParentNode is { } parent && (ReferenceEquals(parent, to) || IsDescendantLocked(to, parent)))
@@ -489,7 +517,17 @@ public sealed class BlockGraph : IAsyncDisposable
                 }
 
                 MoveEdgeLocked(edge, to);
+                moved.Add(edge);
             }
+
+            // The users must all be allowed on the new node, or none moves.
+            CommitPermissionsLocked(saved, () =>
+            {
+                foreach (var edge in moved)
+                {
+                    MoveEdgeLocked(edge, from);
+                }
+            });
         }
     }
 
@@ -503,7 +541,10 @@ public sealed class BlockGraph : IAsyncDisposable
                 throw new BlockGraphException(GraphErrorKind.Invalid, $"making '{to.Name}' the '{edge.Name}' child of '{parent.Name}' would create a loop");
             }
 
+            var from = edge.Node;
+            var saved = SavePermissionsLocked();
             MoveEdgeLocked(edge, to);
+            CommitPermissionsLocked(saved, () => MoveEdgeLocked(edge, from));
         }
     }
 

@@ -17,4 +17,7 @@ public enum GraphErrorKind
 public sealed class BlockGraphException(GraphErrorKind kind, string message) : InvalidOperationException(message)
 {
     public GraphErrorKind Kind { get; } = kind;
+
+    /// <summary>A second line for people, as QEMU's error hints (not part of the QMP error text), or null.</summary>
+    public string? Hint { get; init; }
 }

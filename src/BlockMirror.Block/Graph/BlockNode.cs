@@ -63,6 +63,12 @@ public sealed class BlockNode : IEdgeParent
     /// </summary>
     public bool AutoReadOnly { get; set; }
 
+    /// <summary>
+    /// Every edge to this node shares everything (qemu-img's <c>-U</c>, QEMU's force-share): for read-only
+    /// tools that accept reading an image someone else writes. Set before the node gets parents.
+    /// </summary>
+    public bool ForceShare { get; internal set; }
+
     public IBlockDriver Driver => _driver ?? throw new InvalidOperationException($"node '{Name}' has no driver yet");
 
     public string ParentDescription => $"node '{Name}'";
@@ -115,7 +121,12 @@ public sealed class BlockNode : IEdgeParent
     public BlockNode? ChainChild => FilteredChild?.Node ?? (Driver.Capabilities.SupportsBacking ? Backing : null);
 
     /// <summary>Attaches a child under a role; the parent's driver sends to it through the returned edge.</summary>
-    public NodeEdge AttachChild(string name, BlockNode child) => Graph.AttachChild(this, name, child);
+    /// <remarks>
+    /// The role decides the permissions the edge takes from this node's use (<see cref="ChildRole"/>); without
+    /// one it follows the name (<see cref="Permissions.RoleOf"/>). Refused when another user of the child forbids what the edge takes.
+    /// </remarks>
+    public NodeEdge AttachChild(string name, BlockNode child, ChildRole? role = null) =>
+        Graph.AttachChild(this, name, child, role ?? Permissions.RoleOf(name));
 
     /// <summary>Detaches a child edge of this node.</summary>
     public void DetachChild(NodeEdge edge) => Graph.DetachChild(this, edge);

@@ -11,4 +11,10 @@ public static class ChildNames
 
     /// <summary>blkdebug's filtered child.</summary>
     public const string Image = "image";
+
+    /// <summary>
+    /// The child of the filters the jobs insert (mirror-top, commit-top): not <c>backing</c>, so that a node
+    /// with a job's filter above it is not taken for a backing file.
+    /// </summary>
+    public const string Filtered = "filtered";
 }

@@ -23,12 +23,28 @@ public sealed class NodeEdge
     int _quiesce;
     TaskCompletionSource? _released;
 
-    internal NodeEdge(IEdgeParent parent, string name, BlockNode node)
+    internal NodeEdge(IEdgeParent parent, string name, BlockNode node, ChildRole role = ChildRole.Filtered,
+        BlockPermissions permissions = BlockPermissions.None, BlockPermissions shared = BlockPermissions.All)
     {
         Parent = parent;
         Name = name;
         _node = node;
+        Role = role;
+        Permissions = permissions;
+        SharedPermissions = shared;
     }
+
+    /// <summary>For a child edge: how the parent node uses the child, which decides its permissions.</summary>
+    public ChildRole Role { get; }
+
+    /// <summary>
+    /// What the parent does with the node (QEMU's BdrvChild perm). A root edge's are its user's; a child
+    /// edge's follow from its parent node's use and <see cref="Role"/>. Changed only under the graph lock.
+    /// </summary>
+    public BlockPermissions Permissions { get; internal set; }
+
+    /// <summary>What the parent lets other parents of the node do (QEMU's shared_perm).</summary>
+    public BlockPermissions SharedPermissions { get; internal set; }
 
     /// <summary>The role of the child (<c>file</c>, <c>backing</c>, <c>image</c>) or, for a root edge, what the parent uses it for.</summary>
     public string Name { get; }

@@ -5,7 +5,7 @@ namespace BlockMirror.Block.Interop;
 
 /// <summary>
 /// The few Linux system calls the BCL does not expose: open(2) with O_DIRECT, lseek(2) with
-/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2), futex(2). Constants are Linux's.
+/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2), futex(2), fcntl(2) OFD locks. Constants are Linux's.
 /// </summary>
 static partial class LibC
 {
@@ -70,6 +70,28 @@ static partial class LibC
     /// <summary>futex(2) through syscall(2): glibc has no wrapper.</summary>
     [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
     public static unsafe partial long Futex(long number, int* address, int operation, int value, Timespec* timeout, int* address2, int value3);
+
+    public const int F_OFD_GETLK = 36;
+    public const int F_OFD_SETLK = 37;
+    public const short F_RDLCK = 0;
+    public const short F_WRLCK = 1;
+    public const short F_UNLCK = 2;
+    public const int SEEK_SET = 0;
+
+    /// <summary>struct flock as glibc lays it out on 64-bit Linux (x86-64 and arm64 alike).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 32)]
+    public struct Flock
+    {
+        [FieldOffset(0)] public short Type;
+        [FieldOffset(2)] public short Whence;
+        [FieldOffset(8)] public long Start;
+        [FieldOffset(16)] public long Length;
+        [FieldOffset(24)] public int Pid;
+    }
+
+    /// <summary>fcntl(2) with a struct flock argument (the record-lock commands).</summary>
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int FcntlLock(SafeFileHandle fd, int command, ref Flock flock);
 
     [LibraryImport("libc", EntryPoint = "strerror")]
     private static partial nint StrError(int errnum);

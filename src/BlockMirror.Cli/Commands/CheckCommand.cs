@@ -27,13 +27,14 @@ static class CheckCommand
         var repair = new Option<string?>("--repair", "-r") { Description = "Repair: leaks (leaked clusters only) or all (also corruptions)" };
         var output = new Option<string?>("--output") { Description = "human (default) or json" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Print no report (the exit code tells)" };
+        var forceShare = ImageTool.ForceShareOption();
         var command = new Command("check", "Check a qcow2 image's metadata for consistency, and optionally repair it (qemu-img check)")
         {
-            file, format, repair, output, quiet,
+            file, format, repair, output, quiet, forceShare,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("check", ExitFailed, () =>
             RunAsync(parse.GetValue(file)!, parse.GetValue(format), ParseRepair(parse.GetValue(repair)), ImageTool.IsJson(parse.GetValue(output)),
-                parse.GetValue(quiet), cancellationToken)));
+                parse.GetValue(quiet), parse.GetValue(forceShare), cancellationToken)));
         return command;
     }
 
@@ -45,12 +46,19 @@ static class CheckCommand
         _ => throw new UsageException($"Unknown option value for -r (expecting 'leaks' or 'all'): {text}"),
     };
 
-    static async Task<int> RunAsync(string path, string? format, Qcow2RepairMode repair, bool json, bool quiet, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(string path, string? format, Qcow2RepairMode repair, bool json, bool quiet, bool forceShare, CancellationToken cancellationToken)
     {
+        var readOnly = repair == Qcow2RepairMode.None;
+        if (forceShare && !readOnly)
+        {
+            throw new UsageException($"Could not open '{path}': force-share=on can only be used with read-only images");
+        }
+
         await using var graph = new BlockGraph();
         // The check reads (and a repair writes) the file directly: an image too damaged for the qcow2 driver
         // to open can still be checked, and repaired.
-        var file = await ImageFiles.OpenFileNodeAsync(graph, path, readOnly: repair == Qcow2RepairMode.None, cancellationToken);
+        var file = await ImageFiles.OpenFileNodeAsync(graph, path, readOnly, cancellationToken);
+        ImageTool.UseAsFormatFile(graph, file, path, readOnly, forceShare);
         format = ImageTool.FormatOf(path, format);
         if (!ImageFiles.Formats.Contains(format))
         {

@@ -19,6 +19,7 @@ static class CliErrors
         {
             Console.Out.Flush();
             await Console.Error.WriteLineAsync($"blockmirror {command}: {ex.Message}");
+            await WriteHintAsync(ex);
             return 1;
         }
         catch (OperationCanceledException ex)
@@ -47,7 +48,9 @@ static class CliErrors
         catch (Exception ex) when (ex is BlockOpenException or BlockIOException or BlockGraphException
             or FormatException or ArgumentException or UsageException or IOException or UnauthorizedAccessException)
         {
-            return await FailAsync(command, ex.Message, errorExitCode);
+            var code = await FailAsync(command, ex.Message, errorExitCode);
+            await WriteHintAsync(ex);
+            return code;
         }
         catch (OperationCanceledException)
         {
@@ -57,6 +60,15 @@ static class CliErrors
         {
             // A bug, most likely in how a damaged image is read: say so plainly, still in one line.
             return await FailAsync(command, $"internal error: {ex.GetType().Name}: {ex.Message}", errorExitCode);
+        }
+    }
+
+    /// <summary>The second line qemu-img prints under some errors, e.g. who may hold an image's lock.</summary>
+    static async Task WriteHintAsync(Exception ex)
+    {
+        if (ex is BlockGraphException { Hint: { } hint })
+        {
+            await Console.Error.WriteLineAsync(hint);
         }
     }
 

@@ -38,24 +38,26 @@ static class CompareCommand
         var secondFormat = new Option<string?>("--second-format", "-F") { Description = "Format of B (default: probed from the content)" };
         var strict = new Option<bool>("--strict", "-s") { Description = "Strict: the sizes and the allocation must match too" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "Print nothing (the exit code tells)" };
+        var forceShare = ImageTool.ForceShareOption();
         var command = new Command("compare", "Tell whether two images have the same content (qemu-img compare)")
         {
-            first, second, format, secondFormat, strict, quiet,
+            first, second, format, secondFormat, strict, quiet, forceShare,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("compare", ExitOpen, () =>
             RunAsync(parse.GetValue(first)!, parse.GetValue(format), parse.GetValue(second)!, parse.GetValue(secondFormat),
-                parse.GetValue(strict), parse.GetValue(quiet), cancellationToken)));
+                parse.GetValue(strict), parse.GetValue(quiet), parse.GetValue(forceShare), cancellationToken)));
         return command;
     }
 
     sealed record Side(string Name, BlockNode Node, byte[] Buffer);
 
-    static async Task<int> RunAsync(string pathA, string? formatA, string pathB, string? formatB, bool strict, bool quiet, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(string pathA, string? formatA, string pathB, string? formatB, bool strict, bool quiet, bool forceShare,
+        CancellationToken cancellationToken)
     {
         await using var graph = new BlockGraph();
-        var nodeA = await ImageTool.OpenAsync(graph, pathA, formatA, readOnly: true, withBacking: true, cancellationToken);
+        var nodeA = await ImageTool.OpenAsync(graph, pathA, formatA, readOnly: true, withBacking: true, cancellationToken, forceShare);
         ImageTool.PrintWarnings("compare", nodeA);
-        var nodeB = await ImageTool.OpenAsync(graph, pathB, formatB, readOnly: true, withBacking: true, cancellationToken);
+        var nodeB = await ImageTool.OpenAsync(graph, pathB, formatB, readOnly: true, withBacking: true, cancellationToken, forceShare);
         ImageTool.PrintWarnings("compare", nodeB);
 
         var bufferA = ArrayPool<byte>.Shared.Rent(ChunkSize);

@@ -265,6 +265,16 @@ static class CreateCommand
         var temporary = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         try
         {
+            ImageFiles.CheckReplaceable(file);
+        }
+        catch (BlockGraphException ex)
+        {
+            // qemu-img's words: the file, then the lock it could not get.
+            throw new BlockGraphException(ex.Kind, $"{file}: {ex.Message}") { Hint = ex.Hint };
+        }
+
+        try
+        {
             create(temporary);
             File.Move(temporary, full, overwrite: true);
         }

@@ -22,12 +22,14 @@ static class InfoCommand
         var format = new Option<string?>("--format", "-f") { Description = "Image format (default: probed from the content)" };
         var chain = new Option<bool>("--backing-chain") { Description = "Report every image of the backing chain, top first" };
         var output = new Option<string?>("--output") { Description = "human (default) or json" };
+        var forceShare = ImageTool.ForceShareOption();
         var command = new Command("info", "Show an image's format, sizes, backing file and format-specific information (qemu-img info)")
         {
-            file, format, chain, output,
+            file, format, chain, output, forceShare,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("info", 1, () =>
-            RunAsync(parse.GetValue(file)!, parse.GetValue(format), parse.GetValue(chain), ImageTool.IsJson(parse.GetValue(output)), cancellationToken)));
+            RunAsync(parse.GetValue(file)!, parse.GetValue(format), parse.GetValue(chain), ImageTool.IsJson(parse.GetValue(output)),
+                parse.GetValue(forceShare), cancellationToken)));
         return command;
     }
 
@@ -35,7 +37,7 @@ static class InfoCommand
     sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool DirtyFlag, Qcow2Header? Header,
         string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots);
 
-    static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, bool forceShare, CancellationToken cancellationToken)
     {
         var reports = new List<ImageReport>();
         var seen = new HashSet<string>();
@@ -48,7 +50,7 @@ static class InfoCommand
                 throw new IOException($"Backing file '{next}' creates an infinite loop.");
             }
 
-            var report = await ReportAsync(next, nextFormat, cancellationToken);
+            var report = await ReportAsync(next, nextFormat, forceShare, cancellationToken);
             reports.Add(report);
             if (!backingChain)
             {
@@ -75,10 +77,10 @@ static class InfoCommand
     static string Identity(string path) =>
         Block.Interop.FileStatus.Identify(path) is { } id ? $"{id.DevMajor}:{id.DevMinor}:{id.Inode}" : Path.GetFullPath(path);
 
-    static async Task<ImageReport> ReportAsync(string path, string? format, CancellationToken cancellationToken)
+    static async Task<ImageReport> ReportAsync(string path, string? format, bool forceShare, CancellationToken cancellationToken)
     {
         await using var graph = new BlockGraph();
-        var node = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: false, cancellationToken);
+        var node = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: false, cancellationToken, forceShare);
         ImageTool.PrintWarnings("info", node);
         var header = Qcow2Inspection.HeaderOf(node);
         var backing = header?.BackingFile;

@@ -21,12 +21,13 @@ static class MapCommand
         var file = new Argument<string>("FILE") { Description = "Image file" };
         var format = new Option<string?>("--format", "-f") { Description = "Image format (default: probed from the content)" };
         var output = new Option<string?>("--output") { Description = "human (default: the data extents as a table) or json (every extent)" };
+        var forceShare = ImageTool.ForceShareOption();
         var command = new Command("map", "Show where each range of an image's content comes from (qemu-img map)")
         {
-            file, format, output,
+            file, format, output, forceShare,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunToolAsync("map", 1, () =>
-            RunAsync(parse.GetValue(file)!, parse.GetValue(format), ImageTool.IsJson(parse.GetValue(output)), cancellationToken)));
+            RunAsync(parse.GetValue(file)!, parse.GetValue(format), ImageTool.IsJson(parse.GetValue(output)), parse.GetValue(forceShare), cancellationToken)));
         return command;
     }
 
@@ -39,10 +40,10 @@ static class MapCommand
         public readonly bool HasOffset => HostOffset >= 0;
     }
 
-    static async Task<int> RunAsync(string path, string? format, bool json, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(string path, string? format, bool json, bool forceShare, CancellationToken cancellationToken)
     {
         await using var graph = new BlockGraph();
-        var top = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: true, cancellationToken);
+        var top = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: true, cancellationToken, forceShare);
         ImageTool.PrintWarnings("map", top);
         var layers = ImageTool.NamedLayers(top, path);
         var length = top.Length;

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
@@ -13,13 +14,38 @@ static class ImageTool
     /// <summary>
     /// Opens an image read-only (or for writing) with its backing chain, or alone when
     /// <paramref name="withBacking"/> is false (as <c>qemu-img info</c> opens each image of a chain by itself,
-    /// so that a missing backing file does not hide the overlay's information).
+    /// so that a missing backing file does not hide the overlay's information). <paramref name="forceShare"/> is
+    /// qemu-img's <c>-U</c>: open it although another process writes it.
     /// </summary>
-    public static async Task<BlockNode> OpenAsync(BlockGraph graph, string path, string? format, bool readOnly, bool withBacking, CancellationToken cancellationToken)
+    public static async Task<BlockNode> OpenAsync(BlockGraph graph, string path, string? format, bool readOnly, bool withBacking, CancellationToken cancellationToken,
+        bool forceShare = false)
     {
         var options = new ImageOpenOptions(path, FormatOf(path, format), ReadOnly: readOnly,
-            Qcow2: withBacking ? null : new Qcow2Options { Backing = Qcow2BackingMode.None });
+            Qcow2: withBacking ? null : new Qcow2Options { Backing = Qcow2BackingMode.None }, ForceShare: forceShare);
         return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+    }
+
+    /// <summary>qemu-img's <c>-U</c> for the read-only commands.</summary>
+    public static Option<bool> ForceShareOption() =>
+        new("--force-share", "-U") { Description = "Open the image even while another process writes it (it may then read inconsistent data)" };
+
+    /// <summary>
+    /// Takes, on a file node a command reads (and maybe repairs) as a format's file, what a format node
+    /// would take on it: reads, and writes when repairing, with nobody else writing or resizing it unless
+    /// <paramref name="forceShare"/>. Refused with qemu-img's lock message while another process writes it.
+    /// </summary>
+    public static NodeEdge UseAsFormatFile(BlockGraph graph, BlockNode file, string path, bool readOnly, bool forceShare)
+    {
+        var takes = BlockPermissions.ConsistentRead | (readOnly ? BlockPermissions.None : BlockPermissions.Write | BlockPermissions.Resize);
+        var shares = forceShare ? BlockPermissions.All : BlockPermissions.ConsistentRead | BlockPermissions.WriteUnchanged;
+        try
+        {
+            return graph.AttachRoot(file, new RootParent("qemu-img"), "root", takes, shares);
+        }
+        catch (BlockGraphException ex) when (ex.Hint is not null)
+        {
+            throw new BlockGraphException(ex.Kind, $"Could not open '{path}': {ex.Message}") { Hint = ex.Hint };
+        }
     }
 
     /// <summary>

@@ -70,7 +70,8 @@ public sealed class CommitJob : BlockJob
         CommitOptions options, CancellationToken cancellationToken = default)
     {
         var chain = CheckChain(top, @base);
-        if (!top.Parents.Any(e => e.ParentNode is not null && e.Name == ChildNames.Backing))
+        // An overlay reads the top as its backing file; a filter above the top (a job's) is no overlay.
+        if (!top.Parents.Any(e => e.ParentNode is not null && e.Role == ChildRole.Cow))
         {
             throw new JobException($"'{top.Name}' is the active layer: commit it with a job that completes on request (top = the active layer)");
         }
@@ -99,9 +100,23 @@ public sealed class CommitJob : BlockJob
                 using (await graph.DrainAsync(top, cancellationToken).ConfigureAwait(false))
                 {
                     filter = await graph.CreateNodeAsync(options.FilterNodeName, false, (node, _) =>
-                        ValueTask.FromResult<Block.Drivers.IBlockDriver>(new CommitTopFilter(node.AttachChild(ChildNames.Backing, top))), cancellationToken).ConfigureAwait(false);
+                        ValueTask.FromResult<Block.Drivers.IBlockDriver>(new CommitTopFilter(node.AttachChild(ChildNames.Filtered, top))), cancellationToken).ConfigureAwait(false);
                     graph.ReplaceNode(top, filter);
-                    write = graph.AttachRoot(@base, parent, "base");
+
+                    // QEMU's commit.c: the job writes the base and may grow it; others may read it (the chain
+                    // above reads through it) but not write or resize it until the job ends.
+                    try
+                    {
+                        write = graph.AttachRoot(@base, parent, "base",
+                            BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.Resize,
+                            BlockPermissions.ConsistentRead | BlockPermissions.WriteUnchanged);
+                    }
+                    catch (BlockGraphException)
+                    {
+                        graph.ReplaceNode(filter, top);
+                        await graph.RemoveNodeAsync(filter).ConfigureAwait(false);
+                        throw;
+                    }
                 }
 
                 var job = new CommitJob(manager, graph, top, @base, filter, write, options, reopened, chain);

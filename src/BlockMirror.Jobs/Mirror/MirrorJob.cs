@@ -41,6 +41,10 @@ public sealed class MirrorJob : BlockJob
     readonly BlockNode _mirrorTop;
     readonly NodeEdge _read;
     readonly NodeEdge _target;
+
+    // The job's own use of the source, through the filter: reads, and no resize by anyone (QEMU's job
+    // BlockBackend on mirror_top). Lets go before the pivot, so the graph can change under it.
+    NodeEdge? _sourceUse;
     readonly BlockNode? _base;
     readonly MirrorOptions _options;
     readonly IReadOnlyList<BlockNode> _usedNodes;
@@ -295,21 +299,44 @@ public sealed class MirrorJob : BlockJob
         BlockNode mirrorTop;
         DirtyBitmap dirty;
         NodeEdge targetEdge;
+        NodeEdge sourceUse;
         IDisposable sourceResize;
         IDisposable targetResize;
         var parent = new RootParent($"block job '{options.JobId}'");
+        var (targetTakes, targetShares) = TargetPermissions(source, target);
         using (await graph.DrainAsync(source, cancellationToken).ConfigureAwait(false))
         {
-            mirrorTop = await graph.CreateNodeAsync(options.FilterNodeName, false, (node, _) =>
-                    ValueTask.FromResult<Block.Drivers.IBlockDriver>(new MirrorTopFilter(node.AttachChild(ChildNames.Backing, source))),
-                cancellationToken).ConfigureAwait(false);
-            graph.ReplaceNode(source, mirrorTop);
+            // Refused (QEMU's permission conflict) while another user of the target writes or reads it.
+            targetEdge = graph.AttachRoot(target, parent, "target", targetTakes, targetShares);
+            try
+            {
+                mirrorTop = await graph.CreateNodeAsync(options.FilterNodeName, false, (node, _) =>
+                        ValueTask.FromResult<Block.Drivers.IBlockDriver>(new MirrorTopFilter(node.AttachChild(ChildNames.Filtered, source))),
+                    cancellationToken).ConfigureAwait(false);
+                sourceUse = graph.AttachRoot(mirrorTop, parent, "source", BlockPermissions.ConsistentRead,
+                    BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.WriteUnchanged);
+                try
+                {
+                    graph.ReplaceNode(source, mirrorTop);
+                }
+                catch (BlockGraphException)
+                {
+                    // A user of the source that resizes it: the filter goes (with its last parent, if unnamed).
+                    await graph.DetachRootAsync(sourceUse).ConfigureAwait(false);
+                    await graph.RemoveNodeAsync(mirrorTop).ConfigureAwait(false);
+                    throw;
+                }
+            }
+            catch
+            {
+                await graph.DetachRootAsync(targetEdge).ConfigureAwait(false);
+                throw;
+            }
 
             // Nothing below can fail: take the blocks now, so a failed filter creation leaves none behind.
             sourceResize = source.BlockResize(parent.ParentDescription);
             targetResize = target.BlockResize(parent.ParentDescription);
             dirty = source.CreateDirtyBitmap(granularity);
-            targetEdge = graph.AttachRoot(target, parent, "target");
         }
 
         var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty, type, usedNodes, reopenedTarget)
@@ -317,10 +344,31 @@ public sealed class MirrorJob : BlockJob
             _sourceResizeBlock = sourceResize,
             _targetResizeBlock = targetResize,
             _replaces = replaces,
+            _sourceUse = sourceUse,
         };
         manager.Register(job);
         job.Start();
         return job;
+    }
+
+    /// <summary>
+    /// What the job takes on its target and lets others do there (QEMU's mirror.c): it writes, and while the
+    /// copy is incomplete nobody else may read it consistently or write it. An active commit's target is the
+    /// source's own backing file, which the source reads through and which may have to grow to its length:
+    /// there reads and writes stay shared, and the job may resize it.
+    /// </summary>
+    static (BlockPermissions Takes, BlockPermissions Shares) TargetPermissions(BlockNode source, BlockNode target)
+    {
+        for (var node = source.ChainChild; node is not null; node = node.ChainChild)
+        {
+            if (ReferenceEquals(node, target))
+            {
+                return (BlockPermissions.Write | BlockPermissions.Resize,
+                    BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.WriteUnchanged);
+            }
+        }
+
+        return (BlockPermissions.Write, BlockPermissions.WriteUnchanged);
     }
 
     /// <summary>The target's cluster size clamped to 4 KiB..64 KiB, or 64 KiB when it has none (QEMU's default).</summary>
@@ -1143,6 +1191,14 @@ public sealed class MirrorJob : BlockJob
         Exception? backingFailure = null;
         try
         {
+            // The job stops using source and target before the graph changes, as QEMU's mirror_exit_common:
+            // the target's new users (the source's) must not meet the job's refusal of other writers.
+            _graph.SetPermissions(_target, BlockPermissions.None, BlockPermissions.All);
+            if (_sourceUse is { } sourceUse)
+            {
+                _graph.SetPermissions(sourceUse, BlockPermissions.None, BlockPermissions.All);
+            }
+
             var target = _target.Node;
             if (complete)
             {
@@ -1181,6 +1237,11 @@ public sealed class MirrorJob : BlockJob
             }
 
             await _graph.DetachRootAsync(_target).ConfigureAwait(false);
+            if (_sourceUse is { } used)
+            {
+                await _graph.DetachRootAsync(used).ConfigureAwait(false);
+            }
+
             await _graph.RemoveNodeAsync(_mirrorTop).ConfigureAwait(false);
             _sourceResizeBlock?.Dispose();
             _targetResizeBlock?.Dispose();

@@ -148,7 +148,19 @@ public sealed class NbdServer : IAsyncDisposable
             throw new ArgumentException($"NBD server already has an export named '{name}'");
         }
 
-        export.Edge = _graph.AttachRoot(node, export, "export");
+        // QEMU's block exports: read, and write when writable; anything else may go on beside them.
+        try
+        {
+            export.Edge = _graph.AttachRoot(node, export, "export",
+                BlockPermissions.ConsistentRead | (options.Writable ? BlockPermissions.Write : BlockPermissions.None), BlockPermissions.All);
+        }
+        catch (BlockGraphException)
+        {
+            // A job that allows no other user of the node (a mirror's target, a commit's base) refuses it.
+            _exports.TryRemove(name, out _);
+            throw;
+        }
+
         return export;
     }
 

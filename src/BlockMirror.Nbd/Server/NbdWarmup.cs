@@ -41,12 +41,19 @@ public static class NbdWarmup
     const int Large = 256 << 10;
     const int Small = 4096;
 
-    public static async Task RunAsync(CancellationToken cancellationToken = default)
+    public static Task RunAsync(CancellationToken cancellationToken = default) => RunAsync(Path.GetTempPath(), cancellationToken);
+
+    /// <summary>The warm-up with its files in a new directory below <paramref name="temporaryRoot"/> (tests give their own).</summary>
+    internal static async Task RunAsync(string temporaryRoot, CancellationToken cancellationToken)
     {
         DirectoryInfo directory;
         try
         {
-            directory = Directory.CreateTempSubdirectory("blockmirror-warmup-");
+            // Private to this user, as Directory.CreateTempSubdirectory makes it: its socket serves a node.
+            var path = Path.Combine(temporaryRoot, $"blockmirror-warmup-{Guid.NewGuid():N}");
+            directory = OperatingSystem.IsWindows()
+                ? Directory.CreateDirectory(path)
+                : Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {

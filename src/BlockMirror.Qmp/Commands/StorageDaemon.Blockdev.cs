@@ -20,6 +20,14 @@ public sealed partial class StorageDaemon
             var name = arguments.RequireString("node-name");
             arguments.CheckNoneUnexpected();
             var node = Graph.FindNode(name) ?? throw Protocol.QmpException.Generic($"Failed to find node with node-name='{name}'");
+
+            // QEMU 7.2's order and words: a user that is no node (an export, a job) first, then ownership,
+            // then a node above it.
+            if (node.Parents.Any(e => e.IsRoot))
+            {
+                throw Protocol.QmpException.Generic($"Node {name} is in use");
+            }
+
             if (node.IsAutoNamed)
             {
                 throw Protocol.QmpException.Generic($"Node {name} is not owned by the monitor");
@@ -27,7 +35,7 @@ public sealed partial class StorageDaemon
 
             if (node.Parents.Count > 0)
             {
-                throw Protocol.QmpException.Generic($"Node '{name}' is busy: {node.Parents[0].Parent.ParentDescription} uses it");
+                throw Protocol.QmpException.Generic($"Block device {name} is in use");
             }
 
             await Graph.RemoveNodeAsync(node).ConfigureAwait(false);

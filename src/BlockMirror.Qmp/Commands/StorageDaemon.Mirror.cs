@@ -157,6 +157,16 @@ public sealed partial class StorageDaemon
         {
             throw QmpException.Generic("Failed to get \"write\" lock");
         }
+
+        // Another process's image (its lock): refused in the same words.
+        try
+        {
+            ImageFiles.CheckReplaceable(path);
+        }
+        catch (BlockGraphException ex)
+        {
+            throw QmpException.Generic(ex.Message);
+        }
     }
 
     /// <summary>Creates the target where the plan says so, then opens it; a file this created is removed again if the open fails.</summary>

@@ -10,9 +10,15 @@ static class FileDeclaration
     static NodeOpener Read(NodeOptions node)
     {
         var options = new FileDriverOptions(node.Options.RequireString("filename"), node.Direct,
-            node.Options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", node.Discard);
+            node.Options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", node.Discard,
+            node.Options.OptionalEnum("locking", "auto", "on", "off") switch
+            {
+                "on" => FileLockingMode.On,
+                "off" => FileLockingMode.Off,
+                _ => FileLockingMode.Auto,
+            });
         // Accepted so that QEMU's scripts run unchanged; this driver does not act on them.
-        node.Options.Accept("locking", "drop-cache", "x-check-cache-dropped");
+        node.Options.Accept("drop-cache", "x-check-cache-dropped");
         return opening => FileDriver.OpenAsync(opening.Graph, node.NodeName, options, node.ReadOnly, opening.CancellationToken);
     }
 }

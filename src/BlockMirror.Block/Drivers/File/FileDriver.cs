@@ -21,7 +21,7 @@ namespace BlockMirror.Block.Drivers.File;
 /// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
 /// then writing zero buffers unless the caller asked for no fallback.</para>
 /// </remarks>
-public sealed class FileDriver : IBlockDriver, IReopenableDriver
+public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwareDriver
 {
     public const string Name = DriverNames.File;
 
@@ -43,6 +43,8 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
     SafeFileHandle _handle;
     readonly FileDriverOptions _options;
     readonly AlignedBufferPool? _bounce;
+    // Null with locking=off, or with auto where the file system has no OFD locks.
+    readonly FileLocks? _locks;
     long _length;
     // Plain fields: a stale read only costs one more fallocate attempt that fails the same way.
     bool _zeroRangeUnsupported;
@@ -55,6 +57,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
         _length = length;
         _punchUnsupported = !canPunch;
         _bounce = options.Direct ? new AlignedBufferPool(DirectAlignment) : null;
+        _locks = FileLocks.Supported(handle, options.Locking, options.Filename) ? new FileLocks(options.Filename, handle) : null;
         Capabilities = CapabilitiesFor(options, canPunch);
         Limits = new BlockLimits(RequestAlignment: options.Direct ? DirectAlignment : 1);
     }
@@ -148,6 +151,8 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
         }
 
         var canPunch = !readOnly && _options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, Length);
+        // The locks belong to the old descriptor and go with it: hold them on the new one first.
+        _locks?.MoveTo(handle);
         var old = _handle;
         _handle = handle;
         _punchUnsupported = !canPunch;
@@ -627,6 +632,9 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
         Volatile.Write(ref _length, length);
         return ValueTask.CompletedTask;
     }
+
+    /// <inheritdoc/>
+    public void SetPermissions(BlockPermissions takes, BlockPermissions shares) => _locks?.Apply(takes, shares);
 
     static long RoundUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
 

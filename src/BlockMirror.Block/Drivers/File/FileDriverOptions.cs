@@ -18,7 +18,9 @@ public enum FileDiscardMode
 /// command lines; every value makes positional I/O calls on <see cref="FileIoThreads"/>.
 /// </param>
 /// <param name="Discard">What discard requests do.</param>
-public sealed record FileDriverOptions(string Filename, bool Direct = false, string Aio = "threads", FileDiscardMode Discard = FileDiscardMode.Ignore)
+/// <param name="Locking">QEMU's <c>locking</c>: whether the node takes and honours QEMU's image locks (<see cref="FileLocks"/>).</param>
+public sealed record FileDriverOptions(string Filename, bool Direct = false, string Aio = "threads", FileDiscardMode Discard = FileDiscardMode.Ignore,
+    FileLockingMode Locking = FileLockingMode.Auto)
 {
     public static readonly IReadOnlyList<string> AioModes = ["threads", "native", "io_uring"];
 }

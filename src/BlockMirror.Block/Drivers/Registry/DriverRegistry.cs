@@ -52,7 +52,8 @@ public static class DriverRegistry
     }
 
     /// <summary>Reads one node's options, and its inline children's, checking all of them; opens nothing.</summary>
-    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules)
+    /// <param name="parentForceShare">An inline child shares everything when its parent does (QEMU passes <c>force-share</c> down).</param>
+    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false)
     {
         var name = options.OptionalEnum("driver", rules.InternalDrivers ? AllNames : OfferedNames)
             ?? throw options.Invalid($"Parameter '{options.Prefix}driver' is missing");
@@ -86,12 +87,30 @@ public static class DriverRegistry
             throw options.Invalid("detect-zeroes is not supported; use detect-zeroes=off");
         }
 
-        // Accepted for compatibility with scripts written for QEMU; they change nothing here.
-        options.Accept("auto-read-only", "force-share");
-        var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules));
+        // force-share (qemu-img -U): the node lets any other user in, and takes no lock that keeps one out.
+        var forceShare = options.OptionalBool("force-share") ?? parentForceShare;
+        if (forceShare && !readOnly)
+        {
+            throw options.Invalid("force-share=on can only be used with read-only images");
+        }
+
+        // Accepted for compatibility with scripts written for QEMU; it changes nothing here.
+        options.Accept("auto-read-only");
+        var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules, forceShare));
         options.CheckNoneUnexpected();
-        return new NodePlan(driver, nodeName, readOnly, open);
+        return new NodePlan(driver, nodeName, readOnly, forceShare ? SharingAll(open) : open);
     }
+
+    /// <summary>
+    /// Marks the node force-share as soon as it exists, before a parent attaches it: its parents' edges are
+    /// checked (and its locks taken) at that attach.
+    /// </summary>
+    static NodeOpener SharingAll(NodeOpener open) => async opening =>
+    {
+        var node = await open(opening).ConfigureAwait(false);
+        node.ForceShare = true;
+        return node;
+    };
 
     internal static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, NodePlan plan, CancellationToken cancellationToken)
     {

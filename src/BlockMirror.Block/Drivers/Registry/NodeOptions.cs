@@ -12,8 +12,10 @@ public sealed class NodeOptions
 {
     readonly BlockGraph _graph;
 
-    internal NodeOptions(BlockGraph graph, OptionReader options, string? nodeName, bool readOnly, FileDiscardMode discard, bool direct, OpenRules rules)
+    internal NodeOptions(BlockGraph graph, OptionReader options, string? nodeName, bool readOnly, FileDiscardMode discard, bool direct, OpenRules rules,
+        bool forceShare)
     {
+        ForceShare = forceShare;
         _graph = graph;
         Options = options;
         NodeName = nodeName;
@@ -38,6 +40,9 @@ public sealed class NodeOptions
 
     internal OpenRules Rules { get; }
 
+    /// <summary><c>force-share</c>, passed down to inline children.</summary>
+    internal bool ForceShare { get; }
+
     /// <summary>A required child (a BlockdevRef member): a node name or inline options.</summary>
     /// <param name="readOnly">Open an inline child read-only whatever its parent is (a backing file); default: as the parent.</param>
     public ChildPlan Child(string name, bool? readOnly = null)
@@ -52,7 +57,7 @@ public sealed class NodeOptions
                     ?? throw Options.Invalid($"Cannot find device='{reference.GetString()}' nor node-name='{reference.GetString()}'");
                 return new ChildPlan(node, null);
             case { ValueKind: JsonValueKind.Object }:
-                return new ChildPlan(null, DriverRegistry.Read(_graph, Options.OptionalObject(name)!, readOnly ?? ReadOnly, new OpenRules()));
+                return new ChildPlan(null, DriverRegistry.Read(_graph, Options.OptionalObject(name)!, readOnly ?? ReadOnly, new OpenRules(), ForceShare));
             default:
                 throw Options.Invalid($"Invalid parameter type for '{Options.Prefix}{name}', expected: BlockdevRef");
         }
