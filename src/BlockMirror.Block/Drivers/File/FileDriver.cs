@@ -10,8 +10,9 @@ namespace BlockMirror.Block.Drivers.File;
 
 /// <summary>
 /// The <c>file</c> protocol driver: a regular file through positional I/O (<see cref="RandomAccess"/>) on a
-/// <see cref="SafeFileHandle"/>, the blocking calls made by <see cref="FileIoThreads"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
-/// with fallocate; flush with fdatasync; optional O_DIRECT.
+/// <see cref="SafeFileHandle"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
+/// with fallocate; flush with fdatasync; optional O_DIRECT. Every one of those blocking calls is made by
+/// <see cref="FileIoThreads"/>, never on the caller's thread.
 /// </summary>
 /// <remarks>
 /// <para>With <c>cache.direct</c> the node demands 4 KiB aligned offsets and lengths (the largest logical
@@ -465,13 +466,13 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
     {
         ForgetDataRun();
         if ((flags & RequestFlags.MayUnmap) != 0 && Capabilities.CanUnmapOnZero && !_punchUnsupported &&
-            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _punchUnsupported))
+            await TryFallocateAsync(PunchHole, offset, length, BlockOperation.WriteZeroes, cancellationToken).ConfigureAwait(false))
         {
             return;
         }
 
         if (!_zeroRangeUnsupported &&
-            TryFallocate(LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _zeroRangeUnsupported))
+            await TryFallocateAsync(ZeroRange, offset, length, BlockOperation.WriteZeroes, cancellationToken).ConfigureAwait(false))
         {
             return;
         }
@@ -498,32 +499,46 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
         // Discard is advisory: with discard=ignore, or where holes cannot be punched, it does nothing.
         if (Capabilities.CanDiscard && !_punchUnsupported)
         {
-            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.Discard, ref _punchUnsupported);
+            return PunchAsync(offset, length, cancellationToken);
         }
 
         return ValueTask.CompletedTask;
+
+        async ValueTask PunchAsync(long offset, long length, CancellationToken cancellationToken) =>
+            await TryFallocateAsync(PunchHole, offset, length, BlockOperation.Discard, cancellationToken).ConfigureAwait(false);
     }
 
+    const int PunchHole = LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE;
+    const int ZeroRange = LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE;
+
     /// <summary>
-    /// fallocate; false (and the mode remembered as unsupported) when the file system refuses the mode,
-    /// a block error for any other failure (ENOSPC from zero-range, EIO).
+    /// fallocate (<see cref="PunchHole"/> or <see cref="ZeroRange"/>) on an I/O thread; false (and the mode
+    /// remembered as unsupported) when the file system refuses the mode, a block error for any other
+    /// failure (ENOSPC from zero-range, EIO).
     /// </summary>
-    bool TryFallocate(int mode, long offset, long length, BlockOperation operation, ref bool unsupported)
+    async ValueTask<bool> TryFallocateAsync(int mode, long offset, long length, BlockOperation operation, CancellationToken cancellationToken)
     {
-        var failed = LibC.FAllocate(_handle, mode, offset, length) != 0;
-        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+        var errno = await Io.FallocateAsync(_handle, mode, offset, length, cancellationToken).ConfigureAwait(false);
 
         // Again after the call: a status query that ran while the hole was being punched may have cached
         // the state before it.
         ForgetDataRun();
-        if (!failed)
+        if (errno == 0)
         {
             return true;
         }
 
         if (errno is LibC.ENOTSUP or LibC.EINVAL)
         {
-            unsupported = true;
+            if (mode == PunchHole)
+            {
+                _punchUnsupported = true;
+            }
+            else
+            {
+                _zeroRangeUnsupported = true;
+            }
+
             return false;
         }
 
@@ -568,22 +583,32 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
         var end = offset + length;
         if (Volatile.Read(ref _dataRun) is { } cached && offset >= cached.Start && offset < cached.End)
         {
-            return Status(BlockStatusFlags.Data, Math.Min(cached.End, end) - offset);
+            // Answered from the cache: no system call, so no trip to an I/O thread.
+            return Status(BlockStatusFlags.Data, offset, Math.Min(cached.End, end) - offset);
         }
 
+        return SeekStatusAsync(offset, length, cancellationToken);
+
+        static ValueTask<BlockStatus> Status(BlockStatusFlags flags, long offset, long length) =>
+            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, length, offset));
+    }
+
+    /// <summary>Asks the file system with lseek SEEK_DATA / SEEK_HOLE (on an I/O thread: they walk extents or the page cache).</summary>
+    async ValueTask<BlockStatus> SeekStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var end = offset + length;
         long generation;
         lock (_dataRunLock)
         {
             generation = _holeGeneration;
         }
 
-        var data = LibC.LSeek(_handle, offset, LibC.SEEK_DATA);
+        var data = await Io.SeekAsync(_handle, offset, LibC.SEEK_DATA, cancellationToken).ConfigureAwait(false);
         if (data < 0)
         {
             // ENXIO: no data at or after offset, it sits in the trailing hole. Anything else: the file
             // system cannot tell, so claim data (safe: it gets copied, never skipped).
-            var errno = Marshal.GetLastPInvokeError();
-            return Status(errno == LibC.ENXIO ? BlockStatusFlags.Zero : BlockStatusFlags.Data, length);
+            return Status(-data == LibC.ENXIO ? BlockStatusFlags.Zero : BlockStatusFlags.Data, length);
         }
 
         if (data > offset)
@@ -591,7 +616,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
             return Status(BlockStatusFlags.Zero, Math.Min(data, end) - offset);
         }
 
-        var hole = LibC.LSeek(_handle, offset, LibC.SEEK_HOLE);
+        var hole = await Io.SeekAsync(_handle, offset, LibC.SEEK_HOLE, cancellationToken).ConfigureAwait(false);
         if (hole <= offset)
         {
             // A racing punch-hole or an odd file system; data is the safe answer.
@@ -609,23 +634,20 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver
 
         return Status(BlockStatusFlags.Data, Math.Min(hole, end) - offset);
 
-        ValueTask<BlockStatus> Status(BlockStatusFlags flags, long length) =>
-            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, length, offset));
+        BlockStatus Status(BlockStatusFlags flags, long length) => new(flags | BlockStatusFlags.OffsetValid, length, offset);
     }
 
-    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
+    public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
         ForgetDataRun();
-        var failed = LibC.FTruncate(_handle, length) != 0;
-        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+        var errno = await Io.RunAsync(_handle, handle => LibC.FTruncate(handle, length) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
         ForgetDataRun();
-        if (failed)
+        if (errno != 0)
         {
             throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Truncate, 0, length, $"ftruncate: {LibC.Describe(errno)}");
         }
 
         Volatile.Write(ref _length, length);
-        return ValueTask.CompletedTask;
     }
 
     static long RoundUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
