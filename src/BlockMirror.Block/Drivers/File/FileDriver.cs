@@ -15,9 +15,10 @@ namespace BlockMirror.Block.Drivers.File;
 /// <see cref="FileIoThreads"/>, never on the caller's thread.
 /// </summary>
 /// <remarks>
-/// <para>With <c>cache.direct</c> the node demands 4 KiB aligned offsets and lengths (the largest logical
-/// block size in use, so it is right on every device), and buffers whose address is not 4 KiB aligned go
-/// through a pooled aligned bounce buffer.</para>
+/// <para>With <c>cache.direct</c> the driver declares a 4 KiB request alignment (the largest logical block
+/// size in use, so it is right on every device); the node pads any other request to it, so users still
+/// send any byte range. Buffers whose address is not 4 KiB aligned go through a pooled aligned bounce
+/// buffer.</para>
 /// <para>fallocate modes are tried in order of preference and a mode the file system refuses
 /// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
 /// then writing zero buffers unless the caller asked for no fallback.</para>
