@@ -6,10 +6,12 @@ namespace BlockMirror.Block.Drivers;
 /// The driver contract: the requests one node serves, and nothing else.
 /// </summary>
 /// <remarks>
-/// <para>The node validates every request before it gets here: the range lies inside
-/// <see cref="Length"/>, offsets and lengths are multiples of <see cref="BlockLimits.RequestAlignment"/>,
-/// no request exceeds <see cref="BlockLimits.MaxTransfer"/>, and data-changing requests never reach a
-/// read-only node. Drivers may therefore only <c>Debug.Assert</c> these.</para>
+/// <para>The node validates every request before it gets here, and pads and splits it to fit: the range
+/// lies inside <see cref="Length"/>, offsets and lengths are multiples of <see cref="BlockLimits.RequestAlignment"/>
+/// (a length may end unaligned only at the device end), no read or write exceeds
+/// <see cref="BlockLimits.MaxTransfer"/>, no write-zeroes <see cref="BlockLimits.MaxWriteZeroes"/>, no
+/// discard <see cref="BlockLimits.MaxDiscard"/>, and data-changing requests never reach a read-only node.
+/// Drivers may therefore only <c>Debug.Assert</c> these.</para>
 /// <para>Requests may arrive concurrently, also for overlapping ranges; a driver keeps its own
 /// metadata consistent but need not order overlapping data requests (neither does a disk).</para>
 /// <para>A driver reaches its children only through their <see cref="Graph.NodeEdge"/>s, so that

@@ -10,16 +10,19 @@ namespace BlockMirror.Block.Graph;
 /// flight, a quiesce count for drained sections, and the dirty bitmaps that writes mark.
 /// </summary>
 /// <remarks>
-/// <para>Every request passes through here on its way to the driver: the node validates it (range,
-/// alignment, read-only) with an error naming the node, the operation and the range; counts it in
-/// flight; and, when a write, write-zeroes or discard completes, marks every enabled dirty bitmap.
-/// Marking happens before the request stops counting as in flight, so a drainer that sees the node
-/// idle also sees every bit those requests set.</para>
+/// <para>Every request passes through here on its way to the driver (QEMU's bdrv_co_preadv/pwritev): the
+/// node validates it (range, read-only) with an error naming the node, the operation and the range;
+/// counts it in flight; hands it to the driver, padded to the driver's request alignment and cut to its
+/// maximums when it has to be (BlockNode.Pipeline.cs); and, when a write, write-zeroes or discard
+/// completes, marks every enabled dirty bitmap. Marking happens before the request stops counting as in
+/// flight, so a drainer that sees the node idle also sees every bit those requests set. Users may send
+/// any byte range: an aligned request that fits takes the fast path, which costs one comparison and, for
+/// data-changing requests, one interlocked pair (see <see cref="SerialisingRanges"/>).</para>
 /// <para>The public request methods here do not wait for drained sections: they are for the node's
 /// own parents and for tools that own the graph. Users of the graph send through a root
 /// <see cref="NodeEdge"/>, which does.</para>
 /// </remarks>
-public sealed class BlockNode : IEdgeParent
+public sealed partial class BlockNode : IEdgeParent
 {
     IBlockDriver? _driver;
     bool _closed;
@@ -303,18 +306,6 @@ public sealed class BlockNode : IEdgeParent
         {
             throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
         }
-
-        var alignment = Driver.Limits.RequestAlignment;
-        if (alignment > 1)
-        {
-            // The last partial block of a device whose length is not a multiple of the alignment
-            // may be reached with an unaligned length; the driver pads it.
-            var endAligned = (offset + length) % alignment == 0 || offset + length == size;
-            if (offset % alignment != 0 || !endAligned)
-            {
-                throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request is not aligned to the node's request alignment of {alignment} bytes");
-            }
-        }
     }
 
     void ValidateWrite(BlockOperation operation, long offset, long length)
@@ -418,7 +409,14 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+                if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer))
+                {
+                    await Driver.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadPipelinedAsync(offset, ReadTarget.Of(buffer), cancellationToken).ConfigureAwait(false);
+                }
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -445,7 +443,14 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.ReadVectorAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+                if (Fits(offset, length, Driver.Limits.MaxTransfer))
+                {
+                    await Driver.ReadVectorAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadPipelinedAsync(offset, ReadTarget.Of(buffers), cancellationToken).ConfigureAwait(false);
+                }
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -471,10 +476,24 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.WriteAsync(offset, buffer, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
-                if (NeedsFlushAfter(flags))
+                if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
                 {
-                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        await Driver.WriteAsync(offset, buffer, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                        if (NeedsFlushAfter(flags))
+                        {
+                            await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                        }
+                    }
+                    finally
+                    {
+                        _serialising.ExitPlain();
+                    }
+                }
+                else
+                {
+                    await WritePipelinedAsync(offset, WriteSource.Of(buffer), flags, cancellationToken).ConfigureAwait(false);
                 }
             }
             catch (Exception ex) when (IsForeign(ex))
@@ -507,10 +526,24 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.WriteVectorAsync(offset, buffers, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
-                if (NeedsFlushAfter(flags))
+                if (Fits(offset, length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
                 {
-                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        await Driver.WriteVectorAsync(offset, buffers, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                        if (NeedsFlushAfter(flags))
+                        {
+                            await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                        }
+                    }
+                    finally
+                    {
+                        _serialising.ExitPlain();
+                    }
+                }
+                else
+                {
+                    await WritePipelinedAsync(offset, WriteSource.Of(buffers), flags, cancellationToken).ConfigureAwait(false);
                 }
             }
             catch (Exception ex) when (IsForeign(ex))
@@ -541,10 +574,24 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.WriteZeroesAsync(offset, length, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
-                if (NeedsFlushAfter(flags))
+                if (Fits(offset, length, Driver.Limits.MaxWriteZeroes) && _serialising.TryEnterPlain())
                 {
-                    await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        await Driver.WriteZeroesAsync(offset, length, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                        if (NeedsFlushAfter(flags))
+                        {
+                            await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                        }
+                    }
+                    finally
+                    {
+                        _serialising.ExitPlain();
+                    }
+                }
+                else
+                {
+                    await WriteZeroesPipelinedAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
                 }
             }
             catch (Exception ex) when (IsForeign(ex))
@@ -575,7 +622,21 @@ public sealed class BlockNode : IEdgeParent
 
             try
             {
-                await Driver.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
+                if (Fits(offset, length, Driver.Limits.MaxDiscard) && _serialising.TryEnterPlain())
+                {
+                    try
+                    {
+                        await Driver.DiscardAsync(offset, length, cancellationToken).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        _serialising.ExitPlain();
+                    }
+                }
+                else
+                {
+                    await DiscardPipelinedAsync(offset, length, cancellationToken).ConfigureAwait(false);
+                }
             }
             catch (Exception ex) when (IsForeign(ex))
             {

@@ -296,12 +296,14 @@ sealed class NbdConnection : IAsyncDisposable
             Writer.Write(bytes);
         }
 
-        // Block sizes, always: any alignment works (the node bounces what O_DIRECT cannot take), 4 KiB is
-        // preferred, and a request carries at most NbdTransmission.MaxPayload bytes.
+        // Block sizes, always. Minimum 1: the node pads any byte range to its driver's alignment. Preferred:
+        // that alignment, at least 4 KiB, so that a client that follows it never makes the node
+        // read-modify-write (QEMU advertises the same). Maximum: the payload limit; the node cuts what its
+        // driver cannot take in one piece.
         NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.Info, 14);
         NbdWire.WriteUInt16(Writer, (ushort)NbdInfo.BlockSize);
         NbdWire.WriteUInt32(Writer, 1);
-        NbdWire.WriteUInt32(Writer, 4096);
+        NbdWire.WriteUInt32(Writer, (uint)Math.Max(4096, export.Edge.Node.Limits.RequestAlignment));
         NbdWire.WriteUInt32(Writer, NbdTransmission.MaxPayload);
         await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
         return option == NbdOption.Go ? (true, export) : (false, null);

@@ -7,7 +7,8 @@ namespace BlockMirror.Nbd.Server;
 /// <param name="Name">The name clients ask for; defaults to the node name.</param>
 /// <param name="Writable">Whether clients may write.</param>
 /// <param name="Description">Free text shown by NBD_INFO_DESCRIPTION and in export lists.</param>
-public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null);
+/// <param name="Writethrough">Every write and write-zeroes is made durable before its reply (QMP's <c>writethrough</c>).</param>
+public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null, bool Writethrough = false);
 
 /// <summary>
 /// One export: a root parent of its node, so that requests go through the graph (a running mirror sees
@@ -21,6 +22,7 @@ public sealed class NbdExport : IEdgeParent
         Name = name;
         Writable = options.Writable;
         Description = options.Description;
+        Writethrough = options.Writethrough;
     }
 
     public string Id { get; }
@@ -30,6 +32,9 @@ public sealed class NbdExport : IEdgeParent
     public bool Writable { get; }
 
     public string? Description { get; }
+
+    /// <summary>Writes carry FUA whether or not the client asked for it.</summary>
+    public bool Writethrough { get; }
 
     /// <summary>The edge requests travel; set once the export is attached.</summary>
     public NodeEdge Edge { get; internal set; } = null!;

@@ -91,7 +91,10 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 {
                     if (request.Length > MaxPayload)
                     {
-                        // Skipping that much unread payload is not worth trusting the client with: close.
+                        // Skipping that much unread payload is not worth trusting the client with: say why in an
+                        // error reply, then close (QEMU does the same). The finally below waits for the reply.
+                        await _slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+                        QueueError(request, NbdError.EINVAL, $"write payload of {request.Length} bytes is over the limit of {MaxPayload}");
                         throw new NbdProtocolException($"write payload of {request.Length} bytes is over the limit of {MaxPayload}");
                     }
 
@@ -112,17 +115,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                     throw;
                 }
 
-                if (request.Command is NbdCommand.Read or NbdCommand.Write)
-                {
-                    // Runs on this thread until the I/O is submitted, then the loop reads on.
-                    _ = ServeAsync(request, payload);
-                }
-                else
-                {
-                    // Trim, write-zeroes and block status make blocking system calls (fallocate, lseek)
-                    // before their first await, and flush is rare: keep them off the request loop.
-                    _ = Task.Run(() => ServeAsync(request, payload), CancellationToken.None);
-                }
+                // Runs on this thread until the request reaches its first wait (the file driver makes every
+                // blocking system call on its I/O threads), then the loop reads on.
+                _ = ServeAsync(request, payload);
             }
         }
         finally
@@ -198,9 +193,13 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 queued = true;
             }
         }
-        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or InvalidOperationException)
+        catch (Exception ex)
         {
-            // The node went away with the connection: no reply, the reader loop ends the connection.
+            // Whatever went wrong, the client gets an answer rather than a request that never completes: a
+            // node that went away, a cancelled request, a bug. If the connection is gone too, the sender
+            // finds it broken and drops the reply.
+            QueueError(request, ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO, ex.Message);
+            queued = true;
         }
         finally
         {
@@ -253,7 +252,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
         var size = (ulong)_edge.Node.Length;
         if (request.Command != NbdCommand.Flush && (request.Offset > size || request.Length > size - request.Offset))
         {
-            return (NbdError.EINVAL, $"request [{request.Offset}, +{request.Length}) runs past the end of the export ({size} bytes)");
+            // The errno the NBD spec asks for and QEMU and nbdkit send: no space for data, invalid otherwise.
+            var error = request.Command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.ENOSPC : NbdError.EINVAL;
+            return (error, $"request [{request.Offset}, +{request.Length}) runs past the end of the export ({size} bytes)");
         }
 
         if (request.Command == NbdCommand.BlockStatus && (!allocationContext || request.Length == 0))
@@ -268,7 +269,10 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     {
         var offset = (long)request.Offset;
         var length = (int)Math.Min(request.Length, int.MaxValue);
-        var fua = (request.Flags & NbdCommandFlags.Fua) != 0 ? RequestFlags.Fua : RequestFlags.None;
+        // A writethrough export makes every write durable before it is acknowledged (QEMU turns the
+        // export's write cache off, which adds FUA to every write and write-zeroes).
+        var fua = (request.Flags & NbdCommandFlags.Fua) != 0 || export.Writethrough && request.Command is NbdCommand.Write or NbdCommand.WriteZeroes
+            ? RequestFlags.Fua : RequestFlags.None;
         switch (request.Command)
         {
             case NbdCommand.Read:

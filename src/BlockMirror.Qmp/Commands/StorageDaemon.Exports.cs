@@ -46,7 +46,8 @@ public sealed partial class StorageDaemon
             var name = arguments.OptionalString("name");
             var description = arguments.OptionalString("description");
             var writable = arguments.OptionalBool("writable") ?? false;
-            arguments.Accept("writethrough", "iothread", "fixed-iothread", "allocation-depth", "bitmaps");
+            var writethrough = arguments.OptionalBool("writethrough") ?? false;
+            arguments.Accept("iothread", "fixed-iothread", "allocation-depth", "bitmaps");
             arguments.CheckNoneUnexpected();
             if (type != "nbd")
             {
@@ -60,7 +61,7 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic($"Block export id '{id}' is already in use");
             }
 
-            server.AddExport(node, new NbdExportOptions(id, name, writable, description));
+            server.AddExport(node, new NbdExportOptions(id, name, writable, description, writethrough));
             return ValueTask.FromResult(Empty);
         });
 

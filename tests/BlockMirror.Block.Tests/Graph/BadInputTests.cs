@@ -101,26 +101,6 @@ public sealed class BadInputTests : IDisposable
     }
 
     [Fact]
-    public async Task An_unaligned_request_to_an_O_DIRECT_node_is_refused_and_writes_nothing()
-    {
-        var (graph, disk) = await OpenAsync(direct: true);
-        await using (graph)
-        {
-            Assert.Equal(FileDriver.DirectAlignment, disk.Node.Limits.RequestAlignment);
-            var ex = await Assert.ThrowsAsync<BlockIOException>(async () => await disk.WriteAsync(100, new byte[4096]));
-            Assert.Equal(BlockErrno.EINVAL, ex.Errno);
-            Assert.Equal(
-                "node 'disk': write at offset 100 length 4096: request is not aligned to the node's request alignment of 4096 bytes",
-                ex.Message);
-
-            var lengthEx = await Assert.ThrowsAsync<BlockIOException>(async () => await disk.ReadAsync(4096, new byte[1000]));
-            Assert.Contains("not aligned", lengthEx.Message);
-        }
-
-        AssertUnchanged();
-    }
-
-    [Fact]
     public async Task A_file_that_does_not_exist_is_a_clear_open_error_and_adds_no_node()
     {
         await using var graph = new BlockGraph();

@@ -6,7 +6,10 @@ namespace BlockMirror.Block.Drivers.Blkdebug;
 /// <summary>Options of the blkdebug filter.</summary>
 /// <param name="Rules">Rules active from the start.</param>
 /// <param name="Align">Request alignment to impose on parents (QEMU's <c>align</c>), 0 for the child's.</param>
-public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, int Align = 0);
+/// <param name="MaxTransfer">Largest read or write to accept (QEMU's <c>max-transfer</c>), 0 for the child's.</param>
+/// <param name="MaxWriteZeroes">Largest write-zeroes to accept (QEMU's <c>max-write-zero</c>), 0 for the child's.</param>
+/// <param name="MaxDiscard">Largest discard to accept (QEMU's <c>max-discard</c>), 0 for the child's.</param>
+public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, int Align = 0, int MaxTransfer = 0, long MaxWriteZeroes = 0, long MaxDiscard = 0);
 
 /// <summary>
 /// A filter that fails chosen requests (QEMU's blkdebug, nbdkit's error filter). Each request is checked
@@ -27,9 +30,16 @@ public sealed class BlkdebugFilter : FilterDriver
         : base(child)
     {
         _nodeName = nodeName;
-        if (options.Align > 0)
+        if (options.Align > 0 || options.MaxTransfer > 0 || options.MaxWriteZeroes > 0 || options.MaxDiscard > 0)
         {
-            _limits = child.Node.Limits with { RequestAlignment = Math.Max(options.Align, child.Node.Limits.RequestAlignment) };
+            var limits = child.Node.Limits;
+            _limits = limits with
+            {
+                RequestAlignment = Math.Max(options.Align, limits.RequestAlignment),
+                MaxTransfer = options.MaxTransfer > 0 ? Math.Min(options.MaxTransfer, limits.MaxTransfer) : limits.MaxTransfer,
+                MaxWriteZeroes = options.MaxWriteZeroes > 0 ? Math.Min(options.MaxWriteZeroes, limits.MaxWriteZeroes) : limits.MaxWriteZeroes,
+                MaxDiscard = options.MaxDiscard > 0 ? Math.Min(options.MaxDiscard, limits.MaxDiscard) : limits.MaxDiscard,
+            };
         }
 
         foreach (var rule in options.Rules ?? [])
@@ -45,6 +55,13 @@ public sealed class BlkdebugFilter : FilterDriver
         if (options.Align < 0 || (options.Align > 0 && !System.Numerics.BitOperations.IsPow2(options.Align)))
         {
             throw new ArgumentException($"blkdebug: align must be a power of 2, got {options.Align}");
+        }
+
+        var align = Math.Max(1, options.Align);
+        if (options.MaxTransfer < 0 || options.MaxTransfer % align != 0 || options.MaxWriteZeroes < 0 || options.MaxWriteZeroes % align != 0 ||
+            options.MaxDiscard < 0 || options.MaxDiscard % align != 0)
+        {
+            throw new ArgumentException($"blkdebug: max-transfer, max-write-zero and max-discard must be multiples of align ({align})");
         }
 
         return graph.CreateNodeAsync(nodeName, readOnly, (node, _) =>
@@ -103,9 +120,17 @@ public sealed class BlkdebugFilter : FilterDriver
         }
     }
 
-    /// <summary>Throws the injected error if a rule fires for this request.</summary>
+    /// <summary>
+    /// Throws EIO when a request breaks the limits this filter declares (the pipeline above must never send
+    /// one; QEMU's blkdebug asserts the same), then the injected error if a rule fires for this request.
+    /// </summary>
     void Check(BlockOperation operation, long offset, long length)
     {
+        if (_limits is { } limits)
+        {
+            CheckLimits(limits, operation, offset, length);
+        }
+
         BlkdebugRule? fired = null;
         lock (_lock)
         {
@@ -138,6 +163,34 @@ public sealed class BlkdebugFilter : FilterDriver
             Interlocked.Increment(ref _injected);
             throw BlockIOException.Create(fired.Errno, _nodeName, operation, offset, length,
                 $"{fired.Errno.Describe()} (injected by blkdebug rule {fired})");
+        }
+    }
+
+    void CheckLimits(BlockLimits limits, BlockOperation operation, long offset, long length)
+    {
+        long max;
+        switch (operation)
+        {
+            case BlockOperation.Read or BlockOperation.Write:
+                max = limits.MaxTransfer;
+                break;
+            case BlockOperation.WriteZeroes:
+                max = limits.MaxWriteZeroes;
+                break;
+            case BlockOperation.Discard:
+                max = limits.MaxDiscard;
+                break;
+            default:
+                // Flush, truncate and block status are not data requests the limits apply to.
+                return;
+        }
+
+        var alignment = limits.RequestAlignment;
+        var aligned = offset % alignment == 0 && ((offset + length) % alignment == 0 || offset + length == Length);
+        if (length > max || !aligned)
+        {
+            throw BlockIOException.Create(BlockErrno.EIO, _nodeName, operation, offset, length,
+                $"request breaks the node's limits (align {alignment}, max {max})");
         }
     }
 

@@ -10,13 +10,15 @@ namespace BlockMirror.Block.Drivers.File;
 
 /// <summary>
 /// The <c>file</c> protocol driver: a regular file through positional I/O (<see cref="RandomAccess"/>) on a
-/// <see cref="SafeFileHandle"/>, the blocking calls made by <see cref="FileIoThreads"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
-/// with fallocate; flush with fdatasync; optional O_DIRECT.
+/// <see cref="SafeFileHandle"/>; block status from lseek SEEK_DATA/SEEK_HOLE; write-zeroes and discard
+/// with fallocate; flush with fdatasync; optional O_DIRECT. Every one of those blocking calls is made by
+/// <see cref="FileIoThreads"/>, never on the caller's thread.
 /// </summary>
 /// <remarks>
-/// <para>With <c>cache.direct</c> the node demands 4 KiB aligned offsets and lengths (the largest logical
-/// block size in use, so it is right on every device), and buffers whose address is not 4 KiB aligned go
-/// through a pooled aligned bounce buffer.</para>
+/// <para>With <c>cache.direct</c> the driver declares a 4 KiB request alignment (the largest logical block
+/// size in use, so it is right on every device); the node pads any other request to it, so users still
+/// send any byte range. Buffers whose address is not 4 KiB aligned go through a pooled aligned bounce
+/// buffer.</para>
 /// <para>fallocate modes are tried in order of preference and a mode the file system refuses
 /// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
 /// then writing zero buffers unless the caller asked for no fallback.</para>
@@ -470,13 +472,13 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     {
         ForgetDataRun();
         if ((flags & RequestFlags.MayUnmap) != 0 && Capabilities.CanUnmapOnZero && !_punchUnsupported &&
-            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _punchUnsupported))
+            await TryFallocateAsync(PunchHole, offset, length, BlockOperation.WriteZeroes, cancellationToken).ConfigureAwait(false))
         {
             return;
         }
 
         if (!_zeroRangeUnsupported &&
-            TryFallocate(LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.WriteZeroes, ref _zeroRangeUnsupported))
+            await TryFallocateAsync(ZeroRange, offset, length, BlockOperation.WriteZeroes, cancellationToken).ConfigureAwait(false))
         {
             return;
         }
@@ -503,32 +505,46 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         // Discard is advisory: with discard=ignore, or where holes cannot be punched, it does nothing.
         if (Capabilities.CanDiscard && !_punchUnsupported)
         {
-            TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length, BlockOperation.Discard, ref _punchUnsupported);
+            return PunchAsync(offset, length, cancellationToken);
         }
 
         return ValueTask.CompletedTask;
+
+        async ValueTask PunchAsync(long offset, long length, CancellationToken cancellationToken) =>
+            await TryFallocateAsync(PunchHole, offset, length, BlockOperation.Discard, cancellationToken).ConfigureAwait(false);
     }
 
+    const int PunchHole = LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE;
+    const int ZeroRange = LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE;
+
     /// <summary>
-    /// fallocate; false (and the mode remembered as unsupported) when the file system refuses the mode,
-    /// a block error for any other failure (ENOSPC from zero-range, EIO).
+    /// fallocate (<see cref="PunchHole"/> or <see cref="ZeroRange"/>) on an I/O thread; false (and the mode
+    /// remembered as unsupported) when the file system refuses the mode, a block error for any other
+    /// failure (ENOSPC from zero-range, EIO).
     /// </summary>
-    bool TryFallocate(int mode, long offset, long length, BlockOperation operation, ref bool unsupported)
+    async ValueTask<bool> TryFallocateAsync(int mode, long offset, long length, BlockOperation operation, CancellationToken cancellationToken)
     {
-        var failed = LibC.FAllocate(_handle, mode, offset, length) != 0;
-        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+        var errno = await Io.FallocateAsync(_handle, mode, offset, length, cancellationToken).ConfigureAwait(false);
 
         // Again after the call: a status query that ran while the hole was being punched may have cached
         // the state before it.
         ForgetDataRun();
-        if (!failed)
+        if (errno == 0)
         {
             return true;
         }
 
         if (errno is LibC.ENOTSUP or LibC.EINVAL)
         {
-            unsupported = true;
+            if (mode == PunchHole)
+            {
+                _punchUnsupported = true;
+            }
+            else
+            {
+                _zeroRangeUnsupported = true;
+            }
+
             return false;
         }
 
@@ -573,22 +589,32 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         var end = offset + length;
         if (Volatile.Read(ref _dataRun) is { } cached && offset >= cached.Start && offset < cached.End)
         {
-            return Status(BlockStatusFlags.Data, Math.Min(cached.End, end) - offset);
+            // Answered from the cache: no system call, so no trip to an I/O thread.
+            return Status(BlockStatusFlags.Data, offset, Math.Min(cached.End, end) - offset);
         }
 
+        return SeekStatusAsync(offset, length, cancellationToken);
+
+        static ValueTask<BlockStatus> Status(BlockStatusFlags flags, long offset, long length) =>
+            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, length, offset));
+    }
+
+    /// <summary>Asks the file system with lseek SEEK_DATA / SEEK_HOLE (on an I/O thread: they walk extents or the page cache).</summary>
+    async ValueTask<BlockStatus> SeekStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        var end = offset + length;
         long generation;
         lock (_dataRunLock)
         {
             generation = _holeGeneration;
         }
 
-        var data = LibC.LSeek(_handle, offset, LibC.SEEK_DATA);
+        var data = await Io.SeekAsync(_handle, offset, LibC.SEEK_DATA, cancellationToken).ConfigureAwait(false);
         if (data < 0)
         {
             // ENXIO: no data at or after offset, it sits in the trailing hole. Anything else: the file
             // system cannot tell, so claim data (safe: it gets copied, never skipped).
-            var errno = Marshal.GetLastPInvokeError();
-            return Status(errno == LibC.ENXIO ? BlockStatusFlags.Zero : BlockStatusFlags.Data, length);
+            return Status(-data == LibC.ENXIO ? BlockStatusFlags.Zero : BlockStatusFlags.Data, length);
         }
 
         if (data > offset)
@@ -596,7 +622,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             return Status(BlockStatusFlags.Zero, Math.Min(data, end) - offset);
         }
 
-        var hole = LibC.LSeek(_handle, offset, LibC.SEEK_HOLE);
+        var hole = await Io.SeekAsync(_handle, offset, LibC.SEEK_HOLE, cancellationToken).ConfigureAwait(false);
         if (hole <= offset)
         {
             // A racing punch-hole or an odd file system; data is the safe answer.
@@ -614,23 +640,20 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
         return Status(BlockStatusFlags.Data, Math.Min(hole, end) - offset);
 
-        ValueTask<BlockStatus> Status(BlockStatusFlags flags, long length) =>
-            ValueTask.FromResult(new BlockStatus(flags | BlockStatusFlags.OffsetValid, length, offset));
+        BlockStatus Status(BlockStatusFlags flags, long length) => new(flags | BlockStatusFlags.OffsetValid, length, offset);
     }
 
-    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
+    public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
         ForgetDataRun();
-        var failed = LibC.FTruncate(_handle, length) != 0;
-        var errno = failed ? Marshal.GetLastPInvokeError() : 0;
+        var errno = await Io.RunAsync(_handle, handle => LibC.FTruncate(handle, length) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
         ForgetDataRun();
-        if (failed)
+        if (errno != 0)
         {
             throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Truncate, 0, length, $"ftruncate: {LibC.Describe(errno)}");
         }
 
         Volatile.Write(ref _length, length);
-        return ValueTask.CompletedTask;
     }
 
     /// <inheritdoc/>

@@ -7,7 +7,8 @@ namespace BlockMirror.Block.Drivers.File;
 
 /// <summary>
 /// The threads that make the file driver's blocking system calls (pread, pwrite, their vectored forms,
-/// fdatasync), as QEMU's thread pool (<c>util/thread-pool.c</c>) does for <c>aio=threads</c>.
+/// fdatasync, fallocate, lseek, ftruncate), as QEMU's thread pool (<c>util/thread-pool.c</c>) does for
+/// <c>aio=threads</c>: no caller blocks its own thread on the file system, and none needs Task.Run.
 /// </summary>
 /// <remarks>
 /// <para>A call goes to the queue and wakes the thread that went idle last (its stack and cache are
@@ -86,6 +87,26 @@ sealed class FileIoThreads
         var operation = Rent();
         operation.SetWriteVector(handle, buffers, offset, cancellationToken);
         var task = new ValueTask(operation, operation.Version);
+        Submit(operation);
+        return task;
+    }
+
+    /// <summary>fallocate on an I/O thread: 0, or the errno it failed with.</summary>
+    public ValueTask<int> FallocateAsync(SafeFileHandle handle, int mode, long offset, long length, CancellationToken cancellationToken)
+    {
+        var operation = Rent();
+        operation.SetFallocate(handle, mode, offset, length, cancellationToken);
+        var task = new ValueTask<int>(operation, operation.Version);
+        Submit(operation);
+        return task;
+    }
+
+    /// <summary>lseek on an I/O thread: the new position, or minus the errno it failed with.</summary>
+    public ValueTask<long> SeekAsync(SafeFileHandle handle, long offset, int whence, CancellationToken cancellationToken)
+    {
+        var operation = Rent();
+        operation.SetSeek(handle, offset, whence, cancellationToken);
+        var task = new ValueTask<long>(operation, operation.Version);
         Submit(operation);
         return task;
     }
@@ -254,6 +275,8 @@ sealed class FileIoThreads
             ReadVector,
             Write,
             WriteVector,
+            Fallocate,
+            Seek,
             Call,
         }
 
@@ -262,6 +285,10 @@ sealed class FileIoThreads
         Kind _kind;
         SafeFileHandle? _handle;
         long _offset;
+
+        // fallocate's length; fallocate's mode or lseek's whence.
+        long _length;
+        int _mode;
         Memory<byte> _buffer;
         IReadOnlyList<Memory<byte>>? _readBuffers;
         IReadOnlyList<ReadOnlyMemory<byte>>? _writeBuffers;
@@ -287,6 +314,19 @@ sealed class FileIoThreads
         {
             Set(Kind.WriteVector, handle, default, offset, cancellationToken);
             _writeBuffers = buffers;
+        }
+
+        public void SetFallocate(SafeFileHandle handle, int mode, long offset, long length, CancellationToken cancellationToken)
+        {
+            Set(Kind.Fallocate, handle, default, offset, cancellationToken);
+            _mode = mode;
+            _length = length;
+        }
+
+        public void SetSeek(SafeFileHandle handle, long offset, int whence, CancellationToken cancellationToken)
+        {
+            Set(Kind.Seek, handle, default, offset, cancellationToken);
+            _mode = whence;
         }
 
         public void SetCall(SafeFileHandle handle, Func<SafeFileHandle, int> call, CancellationToken cancellationToken)
@@ -326,6 +366,17 @@ sealed class FileIoThreads
                         break;
                     case Kind.WriteVector:
                         RandomAccess.Write(handle, _writeBuffers!, _offset);
+                        break;
+                    case Kind.Fallocate:
+                        result = LibC.FAllocate(handle, _mode, _offset, _length) == 0 ? 0 : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                        break;
+                    case Kind.Seek:
+                        result = LibC.LSeek(handle, _offset, _mode);
+                        if (result < 0)
+                        {
+                            result = -System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                        }
+
                         break;
                     case Kind.Call:
                         result = _call!(handle);

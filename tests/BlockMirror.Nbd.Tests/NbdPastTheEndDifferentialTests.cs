@@ -1,0 +1,165 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using BlockMirror.Nbd.Protocol;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Nbd.Tests;
+
+/// <summary>
+/// Requests past the end of an export, sent byte for byte the same to our server, to nbdkit and to
+/// qemu-storage-daemon 7.2: our errnos are the NBD spec's (ENOSPC for WRITE and WRITE_ZEROES, EINVAL
+/// otherwise), which nbdkit sends too. qemu-storage-daemon 7.2 decides ENOSPC for the writes but replies
+/// EINVAL to every request it refuses before running it (nbd_trip sends -EINVAL whatever the check
+/// returned), so it differs exactly there.
+/// </summary>
+public sealed class NbdPastTheEndDifferentialTests
+{
+    const long Size = 1 << 20;
+
+    static readonly (NbdCommand Command, ulong Offset, uint Length)[] Requests =
+    [
+        (NbdCommand.Read, Size - 512, 1024),
+        (NbdCommand.Read, Size + 1, 0),
+        (NbdCommand.Write, Size, 512),
+        (NbdCommand.Write, Size - 1, 2),
+        (NbdCommand.WriteZeroes, 0, (uint)Size + 1),
+        (NbdCommand.WriteZeroes, Size + 4096, 4096),
+        (NbdCommand.Trim, Size + 4096, 4096),
+        (NbdCommand.Cache, Size, 1),
+        (NbdCommand.Read, 0, 512),
+    ];
+
+    static readonly NbdError[] Spec =
+        [NbdError.EINVAL, NbdError.EINVAL, NbdError.ENOSPC, NbdError.ENOSPC, NbdError.ENOSPC, NbdError.ENOSPC, NbdError.EINVAL, NbdError.EINVAL, NbdError.None];
+
+    [Fact]
+    public async Task Ours_are_the_specs()
+    {
+        await using var nbd = await NbdFixture.StartAsync(Size);
+        Assert.Equal(Spec, await SendAllAsync(nbd.Port, NbdFixture.ExportName).WaitAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    [SkippableFact]
+    public async Task Nbdkit_sends_the_same()
+    {
+        var nbdkit = ExternalTool.Require("nbdkit");
+        var errors = await ErrnosFromDaemonAsync(nbdkit, port => ["-f", "-i", "127.0.0.1", "-p", $"{port}", "-e", "disk", "memory", $"{Size}"])
+            .WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(Spec, errors);
+    }
+
+    [SkippableFact]
+    public async Task Qemu_storage_daemon_7_2_differs_only_in_sending_einval_for_the_writes()
+    {
+        var qsd = ExternalTool.Require("qemu-storage-daemon");
+        using var dir = new TempDirectory("blockmirror-qsd-");
+        var path = dir.File("disk.raw");
+        await using (var stream = new FileStream(path, FileMode.CreateNew))
+        {
+            stream.SetLength(Size);
+        }
+
+        var errors = await ErrnosFromDaemonAsync(qsd, port =>
+        [
+            "--blockdev", $"driver=file,node-name=disk,filename={path}",
+            "--nbd-server", $"addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+            "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on",
+        ]).WaitAsync(TimeSpan.FromSeconds(30));
+        var expected = Spec.Select(e => e == NbdError.ENOSPC ? NbdError.EINVAL : e);
+        Assert.Equal(expected, errors);
+    }
+
+    /// <summary>
+    /// Starts the daemon on a free port and sends the requests. The free port is only free when asked for:
+    /// a daemon that cannot start, or that drops the first connection, gets two more tries on new ports.
+    /// </summary>
+    static async Task<NbdError[]> ErrnosFromDaemonAsync(string tool, Func<int, string[]> arguments)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            var port = FreePort();
+            var start = new ProcessStartInfo(tool) { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
+            foreach (var argument in arguments(port))
+            {
+                start.ArgumentList.Add(argument);
+            }
+
+            using var process = Process.Start(start)!;
+            try
+            {
+                await WaitForPortAsync(port, process);
+                return await SendAllAsync(port, "disk");
+            }
+            catch (Exception e) when (attempt < 3 && e is DaemonGoneException or IOException or System.Net.Sockets.SocketException)
+            {
+            }
+            finally
+            {
+                if (!process.HasExited)
+                {
+                    process.Kill();
+                }
+
+                await process.WaitForExitAsync();
+            }
+        }
+    }
+
+    sealed class DaemonGoneException(string message) : Exception(message);
+
+    static async Task<NbdError[]> SendAllAsync(int port, string export)
+    {
+        await using var client = await RawNbdClient.ConnectAsync(port);
+        await client.GoAsync(export);
+        var errors = new List<NbdError>();
+        ulong cookie = 1;
+        foreach (var (command, offset, length) in Requests)
+        {
+            var payload = command == NbdCommand.Write ? new byte[length] : null;
+            await client.SendRequestAsync(command, offset, length, cookie, payload: payload);
+            var (error, replied) = await client.ReadSimpleReplyAsync();
+            Assert.Equal(cookie++, replied);
+            if (command == NbdCommand.Read && error == NbdError.None)
+            {
+                await client.ReadAsync((int)length);
+            }
+
+            errors.Add(error);
+        }
+
+        return [.. errors];
+    }
+
+    static int FreePort()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
+    }
+
+    static async Task WaitForPortAsync(int port, Process process)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (true)
+        {
+            if (process.HasExited)
+            {
+                throw new DaemonGoneException($"{process.StartInfo.FileName} exited with {process.ExitCode}: {await process.StandardError.ReadToEndAsync()}");
+            }
+
+            try
+            {
+                using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+                return;
+            }
+            catch (SocketException) when (DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(50);
+            }
+        }
+    }
+}
