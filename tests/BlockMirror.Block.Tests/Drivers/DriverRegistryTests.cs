@@ -48,6 +48,29 @@ public sealed class DriverRegistryTests : IDisposable
         Assert.Empty(graph.Nodes);
     }
 
+    [Fact]
+    public async Task Blkdebug_declares_the_limits_it_enforces_and_the_node_above_cuts_requests_to_them()
+    {
+        await using var graph = new BlockGraph();
+        using var document = JsonDocument.Parse("""
+            {"driver": "blkdebug", "node-name": "dbg", "align": 512, "max-transfer": 4096, "max-write-zero": 8192, "max-discard": 8192,
+             "image": {"driver": "null-co", "size": 1048576, "read-zeroes": true}}
+            """);
+        var node = await DriverRegistry.OpenAsync(graph, new OptionReader(document.RootElement), OpenRules.BlockdevAdd);
+        Assert.Equal(4096, node.Driver.Limits.MaxTransfer);
+        Assert.Equal(512, node.Driver.Limits.RequestAlignment);
+
+        // blkdebug fails a request that breaks its limits: these pass only because the node cuts and pads them.
+        var edge = graph.AttachRoot(node, new RootParent("test"));
+        await edge.ReadAsync(100, new byte[65536]);
+        await edge.WriteAsync(3, new byte[20000]);
+        await edge.WriteZeroesAsync(1, 100_000);
+
+        Assert.Equal("Parameter 'max-transfer' expects int32", await RefusalAsync(graph, """
+            {"driver": "blkdebug", "node-name": "big", "max-transfer": 4294967296, "image": {"driver": "null-co"}}
+            """));
+    }
+
     [Theory]
     [InlineData("""{"driver": "null-co", "node-name": "n", "size": "big"}""", "Parameter 'size' expects integer")]
     [InlineData("""{"driver": "null-co", "node-name": "n", "read-zeroes": "maybe"}""", "Parameter 'read-zeroes' expects 'on' or 'off'")]

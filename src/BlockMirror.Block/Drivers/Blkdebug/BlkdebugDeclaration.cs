@@ -12,13 +12,24 @@ static class BlkdebugDeclaration
     static NodeOpener Read(NodeOptions node)
     {
         var image = node.Child("image");
-        var options = new BlkdebugOptions(Rules(node.Options), (int)(node.Options.OptionalUnsigned("align") ?? 0));
+        // QEMU's limits a blkdebug node declares (align, max-transfer, max-write-zero, max-discard): the node
+        // above must pad and cut requests to them, and blkdebug fails those that break them.
+        var o = node.Options;
+        var options = new BlkdebugOptions(Rules(o), Int32(o, "align"), Int32(o, "max-transfer"), Int32(o, "max-write-zero"), Int32(o, "max-discard"));
         return async opening =>
         {
             var child = await opening.OpenChildAsync(image).ConfigureAwait(false);
             return await BlkdebugFilter.OpenAsync(opening.Graph, node.NodeName, child, options, node.ReadOnly, opening.CancellationToken).ConfigureAwait(false);
         };
     }
+
+    /// <summary>A size QAPI types as int32 (0 when absent); a larger one is refused as QEMU's visitor refuses it.</summary>
+    static int Int32(OptionReader options, string name) => options.OptionalUnsigned(name) switch
+    {
+        null => 0,
+        <= int.MaxValue and var value => (int)value,
+        _ => throw options.Invalid($"Parameter '{options.Prefix}{name}' expects int32"),
+    };
 
     /// <summary><c>inject-error</c>: a list of event (read_aio, write_aio, flush_to_disk...), errno, sector, once, immediately.</summary>
     static List<BlkdebugRule>? Rules(OptionReader options)
