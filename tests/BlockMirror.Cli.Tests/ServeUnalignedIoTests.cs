@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Cli.Tests;
@@ -54,42 +53,19 @@ public sealed class ServeUnalignedIoTests : IDisposable
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", reference, Size);
         await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. Writes.SelectMany(c => new[] { "-c", c }), reference]);
 
-        var socket = _dir.File("qmp.sock");
-        var nbd = _dir.File("nbd.sock");
-        using var daemon = Process.Start(BlockMirrorCli.StartInfo(
-        [
-            "serve",
-            "--blockdev", $"driver={format},node-name=disk,file.driver=file,file.filename={image},file.cache.direct=on",
-            "--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0",
-            "--nbd-server", $"addr.type=unix,addr.path={nbd}",
-            "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on",
-        ]))!;
-        var stderr = daemon.StandardError.ReadToEndAsync();
-        try
-        {
-            await using var qmp = await QmpClient.ConnectAsync(socket);
-            var uri = $"nbd+unix:///disk?socket={nbd}";
-            var written = await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. Writes.SelectMany(c => new[] { "-c", c }), uri]);
-            Assert.DoesNotContain("error", written, StringComparison.OrdinalIgnoreCase);
-            var read = await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. Reads.SelectMany(c => new[] { "-c", c }), uri]);
-            Assert.DoesNotContain("Pattern verification failed", read);
-            Assert.DoesNotContain("error", read, StringComparison.OrdinalIgnoreCase);
-
-            // Through the export, as a client sees it; then the image itself once the daemon is gone.
-            await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "raw", "-F", "raw", uri, reference);
-            await qmp.ExecuteAsync("quit");
-            Assert.True(daemon.WaitForExit(30_000), "the daemon did not exit after quit");
-        }
-        finally
-        {
-            if (!daemon.HasExited)
+        // The daemon as the differential tests start it: the node exported writable over a Unix socket.
+        await DifferentialDaemon.Ours().RunAsync(_dir.Path, ["--blockdev", $"driver={format},node-name=disk,file.driver=file,file.filename={image},file.cache.direct=on"],
+            "disk", async (qmp, uri) =>
             {
-                daemon.Kill(entireProcessTree: true);
-            }
+                var written = await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. Writes.SelectMany(c => new[] { "-c", c }), uri]);
+                Assert.DoesNotContain("error", written, StringComparison.OrdinalIgnoreCase);
+                var read = await ExternalTool.RunCheckedAsync("qemu-io", ["-f", "raw", .. Reads.SelectMany(c => new[] { "-c", c }), uri]);
+                Assert.DoesNotContain("Pattern verification failed", read);
+                Assert.DoesNotContain("error", read, StringComparison.OrdinalIgnoreCase);
 
-            await daemon.WaitForExitAsync();
-            _ = await stderr;
-        }
+                // Through the export, as a client sees it; then the image itself once the daemon is gone.
+                await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "raw", "-F", "raw", uri, reference);
+            });
 
         await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", format, "-F", "raw", image, reference);
         if (format == "qcow2")
