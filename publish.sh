@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the blockmirror command as users install it: one native executable, compiled ahead of time
-# (.NET Native AOT), into DIR (default: artifacts/blockmirror). Prints the executable's path last.
+# (.NET Native AOT), into DIR (relative to the current directory; default: the repository's
+# artifacts/blockmirror). Prints the executable's absolute path last.
 #
 #   ./publish.sh [DIR]
 #
@@ -12,8 +13,12 @@
 #
 # Native AOT links with clang (Debian package `clang`, installed here if missing; root or sudo).
 set -euo pipefail
+# DIR as the caller means it (relative to the caller's directory); the default is the repository's artifacts/.
+if [ $# -ge 1 ]; then
+  case $1 in /*) out=$1 ;; *) out=$PWD/$1 ;; esac
+fi
 cd "$(dirname "$0")"
-out=${1:-artifacts/blockmirror}
+out=${out:-$PWD/artifacts/blockmirror}
 
 if ! command -v clang >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -23,4 +28,4 @@ fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet publish src/BlockMirror.Cli -c Release -r linux-x64 -p:PublishAot=true -v quiet -nologo -o "$out" >&2
-echo "$PWD/$out/blockmirror"
+echo "$out/blockmirror"
