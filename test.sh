@@ -69,6 +69,21 @@ done
 
 failed=$((failed + publish_failed))
 
+# The differential suite's size, from the JIT run's reports (the native run repeats the command-line
+# tests): tests that run one input on qemu-storage-daemon 7.2 and on blockmirror serve and compare (their
+# class names say Differential, or they live under Iotests/), and of those the ports of QEMU's iotests.
+count_tests() { # pattern outcome-filter
+  find "$results" -name '*.trx' -not -path '*.native/*' -exec cat {} + | grep -o '<UnitTestResult [^>]*>' \
+    | grep -E "testName=\"[^\"]*($1)" | grep -c "$2"
+}
+if ls "$results"/*/*.trx >/dev/null 2>&1; then
+  diff_all=$(count_tests 'Differential|\.Iotests\.' 'outcome=')
+  diff_ok=$(count_tests 'Differential|\.Iotests\.' 'outcome="Passed"')
+  io_all=$(count_tests '\.Iotests\.' 'outcome=')
+  io_ok=$(count_tests '\.Iotests\.' 'outcome="Passed"')
+  echo "differential tests (same input on qemu-storage-daemon 7.2 and blockmirror): $diff_ok of $diff_all agree; ported iotest scenarios: $io_ok of $io_all agree"
+fi
+
 # A test host that crashed may leave no failure in any report; the exit status still tells.
 if [ $status -ne 0 ] && [ $failed -eq 0 ]; then
   echo "dotnet test exited with status $status without reporting a failed test (crashed or aborted test host)"
