@@ -113,6 +113,12 @@ static class ServeCommand
         daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
+
+        // Sockets are bound as their options come, so an address in use fails there, but no client is
+        // served before every option is applied and the pid file written: until then connections wait in
+        // the listen backlog. qemu-storage-daemon does the same (its main loop, which accepts, starts last),
+        // so a client that connects as soon as the socket exists finds every node and export in place.
+        var serving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         try
         {
             foreach (var setting in settings)
@@ -120,7 +126,7 @@ static class ServeCommand
                 switch (setting.Option)
                 {
                     case "--blockdev":
-                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, null), OpenRules.BlockdevAdd, cancellationToken);
+                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, "driver"), OpenRules.BlockdevAdd, cancellationToken);
                         break;
                     case "--chardev":
                         var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
@@ -131,14 +137,14 @@ static class ServeCommand
 
                         break;
                     case "--monitor":
-                        monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs));
+                        monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)));
+                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)), serving.Task);
                         break;
                     case "--export":
                         daemon.Commands.TryGet("block-export-add", out var add);
-                        await add(Arguments(setting.Value!, null), cancellationToken);
+                        await add(Arguments(setting.Value!, "type"), cancellationToken);
                         break;
                     case "--pidfile":
                         pidfile = setting.Value!;
@@ -170,6 +176,8 @@ static class ServeCommand
 
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
+
+        serving.SetResult();
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult(); });
