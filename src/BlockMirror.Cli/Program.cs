@@ -32,6 +32,7 @@ static class Program
         root.Subcommands.Add(MapCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(CompareCommand.Create());
-        return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
+        CommandLineRules.AddVersionOption(root);
+        return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
     }
 }
