@@ -47,16 +47,17 @@ static partial class CommandLineRules
             return await parse.InvokeAsync().ConfigureAwait(false);
         }
 
+        // A mistyped option first: it is what shifted the arguments after it ("create --qiet x 1G": '1G' is one too many).
+        if (FindStrayOption(parse) is { } stray)
+        {
+            return await RefuseAsync(parse, $"unrecognized option '{stray}'");
+        }
+
         if (parse.Errors.Count > 0)
         {
             // An unknown token says more than what it left missing ("Required command was not provided").
             var error = parse.Errors.FirstOrDefault(e => e.Message.StartsWith(Unrecognized, StringComparison.Ordinal)) ?? parse.Errors[0];
             return await RefuseAsync(parse, Describe(parse, error));
-        }
-
-        if (FindStrayOption(parse) is { } stray)
-        {
-            return await RefuseAsync(parse, $"unrecognized option '{stray}'");
         }
 
         return await parse.InvokeAsync().ConfigureAwait(false);

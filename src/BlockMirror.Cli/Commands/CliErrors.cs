@@ -66,7 +66,7 @@ static class CliErrors
     /// <summary>The second line qemu-img prints under some errors, e.g. who may hold an image's lock.</summary>
     static async Task WriteHintAsync(Exception ex)
     {
-        if (ex is BlockGraphException { Hint: { } hint })
+        if ((ex as BlockGraphException ?? ex.InnerException as BlockGraphException) is { Hint: { } hint })
         {
             await Console.Error.WriteLineAsync(hint);
         }
@@ -81,8 +81,8 @@ static class CliErrors
     }
 }
 
-/// <summary>A command line that parses but asks for something impossible.</summary>
-sealed class UsageException(string message) : Exception(message);
+/// <summary>A command line that parses but asks for something impossible (<paramref name="inner"/>: the error it comes from, which may carry a hint).</summary>
+sealed class UsageException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>An interrupt (exit status 130) with more to say than "interrupted", e.g. what it left behind.</summary>
 sealed class InterruptedException(string message) : OperationCanceledException(message);

@@ -5,7 +5,10 @@ using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -25,7 +28,7 @@ static class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--pidfile", "--daemonize"];
+    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
 
     public static Command Create()
     {
@@ -62,14 +65,15 @@ static class ServeCommand
             {
                 if (i + 1 >= tokens.Count)
                 {
-                    throw new UsageException($"option '{token}' needs an argument");
+                    throw new UsageException($"option '{token}' requires an argument");
                 }
 
                 (option, value) = (token, tokens[++i]);
             }
             else
             {
-                throw new UsageException($"unrecognized option '{token}' (known: {string.Join(", ", Known)})");
+                // getopt's words, as qemu-storage-daemon's; serve --help lists the options.
+                throw new UsageException(token.StartsWith('-') ? $"unrecognized option '{token}'" : $"{token}: Unexpected argument");
             }
 
             settings.Add(new Setting(option, value));
@@ -119,9 +123,9 @@ static class ServeCommand
         // the listen backlog. qemu-storage-daemon does the same (its main loop, which accepts, starts last),
         // so a client that connects as soon as the socket exists finds every node and export in place.
         var serving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        try
+        foreach (var setting in settings)
         {
-            foreach (var setting in settings)
+            try
             {
                 switch (setting.Option)
                 {
@@ -146,23 +150,27 @@ static class ServeCommand
                         daemon.Commands.TryGet("block-export-add", out var add);
                         await add(Arguments(setting.Value!, "type"), cancellationToken);
                         break;
+                    case "--object":
+                        // No QOM object type (secret, iothread, throttle-group, ...) is implemented: refused by name.
+                        var type = Arguments(setting.Value!, "qom-type").RequireString("qom-type");
+                        throw new UsageException($"object type '{type}' is not supported");
                     case "--pidfile":
                         pidfile = setting.Value!;
                         break;
                 }
             }
-        }
-        catch (QmpException ex)
-        {
-            throw new UsageException(ex.Message);
-        }
-        catch (SocketException ex)
-        {
-            throw new UsageException($"Failed to bind socket: {ex.Message}");
-        }
-        catch (JsonException ex)
-        {
-            throw new UsageException($"JSON parse error: {ex.Message}");
+            catch (Exception ex) when (ex is QmpException or SocketException or JsonException or UsageException or BlockOpenException
+                or BlockGraphException or BlockIOException or IOException or FormatException or ArgumentException)
+            {
+                // qemu-storage-daemon names the option it refuses: "--blockdev VALUE: what is wrong".
+                var message = ex switch
+                {
+                    SocketException => $"Failed to bind socket: {ex.Message}",
+                    JsonException => $"JSON parse error: {ex.Message}",
+                    _ => ex.Message,
+                };
+                throw new UsageException($"{setting.Option} {setting.Value}: {message}", ex);
+            }
         }
 
         if (pidfile is not null)

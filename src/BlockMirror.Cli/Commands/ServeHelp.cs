@@ -42,6 +42,10 @@ static class ServeHelp
                        [,max-connections=<n>]
                                  start an NBD server for exporting block nodes
 
+          --object <type>[,<property>=<value>...]
+                                 refused: no object type (secret, iothread, ...)
+                                 is implemented
+
           --pidfile <path>       write process ID to a file after startup
 
         Options are applied in the order given: an option may name what an earlier one
