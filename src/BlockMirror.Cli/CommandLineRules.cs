@@ -44,7 +44,7 @@ static partial class CommandLineRules
                 return 0;
             }
 
-            return await parse.InvokeAsync().ConfigureAwait(false);
+            return await parse.InvokeAsync(Invocation).ConfigureAwait(false);
         }
 
         // A mistyped option first: it is what shifted the arguments after it ("create --qiet x 1G": '1G' is one too many).
@@ -60,8 +60,16 @@ static partial class CommandLineRules
             return await RefuseAsync(parse, Describe(parse, error));
         }
 
-        return await parse.InvokeAsync().ConfigureAwait(false);
+        return await parse.InvokeAsync(Invocation).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// No signal handling by System.CommandLine: by default it cancels the action's token on SIGINT/SIGTERM and
+    /// ends the process itself two seconds later, whether or not a job is still being cancelled and its images
+    /// closed. The commands that write images handle both signals themselves (<see cref="Interrupts"/>,
+    /// <c>serve</c>) and take the time that needs; the others end by the signal, as qemu-img does.
+    /// </summary>
+    static readonly InvocationConfiguration Invocation = new() { ProcessTerminationTimeout = null };
 
     /// <summary>The version line, in qemu-img's <c>--version</c> form, and the copyright line.</summary>
     public static string VersionText

@@ -24,8 +24,9 @@ static class CliErrors
         }
         catch (OperationCanceledException ex)
         {
-            await Console.Error.WriteLineAsync($"blockmirror {command}: {(ex is InterruptedException ? ex.Message : "interrupted")}");
-            return 130;
+            // One line, then the shell's status for the signal (130 for SIGINT, 143 for SIGTERM).
+            await Console.Error.WriteLineAsync($"blockmirror {command}: {(ex is InterruptedException ? ex.Message : Interrupts.Word)}");
+            return Interrupts.ExitCode;
         }
     }
 
@@ -54,7 +55,7 @@ static class CliErrors
         }
         catch (OperationCanceledException)
         {
-            return await FailAsync(command, "interrupted", 130);
+            return await FailAsync(command, Interrupts.Word, Interrupts.ExitCode);
         }
         catch (Exception ex)
         {
