@@ -59,6 +59,23 @@ public sealed partial class CommandLineTests : IDisposable
         Assert.Empty(Directory.EnumerateFileSystemEntries(_dir.Path));
     }
 
+    [SkippableTheory]
+    [InlineData("raw")]
+    [InlineData("qcow2")]
+    public async Task A_file_that_cannot_be_created_is_named_in_qemu_imgs_words(string format)
+    {
+        var missing = _dir.File("no-such-dir/x.img");
+
+        var runs = await SideBySide.RunAsync("a directory that does not exist", _dir.Path, "create", "-q", "-f", format, missing, "1M");
+
+        Assert.Equal(1, runs.Qemu.ExitCode);
+        Assert.Equal(1, runs.Ours.ExitCode);
+        // "FILE: Could not create 'FILE': No such file or directory": never .NET's sentence nor a temporary name.
+        Assert.Equal(runs.Qemu.StandardError.Trim().Replace("qemu-img: ", "", StringComparison.Ordinal),
+            Assert.Single(runs.Ours.ErrorLines).Replace("blockmirror create: ", "", StringComparison.Ordinal));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_dir.Path));
+    }
+
     [Fact]
     public async Task After_a_double_dash_a_name_starting_with_a_dash_is_a_file()
     {
