@@ -33,6 +33,14 @@ static class Program
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(CompareCommand.Create());
         CommandLineRules.AddVersionOption(root);
-        return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
+        try
+        {
+            return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
+        }
+        finally
+        {
+            // On success, on error and after SIGINT/SIGTERM (which the commands turn into a cancellation).
+            Ui.TerminalState.Restore();
+        }
     }
 }
