@@ -166,7 +166,7 @@ static class ServeCommand
                 var message = ex switch
                 {
                     SocketException => $"Failed to bind socket: {ex.Message}",
-                    JsonException => $"JSON parse error: {ex.Message}",
+                    JsonException => $"JSON parse error, {ex.Message}",
                     _ => ex.Message,
                 };
                 throw new UsageException($"{setting.Option} {setting.Value}: {message}", ex);
