@@ -27,5 +27,12 @@ if ! command -v clang >/dev/null 2>&1; then
 fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
-dotnet publish src/BlockMirror.Cli -c Release -r linux-x64 -p:PublishAot=true -v quiet -nologo -o "$out" >&2
+# dotnet publish also writes side files next to the executable: the native debug symbols (blockmirror.dbg)
+# and each assembly's .pdb and XML documentation, none of which the executable reads. Publish into a
+# scratch directory and install the executable alone, so DIR holds what the README says: one file.
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+dotnet publish src/BlockMirror.Cli -c Release -r linux-x64 -p:PublishAot=true -v quiet -nologo -o "$staging" >&2
+mkdir -p "$out"
+install -m 755 "$staging/blockmirror" "$out/blockmirror"
 echo "$out/blockmirror"

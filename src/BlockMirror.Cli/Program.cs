@@ -32,6 +32,15 @@ static class Program
         root.Subcommands.Add(MapCommand.Create());
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(CompareCommand.Create());
-        return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
+        CommandLineRules.AddVersionOption(root);
+        try
+        {
+            return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
+        }
+        finally
+        {
+            // On success, on error and after SIGINT/SIGTERM (which the commands turn into a cancellation).
+            Ui.TerminalState.Restore();
+        }
     }
 }

@@ -135,4 +135,25 @@ public sealed class CommitCommandTests : IDisposable
 
         await QemuImages.AssertIdenticalAsync(views[0], views[1]);
     }
+
+    [SkippableFact]
+    public async Task A_terminated_commit_exits_143_with_one_line_and_the_top_still_reads_as_before()
+    {
+        ExternalTool.Require("qemu-io");
+        var @base = _dir.File("slow-base.qcow2");
+        var top = _dir.File("slow-top.qcow2");
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", @base, "32M");
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", "-b", "slow-base.qcow2", "-F", "qcow2", top);
+        await ExternalTool.RunCheckedAsync("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 16M", top);
+        var before = await ViewAsync(top, "before");
+
+        // 16 MiB at 2 MiB/s: signalled once the progress line shows it copying.
+        var result = await SignalledRun.RunAsync(BlockMirrorCli.StartInfo(["commit", "-p", "-r", "2M", top]),
+            line => System.Text.RegularExpressions.Regex.IsMatch(line, @"^\s*[1-9]\d* % "), "TERM");
+
+        Assert.True(result.ExitCode == 143, result.ToString());
+        Assert.Equal(["blockmirror commit: terminated"], result.ErrorLines);
+        await AssertSameViewAsync(top, before);
+        Assert.Equal(0, (await ExternalTool.RunAsync("qemu-img", ["check", "-q", @base])).ExitCode);
+    }
 }

@@ -35,17 +35,19 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
     /// Starts the daemon with <paramref name="blockdevs"/>, a monitor on <c>DIR/qmp.sock</c> and an NBD server
     /// on <c>DIR/nbd.sock</c> exporting <paramref name="exportNode"/> writable; runs the script (given the
     /// client and the export's NBD URI), sends quit and waits for the exit. Returns the events, in
-    /// <see cref="Describe"/>'s words.
+    /// <see cref="Describe"/>'s words. With <paramref name="impliedKeys"/> the monitor and export are given
+    /// without their first key (<c>mon0</c>, <c>nbd,...</c>, as the chardev's <c>socket,...</c> always is), as QEMU allows.
     /// </summary>
-    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script)
+    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script, bool impliedKeys = false)
     {
+        var (chardev, type) = impliedKeys ? ("", "") : ("chardev=", "type=");
         string[] arguments =
         [
             .. Prefix, .. blockdevs,
             "--chardev", $"socket,id=mon0,path={dir}/qmp.sock,server=on,wait=off",
-            "--monitor", "chardev=mon0",
+            "--monitor", $"{chardev}mon0",
             "--nbd-server", $"addr.type=unix,addr.path={dir}/nbd.sock",
-            "--export", $"type=nbd,id=exp0,node-name={exportNode},name={ExportName},writable=on",
+            "--export", $"{type}nbd,id=exp0,node-name={exportNode},name={ExportName},writable=on",
         ];
         var start = new ProcessStartInfo(Program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var argument in arguments)

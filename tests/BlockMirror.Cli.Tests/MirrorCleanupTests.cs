@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Diagnostics;
 using System.Text.RegularExpressions;
 using BlockMirror.TestKit;
 
@@ -76,43 +75,13 @@ public sealed partial class MirrorCleanupTests : IDisposable
     private static partial Regex ProgressPercent();
 
     /// <summary>
-    /// Starts a mirror slowed down by --speed, sends SIGINT once a progress line shows it copying, and
-    /// returns what the interrupted command printed and its exit status.
+    /// Starts a mirror slowed down by --speed, sends <paramref name="signal"/> once a progress line shows it
+    /// copying, and returns what the interrupted command printed and its exit status.
     /// </summary>
-    async Task<CliResult> InterruptedMirrorAsync(string source, string target, params string[] options)
-    {
-        ExternalTool.Require("kill");
-        var start = BlockMirrorCli.StartInfo(["mirror", "--speed", "2M", .. options, source, target]);
-        var clock = Stopwatch.StartNew();
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {start.FileName}");
-        var stderr = process.StandardError.ReadToEndAsync();
-        var stdout = new List<string>();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try
-        {
-            while (await process.StandardOutput.ReadLineAsync(timeout.Token) is { } line)
-            {
-                stdout.Add(line);
-                if (ProgressPercent().Match(line) is { Success: true } m && int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0)
-                {
-                    await ExternalTool.RunCheckedAsync("kill", "-INT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
-                    break;
-                }
-            }
-
-            stdout.Add(await process.StandardOutput.ReadToEndAsync(timeout.Token));
-            await process.WaitForExitAsync(timeout.Token);
-        }
-        finally
-        {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-            }
-        }
-
-        return new CliResult(process.ExitCode, string.Join('\n', stdout), await stderr, clock.Elapsed);
-    }
+    static Task<CliResult> InterruptedMirrorAsync(string source, string target, string signal, params string[] options) =>
+        SignalledRun.RunAsync(BlockMirrorCli.StartInfo(["mirror", "--speed", "2M", .. options, source, target]),
+            line => ProgressPercent().Match(line) is { Success: true } m && int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0,
+            signal);
 
     /// <summary>A 64 MiB sparse raw source with 16 MiB of data: 8 s at --speed 2M, long enough to be interrupted.</summary>
     async Task<string> SlowSourceAsync()
@@ -130,11 +99,25 @@ public sealed partial class MirrorCleanupTests : IDisposable
         var source = await SlowSourceAsync();
         var target = _dir.File(name);
 
-        var result = await InterruptedMirrorAsync(source, target);
+        var result = await InterruptedMirrorAsync(source, target, "INT");
 
         Assert.True(result.ExitCode == 130, result.ToString());
-        Assert.Equal("blockmirror mirror: interrupted", result.ErrorLines[^1]);
+        Assert.Equal(["blockmirror mirror: interrupted"], result.ErrorLines);
         Assert.False(File.Exists(target), $"the interrupted mirror left {target} behind");
+    }
+
+    [SkippableFact]
+    public async Task A_terminated_mirror_exits_143_with_one_line_and_removes_the_target_it_created()
+    {
+        var source = await SlowSourceAsync();
+        var target = _dir.File("copy.qcow2");
+
+        var result = await InterruptedMirrorAsync(source, target, "TERM");
+
+        Assert.True(result.ExitCode == 143, result.ToString());
+        Assert.Equal(["blockmirror mirror: terminated"], result.ErrorLines);
+        Assert.EndsWith("cancelled", result.OutputLines[^1], StringComparison.Ordinal);
+        Assert.False(File.Exists(target), $"the terminated mirror left {target} behind");
     }
 
     [SkippableFact]
@@ -144,7 +127,7 @@ public sealed partial class MirrorCleanupTests : IDisposable
         var target = _dir.File("existing.raw");
         await QemuImages.CreateAsync(target, "64M");
 
-        var result = await InterruptedMirrorAsync(source, target, "-O", "raw");
+        var result = await InterruptedMirrorAsync(source, target, "INT", "-O", "raw");
 
         Assert.True(result.ExitCode == 130, result.ToString());
         Assert.Equal($"blockmirror mirror: interrupted; TARGET '{target}' existed before and was kept: it holds a partial copy", result.ErrorLines[^1]);

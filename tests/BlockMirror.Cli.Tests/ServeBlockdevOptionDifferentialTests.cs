@@ -43,6 +43,10 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         "driver=raw,node-name=n,file=nope",
         "driver=null-co",
         "driver=file,node-name=n",
+        // The driver as the first, implied key.
+        "null-co,node-name=n,foo=1",
+        "bogus,node-name=n",
+        "file,node-name=n",
     };
 
     [SkippableFact]
@@ -65,10 +69,46 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
 
         Assert.Equal(1, theirs.ExitCode);
         Assert.Equal(1, ours.ExitCode);
-        // qemu-storage-daemon names the option it refuses; the message after that is the same.
-        var theirMessage = theirs.StandardError.Trim().Replace($"qemu-storage-daemon: --blockdev {blockdev}: ", "", StringComparison.Ordinal);
+        // Both name the option they refuse, then say the same.
+        var theirMessage = theirs.StandardError.Trim().Replace("qemu-storage-daemon: ", "", StringComparison.Ordinal);
         var ourMessage = ours.ErrorLines[0].Replace("blockmirror serve: ", "", StringComparison.Ordinal);
         Assert.Equal(theirMessage, ourMessage);
+    }
+
+    [SkippableFact]
+    public async Task The_first_key_may_be_left_out_where_qemu_storage_daemon_allows_it()
+    {
+        var theirs = await ImpliedKeyNodesAsync(DifferentialDaemon.Qsd());
+        var ours = await ImpliedKeyNodesAsync(DifferentialDaemon.Ours());
+
+        Assert.Equal(theirs, ours);
+        Assert.Equal(["disk raw", "f file", "n null-co", "export exp0 disk"], ours);
+    }
+
+    /// <summary>
+    /// <c>--blockdev DRIVER,...</c>, <c>--export nbd,...</c> and <c>--monitor NAME</c> (the first key implied):
+    /// the nodes (name and driver) and the export the daemon then has.
+    /// </summary>
+    async Task<List<string>> ImpliedKeyNodesAsync(DifferentialDaemon daemon)
+    {
+        var dir = Path.Combine(_dir.Path, $"implied-{daemon.Name}");
+        Directory.CreateDirectory(dir);
+        await File.WriteAllBytesAsync(Path.Combine(dir, "disk.raw"), new byte[1 << 20]);
+        var seen = new List<string>();
+        string[] blockdevs =
+        [
+            "--blockdev", $"file,filename={dir}/disk.raw,node-name=f",
+            "--blockdev", "raw,node-name=disk,file=f",
+            "--blockdev", "null-co,node-name=n,size=1048576",
+        ];
+        await daemon.RunAsync(dir, blockdevs, "disk", async (qmp, _) =>
+        {
+            var nodes = (await qmp.ExecuteAsync("query-named-block-nodes"))!.AsArray();
+            seen.AddRange(nodes.Select(n => $"{(string?)n!["node-name"]} {(string?)n["drv"]}").Order(StringComparer.Ordinal));
+            var exports = (await qmp.ExecuteAsync("query-block-exports"))!.AsArray();
+            seen.AddRange(exports.Select(e => $"export {(string?)e!["id"]} {(string?)e["node-name"]}"));
+        }, impliedKeys: true);
+        return seen;
     }
 
     async Task<List<string>> RefusalsAsync(DifferentialDaemon daemon)

@@ -10,4 +10,27 @@ public sealed class BlockOpenException(string message, BlockErrno errno = BlockE
     : IOException(message, inner)
 {
     public BlockErrno Errno { get; } = errno;
+
+    /// <summary>
+    /// <c>Could not create 'PATH': REASON</c>, QEMU's words, for a file that could not be created: the reason
+    /// is the C library's text for the errno .NET's exception stands for, not .NET's own sentence ("Could not
+    /// find a part of the path ...", which also names the path a second time).
+    /// </summary>
+    public static BlockOpenException CouldNotCreate(string path, Exception ex)
+    {
+        var errno = ex switch
+        {
+            FileNotFoundException or DirectoryNotFoundException => (int)BlockErrno.ENOENT,
+            UnauthorizedAccessException => (int)BlockErrno.EACCES,
+            PathTooLongException => ENAMETOOLONG,
+            // .NET reports EEXIST as Windows' ERROR_FILE_EXISTS (80), bare or as an HRESULT.
+            IOException { HResult: 80 or unchecked((int)0x80070050) } => (int)BlockErrno.EEXIST,
+            // Other errnos .NET has no exception type for travel as the HResult.
+            IOException { HResult: > 0 and < 4096 } io => io.HResult,
+            _ => (int)BlockErrno.EIO,
+        };
+        return new($"Could not create '{path}': {Interop.LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno), ex);
+    }
+
+    const int ENAMETOOLONG = 36;
 }

@@ -24,8 +24,9 @@ static class CliErrors
         }
         catch (OperationCanceledException ex)
         {
-            await Console.Error.WriteLineAsync($"blockmirror {command}: {(ex is InterruptedException ? ex.Message : "interrupted")}");
-            return 130;
+            // One line, then the shell's status for the signal (130 for SIGINT, 143 for SIGTERM).
+            await Console.Error.WriteLineAsync($"blockmirror {command}: {(ex is InterruptedException ? ex.Message : Interrupts.Word)}");
+            return Interrupts.ExitCode;
         }
     }
 
@@ -54,7 +55,7 @@ static class CliErrors
         }
         catch (OperationCanceledException)
         {
-            return await FailAsync(command, "interrupted", 130);
+            return await FailAsync(command, Interrupts.Word, Interrupts.ExitCode);
         }
         catch (Exception ex)
         {
@@ -66,7 +67,7 @@ static class CliErrors
     /// <summary>The second line qemu-img prints under some errors, e.g. who may hold an image's lock.</summary>
     static async Task WriteHintAsync(Exception ex)
     {
-        if (ex is BlockGraphException { Hint: { } hint })
+        if ((ex as BlockGraphException ?? ex.InnerException as BlockGraphException) is { Hint: { } hint })
         {
             await Console.Error.WriteLineAsync(hint);
         }
@@ -81,8 +82,8 @@ static class CliErrors
     }
 }
 
-/// <summary>A command line that parses but asks for something impossible.</summary>
-sealed class UsageException(string message) : Exception(message);
+/// <summary>A command line that parses but asks for something impossible (<paramref name="inner"/>: the error it comes from, which may carry a hint).</summary>
+sealed class UsageException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>An interrupt (exit status 130) with more to say than "interrupted", e.g. what it left behind.</summary>
 sealed class InterruptedException(string message) : OperationCanceledException(message);

@@ -60,7 +60,7 @@ static class CommitCommand
         }
 
         var manager = new JobManager();
-        using var console = new JobConsole(manager, json, progress);
+        using var console = new JobConsole(manager, graph, json, progress);
         var options = new MirrorOptions { JobId = "commit", Speed = speed };
         var job = await MirrorJob.StartActiveCommitAsync(manager, graph, top, @base, options, cancellationToken);
         await console.RunAsync(job, () => job.DirtyBytes, "commit", cancellationToken);

@@ -278,10 +278,25 @@ static class CreateCommand
             create(temporary);
             File.Move(temporary, full, overwrite: true);
         }
+        catch (BlockOpenException ex) when (ex.Message.Contains(temporary, StringComparison.Ordinal))
+        {
+            DeleteIfThere(temporary);
+            // qemu-img's words, about the file the user named, never the temporary name it is written under.
+            throw new BlockOpenException($"{file}: {ex.Message.Replace(temporary, file, StringComparison.Ordinal)}", ex.Errno, ex);
+        }
         catch
         {
-            File.Delete(temporary);
+            DeleteIfThere(temporary);
             throw;
+        }
+    }
+
+    /// <summary>File.Delete, except that a missing directory is not an error (it would hide the real one).</summary>
+    static void DeleteIfThere(string path)
+    {
+        if (File.Exists(path))
+        {
+            File.Delete(path);
         }
     }
 

@@ -26,6 +26,15 @@ sealed class Interrupts : IDisposable
     /// <summary>Cancelled by the first SIGINT or SIGTERM, or with <c>cancellationToken</c>.</summary>
     public CancellationToken Token => _source.Token;
 
+    /// <summary>The first signal any watcher received (null: none), for the exit status and the message.</summary>
+    public static PosixSignal? Received { get; private set; }
+
+    /// <summary>A shell's status for a command ended by the signal: 128 + its number (130 for SIGINT, 143 for SIGTERM).</summary>
+    public static int ExitCode => Received == PosixSignal.SIGTERM ? 143 : 130;
+
+    /// <summary>What the one line on stderr says: "interrupted" (Ctrl-C) or "terminated" (SIGTERM).</summary>
+    public static string Word => Received == PosixSignal.SIGTERM ? "terminated" : "interrupted";
+
     /// <summary>Watches for the signals until disposed.</summary>
     public static Interrupts Watch(CancellationToken cancellationToken) => new(cancellationToken);
 
@@ -33,6 +42,7 @@ sealed class Interrupts : IDisposable
     {
         if (Interlocked.Increment(ref _signals) == 1)
         {
+            Received ??= context.Signal;
             context.Cancel = true;
             _source.Cancel();
         }

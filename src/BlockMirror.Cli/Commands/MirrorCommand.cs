@@ -102,7 +102,7 @@ static class MirrorCommand
         }
 
         var manager = new JobManager();
-        using var console = new JobConsole(manager, json);
+        using var console = new JobConsole(manager, graph, json);
         var started = false;
         try
         {
@@ -140,7 +140,7 @@ static class MirrorCommand
         }
         catch (OperationCanceledException) when (started)
         {
-            throw new InterruptedException($"interrupted; TARGET '{targetPath}' existed before and was kept: it holds a partial copy");
+            throw new InterruptedException($"{Interrupts.Word}; TARGET '{targetPath}' existed before and was kept: it holds a partial copy");
         }
     }
 }

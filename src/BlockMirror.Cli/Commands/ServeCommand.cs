@@ -5,7 +5,10 @@ using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -25,7 +28,7 @@ static class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--pidfile", "--daemonize"];
+    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
 
     public static Command Create()
     {
@@ -62,14 +65,15 @@ static class ServeCommand
             {
                 if (i + 1 >= tokens.Count)
                 {
-                    throw new UsageException($"option '{token}' needs an argument");
+                    throw new UsageException($"option '{token}' requires an argument");
                 }
 
                 (option, value) = (token, tokens[++i]);
             }
             else
             {
-                throw new UsageException($"unrecognized option '{token}' (known: {string.Join(", ", Known)})");
+                // getopt's words, as qemu-storage-daemon's; serve --help lists the options.
+                throw new UsageException(token.StartsWith('-') ? $"unrecognized option '{token}'" : $"{token}: Unexpected argument");
             }
 
             settings.Add(new Setting(option, value));
@@ -113,14 +117,20 @@ static class ServeCommand
         daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
-        try
+
+        // Sockets are bound as their options come, so an address in use fails there, but no client is
+        // served before every option is applied and the pid file written: until then connections wait in
+        // the listen backlog. qemu-storage-daemon does the same (its main loop, which accepts, starts last),
+        // so a client that connects as soon as the socket exists finds every node and export in place.
+        var serving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        foreach (var setting in settings)
         {
-            foreach (var setting in settings)
+            try
             {
                 switch (setting.Option)
                 {
                     case "--blockdev":
-                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, null), OpenRules.BlockdevAdd, cancellationToken);
+                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, "driver"), OpenRules.BlockdevAdd, cancellationToken);
                         break;
                     case "--chardev":
                         var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
@@ -131,32 +141,36 @@ static class ServeCommand
 
                         break;
                     case "--monitor":
-                        monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs));
+                        monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)));
+                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)), serving.Task);
                         break;
                     case "--export":
                         daemon.Commands.TryGet("block-export-add", out var add);
-                        await add(Arguments(setting.Value!, null), cancellationToken);
+                        await add(Arguments(setting.Value!, "type"), cancellationToken);
                         break;
+                    case "--object":
+                        // No QOM object type (secret, iothread, throttle-group, ...) is implemented: refused by name.
+                        var type = Arguments(setting.Value!, "qom-type").RequireString("qom-type");
+                        throw new UsageException($"object type '{type}' is not supported");
                     case "--pidfile":
                         pidfile = setting.Value!;
                         break;
                 }
             }
-        }
-        catch (QmpException ex)
-        {
-            throw new UsageException(ex.Message);
-        }
-        catch (SocketException ex)
-        {
-            throw new UsageException($"Failed to bind socket: {ex.Message}");
-        }
-        catch (JsonException ex)
-        {
-            throw new UsageException($"JSON parse error: {ex.Message}");
+            catch (Exception ex) when (ex is QmpException or SocketException or JsonException or UsageException or BlockOpenException
+                or BlockGraphException or BlockIOException or IOException or FormatException or ArgumentException)
+            {
+                // qemu-storage-daemon names the option it refuses: "--blockdev VALUE: what is wrong".
+                var message = ex switch
+                {
+                    SocketException => $"Failed to bind socket: {ex.Message}",
+                    JsonException => $"JSON parse error, {ex.Message}",
+                    _ => ex.Message,
+                };
+                throw new UsageException($"{setting.Option} {setting.Value}: {message}", ex);
+            }
         }
 
         if (pidfile is not null)
@@ -170,6 +184,8 @@ static class ServeCommand
 
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
+
+        serving.SetResult();
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult(); });

@@ -1,4 +1,6 @@
 using System.Text.Json;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;
 using BlockMirror.Qmp.Events;
@@ -16,11 +18,15 @@ sealed class JobConsole : IDisposable
     readonly IDisposable _subscription;
     readonly bool _json;
     readonly bool _progress;
+    readonly BlockGraph _graph;
+    int _readErrors, _writeErrors;
 
+    /// <param name="graph">The job's graph, to name a failed request's file rather than its node.</param>
     /// <param name="json">Print every event and a PROGRESS object each second, one JSON object per line.</param>
     /// <param name="progress">Show the progress line (ignored with <paramref name="json"/>).</param>
-    public JobConsole(JobManager manager, bool json, bool progress = true)
+    public JobConsole(JobManager manager, BlockGraph graph, bool json, bool progress = true)
     {
+        _graph = graph;
         _json = json;
         _progress = progress && !json;
         _subscription = manager.Events.Subscribe(e =>
@@ -42,35 +48,44 @@ sealed class JobConsole : IDisposable
         var line = ProgressLine.ForConsole();
         var rate = new RateMeter(TimeSpan.FromSeconds(3));
         var completed = false;
-        while (!job.Finished.IsCompleted)
+        BlockJobInfo final;
+        try
         {
-            foreach (var e in TakeEvents())
+            while (!job.Finished.IsCompleted)
             {
-                if (e is BlockJobReadyEvent && !completed)
+                foreach (var e in TakeEvents())
                 {
-                    completed = true;
-                    job.Complete();
+                    if (e is BlockJobReadyEvent && !completed)
+                    {
+                        completed = true;
+                        job.Complete();
+                    }
                 }
+
+                var info = job.GetInfo();
+                if (_json)
+                {
+                    WriteProgressJson(info, dirtyBytes());
+                }
+                else if (_progress)
+                {
+                    line.Update(info.Offset, info.Len, rate.Sample(info.Offset), info.Status.ToWireName(), ErrorSummary());
+                }
+
+                await Task.WhenAny(job.Finished, Task.Delay(_json ? 1000 : 200, CancellationToken.None));
             }
 
-            var info = job.GetInfo();
-            if (_json)
+            TakeEvents();
+            final = job.GetInfo();
+            if (_progress)
             {
-                WriteProgressJson(info, dirtyBytes());
+                var state = cancellationToken.IsCancellationRequested ? "cancelled" : job.Error is null ? "completed" : "failed";
+                line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), state, ErrorSummary(), force: true);
             }
-            else if (_progress)
-            {
-                line.Update(info.Offset, info.Len, rate.Sample(info.Offset), info.Status.ToWireName());
-            }
-
-            await Task.WhenAny(job.Finished, Task.Delay(_json ? 1000 : 200, CancellationToken.None));
         }
-
-        TakeEvents();
-        var final = job.GetInfo();
-        if (_progress)
+        finally
         {
-            line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), cancellationToken.IsCancellationRequested ? "cancelled" : job.Error is null ? "completed" : "failed", force: true);
+            // Whatever ends the wait, the error line that follows starts on a line of its own.
             line.Finish();
         }
 
@@ -88,8 +103,42 @@ sealed class JobConsole : IDisposable
     /// The job's error as QMP reports it (for an I/O error the errno's text, e.g. "Operation not permitted")
     /// with the context its exception holds (which node, which request, why), each said once.
     /// </summary>
-    static string Describe(string error, Exception? failure) =>
-        failure is null ? error : failure.Message.Contains(error, StringComparison.Ordinal) ? failure.Message : $"{error}: {failure.Message}";
+    string Describe(string error, Exception? failure)
+    {
+        if (failure is null)
+        {
+            return error;
+        }
+
+        var message = failure.Message;
+        if (failure is BlockIOException io && _graph.FindNode(io.NodeName)?.Driver.FileName is { } file)
+        {
+            // The user named files, not nodes: the file the request went to, not '#block001'.
+            message = message.Replace($"node '{io.NodeName}'", $"'{file}'", StringComparison.Ordinal);
+        }
+
+        return message.Contains(error, StringComparison.Ordinal) ? message : $"{error}: {message}";
+    }
+
+    /// <summary>
+    /// The errors an <c>ignore</c> policy let pass, for the progress line: without it a mirror that cannot
+    /// write its target shows "running" for ever with no sign of why it makes no progress.
+    /// </summary>
+    string ErrorSummary()
+    {
+        var parts = new List<string>(2);
+        if (_readErrors > 0)
+        {
+            parts.Add($"{_readErrors} read error{(_readErrors == 1 ? "" : "s")}");
+        }
+
+        if (_writeErrors > 0)
+        {
+            parts.Add($"{_writeErrors} write error{(_writeErrors == 1 ? "" : "s")}");
+        }
+
+        return parts.Count == 0 ? "" : $"  ({string.Join(", ", parts)} ignored)";
+    }
 
     /// <summary>The events since the last call, printed first in JSON mode.</summary>
     List<JobEvent> TakeEvents()
@@ -101,9 +150,18 @@ sealed class JobConsole : IDisposable
             _events.Clear();
         }
 
-        if (_json)
+        foreach (var e in batch)
         {
-            foreach (var e in batch)
+            if (e is BlockJobErrorEvent { Action: BlockErrorAction.Ignore, IsRead: true })
+            {
+                _readErrors++;
+            }
+            else if (e is BlockJobErrorEvent { Action: BlockErrorAction.Ignore })
+            {
+                _writeErrors++;
+            }
+
+            if (_json)
             {
                 Console.WriteLine(QmpEventWriter.ToJson(e));
             }

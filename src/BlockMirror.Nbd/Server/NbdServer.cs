@@ -36,8 +36,12 @@ public sealed class NbdServer : IAsyncDisposable
 
     public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Id, StringComparer.Ordinal);
 
-    /// <summary>Binds and starts accepting clients. A Unix socket path must not exist yet.</summary>
-    public void Start(EndPoint endPoint)
+    /// <summary>
+    /// Binds and starts accepting clients (with <paramref name="acceptAfter"/>, once it completes: until then
+    /// they wait in the listen backlog, as qemu-storage-daemon's do while it applies its command line).
+    /// A Unix socket path must not exist yet.
+    /// </summary>
+    public void Start(EndPoint endPoint, Task? acceptAfter = null)
     {
         if (_listener is not null)
         {
@@ -64,11 +68,20 @@ public sealed class NbdServer : IAsyncDisposable
 
         _unixPath = unix ? endPoint.ToString() : null;
         _listener = socket;
-        _accepting = AcceptAsync(socket, _stopping.Token);
+        _accepting = AcceptAsync(socket, acceptAfter, _stopping.Token);
     }
 
-    async Task AcceptAsync(Socket listener, CancellationToken cancellationToken)
+    async Task AcceptAsync(Socket listener, Task? acceptAfter, CancellationToken cancellationToken)
     {
+        try
+        {
+            await (acceptAfter ?? Task.CompletedTask).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
         while (!cancellationToken.IsCancellationRequested)
         {
             Socket client;

@@ -65,8 +65,8 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     /// <summary>Completes when a client sent <c>quit</c>.</summary>
     public Task QuitRequested => _quit.Task;
 
-    /// <summary>Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time.</summary>
-    public EndPoint StartNbdServer(EndPoint endPoint)
+    /// <summary>Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time. <paramref name="acceptAfter"/>: see <see cref="NbdServer.Start"/>.</summary>
+    public EndPoint StartNbdServer(EndPoint endPoint, Task? acceptAfter = null)
     {
         if (Nbd is not null)
         {
@@ -76,7 +76,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         var server = new NbdServer(Graph);
         try
         {
-            server.Start(endPoint);
+            server.Start(endPoint, acceptAfter);
         }
         catch (SocketException ex)
         {

@@ -35,8 +35,12 @@ public sealed class QmpServer : IAsyncDisposable
 
     public QmpCommandTable Commands { get; }
 
-    /// <summary>Listens on a Unix socket (created with mode 0600: the monitor controls every disk) or a TCP endpoint.</summary>
-    public EndPoint Listen(EndPoint endPoint)
+    /// <summary>
+    /// Listens on a Unix socket (created with mode 0600: the monitor controls every disk) or a TCP endpoint.
+    /// With <paramref name="acceptAfter"/>, clients that connect wait in the listen backlog, not greeted, until
+    /// it completes: the daemon's start-up, as qemu-storage-daemon greets no monitor before its main loop runs.
+    /// </summary>
+    public EndPoint Listen(EndPoint endPoint, Task? acceptAfter = null)
     {
         var unix = endPoint is UnixDomainSocketEndPoint;
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
@@ -62,12 +66,21 @@ public sealed class QmpServer : IAsyncDisposable
         }
 
         _listeners.Add(socket);
-        _accepting.Add(AcceptAsync(socket, _stopping.Token));
+        _accepting.Add(AcceptAsync(socket, acceptAfter, _stopping.Token));
         return socket.LocalEndPoint!;
     }
 
-    async Task AcceptAsync(Socket listener, CancellationToken cancellationToken)
+    async Task AcceptAsync(Socket listener, Task? acceptAfter, CancellationToken cancellationToken)
     {
+        try
+        {
+            await (acceptAfter ?? Task.CompletedTask).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
         while (!cancellationToken.IsCancellationRequested)
         {
             Socket client;

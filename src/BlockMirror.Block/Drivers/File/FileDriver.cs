@@ -179,13 +179,9 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             using var handle = System.IO.File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
             RandomAccess.SetLength(handle, size);
         }
-        catch (IOException ex)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EIO, ex);
-        }
-        catch (UnauthorizedAccessException ex)
-        {
-            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EACCES, ex);
+            throw BlockOpenException.CouldNotCreate(path, ex);
         }
     }
 

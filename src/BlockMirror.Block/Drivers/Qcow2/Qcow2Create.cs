@@ -99,13 +99,9 @@ public static class Qcow2Create
             using var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
             RandomAccess.Write(handle, image, 0);
         }
-        catch (IOException ex) when (ex is not BlockOpenException)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException && ex is not BlockOpenException)
         {
-            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EIO, ex);
-        }
-        catch (UnauthorizedAccessException ex)
-        {
-            throw new BlockOpenException($"Could not create '{path}': {ex.Message}", BlockErrno.EACCES, ex);
+            throw BlockOpenException.CouldNotCreate(path, ex);
         }
     }
 

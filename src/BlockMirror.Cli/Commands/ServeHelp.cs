@@ -1,0 +1,56 @@
+namespace BlockMirror.Cli.Commands;
+
+/// <summary>
+/// <c>blockmirror serve --help</c>: qemu-storage-daemon's <c>--help</c>, cut to the options and forms the daemon
+/// takes (each option's value is key=value pairs or JSON; the first key may be left out where QEMU allows it).
+/// </summary>
+static class ServeHelp
+{
+    public const string Text = """
+        Usage: blockmirror serve [options]
+        BlockMirror storage daemon (qemu-storage-daemon 7.2 command line)
+
+          -h, --help             display this help and exit
+          -V, --version          output version information and exit
+
+          --blockdev [driver=]<driver>[,node-name=<N>][,discard=ignore|unmap]
+                     [,cache.direct=on|off][,cache.no-flush=on|off]
+                     [,read-only=on|off][,auto-read-only=on|off]
+                     [,force-share=on|off][,detect-zeroes=on|off|unmap]
+                     [,driver specific parameters...]
+                                 configure a block node (drivers: file, raw, qcow2,
+                                 null-co, blkdebug, ...; see the README)
+
+          --chardev [backend=]socket,id=<id>,path=<path>,server=on,wait=off
+          --chardev [backend=]socket,id=<id>,host=<host>,port=<port>,server=on,wait=off
+                                 a listening socket for a monitor (only this form)
+
+          --daemonize            daemonize the process, and have the parent exit
+                                 once startup is complete
+
+          --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]
+                   [,writable=on|off][,description=<text>]
+                                 export the specified block node over NBD
+                                 (requires --nbd-server)
+
+          --monitor [chardev=]name[,mode=control][,pretty[=on|off]]
+                                 configure a QMP monitor
+
+          --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
+                       [,max-connections=<n>]
+          --nbd-server addr.type=unix,addr.path=<path>
+                       [,max-connections=<n>]
+                                 start an NBD server for exporting block nodes
+
+          --object <type>[,<property>=<value>...]
+                                 refused: no object type (secret, iothread, ...)
+                                 is implemented
+
+          --pidfile <path>       write process ID to a file after startup
+
+        Options are applied in the order given: an option may name what an earlier one
+        made. The monitors and the NBD server answer once every option is applied and
+        the pid file written. The daemon runs until SIGTERM, SIGINT or QMP quit.
+
+        """;
+}

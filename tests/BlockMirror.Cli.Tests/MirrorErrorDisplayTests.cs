@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary>
+/// A mirror whose target cannot be written: the error names the file the user gave (never an internal node
+/// such as '#block001'), and with <c>--on-target-error ignore</c> the progress line shows the errors it lets
+/// pass, where it used to show "running" for ever. The target's writes fail because the process may not
+/// make files larger than 1 MiB (RLIMIT_FSIZE, with SIGXFSZ ignored, so the writes fail with EFBIG).
+/// </summary>
+public sealed partial class MirrorErrorDisplayTests : IDisposable
+{
+    const int FileSizeLimit = 1 << 20;
+
+    readonly TempDirectory _dir = new("blockmirror-mirror-errors-");
+
+    public void Dispose() => _dir.Dispose();
+
+    /// <summary>A 4 MiB source full of data and an existing 4 MiB sparse raw target, made by the test (no limit).</summary>
+    async Task<(string Source, string Target)> ImagesAsync()
+    {
+        var source = _dir.File("source.raw");
+        await File.WriteAllBytesAsync(source, [.. Enumerable.Range(0, 4 << 20).Select(i => (byte)(i * 7 + 1))]);
+        var target = _dir.File("target.raw");
+        await using (var stream = File.Create(target))
+        {
+            stream.SetLength(4 << 20);
+        }
+
+        return (source, target);
+    }
+
+    /// <summary><c>blockmirror ARGS</c> run with files limited to 1 MiB.</summary>
+    static ProcessStartInfo Limited(params string[] arguments)
+    {
+        var prlimit = ExternalTool.Require("prlimit");
+        var start = new ProcessStartInfo(ExternalTool.Require("sh")) { UseShellExecute = false, RedirectStandardInput = true };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add($"trap '' XFSZ; exec {prlimit} --fsize={FileSizeLimit} -- \"$@\"");
+        start.ArgumentList.Add("sh");
+        foreach (var argument in BlockMirrorCli.Launcher.Concat(arguments))
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        // The runtime's W^X double mapping sizes a memory file, which the limit would refuse (the JIT build only).
+        start.Environment["DOTNET_EnableWriteXorExecute"] = "0";
+        return start;
+    }
+
+    [SkippableFact]
+    public async Task A_failed_write_is_reported_with_the_targets_file_name()
+    {
+        var (source, target) = await ImagesAsync();
+        var start = Limited("mirror", "-O", "raw", source, target);
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = await process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+
+        Assert.True(process.ExitCode == 1, $"{await stdout}\n{stderr}");
+        var error = stderr.Trim().Split('\n')[^1];
+        Assert.StartsWith("blockmirror mirror: the mirror failed: ", error, StringComparison.Ordinal);
+        Assert.Contains($"'{target}': write at offset ", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("#block", stderr, StringComparison.Ordinal);
+        Assert.EndsWith("failed", (await stdout).Trim().Split('\n')[^1], StringComparison.Ordinal);
+    }
+
+    [GeneratedRegex(@"  running  \((\d+) write errors? ignored\)$")]
+    private static partial Regex IgnoredErrors();
+
+    [SkippableFact]
+    public async Task Errors_an_ignore_policy_lets_pass_show_on_the_progress_line()
+    {
+        var (source, target) = await ImagesAsync();
+
+        var result = await SignalledRun.RunAsync(Limited("mirror", "-O", "raw", "--on-target-error", "ignore", source, target),
+            line => IgnoredErrors().IsMatch(line), "INT");
+
+        Assert.True(result.ExitCode == 130, result.ToString());
+        Assert.Contains(result.OutputLines, line => IgnoredErrors().Match(line) is { Success: true } m && int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0);
+        Assert.Equal([$"blockmirror mirror: interrupted; TARGET '{target}' existed before and was kept: it holds a partial copy"], result.ErrorLines);
+    }
+}
