@@ -82,19 +82,9 @@ public sealed class BlkdebugOptionDifferentialTests : IDisposable
     [InlineData("config=CONFIGS/bad-event")]
     [InlineData("config=CONFIGS/missing")]
     [InlineData("config=CONFIGS/bad-key")]
-    public async Task Blkdebug_rules_on_the_command_line_are_refused_as_qemu_storage_daemon_refuses_them(string rules)
-    {
-        var blockdev = $"driver=blkdebug,node-name=dbg,image.driver=null-co,{rules.Replace("CONFIGS", WriteConfigs(), StringComparison.Ordinal)}";
-        var qsd = DifferentialDaemon.Qsd();
-        var theirs = await ExternalTool.RunAsync(qsd.Program, ["--blockdev", blockdev], TimeSpan.FromSeconds(30));
-        var ours = await BlockMirrorCli.RunAsync("serve", "--blockdev", blockdev);
-
-        Assert.Equal(1, theirs.ExitCode);
-        Assert.Equal(1, ours.ExitCode);
-        var theirMessage = theirs.StandardError.Trim().Replace($"qemu-storage-daemon: --blockdev {blockdev}: ", "", StringComparison.Ordinal);
-        var ourMessage = ours.ErrorLines[0].Replace("blockmirror serve: ", "", StringComparison.Ordinal);
-        Assert.Equal(theirMessage, ourMessage);
-    }
+    public Task Blkdebug_rules_on_the_command_line_are_refused_as_qemu_storage_daemon_refuses_them(string rules) =>
+        ServeBlockdevOptionDifferentialTests.AssertRefusedAlikeAsync(
+            $"driver=blkdebug,node-name=dbg,image.driver=null-co,{rules.Replace("CONFIGS", WriteConfigs(), StringComparison.Ordinal)}");
 
     async Task<List<string>> AnswersAsync(DifferentialDaemon daemon, string configs)
     {
