@@ -79,6 +79,8 @@ public sealed class BlkdebugOptionDifferentialTests : IDisposable
     [InlineData("inject-error.0.event=read_aio,inject-error.0.iotype=foo")]
     [InlineData("inject-error.0.event=read_aio,inject-error.0.foo=1")]
     [InlineData("set-state.0.event=read_aio")]
+    [InlineData("inject-error.x.event=read_aio")]
+    [InlineData("inject-error.0.event=read_aio,inject-error.2.event=read_aio")]
     [InlineData("config=CONFIGS/bad-event")]
     [InlineData("config=CONFIGS/missing")]
     [InlineData("config=CONFIGS/bad-key")]

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using BlockMirror.TestKit;
 
-namespace BlockMirror.Cli.Tests;
+namespace BlockMirror.Cli.Tests.Iotests;
 
 /// <summary>
 /// QEMU's iotest 041, classes TestReadErrors and TestWriteErrors, run against qemu-storage-daemon 7.2 and

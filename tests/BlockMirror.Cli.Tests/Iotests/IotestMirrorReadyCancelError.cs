@@ -2,7 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using BlockMirror.TestKit;
 
-namespace BlockMirror.Cli.Tests;
+namespace BlockMirror.Cli.Tests.Iotests;
 
 /// <summary>
 /// QEMU's iotest <c>tests/mirror-ready-cancel-error</c>, run against qemu-storage-daemon 7.2 and

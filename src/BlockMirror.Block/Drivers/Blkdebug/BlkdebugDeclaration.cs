@@ -60,10 +60,14 @@ static class BlkdebugDeclaration
                 }
 
                 break;
-            case { ValueKind: JsonValueKind.Object } list when options.IsKeyVal:
-                for (var i = 0; list.TryGetProperty(i.ToString(System.Globalization.CultureInfo.InvariantCulture), out var item); i++)
+            case { ValueKind: JsonValueKind.Object } list when options.IsKeyVal && list.EnumerateObject().All(p => IsIndex(p.Name)):
+                // name.0.*, name.1.*, ...: every index from 0 up must be there, as QEMU's keyval requires.
+                var count = list.EnumerateObject().Count();
+                for (var i = 0; i < count; i++)
                 {
-                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}.{i}."), read));
+                    var key = i.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                    var item = list.TryGetProperty(key, out var value) ? value : throw options.Invalid($"Parameter '{options.Prefix}{name}.{key}' missing");
+                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}.{key}."), read));
                 }
 
                 break;
@@ -73,6 +77,8 @@ static class BlkdebugDeclaration
 
         return rules;
     }
+
+    static bool IsIndex(string key) => key.Length > 0 && key.All(char.IsAsciiDigit) && (key == "0" || key[0] != '0');
 
     static BlkdebugRuleText Rule(OptionReader item, Func<OptionReader, BlkdebugRuleText> read)
     {

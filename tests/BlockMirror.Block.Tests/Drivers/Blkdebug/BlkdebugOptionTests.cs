@@ -148,6 +148,9 @@ public sealed class BlkdebugOptionTests : IDisposable
     [InlineData("""{"inject-error": {"0": {"event": "read_aio", "errno": "x"}}}""", true, "Parameter 'inject-error.0.errno' expects integer")]
     [InlineData("""{"set-state": {"0": {"event": "read_aio"}}}""", true, "Parameter 'set-state.0.new_state' is missing")]
     [InlineData("""{"inject-error": {"0": {"event": "nope"}}}""", true, "Parameter 'event' does not accept value 'nope'")]
+    [InlineData("""{"inject-error": {"x": {"event": "read_aio"}}}""", true, "Invalid parameter type for 'inject-error', expected: array")]
+    [InlineData("""{"inject-error": {"0": {"event": "read_aio"}, "2": {"event": "read_aio"}}}""", true, "Parameter 'inject-error.1' missing")]
+    [InlineData("""{"inject-error": "foo"}""", true, "Invalid parameter type for 'inject-error', expected: array")]
     public async Task Inline_rule_mistakes_are_refused_in_qemus_words(string rules, bool keyval, string message)
     {
         using var document = JsonDocument.Parse(rules);
