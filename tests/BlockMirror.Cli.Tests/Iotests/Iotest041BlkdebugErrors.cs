@@ -40,8 +40,9 @@ public sealed class Iotest041BlkdebugErrors : IDisposable
             var dir = Path.Combine(_dir.Path, daemons[i].Name);
             var index = i;
             await MakeImagesAsync(dir, operation);
-            events[i] = await daemons[i].RunAsync(dir, Blockdevs(dir, operation), "drive0", async (qmp, _) =>
+            events[i] = JobErrorEvents.WithoutDrainPauses(await daemons[i].RunAsync(dir, Blockdevs(dir, operation), "drive0", async (qmp, _) =>
             {
+                var answered = 0;
                 await qmp.ExecuteAsync("blockdev-mirror", new JsonObject
                 {
                     ["job-id"] = "drive0", ["device"] = "drive0", ["target"] = "target", ["sync"] = "full",
@@ -52,7 +53,7 @@ public sealed class Iotest041BlkdebugErrors : IDisposable
                     var e = await qmp.WaitEventAsync("JOB_STATUS_CHANGE");
                     switch ((string?)e["data"]!["status"])
                     {
-                        case "paused":
+                        case "paused" when JobErrorEvents.TakeUnanswered(qmp, ref answered):
                             var job = (await qmp.ExecuteAsync("query-block-jobs"))!.AsArray().Single()!;
                             stopped[index] = $"paused={(bool)job["paused"]!} io-status={(string?)job["io-status"]}";
                             await qmp.ExecuteAsync("block-job-resume", new JsonObject { ["device"] = "drive0" });
@@ -64,7 +65,7 @@ public sealed class Iotest041BlkdebugErrors : IDisposable
                             return;
                     }
                 }
-            });
+            }));
             if (policy != "report")
             {
                 await QemuImages.AssertIdenticalAsync($"{dir}/test.qcow2", $"{dir}/target.qcow2", "qcow2", "qcow2");
