@@ -131,12 +131,10 @@ public sealed class ServeCommitErrorDifferentialTests : IDisposable
 
     /// <summary>
     /// Each layer as its own node, the faulty layer's file under blkdebug. The rule names the sector where
-    /// that layer keeps the faulty cluster. The daemons differ in when a rule is armed, and the test is built
-    /// around it: QEMU arms a read_aio (write_aio) rule at the first data read (write) of the format driver
-    /// above and then fails the next request of any kind that covers the sector, while blockmirror's blkdebug
-    /// has no events and arms the rule from the start, for reads (writes) only. Naming the sector keeps both
-    /// off the table reads and writes, and the sector lies past the header read of blockmirror's qcow2 open
-    /// (<see cref="HeaderReadLength"/>), which would otherwise take a read error and refuse to open the layer.
+    /// that layer keeps the faulty cluster. Both daemons arm a read_aio (write_aio) rule at the first data read
+    /// (write) of the qcow2 driver above and then fail the next request of any kind that covers the sector;
+    /// naming the sector keeps the table reads and writes out of it. The sector also lies past the header read
+    /// of blockmirror's qcow2 open (<see cref="HeaderReadLength"/>).
     /// </summary>
     static string[] Blockdevs(string dir, (string Layer, string Event) fault, long sector, int errno) =>
     [

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Graph;
@@ -474,6 +475,8 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            DebugEvent(BlkdebugEvent.Pwritev);
+
             try
             {
                 if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
@@ -504,6 +507,7 @@ public sealed partial class BlockNode : IEdgeParent
             {
                 // Also on failure: a failed write may have changed part of the range.
                 MarkDirty(offset, buffer.Length);
+                DebugEvent(BlkdebugEvent.PwritevDone);
             }
         }
         finally
@@ -523,6 +527,8 @@ public sealed partial class BlockNode : IEdgeParent
             {
                 return;
             }
+
+            DebugEvent(BlkdebugEvent.Pwritev);
 
             try
             {
@@ -553,6 +559,7 @@ public sealed partial class BlockNode : IEdgeParent
             finally
             {
                 MarkDirty(offset, length);
+                DebugEvent(BlkdebugEvent.PwritevDone);
             }
         }
         finally
@@ -571,6 +578,8 @@ public sealed partial class BlockNode : IEdgeParent
             {
                 return;
             }
+
+            DebugEvent(BlkdebugEvent.PwritevZero);
 
             try
             {
@@ -601,6 +610,7 @@ public sealed partial class BlockNode : IEdgeParent
             finally
             {
                 MarkDirty(offset, length);
+                DebugEvent(BlkdebugEvent.PwritevDone);
             }
         }
         finally
@@ -662,10 +672,20 @@ public sealed partial class BlockNode : IEdgeParent
             // flush has nothing to make durable. QEMU's bdrv_co_flush skips the same way; it matters at a
             // mirror's switch-over, whose final flush would otherwise wait for an fdatasync of nothing.
             var generation = Volatile.Read(ref _writeGeneration);
-            if (ReadOnly || generation == Volatile.Read(ref _flushedGeneration))
+            if (ReadOnly)
             {
                 return;
             }
+
+            // The events QEMU's bdrv_co_flush raises on the primary child: to the OS on every flush, to the
+            // disk only when there is something to make durable.
+            PrimaryChild?.DebugEvent(BlkdebugEvent.FlushToOs);
+            if (generation == Volatile.Read(ref _flushedGeneration))
+            {
+                return;
+            }
+
+            PrimaryChild?.DebugEvent(BlkdebugEvent.FlushToDisk);
 
             try
             {

@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Graph;
@@ -216,6 +217,9 @@ public sealed class NodeEdge
             return await node.GetBlockStatusEnteredAsync(offset, length, cancellationToken).ConfigureAwait(false);
         }
     }
+
+    /// <summary>Raises a blkdebug event on the node behind this edge (QEMU's BLKDBG_EVENT(child, event)); allocation-free.</summary>
+    public void DebugEvent(BlkdebugEvent e) => Node.DebugEvent(e);
 
     public override string ToString() => $"{Parent.ParentDescription} -[{Name}]-> '{Node.Name}'";
 }

@@ -15,9 +15,19 @@ static class BlkdebugDeclaration
         // QEMU's limits a blkdebug node declares (align, max-transfer, max-write-zero, max-discard): the node
         // above must pad and cut requests to them, and blkdebug fails those that break them.
         var o = node.Options;
-        var options = new BlkdebugOptions(Rules(o), Int32(o, "align"), Int32(o, "max-transfer"), Int32(o, "max-write-zero"), Int32(o, "max-discard"));
+        // Members in QAPI's order, so that the first error reported is QEMU's.
+        var config = o.OptionalString("config");
+        var align = Int32(o, "align");
+        var maxTransfer = Int32(o, "max-transfer");
+        var maxWriteZeroes = Int32(o, "max-write-zero");
+        var maxDiscard = Int32(o, "max-discard");
+        var inline = Rules(o, "inject-error", InjectError).Concat(Rules(o, "set-state", SetState)).ToList();
         return async opening =>
         {
+            // As QEMU: the config file is read at open, before the image; its rules come before the inline ones.
+            var texts = config is null ? inline : [.. BlkdebugConfigFile.Read(config), .. inline];
+            var (injects, setStates) = BlkdebugRuleText.Resolve(texts);
+            var options = new BlkdebugOptions(null, align, maxTransfer, maxWriteZeroes, maxDiscard, injects, setStates);
             var child = await opening.OpenChildAsync(image).ConfigureAwait(false);
             return await BlkdebugFilter.OpenAsync(opening.Graph, node.NodeName, child, options, node.ReadOnly, opening.CancellationToken).ConfigureAwait(false);
         };
@@ -31,42 +41,83 @@ static class BlkdebugDeclaration
         _ => throw options.Invalid($"Parameter '{options.Prefix}{name}' expects int32"),
     };
 
-    /// <summary><c>inject-error</c>: a list of event (read_aio, write_aio, flush_to_disk...), errno, sector, once, immediately.</summary>
-    static List<BlkdebugRule>? Rules(OptionReader options)
+    /// <summary>
+    /// A list of rules (<c>inject-error</c>, <c>set-state</c>) as QAPI reads it: JSON arrays, or on the command
+    /// line <c>inject-error.0.event=...</c>, and members named as QEMU names them in errors.
+    /// </summary>
+    static IEnumerable<BlkdebugRuleText> Rules(OptionReader options, string name, Func<OptionReader, BlkdebugRuleText> read)
     {
-        if (options.OptionalRaw("inject-error") is not { } list)
+        var rules = new List<BlkdebugRuleText>();
+        switch (options.OptionalRaw(name))
         {
-            return null;
-        }
+            case null:
+                break;
+            case { ValueKind: JsonValueKind.Array } list:
+                var index = 0;
+                foreach (var item in list.EnumerateArray())
+                {
+                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}[{index++}]."), read));
+                }
 
-        if (list.ValueKind != JsonValueKind.Array)
-        {
-            throw options.Invalid($"Invalid parameter type for '{options.Prefix}inject-error', expected: array");
-        }
+                break;
+            case { ValueKind: JsonValueKind.Object } list when options.IsKeyVal && list.EnumerateObject().All(p => IsIndex(p.Name)):
+                // name.0.*, name.1.*, ...: every index from 0 up must be there, as QEMU's keyval requires.
+                var count = list.EnumerateObject().Count();
+                for (var i = 0; i < count; i++)
+                {
+                    var key = i.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                    var item = list.TryGetProperty(key, out var value) ? value : throw options.Invalid($"Parameter '{options.Prefix}{name}.{key}' missing");
+                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}.{key}."), read));
+                }
 
-        var rules = new List<BlkdebugRule>();
-        var index = 0;
-        foreach (var item in list.EnumerateArray())
-        {
-            var rule = options.Nested(item, $"{options.Prefix}inject-error[{index++}].");
-            var operation = rule.OptionalString("event") switch
-            {
-                null => throw options.Invalid($"Parameter '{options.Prefix}inject-error[{index - 1}].event' is missing"),
-                "read_aio" => BlockOperation.Read,
-                "write_aio" => BlockOperation.Write,
-                "flush_to_disk" => BlockOperation.Flush,
-                "pwrite_zeroes" => BlockOperation.WriteZeroes,
-                "pdiscard" => BlockOperation.Discard,
-                var other => throw options.Invalid($"Parameter '{options.Prefix}inject-error[{index - 1}].event' does not accept value '{other}'"),
-            };
-            var errno = (BlockErrno)(rule.OptionalInt("errno") ?? (long)BlockErrno.EIO);
-            var sector = rule.OptionalInt("sector");
-            var once = rule.OptionalBool("once") ?? false;
-            rule.Accept("state", "iotype", "immediately");
-            rule.CheckNoneUnexpected();
-            rules.Add(new BlkdebugRule(operation, sector is { } s and >= 0 ? s * 512 : 0, sector is >= 0 ? 512 : null, errno, 0, once));
+                break;
+            default:
+                throw options.Invalid($"Invalid parameter type for '{options.Prefix}{name}', expected: array");
         }
 
         return rules;
+    }
+
+    static bool IsIndex(string key) => key.Length > 0 && key.All(char.IsAsciiDigit) && (key == "0" || key[0] != '0');
+
+    static BlkdebugRuleText Rule(OptionReader item, Func<OptionReader, BlkdebugRuleText> read)
+    {
+        var rule = read(item);
+        item.CheckNoneUnexpected();
+        return rule;
+    }
+
+    /// <summary>BlkdebugInjectErrorOptions. QEMU names the enum members without their list prefix when refusing a value.</summary>
+    static BlkdebugRuleText InjectError(OptionReader rule) => new(
+        IsSetState: false,
+        Event: Event(rule),
+        State: (int)(rule.OptionalInt("state") ?? 0),
+        IoType: IoType(rule),
+        Errno: (int)(rule.OptionalInt("errno") ?? (long)BlockErrno.EIO),
+        Sector: rule.OptionalInt("sector") ?? -1,
+        Once: rule.OptionalBool("once") ?? false,
+        Immediately: rule.OptionalBool("immediately") ?? false,
+        NewState: 0);
+
+    /// <summary>BlkdebugSetStateOptions: <c>new_state</c> is required.</summary>
+    static BlkdebugRuleText SetState(OptionReader rule) => new(
+        IsSetState: true,
+        Event: Event(rule),
+        State: (int)(rule.OptionalInt("state") ?? 0),
+        IoType: null, Errno: 0, Sector: -1, Once: false, Immediately: false,
+        NewState: (int)rule.RequireInt("new_state"));
+
+    static string? IoType(OptionReader rule)
+    {
+        var name = rule.OptionalString("iotype");
+        return name is null || (BlockOperationNames.TryParse(name, out var operation) && BlkdebugInjectError.IsIoType(operation))
+            ? name
+            : throw rule.Invalid($"Parameter 'iotype' does not accept value '{name}'");
+    }
+
+    static string Event(OptionReader rule)
+    {
+        var name = rule.RequireString("event");
+        return BlkdebugEventNames.TryParse(name, out _) ? name : throw rule.Invalid($"Parameter 'event' does not accept value '{name}'");
     }
 }

@@ -4,19 +4,26 @@ using BlockMirror.Block.Io;
 namespace BlockMirror.Block.Drivers.Blkdebug;
 
 /// <summary>Options of the blkdebug filter.</summary>
-/// <param name="Rules">Rules active from the start.</param>
+/// <param name="Rules">Our own rules: active from the start, changeable while running (<see cref="BlkdebugFilter.AddRule"/>).</param>
 /// <param name="Align">Request alignment to impose on parents (QEMU's <c>align</c>), 0 for the child's.</param>
 /// <param name="MaxTransfer">Largest read or write to accept (QEMU's <c>max-transfer</c>), 0 for the child's.</param>
 /// <param name="MaxWriteZeroes">Largest write-zeroes to accept (QEMU's <c>max-write-zero</c>), 0 for the child's.</param>
 /// <param name="MaxDiscard">Largest discard to accept (QEMU's <c>max-discard</c>), 0 for the child's.</param>
-public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, int Align = 0, int MaxTransfer = 0, long MaxWriteZeroes = 0, long MaxDiscard = 0);
+/// <param name="InjectErrors">QEMU's <c>inject-error</c> rules, armed by events (<see cref="BlkdebugStateMachine"/>).</param>
+/// <param name="SetStates">QEMU's <c>set-state</c> rules.</param>
+public sealed record BlkdebugOptions(IReadOnlyList<BlkdebugRule>? Rules = null, int Align = 0, int MaxTransfer = 0, long MaxWriteZeroes = 0, long MaxDiscard = 0,
+    IReadOnlyList<BlkdebugInjectError>? InjectErrors = null, IReadOnlyList<BlkdebugSetState>? SetStates = null);
 
 /// <summary>
-/// A filter that fails chosen requests (QEMU's blkdebug, nbdkit's error filter). Each request is checked
-/// against the rules in the order they were added; the first rule that fires decides the error, and the
-/// request never reaches the child. Rules can be added and removed while requests run.
+/// A filter that fails chosen requests (QEMU's blkdebug, nbdkit's error filter). It has two kinds of rule.
+/// QEMU's (<c>inject-error</c>, <c>set-state</c>, from the node's options or its <c>config</c> file) are armed
+/// by the events the node above raises on this one (<see cref="IBlkdebugEventSink"/>), with QEMU's
+/// semantics (<see cref="BlkdebugStateMachine"/>). Ours (<see cref="BlkdebugRule"/>) are active from the
+/// moment they are added and can be added and removed while requests run. A request is checked against
+/// QEMU's armed rules first, then ours in the order they were added; the first rule that fires decides the
+/// error, and the request never reaches the child.
 /// </summary>
-public sealed class BlkdebugFilter : FilterDriver
+public sealed class BlkdebugFilter : FilterDriver, IBlkdebugEventSink
 {
     public const string Name = DriverNames.Blkdebug;
 
@@ -24,6 +31,7 @@ public sealed class BlkdebugFilter : FilterDriver
     readonly string _nodeName;
     readonly BlockLimits? _limits;
     readonly List<ActiveRule> _rules = [];
+    readonly BlkdebugStateMachine? _events;
     long _injected;
 
     BlkdebugFilter(NodeEdge child, string nodeName, BlkdebugOptions options)
@@ -46,7 +54,21 @@ public sealed class BlkdebugFilter : FilterDriver
         {
             AddRule(rule);
         }
+
+        if (options.InjectErrors is { Count: > 0 } || options.SetStates is { Count: > 0 })
+        {
+            _events = new BlkdebugStateMachine(options.InjectErrors ?? [], options.SetStates ?? []);
+        }
     }
+
+    /// <summary>The state QEMU's set-state rules move (1 at open).</summary>
+    public int State => _events?.State ?? 1;
+
+    /// <summary>QEMU's inject-error rules that events have armed, in the order requests are checked against them.</summary>
+    public IReadOnlyList<BlkdebugInjectError> ArmedRules => _events?.Armed ?? [];
+
+    /// <summary>An event the node above raised on this one: arms rules and changes the state.</summary>
+    public void OnEvent(BlkdebugEvent e) => _events?.Raise(e);
 
     /// <summary>Creates a blkdebug node above <paramref name="image"/>.</summary>
     public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, BlockNode image, BlkdebugOptions? options = null, bool readOnly = false, CancellationToken cancellationToken = default)
@@ -122,13 +144,23 @@ public sealed class BlkdebugFilter : FilterDriver
 
     /// <summary>
     /// Throws EIO when a request breaks the limits this filter declares (the pipeline above must never send
-    /// one; QEMU's blkdebug asserts the same), then the injected error if a rule fires for this request.
+    /// one; QEMU's blkdebug asserts the same). Returns the injected error if a rule fires for this request,
+    /// and whether it fails at once; QEMU's rules without <c>immediately</c> fail after one turn of the scheduler.
     /// </summary>
-    void Check(BlockOperation operation, long offset, long length)
+    (BlockIOException Error, bool Immediately)? Verdict(BlockOperation operation, long offset, long length)
     {
         if (_limits is { } limits)
         {
             CheckLimits(limits, operation, offset, length);
+        }
+
+        if (_events?.Check(operation, offset, length) is { } armed)
+        {
+            Interlocked.Increment(ref _injected);
+            var errno = (BlockErrno)armed.Errno;
+            var error = BlockIOException.Create(errno, _nodeName, operation, offset, length,
+                $"{errno.Describe()} (injected by blkdebug rule on {armed.Event.ToWireName()})");
+            return (error, armed.Immediately);
         }
 
         BlkdebugRule? fired = null;
@@ -158,12 +190,29 @@ public sealed class BlkdebugFilter : FilterDriver
             }
         }
 
-        if (fired is not null)
+        if (fired is null)
         {
-            Interlocked.Increment(ref _injected);
-            throw BlockIOException.Create(fired.Errno, _nodeName, operation, offset, length,
-                $"{fired.Errno.Describe()} (injected by blkdebug rule {fired})");
+            return null;
         }
+
+        Interlocked.Increment(ref _injected);
+        return (BlockIOException.Create(fired.Errno, _nodeName, operation, offset, length,
+            $"{fired.Errno.Describe()} (injected by blkdebug rule {fired})"), true);
+    }
+
+    static ValueTask Fail((BlockIOException Error, bool Immediately) verdict) =>
+        verdict.Immediately ? ValueTask.FromException(verdict.Error) : FailAfterYieldAsync(verdict.Error);
+
+    static async ValueTask FailAfterYieldAsync(BlockIOException error)
+    {
+        await Task.Yield();
+        throw error;
+    }
+
+    static async ValueTask<T> FailAfterYieldAsync<T>(BlockIOException error)
+    {
+        await Task.Yield();
+        throw error;
     }
 
     void CheckLimits(BlockLimits limits, BlockOperation operation, long offset, long length)
@@ -196,56 +245,52 @@ public sealed class BlkdebugFilter : FilterDriver
 
     public override ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Read, offset, buffer.Length);
-        return base.ReadAsync(offset, buffer, cancellationToken);
+        return Verdict(BlockOperation.Read, offset, buffer.Length) is { } verdict ? Fail(verdict) : base.ReadAsync(offset, buffer, cancellationToken);
     }
 
     public override ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Read, offset, IoVectors.TotalLength(buffers));
-        return base.ReadVectorAsync(offset, buffers, cancellationToken);
+        return Verdict(BlockOperation.Read, offset, IoVectors.TotalLength(buffers)) is { } verdict ? Fail(verdict) : base.ReadVectorAsync(offset, buffers, cancellationToken);
     }
 
     public override ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Write, offset, buffer.Length);
-        return base.WriteAsync(offset, buffer, flags, cancellationToken);
+        return Verdict(BlockOperation.Write, offset, buffer.Length) is { } verdict ? Fail(verdict) : base.WriteAsync(offset, buffer, flags, cancellationToken);
     }
 
     public override ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Write, offset, IoVectors.TotalLength(buffers));
-        return base.WriteVectorAsync(offset, buffers, flags, cancellationToken);
+        return Verdict(BlockOperation.Write, offset, IoVectors.TotalLength(buffers)) is { } verdict ? Fail(verdict) : base.WriteVectorAsync(offset, buffers, flags, cancellationToken);
     }
 
     public override ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.WriteZeroes, offset, length);
-        return base.WriteZeroesAsync(offset, length, flags, cancellationToken);
+        return Verdict(BlockOperation.WriteZeroes, offset, length) is { } verdict ? Fail(verdict) : base.WriteZeroesAsync(offset, length, flags, cancellationToken);
     }
 
     public override ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Discard, offset, length);
-        return base.DiscardAsync(offset, length, cancellationToken);
+        return Verdict(BlockOperation.Discard, offset, length) is { } verdict ? Fail(verdict) : base.DiscardAsync(offset, length, cancellationToken);
     }
 
     public override ValueTask FlushAsync(CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Flush, 0, 0);
-        return base.FlushAsync(cancellationToken);
+        return Verdict(BlockOperation.Flush, 0, 0) is { } verdict ? Fail(verdict) : base.FlushAsync(cancellationToken);
     }
 
     public override ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.BlockStatus, offset, length);
+        if (Verdict(BlockOperation.BlockStatus, offset, length) is { } verdict)
+        {
+            return verdict.Immediately ? ValueTask.FromException<BlockStatus>(verdict.Error) : FailAfterYieldAsync<BlockStatus>(verdict.Error);
+        }
+
         return base.GetBlockStatusAsync(offset, length, cancellationToken);
     }
 
     public override ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
-        Check(BlockOperation.Truncate, 0, length);
-        return base.TruncateAsync(length, cancellationToken);
+        return Verdict(BlockOperation.Truncate, 0, length) is { } verdict ? Fail(verdict) : base.TruncateAsync(length, cancellationToken);
     }
 
     /// <summary>A rule with its match counter.</summary>

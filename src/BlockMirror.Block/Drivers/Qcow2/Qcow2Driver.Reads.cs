@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.IO.Compression;
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -65,6 +66,7 @@ public sealed partial class Qcow2Driver
         {
             case Qcow2ClusterKind.Normal:
                 // A data cluster past the end of the file reads as zeroes, as it does in QEMU.
+                _image.File.DebugEvent(BlkdebugEvent.ReadAio);
                 await _image.ReadClampedAsync(run.HostOffset, buffer, cancellationToken).ConfigureAwait(false);
                 break;
             case Qcow2ClusterKind.Zero:
@@ -86,7 +88,8 @@ public sealed partial class Qcow2Driver
         var available = backing is null ? 0 : (int)Math.Clamp(backing.Node.Length - offset, 0, buffer.Length);
         if (available > 0)
         {
-            await backing!.ReadAsync(offset, buffer[..available], cancellationToken).ConfigureAwait(false);
+            backing!.DebugEvent(BlkdebugEvent.ReadBackingAio);
+            await backing.ReadAsync(offset, buffer[..available], cancellationToken).ConfigureAwait(false);
         }
 
         buffer.Span[available..].Clear();
@@ -113,6 +116,7 @@ public sealed partial class Qcow2Driver
         var cluster = new byte[g.ClusterSize];
         try
         {
+            _image.File.DebugEvent(BlkdebugEvent.ReadCompressed);
             await _image.ReadClampedAsync(from, compressed.Memory[..(int)(to - from)], cancellationToken).ConfigureAwait(false);
             var source = compressed.Memory.Slice((int)(offset - from), (int)(spanStart + spanLength - offset));
             var produced = Inflate(source, cluster);

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using BlockMirror.Block.Buffers;
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Io;
 
@@ -132,6 +133,7 @@ public sealed partial class Qcow2Driver
         {
             if (allocation is null)
             {
+                _image.File.DebugEvent(BlkdebugEvent.WriteAio);
                 await _image.File.WriteAsync(host, data[..length], RequestFlags.None, cancellationToken).ConfigureAwait(false);
                 return length;
             }
@@ -203,6 +205,7 @@ public sealed partial class Qcow2Driver
 
         if (zeroSource && knownZero || head == 0 && tail == 0)
         {
+            _image.File.DebugEvent(BlkdebugEvent.WriteAio);
             await _image.File.WriteAsync(host + head, data, RequestFlags.None, cancellationToken).ConfigureAwait(false);
             return;
         }
@@ -211,6 +214,8 @@ public sealed partial class Qcow2Driver
         try
         {
             var segments = new List<ReadOnlyMemory<byte>>(3);
+            // The copied head and tail go out with the data in one write: QEMU's cow_read, then cow_write.
+            _image.File.DebugEvent(BlkdebugEvent.CowRead);
             if (head > 0)
             {
                 segments.Add(await CopySourceAsync(old, offset, clusterStart, head, zeroSource, b => headBuffer = b, cancellationToken).ConfigureAwait(false));
@@ -222,6 +227,7 @@ public sealed partial class Qcow2Driver
                 segments.Add(await CopySourceAsync(old, offset, tailStart, tail, zeroSource, b => tailBuffer = b, cancellationToken).ConfigureAwait(false));
             }
 
+            _image.File.DebugEvent(BlkdebugEvent.CowWrite);
             await _image.File.WriteVectorAsync(host, segments, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         }
         finally

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -38,6 +39,8 @@ internal sealed partial class Qcow2Image
             return new Qcow2Mapping(Qcow2ClusterKind.Unallocated, length, -1, false, 0);
         }
 
+        // blkdebug's l2_load comes with every lookup of an L2 table, cached or not, as in QEMU.
+        _file.DebugEvent(BlkdebugEvent.L2Load);
         var table = await _l2Cache.GetAsync(l2Offset, load: true, cancellationToken).ConfigureAwait(false);
         var unit = g.SubclusterSize;
         var perCluster = 1 << (g.ClusterBits - g.SubclusterBits);
@@ -150,6 +153,7 @@ internal sealed partial class Qcow2Image
         var old = Qcow2Entries.HostOffset(entry);
         if (old != 0 && (entry & Qcow2Entries.Copied) != 0)
         {
+            _file.DebugEvent(BlkdebugEvent.L2Load);
             return await _l2Cache.GetAsync(old, load: true, cancellationToken).ConfigureAwait(false);
         }
 
@@ -160,6 +164,7 @@ internal sealed partial class Qcow2Image
         {
             // A table shared with a snapshot: this image gets its own copy. The data clusters it points at
             // already count both references (a snapshot raises them all), so only the table changes hands.
+            _file.DebugEvent(BlkdebugEvent.L2AllocCowRead);
             var oldTable = await _l2Cache.GetAsync(old, load: true, cancellationToken).ConfigureAwait(false);
             shared = oldTable.Span.ToArray();
         }
@@ -170,6 +175,7 @@ internal sealed partial class Qcow2Image
         // Its refcount, then the table, then the L1 entry that points at it.
         await BeforeMetadataWriteAsync(cancellationToken).ConfigureAwait(false);
         await MakeRefcountsDurableAsync(cancellationToken).ConfigureAwait(false);
+        _file.DebugEvent(BlkdebugEvent.L2AllocWrite);
         await _file.WriteAsync(offset, table.Memory, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         table.Dirty = false;
         if (!Lazy)
@@ -191,8 +197,11 @@ internal sealed partial class Qcow2Image
     }
 
     /// <summary>Writes the block of the on-disk L1 table that holds entry <paramref name="index"/>.</summary>
-    async ValueTask WriteL1EntryAsync(long index, CancellationToken cancellationToken) =>
+    async ValueTask WriteL1EntryAsync(long index, CancellationToken cancellationToken)
+    {
+        _file.DebugEvent(BlkdebugEvent.L1Update);
         await WriteEntryBlockAsync(_l1, Header.L1TableOffset, index, cancellationToken).ConfigureAwait(false);
+    }
 
     async ValueTask WriteEntryBlockAsync(ulong[] entries, long tableOffset, long index, CancellationToken cancellationToken)
     {

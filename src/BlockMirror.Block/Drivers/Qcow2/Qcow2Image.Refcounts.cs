@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -100,6 +101,7 @@ internal sealed partial class Qcow2Image
     async ValueTask<(long Cluster, bool KnownZero)> AllocateClustersAsync(long count, CancellationToken cancellationToken)
     {
         var g = Geometry;
+        _file.DebugEvent(BlkdebugEvent.ClusterAlloc);
         while (true)
         {
             var start = await FindFreeRunAsync(count, cancellationToken).ConfigureAwait(false);
@@ -210,6 +212,7 @@ internal sealed partial class Qcow2Image
     async ValueTask CreateRefblocksAsync(long start, long count, CancellationToken cancellationToken)
     {
         var g = Geometry;
+        _file.DebugEvent(BlkdebugEvent.RefblockAlloc);
         var area = Math.Max(_untouchedFrom, start + count);
         var missing = new SortedSet<long>();
         var placed = 0;

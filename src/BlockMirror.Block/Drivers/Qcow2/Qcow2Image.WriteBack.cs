@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -41,6 +42,8 @@ internal sealed partial class Qcow2Image
         foreach (var table in tables)
         {
             await EnsureFileLengthAsync(table.Offset + Geometry.ClusterSize, cancellationToken).ConfigureAwait(false);
+            // QEMU's cache write-back announces each table it writes.
+            _file.DebugEvent(ReferenceEquals(cache, _l2Cache) ? BlkdebugEvent.L2Update : BlkdebugEvent.RefblockUpdatePart);
             await _file.WriteAsync(table.Offset, table.Memory, RequestFlags.None, cancellationToken).ConfigureAwait(false);
             table.Dirty = false;
         }

@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers.Blkdebug;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 
@@ -89,25 +90,46 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
 
     public string? FileName => _file.Node.Driver.FileName;
 
-    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
-        _file.ReadAsync(_offset + offset, buffer, cancellationToken);
+    // Reads and writes announce themselves to the file (blkdebug's read_aio and write_aio), as QEMU's raw does.
 
-    public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken) =>
-        _file.ReadVectorAsync(_offset + offset, buffers, cancellationToken);
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        _file.DebugEvent(BlkdebugEvent.ReadAio);
+        return _file.ReadAsync(_offset + offset, buffer, cancellationToken);
+    }
 
-    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
-        _guard is not null && offset < ImageFormatProbe.Size
-            ? GuardedAsync(offset, [buffer], flags, cancellationToken)
-            : _file.WriteAsync(_offset + offset, buffer, flags, cancellationToken);
+    public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)
+    {
+        _file.DebugEvent(BlkdebugEvent.ReadAio);
+        return _file.ReadVectorAsync(_offset + offset, buffers, cancellationToken);
+    }
 
-    public ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken) =>
-        _guard is not null && offset < ImageFormatProbe.Size
-            ? GuardedAsync(offset, buffers, flags, cancellationToken)
-            : _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken);
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if (_guard is not null && offset < ImageFormatProbe.Size)
+        {
+            return GuardedAsync(offset, [buffer], flags, cancellationToken);
+        }
+
+        _file.DebugEvent(BlkdebugEvent.WriteAio);
+        return _file.WriteAsync(_offset + offset, buffer, flags, cancellationToken);
+    }
+
+    public ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if (_guard is not null && offset < ImageFormatProbe.Size)
+        {
+            return GuardedAsync(offset, buffers, flags, cancellationToken);
+        }
+
+        _file.DebugEvent(BlkdebugEvent.WriteAio);
+        return _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken);
+    }
 
     async ValueTask GuardedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
         await _guard!.CheckWriteAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+        _file.DebugEvent(BlkdebugEvent.WriteAio);
         await _file.WriteVectorAsync(_offset + offset, buffers, flags, cancellationToken).ConfigureAwait(false);
     }
 
