@@ -109,7 +109,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     }
 
     static BlockJob FindBlockJob(JobManager jobs, string device) =>
-        jobs.Find(device) as BlockJob ?? throw new QmpException("DeviceNotActive", $"No active block job on device '{device}'");
+        jobs.Find(device) as BlockJob ?? throw new QmpException("DeviceNotActive", $"Block job '{device}' not found");
 
     static Job FindJob(JobManager jobs, string id) => jobs.Find(id) ?? throw QmpException.Generic("Job not found");
 
