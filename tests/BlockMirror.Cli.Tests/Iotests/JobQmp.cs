@@ -77,6 +77,21 @@ static class JobQmp
         return kept;
     }
 
+    /// <summary>
+    /// Runs a scenario on qemu-storage-daemon, then on <c>blockmirror serve</c>, each in a directory of its own
+    /// under <paramref name="root"/>; returns what each produced, to be compared.
+    /// </summary>
+    public static async Task<(List<string> Qsd, List<string> Ours)> OnBothAsync(TempDirectory root, Func<DifferentialDaemon, string, Task<List<string>>> scenario)
+    {
+        var qsd = DifferentialDaemon.Qsd();
+        var ours = DifferentialDaemon.Ours();
+        return (await scenario(qsd, Directory.CreateDirectory(Path.Combine(root.Path, qsd.Name)).FullName),
+            await scenario(ours, Directory.CreateDirectory(Path.Combine(root.Path, ours.Name)).FullName));
+    }
+
+    /// <summary>A node reading a raw file of data without taking its lock: several jobs' sources over one file none of them writes.</summary>
+    public static string[] DataNode(string name, string path) => ["--blockdev", $"driver=file,node-name={name},filename={path},locking=off"];
+
     /// <summary>A null-co node of this many bytes (reads return whatever, writes go nowhere): a job's source or target.</summary>
     public static string[] NullNode(string name, long size) => ["--blockdev", $"driver=null-co,node-name={name},size={size}"];
 }

@@ -77,7 +77,7 @@ public sealed class JobVerbTableDifferentialTests : IDisposable
             // The slow jobs read data (null-co's ranges may be zeroed, which costs no time), all from one
             // file: every node opens it without locks, and none writes it.
             blockdevs.AddRange(slow
-                ? ["--blockdev", $"driver=file,node-name=s{k},filename={dir}/data.raw,locking=off"]
+                ? JobQmp.DataNode($"s{k}", $"{dir}/data.raw")
                 : JobQmp.NullNode($"s{k}", Size));
             blockdevs.AddRange(JobQmp.NullNode($"t{k}", Size));
         }
