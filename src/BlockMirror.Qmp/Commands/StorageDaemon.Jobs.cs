@@ -109,6 +109,13 @@ public sealed partial class StorageDaemon
         });
     }
 
+    /// <summary>
+    /// The id of a job started without <c>job-id</c>: QEMU names it after the device's BlockBackend, and the
+    /// nodes of qemu-storage-daemon are node names with no BlockBackend, so the name is empty and the job is
+    /// refused with "Invalid job ID ''" (a node name is never taken for a job id).
+    /// </summary>
+    const string UnnamedDevice = "";
+
     void AddVerb(string command, string idMember, bool block, Action<Job> verb) =>
         Commands.Add(command, (arguments, _) =>
         {

@@ -51,7 +51,7 @@ public sealed class Iotest218Tests : IDisposable
             log.Add($"blockdev-mirror: {await JobQmp.ReplyAsync(qmp, "blockdev-mirror", mirror)}");
             await script(qmp, log);
         });
-        log.Add($"events: {string.Join(", ", JobQmp.WithoutDrainPauses(events))}");
+        log.Add($"events: {string.Join(", ", JobQmp.WithoutQuitDrainPauses(events))}");
         return log;
     }
 

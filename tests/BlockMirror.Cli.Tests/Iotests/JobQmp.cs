@@ -78,6 +78,17 @@ static class JobQmp
     }
 
     /// <summary>
+    /// The events of a run ended by quit, with the drain pauses of the quit taken out: those after the export's
+    /// deletion, which is the first thing quit does (the tests export a node no job uses, so its closing
+    /// pauses none). Earlier pauses are the script's own and stay.
+    /// </summary>
+    public static List<string> WithoutQuitDrainPauses(IReadOnlyList<string> events)
+    {
+        var quit = events.ToList().IndexOf("BLOCK_EXPORT_DELETED");
+        return quit < 0 ? [.. events] : [.. events.Take(quit + 1), .. WithoutDrainPauses([.. events.Skip(quit + 1)])];
+    }
+
+    /// <summary>
     /// Runs a scenario on qemu-storage-daemon, then on <c>blockmirror serve</c>, each in a directory of its own
     /// under <paramref name="root"/>; returns what each produced, to be compared.
     /// </summary>
