@@ -31,11 +31,7 @@ public sealed partial class StorageDaemon
         Commands.Add("quit", async (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
-            // qemu-storage-daemon closes its exports, then force-cancels every job and waits for each to end,
-            // all before it answers quit: the monitor sees each export's deletion and each job's cancellation
-            // and state changes (aborting, BLOCK_JOB_CANCELLED, concluded, null) before the reply.
-            await CloseExportsAsync().ConfigureAwait(false);
-            await Jobs.CancelAllAsync().ConfigureAwait(false);
+            await StopServingAsync().ConfigureAwait(false);
             _quit.TrySetResult();
             return Empty;
         });

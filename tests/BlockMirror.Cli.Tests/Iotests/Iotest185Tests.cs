@@ -28,7 +28,7 @@ public sealed class Iotest185Tests : IDisposable
     const string Cancelled = "JOB_STATUS_CHANGE aborting, BLOCK_JOB_CANCELLED, JOB_STATUS_CHANGE concluded, JOB_STATUS_CHANGE null";
 
     /// <summary>Builds the chain, opens top, runs the script (which starts a job), quits; then checks the images.</summary>
-    static async Task<List<string>> QuitWithJobAsync(DifferentialDaemon daemon, string dir, Func<QmpClient, List<string>, Task> script)
+    static async Task<List<string>> QuitWithJobAsync(DifferentialDaemon daemon, string dir, Func<QmpClient, List<string>, Task> script, bool sigterm = false)
     {
         await ImageRecipes.Qcow2Async(dir, "base.qcow2", "64M", [], []);
         await ImageRecipes.Qcow2Async(dir, "mid.qcow2", null, ["-b", "base.qcow2", "-F", "qcow2"], ["write -P 0x85 0 20M"]);
@@ -36,7 +36,7 @@ public sealed class Iotest185Tests : IDisposable
         var log = new List<string>();
         var events = await daemon.RunAsync(dir,
             ["--blockdev", $"driver=qcow2,node-name=disk,file.driver=file,file.filename={dir}/top.qcow2", .. JobQmp.NullNode("exp", 1 << 20)], "exp",
-            (qmp, _) => script(qmp, log));
+            (qmp, _) => script(qmp, log), sigterm);
         log.Add($"events: {string.Join(", ", JobQmp.WithoutQuitDrainPauses(events))}");
 
         // Whatever the job had done, the guest reads what it wrote, through an unchanged chain.
@@ -164,4 +164,16 @@ public sealed class Iotest185Tests : IDisposable
             await StartAsync(qmp, log, "job-complete", new JsonObject { ["id"] = "disk" });
             await JobQmp.WaitStatusAsync(qmp, "disk", "concluded");
         });
+
+    /// <summary>Beyond iotest 185: SIGTERM instead of quit ends the jobs the same way, announced before the monitor closes.</summary>
+    [SkippableFact]
+    public async Task Start_mirror_job_and_terminate_qemu()
+    {
+        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => QuitWithJobAsync(daemon, dir, (qmp, log) => StartAsync(qmp, log, "drive-mirror", new JsonObject
+        {
+            ["job-id"] = "disk", ["device"] = "disk", ["target"] = $"{dir}/copy.qcow2", ["format"] = "qcow2", ["sync"] = "full", ["speed"] = 65536, ["buf-size"] = 65536,
+        }), sigterm: true));
+        Assert.Equal(["drive-mirror: ok", $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"], qsd);
+        Assert.Equal(qsd, ours);
+    }
 }
