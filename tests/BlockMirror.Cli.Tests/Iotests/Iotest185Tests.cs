@@ -19,11 +19,8 @@ namespace BlockMirror.Cli.Tests.Iotests;
 /// none (a job without job-id is refused), so these name theirs. Its backup and stream cases need jobs
 /// BlockMirror does not have. The cases after the iotest's own hold a job paused, pending or concluded at quit.
 /// </remarks>
-public sealed class Iotest185Tests : IDisposable
+public sealed class Iotest185Tests
 {
-    readonly TempDirectory _dir = new("blockmirror-iotest185-");
-
-    public void Dispose() => _dir.Dispose();
 
     const string Cancelled = "JOB_STATUS_CHANGE aborting, BLOCK_JOB_CANCELLED, JOB_STATUS_CHANGE concluded, JOB_STATUS_CHANGE null";
 
@@ -62,16 +59,16 @@ public sealed class Iotest185Tests : IDisposable
     static async Task StartAsync(QmpClient qmp, List<string> log, string command, JsonObject arguments) =>
         log.Add($"{command}: {await JobQmp.ReplyAsync(qmp, command, arguments)}");
 
-    static async Task AssertAgreeAsync(TempDirectory root, string[] expected, Func<QmpClient, List<string>, string, Task> script)
+    static async Task AssertAgreeAsync(string[] expected, Func<QmpClient, List<string>, string, Task> script)
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(root, (daemon, dir) => QuitWithJobAsync(daemon, dir, (qmp, log) => script(qmp, log, dir)));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest185", (daemon, dir) => QuitWithJobAsync(daemon, dir, (qmp, log) => script(qmp, log, dir)));
         Assert.Equal(string.Join('\n', expected), string.Join('\n', qsd));
-        Assert.Equal(string.Join('\n', qsd), string.Join('\n', ours));
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>iotest 185, "Start commit job and exit qemu": mid into base at 64 KiB/s.</summary>
     [SkippableFact]
-    public Task Start_commit_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Start_commit_job_and_exit_qemu() => AssertAgreeAsync(
         ["block-commit: ok", $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"],
         (qmp, log, dir) => StartAsync(qmp, log, "block-commit", new JsonObject
         {
@@ -80,7 +77,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>iotest 185, "Start active commit job and exit qemu": top into base at 64 KiB/s.</summary>
     [SkippableFact]
-    public Task Start_active_commit_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Start_active_commit_job_and_exit_qemu() => AssertAgreeAsync(
         ["block-commit: ok", $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"],
         (qmp, log, dir) => StartAsync(qmp, log, "block-commit", new JsonObject
         {
@@ -89,7 +86,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>iotest 185, "Start mirror job and exit qemu": drive-mirror to a new qcow2 at 64 KiB/s; the copy is left consistent.</summary>
     [SkippableFact]
-    public Task Start_mirror_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Start_mirror_job_and_exit_qemu() => AssertAgreeAsync(
         ["drive-mirror: ok", $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"],
         async (qmp, log, dir) =>
         {
@@ -101,7 +98,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>Beyond iotest 185: a user-paused mirror at quit is resumed to be cancelled (running, then aborting).</summary>
     [SkippableFact]
-    public Task Paused_mirror_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Paused_mirror_job_and_exit_qemu() => AssertAgreeAsync(
         ["drive-mirror: ok", "block-job-pause: ok",
          $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, JOB_STATUS_CHANGE paused, BLOCK_EXPORT_DELETED, JOB_STATUS_CHANGE running, {Cancelled}"],
         async (qmp, log, dir) =>
@@ -116,7 +113,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>Beyond iotest 185: paused, resumed, then quit: cancelled as a running job.</summary>
     [SkippableFact]
-    public Task Paused_and_resumed_mirror_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Paused_and_resumed_mirror_job_and_exit_qemu() => AssertAgreeAsync(
         ["drive-mirror: ok", "block-job-pause: ok", "block-job-resume: ok",
          $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, JOB_STATUS_CHANGE paused, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"],
         async (qmp, log, dir) =>
@@ -133,7 +130,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>Beyond iotest 185: a job waiting for job-finalize at quit is aborted (the target is not switched to).</summary>
     [SkippableFact]
-    public Task Pending_mirror_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Pending_mirror_job_and_exit_qemu() => AssertAgreeAsync(
         ["drive-mirror: ok", "job-complete: ok",
          "events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, JOB_STATUS_CHANGE ready, BLOCK_JOB_READY, JOB_STATUS_CHANGE waiting, JOB_STATUS_CHANGE pending, BLOCK_JOB_PENDING, " +
          $"BLOCK_EXPORT_DELETED, {Cancelled}"],
@@ -150,7 +147,7 @@ public sealed class Iotest185Tests : IDisposable
 
     /// <summary>Beyond iotest 185: a concluded job nobody dismissed is dismissed at quit (null).</summary>
     [SkippableFact]
-    public Task Concluded_mirror_job_and_exit_qemu() => AssertAgreeAsync(_dir,
+    public Task Concluded_mirror_job_and_exit_qemu() => AssertAgreeAsync(
         ["drive-mirror: ok", "job-complete: ok",
          "events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, JOB_STATUS_CHANGE ready, BLOCK_JOB_READY, JOB_STATUS_CHANGE waiting, JOB_STATUS_CHANGE pending, " +
          "BLOCK_JOB_COMPLETED, JOB_STATUS_CHANGE concluded, BLOCK_EXPORT_DELETED, JOB_STATUS_CHANGE null"],
@@ -169,11 +166,11 @@ public sealed class Iotest185Tests : IDisposable
     [SkippableFact]
     public async Task Start_mirror_job_and_terminate_qemu()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => QuitWithJobAsync(daemon, dir, (qmp, log) => StartAsync(qmp, log, "drive-mirror", new JsonObject
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest185", (daemon, dir) => QuitWithJobAsync(daemon, dir, (qmp, log) => StartAsync(qmp, log, "drive-mirror", new JsonObject
         {
             ["job-id"] = "disk", ["device"] = "disk", ["target"] = $"{dir}/copy.qcow2", ["format"] = "qcow2", ["sync"] = "full", ["speed"] = 65536, ["buf-size"] = 65536,
         }), sigterm: true));
         Assert.Equal(["drive-mirror: ok", $"events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, {Cancelled}"], qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 }

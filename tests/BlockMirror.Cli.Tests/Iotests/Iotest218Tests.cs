@@ -15,11 +15,8 @@ namespace BlockMirror.Cli.Tests.Iotests;
 /// those is not what these cases are about. The iotest's quit from a throttle-group node needs the throttle
 /// driver, which BlockMirror does not have; the quit case holds the job with a speed limit instead.
 /// </remarks>
-public sealed class Iotest218Tests : IDisposable
+public sealed class Iotest218Tests
 {
-    readonly TempDirectory _dir = new("blockmirror-iotest218-");
-
-    public void Dispose() => _dir.Dispose();
 
     const long Size = 1 << 20;
 
@@ -82,36 +79,36 @@ public sealed class Iotest218Tests : IDisposable
     [SkippableFact]
     public async Task Cancel_mirror_job_before_convergence_force_false()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: false));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: false));
         Assert.Equal(Expected(ready: false, force: false, "BLOCK_JOB_CANCELLED"), qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>iotest 218, "Cancel mirror job before convergence", force=true.</summary>
     [SkippableFact]
     public async Task Cancel_mirror_job_before_convergence_force_true()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: true));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: true));
         Assert.Equal(Expected(ready: false, force: true, "BLOCK_JOB_CANCELLED"), qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>iotest 218, "Cancel mirror job after convergence", force=false: the job completes (COMPLETED).</summary>
     [SkippableFact]
     public async Task Cancel_mirror_job_after_convergence_force_false()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: false));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: false));
         Assert.Equal(Expected(ready: true, force: false, "BLOCK_JOB_COMPLETED"), qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>iotest 218, "Cancel mirror job after convergence", force=true: CANCELLED.</summary>
     [SkippableFact]
     public async Task Cancel_mirror_job_after_convergence_force_true()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: true));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: true));
         Assert.Equal(Expected(ready: true, force: true, "BLOCK_JOB_CANCELLED"), qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>
@@ -121,12 +118,12 @@ public sealed class Iotest218Tests : IDisposable
     [SkippableFact]
     public async Task Cancel_mirror_job_from_throttled_node_by_quitting()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, (daemon, dir) => MirrorAsync(daemon, dir, slow: true, (_, _) => Task.CompletedTask));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => MirrorAsync(daemon, dir, slow: true, (_, _) => Task.CompletedTask));
         Assert.Equal(
         [
             "blockdev-mirror: ok",
             "events: JOB_STATUS_CHANGE created, JOB_STATUS_CHANGE running, BLOCK_EXPORT_DELETED, JOB_STATUS_CHANGE aborting, BLOCK_JOB_CANCELLED, JOB_STATUS_CHANGE concluded, JOB_STATUS_CHANGE null",
         ], qsd);
-        Assert.Equal(qsd, ours);
+        JobQmp.AssertSame(qsd, ours);
     }
 }

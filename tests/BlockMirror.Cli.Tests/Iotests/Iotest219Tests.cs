@@ -14,11 +14,8 @@ namespace BlockMirror.Cli.Tests.Iotests;
 /// combination; BlockMirror has no backup job, so the combinations are walked with drive-mirror. The iotest
 /// logs progress numbers, which depend on timing here; these compare the states instead.
 /// </remarks>
-public sealed class Iotest219Tests : IDisposable
+public sealed class Iotest219Tests
 {
-    readonly TempDirectory _dir = new("blockmirror-iotest219-");
-
-    public void Dispose() => _dir.Dispose();
 
     const string Job = "job0";
 
@@ -102,29 +99,29 @@ public sealed class Iotest219Tests : IDisposable
         }
     }
 
-    static async Task AssertAgreeAsync(TempDirectory root, bool autoFinalize, bool autoDismiss)
+    static async Task AssertAgreeAsync(bool autoFinalize, bool autoDismiss)
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync(root, (daemon, dir) => LifecycleAsync(daemon, dir, autoFinalize, autoDismiss));
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest219", (daemon, dir) => LifecycleAsync(daemon, dir, autoFinalize, autoDismiss));
 
         // The refusals are QEMU's: each names the state the job was in.
         Assert.Contains("job-finalize {\"id\":\"job0\"}: GenericError: Job 'job0' in state 'running' cannot accept command verb 'finalize'", qsd);
         Assert.Contains("job-dismiss {\"id\":\"job0\"}: GenericError: Job 'job0' in state 'ready' cannot accept command verb 'dismiss'", qsd);
-        Assert.Equal(string.Join('\n', qsd), string.Join('\n', ours));
+        JobQmp.AssertSame(qsd, ours);
     }
 
     /// <summary>iotest 219, test_job_lifecycle with drive-mirror (auto-finalize and auto-dismiss on).</summary>
     [SkippableFact]
-    public Task Job_lifecycle_drive_mirror() => AssertAgreeAsync(_dir, autoFinalize: true, autoDismiss: true);
+    public Task Job_lifecycle_drive_mirror() => AssertAgreeAsync(autoFinalize: true, autoDismiss: true);
 
     /// <summary>iotest 219, test_job_lifecycle with auto-finalize on, auto-dismiss off (drive-backup there, drive-mirror here).</summary>
     [SkippableFact]
-    public Task Job_lifecycle_auto_finalize_on_auto_dismiss_off() => AssertAgreeAsync(_dir, autoFinalize: true, autoDismiss: false);
+    public Task Job_lifecycle_auto_finalize_on_auto_dismiss_off() => AssertAgreeAsync(autoFinalize: true, autoDismiss: false);
 
     /// <summary>iotest 219, test_job_lifecycle with auto-finalize off, auto-dismiss on (drive-backup there, drive-mirror here).</summary>
     [SkippableFact]
-    public Task Job_lifecycle_auto_finalize_off_auto_dismiss_on() => AssertAgreeAsync(_dir, autoFinalize: false, autoDismiss: true);
+    public Task Job_lifecycle_auto_finalize_off_auto_dismiss_on() => AssertAgreeAsync(autoFinalize: false, autoDismiss: true);
 
     /// <summary>iotest 219, test_job_lifecycle with auto-finalize and auto-dismiss off (drive-backup there, drive-mirror here).</summary>
     [SkippableFact]
-    public Task Job_lifecycle_auto_finalize_off_auto_dismiss_off() => AssertAgreeAsync(_dir, autoFinalize: false, autoDismiss: false);
+    public Task Job_lifecycle_auto_finalize_off_auto_dismiss_off() => AssertAgreeAsync(autoFinalize: false, autoDismiss: false);
 }

@@ -9,11 +9,8 @@ namespace BlockMirror.Cli.Tests.Iotests;
 /// it is refused as <c>Invalid job ID ''</c>, as is an empty or malformed one; a verb naming the job '' finds
 /// none. The replies must be the same and no job may start.
 /// </summary>
-public sealed class JobIdDifferentialTests : IDisposable
+public sealed class JobIdDifferentialTests
 {
-    readonly TempDirectory _dir = new("blockmirror-job-id-");
-
-    public void Dispose() => _dir.Dispose();
 
     static IEnumerable<(string Command, JsonObject Arguments)> Requests(string dir)
     {
@@ -44,7 +41,7 @@ public sealed class JobIdDifferentialTests : IDisposable
     public async Task A_missing_or_empty_job_id_is_refused_and_an_empty_one_names_no_job_as_qemu_does()
     {
         var created = new Dictionary<string, bool>();
-        var (qsd, ours) = await JobQmp.OnBothAsync(_dir, async (daemon, dir) =>
+        var (qsd, ours) = await JobQmp.OnBothAsync("job-id", async (daemon, dir) =>
         {
             await ImageRecipes.Qcow2Async(dir, "base.qcow2", "4M", [], ["write -P 0x11 0 1M"]);
             await ImageRecipes.Qcow2Async(dir, "top.qcow2", null, ["-b", "base.qcow2", "-F", "qcow2"], ["write -P 0x22 1M 1M"]);
@@ -79,6 +76,6 @@ public sealed class JobIdDifferentialTests : IDisposable
         Assert.Contains("block-commit {\"device\":\"top\"}: GenericError: Invalid job ID ''", qsd);
         Assert.Contains("job-pause {\"id\":\"\"}: GenericError: Job not found", qsd);
         Assert.Contains("block-job-pause {\"device\":\"\"}: DeviceNotActive: Block job '' not found", qsd);
-        Assert.Equal(string.Join('\n', qsd), string.Join('\n', ours));
+        JobQmp.AssertSame(qsd, ours);
     }
 }

@@ -89,16 +89,20 @@ static class JobQmp
     }
 
     /// <summary>
-    /// Runs a scenario on qemu-storage-daemon, then on <c>blockmirror serve</c>, each in a directory of its own
-    /// under <paramref name="root"/>; returns what each produced, to be compared.
+    /// Runs a scenario on qemu-storage-daemon, then on <c>blockmirror serve</c>, each in a new directory of its
+    /// own (removed after); returns what each produced, to be compared.
     /// </summary>
-    public static async Task<(List<string> Qsd, List<string> Ours)> OnBothAsync(TempDirectory root, Func<DifferentialDaemon, string, Task<List<string>>> scenario)
+    public static async Task<(List<string> Qsd, List<string> Ours)> OnBothAsync(string name, Func<DifferentialDaemon, string, Task<List<string>>> scenario)
     {
         var qsd = DifferentialDaemon.Qsd();
         var ours = DifferentialDaemon.Ours();
+        using var root = new TempDirectory($"blockmirror-{name}-");
         return (await scenario(qsd, Directory.CreateDirectory(Path.Combine(root.Path, qsd.Name)).FullName),
             await scenario(ours, Directory.CreateDirectory(Path.Combine(root.Path, ours.Name)).FullName));
     }
+
+    /// <summary>Fails unless both daemons produced the same lines, shown one per line when they differ.</summary>
+    public static void AssertSame(List<string> qsd, List<string> ours) => Assert.Equal(string.Join('\n', qsd), string.Join('\n', ours));
 
     /// <summary>A node reading a raw file of data without taking its lock: several jobs' sources over one file none of them writes.</summary>
     public static string[] DataNode(string name, string path) => ["--blockdev", $"driver=file,node-name={name},filename={path},locking=off"];
