@@ -75,41 +75,28 @@ public sealed class Iotest218Tests
             end, "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED"]),
     ];
 
-    /// <summary>iotest 218, "Cancel mirror job before convergence", force=false: still a cancel (CANCELLED).</summary>
-    [SkippableFact]
-    public async Task Cancel_mirror_job_before_convergence_force_false()
+    static async Task AssertCancelAsync(bool converged, bool force, string end)
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: false));
-        Assert.Equal(Expected(ready: false, force: false, "BLOCK_JOB_CANCELLED"), qsd);
+        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged, force));
+        Assert.Equal(Expected(converged, force, end), qsd);
         JobQmp.AssertSame(qsd, ours);
     }
+
+    /// <summary>iotest 218, "Cancel mirror job before convergence", force=false: still a cancel (CANCELLED).</summary>
+    [SkippableFact]
+    public Task Cancel_mirror_job_before_convergence_force_false() => AssertCancelAsync(converged: false, force: false, "BLOCK_JOB_CANCELLED");
 
     /// <summary>iotest 218, "Cancel mirror job before convergence", force=true.</summary>
     [SkippableFact]
-    public async Task Cancel_mirror_job_before_convergence_force_true()
-    {
-        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: false, force: true));
-        Assert.Equal(Expected(ready: false, force: true, "BLOCK_JOB_CANCELLED"), qsd);
-        JobQmp.AssertSame(qsd, ours);
-    }
+    public Task Cancel_mirror_job_before_convergence_force_true() => AssertCancelAsync(converged: false, force: true, "BLOCK_JOB_CANCELLED");
 
     /// <summary>iotest 218, "Cancel mirror job after convergence", force=false: the job completes (COMPLETED).</summary>
     [SkippableFact]
-    public async Task Cancel_mirror_job_after_convergence_force_false()
-    {
-        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: false));
-        Assert.Equal(Expected(ready: true, force: false, "BLOCK_JOB_COMPLETED"), qsd);
-        JobQmp.AssertSame(qsd, ours);
-    }
+    public Task Cancel_mirror_job_after_convergence_force_false() => AssertCancelAsync(converged: true, force: false, "BLOCK_JOB_COMPLETED");
 
     /// <summary>iotest 218, "Cancel mirror job after convergence", force=true: CANCELLED.</summary>
     [SkippableFact]
-    public async Task Cancel_mirror_job_after_convergence_force_true()
-    {
-        var (qsd, ours) = await JobQmp.OnBothAsync("iotest218", (daemon, dir) => CancelAsync(daemon, dir, converged: true, force: true));
-        Assert.Equal(Expected(ready: true, force: true, "BLOCK_JOB_CANCELLED"), qsd);
-        JobQmp.AssertSame(qsd, ours);
-    }
+    public Task Cancel_mirror_job_after_convergence_force_true() => AssertCancelAsync(converged: true, force: true, "BLOCK_JOB_CANCELLED");
 
     /// <summary>
     /// iotest 218, "Cancel mirror job from throttled node by quitting": quit while the job is held back
