@@ -731,13 +731,41 @@ public abstract class Job
     /// QMP job-cancel / block-job-cancel. Before READY every cancel stops at once; after READY a cancel
     /// that is not forced lets the job finish its final sync (it then reports COMPLETED).
     /// </summary>
-    public async Task CancelAsync(bool force = false)
+    public Task CancelAsync(bool force = false) => CancelCoreAsync(force, checkVerb: true);
+
+    /// <summary>
+    /// Ends the job whatever its state, as QEMU's job_cancel_sync_all does at shutdown: a forced cancel
+    /// without the verb check, so a pending job aborts and a concluded one is dismissed; then waits for the
+    /// end. Every state change on the way is announced, as it is for a user's cancel.
+    /// </summary>
+    public async Task CancelForShutdownAsync()
+    {
+        await CancelCoreAsync(force: true, checkVerb: false).ConfigureAwait(false);
+        await Finished.ConfigureAwait(false);
+        lock (Lock)
+        {
+            if (_status == JobStatus.Concluded)
+            {
+                DismissLocked();
+            }
+        }
+    }
+
+    async Task CancelCoreAsync(bool force, bool checkVerb)
     {
         bool runEnd = false;
         bool forced;
         lock (Lock)
         {
-            CheckVerbLocked(JobVerb.Cancel);
+            if (checkVerb)
+            {
+                CheckVerbLocked(JobVerb.Cancel);
+            }
+            else if (_status is JobStatus.Null)
+            {
+                return;
+            }
+
             if (_status == JobStatus.Concluded)
             {
                 DismissLocked();

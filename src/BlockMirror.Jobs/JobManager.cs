@@ -104,21 +104,15 @@ public sealed class JobManager(TimeProvider? time = null)
 
     internal void PublishLocked(JobEvent e) => Events.Publish(e with { Timestamp = Time.GetUtcNow() });
 
-    /// <summary>Force-cancels every job and waits for each to end (shutdown).</summary>
+    /// <summary>
+    /// Force-cancels every job and waits for each to end and be dismissed (shutdown, quit), as QEMU's
+    /// job_cancel_sync_all does: a job's cancellation and state changes are announced before the process goes.
+    /// </summary>
     public async Task CancelAllAsync()
     {
         foreach (var job in Jobs)
         {
-            try
-            {
-                await job.CancelAsync(force: true).ConfigureAwait(false);
-            }
-            catch (JobException)
-            {
-                // Already ending: wait below.
-            }
-
-            await job.Finished.ConfigureAwait(false);
+            await job.CancelForShutdownAsync().ConfigureAwait(false);
         }
     }
 }

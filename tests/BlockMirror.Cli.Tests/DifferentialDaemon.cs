@@ -38,7 +38,11 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
     /// <see cref="Describe"/>'s words. With <paramref name="impliedKeys"/> the monitor and export are given
     /// without their first key (<c>mon0</c>, <c>nbd,...</c>, as the chardev's <c>socket,...</c> always is), as QEMU allows.
     /// </summary>
-    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script, bool impliedKeys = false)
+    /// <remarks>
+    /// With <paramref name="sigterm"/>, the daemon is stopped by SIGTERM instead of quit, and the events it
+    /// sends until it closes the monitor are kept.
+    /// </remarks>
+    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script, bool impliedKeys = false, bool sigterm = false)
     {
         var (chardev, type) = impliedKeys ? ("", "") : ("chardev=", "type=");
         string[] arguments =
@@ -72,7 +76,16 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
 
             await using var qmp = connected;
             await script(qmp, $"nbd+unix:///{ExportName}?socket={dir}/nbd.sock");
-            await qmp.ExecuteAsync("quit");
+            if (sigterm)
+            {
+                await ExternalTool.RunCheckedAsync("kill", "-TERM", $"{daemon.Id}");
+                await ReadUntilClosedAsync(qmp);
+            }
+            else
+            {
+                await qmp.ExecuteAsync("quit");
+            }
+
             Assert.True(daemon.WaitForExit(30_000), $"{Name} did not exit after quit");
             return [.. qmp.Events.Select(Describe)];
         }
@@ -85,6 +98,21 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
 
             await daemon.WaitForExitAsync();
             _ = await stderr;
+        }
+    }
+
+    /// <summary>Keeps every event until the daemon closes the monitor.</summary>
+    static async Task ReadUntilClosedAsync(QmpClient qmp)
+    {
+        try
+        {
+            while (true)
+            {
+                qmp.Events.Add(await qmp.ReadObjectAsync(TimeSpan.FromSeconds(30)));
+            }
+        }
+        catch (Exception e) when (e is EndOfStreamException or IOException)
+        {
         }
     }
 

@@ -61,7 +61,7 @@ public sealed class ServeTests : IAsyncLifetime
         { "blockdev-mirror", new JsonObject { ["device"] = "nope", ["target"] = "disk", ["sync"] = "full" }, "GenericError: Cannot find device='nope' nor node-name='nope'" },
         { "blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "disk", ["filename"] = "/nonexistent" }, "GenericError: node-name 'disk' is already in use" },
         { "blockdev-add", new JsonObject { ["driver"] = "vmdk", ["node-name"] = "x" }, "GenericError: Parameter 'driver' does not accept value 'vmdk'" },
-        { "block-job-pause", new JsonObject { ["device"] = "job0" }, "DeviceNotActive: No active block job on device 'job0'" },
+        { "block-job-pause", new JsonObject { ["device"] = "job0" }, "DeviceNotActive: Block job 'job0' not found" },
         { "job-dismiss", new JsonObject { ["id"] = "job0" }, "GenericError: Job not found" },
         { "blockdev-del", new JsonObject { ["node-name"] = "file0" }, "GenericError: Block device file0 is in use" },
         { "qmp_capabilities", null, "CommandNotFound: Capabilities negotiation is already complete, command ignored" },

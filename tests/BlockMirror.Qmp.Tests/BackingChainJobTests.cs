@@ -325,11 +325,11 @@ public sealed class BackingChainJobTests : IDisposable
             ("block-commit", new() { ["device"] = "top", ["top"] = _dir.File("missing.qcow2") }, $"Top image file {_dir.File("missing.qcow2")} not found"),
             ("block-commit", new() { ["device"] = "top", ["backing-file"] = "x.qcow2" }, "'backing-file' specified, but 'top' is the active layer"),
             ("block-commit", new() { ["device"] = "top", ["speed"] = -1 }, "Parameter 'speed' expects a non-negative value"),
-            ("block-commit", new() { ["device"] = "ro-top" }, "read-only"),
-            ("blockdev-mirror", new() { ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "nope" }, "Failed to find node with node-name='nope'"),
-            ("blockdev-mirror", new() { ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "ro-top" },
+            ("block-commit", new() { ["job-id"] = "c", ["device"] = "ro-top" }, "read-only"),
+            ("blockdev-mirror", new() { ["job-id"] = "m", ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "nope" }, "Failed to find node with node-name='nope'"),
+            ("blockdev-mirror", new() { ["job-id"] = "m", ["device"] = "top", ["target"] = "other", ["sync"] = "full", ["replaces"] = "ro-top" },
                 "Cannot replace 'ro-top' by a node mirrored from 'top', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data"),
-            ("drive-mirror", new() { ["device"] = "top", ["target"] = _dir.File("new.qcow2"), ["sync"] = "full", ["replaces"] = "top" },
+            ("drive-mirror", new() { ["job-id"] = "m", ["device"] = "top", ["target"] = _dir.File("new.qcow2"), ["sync"] = "full", ["replaces"] = "top" },
                 "a node-name must be provided when replacing a named node of the graph"),
         };
         foreach (var (command, arguments, error) in cases)

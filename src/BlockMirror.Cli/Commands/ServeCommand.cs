@@ -200,6 +200,9 @@ static class ServeCommand
         }
 
         await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+
+        // On a signal as on quit, the monitors hear the jobs end before they close.
+        await daemon.StopServingAsync();
         if (pidfile is not null)
         {
             File.Delete(pidfile);

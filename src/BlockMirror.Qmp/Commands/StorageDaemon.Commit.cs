@@ -100,7 +100,7 @@ public sealed partial class StorageDaemon
 
                 var options = new MirrorOptions
                 {
-                    JobId = jobId ?? device,
+                    JobId = jobId ?? UnnamedDevice,
                     Speed = speed,
                     OnSourceError = onError,
                     OnTargetError = onError,
@@ -114,7 +114,7 @@ public sealed partial class StorageDaemon
             {
                 var options = new CommitOptions
                 {
-                    JobId = jobId ?? device,
+                    JobId = jobId ?? UnnamedDevice,
                     Speed = speed,
                     OnError = onError,
                     BackingFile = backingFile,

@@ -28,7 +28,16 @@ public sealed partial class StorageDaemon
             var device = arguments.RequireString("device");
             var force = arguments.OptionalBool("force") ?? false;
             arguments.CheckNoneUnexpected();
-            await FindBlockJob(Jobs, device).CancelAsync(force).ConfigureAwait(false);
+            var job = FindBlockJob(Jobs, device);
+
+            // A soft cancel waits for the job to finish its work, which a paused job never does; QEMU
+            // refuses it rather than leave the cancel hanging (job-cancel always forces, so it has no such check).
+            if (job.IsUserPaused && !force)
+            {
+                throw Protocol.QmpException.Generic($"The block job for device '{device}' is currently paused");
+            }
+
+            await job.CancelAsync(force).ConfigureAwait(false);
             return Empty;
         });
         AddVerb("block-job-pause", "device", block: true, job => job.Pause());
@@ -51,7 +60,8 @@ public sealed partial class StorageDaemon
         {
             var id = arguments.RequireString("id");
             arguments.CheckNoneUnexpected();
-            await FindJob(Jobs, id).CancelAsync(force: false).ConfigureAwait(false);
+            // job-cancel has no soft form: even after READY it aborts the job (BLOCK_JOB_CANCELLED, not COMPLETED).
+            await FindJob(Jobs, id).CancelAsync(force: true).ConfigureAwait(false);
             return Empty;
         });
         Commands.Add("job-finalize", async (arguments, _) =>
@@ -98,6 +108,13 @@ public sealed partial class StorageDaemon
             return ValueTask.FromResult<JsonNode?>(list);
         });
     }
+
+    /// <summary>
+    /// The id of a job started without <c>job-id</c>: QEMU names it after the device's BlockBackend, and the
+    /// nodes of qemu-storage-daemon are node names with no BlockBackend, so the name is empty and the job is
+    /// refused with "Invalid job ID ''" (a node name is never taken for a job id).
+    /// </summary>
+    const string UnnamedDevice = "";
 
     void AddVerb(string command, string idMember, bool block, Action<Job> verb) =>
         Commands.Add(command, (arguments, _) =>

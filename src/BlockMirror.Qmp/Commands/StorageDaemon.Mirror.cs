@@ -21,7 +21,7 @@ public sealed partial class StorageDaemon
             var jobId = arguments.OptionalString("job-id");
             var device = arguments.RequireString("device");
             var target = arguments.RequireString("target");
-            var options = ReadMirrorOptions(arguments, jobId ?? device, allowUnmap: false);
+            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: false);
             arguments.CheckNoneUnexpected();
             var source = FindNode(device);
             var targetNode = FindNode(target);
@@ -37,7 +37,7 @@ public sealed partial class StorageDaemon
             var format = arguments.OptionalString("format");
             var nodeName = arguments.OptionalString("node-name");
             var mode = arguments.OptionalEnum("mode", "existing", "absolute-paths") ?? "absolute-paths";
-            var options = ReadMirrorOptions(arguments, jobId ?? device, allowUnmap: true);
+            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: true);
             arguments.CheckNoneUnexpected();
             var source = FindNode(device);
             var plan = PlanDriveMirrorTarget(source, target, format, nodeName, mode, ref options);

@@ -31,8 +31,7 @@ public sealed partial class StorageDaemon
         Commands.Add("quit", async (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
-            // qemu-storage-daemon closes its exports (and says so) before it answers quit.
-            await CloseExportsAsync().ConfigureAwait(false);
+            await StopServingAsync().ConfigureAwait(false);
             _quit.TrySetResult();
             return Empty;
         });

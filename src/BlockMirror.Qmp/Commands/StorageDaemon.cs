@@ -62,6 +62,18 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// What qemu-storage-daemon does on quit (before it answers) and on SIGTERM, while its monitors still
+    /// listen: closes its exports, then force-cancels every job and waits for each to end, so a client sees
+    /// each export's deletion and each job's cancellation and state changes (aborting, BLOCK_JOB_CANCELLED,
+    /// concluded, null). Idempotent: a second call finds nothing left.
+    /// </summary>
+    public async Task StopServingAsync()
+    {
+        await CloseExportsAsync().ConfigureAwait(false);
+        await Jobs.CancelAllAsync().ConfigureAwait(false);
+    }
+
     /// <summary>Completes when a client sent <c>quit</c>.</summary>
     public Task QuitRequested => _quit.Task;
 
@@ -109,7 +121,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     }
 
     static BlockJob FindBlockJob(JobManager jobs, string device) =>
-        jobs.Find(device) as BlockJob ?? throw new QmpException("DeviceNotActive", $"No active block job on device '{device}'");
+        jobs.Find(device) as BlockJob ?? throw new QmpException("DeviceNotActive", $"Block job '{device}' not found");
 
     static Job FindJob(JobManager jobs, string id) => jobs.Find(id) ?? throw QmpException.Generic("Job not found");
 
