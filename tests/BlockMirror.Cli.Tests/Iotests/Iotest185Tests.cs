@@ -33,7 +33,7 @@ public sealed class Iotest185Tests
         var log = new List<string>();
         var events = await daemon.RunAsync(dir,
             ["--blockdev", $"driver=qcow2,node-name=disk,file.driver=file,file.filename={dir}/top.qcow2", .. JobQmp.NullNode("exp", 1 << 20)], "exp",
-            (qmp, _) => script(qmp, log), sigterm);
+            (qmp, _) => script(qmp, log), sigterm: sigterm);
         log.Add($"events: {string.Join(", ", JobQmp.WithoutQuitDrainPauses(events))}");
 
         // Whatever the job had done, the guest reads what it wrote, through an unchanged chain.
