@@ -185,6 +185,7 @@ sealed class QmpSession
 
             arguments.CheckNoneUnexpected();
             Negotiated = true;
+            _server.Join(this);
             return null;
         }
 
