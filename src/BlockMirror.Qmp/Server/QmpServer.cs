@@ -140,6 +140,29 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
+    long _peakBacklog;
+
+    /// <summary>
+    /// The most output any session has had queued and unsent at once, in bytes: tests check with it that a
+    /// client that does not read cannot make the daemon's memory grow.
+    /// </summary>
+    public long PeakBacklog => Volatile.Read(ref _peakBacklog);
+
+    internal void RecordBacklog(long backlog)
+    {
+        var peak = Volatile.Read(ref _peakBacklog);
+        while (backlog > peak)
+        {
+            var seen = Interlocked.CompareExchange(ref _peakBacklog, backlog, peak);
+            if (seen == peak)
+            {
+                break;
+            }
+
+            peak = seen;
+        }
+    }
+
     /// <summary>Called by a session once negotiated: every event published from now on reaches it.</summary>
     internal void Join(QmpSession session) => _negotiated[session] = 0;
 

@@ -29,10 +29,15 @@ public class OptionReader
         _keyval = keyval;
     }
 
+    /// <summary>
+    /// The member's value when it is given. JSON <c>null</c> counts as given: QAPI accepts it only where the
+    /// schema says "OrNull" (read those with <see cref="IsExplicitNull"/> first), and every typed reader
+    /// refuses it as the wrong type, in QEMU's words ("Invalid parameter type for 'size', expected: integer").
+    /// </summary>
     bool TryGet(string name, out JsonElement value)
     {
         _read.Add(name);
-        if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null)
+        if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value))
         {
             return true;
         }
