@@ -1,0 +1,57 @@
+using System.Net.Sockets;
+using System.Text;
+using BlockMirror.Qmp.Commands;
+using BlockMirror.Qmp.Server;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Qmp.Tests;
+
+/// <summary>
+/// A client that sends commands and does not read the replies: the daemon stops reading it once its
+/// unsent output passes the bound, so its memory stays bounded; when the client reads again, every reply
+/// comes, in order.
+/// </summary>
+public sealed class QmpBackpressureTests
+{
+    const int Commands = 200_000;
+
+    [Fact]
+    public async Task A_client_that_does_not_read_its_replies_is_not_read_either()
+    {
+        using var dir = new TempDirectory("blockmirror-qmp-backpressure-");
+        await using var daemon = new StorageDaemon();
+        await using var server = new QmpServer(daemon.Commands, daemon.Jobs.Events);
+        var path = dir.File("qmp.sock");
+        server.Listen(new UnixDomainSocketEndPoint(path));
+        await using var client = await QmpClient.ConnectAsync(path);
+
+        // 200,000 commands (5 MB in, 20 MB of replies out), sent without reading anything.
+        var command = Encoding.ASCII.GetBytes("""{"execute": "query-version"}""" + "\n");
+        var batch = Enumerable.Range(0, 1000).SelectMany(_ => command).ToArray();
+        var sending = Task.Run(async () =>
+        {
+            for (var i = 0; i < Commands / 1000; i++)
+            {
+                await client.SendRawAsync(batch);
+            }
+        });
+
+        // Read only once all is sent, or once the daemon has more unsent output than it lets a client
+        // leave unread (then, if it stopped reading, the sender is stuck until we read).
+        while (!sending.IsCompleted && server.PeakBacklog <= QmpSession.MaxBacklogBytes)
+        {
+            await Task.Delay(10);
+        }
+
+        for (var i = 0; i < Commands; i++)
+        {
+            var reply = await client.ReadObjectAsync(TimeSpan.FromSeconds(30));
+            Assert.True(reply.ContainsKey("return"), reply.ToJsonString());
+        }
+
+        await sending;
+        // Without the bound the daemon reads all 200,000 commands at once and queues ~20 MB of replies.
+        var largestReply = Encoding.UTF8.GetByteCount("""{"return": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "BlockMirror"}}""") + 2;
+        Assert.InRange(server.PeakBacklog, 0, QmpSession.MaxBacklogBytes + largestReply);
+    }
+}
