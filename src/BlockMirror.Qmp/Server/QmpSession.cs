@@ -195,7 +195,8 @@ sealed class QmpSession
     {
         string? command = null;
         var arguments = QmpArguments.Empty;
-        foreach (var member in root.EnumerateObject())
+        // The first wrong member in QEMU's order is the one reported.
+        foreach (var member in QDictOrder.Members(root))
         {
             switch (member.Name)
             {
@@ -211,8 +212,6 @@ sealed class QmpSession
                     break;
                 case "id":
                     break;
-                case "exec-oob":
-                    throw QmpException.Generic("QMP input member 'exec-oob' is unexpected: out-of-band execution is not enabled (no 'oob' capability)");
                 default:
                     throw QmpException.Generic($"QMP input member '{member.Name}' is unexpected");
             }
@@ -225,14 +224,14 @@ sealed class QmpSession
     {
         if (command == "qmp_capabilities")
         {
+            // Its arguments are checked first, as for any command, then whether it is still expected.
+            ReadCapabilities(arguments);
+            arguments.CheckNoneUnexpected();
             if (Negotiated)
             {
                 throw new QmpException(QmpException.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
             }
 
-            ReadCapabilities(arguments);
-
-            arguments.CheckNoneUnexpected();
             Negotiated = true;
             _server.Join(this);
             return null;

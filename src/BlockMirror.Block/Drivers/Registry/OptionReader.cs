@@ -115,6 +115,40 @@ public class OptionReader
         return value is < 0 ? throw Invalid($"Parameter '{Full(name)}' expects uint64") : value;
     }
 
+    /// <summary>
+    /// QAPI's <c>uint32</c>, as QEMU reads it: anything but an integer "expects uint64" (QEMU reads every
+    /// unsigned type as a uint64 first, taking a negative number as its two's complement), then a value out
+    /// of range "expects uint32_t".
+    /// </summary>
+    public uint? OptionalUInt32(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        ulong number = 0;
+        var isInteger = value.ValueKind switch
+        {
+            JsonValueKind.Number => value.TryGetUInt64(out number) || TryGetTwosComplement(value, out number),
+            JsonValueKind.String when _keyval => ulong.TryParse(value.GetString(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out number),
+            _ => false,
+        };
+        if (!isInteger)
+        {
+            throw Invalid($"Parameter '{Full(name)}' expects uint64");
+        }
+
+        return number <= uint.MaxValue ? (uint)number : throw Invalid($"Parameter '{Full(name)}' expects uint32_t");
+    }
+
+    static bool TryGetTwosComplement(JsonElement value, out ulong number)
+    {
+        var ok = value.TryGetInt64(out var signed);
+        number = unchecked((ulong)signed);
+        return ok;
+    }
+
     public bool? OptionalBool(string name)
     {
         if (!TryGet(name, out var value))
