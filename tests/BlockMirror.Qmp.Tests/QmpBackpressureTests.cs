@@ -1,6 +1,4 @@
-using System.Net.Sockets;
 using System.Text;
-using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Server;
 using BlockMirror.TestKit;
 
@@ -18,12 +16,9 @@ public sealed class QmpBackpressureTests
     [Fact]
     public async Task A_client_that_does_not_read_its_replies_is_not_read_either()
     {
-        using var dir = new TempDirectory("blockmirror-qmp-backpressure-");
-        await using var daemon = new StorageDaemon();
-        await using var server = new QmpServer(daemon.Commands, daemon.Jobs.Events);
-        var path = dir.File("qmp.sock");
-        server.Listen(new UnixDomainSocketEndPoint(path));
-        await using var client = await QmpClient.ConnectAsync(path);
+        await using var monitor = new MonitorHarness("backpressure");
+        var server = monitor.Server;
+        await using var client = await QmpClient.ConnectAsync(monitor.SocketPath);
 
         // 200,000 commands (5 MB in, 20 MB of replies out), sent without reading anything.
         var command = Encoding.ASCII.GetBytes("""{"execute": "query-version"}""" + "\n");

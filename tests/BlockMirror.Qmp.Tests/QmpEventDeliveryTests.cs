@@ -1,7 +1,4 @@
-using System.Net.Sockets;
 using System.Text.Json.Nodes;
-using BlockMirror.Qmp.Commands;
-using BlockMirror.Qmp.Server;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Qmp.Tests;
@@ -22,11 +19,8 @@ public sealed class QmpEventDeliveryTests
     [Fact]
     public async Task A_job_started_right_after_negotiation_reports_every_event_under_cpu_load()
     {
-        using var dir = new TempDirectory("blockmirror-qmp-events-");
-        await using var daemon = new StorageDaemon();
-        await using var server = new QmpServer(daemon.Commands, daemon.Jobs.Events);
-        var socket = dir.File("qmp.sock");
-        server.Listen(new UnixDomainSocketEndPoint(socket));
+        await using var monitor = new MonitorHarness("events");
+        var socket = monitor.SocketPath;
         await using (var setup = await QmpClient.ConnectAsync(socket))
         {
             foreach (var name in (string[])["src", "tgt"])

@@ -150,16 +150,9 @@ public sealed class QmpServer : IAsyncDisposable
 
     internal void RecordBacklog(long backlog)
     {
-        var peak = Volatile.Read(ref _peakBacklog);
-        while (backlog > peak)
+        long peak;
+        while (backlog > (peak = Volatile.Read(ref _peakBacklog)) && Interlocked.CompareExchange(ref _peakBacklog, backlog, peak) != peak)
         {
-            var seen = Interlocked.CompareExchange(ref _peakBacklog, backlog, peak);
-            if (seen == peak)
-            {
-                break;
-            }
-
-            peak = seen;
         }
     }
 
