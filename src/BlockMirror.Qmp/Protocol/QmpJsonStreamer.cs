@@ -104,18 +104,8 @@ public sealed class QmpJsonStreamer
                         return Keep(b, State.Sign);
                     case >= (byte)'a' and <= (byte)'z':
                         return Keep(b, State.Keyword);
-                    case (byte)'{':
-                        return Emit(b, QmpJsonTokenType.LeftBrace);
-                    case (byte)'}':
-                        return Emit(b, QmpJsonTokenType.RightBrace);
-                    case (byte)'[':
-                        return Emit(b, QmpJsonTokenType.LeftBracket);
-                    case (byte)']':
-                        return Emit(b, QmpJsonTokenType.RightBracket);
-                    case (byte)':':
-                        return Emit(b, QmpJsonTokenType.Colon);
-                    case (byte)',':
-                        return Emit(b, QmpJsonTokenType.Comma);
+                    case (byte)'{' or (byte)'}' or (byte)'[' or (byte)']' or (byte)':' or (byte)',':
+                        return Emit(b, Structural(b));
                     default:
                         return Stray(b);
                 }
@@ -197,6 +187,16 @@ public sealed class QmpJsonStreamer
                 return b is >= (byte)'a' and <= (byte)'z' ? Keep(b, State.Keyword) : EmitBefore(QmpJsonTokenType.Keyword);
         }
     }
+
+    static QmpJsonTokenType Structural(byte b) => b switch
+    {
+        (byte)'{' => QmpJsonTokenType.LeftBrace,
+        (byte)'}' => QmpJsonTokenType.RightBrace,
+        (byte)'[' => QmpJsonTokenType.LeftBracket,
+        (byte)']' => QmpJsonTokenType.RightBracket,
+        (byte)':' => QmpJsonTokenType.Colon,
+        _ => QmpJsonTokenType.Comma,
+    };
 
     void StartToken()
     {
