@@ -49,4 +49,35 @@ public sealed class QmpBackpressureTests
         var largestReply = Encoding.UTF8.GetByteCount("""{"return": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "BlockMirror"}}""") + 2;
         Assert.InRange(server.PeakBacklog, 0, QmpSession.MaxBacklogBytes + largestReply);
     }
+
+    [Fact]
+    public async Task A_client_that_never_reads_does_not_hold_up_the_shutdown()
+    {
+        var monitor = new MonitorHarness("backpressure-shutdown");
+        await using var client = await QmpClient.ConnectAsync(monitor.SocketPath);
+        var command = Encoding.ASCII.GetBytes("""{"execute": "query-version"}""" + "\n");
+        var batch = Enumerable.Range(0, 1000).SelectMany(_ => command).ToArray();
+        var sending = Task.Run(async () =>
+        {
+            try
+            {
+                while (true)
+                {
+                    await client.SendRawAsync(batch);
+                }
+            }
+            catch (IOException)
+            {
+                // The daemon closed the connection.
+            }
+        });
+        while (monitor.Server.PeakBacklog <= QmpSession.MaxBacklogBytes)
+        {
+            await Task.Delay(10);
+        }
+
+        // The session's writer is blocked on the client: closing the server must end it, not wait for it.
+        await monitor.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60));
+        await sending.WaitAsync(TimeSpan.FromSeconds(60));
+    }
 }

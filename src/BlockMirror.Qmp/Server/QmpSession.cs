@@ -85,16 +85,27 @@ sealed class QmpSession
             }
             catch (OperationCanceledException)
             {
+                // ...at shutdown too (quit's reply, the last events), for a moment.
+                try
+                {
+                    await writing.WaitAsync(ShutdownGrace, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                }
             }
 
-            // ...but at shutdown one that does not read must not hold the server up: closing the stream
-            // ends a write blocked on it.
+            // ...but one that does not read must not hold the server's shutdown up: closing the stream ends
+            // a write blocked on it.
             await _stream.DisposeAsync().ConfigureAwait(false);
             await writing.ConfigureAwait(false);
         }
     }
 
     static readonly ReadOnlyMemory<byte> LineEnd = "\r\n"u8.ToArray();
+
+    /// <summary>How long a session that ends waits for its client to take the output still queued.</summary>
+    static readonly TimeSpan ShutdownGrace = TimeSpan.FromSeconds(2);
 
     /// <summary>Output queued and not yet written to the socket, in bytes.</summary>
     public long Backlog => Volatile.Read(ref _backlog);
