@@ -126,6 +126,36 @@ public sealed class QmpInputTests
     }
 
     [Fact]
+    public void A_token_over_64_MiB_is_cut_where_qemus_lexer_cuts_it()
+    {
+        // The string is refused once it passes the limit; QEMU's lexer then starts afresh inside it, so the
+        // rest of its letters make a keyword, refused with the error QEMU cuts to 1,024 bytes, and the
+        // closing quote opens a string that the line end makes a stray token.
+        var streamer = new QmpJsonStreamer();
+        var messages = new List<string>();
+        var chunk = new byte[1 << 20];
+        chunk.AsSpan().Fill((byte)'x');
+        byte[][] pieces = ["{\"pad\": \""u8.ToArray(), .. Enumerable.Repeat(chunk, 65), "\"}\n{}"u8.ToArray()];
+        foreach (var piece in pieces)
+        {
+            for (var used = 0; used < piece.Length;)
+            {
+                used += streamer.Feed(piece.AsSpan(used));
+                while (streamer.TryTake(out var message))
+                {
+                    messages.Add(message.Document?.RootElement.GetRawText() ?? "error: " + message.Error);
+                }
+            }
+        }
+
+        Assert.Equal(4, messages.Count);
+        Assert.Equal("error: JSON token size limit exceeded", messages[0]);
+        Assert.Equal("error: JSON parse error, invalid keyword '" + new string('x', 1023 - "invalid keyword '".Length), messages[1]);
+        Assert.Equal("error: JSON parse error, stray '\"}\n'", messages[2]);
+        Assert.Equal("{}", messages[3]);
+    }
+
+    [Fact]
     public void Nesting_deeper_than_qemus_limit_is_refused()
     {
         var ok = new string('[', QmpJsonStreamer.MaxNesting) + new string(']', QmpJsonStreamer.MaxNesting);

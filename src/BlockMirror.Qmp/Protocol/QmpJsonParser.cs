@@ -42,8 +42,21 @@ static class QmpJsonParser
         }
         catch (ParseError e)
         {
-            return (null, "JSON parse error, " + e.Message);
+            return (null, "JSON parse error, " + Truncate(e.Message));
         }
+    }
+
+    /// <summary>QEMU formats a parse error into 1,024 bytes: a longer one (a huge bad keyword) is cut there.</summary>
+    static string Truncate(string message)
+    {
+        const int MaxBytes = 1023;
+        if (Encoding.UTF8.GetByteCount(message) <= MaxBytes)
+        {
+            return message;
+        }
+
+        // A character cut in the middle is shown as U+FFFD, as QEMU's output shows it.
+        return ModifiedUtf8.Quote(Encoding.UTF8.GetBytes(message).AsSpan(0, MaxBytes));
     }
 
     ref struct Parser(ReadOnlySpan<byte> text, List<QmpJsonToken> tokens, Utf8JsonWriter writer)
@@ -188,7 +201,8 @@ static class QmpJsonParser
             }
             else
             {
-                throw new ParseError($"invalid keyword '{Encoding.ASCII.GetString(text)}'");
+                // The message is cut to 1 KiB anyway: do not copy a huge keyword whole.
+                throw new ParseError($"invalid keyword '{Encoding.ASCII.GetString(text[..Math.Min(text.Length, 1024)])}'");
             }
         }
 

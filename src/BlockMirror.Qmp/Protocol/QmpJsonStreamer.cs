@@ -24,8 +24,14 @@ public sealed class QmpJsonStreamer
     /// <summary>Deepest nesting of one message (QEMU's MAX_NESTING).</summary>
     public const int MaxNesting = 1024;
 
-    /// <summary>What the token store shrinks back to after a large message.</summary>
+    /// <summary>
+    /// What the token store shrinks back to after a message that needed no more: a run of large messages
+    /// reuses one large store instead of growing a new one each time.
+    /// </summary>
     const int KeptCapacity = 64 << 10;
+
+    /// <summary>The same for the token list.</summary>
+    const int KeptTokens = 4096;
 
     enum State : byte
     {
@@ -48,6 +54,9 @@ public sealed class QmpJsonStreamer
 
     int _braces, _brackets;
     long _messageBytes;
+
+    /// <summary>The most of the token store the current message has used.</summary>
+    int _highWater;
 
     /// <summary>
     /// Feeds bytes until at least one message is complete; returns how many were used. Take the messages
@@ -200,6 +209,7 @@ public sealed class QmpJsonStreamer
 
     void StartToken()
     {
+        _highWater = Math.Max(_highWater, _textLength);
         _textLength = _tokenStart;
         _tokenLength = 0;
         _discarding = false;
@@ -214,6 +224,7 @@ public sealed class QmpJsonStreamer
         if (!_discarding && _messageBytes + _tokenLength + 1 > MaxMessageBytes)
         {
             _discarding = true;
+            _highWater = Math.Max(_highWater, _textLength);
             _textLength = _tokenStart;
         }
 
@@ -302,15 +313,24 @@ public sealed class QmpJsonStreamer
     void Finish(Message message)
     {
         _ready.Enqueue(message);
+        _highWater = Math.Max(_highWater, _textLength);
+        if (_text.Length > KeptCapacity && _highWater <= KeptCapacity)
+        {
+            _text = new byte[KeptCapacity];
+        }
+
+        _highWater = 0;
+        var tokenCount = _tokens.Count;
         _tokens.Clear();
+        if (_tokens.Capacity > KeptTokens && tokenCount <= KeptTokens)
+        {
+            _tokens.Capacity = KeptTokens;
+        }
+
         _braces = _brackets = 0;
         _messageBytes = 0;
         _tokenStart = _textLength = 0;
         _tokenLength = 0;
         _discarding = false;
-        if (_text.Length > KeptCapacity)
-        {
-            _text = new byte[KeptCapacity];
-        }
     }
 }
