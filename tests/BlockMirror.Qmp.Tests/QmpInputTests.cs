@@ -190,6 +190,39 @@ public sealed class QmpInputTests
     }
 
     [Fact]
+    public void Uint32_arguments_are_read_as_qapi_reads_them()
+    {
+        using var document = JsonDocument.Parse("""{"a": 7, "b": "7", "c": null, "d": 1.5, "e": 4294967296, "f": -1, "g": 18446744073709551615}""");
+        var arguments = new QmpArguments(document.RootElement);
+
+        Assert.Equal(7u, arguments.OptionalUInt32("a"));
+        Assert.Null(arguments.OptionalUInt32("absent"));
+        foreach (var name in (string[])["b", "c", "d"])
+        {
+            Assert.Equal($"Parameter '{name}' expects uint64", Assert.Throws<QmpException>(() => arguments.OptionalUInt32(name)).Message);
+        }
+
+        // QEMU reads a negative number as its two's complement, which is then out of range.
+        foreach (var name in (string[])["e", "f", "g"])
+        {
+            Assert.Equal($"Parameter '{name}' expects uint32_t", Assert.Throws<QmpException>(() => arguments.OptionalUInt32(name)).Message);
+        }
+    }
+
+    [Fact]
+    public void Json_null_is_a_wrong_type_except_where_null_is_allowed()
+    {
+        using var document = JsonDocument.Parse("""{"size": null, "name": null, "on": null, "file": null, "backing": null}""");
+        var arguments = new QmpArguments(document.RootElement);
+
+        Assert.Equal("Invalid parameter type for 'size', expected: integer", Assert.Throws<QmpException>(() => arguments.OptionalInt("size")).Message);
+        Assert.Equal("Invalid parameter type for 'name', expected: string", Assert.Throws<QmpException>(() => arguments.OptionalString("name")).Message);
+        Assert.Equal("Invalid parameter type for 'on', expected: boolean", Assert.Throws<QmpException>(() => arguments.OptionalBool("on")).Message);
+        Assert.Equal("Invalid parameter type for 'file', expected: object", Assert.Throws<QmpException>(() => arguments.OptionalObject("file")).Message);
+        Assert.True(arguments.IsExplicitNull("backing"));
+    }
+
+    [Fact]
     public void Json_arguments_are_checked_in_qapi_order_and_words()
     {
         using var document = JsonDocument.Parse("""{"speed": "1", "file": {"driver": "x", "extra": 1}}""");
