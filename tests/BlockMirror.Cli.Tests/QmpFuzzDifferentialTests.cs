@@ -75,6 +75,9 @@ public sealed class QmpFuzzDifferentialTests : IDisposable
         """{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "/nonexistent/x"}}, "max-connections": "x"}}""",
         """{"execute": "nbd-server-start", "arguments": {"addr": {"type": "unix", "data": {"path": "/nonexistent/x"}}, "max-connections": 4294967296}}""",
         """{"execute": "qmp_capabilities", "arguments": {"enable": null}}""",
+        """{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}""",
+        """{"execute": "qmp_capabilities", "arguments": {"enable": ["bogus"]}}""",
+        """{"exec-oob": "query-version", "id": 7}""",
         // Over the 1 MiB this daemon once refused. (QEMU takes 10 MB too, in 100 s: QmpInputTests has that.)
         "{\"execute\": \"query-version\", \"id\": \"" + new string('x', 1_500_000) + "\"}",
         new string('[', 1025) + new string(']', 1025),

@@ -236,11 +236,16 @@ sealed class QmpSession
         if (command == "qmp_capabilities")
         {
             // Its arguments are checked first, as for any command, then whether it is still expected.
-            ReadCapabilities(arguments);
+            var capabilities = ReadCapabilities(arguments);
             arguments.CheckNoneUnexpected();
             if (Negotiated)
             {
                 throw new QmpException(QmpException.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
+            }
+
+            if (capabilities > 0)
+            {
+                throw QmpException.Generic("Capability 'oob' is not available");
             }
 
             Negotiated = true;
@@ -275,14 +280,14 @@ sealed class QmpSession
 
     /// <summary>
     /// qmp_capabilities' <c>enable</c>, a list of QMPCapability checked as QEMU checks it (its odd
-    /// "Parameter 'null'" included). The one capability, out-of-band execution, is not offered (the greeting
-    /// lists none), so asking for it is refused.
+    /// "Parameter 'null'" included); returns how many are asked for. The one capability, out-of-band
+    /// execution, is not offered (the greeting lists none), so the caller refuses any.
     /// </summary>
-    static void ReadCapabilities(QmpArguments arguments)
+    static int ReadCapabilities(QmpArguments arguments)
     {
         if (arguments.OptionalRaw("enable") is not { } enable)
         {
-            return;
+            return 0;
         }
 
         if (enable.ValueKind != JsonValueKind.Array)
@@ -306,10 +311,7 @@ sealed class QmpSession
             index++;
         }
 
-        if (index > 0)
-        {
-            throw QmpException.Generic("Capability 'oob' is not available");
-        }
+        return index;
     }
 
     void SendReturn(JsonElement? id, JsonNode? result) => Send(Serialize(writer =>
