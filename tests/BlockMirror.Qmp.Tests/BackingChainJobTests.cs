@@ -97,7 +97,7 @@ public sealed class BackingChainJobTests : IDisposable
     async Task<string> ExportAsync(DaemonHarness daemon, string node)
     {
         var socket = _dir.File("nbd.sock");
-        await daemon.ExecuteAsync("nbd-server-start", new JsonObject { ["addr"] = new JsonObject { ["type"] = "unix", ["path"] = socket } });
+        await daemon.ExecuteAsync("nbd-server-start", new JsonObject { ["addr"] = new JsonObject { ["type"] = "unix", ["data"] = new JsonObject { ["path"] = socket } } });
         await daemon.ExecuteAsync("block-export-add", new JsonObject { ["type"] = "nbd", ["id"] = "exp0", ["node-name"] = node, ["name"] = "disk", ["writable"] = true });
         return socket;
     }

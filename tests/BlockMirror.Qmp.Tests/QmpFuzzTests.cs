@@ -1,8 +1,6 @@
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json.Nodes;
-using BlockMirror.Qmp.Commands;
-using BlockMirror.Qmp.Server;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Qmp.Tests;
@@ -58,11 +56,8 @@ public sealed class QmpFuzzTests
     [Fact]
     public async Task Mutated_commands_neither_crash_nor_hang_the_monitor()
     {
-        using var dir = new TempDirectory("blockmirror-qmp-fuzz-");
-        await using var daemon = new StorageDaemon();
-        await using var server = new QmpServer(daemon.Commands, daemon.Jobs.Events);
-        var socket = dir.File("qmp.sock");
-        server.Listen(new UnixDomainSocketEndPoint(socket));
+        await using var monitor = new MonitorHarness("fuzz");
+        var socket = monitor.SocketPath;
         await using (var setup = await QmpClient.ConnectAsync(socket))
         {
             await setup.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "null-co", ["node-name"] = "disk", ["size"] = 1 << 20 });

@@ -44,7 +44,12 @@ public sealed partial class StorageDaemon
 
         Commands.Add("query-named-block-nodes", (arguments, _) =>
         {
-            arguments.Accept("flat");
+            // flat=false would add each node's backing chain under "backing-image"; nodes here are
+            // described without it, which is what flat=true asks for.
+            if (arguments.OptionalBool("flat") == false)
+            {
+                throw Protocol.QmpException.Generic("Describing backing chains ('flat': false) is not supported");
+            }
             arguments.CheckNoneUnexpected();
             var list = new JsonArray();
             foreach (var node in Graph.Nodes)

@@ -23,6 +23,12 @@ public sealed class QmpServer : IAsyncDisposable
     readonly List<Socket> _listeners = [];
     readonly List<string> _socketPaths = [];
     readonly ConcurrentDictionary<QmpSession, Task> _sessions = new();
+
+    // The sessions events go to. A session joins itself the moment its qmp_capabilities succeeds, on its
+    // own thread, before the reply is queued: registering it from the accept loop after the session had
+    // started let a fast client negotiate and start a job before it was registered, and lose the job's
+    // first events.
+    readonly ConcurrentDictionary<QmpSession, byte> _negotiated = new();
     readonly CancellationTokenSource _stopping = new();
     readonly List<Task> _accepting = [];
     readonly IDisposable _events;
@@ -98,20 +104,23 @@ public sealed class QmpServer : IAsyncDisposable
                 continue;
             }
 
+            // Registered before it starts, so that its end (which unregisters it) always comes after.
             var session = new QmpSession(new NetworkStream(client, ownsSocket: true), this);
-            _sessions[session] = RunSessionAsync(session, cancellationToken);
+            var start = new Task<Task>(() => RunSessionAsync(session, cancellationToken));
+            _sessions[session] = start.Unwrap();
+            start.Start(TaskScheduler.Default);
         }
     }
 
     async Task RunSessionAsync(QmpSession session, CancellationToken cancellationToken)
     {
-        await Task.Yield();
         try
         {
             await session.RunAsync(cancellationToken).ConfigureAwait(false);
         }
         finally
         {
+            _negotiated.TryRemove(session, out _);
             _sessions.TryRemove(session, out _);
         }
     }
@@ -120,12 +129,9 @@ public sealed class QmpServer : IAsyncDisposable
     public void Broadcast(JobEvent e)
     {
         var json = QmpSession.Serialize(writer => QmpEventWriter.Write(writer, e));
-        foreach (var session in _sessions.Keys)
+        foreach (var session in _negotiated.Keys)
         {
-            if (session.Negotiated)
-            {
-                session.Send(json);
-            }
+            session.Send(json);
         }
     }
 
@@ -141,14 +147,30 @@ public sealed class QmpServer : IAsyncDisposable
             QmpEventWriter.WriteTimestamp(writer, e.Timestamp);
             writer.WriteEndObject();
         });
-        foreach (var session in _sessions.Keys)
+        foreach (var session in _negotiated.Keys)
         {
-            if (session.Negotiated)
-            {
-                session.Send(json);
-            }
+            session.Send(json);
         }
     }
+
+    long _peakBacklog;
+
+    /// <summary>
+    /// The most output any session has had queued and unsent at once, in bytes: tests check with it that a
+    /// client that does not read cannot make the daemon's memory grow.
+    /// </summary>
+    public long PeakBacklog => Volatile.Read(ref _peakBacklog);
+
+    internal void RecordBacklog(long backlog)
+    {
+        long peak;
+        while (backlog > (peak = Volatile.Read(ref _peakBacklog)) && Interlocked.CompareExchange(ref _peakBacklog, backlog, peak) != peak)
+        {
+        }
+    }
+
+    /// <summary>Called by a session once negotiated: every event published from now on reaches it.</summary>
+    internal void Join(QmpSession session) => _negotiated[session] = 0;
 
     internal byte[] Greeting() => QmpSession.Serialize(writer =>
     {

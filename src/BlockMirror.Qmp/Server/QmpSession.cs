@@ -10,15 +10,23 @@ namespace BlockMirror.Qmp.Server;
 /// One monitor connection: the greeting, capabilities negotiation, then commands run one at a time in the
 /// order they arrive (as a QEMU monitor runs them), with events interleaved. Everything the session sends
 /// goes through one queue and one writer, so a job's event never waits for a slow client and replies keep
-/// their order.
+/// their order. A client that does not read its replies is not read either: while more than
+/// <see cref="MaxBacklogBytes"/> wait to be sent, the session takes no new command (QEMU likewise stops
+/// reading a monitor whose output is backed up), so its memory stays bounded; events are still queued,
+/// never dropped.
 /// </summary>
 sealed class QmpSession
 {
+    /// <summary>Unsent output above which the session stops reading commands.</summary>
+    public const int MaxBacklogBytes = 1 << 20;
+
     readonly Stream _stream;
     readonly QmpServer _server;
     readonly Channel<byte[]> _outgoing = Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
-    readonly QmpInputSplitter _splitter = new();
-    readonly List<QmpInputSplitter.Message> _messages = [];
+    readonly QmpJsonStreamer _input = new();
+    long _backlog;
+    TaskCompletionSource? _roomWaiter;
+    volatile bool _writerFailed;
 
     public QmpSession(Stream stream, QmpServer server)
     {
@@ -44,13 +52,22 @@ sealed class QmpSession
                     break;
                 }
 
-                _splitter.Feed(buffer.AsSpan(0, read), _messages.Add);
-                foreach (var message in _messages)
+                for (var used = 0; used < read;)
                 {
-                    await HandleAsync(message, cancellationToken).ConfigureAwait(false);
-                }
+                    used += _input.Feed(buffer.AsSpan(used, read - used));
+                    while (_input.TryTake(out var message))
+                    {
+                        using (message.Document)
+                        {
+                            await HandleAsync(message, cancellationToken).ConfigureAwait(false);
+                        }
 
-                _messages.Clear();
+                        if (!await WaitForRoomAsync(cancellationToken).ConfigureAwait(false))
+                        {
+                            return;
+                        }
+                    }
+                }
             }
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
@@ -61,15 +78,68 @@ sealed class QmpSession
         {
             ArrayPool<byte>.Shared.Return(buffer);
             _outgoing.Writer.TryComplete();
-            await writing.ConfigureAwait(false);
+            try
+            {
+                // What is queued still goes out to a client that reads it...
+                await writing.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // ...at shutdown too (quit's reply, the last events), for a moment.
+                try
+                {
+                    await writing.WaitAsync(ShutdownGrace, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                }
+            }
+
+            // ...but one that does not read must not hold the server's shutdown up: closing the stream ends
+            // a write blocked on it.
             await _stream.DisposeAsync().ConfigureAwait(false);
+            await writing.ConfigureAwait(false);
         }
     }
 
     static readonly ReadOnlyMemory<byte> LineEnd = "\r\n"u8.ToArray();
 
+    /// <summary>How long a session that ends waits for its client to take the output still queued.</summary>
+    static readonly TimeSpan ShutdownGrace = TimeSpan.FromSeconds(2);
+
+    /// <summary>Output queued and not yet written to the socket, in bytes.</summary>
+    public long Backlog => Volatile.Read(ref _backlog);
+
     /// <summary>Queues one JSON value; the writer adds QEMU's CRLF.</summary>
-    public void Send(byte[] json) => _outgoing.Writer.TryWrite(json);
+    public void Send(byte[] json)
+    {
+        _server.RecordBacklog(Interlocked.Add(ref _backlog, json.Length + LineEnd.Length));
+        if (!_outgoing.Writer.TryWrite(json))
+        {
+            Interlocked.Add(ref _backlog, -(json.Length + LineEnd.Length));
+        }
+    }
+
+    /// <summary>Waits while the backlog is over its bound; false when the client can no longer be written to.</summary>
+    async ValueTask<bool> WaitForRoomAsync(CancellationToken cancellationToken)
+    {
+        while (Backlog > MaxBacklogBytes && !_writerFailed)
+        {
+            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Volatile.Write(ref _roomWaiter, waiter);
+            // The writer may have drained the queue before it could see the waiter: look again.
+            if (Backlog <= MaxBacklogBytes || _writerFailed)
+            {
+                break;
+            }
+
+            await waiter.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        return !_writerFailed;
+    }
+
+    void WakeReader() => Interlocked.Exchange(ref _roomWaiter, null)?.TrySetResult();
 
     async Task WriteLoopAsync()
     {
@@ -82,60 +152,53 @@ sealed class QmpSession
                 {
                     await _stream.WriteAsync(json).ConfigureAwait(false);
                     await _stream.WriteAsync(LineEnd).ConfigureAwait(false);
+                    if (Interlocked.Add(ref _backlog, -(json.Length + LineEnd.Length)) <= MaxBacklogBytes)
+                    {
+                        WakeReader();
+                    }
                 }
 
                 await _stream.FlushAsync().ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or System.Net.Sockets.SocketException)
         {
             // Nobody is listening any more; the read side notices and ends the session.
+            _writerFailed = true;
+            WakeReader();
         }
     }
 
-    async Task HandleAsync(QmpInputSplitter.Message message, CancellationToken cancellationToken)
+    /// <summary>Answers one message; the caller disposes its document afterwards.</summary>
+    async Task HandleAsync(QmpJsonStreamer.Message message, CancellationToken cancellationToken)
     {
-        if (message.Error is { } error)
+        if (message.Document is not { } document)
         {
-            SendError(null, QmpException.Generic(error));
+            SendError(null, QmpException.Generic(message.Error!));
             return;
         }
 
-        JsonDocument document;
+        var root = document.RootElement;
+        JsonElement? id = null;
         try
         {
-            document = JsonDocument.Parse(message.Json);
-        }
-        catch (JsonException ex)
-        {
-            SendError(null, QmpException.Generic($"JSON parse error, {ex.Message}"));
-            return;
-        }
-
-        using (document)
-        {
-            var root = document.RootElement;
-            JsonElement? id = null;
-            try
+            if (root.ValueKind != JsonValueKind.Object)
             {
-                if (root.ValueKind != JsonValueKind.Object)
-                {
-                    throw QmpException.Generic("QMP input must be a JSON object");
-                }
-
-                if (root.TryGetProperty("id", out var idValue))
-                {
-                    id = idValue.Clone();
-                }
-
-                var (command, arguments) = ReadCommand(root);
-                var result = await ExecuteAsync(command, arguments, cancellationToken).ConfigureAwait(false);
-                SendReturn(id, result);
+                throw QmpException.Generic("QMP input must be a JSON object");
             }
-            catch (QmpException ex)
+
+            if (root.TryGetProperty("id", out var idValue))
             {
-                SendError(id, ex);
+                id = idValue;
             }
+
+            var (command, arguments) = ReadCommand(root);
+            var result = await ExecuteAsync(command, arguments, cancellationToken).ConfigureAwait(false);
+            SendReturn(id, result);
+        }
+        catch (QmpException ex)
+        {
+            SendError(id, ex);
         }
     }
 
@@ -143,7 +206,8 @@ sealed class QmpSession
     {
         string? command = null;
         var arguments = QmpArguments.Empty;
-        foreach (var member in root.EnumerateObject())
+        // The first wrong member in QEMU's order is the one reported.
+        foreach (var member in QDictOrder.Members(root))
         {
             switch (member.Name)
             {
@@ -159,8 +223,6 @@ sealed class QmpSession
                     break;
                 case "id":
                     break;
-                case "exec-oob":
-                    throw QmpException.Generic("QMP input member 'exec-oob' is unexpected: out-of-band execution is not enabled (no 'oob' capability)");
                 default:
                     throw QmpException.Generic($"QMP input member '{member.Name}' is unexpected");
             }
@@ -173,18 +235,21 @@ sealed class QmpSession
     {
         if (command == "qmp_capabilities")
         {
+            // Its arguments are checked first, as for any command, then whether it is still expected.
+            var capabilities = ReadCapabilities(arguments);
+            arguments.CheckNoneUnexpected();
             if (Negotiated)
             {
                 throw new QmpException(QmpException.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
             }
 
-            if (arguments.OptionalRaw("enable") is { } enable && (enable.ValueKind != JsonValueKind.Array || enable.GetArrayLength() != 0))
+            if (capabilities > 0)
             {
                 throw QmpException.Generic("Capability 'oob' is not available");
             }
 
-            arguments.CheckNoneUnexpected();
             Negotiated = true;
+            _server.Join(this);
             return null;
         }
 
@@ -211,6 +276,42 @@ sealed class QmpSession
             // Every failure of a command is the client's answer, never the daemon's end.
             throw QmpException.Generic(ex.Message);
         }
+    }
+
+    /// <summary>
+    /// qmp_capabilities' <c>enable</c>, a list of QMPCapability checked as QEMU checks it (its odd
+    /// "Parameter 'null'" included); returns how many are asked for. The one capability, out-of-band
+    /// execution, is not offered (the greeting lists none), so the caller refuses any.
+    /// </summary>
+    static int ReadCapabilities(QmpArguments arguments)
+    {
+        if (arguments.OptionalRaw("enable") is not { } enable)
+        {
+            return 0;
+        }
+
+        if (enable.ValueKind != JsonValueKind.Array)
+        {
+            throw QmpException.Generic("Invalid parameter type for 'enable', expected: array");
+        }
+
+        var index = 0;
+        foreach (var item in enable.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.String)
+            {
+                throw QmpException.Generic($"Invalid parameter type for 'enable[{index}]', expected: string");
+            }
+
+            if (item.GetString() != "oob")
+            {
+                throw QmpException.Generic($"Parameter 'null' does not accept value '{item.GetString()}'");
+            }
+
+            index++;
+        }
+
+        return index;
     }
 
     void SendReturn(JsonElement? id, JsonNode? result) => Send(Serialize(writer =>
@@ -252,7 +353,12 @@ sealed class QmpSession
     }
 
     /// <summary>QEMU sends quotes and non-ASCII text as they are; the default encoder would write \u0027 for '.</summary>
-    static readonly JsonWriterOptions WriterOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    /// An echoed <c>id</c> may be nested as deep as the input allows.
+    static readonly JsonWriterOptions WriterOptions = new()
+    {
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        MaxDepth = QmpJsonStreamer.MaxNesting + 2,
+    };
 
     internal static byte[] Serialize(Action<Utf8JsonWriter> write)
     {

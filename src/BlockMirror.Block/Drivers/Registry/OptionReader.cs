@@ -29,10 +29,15 @@ public class OptionReader
         _keyval = keyval;
     }
 
+    /// <summary>
+    /// The member's value when it is given. JSON <c>null</c> counts as given: QAPI accepts it only where the
+    /// schema says "OrNull" (read those with <see cref="IsExplicitNull"/> first), and every typed reader
+    /// refuses it as the wrong type, in QEMU's words ("Invalid parameter type for 'size', expected: integer").
+    /// </summary>
     bool TryGet(string name, out JsonElement value)
     {
         _read.Add(name);
-        if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null)
+        if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value))
         {
             return true;
         }
@@ -108,6 +113,40 @@ public class OptionReader
     {
         var value = OptionalInt(name);
         return value is < 0 ? throw Invalid($"Parameter '{Full(name)}' expects uint64") : value;
+    }
+
+    /// <summary>
+    /// QAPI's <c>uint32</c>, as QEMU reads it: anything but an integer "expects uint64" (QEMU reads every
+    /// unsigned type as a uint64 first, taking a negative number as its two's complement), then a value out
+    /// of range "expects uint32_t".
+    /// </summary>
+    public uint? OptionalUInt32(string name)
+    {
+        if (!TryGet(name, out var value))
+        {
+            return null;
+        }
+
+        ulong number = 0;
+        var isInteger = value.ValueKind switch
+        {
+            JsonValueKind.Number => value.TryGetUInt64(out number) || TryGetTwosComplement(value, out number),
+            JsonValueKind.String when _keyval => ulong.TryParse(value.GetString(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out number),
+            _ => false,
+        };
+        if (!isInteger)
+        {
+            throw Invalid($"Parameter '{Full(name)}' expects uint64");
+        }
+
+        return number <= uint.MaxValue ? (uint)number : throw Invalid($"Parameter '{Full(name)}' expects uint32_t");
+    }
+
+    static bool TryGetTwosComplement(JsonElement value, out ulong number)
+    {
+        var ok = value.TryGetInt64(out var signed);
+        number = unchecked((ulong)signed);
+        return ok;
     }
 
     public bool? OptionalBool(string name)
