@@ -70,7 +70,16 @@ static class CheckCommand
             throw new ToolExitException("This image format does not support checks", ExitNoCheck);
         }
 
-        var result = await Qcow2Check.CheckAsync(file, repair, cancellationToken);
+        Qcow2CheckResult result;
+        try
+        {
+            result = await Qcow2Check.CheckAsync(file, repair, cancellationToken);
+        }
+        catch (Qcow2Exception e)
+        {
+            // A header qemu-img's check cannot open either: its words, "Could not open 'FILE': <reason>".
+            throw new BlockOpenException($"Could not open '{path}': {e.Message}", e.Errno, e);
+        }
         // qemu-img's qcow2 check prints what it finds on stderr as it goes, whatever -q says.
         foreach (var message in result.Messages)
         {

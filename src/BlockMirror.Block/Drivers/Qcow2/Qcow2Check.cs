@@ -75,8 +75,8 @@ public static class Qcow2Check
         var result = await CheckAsync(file, Qcow2RepairMode.All, cancellationToken).ConfigureAwait(false);
         if (result.Corruptions > 0)
         {
-            throw new Qcow2Exception(name, "incompatible_features",
-                $"the image was left dirty and {result.Corruptions} inconsistencies remain after repairing its refcounts; run 'blockmirror check -r all'");
+            // QEMU's words: the refcount repair could not make the image consistent.
+            throw new Qcow2Exception(name, "Could not repair dirty image: Input/output error", BlockErrno.EIO);
         }
     }
 

@@ -90,13 +90,8 @@ internal sealed class Qcow2CheckScan
 
     public static async Task<Qcow2CheckScan> RunAsync(BlockNode file, string name, bool checkCopied, CancellationToken cancellationToken)
     {
-        var first = new byte[(int)Math.Min(file.Length, 1 << Qcow2Header.MaxClusterBits)];
-        if (first.Length > 0)
-        {
-            await file.ReadAsync(0, first, cancellationToken).ConfigureAwait(false);
-        }
-
-        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name), name, checkCopied);
+        var first = await Qcow2Driver.ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
+        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name, check: true), name, checkCopied);
         await scan.WalkAsync(cancellationToken).ConfigureAwait(false);
         return scan;
     }
@@ -197,6 +192,11 @@ internal sealed class Qcow2CheckScan
             if (offset == 0)
             {
                 continue;
+            }
+
+            if ((l1[i] & Qcow2Entries.L1ReservedMask) != 0)
+            {
+                Corruption($"ERROR found L1 entry with reserved bits set: {l1[i]:x}");
             }
 
             Reference(offset, g.ClusterSize);

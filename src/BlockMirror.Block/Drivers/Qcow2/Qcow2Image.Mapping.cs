@@ -32,7 +32,7 @@ internal sealed partial class Qcow2Image
         var g = Geometry;
         var l1Index = g.L1Index(offset);
         length = Math.Min(length, (l1Index + 1) * g.L2Span - offset);
-        var l2Offset = Qcow2Entries.HostOffset(_l1[l1Index]);
+        var l2Offset = L2TableOffset(l1Index);
         if (l2Offset == 0)
         {
             return new Qcow2Mapping(Qcow2ClusterKind.Unallocated, length, -1, false, 0);
@@ -147,7 +147,7 @@ internal sealed partial class Qcow2Image
     {
         var g = Geometry;
         var entry = _l1[l1Index];
-        var old = Qcow2Entries.HostOffset(entry);
+        var old = L2TableOffset(l1Index);
         if (old != 0 && (entry & Qcow2Entries.Copied) != 0)
         {
             return await _l2Cache.GetAsync(old, load: true, cancellationToken).ConfigureAwait(false);
