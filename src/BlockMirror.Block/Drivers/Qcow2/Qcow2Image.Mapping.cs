@@ -107,7 +107,7 @@ internal sealed partial class Qcow2Image
 
             if ((host & g.ClusterMask) != 0)
             {
-                throw new Qcow2Corruption($"L2 table at offset {table.Offset}, entry {index}: data cluster offset {host} is not aligned to the cluster size");
+                throw new Qcow2Corruption($"Cluster allocation offset 0x{host:x} unaligned (L2 offset: 0x{table.Offset:x}, L2 index: 0x{index:x})");
             }
 
             return (Qcow2ClusterKind.Normal, host, copied, entry);

@@ -420,8 +420,10 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             }
         }
 
-        return BlockIOException.Create(BlockErrno.EIO, Name, operation, offset, length,
-            $"qcow2 image '{Name}' is corrupt: {problem}; the image is marked corrupt and refuses writes (run 'blockmirror check -r all')");
+        // QEMU's words (qcow2_signal_corruption): marked on disk when open for writing, only reported otherwise.
+        return BlockIOException.Create(BlockErrno.EIO, Name, operation, offset, length, Writable
+            ? $"qcow2: Marking image as corrupt: {problem}; further corruption events will be suppressed"
+            : $"qcow2: Image is corrupt: {problem}; further non-fatal corruption events will be suppressed");
     }
 
     /// <summary>The error for a write to an image that is marked corrupt.</summary>
