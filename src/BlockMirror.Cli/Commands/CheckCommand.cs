@@ -3,6 +3,7 @@ using System.Text;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Cli.Tools;
 
 namespace BlockMirror.Cli.Commands;
@@ -74,6 +75,12 @@ static class CheckCommand
         try
         {
             result = await Qcow2Check.CheckAsync(file, repair, cancellationToken);
+        }
+        catch (Qcow2CheckFailedException e)
+        {
+            // qemu-img's two lines: what stopped the check, then "Check failed: <strerror>".
+            await CliErrors.FailAsync("check", e.Message, ExitFailed);
+            return await CliErrors.FailAsync("check", $"Check failed: {BlockErrnoText.Describe(e.Errno)}", ExitFailed);
         }
         catch (Qcow2Exception e)
         {

@@ -252,3 +252,13 @@ public static class Qcow2Check
 
     delegate void SpanAction(Span<byte> block);
 }
+
+/// <summary>
+/// The check could not run to its end (qemu-img's "Check failed: REASON"): <see cref="Exception.Message"/> is
+/// what qemu-img reports first (e.g. "ERROR snapshot table too large"), <see cref="Errno"/> the reason.
+/// Nothing was written.
+/// </summary>
+public sealed class Qcow2CheckFailedException(string message, BlockErrno errno) : IOException(message)
+{
+    public BlockErrno Errno { get; } = errno;
+}

@@ -9,6 +9,9 @@ internal static class Qcow2Entries
     /// <summary>Bits 0-8 and 56-62 of an L1 entry: reserved, must be zero (QEMU's L1E_RESERVED_MASK; a check reports them).</summary>
     public const ulong L1ReservedMask = 0x7f00_0000_0000_01ffUL;
 
+    /// <summary>Bits 1-8 and 56-61 of a standard L2 entry: reserved, must be zero (QEMU's L2E_STD_RESERVED_MASK; a check reports them).</summary>
+    public const ulong L2ReservedMask = 0x3f00_0000_0000_01feUL;
+
     /// <summary>Bit 63 of L1 and L2 entries: the refcount is exactly one, so the cluster may be written in place.</summary>
     public const ulong Copied = 1UL << 63;
 

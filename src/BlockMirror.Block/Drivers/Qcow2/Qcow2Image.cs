@@ -143,8 +143,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         _reftable = await ReadEntriesAsync(Header.RefcountTableOffset, Header.RefcountTableClusters * (g.ClusterSize / 8), cancellationToken).ConfigureAwait(false);
         for (var i = 0; i < _l1.Length; i++)
         {
+            // Unaligned offsets are corruption found at use (and never written through); they own no cluster.
             var offset = Qcow2Entries.HostOffset(_l1[i]);
-            if (offset != 0 && !_l2Offsets.Add(offset) && Writable)
+            if (offset != 0 && (offset & g.ClusterMask) == 0 && !_l2Offsets.Add(offset) && Writable)
             {
                 throw new Qcow2Exception(Name, $"L1 table entry {i}: L2 table offset {offset} is used by another L1 entry too; the image cannot be opened read/write");
             }
@@ -153,7 +154,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         for (var i = 0; i < _reftable.Length; i++)
         {
             var offset = Qcow2Entries.HostOffset(_reftable[i]);
-            if (offset != 0 && (!_refblockOffsets.Add(offset) || _l2Offsets.Contains(offset)) && Writable)
+            if (offset != 0 && (offset & g.ClusterMask) == 0 && (!_refblockOffsets.Add(offset) || _l2Offsets.Contains(offset)) && Writable)
             {
                 throw new Qcow2Exception(Name, $"refcount table entry {i}: refcount block offset {offset} is used by another table too; the image cannot be opened read/write");
             }

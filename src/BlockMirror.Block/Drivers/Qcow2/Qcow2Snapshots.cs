@@ -25,9 +25,13 @@ internal static class Qcow2Snapshots
     const long MaxTableBytes = 1024L * Qcow2Header.MaxSnapshots;
 
     /// <summary>Reads the table; the header has already checked the count and the offset (QEMU's qcow2_validate_table).</summary>
-    public static async ValueTask<IReadOnlyList<SnapshotInfo>> ReadAsync(Qcow2Image image, CancellationToken cancellationToken)
+    public static ValueTask<IReadOnlyList<SnapshotInfo>> ReadAsync(Qcow2Image image, CancellationToken cancellationToken) =>
+        ReadAsync(image.ReadClampedAsync, image.Header, image.Name, cancellationToken);
+
+    /// <summary>Reads the table through <paramref name="read"/>, which reads past the end of the file as zeroes.</summary>
+    public static async ValueTask<IReadOnlyList<SnapshotInfo>> ReadAsync(Func<long, Memory<byte>, CancellationToken, ValueTask> read, Qcow2Header header,
+        string name, CancellationToken cancellationToken)
     {
-        var header = image.Header;
         if (header.NbSnapshots == 0)
         {
             return [];
@@ -39,21 +43,21 @@ internal static class Qcow2Snapshots
         for (var i = 0; i < header.NbSnapshots; i++)
         {
             offset = (offset + 7) & ~7L;
-            await image.ReadClampedAsync(offset, fixedPart, cancellationToken).ConfigureAwait(false);
+            await read(offset, fixedPart, cancellationToken).ConfigureAwait(false);
             var idLength = BinaryPrimitives.ReadUInt16BigEndian(fixedPart.AsSpan(12));
             var nameLength = BinaryPrimitives.ReadUInt16BigEndian(fixedPart.AsSpan(14));
             var extraLength = BinaryPrimitives.ReadUInt32BigEndian(fixedPart.AsSpan(36));
             if (extraLength > MaxExtraData)
             {
-                throw new Qcow2Exception(image.Name, $"Too much extra metadata in snapshot table entry {i}", Io.BlockErrno.EFBIG);
+                throw new Qcow2Exception(name, $"Too much extra metadata in snapshot table entry {i}", Io.BlockErrno.EFBIG);
             }
 
             var rest = new byte[extraLength + idLength + nameLength];
-            await image.ReadClampedAsync(offset + fixedPart.Length, rest, cancellationToken).ConfigureAwait(false);
+            await read(offset + fixedPart.Length, rest, cancellationToken).ConfigureAwait(false);
             offset += fixedPart.Length + rest.Length;
             if (offset - header.SnapshotsOffset > MaxTableBytes)
             {
-                throw new Qcow2Exception(image.Name, "Snapshot table is too big", Io.BlockErrno.EFBIG);
+                throw new Qcow2Exception(name, "Snapshot table is too big", Io.BlockErrno.EFBIG);
             }
 
             var extra = rest.AsSpan(0, (int)extraLength);
