@@ -99,6 +99,8 @@ static class HostileQcow2Corpus
         new("bitmaps extension with a reserved field", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 1, 64, l.Data), autoclear: true)),
         new("bitmaps extension with 70,000 bitmaps", (b, l) => Extension(b, l, BitmapsType, Bitmaps(70000, 0, 64, l.Data), autoclear: true)),
         new("bitmaps extension with an unaligned directory", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 64, l.Data + 1), autoclear: true)),
+        new("bitmaps extension over data (a broken directory)", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 64, l.Data), autoclear: true)),
+        new("bitmaps extension over an empty directory", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 64, 16 << 20), autoclear: true)),
         new("bitmaps extension with a 1 GiB directory", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 1 << 30, l.Data), autoclear: true)),
         new("encryption extension without encryption", (b, l) => Extension(b, l, CryptoType, new byte[16])),
         new("data file extension without its bit", (b, l) => Extension(b, l, DataFileType, "x.raw"u8)),

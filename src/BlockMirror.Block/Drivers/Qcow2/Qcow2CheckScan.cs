@@ -97,6 +97,9 @@ internal sealed class Qcow2CheckScan
     {
         var first = await Qcow2Driver.ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
         var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name, check: true), name, checkCopied);
+        // As qemu-img orders it: the bitmaps are loaded when the image is opened, the snapshot table is read
+        // by the check itself.
+        await Qcow2BitmapDirectory.CheckAsync(scan.ReadClampedAsync, scan.Header, name, cancellationToken).ConfigureAwait(false);
         await scan.CheckSnapshotTableAsync(cancellationToken).ConfigureAwait(false);
         await scan.WalkAsync(cancellationToken).ConfigureAwait(false);
         return scan;

@@ -120,6 +120,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         {
             await image.LoadTablesAsync(cancellationToken).ConfigureAwait(false);
             image.Snapshots = await Qcow2Snapshots.ReadAsync(image, cancellationToken).ConfigureAwait(false);
+            await Qcow2BitmapDirectory.CheckAsync(image.ReadClampedAsync, header, name, cancellationToken).ConfigureAwait(false);
             image.Corrupt = (header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0;
             return image;
         }
