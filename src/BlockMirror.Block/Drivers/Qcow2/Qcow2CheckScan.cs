@@ -96,7 +96,7 @@ internal sealed class Qcow2CheckScan
     public static async Task<Qcow2CheckScan> RunAsync(BlockNode file, string name, bool checkCopied, CancellationToken cancellationToken)
     {
         var first = await Qcow2Driver.ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
-        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name, check: true), name, checkCopied);
+        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, name, check: true), name, checkCopied);
         // As qemu-img orders it: the bitmaps are loaded when the image is opened, the snapshot table is read
         // by the check itself.
         await Qcow2BitmapDirectory.CheckAsync(scan.ReadClampedAsync, scan.Header, name, cancellationToken).ConfigureAwait(false);

@@ -194,7 +194,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
     static async ValueTask<(Qcow2Header Header, byte[] Block)> ReadHeaderAsync(BlockNode file, string name, bool writable, CancellationToken cancellationToken)
     {
         var block = await ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
-        var header = Qcow2Header.Parse(block, file.Length, name, writable);
+        var header = Qcow2Header.Parse(block, name, writable);
         if (block.Length != header.ClusterSize)
         {
             Array.Resize(ref block, header.ClusterSize);

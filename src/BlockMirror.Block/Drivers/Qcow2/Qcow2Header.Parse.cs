@@ -36,16 +36,14 @@ public sealed partial class Qcow2Header
     /// file (they read as zeroes too), as QEMU allows.
     /// </summary>
     /// <param name="data">The first cluster of the file, or as much of it as the file holds.</param>
-    /// <param name="fileLength">The file's length (unused by the checks; kept for the callers' symmetry).</param>
     /// <param name="image">The file name, for <see cref="Qcow2Exception.Image"/>.</param>
     /// <param name="writable">The image is opened for writing: an image marked corrupt is refused.</param>
     /// <param name="check">
     /// Opened by <c>check</c> (QEMU's BDRV_O_CHECK): a missing refcount table and a broken snapshot table
     /// are left for the check to report.
     /// </param>
-    public static Qcow2Header Parse(ReadOnlySpan<byte> data, long fileLength, string image, bool writable = false, bool check = false)
+    public static Qcow2Header Parse(ReadOnlySpan<byte> data, string image, bool writable = false, bool check = false)
     {
-        _ = fileLength;
         Qcow2Exception Bad(string message, BlockErrno errno = BlockErrno.EINVAL) => new(image, message, errno);
 
         // The fixed fields of a version 3 header, zero-padded like a short read past the end of the file.

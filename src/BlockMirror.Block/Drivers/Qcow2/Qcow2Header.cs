@@ -6,8 +6,8 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 
 /// <summary>
 /// The qcow2 header (docs/interop/qcow2.txt in qemu/qemu): the fixed fields, the header extensions, and
-/// the backing file name, all inside the first cluster. Parsing validates every field against the limits
-/// below and names the field that is wrong; extensions this code does not interpret are kept byte for byte.
+/// the backing file name, all inside the first cluster. Parsing (Qcow2Header.Parse.cs) checks them as QEMU
+/// 7.2 does, with QEMU's messages; extensions this code does not interpret are kept byte for byte.
 /// </summary>
 /// <remarks>
 /// <code>
@@ -98,7 +98,7 @@ public sealed partial class Qcow2Header
     /// <summary>refcount_bits = 1 &lt;&lt; RefcountOrder; version 2 images are always 4 (16-bit refcounts).</summary>
     public int RefcountOrder { get; set; } = 4;
 
-    /// <summary>Length of the fixed header: 72 for version 2, at least 104 (a multiple of 8) for version 3.</summary>
+    /// <summary>Length of the fixed header: 72 for version 2, at least 104 for version 3 (the spec asks for a multiple of 8; QEMU does not check it).</summary>
     public int HeaderLength { get; set; } = Version3MinHeaderLength;
 
     /// <summary>0 = zlib (deflate), 1 = zstd.</summary>

@@ -137,7 +137,7 @@ public sealed class Qcow2HostileImageTests : IDisposable
             Assert.Equal(BlockErrno.EACCES, refused.Errno);
         }
 
-        var header = Qcow2Header.Parse(await File.ReadAllBytesAsync(path), new FileInfo(path).Length, path);
+        var header = Qcow2Header.Parse(await File.ReadAllBytesAsync(path), path);
         Assert.NotEqual(0UL, header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt);
     }
 }
