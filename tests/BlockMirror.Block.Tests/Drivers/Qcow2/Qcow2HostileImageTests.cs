@@ -72,6 +72,12 @@ public sealed class Qcow2HostileImageTests : IDisposable
             Assert.NotNull(recipe.Refusal);
             Assert.Equal(path, e.Image);
         }
+        catch (Qcow2CheckFailedException e)
+        {
+            // qemu-img's check stops at a snapshot table it cannot read, with the same words.
+            Assert.NotNull(recipe.Refusal);
+            Assert.Contains(recipe.Refusal.ToLowerInvariant(), e.Message.ToLowerInvariant(), StringComparison.Ordinal);
+        }
 
         Assert.Equal(before, SHA256.HashData(await File.ReadAllBytesAsync(path)));
     }
