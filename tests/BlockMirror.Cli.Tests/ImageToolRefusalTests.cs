@@ -29,6 +29,7 @@ public sealed class ImageToolRefusalTests : IDisposable
         BinaryPrimitives.WriteUInt32BigEndian(header, 0x514649fb);
         BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(4), 3);
         BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(20), 16);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(100), 104);
         BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(offset), value);
         File.WriteAllBytes(path, header);
         return path;
@@ -69,10 +70,10 @@ public sealed class ImageToolRefusalTests : IDisposable
 
     public static TheoryData<string, int, uint, string> CorruptHeaders => new()
     {
-        { "version", 4, 9, "unsupported qcow2 version 9" },
-        { "cluster_bits", 20, 40, "cluster_bits: 40 is out of range" },
-        { "l1_size", 36, 0x7fffffff, "l1_size" },
-        { "refcount_table_clusters", 56, 0, "refcount_table_clusters" },
+        { "version", 4, 9, "Unsupported qcow2 version 9" },
+        { "cluster_bits", 20, 40, "Unsupported cluster size: 2^40" },
+        { "header_length", 100, 8, "qcow2 header too short" },
+        { "refcount_order", 96, 7, "Reference count entry width too large; may not exceed 64 bits" },
     };
 
     [Theory]
@@ -85,7 +86,7 @@ public sealed class ImageToolRefusalTests : IDisposable
         foreach (var command in new[] { "info", "map", "check", "compare" })
         {
             var result = await BlockMirrorCli.RunAsync(command == "compare" ? [command, path, path] : [command, path]);
-            AssertRefused(result, command, command == "compare" ? 2 : 1, message);
+            AssertRefused(result, command, command == "compare" ? 2 : 1, $"Could not open '{path}': {message}");
         }
 
         Assert.Equal(before, QemuImages.Fingerprint(path));
@@ -103,7 +104,7 @@ public sealed class ImageToolRefusalTests : IDisposable
         Assert.True(result.ExitCode == 0, result.ToString());
         Assert.Contains("file format: raw", result.OutputLines);
         AssertRefused(await BlockMirrorCli.RunAsync("check", path), "check", 63, "This image format does not support checks");
-        AssertRefused(await BlockMirrorCli.RunAsync("info", "-f", "qcow2", path), "info", 1, "not a qcow2 image");
+        AssertRefused(await BlockMirrorCli.RunAsync("info", "-f", "qcow2", path), "info", 1, $"Could not open '{path}': Image is not in qcow2 format");
     }
 
     public static TheoryData<string[], string> BadCreateLines => new()

@@ -61,7 +61,7 @@ public sealed class MirrorRefusalTests : IDisposable
         { ["--speed", "-100M"], "invalid --speed '-100M'" },
         { ["--speed", "fast"], "invalid --speed 'fast'" },
         { ["--format", "vmdk"], "Unknown image format 'vmdk'" },
-        { ["-f", "qcow2"], "magic: not a qcow2 image" },
+        { ["-f", "qcow2"], "Image is not in qcow2 format" },
         { ["--target-format", "vmdk"], "Unknown image format 'vmdk'" },
         { ["--cache", "directsync"], "--cache: unknown cache mode 'directsync' (expected auto, none or writeback)" },
         { ["--on-source-error", "bogus"], "--on-source-error: unknown error policy 'bogus' (expected report or ignore)" },

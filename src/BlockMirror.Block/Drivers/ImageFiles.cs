@@ -79,6 +79,11 @@ public static class ImageFiles
             // Another user's lock: worded as qemu-img words it, with its hint.
             throw new BlockGraphException(ex.Kind, $"Could not open '{options.Path}': {ex.Message}") { Hint = ex.Hint };
         }
+        catch (BlockOpenException ex) when (ex.InnerException is Qcow2Exception)
+        {
+            // A qcow2 header or table QEMU refuses: in qemu-img's words, "Could not open 'FILE': <QEMU's reason>".
+            throw new BlockOpenException($"Could not open '{options.Path}': {ex.Message}", ex.Errno, ex.InnerException);
+        }
         catch (BlockOptionException ex) when (options.ForceShare && !options.ReadOnly)
         {
             throw new BlockOpenException($"Could not open '{options.Path}': {ex.Message}");

@@ -3,6 +3,7 @@ using System.Text;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Cli.Tools;
 
 namespace BlockMirror.Cli.Commands;
@@ -70,7 +71,22 @@ static class CheckCommand
             throw new ToolExitException("This image format does not support checks", ExitNoCheck);
         }
 
-        var result = await Qcow2Check.CheckAsync(file, repair, cancellationToken);
+        Qcow2CheckResult result;
+        try
+        {
+            result = await Qcow2Check.CheckAsync(file, repair, cancellationToken);
+        }
+        catch (Qcow2CheckFailedException e)
+        {
+            // qemu-img's two lines: what stopped the check, then "Check failed: <strerror>".
+            await CliErrors.FailAsync("check", e.Message, ExitFailed);
+            return await CliErrors.FailAsync("check", $"Check failed: {BlockErrnoText.Describe(e.Errno)}", ExitFailed);
+        }
+        catch (Qcow2Exception e)
+        {
+            // A header qemu-img's check cannot open either: its words, "Could not open 'FILE': <reason>".
+            throw new BlockOpenException($"Could not open '{path}': {e.Message}", e.Errno, e);
+        }
         // qemu-img's qcow2 check prints what it finds on stderr as it goes, whatever -q says.
         foreach (var message in result.Messages)
         {

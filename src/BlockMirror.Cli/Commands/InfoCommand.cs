@@ -94,7 +94,7 @@ static class InfoCommand
             backing,
             backing is null ? null : ImageTool.CombinePath(path, backing),
             backing is null ? null : header!.BackingFormat,
-            header is null ? [] : await Qcow2Snapshots.ReadAsync(node, header, path, cancellationToken));
+            Qcow2Inspection.SnapshotsOf(node));
     }
 
     /// <summary>The fields in QAPI's ImageInfo order; <see cref="QemuJson"/> prints them in QEMU's order.</summary>

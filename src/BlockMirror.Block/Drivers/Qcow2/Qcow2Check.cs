@@ -75,8 +75,8 @@ public static class Qcow2Check
         var result = await CheckAsync(file, Qcow2RepairMode.All, cancellationToken).ConfigureAwait(false);
         if (result.Corruptions > 0)
         {
-            throw new Qcow2Exception(name, "incompatible_features",
-                $"the image was left dirty and {result.Corruptions} inconsistencies remain after repairing its refcounts; run 'blockmirror check -r all'");
+            // QEMU's words: the refcount repair could not make the image consistent.
+            throw new Qcow2Exception(name, "Could not repair dirty image: Input/output error", BlockErrno.EIO);
         }
     }
 
@@ -251,4 +251,14 @@ public static class Qcow2Check
     }
 
     delegate void SpanAction(Span<byte> block);
+}
+
+/// <summary>
+/// The check could not run to its end (qemu-img's "Check failed: REASON"): <see cref="Exception.Message"/> is
+/// what qemu-img reports first (e.g. "ERROR snapshot table too large"), <see cref="Errno"/> the reason.
+/// Nothing was written.
+/// </summary>
+public sealed class Qcow2CheckFailedException(string message, BlockErrno errno) : IOException(message)
+{
+    public BlockErrno Errno { get; } = errno;
 }

@@ -82,6 +82,11 @@ internal sealed class Qcow2CheckScan
 
     public List<string> Messages => _messages;
 
+    // Refcount table entries whose block offset is unaligned (index to offset): none of their refcounts can be
+    // read, as in QEMU, where each lookup fails with EIO.
+    readonly Dictionary<long, long> _unreadableRefblocks = [];
+    bool _reportedUnreadable;
+
     /// <summary>Clusters whose stored refcount differs from the references: (cluster, stored, referenced).</summary>
     public List<(long Cluster, ulong Stored, ulong Referenced)> Mismatches { get; } = [];
 
@@ -90,15 +95,41 @@ internal sealed class Qcow2CheckScan
 
     public static async Task<Qcow2CheckScan> RunAsync(BlockNode file, string name, bool checkCopied, CancellationToken cancellationToken)
     {
-        var first = new byte[(int)Math.Min(file.Length, 1 << Qcow2Header.MaxClusterBits)];
-        if (first.Length > 0)
-        {
-            await file.ReadAsync(0, first, cancellationToken).ConfigureAwait(false);
-        }
-
-        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, file.Length, name), name, checkCopied);
+        var first = await Qcow2Driver.ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
+        var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, name, check: true), name, checkCopied);
+        // As qemu-img orders it: the bitmaps are loaded when the image is opened, the snapshot table is read
+        // by the check itself.
+        await Qcow2BitmapDirectory.CheckAsync(scan.ReadClampedAsync, scan.Header, name, cancellationToken).ConfigureAwait(false);
+        await scan.CheckSnapshotTableAsync(cancellationToken).ConfigureAwait(false);
         await scan.WalkAsync(cancellationToken).ConfigureAwait(false);
         return scan;
+    }
+
+    /// <summary>
+    /// The snapshot table as qemu-img's check reads it before anything else (qcow2_check_read_snapshot_table):
+    /// too many snapshots, an invalid offset or an entry it cannot read end the check with an error.
+    /// </summary>
+    async Task CheckSnapshotTableAsync(CancellationToken cancellationToken)
+    {
+        if (Header.NbSnapshots > Qcow2Header.MaxSnapshots)
+        {
+            throw new Qcow2CheckFailedException("ERROR snapshot table too large", BlockErrno.EFBIG);
+        }
+
+        var entriesEnd = (ulong)Header.NbSnapshots * Qcow2Header.SnapshotHeaderLength;
+        if ((ulong)long.MaxValue - entriesEnd < (ulong)Header.SnapshotsOffset || (Header.SnapshotsOffset & Geometry.ClusterMask) != 0)
+        {
+            throw new Qcow2CheckFailedException("ERROR snapshot table offset invalid", BlockErrno.EINVAL);
+        }
+
+        try
+        {
+            await Qcow2Snapshots.ReadAsync(ReadClampedAsync, Header, Name, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Qcow2Exception e)
+        {
+            throw new Qcow2CheckFailedException($"ERROR failed to read the snapshot table: {e.Message}", e.Errno);
+        }
     }
 
     async Task WalkAsync(CancellationToken cancellationToken)
@@ -118,10 +149,25 @@ internal sealed class Qcow2CheckScan
             }
 
             var offset = Qcow2Entries.HostOffset(entry);
-            if ((entry & ~Qcow2Entries.OffsetMask) != 0 || (offset & g.ClusterMask) != 0 || offset == 0)
+            var reserved = (entry & ~Qcow2Entries.OffsetMask) != 0;
+            if (reserved)
             {
+                // qemu-img's verdict: the block is not counted as a reference, but its refcounts are still
+                // read (the reserved bits are masked off where refcounts are looked up).
+                Corruption($"ERROR refcount table entry {i} has reserved bits set");
+                RefcountStructureBroken = true;
+            }
+            else if ((offset & g.ClusterMask) != 0)
+            {
+                // No refcount of the clusters this block covers can be read: each is a check error.
                 Corruption($"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted");
                 RefcountStructureBroken = true;
+                _unreadableRefblocks.Add(i, offset);
+                continue;
+            }
+
+            if (offset == 0 || (offset & g.ClusterMask) != 0)
+            {
                 continue;
             }
 
@@ -132,7 +178,11 @@ internal sealed class Qcow2CheckScan
                 continue;
             }
 
-            Reference(offset, g.ClusterSize, refcountStructure: true);
+            if (!reserved)
+            {
+                Reference(offset, g.ClusterSize, refcountStructure: true);
+            }
+
             var block = new byte[g.ClusterSize];
             await ReadClampedAsync(offset, block, cancellationToken).ConfigureAwait(false);
             Refblocks[i] = block;
@@ -193,10 +243,17 @@ internal sealed class Qcow2CheckScan
         var table = new byte[g.ClusterSize];
         for (var i = 0; i < l1.Length; i++)
         {
+            // qemu-img's rule: any non-zero entry is walked, even one whose offset bits are zero (it then
+            // points at the header cluster).
             var offset = Qcow2Entries.HostOffset(l1[i]);
-            if (offset == 0)
+            if (l1[i] == 0)
             {
                 continue;
+            }
+
+            if ((l1[i] & Qcow2Entries.L1ReservedMask) != 0)
+            {
+                Corruption($"ERROR found L1 entry with reserved bits set: {l1[i]:x}");
             }
 
             Reference(offset, g.ClusterSize);
@@ -212,7 +269,7 @@ internal sealed class Qcow2CheckScan
                 continue;
             }
 
-            if (active)
+            if (active && offset != 0)
             {
                 CheckCopied(l1[i], offset, () => ($"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1[i]:x}", true, 0, i));
             }
@@ -270,9 +327,14 @@ internal sealed class Qcow2CheckScan
                 continue;
             }
 
+            if (!g.ExtendedL2 && (entry & Qcow2Entries.L2ReservedMask) != 0)
+            {
+                Corruption($"ERROR found l2 entry with reserved bits set: {entry:x}");
+            }
+
             if ((host & g.ClusterMask) != 0)
             {
-                Corruption($"ERROR offset={host:x}: Cluster is not properly aligned; L2 entry corrupted.");
+                Corruption($"ERROR offset={host:x}: Data cluster is not properly aligned; L2 entry corrupted.");
                 continue;
             }
 
@@ -440,6 +502,19 @@ internal sealed class Qcow2CheckScan
 
         void Compare(long cluster)
         {
+            if (_unreadableRefblocks.Count > 0 && _unreadableRefblocks.TryGetValue(cluster >> g.RefblockBits, out var refblock))
+            {
+                if (!_reportedUnreadable)
+                {
+                    _reportedUnreadable = true;
+                    _messages.Add($"qcow2: Image is corrupt: Refblock offset 0x{refblock:x} unaligned (reftable index: 0x{cluster >> g.RefblockBits:x}); further non-fatal corruption events will be suppressed");
+                }
+
+                _messages.Add($"Can't get refcount for cluster {cluster}: Input/output error");
+                CheckErrors++;
+                return;
+            }
+
             var stored = Stored(cluster);
             var referenced = Referenced(cluster);
             if (stored != 0 || referenced != 0)
@@ -468,7 +543,7 @@ internal sealed class Qcow2CheckScan
     /// <summary>Bit 63 of an active L1 or L2 entry must be set exactly when the stored refcount is one.</summary>
     void CheckCopied(ulong entry, long offset, Func<(string Message, bool L1, long Table, int Index)> describe)
     {
-        if (!_checkCopied)
+        if (!_checkCopied || _unreadableRefblocks.ContainsKey(offset >> Geometry.ClusterBits >> Geometry.RefblockBits))
         {
             return;
         }

@@ -83,6 +83,9 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
     /// <summary>The header as it is now (read it for <c>info</c>; do not change it).</summary>
     public Qcow2Header Header => _image.Header;
 
+    /// <summary>The internal snapshots the image holds (kept intact, not used).</summary>
+    public IReadOnlyList<SnapshotInfo> Snapshots => _image.Snapshots;
+
     /// <summary>What the open found worth telling the user (an image marked corrupt opened for reading only).</summary>
     public IReadOnlyList<string> Warnings { get; }
 
@@ -116,7 +119,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
             List<string> warnings = [];
             try
             {
-                var (header, block) = await ReadHeaderAsync(file, name, ct).ConfigureAwait(false);
+                var (header, block) = await ReadHeaderAsync(file, name, !readOnly, ct).ConfigureAwait(false);
                 var alignment = Math.Max(1, file.Limits.RequestAlignment);
                 if (header.ClusterSize < alignment)
                 {
@@ -129,7 +132,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
                     // Left dirty by a writer with lazy refcounts that did not close the image: the refcounts
                     // may be wrong, and the allocator trusts them. Rebuild them from the L1/L2 tables first.
                     await Qcow2Check.RepairDirtyAsync(file, name, ct).ConfigureAwait(false);
-                    (header, block) = await ReadHeaderAsync(file, name, ct).ConfigureAwait(false);
+                    (header, block) = await ReadHeaderAsync(file, name, !readOnly, ct).ConfigureAwait(false);
                 }
 
                 var edge = node.AttachChild(ChildNames.File, file, ChildRole.Storage);
@@ -138,7 +141,8 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
             }
             catch (Qcow2Exception e)
             {
-                throw new BlockOpenException(e.Message, BlockErrno.EINVAL, e);
+                // QEMU's message as blockdev-add gives it; the image tools add "Could not open 'FILE': ".
+                throw new BlockOpenException(e.Message, e.Errno, e);
             }
 
             try
@@ -182,20 +186,43 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
         }, cancellationToken);
     }
 
-    /// <summary>Reads and checks the header from the first cluster; returns it with that cluster's bytes.</summary>
-    static async ValueTask<(Qcow2Header Header, byte[] Block)> ReadHeaderAsync(BlockNode file, string name, CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads and checks the header; returns it with the first cluster's bytes. Reads only the header cluster,
+    /// as QEMU does (its fields first, then the rest of the cluster, where the extensions and the backing file
+    /// name are): nothing past it is touched until a table is needed.
+    /// </summary>
+    static async ValueTask<(Qcow2Header Header, byte[] Block)> ReadHeaderAsync(BlockNode file, string name, bool writable, CancellationToken cancellationToken)
     {
-        var length = file.Length;
-        var first = new byte[(int)Math.Min(length, 1 << Qcow2Header.MaxClusterBits)];
-        if (first.Length > 0)
+        var block = await ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
+        var header = Qcow2Header.Parse(block, name, writable);
+        if (block.Length != header.ClusterSize)
         {
-            await file.ReadAsync(0, first, cancellationToken).ConfigureAwait(false);
+            Array.Resize(ref block, header.ClusterSize);
         }
 
-        var header = Qcow2Header.Parse(first, length, name);
-        var block = new byte[header.ClusterSize];
-        first.AsSpan(0, Math.Min(first.Length, block.Length)).CopyTo(block);
         return (header, block);
+    }
+
+    /// <summary>
+    /// The header cluster, its part past the end of the file as zeroes: a first read of the fixed fields
+    /// (one block of the file's alignment), then the rest of the cluster that cluster_bits names.
+    /// </summary>
+    internal static async ValueTask<byte[]> ReadHeaderClusterAsync(BlockNode file, CancellationToken cancellationToken)
+    {
+        var alignment = Math.Max(1, file.Limits.RequestAlignment);
+        var first = new byte[Math.Max(alignment, 1 << Qcow2Header.MinClusterBits)];
+        ValueTask Read(long offset, Memory<byte> buffer, CancellationToken ct) => file.ReadAsync(offset, buffer, ct);
+        await Qcow2FileReads.ReadClampedAsync(Read, file.Length, alignment, 0, first, cancellationToken).ConfigureAwait(false);
+        var clusterBits = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(first.AsSpan(20));
+        if (clusterBits is < Qcow2Header.MinClusterBits or > Qcow2Header.MaxClusterBits || 1 << (int)clusterBits <= first.Length)
+        {
+            return first;
+        }
+
+        var block = new byte[1 << (int)clusterBits];
+        first.CopyTo(block, 0);
+        await Qcow2FileReads.ReadClampedAsync(Read, file.Length, alignment, first.Length, block.AsMemory(first.Length), cancellationToken).ConfigureAwait(false);
+        return block;
     }
 
     static async ValueTask<BlockNode?> OpenBackingAsync(BlockGraph graph, BlockNode node, Qcow2Image image, Qcow2Options options, CancellationToken cancellationToken)

@@ -6,6 +6,12 @@ internal static class Qcow2Entries
     /// <summary>Bits 9-55: a cluster-aligned host offset (L1 entries, standard L2 descriptors, refcount table entries).</summary>
     public const ulong OffsetMask = 0x00ff_ffff_ffff_fe00UL;
 
+    /// <summary>Bits 0-8 and 56-62 of an L1 entry: reserved, must be zero (QEMU's L1E_RESERVED_MASK; a check reports them).</summary>
+    public const ulong L1ReservedMask = 0x7f00_0000_0000_01ffUL;
+
+    /// <summary>Bits 1-8 and 56-61 of a standard L2 entry: reserved, must be zero (QEMU's L2E_STD_RESERVED_MASK; a check reports them).</summary>
+    public const ulong L2ReservedMask = 0x3f00_0000_0000_01feUL;
+
     /// <summary>Bit 63 of L1 and L2 entries: the refcount is exactly one, so the cluster may be written in place.</summary>
     public const ulong Copied = 1UL << 63;
 

@@ -1,12 +1,13 @@
 using System.Buffers.Binary;
 using System.Text;
+using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
 
 /// <summary>
 /// The qcow2 header (docs/interop/qcow2.txt in qemu/qemu): the fixed fields, the header extensions, and
-/// the backing file name, all inside the first cluster. Parsing validates every field against the limits
-/// below and names the field that is wrong; extensions this code does not interpret are kept byte for byte.
+/// the backing file name, all inside the first cluster. Parsing (Qcow2Header.Parse.cs) checks them as QEMU
+/// 7.2 does, with QEMU's messages; extensions this code does not interpret are kept byte for byte.
 /// </summary>
 /// <remarks>
 /// <code>
@@ -20,7 +21,7 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 /// </code>
 /// All numbers are big-endian.
 /// </remarks>
-public sealed class Qcow2Header
+public sealed partial class Qcow2Header
 {
     public const uint Magic = 0x514649fb;
     public const int Version2HeaderLength = 72;
@@ -97,7 +98,7 @@ public sealed class Qcow2Header
     /// <summary>refcount_bits = 1 &lt;&lt; RefcountOrder; version 2 images are always 4 (16-bit refcounts).</summary>
     public int RefcountOrder { get; set; } = 4;
 
-    /// <summary>Length of the fixed header: 72 for version 2, at least 104 (a multiple of 8) for version 3.</summary>
+    /// <summary>Length of the fixed header: 72 for version 2, at least 104 for version 3 (the spec asks for a multiple of 8; QEMU does not check it).</summary>
     public int HeaderLength { get; set; } = Version3MinHeaderLength;
 
     /// <summary>0 = zlib (deflate), 1 = zstd.</summary>
@@ -130,7 +131,7 @@ public sealed class Qcow2Header
     /// <summary>The backing file's format from its extension, or null.</summary>
     public string? BackingFormat
     {
-        get => Extensions.Find(e => e.Type == ExtensionBackingFormat) is { } e ? Encoding.UTF8.GetString(e.Data) : null;
+        get => Extensions.FindLast(e => e.Type == ExtensionBackingFormat) is { } e ? Encoding.UTF8.GetString(e.Data) : null;
         set
         {
             var index = Extensions.FindIndex(e => e.Type == ExtensionBackingFormat);
@@ -182,251 +183,6 @@ public sealed class Qcow2Header
         }
 
         return null;
-    }
-
-    /// <summary>
-    /// Parses and checks the header from the start of the file. <paramref name="data"/> must hold the first
-    /// cluster, or all of a file shorter than that. Every rejection names the image, the field and the limit.
-    /// </summary>
-    public static Qcow2Header Parse(ReadOnlySpan<byte> data, long fileLength, string image)
-    {
-        Qcow2Exception Bad(string field, string detail) => new(image, field, detail);
-
-        if (data.Length < Version2HeaderLength)
-        {
-            throw Bad("header", $"the file is {fileLength} bytes, shorter than the smallest qcow2 header ({Version2HeaderLength} bytes)");
-        }
-
-        if (BinaryPrimitives.ReadUInt32BigEndian(data) != Magic)
-        {
-            throw new Qcow2Exception(image, "magic", "not a qcow2 image (bad magic)");
-        }
-
-        var h = new Qcow2Header
-        {
-            Version = (int)BinaryPrimitives.ReadUInt32BigEndian(data[4..]),
-        };
-        if (h.Version is not (2 or 3))
-        {
-            throw Bad("version", $"unsupported qcow2 version {h.Version} (supported: 2, 3)");
-        }
-
-        h.BackingFileOffset = checked((long)BinaryPrimitives.ReadUInt64BigEndian(data[8..]) & long.MaxValue);
-        h.BackingFileSize = (int)Math.Min(int.MaxValue, BinaryPrimitives.ReadUInt32BigEndian(data[16..]));
-        var clusterBits = BinaryPrimitives.ReadUInt32BigEndian(data[20..]);
-        if (clusterBits is < MinClusterBits or > MaxClusterBits)
-        {
-            throw Bad("cluster_bits", $"{clusterBits} is out of range ({MinClusterBits}..{MaxClusterBits}: 512 B to 2 MiB clusters)");
-        }
-
-        h.ClusterBits = (int)clusterBits;
-        var size = BinaryPrimitives.ReadUInt64BigEndian(data[24..]);
-        if (size > long.MaxValue / 2)
-        {
-            throw Bad("size", $"virtual size {size} is too large");
-        }
-
-        h.Size = (long)size;
-        h.CryptMethod = (int)BinaryPrimitives.ReadUInt32BigEndian(data[32..]);
-        var l1Size = BinaryPrimitives.ReadUInt32BigEndian(data[36..]);
-        h.L1TableOffset = (long)(BinaryPrimitives.ReadUInt64BigEndian(data[40..]) & long.MaxValue);
-        h.RefcountTableOffset = (long)(BinaryPrimitives.ReadUInt64BigEndian(data[48..]) & long.MaxValue);
-        var refcountTableClusters = BinaryPrimitives.ReadUInt32BigEndian(data[56..]);
-        h.NbSnapshots = (int)Math.Min(int.MaxValue, BinaryPrimitives.ReadUInt32BigEndian(data[60..]));
-        h.SnapshotsOffset = (long)(BinaryPrimitives.ReadUInt64BigEndian(data[64..]) & long.MaxValue);
-
-        if (h.Version == 3)
-        {
-            if (data.Length < Version3MinHeaderLength)
-            {
-                throw Bad("header_length", $"the file is too short ({fileLength} bytes) for a version 3 header ({Version3MinHeaderLength} bytes)");
-            }
-
-            h.IncompatibleFeatures = BinaryPrimitives.ReadUInt64BigEndian(data[72..]);
-            h.CompatibleFeatures = BinaryPrimitives.ReadUInt64BigEndian(data[80..]);
-            h.AutoclearFeatures = BinaryPrimitives.ReadUInt64BigEndian(data[88..]);
-            var refcountOrder = BinaryPrimitives.ReadUInt32BigEndian(data[96..]);
-            if (refcountOrder > MaxRefcountOrder)
-            {
-                throw Bad("refcount_order", $"{refcountOrder} is out of range (0..{MaxRefcountOrder}: 1- to 64-bit refcounts)");
-            }
-
-            h.RefcountOrder = (int)refcountOrder;
-            var headerLength = BinaryPrimitives.ReadUInt32BigEndian(data[100..]);
-            if (headerLength < Version3MinHeaderLength || headerLength % 8 != 0 || headerLength > h.ClusterSize || headerLength > data.Length)
-            {
-                throw Bad("header_length", $"{headerLength} is invalid (a multiple of 8, at least {Version3MinHeaderLength}, inside the first cluster)");
-            }
-
-            h.HeaderLength = (int)headerLength;
-            if (headerLength > 104)
-            {
-                h.CompressionType = data[104];
-                h.UnknownHeaderFields = data[105..(int)headerLength].ToArray();
-            }
-        }
-        else
-        {
-            h.RefcountOrder = 4;
-            h.HeaderLength = Version2HeaderLength;
-        }
-
-        var unknown = h.IncompatibleFeatures & ~IncompatibleKnown;
-        if (unknown != 0)
-        {
-            var bit = System.Numerics.BitOperations.TrailingZeroCount(unknown);
-            var name = h.FeatureName(0, bit);
-            throw Bad("incompatible_features", $"unsupported incompatible feature bit {bit}{(name is null ? "" : $" ('{name}')")}; the image cannot be opened");
-        }
-
-        if ((h.IncompatibleFeatures & IncompatibleExternalData) != 0)
-        {
-            throw Bad("incompatible_features", "images with an external data file are not supported");
-        }
-
-        if ((h.IncompatibleFeatures & IncompatibleCompressionType) != 0 || h.CompressionType != 0)
-        {
-            throw Bad("compression_type", h.CompressionType == 1
-                ? "zstd compression is not supported (only zlib)"
-                : $"unknown compression type {h.CompressionType}");
-        }
-
-        if (h.HasExtendedL2 && h.ClusterBits < MinClusterBitsExtendedL2)
-        {
-            throw Bad("cluster_bits", $"{h.ClusterBits} is too small for extended L2 entries (at least {MinClusterBitsExtendedL2})");
-        }
-
-        if (h.CryptMethod != 0)
-        {
-            throw Bad("crypt_method", $"encrypted images are not supported (crypt_method {h.CryptMethod})");
-        }
-
-        // L1 table: large enough for the virtual size, within QEMU's limit, aligned, inside the file.
-        if (l1Size > MaxL1TableBytes / 8)
-        {
-            throw Bad("l1_size", $"{l1Size} entries exceed the limit of {MaxL1TableBytes / 8} (a {MaxL1TableBytes >> 20} MiB L1 table)");
-        }
-
-        h.L1Size = (int)l1Size;
-        if (h.L1Size < h.L1EntriesFor(h.Size))
-        {
-            throw Bad("l1_size", $"{h.L1Size} entries cannot map a virtual size of {h.Size} bytes (needs {h.L1EntriesFor(h.Size)})");
-        }
-
-        CheckTable(h, image, "l1_table_offset", h.L1TableOffset, (long)h.L1Size * 8, fileLength);
-
-        // Refcount table: non-empty, within QEMU's limit, aligned, inside the file.
-        if (refcountTableClusters == 0 || (long)refcountTableClusters * h.ClusterSize > MaxRefcountTableBytes)
-        {
-            throw Bad("refcount_table_clusters", $"{refcountTableClusters} is invalid (1 to {MaxRefcountTableBytes / h.ClusterSize} clusters)");
-        }
-
-        h.RefcountTableClusters = (int)refcountTableClusters;
-        CheckTable(h, image, "refcount_table_offset", h.RefcountTableOffset, (long)h.RefcountTableClusters * h.ClusterSize, fileLength);
-
-        if (h.L1Size > 0 && Overlap(h.L1TableOffset, (long)h.L1Size * 8, h.RefcountTableOffset, (long)h.RefcountTableClusters * h.ClusterSize))
-        {
-            throw Bad("l1_table_offset", $"the L1 table (offset {h.L1TableOffset}) overlaps the refcount table (offset {h.RefcountTableOffset})");
-        }
-
-        if (h.NbSnapshots != 0)
-        {
-            CheckTable(h, image, "snapshots_offset", h.SnapshotsOffset, 1, fileLength);
-        }
-
-        ParseExtensions(h, data, image);
-        ParseBackingFile(h, data, image);
-        return h;
-    }
-
-    static void CheckTable(Qcow2Header h, string image, string field, long offset, long length, long fileLength)
-    {
-        if (offset == 0 && length > 0)
-        {
-            throw new Qcow2Exception(image, field, "points into the header cluster (offset 0)");
-        }
-
-        if ((offset & (h.ClusterSize - 1)) != 0)
-        {
-            throw new Qcow2Exception(image, field, $"{offset} is not aligned to the cluster size ({h.ClusterSize})");
-        }
-
-        if (offset > long.MaxValue - length || offset + length > fileLength)
-        {
-            throw new Qcow2Exception(image, field, $"the table at {offset} ({length} bytes) runs past the end of the file ({fileLength} bytes)");
-        }
-    }
-
-    static bool Overlap(long a, long aLength, long b, long bLength) => a < b + bLength && b < a + aLength;
-
-    static void ParseExtensions(Qcow2Header h, ReadOnlySpan<byte> data, string image)
-    {
-        // Extensions run from the end of the fixed header to the end marker; the backing file name, if
-        // any, comes after them and bounds them.
-        var limit = Math.Min(data.Length, h.ClusterSize);
-        if (h.BackingFileOffset > 0 && h.BackingFileOffset < limit)
-        {
-            limit = (int)h.BackingFileOffset;
-        }
-
-        var position = h.HeaderLength;
-        var seen = new HashSet<uint>();
-        while (position + 8 <= limit)
-        {
-            var type = BinaryPrimitives.ReadUInt32BigEndian(data[position..]);
-            var length = BinaryPrimitives.ReadUInt32BigEndian(data[(position + 4)..]);
-            if (type == ExtensionEnd)
-            {
-                return;
-            }
-
-            if (length > limit - position - 8)
-            {
-                throw new Qcow2Exception(image, "header extension", $"extension 0x{type:x8} at byte {position} ({length} bytes) runs past the header area ({limit} bytes)");
-            }
-
-            if (!seen.Add(type) && type is ExtensionBackingFormat or ExtensionFeatureNameTable or ExtensionBitmaps)
-            {
-                throw new Qcow2Exception(image, "header extension", $"extension 0x{type:x8} appears more than once");
-            }
-
-            var extension = data.Slice(position + 8, (int)length).ToArray();
-            switch (type)
-            {
-                case ExtensionBackingFormat when length > 255:
-                    throw new Qcow2Exception(image, "backing file format", $"{length} bytes is too long for a format name");
-                case ExtensionFullDiskEncryption:
-                    throw new Qcow2Exception(image, "header extension", "full disk encryption is not supported");
-                case ExtensionExternalDataFile:
-                    throw new Qcow2Exception(image, "header extension", "images with an external data file are not supported");
-            }
-
-            h.Extensions.Add(new Qcow2HeaderExtension(type, extension));
-            position += 8 + (int)((length + 7) & ~7u);
-        }
-    }
-
-    static void ParseBackingFile(Qcow2Header h, ReadOnlySpan<byte> data, string image)
-    {
-        if (h.BackingFileOffset == 0)
-        {
-            return;
-        }
-
-        if (h.BackingFileSize > MaxBackingFileNameLength)
-        {
-            throw new Qcow2Exception(image, "backing_file_size", $"{h.BackingFileSize} exceeds the limit of {MaxBackingFileNameLength} bytes");
-        }
-
-        if (h.BackingFileOffset > h.ClusterSize - h.BackingFileSize || h.BackingFileOffset + h.BackingFileSize > data.Length)
-        {
-            throw new Qcow2Exception(image, "backing_file_offset", $"the backing file name (offset {h.BackingFileOffset}, {h.BackingFileSize} bytes) is not inside the first cluster");
-        }
-
-        if (h.BackingFileSize > 0)
-        {
-            h.BackingFile = Encoding.UTF8.GetString(data.Slice((int)h.BackingFileOffset, h.BackingFileSize));
-        }
     }
 
     /// <summary>
@@ -508,11 +264,14 @@ public sealed class Qcow2Header
 /// <summary>One header extension: its type and its data (without padding).</summary>
 public sealed record Qcow2HeaderExtension(uint Type, byte[] Data);
 
-/// <summary>A qcow2 image that cannot be opened: names the image and the field at fault. Nothing was written.</summary>
-public sealed class Qcow2Exception(string image, string field, string detail)
-    : IOException($"qcow2 image '{image}': {field}: {detail}")
+/// <summary>
+/// A qcow2 image that cannot be opened. The message is QEMU's own for the same fault (qemu-img prefixes it
+/// with "Could not open 'FILE': ", as <see cref="ImageFiles"/> does); <see cref="Image"/> names the file.
+/// Nothing was written.
+/// </summary>
+public sealed class Qcow2Exception(string image, string message, BlockErrno errno = BlockErrno.EINVAL) : IOException(message)
 {
     public string Image { get; } = image;
 
-    public string Field { get; } = field;
+    public BlockErrno Errno { get; } = errno;
 }

@@ -33,7 +33,7 @@ internal sealed partial class Qcow2Image
         var g = Geometry;
         var l1Index = g.L1Index(offset);
         length = Math.Min(length, (l1Index + 1) * g.L2Span - offset);
-        var l2Offset = Qcow2Entries.HostOffset(_l1[l1Index]);
+        var l2Offset = L2TableOffset(l1Index);
         if (l2Offset == 0)
         {
             return new Qcow2Mapping(Qcow2ClusterKind.Unallocated, length, -1, false, 0);
@@ -110,7 +110,7 @@ internal sealed partial class Qcow2Image
 
             if ((host & g.ClusterMask) != 0)
             {
-                throw new Qcow2Corruption($"L2 table at offset {table.Offset}, entry {index}: data cluster offset {host} is not aligned to the cluster size");
+                throw new Qcow2Corruption($"Cluster allocation offset 0x{host:x} unaligned (L2 offset: 0x{table.Offset:x}, L2 index: 0x{index:x})");
             }
 
             return (Qcow2ClusterKind.Normal, host, copied, entry);
@@ -150,7 +150,7 @@ internal sealed partial class Qcow2Image
     {
         var g = Geometry;
         var entry = _l1[l1Index];
-        var old = Qcow2Entries.HostOffset(entry);
+        var old = L2TableOffset(l1Index);
         if (old != 0 && (entry & Qcow2Entries.Copied) != 0)
         {
             _file.DebugEvent(BlkdebugEvent.L2Load);

@@ -52,7 +52,7 @@ internal sealed partial class Qcow2Image
             return 0;
         }
 
-        var block = await _refblockCache.GetAsync(Qcow2Entries.HostOffset(_reftable[tableIndex]), load: true, cancellationToken).ConfigureAwait(false);
+        var block = await _refblockCache.GetAsync(RefblockOffset(tableIndex), load: true, cancellationToken).ConfigureAwait(false);
         return ReadRefcount(block.Span, cluster & (Geometry.RefblockEntries - 1), Geometry.RefcountOrder);
     }
 
@@ -66,7 +66,7 @@ internal sealed partial class Qcow2Image
             throw new Qcow2Corruption($"cluster {cluster} has no refcount block, yet its refcount is to change by {delta}");
         }
 
-        var block = await _refblockCache.GetAsync(Qcow2Entries.HostOffset(_reftable[tableIndex]), load: true, cancellationToken).ConfigureAwait(false);
+        var block = await _refblockCache.GetAsync(RefblockOffset(tableIndex), load: true, cancellationToken).ConfigureAwait(false);
         var index = cluster & (g.RefblockEntries - 1);
         var value = ReadRefcount(block.Span, index, g.RefcountOrder);
         if (delta < 0 && value == 0)
@@ -164,7 +164,7 @@ internal sealed partial class Qcow2Image
                 continue;
             }
 
-            var block = await _refblockCache.GetAsync(Qcow2Entries.HostOffset(_reftable[tableIndex]), load: true, cancellationToken).ConfigureAwait(false);
+            var block = await _refblockCache.GetAsync(RefblockOffset(tableIndex), load: true, cancellationToken).ConfigureAwait(false);
             var free = ReadRefcount(block.Span, cluster & (g.RefblockEntries - 1), g.RefcountOrder) == 0 &&
                 !HostInFlight.Overlaps(cluster << g.ClusterBits, (cluster + 1) << g.ClusterBits);
             if (free)

@@ -106,6 +106,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 
     public NodeEdge File => _file;
 
+    /// <summary>The internal snapshots, read (and checked as QEMU checks them) at open.</summary>
+    public IReadOnlyList<SnapshotInfo> Snapshots { get; private set; } = [];
+
     public long Size => Header.Size;
 
     /// <summary>Reads the tables the image needs in memory and checks every pointer in them.</summary>
@@ -116,6 +119,8 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         try
         {
             await image.LoadTablesAsync(cancellationToken).ConfigureAwait(false);
+            image.Snapshots = await Qcow2Snapshots.ReadAsync(image, cancellationToken).ConfigureAwait(false);
+            await Qcow2BitmapDirectory.CheckAsync(image.ReadClampedAsync, header, name, cancellationToken).ConfigureAwait(false);
             image.Corrupt = (header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0;
             return image;
         }
@@ -126,13 +131,48 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         }
     }
 
+    /// <summary>
+    /// Reads the active L1 table and the refcount table (QEMU reads both at open). Their entries are checked
+    /// where they are used, as QEMU checks them (<see cref="L2TableOffset"/>, <see cref="RefblockOffset"/>), so
+    /// that an image QEMU opens opens here too. An image opened for writing must also have no table that
+    /// points into other metadata: a write through it would destroy the header or another table.
+    /// </summary>
     async ValueTask LoadTablesAsync(CancellationToken cancellationToken)
     {
         var g = Geometry;
-        var fileLength = _file.Node.Length;
         _l1 = await ReadEntriesAsync(Header.L1TableOffset, Header.L1Size, cancellationToken).ConfigureAwait(false);
         _reftable = await ReadEntriesAsync(Header.RefcountTableOffset, Header.RefcountTableClusters * (g.ClusterSize / 8), cancellationToken).ConfigureAwait(false);
+        for (var i = 0; i < _l1.Length; i++)
+        {
+            // Unaligned offsets are corruption found at use (and never written through); they own no cluster.
+            var offset = Qcow2Entries.HostOffset(_l1[i]);
+            if (offset != 0 && (offset & g.ClusterMask) == 0 && !_l2Offsets.Add(offset) && Writable)
+            {
+                throw new Qcow2Exception(Name, $"L1 table entry {i}: L2 table offset {offset} is used by another L1 entry too; the image cannot be opened read/write");
+            }
+        }
 
+        for (var i = 0; i < _reftable.Length; i++)
+        {
+            var offset = Qcow2Entries.HostOffset(_reftable[i]);
+            if (offset != 0 && (offset & g.ClusterMask) == 0 && (!_refblockOffsets.Add(offset) || _l2Offsets.Contains(offset)) && Writable)
+            {
+                throw new Qcow2Exception(Name, $"refcount table entry {i}: refcount block offset {offset} is used by another table too; the image cannot be opened read/write");
+            }
+        }
+
+        if (Writable)
+        {
+            CheckNoOverlapsForWriting();
+        }
+
+        _untouchedFrom = g.ClustersFor(_file.Node.Length);
+    }
+
+    /// <summary>For an image opened for writing: the tables and the tables they point at keep clear of each other.</summary>
+    void CheckNoOverlapsForWriting()
+    {
+        var g = Geometry;
         var l1Bytes = g.ClustersFor((long)Header.L1Size * 8) << g.ClusterBits;
         var reftableBytes = (long)Header.RefcountTableClusters << g.ClusterBits;
         (string What, long Start, long Length)[] fixedAreas =
@@ -142,71 +182,52 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             ("the refcount table", Header.RefcountTableOffset, reftableBytes),
         ];
 
-        void CheckPointer(string field, ulong entry, ulong reservedMask)
+        void Check(string what, long offset, long length)
         {
-            if ((entry & reservedMask) != 0)
+            foreach (var (area, start, areaLength) in fixedAreas)
             {
-                throw new Qcow2Exception(Name, field, $"reserved bits are set (0x{entry & reservedMask:x16})");
-            }
-
-            var offset = Qcow2Entries.HostOffset(entry);
-            if ((offset & g.ClusterMask) != 0)
-            {
-                throw new Qcow2Exception(Name, field, $"offset {offset} is not aligned to the cluster size ({g.ClusterSize})");
-            }
-
-            if (offset >= fileLength)
-            {
-                throw new Qcow2Exception(Name, field, $"offset {offset} is beyond the end of the file ({fileLength} bytes)");
-            }
-
-            foreach (var (what, start, length) in fixedAreas)
-            {
-                if (offset < start + length && start < offset + g.ClusterSize)
+                if (area != what && length > 0 && offset < start + areaLength && start < offset + length)
                 {
-                    throw new Qcow2Exception(Name, field, $"offset {offset} overlaps {what} (offset {start})");
+                    throw new Qcow2Exception(Name, $"{what} at offset {offset} overlaps {area} (offset {start}); the image cannot be opened read/write");
                 }
             }
         }
 
-        for (var i = 0; i < _l1.Length; i++)
+        Check("the L1 table", Header.L1TableOffset, l1Bytes);
+        Check("the refcount table", Header.RefcountTableOffset, reftableBytes);
+        foreach (var offset in _l2Offsets)
         {
-            if (_l1[i] == 0)
-            {
-                continue;
-            }
-
-            var field = $"L1 table entry {i}";
-            CheckPointer(field, _l1[i], ~(Qcow2Entries.OffsetMask | Qcow2Entries.Copied));
-            var offset = Qcow2Entries.HostOffset(_l1[i]);
-            if (offset != 0 && !_l2Offsets.Add(offset))
-            {
-                throw new Qcow2Exception(Name, field, $"L2 table offset {offset} is used by another L1 entry too");
-            }
+            Check("an L2 table", offset, g.ClusterSize);
         }
 
-        for (var i = 0; i < _reftable.Length; i++)
+        foreach (var offset in _refblockOffsets)
         {
-            if (_reftable[i] == 0)
-            {
-                continue;
-            }
+            Check("a refcount block", offset, g.ClusterSize);
+        }
+    }
 
-            var field = $"refcount table entry {i}";
-            CheckPointer(field, _reftable[i], ~Qcow2Entries.OffsetMask);
-            var offset = Qcow2Entries.HostOffset(_reftable[i]);
-            if (_l2Offsets.Contains(offset))
-            {
-                throw new Qcow2Exception(Name, field, $"refcount block offset {offset} overlaps an L2 table");
-            }
-
-            if (!_refblockOffsets.Add(offset))
-            {
-                throw new Qcow2Exception(Name, field, $"refcount block offset {offset} is used by another refcount table entry too");
-            }
+    /// <summary>The L2 table an L1 entry points at (0: none); an unaligned one is corruption, found where QEMU finds it.</summary>
+    long L2TableOffset(long l1Index)
+    {
+        var offset = Qcow2Entries.HostOffset(_l1[l1Index]);
+        if ((offset & Geometry.ClusterMask) != 0)
+        {
+            throw new Qcow2Corruption($"L2 table offset 0x{offset:x} unaligned (L1 index: 0x{l1Index:x})");
         }
 
-        _untouchedFrom = g.ClustersFor(fileLength);
+        return offset;
+    }
+
+    /// <summary>The refcount block a refcount table entry points at; an unaligned one is corruption (QEMU's check at use).</summary>
+    long RefblockOffset(long tableIndex)
+    {
+        var offset = Qcow2Entries.HostOffset(_reftable[tableIndex]);
+        if ((offset & Geometry.ClusterMask) != 0)
+        {
+            throw new Qcow2Corruption($"Refblock offset 0x{offset:x} unaligned (reftable index: 0x{tableIndex:x})");
+        }
+
+        return offset;
     }
 
     /// <summary>Reads <paramref name="count"/> big-endian u64 entries (a table whose tail may lie past the end of the file).</summary>
@@ -401,8 +422,10 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             }
         }
 
-        return BlockIOException.Create(BlockErrno.EIO, Name, operation, offset, length,
-            $"qcow2 image '{Name}' is corrupt: {problem}; the image is marked corrupt and refuses writes (run 'blockmirror check -r all')");
+        // QEMU's words (qcow2_signal_corruption): marked on disk when open for writing, only reported otherwise.
+        return BlockIOException.Create(BlockErrno.EIO, Name, operation, offset, length, Writable
+            ? $"qcow2: Marking image as corrupt: {problem}; further corruption events will be suppressed"
+            : $"qcow2: Image is corrupt: {problem}; further non-fatal corruption events will be suppressed");
     }
 
     /// <summary>The error for a write to an image that is marked corrupt.</summary>

@@ -10,4 +10,7 @@ public static class Qcow2Inspection
 {
     /// <summary>The header of a qcow2 node; null for a node of any other driver.</summary>
     public static Qcow2Header? HeaderOf(BlockNode node) => (node.Driver as Qcow2Driver)?.Header;
+
+    /// <summary>The internal snapshots of a qcow2 node (read at open); none for a node of any other driver.</summary>
+    public static IReadOnlyList<SnapshotInfo> SnapshotsOf(BlockNode node) => (node.Driver as Qcow2Driver)?.Snapshots ?? [];
 }

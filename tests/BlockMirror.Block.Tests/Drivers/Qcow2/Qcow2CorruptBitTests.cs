@@ -9,8 +9,8 @@ using BlockMirror.TestKit;
 namespace BlockMirror.Block.Tests.Drivers.Qcow2;
 
 /// <summary>
-/// The corrupt bit: an image marked corrupt opens for reading only, with a warning, and refuses writes of
-/// every kind; a repairing check (<c>-r all</c>) that leaves it consistent clears the bit.
+/// The corrupt bit: an image marked corrupt opens read-only, and opening it for writing is refused with
+/// QEMU's message (qcow2_do_open); a repairing check (<c>-r all</c>) that leaves it consistent clears the bit.
 /// </summary>
 public sealed class Qcow2CorruptBitTests : IDisposable
 {
@@ -19,7 +19,7 @@ public sealed class Qcow2CorruptBitTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     [Fact]
-    public async Task An_image_marked_corrupt_is_read_only_with_a_warning_until_a_repair_clears_the_mark()
+    public async Task An_image_marked_corrupt_opens_read_only_and_is_refused_for_writing_until_a_repair_clears_the_mark()
     {
         var path = _dir.File("marked.qcow2");
         Qcow2Create.Create(path, new Qcow2CreateOptions { Size = 1 << 20, ClusterSize = 4096 });
@@ -33,24 +33,21 @@ public sealed class Qcow2CorruptBitTests : IDisposable
         BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(72), Qcow2Header.IncompatibleCorrupt);
         await File.WriteAllBytesAsync(path, bytes);
 
+        // QEMU's rule: read-only it opens (and reads); for writing it is refused until repaired.
         await using (var graph = new BlockGraph())
         {
-            var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path));
-            var driver = Assert.IsType<Qcow2Driver>(node.Driver);
-            Assert.Contains(driver.Warnings, w => w.Contains("marked corrupt", StringComparison.Ordinal));
+            var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, ReadOnly: true));
             var data = new byte[4096];
             await node.ReadAsync(8192, data);
             Assert.All(data, b => Assert.Equal(0x5c, b));
-            foreach (var attempt in new Func<Task>[]
-            {
-                () => node.WriteAsync(0, new byte[4096]).AsTask(),
-                () => node.WriteZeroesAsync(8192, 4096).AsTask(),
-                () => node.TruncateAsync(2 << 20).AsTask(),
-            })
-            {
-                var error = await Assert.ThrowsAsync<BlockIOException>(attempt);
-                Assert.Equal(BlockErrno.EACCES, error.Errno);
-            }
+        }
+
+        await using (var graph = new BlockGraph())
+        {
+            var error = await Assert.ThrowsAsync<BlockOpenException>(() => ImageFiles.OpenAsync(graph, new ImageOpenOptions(path)).AsTask());
+            Assert.Equal($"Could not open '{path}': qcow2: Image is corrupt; cannot be opened read/write", error.Message);
+            Assert.Equal(BlockErrno.EACCES, error.Errno);
+            Assert.Empty(graph.Nodes);
         }
 
         Assert.Equal(bytes, await File.ReadAllBytesAsync(path));

@@ -9,8 +9,9 @@ using BlockMirror.TestKit;
 namespace BlockMirror.Block.Tests.Drivers.Qcow2;
 
 /// <summary>
-/// Every image of <see cref="HostileImages"/> is refused, read-only and read-write, with an error that
-/// names the field at fault; nothing hangs, nothing crashes, and not one byte of the file changes.
+/// Every image of <see cref="HostileImages"/> is opened read-only and read-write: refused where QEMU 7.2
+/// refuses it, with QEMU's message after "Could not open 'FILE': ", opened where QEMU opens it; nothing
+/// hangs, nothing crashes, and not one byte of the file changes.
 /// </summary>
 public sealed class Qcow2HostileImageTests : IDisposable
 {
@@ -24,27 +25,37 @@ public sealed class Qcow2HostileImageTests : IDisposable
 
     [Theory]
     [MemberData(nameof(Names))]
-    public async Task A_hostile_image_is_refused_naming_the_field_and_left_untouched(string name)
+    public async Task A_hostile_image_gets_qemus_verdict_and_is_left_untouched(string name)
     {
         var recipe = HostileImages.All.Single(r => r.Name == name);
         var path = HostileImages.Write(_dir.Path, recipe);
         var before = SHA256.HashData(await File.ReadAllBytesAsync(path));
         foreach (var readOnly in new[] { true, false })
         {
+            var refusal = recipe.Refusal ?? (readOnly ? null : recipe.WriteRefusal);
             await using var graph = new BlockGraph();
-            var error = await Assert.ThrowsAsync<BlockOpenException>(() =>
-                ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, "qcow2", ReadOnly: readOnly)).AsTask().WaitAsync(Patience));
-            Assert.Contains(recipe.Field, error.Message, StringComparison.Ordinal);
-            Assert.Contains(path, error.Message, StringComparison.Ordinal);
+            var open = ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, "qcow2", ReadOnly: readOnly)).AsTask().WaitAsync(Patience);
+            if (refusal is null)
+            {
+                await open;
+                continue;
+            }
+
+            var error = await Assert.ThrowsAsync<BlockOpenException>(() => open);
+            Assert.StartsWith($"Could not open '{path}': ", error.Message, StringComparison.Ordinal);
+            Assert.Contains(refusal, error.Message, StringComparison.Ordinal);
             Assert.Empty(graph.Nodes);
         }
 
-        Assert.Equal(before, SHA256.HashData(await File.ReadAllBytesAsync(path)));
+        if (recipe.Refusal is not null || recipe.WriteRefusal is not null)
+        {
+            Assert.Equal(before, SHA256.HashData(await File.ReadAllBytesAsync(path)));
+        }
     }
 
     [Theory]
     [MemberData(nameof(Names))]
-    public async Task Check_of_a_hostile_image_fails_cleanly_or_reports_corruption(string name)
+    public async Task Check_of_a_hostile_image_ends_cleanly_and_changes_nothing(string name)
     {
         var recipe = HostileImages.All.Single(r => r.Name == name);
         var path = HostileImages.Write(_dir.Path, recipe);
@@ -53,14 +64,19 @@ public sealed class Qcow2HostileImageTests : IDisposable
         var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(path), readOnly: true);
         try
         {
-            var result = await Qcow2Check.CheckAsync(file, Qcow2RepairMode.None).WaitAsync(Patience);
-
-            // The header was usable: the broken table must show up as corruption.
-            Assert.True(result.Corruptions > 0, $"check found nothing wrong with '{name}'");
+            // Either a report, or the header's fault; nothing else escapes, and nothing is written.
+            await Qcow2Check.CheckAsync(file, Qcow2RepairMode.None).WaitAsync(Patience);
         }
         catch (Qcow2Exception e)
         {
-            Assert.Contains(recipe.Field, e.Message, StringComparison.Ordinal);
+            Assert.NotNull(recipe.Refusal);
+            Assert.Equal(path, e.Image);
+        }
+        catch (Qcow2CheckFailedException e)
+        {
+            // qemu-img's check stops at a snapshot table it cannot read, with the same words.
+            Assert.NotNull(recipe.Refusal);
+            Assert.Contains(recipe.Refusal.ToLowerInvariant(), e.Message.ToLowerInvariant(), StringComparison.Ordinal);
         }
 
         Assert.Equal(before, SHA256.HashData(await File.ReadAllBytesAsync(path)));
@@ -113,7 +129,7 @@ public sealed class Qcow2HostileImageTests : IDisposable
             var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, "qcow2", ReadOnly: true));
             var error = await Assert.ThrowsAsync<BlockIOException>(() => node.ReadAsync(0, new byte[512]).AsTask());
             Assert.Equal(BlockErrno.EIO, error.Errno);
-            Assert.Contains("not aligned", error.Message, StringComparison.Ordinal);
+            Assert.Contains("unaligned", error.Message, StringComparison.Ordinal);
         }
 
         Assert.Equal(before, SHA256.HashData(await File.ReadAllBytesAsync(path)));
@@ -127,7 +143,7 @@ public sealed class Qcow2HostileImageTests : IDisposable
             Assert.Equal(BlockErrno.EACCES, refused.Errno);
         }
 
-        var header = Qcow2Header.Parse(await File.ReadAllBytesAsync(path), new FileInfo(path).Length, path);
+        var header = Qcow2Header.Parse(await File.ReadAllBytesAsync(path), path);
         Assert.NotEqual(0UL, header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt);
     }
 }

@@ -1,62 +1,65 @@
 using System.Buffers.Binary;
 using System.Text;
-using BlockMirror.Block.Drivers.Qcow2;
-using BlockMirror.Block.Graph;
 
-namespace BlockMirror.Cli.Tools;
+namespace BlockMirror.Block.Drivers.Qcow2;
 
 /// <summary>One internal snapshot as <c>qemu-img info</c> lists it (QAPI's SnapshotInfo).</summary>
-sealed record SnapshotInfo(string Id, string Name, long VmStateSize, long DateSeconds, long DateNanoseconds, long VmClockNanoseconds, long? InstructionCount);
+public sealed record SnapshotInfo(string Id, string Name, long VmStateSize, long DateSeconds, long DateNanoseconds, long VmClockNanoseconds, long? InstructionCount);
 
 /// <summary>
-/// Reads a qcow2 image's snapshot table (docs/interop/qcow2.txt, "Snapshot table") for <c>info</c>. The qcow2
-/// driver keeps snapshots intact but does not expose the table, so the command reads it from the file node
-/// itself, read-only:
+/// Reads a qcow2 image's snapshot table (docs/interop/qcow2.txt, "Snapshot table") when the image is opened,
+/// as QEMU does (qcow2_read_snapshots): an image whose table QEMU refuses is refused at open by every
+/// command, with QEMU's message. The snapshots themselves are kept intact, not used.
 /// <code>
 ///  0 l1_table_offset (8)   8 l1_size (4)   12 id_str_size (2)   14 name_size (2)
 /// 16 date_sec (4)  20 date_nsec (4)  24 vm_clock_nsec (8)  32 vm_state_size (4)  36 extra_data_size (4)
 /// 40 extra data: vm_state_size_large (8), disk_size (8), icount (8), ...; then id_str, name; padded to 8.
 /// </code>
 /// </summary>
-static class Qcow2Snapshots
+internal static class Qcow2Snapshots
 {
-    /// <summary>QEMU's QCOW_MAX_SNAPSHOTS.</summary>
-    const int MaxSnapshots = 65536;
-
     /// <summary>QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA.</summary>
     const int MaxExtraData = 1024;
 
-    const int FixedLength = 40;
+    /// <summary>QEMU's QCOW_MAX_SNAPSHOTS_SIZE: the whole table, entries and names.</summary>
+    const long MaxTableBytes = 1024L * Qcow2Header.MaxSnapshots;
 
-    public static async Task<IReadOnlyList<SnapshotInfo>> ReadAsync(BlockNode image, Qcow2Header header, string name, CancellationToken cancellationToken)
+    /// <summary>Reads the table; the header has already checked the count and the offset (QEMU's qcow2_validate_table).</summary>
+    public static ValueTask<IReadOnlyList<SnapshotInfo>> ReadAsync(Qcow2Image image, CancellationToken cancellationToken) =>
+        ReadAsync(image.ReadClampedAsync, image.Header, image.Name, cancellationToken);
+
+    /// <summary>Reads the table through <paramref name="read"/>, which reads past the end of the file as zeroes.</summary>
+    public static async ValueTask<IReadOnlyList<SnapshotInfo>> ReadAsync(Func<long, Memory<byte>, CancellationToken, ValueTask> read, Qcow2Header header,
+        string name, CancellationToken cancellationToken)
     {
         if (header.NbSnapshots == 0)
         {
             return [];
         }
 
-        if (header.NbSnapshots > MaxSnapshots)
-        {
-            throw Bad(name, $"{header.NbSnapshots} snapshots exceed the limit of {MaxSnapshots}");
-        }
-
-        var file = image.File?.Node ?? throw Bad(name, "the image has no file node");
         var snapshots = new List<SnapshotInfo>(header.NbSnapshots);
         var offset = header.SnapshotsOffset;
-        var fixedPart = new byte[FixedLength];
+        var fixedPart = new byte[Qcow2Header.SnapshotHeaderLength];
         for (var i = 0; i < header.NbSnapshots; i++)
         {
-            await ReadAsync(file, offset, fixedPart, name, i, cancellationToken);
+            offset = (offset + 7) & ~7L;
+            await read(offset, fixedPart, cancellationToken).ConfigureAwait(false);
             var idLength = BinaryPrimitives.ReadUInt16BigEndian(fixedPart.AsSpan(12));
             var nameLength = BinaryPrimitives.ReadUInt16BigEndian(fixedPart.AsSpan(14));
             var extraLength = BinaryPrimitives.ReadUInt32BigEndian(fixedPart.AsSpan(36));
             if (extraLength > MaxExtraData)
             {
-                throw Bad(name, $"snapshot {i}: {extraLength} bytes of extra data exceed the limit of {MaxExtraData}");
+                throw new Qcow2Exception(name, $"Too much extra metadata in snapshot table entry {i}", Io.BlockErrno.EFBIG);
             }
 
             var rest = new byte[extraLength + idLength + nameLength];
-            await ReadAsync(file, offset + FixedLength, rest, name, i, cancellationToken);
+            await read(offset + fixedPart.Length, rest, cancellationToken).ConfigureAwait(false);
+            offset += fixedPart.Length + rest.Length;
+            if (offset - header.SnapshotsOffset > MaxTableBytes)
+            {
+                throw new Qcow2Exception(name, "Snapshot table is too big", Io.BlockErrno.EFBIG);
+            }
+
             var extra = rest.AsSpan(0, (int)extraLength);
             long vmStateSize = BinaryPrimitives.ReadUInt32BigEndian(fixedPart.AsSpan(32));
             if (extra.Length >= 8)
@@ -75,21 +78,8 @@ static class Qcow2Snapshots
                 BinaryPrimitives.ReadUInt32BigEndian(fixedPart.AsSpan(20)),
                 (long)BinaryPrimitives.ReadUInt64BigEndian(fixedPart.AsSpan(24)),
                 instructions));
-            offset += (FixedLength + rest.Length + 7) & ~7L;
         }
 
         return snapshots;
     }
-
-    static async Task ReadAsync(BlockNode file, long offset, byte[] buffer, string name, int index, CancellationToken cancellationToken)
-    {
-        if (offset < 0 || offset > file.Length - buffer.Length)
-        {
-            throw Bad(name, $"snapshot {index} (at offset {offset}) runs past the end of the file ({file.Length} bytes)");
-        }
-
-        await file.ReadAsync(offset, buffer, cancellationToken);
-    }
-
-    static IOException Bad(string name, string detail) => new($"qcow2 image '{name}': snapshot table: {detail}");
 }
