@@ -1,0 +1,338 @@
+using System.Text.Json.Nodes;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests.Iotests;
+
+/// <summary>
+/// QEMU's iotest 041 (mirror) ported to the daemon, each scenario run unchanged on qemu-storage-daemon 7.2
+/// and <c>blockmirror serve</c> (<see cref="IotestRun"/>): the source test.img is a qcow2 over a raw
+/// backing.img, opened as node drive0 (with its chain from the header) and exported writable. Both must
+/// give the same events and replies, and leave the same images; a completed or soft-cancelled copy must
+/// equal the source. The iotest's variants (TestSingleDrive, TestSingleBlockdev and their zero-length and
+/// unaligned-length forms) are the theories' first parameter. The iotest's pauses with time.sleep are
+/// replaced by a speed limit (a job that cannot finish before the test acts), never by timing.
+/// </summary>
+public sealed class Iotest041Tests : IDisposable
+{
+    readonly TempDirectory _root = new("bm-iotest041-");
+
+    public void Dispose() => _root.Dispose();
+
+    /// <summary>041's variants: the command and the image length.</summary>
+    static (string Command, long Length) Variant(string name) => name switch
+    {
+        "TestSingleDrive" => ("drive-mirror", 1 << 20),
+        "TestSingleBlockdev" => ("blockdev-mirror", 1 << 20),
+        "TestSingleDriveZeroLength" => ("drive-mirror", 0),
+        "TestSingleBlockdevZeroLength" => ("blockdev-mirror", 0),
+        "TestSingleDriveUnalignedLength" => ("drive-mirror", 1025 * 1024),
+        "TestSingleBlockdevUnalignedLength" => ("blockdev-mirror", 1025 * 1024),
+        _ => throw new ArgumentException(name),
+    };
+
+    /// <summary>041's setUp: backing.img (raw, with data) under test.img (qcow2, with data of its own); for blockdev-mirror also target.img, backed by backing.img.</summary>
+    static Func<string, Task> SingleSetUp(string command, long length) => async dir =>
+    {
+        var half = length / 2;
+        await QemuImages.CreateAsync($"{dir}/backing.img", $"{length}", length == 0 ? [] : [$"write -P 0x5a 0 {half}", $"write -P 0x5b {half} {length - half}"]);
+        await ImageRecipes.Qcow2Async(dir, "test.img", null, ["-b", $"{dir}/backing.img", "-F", "raw"], length == 0 ? [] : ["write -P 0x6c 4096 8192", $"write -z {half} 4096"]);
+        if (command == "blockdev-mirror")
+        {
+            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-b", $"{dir}/backing.img", "-F", "raw"], []);
+        }
+    };
+
+    static string[] SingleBlockdevs(string dir) => IotestRun.Qcow2Node(dir, "drive0", "test.img");
+
+    /// <summary>The mirror request of a variant: drive-mirror onto DIR/target.img, or blockdev-mirror onto node1 (added first).</summary>
+    static async Task<JsonObject> MirrorAsync(IotestSession s, string command, JsonObject? more = null)
+    {
+        var arguments = new JsonObject { ["job-id"] = "job0", ["device"] = "drive0", ["sync"] = "full" };
+        if (command == "blockdev-mirror")
+        {
+            await s.RunAsync("blockdev-add", new JsonObject
+            {
+                ["driver"] = "qcow2", ["node-name"] = "node1", ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = $"{s.Dir}/target.img" },
+            });
+            arguments["target"] = "node1";
+        }
+        else
+        {
+            arguments["target"] = $"{s.Dir}/target.img";
+        }
+
+        foreach (var (key, value) in more ?? [])
+        {
+            arguments[key] = value?.DeepClone();
+        }
+
+        return await s.TryAsync(command, arguments);
+    }
+
+    /// <summary>The guest's view of the source must be the target's: qemu-img compare in each directory, and the two targets alike.</summary>
+    static async Task AssertTargetIsSourceAsync(IotestRun.Outcome qsd, IotestRun.Outcome ours)
+    {
+        foreach (var dir in new[] { qsd.Dir, ours.Dir })
+        {
+            await QemuImages.AssertIdenticalAsync($"{dir}/test.img", $"{dir}/target.img", "qcow2", "qcow2");
+        }
+
+        await IotestRun.AssertSameImageAsync(qsd, ours, "target.img");
+    }
+
+    /// <summary>041 test_complete: sync=full, completed once READY; the export then serves target.img.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    [InlineData("TestSingleDriveZeroLength")]
+    [InlineData("TestSingleBlockdevZeroLength")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    [InlineData("TestSingleBlockdevUnalignedLength")]
+    public async Task test_complete(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command);
+            await s.CompleteAndWaitAsync();
+            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+        });
+
+        Assert.Contains("exported: DIR/target.img", qsd.Log);
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>041 test_cancel: a forced cancel before READY (a speed limit keeps the job from getting there); the export stays on test.img.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    [InlineData("TestSingleBlockdevUnalignedLength")]
+    public async Task test_cancel(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, _) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, new JsonObject { ["speed"] = 4096 });
+            await s.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0", ["force"] = true });
+            await s.WaitGoneAsync();
+            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+        });
+
+        Assert.Contains("exported: DIR/test.img", qsd.Log);
+        Assert.Contains("BLOCK_JOB_CANCELLED", qsd.Events);
+    }
+
+    /// <summary>041 test_cancel_after_ready: a soft cancel once READY leaves a full copy and the export on test.img.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    [InlineData("TestSingleDriveZeroLength")]
+    [InlineData("TestSingleBlockdevZeroLength")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    [InlineData("TestSingleBlockdevUnalignedLength")]
+    public async Task test_cancel_after_ready(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command);
+            await s.WaitReadyAsync();
+            await s.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0" });
+            await s.WaitGoneAsync();
+            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+        });
+
+        Assert.Contains("exported: DIR/test.img", qsd.Log);
+        Assert.Contains("BLOCK_JOB_COMPLETED", qsd.Events);
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>
+    /// 041 test_pause: a paused job makes no progress (two queries show one offset), and once resumed it
+    /// completes. A speed limit holds the job before READY; it is lifted before the resume.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    [InlineData("TestSingleBlockdevUnalignedLength")]
+    public async Task test_pause(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, new JsonObject { ["speed"] = 4096 });
+            await s.RunAsync("block-job-pause", new JsonObject { ["device"] = "job0" });
+            await s.WaitStatusAsync("paused");
+            var first = (await s.Qmp.ExecuteAsync("query-block-jobs"))![0]!["offset"]!.GetValue<long>();
+            var second = (await s.Qmp.ExecuteAsync("query-block-jobs"))![0]!["offset"]!.GetValue<long>();
+            s.Log.Add($"offset unchanged while paused: {first == second}");
+            await s.LogJobAsync("paused", "status", "speed");
+            await s.RunAsync("block-job-set-speed", new JsonObject { ["device"] = "job0", ["speed"] = 0 });
+            await s.RunAsync("block-job-resume", new JsonObject { ["device"] = "job0" });
+            await s.CompleteAndWaitAsync();
+        });
+
+        Assert.Contains("offset unchanged while paused: True", qsd.Log);
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>041 test_small_buffer: a buf-size of 4 KiB, below the granularity, is rounded up and the mirror completes.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    [InlineData("TestSingleDriveZeroLength")]
+    [InlineData("TestSingleBlockdevZeroLength")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    [InlineData("TestSingleBlockdevUnalignedLength")]
+    public async Task test_small_buffer(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, new JsonObject { ["buf-size"] = 4096 });
+            await s.CompleteAndWaitAsync();
+        });
+
+        Assert.All(qsd.Log, line => Assert.EndsWith(": ok", line, StringComparison.Ordinal));
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>041 test_small_buffer2: an existing target with 1 MiB clusters (one cluster for the disk) and a buf-size of 64 KiB.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    public async Task test_small_buffer2(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp(command, length)(dir);
+            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20},size={length}"], []);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, new JsonObject { ["buf-size"] = 65536, ["mode"] = "existing" });
+            await s.CompleteAndWaitAsync();
+        });
+
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>041 test_large_cluster: an existing target with 1 MiB clusters backed by backing.img, so chunks are copied with their whole cluster.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleDriveUnalignedLength")]
+    public async Task test_large_cluster(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp(command, length)(dir);
+            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20}", "-b", $"{dir}/backing.img", "-F", "raw"], []);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, new JsonObject { ["mode"] = "existing" });
+            await s.CompleteAndWaitAsync();
+        });
+
+        await AssertTargetIsSourceAsync(qsd, ours);
+        await IotestRun.AssertBackingChainAsync(qsd, ours, "target.img", "DIR/backing.img (raw) <- DIR/target.img (qcow2) backing DIR/backing.img (raw)");
+    }
+
+    /// <summary>041 test_image_not_found and test_device_not_found: refused with QEMU's words, no job.</summary>
+    [SkippableTheory]
+    [InlineData("TestSingleDrive")]
+    [InlineData("TestSingleBlockdev")]
+    public async Task test_image_not_found_and_test_device_not_found(string variant)
+    {
+        var (command, length) = Variant(variant);
+        var (qsd, _) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        {
+            if (command == "drive-mirror")
+            {
+                await s.TryAsync(command, new JsonObject { ["device"] = "drive0", ["job-id"] = "job0", ["sync"] = "full", ["mode"] = "existing", ["target"] = $"{s.Dir}/target.img" });
+            }
+
+            await s.TryAsync(command, new JsonObject { ["device"] = "nonexistent", ["job-id"] = "job0", ["sync"] = "full", ["target"] = command == "drive-mirror" ? $"{s.Dir}/target.img" : "drive0" });
+        });
+
+        Assert.All(qsd.Log, line => Assert.Contains("GenericError", line, StringComparison.Ordinal));
+        Assert.Equal(["BLOCK_EXPORT_DELETED"], qsd.Events);
+    }
+
+    /// <summary>
+    /// 041 TestMirrorNoBacking: the existing target names the source's backing file; the copy of the
+    /// guest's view completes (test_complete) or is soft-cancelled once READY (test_cancel), and the target's
+    /// header still names backing.img.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("test_complete")]
+    [InlineData("test_cancel")]
+    public async Task TestMirrorNoBacking(string testCase)
+    {
+        const long length = 2 << 20;
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp("drive-mirror", length)(dir);
+            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-b", $"{dir}/backing.img", "-F", "raw"], []);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, "drive-mirror", new JsonObject { ["mode"] = "existing" });
+            if (testCase == "test_complete")
+            {
+                await s.CompleteAndWaitAsync();
+            }
+            else
+            {
+                await s.WaitReadyAsync();
+                await s.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0" });
+                await s.WaitGoneAsync();
+            }
+        });
+
+        await AssertTargetIsSourceAsync(qsd, ours);
+        await IotestRun.AssertBackingChainAsync(qsd, ours, "target.img", "DIR/backing.img (raw) <- DIR/target.img (qcow2) backing DIR/backing.img (raw)");
+    }
+
+    /// <summary>041 TestMirrorNoBacking test_large_cluster: the target's clusters are as large as the disk and its backing (target-backing.img) holds nothing.</summary>
+    [SkippableFact]
+    public async Task TestMirrorNoBacking_test_large_cluster()
+    {
+        const long length = 2 << 20;
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp("drive-mirror", length)(dir);
+            await ImageRecipes.Qcow2Async(dir, "target-backing.img", $"{length}", [], []);
+            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={length}", "-b", $"{dir}/target-backing.img", "-F", "qcow2"], []);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, "drive-mirror", new JsonObject { ["mode"] = "existing" });
+            await s.CompleteAndWaitAsync();
+        });
+
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>041 TestMirrorResized: test.img grown to 2 MiB over a 1 MiB backing; sync=top (test_complete_top) or full (test_complete_full) onto a new target.</summary>
+    [SkippableTheory]
+    [InlineData("test_complete_top", "top")]
+    [InlineData("test_complete_full", "full")]
+    public async Task TestMirrorResized(string testCase, string sync)
+    {
+        Assert.StartsWith("test_complete_", testCase, StringComparison.Ordinal);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp("drive-mirror", 1 << 20)(dir);
+            await ExternalTool.RunCheckedAsync("qemu-img", "resize", "-f", "qcow2", $"{dir}/test.img", "2M");
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, "drive-mirror", new JsonObject { ["sync"] = sync });
+            await s.CompleteAndWaitAsync();
+        });
+
+        await AssertTargetIsSourceAsync(qsd, ours);
+        var chain = await IotestRun.BackingChainAsync(qsd.Dir, "target.img");
+        Assert.Equal(chain, await IotestRun.BackingChainAsync(ours.Dir, "target.img"));
+    }
+}
