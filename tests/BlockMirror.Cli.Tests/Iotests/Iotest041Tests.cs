@@ -335,4 +335,164 @@ public sealed class Iotest041Tests : IDisposable
         var chain = await IotestRun.BackingChainAsync(qsd.Dir, "target.img");
         Assert.Equal(chain, await IotestRun.BackingChainAsync(ours.Dir, "target.img"));
     }
+
+    /// <summary>
+    /// 041 TestReadErrors and TestWriteErrors: the source's backing file (read errors) or the target (write
+    /// errors) sits under a blkdebug node whose inline inject-error rule fails the first request covering
+    /// sector 2048 (1 MiB) once with EIO. 041 writes these rules in a blkdebug config file with set-state
+    /// rules; the inline rule (no states) makes the same single failure on both daemons. report fails the
+    /// job; ignore reports the error and goes on to READY; stop pauses the job with io-status "failed"
+    /// until it is resumed. Whatever goes on completes into a full copy.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("test_report_read", "read", "report")]
+    [InlineData("test_ignore_read", "read", "ignore")]
+    [InlineData("test_stop_read", "read", "stop")]
+    [InlineData("test_report_write", "write", "report")]
+    [InlineData("test_ignore_write", "write", "ignore")]
+    [InlineData("test_stop_write", "write", "stop")]
+    public async Task TestReadErrors_and_TestWriteErrors(string testCase, string operation, string policy)
+    {
+        Assert.EndsWith(operation, testCase, StringComparison.Ordinal);
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await QemuImages.CreateAsync($"{dir}/backing.img", "2M", "write -P 0x11 0 2M");
+            await ImageRecipes.Qcow2Async(dir, "test.img", null, ["-b", $"{dir}/backing.img", "-F", "raw"], [$"write -P 0x22 {(1 << 20) + 65536} 512"]);
+            await QemuImages.CreateAsync($"{dir}/target.raw", "2M");
+        }, dir => ErrorBlockdevs(dir, operation), "drive0", async s =>
+        {
+            await s.RunAsync("blockdev-mirror", new JsonObject
+            {
+                ["job-id"] = "job0", ["device"] = "drive0", ["target"] = "target", ["sync"] = "full",
+                [operation == "read" ? "on-source-error" : "on-target-error"] = policy,
+            });
+            if (policy == "stop")
+            {
+                await s.WaitStatusAsync("paused");
+                await s.LogJobAsync("status", "paused", "io-status");
+                await s.RunAsync("block-job-resume", new JsonObject { ["device"] = "job0" });
+            }
+
+            if (policy == "report")
+            {
+                await s.WaitGoneAsync();
+            }
+            else
+            {
+                await s.CompleteAndWaitAsync();
+            }
+        });
+
+        Assert.Contains($"BLOCK_JOB_ERROR {operation} {policy}", qsd.Events);
+        if (policy == "report")
+        {
+            Assert.Contains("BLOCK_JOB_COMPLETED error: Input/output error", qsd.Events);
+            return;
+        }
+
+        Assert.DoesNotContain(qsd.Events, e => e.StartsWith("BLOCK_JOB_COMPLETED error", StringComparison.Ordinal));
+        foreach (var dir in new[] { qsd.Dir, ours.Dir })
+        {
+            await QemuImages.AssertIdenticalAsync($"{dir}/test.img", $"{dir}/target.raw", "qcow2", "raw");
+        }
+    }
+
+    /// <summary>
+    /// The nodes of the error tests: test.img over its backing (the backing's file under blkdebug for read
+    /// errors), and a raw target (its file under blkdebug for write errors). The rule names the sector; QEMU
+    /// arms a read_aio (write_aio) rule at the raw driver's first read (write) and fails the next request
+    /// covering the sector, blockmirror's blkdebug fails the first read (write) covering it: with data at
+    /// every byte both fail the copy of the chunk at 1 MiB, once.
+    /// </summary>
+    static string[] ErrorBlockdevs(string dir, string operation)
+    {
+        static string Debug(string node, string image, string @event) => new JsonObject
+        {
+            ["driver"] = "blkdebug", ["node-name"] = node, ["image"] = image,
+            ["inject-error"] = new JsonArray(new JsonObject { ["event"] = @event, ["errno"] = 5, ["sector"] = 2048, ["once"] = true }),
+        }.ToJsonString();
+
+        var read = operation == "read";
+        return
+        [
+            "--blockdev", $"driver=file,node-name=backing-file,filename={dir}/backing.img",
+            .. read ? (string[])["--blockdev", Debug("backing-debug", "backing-file", "read_aio")] : [],
+            "--blockdev", $"driver=raw,node-name=backing,file={(read ? "backing-debug" : "backing-file")}",
+            .. IotestRun.Qcow2Node(dir, "drive0", "test.img", backing: "backing"),
+            "--blockdev", $"driver=file,node-name=target-file,filename={dir}/target.raw",
+            .. read ? [] : (string[])["--blockdev", Debug("target-debug", "target-file", "write_aio")],
+            "--blockdev", $"driver=raw,node-name=target,file={(read ? "target-file" : "target-debug")}",
+        ];
+    }
+
+    /// <summary>
+    /// 041 TestReplaces test_replace_filter, with blkdebug as the filter (041 stacks copy-on-read filters,
+    /// which blockmirror does not have): the device is a blkdebug node over the image, and replaces names the
+    /// image under it. At completion the filter filters the target. Then the refusals around it: replacing a
+    /// node the source does not reach through filters, and mirroring a node that is not a root.
+    /// </summary>
+    [SkippableFact]
+    public async Task TestReplaces_test_replace_filter()
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp("blockdev-mirror", 1 << 20)(dir);
+            await ImageRecipes.Qcow2Async(dir, "other.img", "1M", [], []);
+        }, dir =>
+        [
+            .. SingleBlockdevs(dir), "--blockdev", "driver=blkdebug,node-name=filter0,image=drive0",
+            .. IotestRun.Qcow2Node(dir, "target", "target.img"), .. IotestRun.Qcow2Node(dir, "other", "other.img"),
+        ], "filter0", async s =>
+        {
+            await s.TryAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "drive0", ["target"] = "target", ["sync"] = "full" });
+            await s.TryAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "filter0", ["target"] = "target", ["sync"] = "full", ["replaces"] = "drive0-file" });
+            await s.TryAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "filter0", ["target"] = "target", ["sync"] = "full", ["replaces"] = "other" });
+            await s.TryAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "filter0", ["target"] = "target", ["sync"] = "full", ["replaces"] = "nope" });
+            await s.RunAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job0", ["device"] = "filter0", ["target"] = "target", ["sync"] = "full", ["replaces"] = "drive0" });
+            await s.CompleteAndWaitAsync();
+            var nodes = (await s.Qmp.ExecuteAsync("query-named-block-nodes", new JsonObject { ["flat"] = true }))!.AsArray();
+            var filter = nodes.Single(n => (string?)n!["node-name"] == "filter0")!;
+            // Only the end: QEMU names a blkdebug node "blkdebug::" and its child's file, blockmirror the file alone.
+            s.Log.Add($"filter0 filters target.img: {((string?)filter["file"])!.EndsWith($"{s.Dir}/target.img", StringComparison.Ordinal)}");
+        });
+
+        Assert.Equal(
+        [
+            "blockdev-mirror: GenericError: Need a root block node",
+            "blockdev-mirror: GenericError: Cannot replace 'drive0-file' by a node mirrored from 'filter0', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data",
+            "blockdev-mirror: GenericError: Cannot replace 'other' by a node mirrored from 'filter0', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data",
+            "blockdev-mirror: GenericError: Failed to find node with node-name='nope'",
+            "blockdev-mirror: ok", "block-job-complete: ok", "filter0 filters target.img: True",
+        ], qsd.Log);
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>
+    /// Not a 041 case (041 gives every target the source's size): a target of another size is accepted by
+    /// blockdev-mirror and drive-mirror (mode existing), and the job fails at once with QEMU's error in its
+    /// BLOCK_JOB_COMPLETED, writing nothing.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("blockdev-mirror")]
+    [InlineData("drive-mirror")]
+    public async Task Source_and_target_sizes_differ(string command)
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp("drive-mirror", 1 << 20)(dir);
+            await ImageRecipes.Qcow2Async(dir, "target.img", "2M", [], ["write -P 0x77 0 64k"]);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await MirrorAsync(s, command, command == "drive-mirror" ? new JsonObject { ["mode"] = "existing" } : null);
+            await s.WaitGoneAsync();
+        });
+
+        Assert.Equal(
+        [
+            "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "JOB_STATUS_CHANGE aborting",
+            "BLOCK_JOB_COMPLETED error: Source and target image have different sizes",
+            "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED",
+        ], qsd.Events);
+        await IotestRun.AssertSameImageAsync(qsd, ours, "target.img");
+    }
 }
