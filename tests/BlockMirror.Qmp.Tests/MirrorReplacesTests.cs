@@ -52,7 +52,7 @@ public sealed class MirrorReplacesTests : IDisposable
         // The user's edge still leads to the filter, and the filter now leads to the target.
         Assert.Equal("dbg", vm.Node.Name);
         Assert.Equal("tgt", graph.FindNode("dbg")!.FilteredChild!.Node.Name);
-        Assert.Empty(graph.FindNode("src")!.Parents.Where(e => e.ParentNode is not null));
+        Assert.DoesNotContain(graph.FindNode("src")!.Parents, e => e.ParentNode is not null);
         var after = Enumerable.Repeat((byte)0xa5, 4096).ToArray();
         await vm.WriteAsync(65536, after, Block.Io.RequestFlags.None, CancellationToken.None);
 
