@@ -255,7 +255,8 @@ public sealed class MirrorJob : BlockJob
         CheckOptions(manager, source, options);
         if (target.ReadOnly)
         {
-            throw new JobException($"Target node '{target.Name}' is read-only");
+            // QEMU's words (its permission check on the target): iotest 041 TestOrphanedSource.
+            throw new JobException("Block node is read-only");
         }
 
         var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, replacesName) : null;

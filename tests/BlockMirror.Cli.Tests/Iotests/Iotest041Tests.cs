@@ -495,4 +495,120 @@ public sealed class Iotest041Tests : IDisposable
         ], qsd.Events);
         await IotestRun.AssertSameImageAsync(qsd, ours, "target.img");
     }
+
+    /// <summary>
+    /// 041 TestUnbackedSource: a qcow2 source with no backing file (node drive0), mirrored onto a new target
+    /// with sync full, top or none (test_absolute_paths_*), onto an existing target holding other data
+    /// (test_existing_full) or onto a target node (test_blockdev_full). A sync=none target is backed by the
+    /// source itself, so its view is the source's too.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("test_absolute_paths_full")]
+    [InlineData("test_absolute_paths_top")]
+    [InlineData("test_absolute_paths_none")]
+    [InlineData("test_existing_full")]
+    [InlineData("test_blockdev_full")]
+    public async Task TestUnbackedSource(string testCase)
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await ImageRecipes.Qcow2Async(dir, "test.img", "2M", [], ["write -P 0x31 0 768k", "write -z 1M 64k", "write -P 0x32 1536k 4k"]);
+            if (testCase is "test_existing_full" or "test_blockdev_full")
+            {
+                await ImageRecipes.Qcow2Async(dir, "target.img", "2M", [], ["write -P 42 0 64k"]);
+            }
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            var arguments = new JsonObject { ["job-id"] = "job0", ["device"] = "drive0", ["target"] = $"{s.Dir}/target.img" };
+            switch (testCase)
+            {
+                case "test_existing_full":
+                    arguments["sync"] = "full";
+                    arguments["mode"] = "existing";
+                    break;
+                case "test_blockdev_full":
+                    await s.RunAsync("blockdev-add", new JsonObject
+                    {
+                        ["driver"] = "qcow2", ["node-name"] = "target", ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = $"{s.Dir}/target.img" },
+                    });
+                    arguments["target"] = "target";
+                    arguments["sync"] = "full";
+                    break;
+                default:
+                    arguments["sync"] = testCase["test_absolute_paths_".Length..];
+                    arguments["mode"] = "absolute-paths";
+                    break;
+            }
+
+            await s.RunAsync(testCase == "test_blockdev_full" ? "blockdev-mirror" : "drive-mirror", arguments);
+            await s.CompleteAndWaitAsync();
+        });
+
+        foreach (var dir in new[] { qsd.Dir, ours.Dir })
+        {
+            await QemuImages.AssertIdenticalAsync($"{dir}/test.img", $"{dir}/target.img", "qcow2", "qcow2");
+        }
+
+        var chain = await IotestRun.BackingChainAsync(qsd.Dir, "target.img");
+        Assert.Equal(chain, await IotestRun.BackingChainAsync(ours.Dir, "target.img"));
+        Assert.Equal(testCase == "test_absolute_paths_none" ? "DIR/test.img (qcow2) <- DIR/target.img (qcow2) backing DIR/test.img (qcow2)" : "DIR/target.img (qcow2)", chain);
+    }
+
+    /// <summary>041 TestGranularity test_granularity: a fully written 4 MiB disk (10 MiB in 041) mirrored with 8 KiB chunks reaches READY, not an error, and completes.</summary>
+    [SkippableFact]
+    public async Task TestGranularity_test_granularity()
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await ImageRecipes.Qcow2Async(dir, "test.img", "4M", [], ["write -P 0x41 0 4M"]);
+        }, SingleBlockdevs, "drive0", async s =>
+        {
+            await s.RunAsync("drive-mirror", new JsonObject
+            {
+                ["job-id"] = "job0", ["device"] = "drive0", ["sync"] = "full", ["target"] = $"{s.Dir}/target.img", ["mode"] = "absolute-paths", ["granularity"] = 8192,
+            });
+            await s.CompleteAndWaitAsync();
+        });
+
+        Assert.Equal(DifferentialDaemon.ReadyJobEvents, qsd.Events);
+        await AssertTargetIsSourceAsync(qsd, ours);
+    }
+
+    /// <summary>
+    /// 041 TestOrphanedSource: null-co nodes no device uses. test_success mirrors src onto dest and
+    /// completes; test_failing_permissions is refused onto a read-only node with QEMU's "Block node is
+    /// read-only". Deliberate difference (README): QEMU creates the job before its permission check, so its
+    /// refusal also shows JOB_STATUS_CHANGE created and null; we refuse before any job exists.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("test_success")]
+    [InlineData("test_failing_permissions")]
+    public async Task TestOrphanedSource(string testCase)
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, _ => Task.CompletedTask, _ =>
+        [
+            "--blockdev", "driver=null-co,node-name=src,size=1048576", "--blockdev", "driver=null-co,node-name=dest,size=1048576",
+            "--blockdev", "driver=null-co,node-name=dest-ro,size=1048576,read-only=on", "--blockdev", "driver=null-co,node-name=exported,size=1048576",
+        ], "exported", async s =>
+        {
+            var target = testCase == "test_success" ? "dest" : "dest-ro";
+            var reply = await s.TryAsync("blockdev-mirror", new JsonObject { ["job-id"] = "job", ["device"] = "src", ["sync"] = "full", ["target"] = target });
+            if (reply.ContainsKey("return"))
+            {
+                await s.CompleteAndWaitAsync("job");
+            }
+        }, sameEvents: testCase == "test_success");
+
+        if (testCase == "test_success")
+        {
+            Assert.Equal(["blockdev-mirror: ok", "block-job-complete: ok"], qsd.Log);
+            Assert.Equal(DifferentialDaemon.ReadyJobEvents, qsd.Events);
+        }
+        else
+        {
+            Assert.Equal(["blockdev-mirror: GenericError: Block node is read-only"], qsd.Log);
+            Assert.Equal(["JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED"], qsd.Events);
+            Assert.Equal(["BLOCK_EXPORT_DELETED"], ours.Events);
+        }
+    }
 }

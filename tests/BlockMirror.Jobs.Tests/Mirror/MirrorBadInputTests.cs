@@ -97,7 +97,7 @@ public sealed class MirrorBadInputTests
     {
         await using var rig = await CreateRigAsync();
         var readOnly = await MemoryDriver.OpenAsync(rig.Graph, "ro", new MemoryDriverOptions(Size), readOnly: true);
-        await AssertRefusedAsync(rig, rig.Source, readOnly, Options(), "Target node 'ro' is read-only");
+        await AssertRefusedAsync(rig, rig.Source, readOnly, Options(), "Block node is read-only");
     }
 
     [Theory]
