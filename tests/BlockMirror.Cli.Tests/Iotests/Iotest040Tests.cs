@@ -85,7 +85,7 @@ public sealed class Iotest040Tests : IDisposable
 
             await s.RunAsync("block-commit", arguments);
             await s.CompleteAndWaitAsync();
-            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+            await s.LogExportedFileAsync();
         });
 
         Assert.Equal(DifferentialDaemon.ReadyJobEvents, qsd.Events);

@@ -18,6 +18,34 @@ public sealed class Iotest041Tests : IDisposable
 
     public void Dispose() => _root.Dispose();
 
+    /// <summary>Every variant of 041's TestSingleDrive family.</summary>
+    public static TheoryData<string> AllVariants =>
+    [
+        "TestSingleDrive", "TestSingleBlockdev", "TestSingleDriveZeroLength", "TestSingleBlockdevZeroLength",
+        "TestSingleDriveUnalignedLength", "TestSingleBlockdevUnalignedLength",
+    ];
+
+    /// <summary>The variants with data: a zero-length job is READY at once, so nothing can happen before it.</summary>
+    public static TheoryData<string> SizedVariants => ["TestSingleDrive", "TestSingleBlockdev", "TestSingleDriveUnalignedLength", "TestSingleBlockdevUnalignedLength"];
+
+    /// <summary>The drive-mirror variants with data (041 drops its existing-target cases from the others).</summary>
+    public static TheoryData<string> DriveVariants => ["TestSingleDrive", "TestSingleDriveUnalignedLength"];
+
+    /// <summary>Runs a script on a variant's images and nodes (041's setUp); the script is given the variant's command.</summary>
+    Task<(IotestRun.Outcome Qsd, IotestRun.Outcome Ours)> OnVariantAsync(string variant, Func<IotestSession, string, Task> script,
+        Func<string, Task>? moreSetUp = null)
+    {
+        var (command, length) = Variant(variant);
+        return IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await SingleSetUp(command, length)(dir);
+            if (moreSetUp is not null)
+            {
+                await moreSetUp(dir);
+            }
+        }, SingleBlockdevs, "drive0", s => script(s, command));
+    }
+
     /// <summary>041's variants: the command and the image length.</summary>
     static (string Command, long Length) Variant(string name) => name switch
     {
@@ -82,20 +110,14 @@ public sealed class Iotest041Tests : IDisposable
 
     /// <summary>041 test_complete: sync=full, completed once READY; the export then serves target.img.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleBlockdev")]
-    [InlineData("TestSingleDriveZeroLength")]
-    [InlineData("TestSingleBlockdevZeroLength")]
-    [InlineData("TestSingleDriveUnalignedLength")]
-    [InlineData("TestSingleBlockdevUnalignedLength")]
+    [MemberData(nameof(AllVariants))]
     public async Task test_complete(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command);
             await s.CompleteAndWaitAsync();
-            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+            await s.LogExportedFileAsync();
         });
 
         Assert.Contains("exported: DIR/target.img", qsd.Log);
@@ -104,19 +126,15 @@ public sealed class Iotest041Tests : IDisposable
 
     /// <summary>041 test_cancel: a forced cancel before READY (a speed limit keeps the job from getting there); the export stays on test.img.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleBlockdev")]
-    [InlineData("TestSingleDriveUnalignedLength")]
-    [InlineData("TestSingleBlockdevUnalignedLength")]
+    [MemberData(nameof(SizedVariants))]
     public async Task test_cancel(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, _) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, _) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command, new JsonObject { ["speed"] = 4096 });
             await s.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0", ["force"] = true });
             await s.WaitGoneAsync();
-            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+            await s.LogExportedFileAsync();
         });
 
         Assert.Contains("exported: DIR/test.img", qsd.Log);
@@ -125,22 +143,16 @@ public sealed class Iotest041Tests : IDisposable
 
     /// <summary>041 test_cancel_after_ready: a soft cancel once READY leaves a full copy and the export on test.img.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleBlockdev")]
-    [InlineData("TestSingleDriveZeroLength")]
-    [InlineData("TestSingleBlockdevZeroLength")]
-    [InlineData("TestSingleDriveUnalignedLength")]
-    [InlineData("TestSingleBlockdevUnalignedLength")]
+    [MemberData(nameof(AllVariants))]
     public async Task test_cancel_after_ready(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command);
             await s.WaitReadyAsync();
             await s.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0" });
             await s.WaitGoneAsync();
-            s.Log.Add($"exported: {(await s.ExportedFileAsync())?.Replace(s.Dir, "DIR", StringComparison.Ordinal)}");
+            await s.LogExportedFileAsync();
         });
 
         Assert.Contains("exported: DIR/test.img", qsd.Log);
@@ -153,14 +165,10 @@ public sealed class Iotest041Tests : IDisposable
     /// completes. A speed limit holds the job before READY; it is lifted before the resume.
     /// </summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleBlockdev")]
-    [InlineData("TestSingleDriveUnalignedLength")]
-    [InlineData("TestSingleBlockdevUnalignedLength")]
+    [MemberData(nameof(SizedVariants))]
     public async Task test_pause(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command, new JsonObject { ["speed"] = 4096 });
             await s.RunAsync("block-job-pause", new JsonObject { ["device"] = "job0" });
@@ -180,16 +188,10 @@ public sealed class Iotest041Tests : IDisposable
 
     /// <summary>041 test_small_buffer: a buf-size of 4 KiB, below the granularity, is rounded up and the mirror completes.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleBlockdev")]
-    [InlineData("TestSingleDriveZeroLength")]
-    [InlineData("TestSingleBlockdevZeroLength")]
-    [InlineData("TestSingleDriveUnalignedLength")]
-    [InlineData("TestSingleBlockdevUnalignedLength")]
+    [MemberData(nameof(AllVariants))]
     public async Task test_small_buffer(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command, new JsonObject { ["buf-size"] = 4096 });
             await s.CompleteAndWaitAsync();
@@ -201,40 +203,28 @@ public sealed class Iotest041Tests : IDisposable
 
     /// <summary>041 test_small_buffer2: an existing target with 1 MiB clusters (one cluster for the disk) and a buf-size of 64 KiB.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleDriveUnalignedLength")]
+    [MemberData(nameof(DriveVariants))]
     public async Task test_small_buffer2(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
-        {
-            await SingleSetUp(command, length)(dir);
-            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20},size={length}"], []);
-        }, SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command, new JsonObject { ["buf-size"] = 65536, ["mode"] = "existing" });
             await s.CompleteAndWaitAsync();
-        });
+        }, dir => ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20},size={Variant(variant).Length}"], []));
 
         await AssertTargetIsSourceAsync(qsd, ours);
     }
 
     /// <summary>041 test_large_cluster: an existing target with 1 MiB clusters backed by backing.img, so chunks are copied with their whole cluster.</summary>
     [SkippableTheory]
-    [InlineData("TestSingleDrive")]
-    [InlineData("TestSingleDriveUnalignedLength")]
+    [MemberData(nameof(DriveVariants))]
     public async Task test_large_cluster(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
-        {
-            await SingleSetUp(command, length)(dir);
-            await ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20}", "-b", $"{dir}/backing.img", "-F", "raw"], []);
-        }, SingleBlockdevs, "drive0", async s =>
+        var (qsd, ours) = await OnVariantAsync(variant, async (s, command) =>
         {
             await MirrorAsync(s, command, new JsonObject { ["mode"] = "existing" });
             await s.CompleteAndWaitAsync();
-        });
+        }, dir => ImageRecipes.Qcow2Async(dir, "target.img", null, ["-o", $"cluster_size={1 << 20}", "-b", $"{dir}/backing.img", "-F", "raw"], []));
 
         await AssertTargetIsSourceAsync(qsd, ours);
         await IotestRun.AssertBackingChainAsync(qsd, ours, "target.img", "DIR/backing.img (raw) <- DIR/target.img (qcow2) backing DIR/backing.img (raw)");
@@ -246,8 +236,7 @@ public sealed class Iotest041Tests : IDisposable
     [InlineData("TestSingleBlockdev")]
     public async Task test_image_not_found_and_test_device_not_found(string variant)
     {
-        var (command, length) = Variant(variant);
-        var (qsd, _) = await IotestRun.OnBothAsync(_root, SingleSetUp(command, length), SingleBlockdevs, "drive0", async s =>
+        var (qsd, _) = await OnVariantAsync(variant, async (s, command) =>
         {
             if (command == "drive-mirror")
             {

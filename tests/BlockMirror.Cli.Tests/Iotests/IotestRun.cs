@@ -150,12 +150,13 @@ sealed class IotestSession(QmpClient qmp, string dir, string uri, List<string> l
         Log.Add("query-block-jobs: " + string.Join("; ", jobs.Select(j => string.Join(", ", fields.Select(f => $"{f}={j![f]?.ToJsonString()}")))));
     }
 
-    /// <summary>The file of the node the export serves now: where the guest's writes go after a switch-over.</summary>
-    public async Task<string?> ExportedFileAsync()
+    /// <summary>Logs "exported: FILE", the file of the node the export serves now: where the guest's writes go after a switch-over.</summary>
+    public async Task LogExportedFileAsync()
     {
         var exports = (await Qmp.ExecuteAsync("query-block-exports"))!.AsArray();
         var nodeName = (string?)exports.Single()!["node-name"];
         var nodes = (await Qmp.ExecuteAsync("query-named-block-nodes", new JsonObject { ["flat"] = true }))!.AsArray();
-        return (string?)nodes.Single(n => (string?)n!["node-name"] == nodeName)!["file"];
+        var file = (string?)nodes.Single(n => (string?)n!["node-name"] == nodeName)!["file"];
+        Log.Add($"exported: {file?.Replace(Dir, "DIR", StringComparison.Ordinal)}");
     }
 }
