@@ -153,6 +153,36 @@ public sealed class RateLimitTests
         await rig.AssertTargetEqualsSourceAsync();
     }
 
+    /// <summary>
+    /// QEMU's mirror_iteration charges zero and discard ranges to the limit as if copied unless the target
+    /// unmaps on write-zeroes with discard=unmap (write_zeroes_ok). A target that ignores discards, and does
+    /// not read as zeroes, gets every chunk dirtied: the 7 zero chunks are written as zeroes and charged with
+    /// the 9 data chunks, so READY takes the whole disk's time at this speed, not only the data's.
+    /// </summary>
+    [Fact]
+    public async Task Zero_ranges_count_against_the_speed_limit_on_a_target_that_does_not_unmap()
+    {
+        const long speed = 1 << 20;
+        var time = new ManualTimeProvider();
+        await using var rig = await MirrorRig.CreateAsync(targetZeroInit: false, time: time);
+        var target = await DiscardIgnoredFilter.OpenAsync(rig.Graph, "dst-ignore", rig.Target);
+        var start = time.GetUtcNow();
+        var job = await MirrorJob.StartAsync(rig.Manager, rig.Graph, rig.Source, target, MirrorRig.Options() with { Speed = speed });
+
+        var ready = await AdvanceUntilReadyAsync(rig, job, time, TimeSpan.FromMilliseconds(10));
+
+        // The whole disk went through the loop (len counts zeroed bytes as copied), and took its time.
+        Assert.Equal(MirrorRig.DefaultSize, ready.Len);
+        var least = TimeSpan.FromSeconds((double)MirrorRig.DefaultSize / speed) - Slice;
+        var elapsed = ready.Timestamp - start;
+        Assert.True(elapsed >= least, $"READY after {elapsed.TotalMilliseconds} ms of fake time, under {least.TotalMilliseconds} ms: zero ranges were not charged");
+
+        job.Complete();
+        await MirrorTestRunner.WaitFinishedAsync(job);
+        Assert.Null(job.Error);
+        await rig.AssertTargetEqualsSourceAsync();
+    }
+
     [Fact]
     public async Task Raising_the_speed_to_unlimited_lets_the_job_finish_without_fake_time_passing()
     {

@@ -6,9 +6,10 @@ using BlockMirror.TestKit;
 namespace BlockMirror.Qmp.Tests;
 
 /// <summary>
-/// <c>replaces</c>: at completion the target takes the place of a named node above the source (here a
-/// blkdebug filter the users write through), and the filter is given back the source; without it, the
-/// source's place. Writes made before and after the switch all end up where the users now write.
+/// <c>replaces</c>: at completion the target takes the place of a named node under the source's filters
+/// (here the source is a blkdebug filter the users write through and the node under it is replaced, as
+/// QEMU's check_to_replace_node allows: iotest 041 TestReplaces), so the filter now filters the target.
+/// Writes made before and after the switch all end up where the users now write.
 /// </summary>
 public sealed class MirrorReplacesTests : IDisposable
 {
@@ -29,7 +30,7 @@ public sealed class MirrorReplacesTests : IDisposable
     }
 
     [Fact]
-    public async Task The_target_takes_the_place_of_the_named_filter_and_the_filter_keeps_the_source()
+    public async Task The_target_takes_the_place_of_the_node_under_the_filter_and_the_filter_filters_the_target()
     {
         await using var daemon = new DaemonHarness();
         await AddRawAsync(daemon, "src");
@@ -42,15 +43,16 @@ public sealed class MirrorReplacesTests : IDisposable
 
         await daemon.ExecuteAsync("blockdev-mirror", new JsonObject
         {
-            ["job-id"] = "m0", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full", ["replaces"] = "dbg",
+            ["job-id"] = "m0", ["device"] = "dbg", ["target"] = "tgt", ["sync"] = "full", ["replaces"] = "src",
         });
         await daemon.WaitStatusAsync("m0", JobStatus.Ready);
         await daemon.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m0" });
         await daemon.WaitStatusAsync("m0", JobStatus.Null);
 
-        // The user's edge now leads to the target; the filter is back on the source, alone.
-        Assert.Equal("tgt", vm.Node.Name);
-        Assert.Equal("src", graph.FindNode("dbg")!.FilteredChild!.Node.Name);
+        // The user's edge still leads to the filter, and the filter now leads to the target.
+        Assert.Equal("dbg", vm.Node.Name);
+        Assert.Equal("tgt", graph.FindNode("dbg")!.FilteredChild!.Node.Name);
+        Assert.DoesNotContain(graph.FindNode("src")!.Parents, e => e.ParentNode is not null);
         var after = Enumerable.Repeat((byte)0xa5, 4096).ToArray();
         await vm.WriteAsync(65536, after, Block.Io.RequestFlags.None, CancellationToken.None);
 

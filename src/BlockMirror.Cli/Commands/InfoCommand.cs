@@ -92,7 +92,7 @@ static class InfoCommand
             header is not null && (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0,
             header,
             backing,
-            backing is null ? null : ImageTool.CombinePath(path, backing),
+            backing is null ? null : BackingPaths.Resolve(path, backing),
             backing is null ? null : header!.BackingFormat,
             Qcow2Inspection.SnapshotsOf(node));
     }

@@ -109,6 +109,7 @@ static class MirrorCommand
             // A new target opens with the backing file it was given, so that it reads what the source reads
             // where sync=top copies nothing, and its zeroes are written as zeroes over that backing.
             var targetNode = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, target.OpenFormat, NodeName: "target"), cache, cancellationToken);
+            MirrorJob.CheckSameSize(source, targetNode);
             var job = await MirrorJob.StartAsync(manager, graph, source, targetNode, options, cancellationToken);
             started = true;
             // Once the job runs, not at open: a refusal before it stays one line, and only the job writes.

@@ -49,22 +49,6 @@ static class ImageTool
     }
 
     /// <summary>
-    /// QEMU's path_combine: a relative backing file name is relative to the directory part of the overlay's
-    /// name <em>as the user wrote it</em> ("top.qcow2" backed by "base.qcow2" gives "base.qcow2";
-    /// "/images/top.qcow2" gives "/images/base.qcow2"). qemu-img prints these names, so we do too.
-    /// </summary>
-    public static string CombinePath(string overlay, string backing)
-    {
-        if (backing.StartsWith('/'))
-        {
-            return backing;
-        }
-
-        var slash = overlay.LastIndexOf('/');
-        return slash < 0 ? backing : overlay[..(slash + 1)] + backing;
-    }
-
-    /// <summary>
     /// The chain below <paramref name="top"/> with the names qemu-img shows for each layer: the top under
     /// <paramref name="topName"/>, each backing image under its overlay's name combined with the backing file
     /// name in the overlay's header.
@@ -76,7 +60,7 @@ static class ImageTool
         for (var node = top; node is not null; node = node.ChainChild)
         {
             layers.Add((node, name));
-            name = node.Driver.BackingFileName is { } backing ? CombinePath(name, backing) : node.ChainChild?.Driver.FileName ?? "";
+            name = node.Driver.BackingFileName is { } backing ? BackingPaths.Resolve(name, backing) : node.ChainChild?.Driver.FileName ?? "";
         }
 
         return layers;

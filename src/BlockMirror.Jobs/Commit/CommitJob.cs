@@ -289,7 +289,33 @@ public sealed class CommitJob : BlockJob
         {
             if (overlay.Driver is IBackingFileFormat backingFile)
             {
-                await backingFile.ChangeBackingFileAsync(name, _base.Driver.DriverName).ConfigureAwait(false);
+                await RewriteBackingLinkAsync(overlay, backingFile, name).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes the base's name and format into an overlay's header. An overlay that is itself a backing file
+    /// (the top's overlay below the active layer) is open read-only: as QEMU's bdrv_drop_intermediate, it is
+    /// reopened read-write for the rewrite only and read-only again afterwards, whether the rewrite worked or not.
+    /// </summary>
+    async Task RewriteBackingLinkAsync(BlockNode overlay, IBackingFileFormat backingFile, string? name)
+    {
+        var readOnly = overlay.ReadOnly;
+        if (readOnly)
+        {
+            await _graph.ReopenAsync(overlay, readOnly: false).ConfigureAwait(false);
+        }
+
+        try
+        {
+            await backingFile.ChangeBackingFileAsync(name, _base.Driver.DriverName).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (readOnly)
+            {
+                await _graph.ReopenAsync(overlay, readOnly: true).ConfigureAwait(false);
             }
         }
     }

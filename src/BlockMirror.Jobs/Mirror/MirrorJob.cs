@@ -79,7 +79,11 @@ public sealed class MirrorJob : BlockJob
     DateTimeOffset _lastPause;
     DateTimeOffset _lastReadyFlush;
     long _targetCluster;
-    bool _zeroIsCheap;
+
+    // QEMU's write_zeroes_ok (bdrv_can_write_zeroes_with_unmap): the target was opened with discard=unmap
+    // and unmaps on write-zeroes. Only then are zero and discard ranges free of the speed limit; on any
+    // other target (qemu-storage-daemon's default, discard=ignore) they count as if copied.
+    bool _zeroesUnmetered;
 
     // The source's and the target's lengths must not change while the job copies one onto the other.
     IDisposable? _sourceResizeBlock;
@@ -140,7 +144,9 @@ public sealed class MirrorJob : BlockJob
 
     /// <summary>
     /// Validates the options, inserts the mirror-top filter above <paramref name="source"/>, starts tracking
-    /// writes, and starts the job. Any refusal leaves the graph as it was.
+    /// writes, and starts the job. Any refusal leaves the graph as it was. A target of another size is not
+    /// refused here: as QEMU's mirror_run, the job starts and then fails with "Source and target image have
+    /// different sizes" before it writes anything (<see cref="CheckSameSize"/> refuses it beforehand).
     /// </summary>
     public static Task<MirrorJob> StartAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
         MirrorOptions options, CancellationToken cancellationToken = default)
@@ -148,11 +154,6 @@ public sealed class MirrorJob : BlockJob
         if (ReferenceEquals(source, target))
         {
             throw new JobException("Can't mirror node into itself");
-        }
-
-        if (source.Length != target.Length)
-        {
-            throw new JobException($"Source and target image have different sizes (source '{source.Name}' {source.Length} bytes, target '{target.Name}' {target.Length} bytes)");
         }
 
         if (options.Sync == MirrorSyncMode.Top && source.Backing is null)
@@ -163,6 +164,18 @@ public sealed class MirrorJob : BlockJob
 
         var @base = options.Sync == MirrorSyncMode.Top ? source.Backing : null;
         return StartCoreAsync(manager, graph, source, target, options, JobType.Mirror, @base, [source, target], reopenedTarget: false, cancellationToken);
+    }
+
+    /// <summary>
+    /// Refuses a target whose size differs from the source's, naming both: for a command that would rather
+    /// refuse than start a job bound to fail (<c>blockmirror mirror</c>).
+    /// </summary>
+    public static void CheckSameSize(BlockNode source, BlockNode target)
+    {
+        if (source.Length != target.Length)
+        {
+            throw new JobException($"Source and target image have different sizes (source '{source.Name}' {source.Length} bytes, target '{target.Name}' {target.Length} bytes)");
+        }
     }
 
     /// <summary>
@@ -221,11 +234,6 @@ public sealed class MirrorJob : BlockJob
             throw new JobException("Parameter 'buf-size' expects a positive value");
         }
 
-        if (options.Granularity != 0 && options.BufSize != 0 && options.BufSize < options.Granularity)
-        {
-            throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({options.Granularity} bytes), got {options.BufSize}");
-        }
-
         if (options.Speed < 0)
         {
             throw new JobException("Invalid parameter 'speed'");
@@ -247,19 +255,16 @@ public sealed class MirrorJob : BlockJob
         CheckOptions(manager, source, options);
         if (target.ReadOnly)
         {
-            throw new JobException($"Target node '{target.Name}' is read-only");
+            // QEMU's words (its permission check on the target): iotest 041 TestOrphanedSource.
+            throw new JobException("Block node is read-only");
         }
 
-        var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, target, replacesName) : null;
+        var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, replacesName) : null;
         var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
+        // QEMU's mirror_start_job rounds any buf-size up to a whole number of chunks, one chunk at least (a
+        // buf-size of 4 KiB with 64 KiB chunks copies one chunk at a time); the default (16 MiB) likewise
+        // when the granularity is larger.
         var bufSize = options.BufSize != 0 ? options.BufSize : MirrorOptions.DefaultBufSize;
-        // Only a buf-size the user gave is refused; the default (16 MiB) is rounded up below when the
-        // granularity is larger (up to 64 MiB), as QEMU rounds any buf-size.
-        if (options.BufSize != 0 && bufSize < granularity)
-        {
-            throw new JobException($"Parameter 'buf-size' expects a value of at least the granularity ({granularity} bytes), got {bufSize}");
-        }
-
         bufSize = (bufSize + granularity - 1) / granularity * granularity;
         if (NeedsCowAlignment(target, granularity))
         {
@@ -379,18 +384,19 @@ public sealed class MirrorJob : BlockJob
     }
 
     /// <summary>
-    /// The node a <c>replaces</c> names, checked as QEMU's check_to_replace_node does: it exists, has the
-    /// target's size, and reaches the source through filters only (so that putting the target in its
-    /// place changes no data its users see).
+    /// The node a <c>replaces</c> names, checked as QEMU's blockdev_mirror_common and check_to_replace_node
+    /// do: it exists, the source reaches it through filters only (the source itself or a node under a filter
+    /// such as blkdebug: putting the target in its place then changes no data the source's users see), and it
+    /// has the source's size.
     /// </summary>
-    static BlockNode CheckReplaces(BlockGraph graph, BlockNode source, BlockNode target, string name)
+    static BlockNode CheckReplaces(BlockGraph graph, BlockNode source, string name)
     {
         var node = graph.FindNode(name) ?? throw new JobException($"Failed to find node with node-name='{name}'");
-        for (var n = node; n is not null; n = n.FilteredChild?.Node)
+        for (var n = source; n is not null; n = n.FilteredChild?.Node)
         {
-            if (ReferenceEquals(n, source))
+            if (ReferenceEquals(n, node))
             {
-                if (node.Length != target.Length)
+                if (node.Length != source.Length)
                 {
                     throw new JobException("cannot replace image with a mirror image of different size");
                 }
@@ -434,6 +440,14 @@ public sealed class MirrorJob : BlockJob
         }
 
         _length = _source.Length;
+        // QEMU's mirror_run checks this first, before a zero-length source becomes READY: the job fails
+        // (BLOCK_JOB_COMPLETED carries the error) before it writes anything. An active commit (the target is
+        // the base) grew its base beforehand.
+        if (!ReferenceEquals(_base, _target.Node) && _length != _target.Node.Length)
+        {
+            throw new JobException("Source and target image have different sizes");
+        }
+
         if (_length == 0)
         {
             // Nothing to copy: ready at once, then wait to be completed or cancelled.
@@ -454,7 +468,8 @@ public sealed class MirrorJob : BlockJob
         }
 
         _targetCluster = Math.Max(_target.Node.Limits.ClusterSize, 1);
-        _zeroIsCheap = _target.Node.Capabilities.CanZeroEfficiently;
+        var targetCaps = _target.Node.Capabilities;
+        _zeroesUnmetered = targetCaps.CanDiscard && targetCaps.CanUnmapOnZero;
         lock (_opLock)
         {
             _inFlightChunks = new HBitmap((_length + _granularity - 1) / _granularity);
@@ -741,7 +756,7 @@ public sealed class MirrorJob : BlockJob
                 StartZeroOrDiscard(offset, io, method, initialZeroing: false);
             }
 
-            var accounted = method == MirrorMethod.Copy || !_zeroIsCheap ? io : 0;
+            var accounted = method == MirrorMethod.Copy || !_zeroesUnmetered ? io : 0;
             if (Speed != 0)
             {
                 delay = Limiter.CalculateDelay(accounted);
@@ -1218,10 +1233,11 @@ public sealed class MirrorJob : BlockJob
             {
                 if (_replaces is { } replaces)
                 {
-                    // The target takes the named node's place; the filter gives its users back to the
-                    // source, which the replaced node no longer reaches.
+                    // The target takes the named node's place (the source's own, or that of a node under
+                    // the source's filters); the filter then gives its users to whatever it leads to now: the
+                    // source, whose filter chain ends at the target, or the target itself.
                     _graph.ReplaceNode(replaces, target);
-                    _graph.ReplaceNode(_mirrorTop, _source);
+                    _graph.ReplaceNode(_mirrorTop, _read.Node);
                 }
                 else
                 {

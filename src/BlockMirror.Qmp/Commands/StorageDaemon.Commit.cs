@@ -34,10 +34,7 @@ public sealed partial class StorageDaemon
 
             // The device first: libvirt tells versions apart by this DeviceNotFound.
             var bs = Graph.FindNode(device) ?? throw new QmpException("DeviceNotFound", $"Device '{device}' not found");
-            if (bs.Parents.Any(e => e.ParentNode is not null))
-            {
-                throw QmpException.Generic("Need a root block node");
-            }
+            RequireRoot(bs);
 
             var top = bs;
             if (topNode is not null && topFile is not null)

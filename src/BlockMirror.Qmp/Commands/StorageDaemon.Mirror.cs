@@ -23,7 +23,7 @@ public sealed partial class StorageDaemon
             var target = arguments.RequireString("target");
             var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: false);
             arguments.CheckNoneUnexpected();
-            var source = FindNode(device);
+            var source = FindRootNode(device);
             var targetNode = FindNode(target);
             await MirrorJob.StartAsync(Jobs, Graph, source, targetNode, options, cancellationToken).ConfigureAwait(false);
             return Empty;
@@ -39,7 +39,7 @@ public sealed partial class StorageDaemon
             var mode = arguments.OptionalEnum("mode", "existing", "absolute-paths") ?? "absolute-paths";
             var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: true);
             arguments.CheckNoneUnexpected();
-            var source = FindNode(device);
+            var source = FindRootNode(device);
             var plan = PlanDriveMirrorTarget(source, target, format, nodeName, mode, ref options);
 
             // After the target's own checks, as QEMU meets those first (it creates the target, then checks
@@ -67,6 +67,26 @@ public sealed partial class StorageDaemon
 
             return Empty;
         });
+    }
+
+    /// <summary>
+    /// The device of a job that changes the graph above it (QEMU's qmp_get_root_bs): a node no other node
+    /// uses. A node under a filter, a format's file or a backing file is refused, and so is one a running
+    /// job has put its filter above.
+    /// </summary>
+    BlockNode FindRootNode(string name)
+    {
+        var node = FindNode(name);
+        RequireRoot(node);
+        return node;
+    }
+
+    static void RequireRoot(BlockNode node)
+    {
+        if (node.Parents.Any(e => e.ParentNode is not null))
+        {
+            throw QmpException.Generic("Need a root block node");
+        }
     }
 
     /// <summary>

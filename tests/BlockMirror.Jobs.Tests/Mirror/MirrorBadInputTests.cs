@@ -37,12 +37,19 @@ public sealed class MirrorBadInputTests
         }
     }
 
-    [Fact]
-    public async Task A_buffer_smaller_than_the_granularity_is_refused()
+    /// <summary>QEMU's mirror_start_job rounds buf-size up to whole chunks (iotest 041 test_small_buffer: 4 KiB).</summary>
+    [Theory]
+    [InlineData(4096, 65536)]
+    [InlineData(65537, 131072)]
+    [InlineData(1, 65536)]
+    public async Task A_buffer_smaller_than_or_not_a_multiple_of_the_granularity_is_rounded_up_to_whole_chunks(long bufSize, long rounded)
     {
         await using var rig = await CreateRigAsync();
-        await AssertRefusedAsync(rig, rig.Source, rig.Target, Options() with { Granularity = 65536, BufSize = 4096 },
-            "Parameter 'buf-size' expects a value of at least the granularity (65536 bytes), got 4096");
+        var job = await rig.StartAsync(Options() with { Granularity = 65536, BufSize = bufSize });
+        Assert.Equal(rounded, job.BufSize);
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        Assert.Null(job.Error);
+        await rig.AssertTargetEqualsSourceAsync();
     }
 
     [Fact]
@@ -63,12 +70,19 @@ public sealed class MirrorBadInputTests
     [InlineData(Size - 512)]
     [InlineData(Size + 512)]
     [InlineData(0)]
-    public async Task A_target_of_another_size_is_refused(long targetSize)
+    public async Task A_target_of_another_size_fails_the_job_before_anything_is_written(long targetSize)
     {
+        // QEMU's mirror_run: the job starts, then fails with this error in its COMPLETED event (iotest 041's
+        // size checks); nothing reaches the target and the graph is as it was.
         await using var rig = await CreateRigAsync();
-        var other = await MemoryDriver.OpenAsync(rig.Graph, "other", new MemoryDriverOptions(targetSize));
-        await AssertRefusedAsync(rig, rig.Source, other, Options(),
-            $"Source and target image have different sizes (source 'src' {Size} bytes, target 'other' {targetSize} bytes)");
+        var other = await MemoryDriver.OpenAsync(rig.Graph, "other", new MemoryDriverOptions(targetSize, ZeroInit: false));
+        var before = await MirrorRig.ReadAllAsync(other);
+        var job = await MirrorJob.StartAsync(rig.Manager, rig.Graph, rig.Source, other, Options());
+        await MirrorTestRunner.WaitFinishedAsync(job);
+        Assert.Equal("Source and target image have different sizes", job.Error);
+        MirrorRig.AssertSameBytes(before, await MirrorRig.ReadAllAsync(other), "target after the failed job");
+        Assert.DoesNotContain(rig.Graph.Nodes, n => n.Driver.DriverName == "mirror_top");
+        await AssertSourceUsableAsync(rig);
     }
 
     [Fact]
@@ -83,7 +97,7 @@ public sealed class MirrorBadInputTests
     {
         await using var rig = await CreateRigAsync();
         var readOnly = await MemoryDriver.OpenAsync(rig.Graph, "ro", new MemoryDriverOptions(Size), readOnly: true);
-        await AssertRefusedAsync(rig, rig.Source, readOnly, Options(), "Target node 'ro' is read-only");
+        await AssertRefusedAsync(rig, rig.Source, readOnly, Options(), "Block node is read-only");
     }
 
     [Theory]
