@@ -118,18 +118,30 @@ sealed class FileLocks(string path, SafeFileHandle handle)
     }
 
     /// <summary>
-    /// Holds the same locks on a new descriptor of the file (a reopen) and keeps to it from now on; the old
-    /// one's go when it closes.
+    /// Holds the same locks on a new descriptor of the file (a reopen) and keeps to it from now on, then
+    /// releases the old descriptor's. Its close would drop them too, but a SafeFileHandle closes only when no
+    /// call still holds it, and until then they would refuse this node its own permissions.
     /// </summary>
     public void MoveTo(SafeFileHandle handle)
     {
         lock (_gate)
         {
-            var (taken, unshared) = (_taken, _unshared);
+            var (old, taken, unshared) = (_handle, _taken, _unshared);
             _taken = _unshared = BlockPermissions.None;
             _handle = handle;
             Set(handle, taken, unshared, ignoreErrors: true);
+            foreach (var (_, _, index) in Bits())
+            {
+                Unlock(old, PermissionBase + index);
+                Unlock(old, SharedBase + index);
+            }
         }
+    }
+
+    static void Unlock(SafeFileHandle handle, int offset)
+    {
+        var flock = new LibC.Flock { Type = LibC.F_UNLCK, Whence = LibC.SEEK_SET, Start = offset, Length = 1 };
+        LibC.FcntlLock(handle, LibC.F_OFD_SETLK, ref flock);
     }
 
     void Check(SafeFileHandle handle, BlockPermissions takes, BlockPermissions unshared)
