@@ -261,7 +261,7 @@ public sealed partial class StorageDaemon
 
         var replaces = arguments.OptionalString("replaces");
         var speed = arguments.OptionalInt("speed") ?? 0;
-        var granularity = arguments.OptionalInt("granularity") ?? 0;
+        var granularity = arguments.OptionalUInt32("granularity") ?? 0;
         var bufSize = arguments.OptionalInt("buf-size") ?? 0;
         var onSource = Policy(arguments.OptionalEnum("on-source-error", ErrorPolicies));
         var onTarget = Policy(arguments.OptionalEnum("on-target-error", ErrorPolicies));
