@@ -47,6 +47,12 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         "null-co,node-name=n,foo=1",
         "bogus,node-name=n",
         "file,node-name=n",
+        // JSON read as QEMU's parser reads it: cut short, a duplicate key, a bad keyword, two values.
+        """{"driver":""",
+        """{"driver": "null-co", "node-name": "a", "node-name": "b"}""",
+        "{'driver': nul}",
+        """{"driver": "null-co", "node-name": "a"} x""",
+        """{"driver": "null-co", "node-name": "a"} {}""",
     };
 
     [SkippableFact]

@@ -166,7 +166,6 @@ static class ServeCommand
                 var message = ex switch
                 {
                     SocketException => $"Failed to bind socket: {ex.Message}",
-                    JsonException => $"JSON parse error, {ex.Message}",
                     _ => ex.Message,
                 };
                 throw new UsageException($"{setting.Option} {setting.Value}: {message}", ex);
@@ -216,8 +215,11 @@ static class ServeCommand
     {
         if (value.TrimStart().StartsWith('{'))
         {
-            using var document = JsonDocument.Parse(value);
-            return new QmpArguments(document.RootElement.Clone());
+            var (document, error) = QmpJsonStreamer.ParseSingle(value);
+            using (document)
+            {
+                return document is null ? throw new UsageException(error!) : new QmpArguments(document.RootElement.Clone());
+            }
         }
 
         return new QmpArguments(KeyVal.Parse(value, impliedKey), keyval: true);

@@ -75,6 +75,37 @@ public sealed class QmpJsonStreamer
 
     public bool TryTake(out Message message) => _ready.TryDequeue(out message);
 
+    /// <summary>
+    /// Parses a whole text that must hold one JSON value, as QEMU parses a command-line option given in
+    /// JSON (qobject_from_json): the value, or QEMU's error ("JSON parse error, ...", "premature EOI" for a
+    /// value cut short, "Expecting at most one JSON value" for more than one).
+    /// </summary>
+    public static Message ParseSingle(string text)
+    {
+        var streamer = new QmpJsonStreamer();
+        // A line end completes a number or keyword at the very end, as QEMU's lexer flush does.
+        ReadOnlySpan<byte> rest = System.Text.Encoding.UTF8.GetBytes(text + "\n");
+        JsonDocument? value = null;
+        while (!rest.IsEmpty)
+        {
+            rest = rest[streamer.Feed(rest)..];
+            while (streamer.TryTake(out var message))
+            {
+                if (message.Error is not null || value is not null)
+                {
+                    value?.Dispose();
+                    message.Document?.Dispose();
+                    // After a value anything more is refused as more; otherwise the first error wins.
+                    return new Message(null, value is not null ? "Expecting at most one JSON value" : message.Error);
+                }
+
+                value = message.Document;
+            }
+        }
+
+        return value is null ? new Message(null, "JSON parse error, premature EOI") : new Message(value, null);
+    }
+
     void FeedByte(byte b)
     {
         // A token completed by the byte after it (a number, a keyword) leaves that byte to be read again.
