@@ -72,6 +72,26 @@ public sealed partial class MirrorErrorDisplayTests : IDisposable
         Assert.EndsWith("failed", (await stdout).Trim().Split('\n')[^1], StringComparison.Ordinal);
     }
 
+    [SkippableFact]
+    public async Task A_new_target_the_limit_refuses_is_named_in_qemu_s_words_and_not_left_behind()
+    {
+        var (source, _) = await ImagesAsync();
+        var target = _dir.File("new.raw");
+        var start = Limited("mirror", "-O", "raw", source, target);
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = await process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+
+        Assert.True(process.ExitCode == 1, $"{await stdout}\n{stderr}");
+        Assert.Equal($"blockmirror mirror: Could not create '{target}': Could not resize file: File too large", stderr.Trim().Split('\n')[^1]);
+        Assert.False(File.Exists(target));
+    }
+
     [GeneratedRegex(@"  running  \((\d+) write errors? ignored\)$")]
     private static partial Regex IgnoredErrors();
 

@@ -32,5 +32,21 @@ public sealed class BlockOpenException(string message, BlockErrno errno = BlockE
         return new($"Could not create '{path}': {Interop.LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno), ex);
     }
 
+    /// <summary>
+    /// A new file that could not be given its size, in QEMU's words ("Could not resize file: File too large").
+    /// .NET reports EFBIG (a size over the file system's or the process's limit) as an ArgumentOutOfRangeException.
+    /// </summary>
+    public static BlockOpenException CouldNotResize(string path, Exception ex)
+    {
+        var errno = ex switch
+        {
+            ArgumentOutOfRangeException => EFBIG,
+            IOException { HResult: > 0 and < 4096 } io => io.HResult,
+            _ => (int)BlockErrno.EIO,
+        };
+        return new($"Could not create '{path}': Could not resize file: {Interop.LibC.Describe(errno)}", BlockErrnoText.FromErrno(errno), ex);
+    }
+
     const int ENAMETOOLONG = 36;
+    const int EFBIG = 27;
 }

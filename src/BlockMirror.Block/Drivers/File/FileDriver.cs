@@ -174,14 +174,32 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     public static void CreateFile(string path, long size, bool overwrite = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(size);
+        SafeFileHandle handle;
         try
         {
-            using var handle = System.IO.File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
-            RandomAccess.SetLength(handle, size);
+            handle = System.IO.File.OpenHandle(path, overwrite ? FileMode.Create : FileMode.CreateNew, FileAccess.ReadWrite);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw BlockOpenException.CouldNotCreate(path, ex);
+        }
+
+        using (handle)
+        {
+            try
+            {
+                RandomAccess.SetLength(handle, size);
+            }
+            catch (Exception ex) when (ex is IOException or ArgumentOutOfRangeException)
+            {
+                // A file made here and left empty is removed, so a refused creation leaves nothing behind.
+                if (!overwrite)
+                {
+                    System.IO.File.Delete(path);
+                }
+
+                throw BlockOpenException.CouldNotResize(path, ex);
+            }
         }
     }
 
