@@ -50,10 +50,9 @@ public sealed partial class MirrorErrorDisplayTests : IDisposable
         return start;
     }
 
-    [SkippableFact]
-    public async Task A_failed_write_is_reported_with_the_targets_file_name()
+    /// <summary>Runs a limited <c>mirror -O raw</c>, which must fail (exit 1); returns what it printed.</summary>
+    static async Task<(string Stdout, string Stderr)> FailedMirrorAsync(string source, string target)
     {
-        var (source, target) = await ImagesAsync();
         var start = Limited("mirror", "-O", "raw", source, target);
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
@@ -65,11 +64,19 @@ public sealed partial class MirrorErrorDisplayTests : IDisposable
         await process.WaitForExitAsync(timeout.Token);
 
         Assert.True(process.ExitCode == 1, $"{await stdout}\n{stderr}");
+        return (await stdout, stderr);
+    }
+
+    [SkippableFact]
+    public async Task A_failed_write_is_reported_with_the_targets_file_name()
+    {
+        var (source, target) = await ImagesAsync();
+        var (stdout, stderr) = await FailedMirrorAsync(source, target);
         var error = stderr.Trim().Split('\n')[^1];
         Assert.StartsWith("blockmirror mirror: the mirror failed: ", error, StringComparison.Ordinal);
         Assert.Contains($"'{target}': write at offset ", error, StringComparison.Ordinal);
         Assert.DoesNotContain("#block", stderr, StringComparison.Ordinal);
-        Assert.EndsWith("failed", (await stdout).Trim().Split('\n')[^1], StringComparison.Ordinal);
+        Assert.EndsWith("failed", stdout.Trim().Split('\n')[^1], StringComparison.Ordinal);
     }
 
     [SkippableFact]
@@ -77,17 +84,7 @@ public sealed partial class MirrorErrorDisplayTests : IDisposable
     {
         var (source, _) = await ImagesAsync();
         var target = _dir.File("new.raw");
-        var start = Limited("mirror", "-O", "raw", source, target);
-        start.RedirectStandardOutput = true;
-        start.RedirectStandardError = true;
-
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = await process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        await process.WaitForExitAsync(timeout.Token);
-
-        Assert.True(process.ExitCode == 1, $"{await stdout}\n{stderr}");
+        var (stdout, stderr) = await FailedMirrorAsync(source, target);
         Assert.Equal($"blockmirror mirror: Could not create '{target}': Could not resize file: File too large", stderr.Trim().Split('\n')[^1]);
         Assert.False(File.Exists(target));
     }
