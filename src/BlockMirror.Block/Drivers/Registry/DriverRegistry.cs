@@ -16,8 +16,11 @@ namespace BlockMirror.Block.Drivers.Registry;
 /// </summary>
 public static class DriverRegistry
 {
-    /// <summary>Every driver, in the order messages list them (the formats: raw, then qcow2).</summary>
-    public static IReadOnlyList<DriverDeclaration> All { get; } =
+    /// <summary>
+    /// The drivers of the block layer itself, in the order messages list them (the formats: raw, then qcow2).
+    /// Drivers declared by an assembly above it (the NBD client) join through <see cref="Add"/>.
+    /// </summary>
+    static readonly DriverDeclaration[] BlockLayerDrivers =
     [
         FileDeclaration.Driver,
         RawDeclaration.Driver,
@@ -27,17 +30,58 @@ public static class DriverRegistry
         MemoryDeclaration.Driver,
     ];
 
+    static Snapshot _current = new(BlockLayerDrivers);
+
+    /// <summary>Every driver this process has.</summary>
+    public static IReadOnlyList<DriverDeclaration> All => _current.All;
+
     /// <summary>The drivers blockdev-add offers, as QAPI names them.</summary>
-    public static IReadOnlyList<string> Offered { get; } = [.. All.Where(d => d.Offered).Select(d => d.Name)];
-
-    static readonly string[] OfferedNames = [.. Offered];
-
-    static readonly string[] AllNames = [.. All.Select(d => d.Name)];
+    public static IReadOnlyList<string> Offered => _current.OfferedNames;
 
     /// <summary>The formats an image file can be opened as (raw, qcow2).</summary>
-    public static IReadOnlyList<string> Formats { get; } = [.. All.Where(d => d.Kind == DriverKind.Format).Select(d => d.Name)];
+    public static IReadOnlyList<string> Formats => _current.Formats;
 
-    public static DriverDeclaration? Find(string name) => All.FirstOrDefault(d => d.Name == name);
+    /// <summary>
+    /// Adds a driver declared outside the block layer. The block layer cannot name it (the NBD client lives
+    /// in the NBD assembly, beside the server it shares its wire code with), so whoever composes the program
+    /// adds it at start-up, before the first node opens. Adding the same declaration again changes nothing;
+    /// a different driver under a taken name is a bug.
+    /// </summary>
+    public static void Add(DriverDeclaration driver)
+    {
+        while (true)
+        {
+            var current = Volatile.Read(ref _current);
+            if (current.All.Contains(driver))
+            {
+                return;
+            }
+
+            if (current.All.Any(d => d.Name == driver.Name))
+            {
+                throw new InvalidOperationException($"a driver named '{driver.Name}' is already registered");
+            }
+
+            if (Interlocked.CompareExchange(ref _current, new Snapshot([.. current.All, driver]), current) == current)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>One immutable view of the list, so readers never see it half-changed.</summary>
+    sealed class Snapshot(DriverDeclaration[] all)
+    {
+        public DriverDeclaration[] All { get; } = all;
+
+        public string[] AllNames { get; } = [.. all.Select(d => d.Name)];
+
+        public string[] OfferedNames { get; } = [.. all.Where(d => d.Offered).Select(d => d.Name)];
+
+        public string[] Formats { get; } = [.. all.Where(d => d.Kind == DriverKind.Format).Select(d => d.Name)];
+    }
+
+    public static DriverDeclaration? Find(string name) => Array.Find(_current.All, d => d.Name == name);
 
     /// <summary>Checks the options and opens the node (and its inline children).</summary>
     public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, OptionReader options, OpenRules rules, CancellationToken cancellationToken = default)
@@ -55,7 +99,7 @@ public static class DriverRegistry
     /// <param name="parentForceShare">An inline child shares everything when its parent does (QEMU passes <c>force-share</c> down).</param>
     internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false)
     {
-        var name = options.OptionalEnum("driver", rules.InternalDrivers ? AllNames : OfferedNames)
+        var name = options.OptionalEnum("driver", rules.InternalDrivers ? _current.AllNames : _current.OfferedNames)
             ?? throw options.Invalid($"Parameter '{options.Prefix}driver' is missing");
         var driver = Find(name)!;
         var nodeName = options.OptionalString("node-name");
