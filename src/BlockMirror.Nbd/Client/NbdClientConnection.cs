@@ -56,6 +56,9 @@ public sealed class NbdClientConnection : IAsyncDisposable
     /// <summary>Why the connection ended, once it has.</summary>
     public Exception? Failure => _failure;
 
+    /// <summary>Completes when the connection has ended (<see cref="Failure"/> says why) and no request waits on it; never faults.</summary>
+    public Task Completion => _receiving;
+
     /// <summary>Runs the handshake on <paramref name="stream"/> and starts the transmission phase.</summary>
     public static async Task<NbdClientConnection> OpenAsync(Stream stream, string export,
         Func<Stream, CancellationToken, ValueTask<Stream>>? upgradeToTls, CancellationToken cancellationToken)
@@ -83,6 +86,7 @@ public sealed class NbdClientConnection : IAsyncDisposable
         try
         {
             await _sendGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+            var started = false;
             try
             {
                 // Started under the lock Fail takes: either Fail sees the request and fails it, or the request
@@ -91,6 +95,7 @@ public sealed class NbdClientConnection : IAsyncDisposable
                 {
                     ThrowIfFailed();
                     request.Start(command, offset, length, readBuffer);
+                    started = true;
                 }
 
                 // From here the request is the server's: it is sent whole, or the connection is failed.
@@ -103,8 +108,10 @@ public sealed class NbdClientConnection : IAsyncDisposable
 
                 await _stream.FlushAsync(CancellationToken.None).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is not NbdConnectionLostException && request.Busy)
+            catch (Exception ex) when (started && ex is not NbdConnectionLostException)
             {
+                // The receive loop may have failed the request already (the same broken socket): either way its
+                // caller learns of it below as a lost connection, which the driver may send again.
                 Fail(new NbdConnectionLostException($"Failed to send request: {ex.Message}", ex));
             }
             finally

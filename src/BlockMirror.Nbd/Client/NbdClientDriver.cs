@@ -16,15 +16,15 @@ public sealed class NbdClientDriver : IBlockDriver
 {
     readonly string _nodeName;
     readonly NbdClientOptions _options;
-    readonly NbdClientConnection _connection;
+    readonly NbdClientSession _session;
     readonly NbdExportInfo _info;
 
-    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientConnection connection)
+    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientSession session)
     {
         _nodeName = nodeName;
         _options = options;
-        _connection = connection;
-        _info = connection.Info;
+        _session = session;
+        _info = session.Export;
         var maxTransfer = (int)Math.Min(_info.MaximumBlock, NbdClientHandshake.MaxBuffer);
         var alignment = (int)_info.MinimumBlock;
         // The largest zero or trim one request carries: a u32 length, aligned (QEMU keeps them under INT_MAX).
@@ -50,7 +50,9 @@ public sealed class NbdClientDriver : IBlockDriver
                 throw new BlockOpenException("NBD export is read-only", BlockErrno.EACCES);
             }
 
-            return new NbdClientDriver(node.Name, options, connection);
+            // Connections after a loss are single attempts: the session paces them.
+            var again = options with { OpenTimeout = TimeSpan.Zero };
+            return new NbdClientDriver(node.Name, options, new NbdClientSession(connection, options, !readOnly, token => ConnectAsync(again, token)));
         }, cancellationToken);
 
     /// <summary>One connection and handshake; with an open timeout, tries again while the server cannot be reached.</summary>
@@ -101,6 +103,9 @@ public sealed class NbdClientDriver : IBlockDriver
 
     /// <summary>What the handshake agreed, for tests and query commands.</summary>
     public NbdExportInfo Export => _info;
+
+    /// <summary>The link to the server across connections (reconnect state), for tests and query commands.</summary>
+    public NbdClientSession Session => _session;
 
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         Check(await SendAsync(NbdCommand.Read, NbdCommandFlags.None, offset, buffer.Length, buffer, default, cancellationToken).ConfigureAwait(false),
@@ -213,17 +218,38 @@ public sealed class NbdClientDriver : IBlockDriver
     public ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
         ValueTask.FromException(Error(BlockErrno.ENOTSUP, BlockOperation.Truncate, length, 0, "Cannot resize NBD nodes"));
 
-    /// <summary>One request on the connection; a lost connection fails it with EIO.</summary>
+    /// <summary>
+    /// One request on the current connection. When the connection is lost under it, the request waits for a new
+    /// one (within reconnect-delay) and goes out again there; otherwise it fails with EIO.
+    /// </summary>
+    /// <remarks>
+    /// Sending a request again is safe for every command this driver sends, even when the lost server had
+    /// carried it out: a read and a block status change nothing; a write, write-zeroes or trim leaves the range
+    /// in the same state however often it is applied, and its caller has not been answered, so no later request
+    /// of the caller's can have overtaken it; a flush makes durable whatever the new server holds. (What a
+    /// server acknowledged and then lost in a crash is not brought back by any of this: QEMU's limit too.)
+    /// </remarks>
     async ValueTask<NbdReplyResult> SendAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length,
         Memory<byte> readBuffer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
-        try
+        while (true)
         {
-            return await _connection.RequestAsync(command, flags, offset, length, readBuffer, payload, cancellationToken).ConfigureAwait(false);
-        }
-        catch (NbdConnectionLostException ex)
-        {
-            throw Error(BlockErrno.EIO, Operation(command), offset, length, ex.Message, ex);
+            var connection = _session.Current;
+            try
+            {
+                return await connection.RequestAsync(command, flags, offset, length, readBuffer, payload, cancellationToken).ConfigureAwait(false);
+            }
+            catch (NbdConnectionLostException)
+            {
+                try
+                {
+                    await _session.WaitForReplacementAsync(connection, cancellationToken).ConfigureAwait(false);
+                }
+                catch (NbdConnectionLostException down)
+                {
+                    throw Error(BlockErrno.EIO, Operation(command), offset, length, down.Message, down);
+                }
+            }
         }
     }
 
@@ -252,5 +278,5 @@ public sealed class NbdClientDriver : IBlockDriver
         _ => BlockOperation.BlockStatus,
     };
 
-    public ValueTask DisposeAsync() => _connection.DisposeAsync();
+    public ValueTask DisposeAsync() => _session.DisposeAsync();
 }
