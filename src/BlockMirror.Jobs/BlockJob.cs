@@ -70,11 +70,22 @@ public abstract class BlockJob : Job
     /// Applies an error policy to a failed request (QEMU's block_job_error_action): emits BLOCK_JOB_ERROR,
     /// and for <c>stop</c> pauses the job as if the user had, recording the I/O status.
     /// </summary>
+    /// <remarks>
+    /// Once the user has asked to cancel the job, an error is reported whatever the policy: <c>ignore</c> would
+    /// try again and <c>stop</c> would wait for a resume, and against a target that is gone (a dead NBD
+    /// destination) a soft-cancelled READY mirror, which must still converge, would never end. QEMU 7.2 loops
+    /// there, emitting BLOCK_JOB_ERROR without end; a deliberate difference.
+    /// </remarks>
     protected BlockErrorAction HandleIoError(BlockdevOnError policy, bool isRead, BlockErrno errno)
     {
         var action = ErrorPolicy.Decide(policy, errno);
         lock (Lock)
         {
+            if (IsCancelRequestedLocked)
+            {
+                action = BlockErrorAction.Report;
+            }
+
             Manager.PublishLocked(new BlockJobErrorEvent(Id, isRead, action));
             switch (action)
             {

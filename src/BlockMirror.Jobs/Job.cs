@@ -169,6 +169,9 @@ public abstract class Job
         }
     }
 
+    /// <summary>Any cancel, forced or not; the caller holds <see cref="Lock"/>.</summary>
+    protected bool IsCancelRequestedLocked => _cancelled;
+
     protected bool IsReady
     {
         get
