@@ -20,8 +20,9 @@ public sealed class MirrorNbdReconnectDifferentialTests
     /// <summary>The job on one daemon, the destination killed once it has copied something.</summary>
     /// <param name="TargetEqualsSource">Once the daemon and the destination are gone, the target must equal the source.</param>
     /// <param name="KillWhenReady">The destination dies once the job is READY (no speed limit), not mid-copy.</param>
+    /// <param name="QuitTook">Told how long the daemon took from quit (after the scenario) to its exit.</param>
     sealed record Scenario(string OnTargetError, int ReconnectDelay, Func<IotestSession, NbdDestination, Task> AfterKill,
-        bool TargetEqualsSource = false, bool KillWhenReady = false);
+        bool TargetEqualsSource = false, bool KillWhenReady = false, Action<TimeSpan>? QuitTook = null);
 
     [SkippableFact]
     public async Task With_reconnect_delay_the_job_survives_the_destination_dying_and_the_target_equals_the_source()
@@ -158,12 +159,55 @@ public sealed class MirrorNbdReconnectDifferentialTests
             WithoutRepeats(ours).Where(e => e != "BLOCK_JOB_ERROR write ignore"));
     }
 
+    /// <summary>
+    /// A soft cancel of a READY mirror with new data in the source and the destination down: the copy waits
+    /// for a new connection until reconnect-delay runs out, then fails, and the job ends with the error.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_soft_cancel_with_the_destination_down_ends_the_job_once_reconnect_delay_runs_out()
+    {
+        var (qsd, ours) = await JobQmp.OnBothAsync("nbd-soft-delay", (daemon, dir) => RunAsync(daemon, dir, new Scenario("report", 2, async (session, _) =>
+        {
+            await WriteSourceAsync(session, "write -P 0x33 1M 64k");
+            await session.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0" });
+            Assert.Equal(JobQmp.Gone, await JobQmp.WaitStatusAsync(session.Qmp, "job0", JobQmp.Gone));
+        }, KillWhenReady: true)));
+
+        JobQmp.AssertSame(WithoutRepeats(qsd), WithoutRepeats(ours));
+        Assert.Equal([.. DifferentialDaemon.ReadyJobEvents[..4], "BLOCK_JOB_ERROR write report", "JOB_STATUS_CHANGE aborting",
+            "BLOCK_JOB_COMPLETED error: Input/output error", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED"], WithoutRepeats(ours));
+    }
+
+    /// <summary>
+    /// quit while the job's requests wait for a destination that is down: both daemons cancel the job and exit.
+    /// A deliberate difference, pinned: qemu-storage-daemon 7.2 drains the target first and so waits out
+    /// reconnect-delay (10 s here) before it exits; ours gives up on the waiting requests (as a forced cancel
+    /// does) and exits at once. The bounds are half the delay apart from what either measures.
+    /// </summary>
+    [SkippableFact]
+    public async Task Quit_with_the_destination_down_and_requests_waiting_to_reconnect_exits()
+    {
+        const int Delay = 10;
+        var took = new Dictionary<string, TimeSpan>();
+        var (qsd, ours) = await JobQmp.OnBothAsync("nbd-quit", (daemon, dir) => RunAsync(daemon, dir, new Scenario("report", Delay, async (session, _) =>
+        {
+            await WriteSourceAsync(session, "write -P 0x33 1M 64k");
+            Assert.Equal("ready", await JobQmp.StatusAsync(session.Qmp, "job0"));
+        }, KillWhenReady: true, QuitTook: time => took[daemon.Name] = time)));
+
+        Assert.True(took["qsd"] > TimeSpan.FromSeconds(Delay / 2.0), $"qemu-storage-daemon exited after {took["qsd"]}");
+        Assert.True(took["ours"] < TimeSpan.FromSeconds(Delay / 2.0), $"ours exited after {took["ours"]}");
+        Assert.Contains("BLOCK_JOB_CANCELLED", qsd);
+        Assert.Contains("BLOCK_JOB_CANCELLED", ours);
+    }
+
     /// <summary>Runs the scenario on one daemon: source with data, destination up, mirror, kill, then the scenario.</summary>
     static async Task<List<string>> RunAsync(DifferentialDaemon daemon, string dir, Scenario scenario)
     {
         await QemuImages.CreateAsync($"{dir}/source.raw", Size, "write -P 0x5a 0 " + Size);
         await QemuImages.CreateAsync($"{dir}/target.raw", Size);
         List<string> events;
+        var quitting = new System.Diagnostics.Stopwatch();
         await using (var destination = await NbdDestination.StartAsync($"{dir}/target.raw", $"{dir}/dest.sock"))
         {
             events = await daemon.RunAsync(dir, [.. IotestRun.RawNode(dir, "source", "source.raw"), .. destination.ClientNode("target", scenario.ReconnectDelay)], "source",
@@ -178,7 +222,9 @@ public sealed class MirrorNbdReconnectDifferentialTests
                 await (scenario.KillWhenReady ? session.WaitReadyAsync() : WaitCopyingAsync(session));
                 await destination.KillAsync();
                 await scenario.AfterKill(session, destination);
+                quitting.Start();
             });
+            scenario.QuitTook?.Invoke(quitting.Elapsed);
         }
 
         if (scenario.TargetEqualsSource)
