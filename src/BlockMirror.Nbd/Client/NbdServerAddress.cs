@@ -127,6 +127,12 @@ public sealed record NbdServerAddress
     BlockOpenException Failed(SocketException ex)
     {
         var errno = ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO;
+        if (IsUnix && ex.SocketErrorCode == SocketError.AddressNotAvailable)
+        {
+            // .NET reports connect(2)'s ENOENT on a Unix socket path as "address not available".
+            errno = (int)BlockErrno.ENOENT;
+        }
+
         return new BlockOpenException($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
     }
 }
