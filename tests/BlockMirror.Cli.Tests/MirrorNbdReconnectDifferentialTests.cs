@@ -97,13 +97,16 @@ public sealed class MirrorNbdReconnectDifferentialTests
     static readonly string[] ReadyJobEnd = DifferentialDaemon.ReadyJobEvents[2..];
 
     /// <summary>
-    /// A forced cancel while requests wait for a destination that is down (reconnect-delay far away): both
-    /// daemons give up on the waiting requests (QEMU's bdrv_cancel_in_flight) and the job ends cancelled.
+    /// A forced cancel while requests wait for a destination that is down: both daemons give up on the waiting
+    /// requests (QEMU's bdrv_cancel_in_flight) and the job ends cancelled. A deliberate difference, pinned: QEMU
+    /// reports the requests it gave up on as BLOCK_JOB_ERROR (when any had met the lost connection yet); ours
+    /// does not, the user cancelled them. The delay is short enough for qemu-storage-daemon's quit, which
+    /// flushes the target and so may wait out the delay (see the quit test).
     /// </summary>
     [SkippableFact]
     public async Task A_forced_cancel_with_the_destination_down_ends_the_job_while_requests_wait_to_reconnect()
     {
-        var (qsd, ours) = await JobQmp.OnBothAsync("nbd-force", (daemon, dir) => RunAsync(daemon, dir, new Scenario("report", 300, async (session, _) =>
+        var (qsd, ours) = await JobQmp.OnBothAsync("nbd-force", (daemon, dir) => RunAsync(daemon, dir, new Scenario("report", 10, async (session, _) =>
         {
             await WriteSourceAsync(session, "write -P 0x33 1M 64k");
             await session.RunAsync("block-job-cancel", new JsonObject { ["device"] = "job0", ["force"] = true });
@@ -111,8 +114,8 @@ public sealed class MirrorNbdReconnectDifferentialTests
         })));
 
         string[] end = ["JOB_STATUS_CHANGE aborting", "BLOCK_JOB_CANCELLED", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED"];
-        Assert.Equal([.. ReadyJobStart, "BLOCK_JOB_ERROR write report", .. end], WithoutRepeats(qsd));
-        Assert.Equal([.. ReadyJobStart, .. end], WithoutRepeats(ours));
+        Assert.Equal([.. ReadyJobStart, .. end], qsd.Where(e => e != "BLOCK_JOB_ERROR write report"));
+        Assert.Equal([.. ReadyJobStart, .. end], ours);
     }
 
     /// <summary>
