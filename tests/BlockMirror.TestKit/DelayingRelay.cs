@@ -205,10 +205,10 @@ public sealed class DelayingRelay : IDisposable
             {
                 try
                 {
-                    var wait = due - Stopwatch.GetTimestamp();
-                    if (wait > 0)
+                    // Timers count whole milliseconds and may fire a little early: wait again until truly due.
+                    for (long wait; (wait = due - Stopwatch.GetTimestamp()) > 0;)
                     {
-                        await Task.Delay(TimeSpan.FromSeconds(wait / (double)Stopwatch.Frequency), cancellationToken);
+                        await Task.Delay(TimeSpan.FromMilliseconds(Math.Ceiling(wait * 1000.0 / Stopwatch.Frequency)), cancellationToken);
                     }
 
                     for (var sent = 0; sent < length;)
