@@ -25,6 +25,8 @@ public sealed class TwoHostMirrorTests : IDisposable
     [SkippableTheory]
     [InlineData("qsd", "ours")]
     [InlineData("qsd", "qsd")]
+    [InlineData("ours", "ours")]
+    [InlineData("ours", "qsd")]
     public async Task A_mirror_under_a_live_writer_reaches_the_other_host_whole(string source, string destination)
     {
         await using var hosts = TwoHosts.Create(rate: "256mbit");
