@@ -24,17 +24,19 @@ sealed class Daemon : IAsyncDisposable
 
     public string Name { get; }
 
-    public static async Task<Daemon> StartAsync(Options options, bool ours, string directory, IEnumerable<string> arguments)
+    /// <summary>
+    /// Starts the daemon with <paramref name="arguments"/> and a monitor on <c>DIRECTORY/NAME.sock</c>; inside
+    /// network namespace <paramref name="ns"/> when given (<c>ip netns exec</c>, which execs the daemon).
+    /// </summary>
+    public static async Task<Daemon> StartAsync(Options options, bool ours, string directory, IEnumerable<string> arguments, string? ns = null, string name = "qmp")
     {
-        var socket = Path.Combine(directory, "qmp.sock");
+        var socket = Path.Combine(directory, $"{name}.sock");
         File.Delete(socket);
-        var start = ours ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        var daemon = ours ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        IEnumerable<string> all = [.. daemon.ArgumentList, .. arguments, "--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"];
+        var start = ns is null ? new ProcessStartInfo(daemon.FileName, all) : NetworkNamespaces.StartInfo(ns, daemon.FileName, all);
+        start.UseShellExecute = false;
         start.RedirectStandardError = true;
-
-        foreach (var argument in arguments.Concat(["--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"]))
-        {
-            start.ArgumentList.Add(argument);
-        }
 
         var process = Process.Start(start)!;
         try
