@@ -30,8 +30,7 @@ public sealed class TwoHostMirrorTests : IDisposable
     public async Task A_mirror_under_a_live_writer_reaches_the_other_host_whole(string source, string destination)
     {
         await using var hosts = TwoHosts.Create(rate: "256mbit");
-        var sourceImage = await ImageRecipes.Qcow2Async(_dir.Path, "source.qcow2", $"{ImageBytes}", [],
-            ["write -P 0x5a 0 20M", "write -P 0xa5 28M 4M"]);
+        var sourceImage = await SourceImageAsync();
         var destinationImage = await ImageRecipes.Qcow2Async(_dir.Path, "destination.qcow2", $"{ImageBytes}", [], []);
 
         var target = await StartDestinationAsync(hosts, Kind(destination), destinationImage, "qcow2");
@@ -43,7 +42,7 @@ public sealed class TwoHostMirrorTests : IDisposable
 
         // Slow at first, so the writer's first batches land while the bulk copy runs; then flat out to READY.
         await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full", ["speed"] = 4L << 20 });
-        var writer = new LiveWriter($"nbd+unix:///disk?socket={sourceExport}", seed: 16);
+        var writer = new LiveWriter($"nbd+unix:///disk?socket={sourceExport}", ImageBytes, seed: 16);
         await writer.WriteBatchesAsync(3);
         Assert.Equal("running", await JobStatusAsync(qmp));
         await qmp.ExecuteAsync("block-job-set-speed", new JsonObject { ["device"] = "m", ["speed"] = 0 });
@@ -165,11 +164,14 @@ public sealed class TwoHostMirrorTests : IDisposable
         await origin.QuitAsync();
     }
 
-    /// <summary>A 32 MiB qcow2 source with 24 MiB of data and an empty raw destination of the same size.</summary>
+    /// <summary>The source: a 32 MiB qcow2 with 24 MiB of data and a hole between.</summary>
+    Task<string> SourceImageAsync() =>
+        ImageRecipes.Qcow2Async(_dir.Path, "source.qcow2", $"{ImageBytes}", [], ["write -P 0x5a 0 20M", "write -P 0xa5 28M 4M"]);
+
+    /// <summary>The source and an empty raw destination of the same size.</summary>
     async Task<(string Source, string Destination)> KillTestImagesAsync()
     {
-        var sourceImage = await ImageRecipes.Qcow2Async(_dir.Path, "source.qcow2", $"{ImageBytes}", [],
-            ["write -P 0x5a 0 20M", "write -P 0xa5 28M 4M"]);
+        var sourceImage = await SourceImageAsync();
         var destinationImage = _dir.File("destination.raw");
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", destinationImage, $"{ImageBytes}");
         return (sourceImage, destinationImage);
@@ -245,7 +247,7 @@ public sealed class TwoHostMirrorTests : IDisposable
 /// A guest's writes through the source's NBD export, in batches (one qemu-io run each): writes of 4 to 256
 /// KiB at seeded random places, each batch with its own pattern byte, so a write that is lost shows.
 /// </summary>
-sealed class LiveWriter(string uri, int seed)
+sealed class LiveWriter(string uri, long size, int seed)
 {
     readonly Random _random = new(seed);
     List<string> _lastBatch = [];
@@ -260,7 +262,7 @@ sealed class LiveWriter(string uri, int seed)
             for (var w = 0; w < 16; w++)
             {
                 var length = 4096 << _random.Next(7);
-                var offset = _random.NextInt64(0, ((32L << 20) - length) / 4096) * 4096;
+                var offset = _random.NextInt64(0, (size - length) / 4096) * 4096;
                 _lastBatch.Add(string.Create(CultureInfo.InvariantCulture, $"{offset} {length}"));
             }
 
@@ -269,6 +271,6 @@ sealed class LiveWriter(string uri, int seed)
         }
     }
 
-    /// <summary>qemu-io commands that check the last batch's writes (those not overwritten by a later write of the same batch).</summary>
+    /// <summary>qemu-io commands that check the last batch's writes (one pattern for the whole batch, so overlaps within it do not matter).</summary>
     public IEnumerable<string> ReadBackLastBatch() => _lastBatch;
 }

@@ -135,7 +135,14 @@ public sealed partial class NetworkNamespaces : IDisposable
             var owner = name[Prefix.Length..].Split('-')[0];
             if (int.TryParse(owner, out var pid) && pid != Environment.ProcessId && !Directory.Exists($"/proc/{pid}"))
             {
-                Delete(name);
+                try
+                {
+                    Delete(name);
+                }
+                catch (InvalidOperationException)
+                {
+                    // Another run deleting the same leftovers got there first.
+                }
             }
         }
     }
