@@ -12,10 +12,12 @@ namespace BlockMirror.Scenarios;
 sealed class Daemon : IAsyncDisposable
 {
     readonly Process _process;
+    readonly Task<string> _stderr;
 
-    Daemon(Process process, QmpClient qmp, string name)
+    Daemon(Process process, Task<string> stderr, QmpClient qmp, string name)
     {
         _process = process;
+        _stderr = stderr;
         Qmp = qmp;
         Name = name;
     }
@@ -39,16 +41,26 @@ sealed class Daemon : IAsyncDisposable
         start.RedirectStandardError = true;
 
         var process = Process.Start(start)!;
+        // Read from the start: a daemon that says much on stderr must not block on a full pipe.
+        var stderr = process.StandardError.ReadToEndAsync();
         try
         {
             var qmp = await QmpClient.ConnectAsync(socket);
-            return new Daemon(process, qmp, ours ? "blockmirror" : "qemu-storage-daemon");
+            return new Daemon(process, stderr, qmp, ours ? "blockmirror" : "qemu-storage-daemon");
         }
         catch
         {
             process.Kill(entireProcessTree: true);
-            throw new InvalidOperationException($"{start.FileName} did not start: {await process.StandardError.ReadToEndAsync()}");
+            throw new InvalidOperationException($"{start.FileName} did not start: {await stderr}");
         }
+    }
+
+    /// <summary>How the daemon ended (exit status and what it said on stderr), for a monitor that closed unexpectedly.</summary>
+    public async Task<string> ExitReportAsync()
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        await _process.WaitForExitAsync(timeout.Token);
+        return $"{Name} exited with {_process.ExitCode}: {await _stderr}";
     }
 
     /// <summary>User plus system CPU seconds the daemon has used so far.</summary>

@@ -98,7 +98,15 @@ static class NbdMirrorScenarios
         await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "nbd", ["node-name"] = "tgt", ["export"] = "disk", ["server"] = server });
         var clock = Stopwatch.StartNew();
         await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full" });
-        await qmp.WaitEventAsync("BLOCK_JOB_READY", timeout: TimeSpan.FromMinutes(10));
+        try
+        {
+            await qmp.WaitEventAsync("BLOCK_JOB_READY", timeout: TimeSpan.FromMinutes(10));
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new InvalidOperationException(await origin.ExitReportAsync(), e);
+        }
+
         var seconds = clock.Elapsed.TotalSeconds;
         // READY is what is measured; the copy is left unswitched (a soft cancel in READY), then both quit.
         await qmp.ExecuteAsync("block-job-cancel", new JsonObject { ["device"] = "m" });
