@@ -8,7 +8,9 @@ namespace BlockMirror.Cli.Tests;
 /// Mirrors across two hosts for real (issue 16): the source daemon on host A mirrors a qcow2 under a live
 /// writer onto the destination daemon's NBD export on host B, over the veth link with a 10 ms round trip (a
 /// delaying relay on A in front of B's port) and a tbf rate limit; READY, complete, and the destination image
-/// equals the source with everything the writer wrote (qemu-img compare).
+/// equals the source with everything the writer wrote (qemu-img compare). Then the destination host lost
+/// mid-copy: restarted under a client with reconnect-delay, left down without one, and down under a cancel.
+/// Every case runs with qemu-storage-daemon 7.2 as the source too, which sets what is expected.
 /// </summary>
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class TwoHostMirrorTests : IDisposable
