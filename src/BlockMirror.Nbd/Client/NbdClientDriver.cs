@@ -47,7 +47,12 @@ public sealed class NbdClientDriver : IBlockDriver
             if (connection.Info.ReadOnly && !readOnly)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);
-                throw new BlockOpenException("NBD export is read-only", BlockErrno.EACCES);
+                // QEMU 7.2's words: its "NBD export is read-only" is lost on the way and bdrv_open_driver words the
+                // bare EACCES. Ours stays in the hint.
+                throw new BlockOpenException("Could not open image: Permission denied", BlockErrno.EACCES)
+                {
+                    Hint = "NBD export is read-only: open it with read-only=on",
+                };
             }
 
             return new NbdClientDriver(node.Name, options, connection);

@@ -51,7 +51,10 @@ public sealed record NbdServerAddress
             catch (SocketException ex)
             {
                 socket.Dispose();
-                throw Failed(ex);
+                // .NET reports a missing socket file (ENOENT) as EADDRNOTAVAIL; QEMU says what the kernel said.
+                throw ex.SocketErrorCode == SocketError.AddressNotAvailable && !Abstract && !File.Exists(UnixPath)
+                    ? Failed((int)BlockErrno.ENOENT, ex)
+                    : Failed(ex);
             }
             catch
             {
@@ -120,9 +123,9 @@ public sealed record NbdServerAddress
             : Failed(last);
     }
 
-    BlockOpenException Failed(SocketException ex)
-    {
-        var errno = ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO;
-        return new BlockOpenException($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
-    }
+    BlockOpenException Failed(SocketException ex) =>
+        Failed(ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO, ex);
+
+    BlockOpenException Failed(int errno, SocketException ex) =>
+        new($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
 }
