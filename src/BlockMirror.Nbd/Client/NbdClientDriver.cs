@@ -27,9 +27,11 @@ public sealed class NbdClientDriver : IBlockDriver
         _info = connection.Info;
         var maxTransfer = (int)Math.Min(_info.MaximumBlock, NbdClientHandshake.MaxBuffer);
         var alignment = (int)_info.MinimumBlock;
-        // The largest zero or trim one request carries: a u32 length, aligned (QEMU keeps them under INT_MAX).
-        var maxZeroes = BlockLimits.PieceSize(int.MaxValue, alignment);
-        Limits = new BlockLimits(alignment, 0, (int)BlockLimits.PieceSize(1 << (31 - int.LeadingZeroCount(maxTransfer)), alignment), maxZeroes, maxZeroes);
+        // As QEMU 7.2's client: a write-zeroes keeps to the server's maximum block size like a write (a server
+        // may refuse a longer one), a trim only to a u32 length under INT_MAX (the spec exempts it).
+        var maxZeroes = BlockLimits.PieceSize(maxTransfer, alignment);
+        var maxDiscard = BlockLimits.PieceSize(int.MaxValue, alignment);
+        Limits = new BlockLimits(alignment, 0, (int)BlockLimits.PieceSize(1 << (31 - int.LeadingZeroCount(maxTransfer)), alignment), maxZeroes, maxDiscard);
         Capabilities = new DriverCapabilities
         {
             CanZeroEfficiently = _info.Has(NbdTransmissionFlags.SendWriteZeroes),
