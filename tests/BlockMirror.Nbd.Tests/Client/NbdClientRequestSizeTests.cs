@@ -1,0 +1,70 @@
+using System.Collections.Concurrent;
+using BlockMirror.Block.Graph;
+using BlockMirror.Nbd.Client;
+using BlockMirror.Nbd.Protocol;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Nbd.Tests.Client;
+
+/// <summary>
+/// What goes on the wire for a server with a maximum block size: writes, reads and write-zeroes are cut to it
+/// and aligned to its minimum, a trim is sent whole (QEMU 7.2's client limits, which the NBD spec allows). A
+/// scripted server records every request and answers it.
+/// </summary>
+public sealed class NbdClientRequestSizeTests : IDisposable
+{
+    const int Maximum = 64 << 10;
+
+    readonly TempDirectory _dir = new("blockmirror-nbd-sizes-");
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public async Task Requests_keep_to_the_servers_maximum_except_trim()
+    {
+        var seen = new ConcurrentQueue<NbdRequest>();
+        await using var server = new FakeNbdServer(_dir.File("s.sock"), async s =>
+        {
+            await s.HandshakeAsync(4 << 20, FakeNbdSession.ExportInfo(4 << 20, FakeNbdSession.AllCommands), FakeNbdSession.BlockSizeInfo(512, 4096, Maximum));
+            while (true)
+            {
+                var request = await s.ReadRequestAsync();
+                if (request.Command == NbdCommand.Disconnect)
+                {
+                    return;
+                }
+
+                seen.Enqueue(request);
+                if (request.Command == NbdCommand.Read)
+                {
+                    await s.ChunkAsync(request.Cookie, NbdChunkType.OffsetHole, [.. NbdBytes.U64(request.Offset), .. NbdBytes.U32(request.Length)]);
+                }
+                else
+                {
+                    await s.SimpleReplyAsync(request.Cookie);
+                }
+            }
+        });
+        await using (var graph = new BlockGraph())
+        {
+            var node = await NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }), false, CancellationToken.None);
+            await node.WriteAsync(0, new byte[300 << 10]);
+            await node.ReadAsync(1 << 20, new byte[200 << 10]);
+            await node.WriteZeroesAsync(2 << 20, 1 << 20);
+            await node.DiscardAsync(1 << 20, 2 << 20);
+            // Unaligned: the node reads the partial blocks around it and writes whole ones.
+            await node.WriteAsync(3 << 20 | 100, new byte[1000]);
+        }
+
+        Assert.Empty(server.ScriptErrors);
+        var requests = seen.ToList();
+        Assert.All(requests, r => Assert.True(r.Offset % 512 == 0 && r.Length % 512 == 0, $"{r.Command} at {r.Offset} length {r.Length} is not aligned to 512"));
+        Assert.All(requests.Where(r => r.Command != NbdCommand.Trim), r => Assert.True(r.Length <= Maximum, $"{r.Command} of {r.Length} bytes"));
+        Assert.Equal(300L << 10, requests.Where(r => r.Command == NbdCommand.Write && r.Offset < 1 << 20).Sum(r => r.Length));
+        Assert.Equal(200L << 10, requests.Where(r => r.Command == NbdCommand.Read && r.Offset < 2 << 20).Sum(r => r.Length));
+        Assert.Equal(1L << 20, requests.Where(r => r.Command == NbdCommand.WriteZeroes).Sum(r => r.Length));
+        var trim = Assert.Single(requests, r => r.Command == NbdCommand.Trim);
+        Assert.Equal((1UL << 20, 2u << 20), (trim.Offset, trim.Length));
+        Assert.Contains(requests, r => r.Command == NbdCommand.Write && r.Offset == 3 << 20 && r.Length == 1536);
+    }
+}
