@@ -202,10 +202,21 @@ public sealed class NbdClientDriver : IBlockDriver
         Check(reply, BlockOperation.BlockStatus, offset, asked);
         var (extentLength, state) = reply.Extent!.Value;
         var covered = Math.Min(extentLength, asked);
-        if (covered < asked)
+        if (covered < asked && covered % Limits.RequestAlignment != 0)
         {
-            // Keep to the server's alignment; a shorter extent from a server without one is taken as it is.
-            covered = Math.Max(covered / Limits.RequestAlignment * Limits.RequestAlignment, Math.Min(asked, Limits.RequestAlignment));
+            // An extent that ends inside a block breaks the protocol, but servers send them (a hole past the end
+            // of a file whose length is not a multiple of 512). Cut it back to whole blocks; if it is shorter than
+            // one, that block is data: claiming zeroes for the rest of it could lose what is there (QEMU 7.2 does
+            // the same).
+            if (covered > Limits.RequestAlignment)
+            {
+                covered = covered / Limits.RequestAlignment * Limits.RequestAlignment;
+            }
+            else
+            {
+                covered = Math.Min(asked, Limits.RequestAlignment);
+                state = NbdAllocationState.None;
+            }
         }
 
         var flags = (state & NbdAllocationState.Zero) != 0 ? BlockStatusFlags.Zero : BlockStatusFlags.None;
