@@ -7,11 +7,12 @@ using BlockMirror.TestKit;
 namespace BlockMirror.Nbd.Tests.Client;
 
 /// <summary>
-/// What goes on the wire for a server with a maximum block size: writes, reads and write-zeroes are cut to it
-/// and aligned to its minimum, a trim is sent whole (QEMU 7.2's client limits, which the NBD spec allows). A
-/// scripted server records every request and answers it.
+/// A server's block sizes, both ways. What goes on the wire: writes, reads and write-zeroes are cut to its
+/// maximum and aligned to its minimum, a trim is sent whole (QEMU 7.2's client limits, which the NBD spec
+/// allows). What comes back: block status that ends inside a block is cut back to whole blocks, or read as data.
+/// A scripted server records every request and answers it.
 /// </summary>
-public sealed class NbdClientRequestSizeTests : IDisposable
+public sealed class NbdClientBlockSizeTests : IDisposable
 {
     const int Maximum = 64 << 10;
 
@@ -66,5 +67,29 @@ public sealed class NbdClientRequestSizeTests : IDisposable
         var trim = Assert.Single(requests, r => r.Command == NbdCommand.Trim);
         Assert.Equal((1UL << 20, 2u << 20), (trim.Offset, trim.Length));
         Assert.Contains(requests, r => r.Command == NbdCommand.Write && r.Offset == 3 << 20 && r.Length == 1536);
+    }
+
+    [Theory]
+    [InlineData(100u, false, 512L)]
+    [InlineData(700u, true, 512L)]
+    [InlineData(1024u, true, 1024L)]
+    public async Task Block_status_that_ends_inside_a_block_is_cut_back_or_read_as_data(uint extent, bool zero, long length)
+    {
+        await using var server = new FakeNbdServer(_dir.File("b.sock"), async s =>
+        {
+            await s.HandshakeAsync(1 << 20, FakeNbdSession.ExportInfo(1 << 20, FakeNbdSession.AllCommands), FakeNbdSession.BlockSizeInfo(512, 4096, Maximum));
+            var request = await s.ReadRequestAsync();
+            Assert.Equal(NbdCommand.BlockStatus, request.Command);
+            await s.ChunkAsync(request.Cookie, NbdChunkType.BlockStatus,
+                [.. NbdBytes.U32(FakeNbdSession.ContextId), .. NbdBytes.U32(extent), .. NbdBytes.U32((uint)(NbdAllocationState.Hole | NbdAllocationState.Zero))]);
+            await s.ReadRequestAsync();
+        });
+        await using var graph = new BlockGraph();
+        var node = await NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }), false, CancellationToken.None);
+
+        var status = await node.GetBlockStatusAsync(0, 4096);
+
+        Assert.Equal((zero, !zero, length), (status.IsZero, status.IsData, status.Length));
+        Assert.Empty(server.ScriptErrors);
     }
 }
