@@ -92,4 +92,21 @@ public sealed class NbdClientBlockSizeTests : IDisposable
         Assert.Equal((zero, !zero, length), (status.IsZero, status.IsData, status.Length));
         Assert.Empty(server.ScriptErrors);
     }
+
+    /// <summary>Block sizes QEMU 7.2's client accepts open here too: a small preferred size, a maximum that is no multiple of the minimum.</summary>
+    [Fact]
+    public async Task Block_sizes_qemu_accepts_are_accepted()
+    {
+        await using var server = new FakeNbdServer(_dir.File("q.sock"), async s =>
+        {
+            await s.HandshakeAsync(1 << 20, FakeNbdSession.ExportInfo(1 << 20, FakeNbdSession.AllCommands), FakeNbdSession.BlockSizeInfo(512, 512, 100_000));
+            await s.ReadRequestAsync();
+        });
+        await using var graph = new BlockGraph();
+
+        var node = await NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }), false, CancellationToken.None);
+
+        Assert.Equal((512, 65536), (node.Driver.Limits.RequestAlignment, node.Driver.Limits.MaxTransfer));
+        Assert.Empty(server.ScriptErrors);
+    }
 }
