@@ -34,6 +34,9 @@ public sealed record NbdServerAddress
 
     public bool IsUnix => UnixPath is not null;
 
+    /// <summary>Socket send buffer: room for a whole 1 MiB write and its neighbours.</summary>
+    const int SendBuffer = 4 << 20;
+
     /// <summary>The address as QEMU's messages show it: the path, or <c>host:port</c>.</summary>
     public override string ToString() => UnixPath ?? $"{Host}:{Port}";
 
@@ -45,16 +48,14 @@ public sealed record NbdServerAddress
             var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {
+                socket.SendBufferSize = SendBuffer;
                 await socket.ConnectAsync(new UnixDomainSocketEndPoint(Abstract ? "\0" + UnixPath : UnixPath), cancellationToken).ConfigureAwait(false);
                 return new NetworkStream(socket, ownsSocket: true);
             }
             catch (SocketException ex)
             {
                 socket.Dispose();
-                // .NET reports a missing socket file (ENOENT) as EADDRNOTAVAIL; QEMU says what the kernel said.
-                throw ex.SocketErrorCode == SocketError.AddressNotAvailable && !Abstract && !File.Exists(UnixPath)
-                    ? Failed((int)BlockErrno.ENOENT, ex)
-                    : Failed(ex);
+                throw Failed(ex);
             }
             catch
             {
@@ -123,9 +124,15 @@ public sealed record NbdServerAddress
             : Failed(last);
     }
 
-    BlockOpenException Failed(SocketException ex) =>
-        Failed(ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO, ex);
+    BlockOpenException Failed(SocketException ex)
+    {
+        var errno = ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO;
+        if (IsUnix && ex.SocketErrorCode == SocketError.AddressNotAvailable)
+        {
+            // .NET reports connect(2)'s ENOENT on a Unix socket path as "address not available".
+            errno = (int)BlockErrno.ENOENT;
+        }
 
-    BlockOpenException Failed(int errno, SocketException ex) =>
-        new($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
+        return new BlockOpenException($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
+    }
 }
