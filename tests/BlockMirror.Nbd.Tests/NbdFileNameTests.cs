@@ -155,15 +155,6 @@ public sealed class NbdFileNameTests
     public void Where_qemu_crashes_or_cannot_name_it_the_name_is_refused(string name) =>
         Assert.Equal("No valid URL specified", Assert.Throws<BlockOpenException>(() => NbdFileName.Parse(name)).Message);
 
-    [Theory]
-    [InlineData("nbd:unix:/tmp/s.sock:exportname=disk", "nbd+unix:///disk?socket=/tmp/s.sock")]
-    [InlineData("nbd+unix://?socket=/tmp/s.sock", "nbd+unix://?socket=/tmp/s.sock")]
-    [InlineData("nbd+tcp://127.0.0.1:10999/disk", "nbd://127.0.0.1:10999/disk")]
-    [InlineData("nbd://h", "nbd://h:10809")]
-    [InlineData("nbd:[::1]:10999:exportname=a b", "nbd://::1:10999/a b")]
-    public void A_node_is_named_as_qemu_names_it(string name, string described) =>
-        Assert.Equal(described, NbdFileName.Describe(NbdFileName.Parse(name)));
-
     /// <summary>
     /// The refusals side by side with qemu-img 7.2: it says <c>Could not open 'NAME': REASON</c>, and REASON
     /// must be ours. None of these names reaches a server.

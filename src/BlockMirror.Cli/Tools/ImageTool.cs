@@ -8,8 +8,12 @@ namespace BlockMirror.Cli.Tools;
 /// <summary>What the qemu-img-like commands share: opening an image by name, naming its backing files, warnings.</summary>
 static class ImageTool
 {
-    /// <summary>The format to open <paramref name="path"/> with: the one given, else what its content says (qemu-img probes, it does not look at the extension).</summary>
-    public static string FormatOf(string path, string? format) => format ?? ImageFiles.Probe(path);
+    /// <summary>
+    /// The format to open <paramref name="path"/> with: the one given, else what its content says (qemu-img
+    /// probes, it does not look at the extension). Null for an image that is not a local file (an NBD
+    /// export): it is probed through its node when it opens.
+    /// </summary>
+    public static string? FormatOf(string path, string? format) => format ?? (ImageFiles.LocalFile(path) is { } file ? ImageFiles.Probe(file) : null);
 
     /// <summary>
     /// Opens an image read-only (or for writing) with its backing chain, or alone when
@@ -22,8 +26,42 @@ static class ImageTool
     {
         var options = new ImageOpenOptions(path, FormatOf(path, format), ReadOnly: readOnly,
             Qcow2: withBacking ? null : new Qcow2Options { Backing = Qcow2BackingMode.None }, ForceShare: forceShare);
-        return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+        return await OpenAsync(graph, options, cancellationToken);
     }
+
+    /// <summary>
+    /// Opens an image by name for a command. An image that is not a local file (<c>nbd://...</c>) is opened
+    /// in two steps, so that what its protocol refuses (a bad URI, an unknown prefix, a server that does not
+    /// answer) is said as qemu-img says it, <c>Could not open 'NAME': REASON</c>; what its format refuses is
+    /// worded by the format, as for a file.
+    /// </summary>
+    public static async Task<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken)
+    {
+        if (ImageFiles.LocalFile(options.Path) is not null)
+        {
+            return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+        }
+
+        BlockNode protocol;
+        try
+        {
+            protocol = await ImageFiles.OpenProtocolAsync(graph, options, cancellationToken);
+        }
+        catch (BlockOpenException ex)
+        {
+            throw new BlockOpenException($"Could not open '{options.Path}': {ex.Message}", ex.Errno, ex);
+        }
+
+        return await ImageFiles.OpenOverAsync(graph, options, protocol, cancellationToken);
+    }
+
+    /// <summary>
+    /// The name qemu-img shows for an image opened as <paramref name="path"/>: the name as given for a file;
+    /// for another protocol's image the name its node has (an NBD export's: <c>nbd://HOST:PORT/EXPORT</c> or
+    /// <c>nbd+unix:///EXPORT?socket=PATH</c>, whichever form was given).
+    /// </summary>
+    public static string DisplayName(string path, BlockNode image) =>
+        ImageFiles.LocalFile(path) is null && image.File?.Node.Driver.FileName is { } name ? name : path;
 
     /// <summary>qemu-img's <c>-U</c> for the read-only commands.</summary>
     public static Option<bool> ForceShareOption() =>

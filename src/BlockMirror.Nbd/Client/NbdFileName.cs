@@ -54,9 +54,6 @@ public static class NbdFileName
     /// <summary>The protocol prefixes QEMU's three nbd drivers claim (<c>protocol_name</c>).</summary>
     public static IReadOnlyList<string> Protocols { get; } = ["nbd", "nbd+tcp", "nbd+unix"];
 
-    /// <summary>The port a URI without one means (the NBD protocol's registered port).</summary>
-    public const int DefaultPort = 10809;
-
     /// <summary>Parses a file name that starts with one of <see cref="Protocols"/>.</summary>
     /// <exception cref="BlockOpenException">The name is not one QEMU accepts; the message is QEMU's.</exception>
     public static NbdFileNameOptions Parse(string fileName) =>
@@ -66,17 +63,4 @@ public static class NbdFileName
 
     /// <summary>Writes the driver's options for <paramref name="fileName"/> (the registry's file-name hook).</summary>
     public static void WriteOptions(string fileName, Utf8JsonWriter writer) => Parse(fileName).WriteTo(writer);
-
-    /// <summary>
-    /// The name QEMU gives an nbd node (nbd_refresh_filename), which <c>qemu-img info</c> shows as the image:
-    /// <c>nbd+unix:///EXPORT?socket=PATH</c> or <c>nbd://HOST:PORT/EXPORT</c>, without the export part when
-    /// there is none. Nothing is escaped, as QEMU escapes nothing.
-    /// </summary>
-    public static string Describe(NbdFileNameOptions options) => (options.UnixPath, options.Export) switch
-    {
-        ({ } path, { } export) => $"nbd+unix:///{export}?socket={path}",
-        ({ } path, null) => $"nbd+unix://?socket={path}",
-        (null, { } export) => $"nbd://{options.Host}:{options.Port}/{export}",
-        (null, null) => $"nbd://{options.Host}:{options.Port}",
-    };
 }

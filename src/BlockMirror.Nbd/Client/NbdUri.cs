@@ -76,7 +76,7 @@ static class NbdUri
 
         // QEMU drops the first and last character of a decoded host that starts with '[' (an IPv6 literal).
         var host = server.StartsWith('[') ? server[1..Math.Max(1, server.Length - 1)] : server;
-        return new NbdFileNameOptions(null, host, (parts.Port == 0 ? NbdFileName.DefaultPort : parts.Port).ToString(System.Globalization.CultureInfo.InvariantCulture), export);
+        return new NbdFileNameOptions(null, host, (parts.Port == 0 ? NbdServerAddress.DefaultPort : parts.Port).ToString(System.Globalization.CultureInfo.InvariantCulture), export);
     }
 
     /// <summary>The pieces of a URI, raw (still percent-encoded); a missing piece is null, a missing port 0.</summary>
