@@ -56,12 +56,12 @@ static class ImageTool
     }
 
     /// <summary>
-    /// The name qemu-img shows for an image opened as <paramref name="path"/>: the name as given for a file;
-    /// for another protocol's image the name its node has (an NBD export's: <c>nbd://HOST:PORT/EXPORT</c> or
-    /// <c>nbd+unix:///EXPORT?socket=PATH</c>, whichever form was given).
+    /// The name qemu-img shows for an image opened as <paramref name="path"/>: a file's name as given (without
+    /// a <c>file:</c> prefix); for another protocol's image the name its node has (an NBD export's:
+    /// <c>nbd://HOST:PORT/EXPORT</c> or <c>nbd+unix:///EXPORT?socket=PATH</c>, whichever form was given).
     /// </summary>
     public static string DisplayName(string path, BlockNode image) =>
-        ImageFiles.LocalFile(path) is null && image.File?.Node.Driver.FileName is { } name ? name : path;
+        ImageFiles.LocalFile(path) ?? image.File?.Node.Driver.FileName ?? path;
 
     /// <summary>qemu-img's <c>-U</c> for the read-only commands.</summary>
     public static Option<bool> ForceShareOption() =>
