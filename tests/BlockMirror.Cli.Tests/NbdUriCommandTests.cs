@@ -71,6 +71,32 @@ public sealed class NbdUriCommandTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// A backing file named by an NBD URI in a local overlay's header is opened through its export; an image
+    /// on an export whose backing name is relative has no directory for it (QEMU: "Cannot generate a base
+    /// directory for NBD nodes", and info says it cannot determine the path).
+    /// </summary>
+    [SkippableFact]
+    public async Task Backing_files_over_nbd_read_as_qemu_img_reads_them()
+    {
+        var dir = _dir.Path;
+        var basePath = await ImageRecipes.Qcow2Async(dir, "base.qcow2", "4M", [], ["write -P 0x11 0 64k"]);
+        var relative = await ImageRecipes.Qcow2Async(dir, "relative.qcow2", null, ["-b", "base.qcow2", "-F", "qcow2"], ["write -P 0x22 1M 64k"]);
+        await using var baseExport = await QemuNbdExport.StartAsync(basePath, "base");
+        await using var relativeExport = await QemuNbdExport.StartAsync(relative, "relative");
+        var overlay = await ImageRecipes.Qcow2Async(dir, "overlay.qcow2", "4M", ["-u", "-b", baseExport.Uri, "-F", "qcow2"], []);
+        await ImageRecipes.QemuIoAsync(overlay, "qcow2", ["write -P 0x33 2M 64k"]);
+
+        foreach (var arguments in new string[][]
+        {
+            ["info", "--backing-chain", overlay], ["info", "--backing-chain", "--output=json", overlay], ["map", overlay], ["map", "--output=json", overlay],
+            ["info", relativeExport.Uri], ["info", "--output=json", relativeExport.Uri], ["map", relativeExport.Uri],
+        })
+        {
+            await AssertSameAsync("base.qcow2 over qemu-nbd; overlay.qcow2 backed by its URI; relative.qcow2 (backing 'base.qcow2') over qemu-nbd", arguments);
+        }
+    }
+
     /// <summary>Names QEMU refuses before it connects, refused in its words by each command.</summary>
     [SkippableFact]
     public async Task Refused_names_are_refused_as_qemu_img_refuses_them()

@@ -94,9 +94,22 @@ static class InfoCommand
             header is not null ? (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0 : file is null ? null : false,
             header,
             backing,
-            backing is null ? null : BackingPaths.Resolve(path, backing),
+            backing is null ? null : FullBackingName(path, backing),
             backing is null ? null : header!.BackingFormat,
             Qcow2Inspection.SnapshotsOf(node));
+    }
+
+    /// <summary>Where the backing file is; null when it cannot be said (a relative name in an NBD export's image), as qemu-img leaves it out.</summary>
+    static string? FullBackingName(string path, string backing)
+    {
+        try
+        {
+            return BackingPaths.Resolve(path, backing);
+        }
+        catch (BlockOpenException)
+        {
+            return null;
+        }
     }
 
     /// <summary>The fields in QAPI's ImageInfo order; <see cref="QemuJson"/> prints them in QEMU's order.</summary>
@@ -124,7 +137,11 @@ static class InfoCommand
         if (r.BackingFilename is { } backing)
         {
             json.Add("backing-filename", backing);
-            json.Add("full-backing-filename", r.FullBackingFilename!);
+            if (r.FullBackingFilename is { } full)
+            {
+                json.Add("full-backing-filename", full);
+            }
+
             if (r.BackingFormat is { } backingFormat)
             {
                 json.Add("backing-filename-format", backingFormat);
@@ -198,7 +215,11 @@ static class InfoCommand
         if (r.BackingFilename is { } backing)
         {
             text.Append($"backing file: {backing}");
-            if (r.FullBackingFilename != backing)
+            if (r.FullBackingFilename is null)
+            {
+                text.Append(" (cannot determine actual path)");
+            }
+            else if (r.FullBackingFilename != backing)
             {
                 text.Append($" (actual path: {r.FullBackingFilename})");
             }

@@ -30,10 +30,10 @@ static class ImageTool
     }
 
     /// <summary>
-    /// Opens an image by name for a command. An image that is not a local file (<c>nbd://...</c>) is opened
-    /// in two steps, so that what its protocol refuses (a bad URI, an unknown prefix, a server that does not
-    /// answer) is said as qemu-img says it, <c>Could not open 'NAME': REASON</c>; what its format refuses is
-    /// worded by the format, as for a file.
+    /// Opens an image by name for a command. An image that is not a local file (<c>nbd://...</c>) gets
+    /// qemu-img's words for every refusal, <c>Could not open 'NAME': REASON</c>: a bad URI, an unknown prefix,
+    /// a server that does not answer, a format or backing file that cannot be opened. (A file's refusals are
+    /// worded where they arise, as file-posix and qcow2 word them.)
     /// </summary>
     public static async Task<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken)
     {
@@ -42,17 +42,15 @@ static class ImageTool
             return await ImageFiles.OpenAsync(graph, options, cancellationToken);
         }
 
-        BlockNode protocol;
+        var prefix = $"Could not open '{options.Path}': ";
         try
         {
-            protocol = await ImageFiles.OpenProtocolAsync(graph, options, cancellationToken);
+            return await ImageFiles.OpenAsync(graph, options, cancellationToken);
         }
-        catch (BlockOpenException ex)
+        catch (BlockOpenException ex) when (!ex.Message.StartsWith(prefix, StringComparison.Ordinal))
         {
-            throw new BlockOpenException($"Could not open '{options.Path}': {ex.Message}", ex.Errno, ex);
+            throw new BlockOpenException(prefix + ex.Message, ex.Errno, ex);
         }
-
-        return await ImageFiles.OpenOverAsync(graph, options, protocol, cancellationToken);
     }
 
     /// <summary>
