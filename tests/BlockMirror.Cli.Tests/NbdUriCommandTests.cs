@@ -108,6 +108,35 @@ public sealed class NbdUriCommandTests : IDisposable
         await Task.WhenAll(names.Take(3).SelectMany(name => new[] { AssertSameAsync(name, "map", name), AssertSameAsync(name, "compare", name, local) }));
     }
 
+    /// <summary>
+    /// create takes local files only: an unknown prefix is qemu-img's refusal, and an export is not formatted
+    /// (qemu-img would clear its first sector or write a qcow2 over it; pinned difference). Nothing appears.
+    /// </summary>
+    [SkippableFact]
+    public async Task Create_refuses_names_that_are_not_local_files_and_makes_nothing()
+    {
+        var work = Directory.CreateDirectory(Path.Combine(_dir.Path, "work")).FullName;
+        var qemu = await ExternalTool.RunAsync("qemu-img", ["create", "-f", "raw", "foo:bar", "1M"], workingDirectory: work);
+        var ours = await BlockMirrorCli.RunAsync(["create", "-f", "raw", "foo:bar", "1M"], work);
+        Assert.Equal((1, "qemu-img: foo:bar: Unknown protocol 'foo'\n"), (qemu.ExitCode, qemu.StandardError));
+        Assert.Equal((1, "blockmirror create: foo:bar: Unknown protocol 'foo'\n"), (ours.ExitCode, ours.StandardError));
+
+        var target = Path.Combine(_dir.Path, "target.raw");
+        await QemuImages.CreateAsync(target, "1M", "write -P 0x77 0 1M");
+        await using (var export = await QemuNbdExport.StartAsync(target, "disk"))
+        {
+            foreach (var name in new[] { export.Uri, "nbd:foo", "nbd://h:99999/x" })
+            {
+                var refused = await BlockMirrorCli.RunAsync(["create", "-f", "qcow2", name, "1M"], work);
+                Assert.Equal(1, refused.ExitCode);
+                SideBySide.AssertOneErrorLine(refused, "create", name);
+            }
+        }
+
+        Assert.Empty(Directory.EnumerateFileSystemEntries(work));
+        Assert.Equal(Enumerable.Repeat((byte)0x77, 1 << 20), await File.ReadAllBytesAsync(target));
+    }
+
     [SkippableTheory]
     [InlineData(false)]
     [InlineData(true)]
