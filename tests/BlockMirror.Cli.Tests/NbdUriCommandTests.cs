@@ -58,6 +58,20 @@ public sealed class NbdUriCommandTests : IDisposable
         await AssertSameAsync(recipe, "compare", unix.Uri, tcp.Uri);
     }
 
+    /// <summary>A URI without an export asks for the default one (""), and the image is named without one.</summary>
+    [SkippableFact]
+    public async Task The_default_export_is_opened_and_named_as_qemu_img_names_it()
+    {
+        var path = await ImageRecipes.BuildAsync("raw", _dir);
+        await using var unix = await QemuNbdExport.StartAsync(path, "");
+        await using var tcp = await QemuNbdExport.StartAsync(path, "", tcp: true);
+        await Task.WhenAll(new[]
+        {
+            $"nbd+unix://?socket={unix.Socket}", $"nbd+unix:///?socket={unix.Socket}", $"nbd:unix:{unix.Socket}", $"nbd://127.0.0.1:{tcp.Port}",
+            $"nbd://127.0.0.1:{tcp.Port}/", $"nbd:127.0.0.1:{tcp.Port}",
+        }.Select(name => AssertSameAsync("the raw recipe, qemu-nbd's default export", "info", name)));
+    }
+
     [SkippableFact]
     public async Task Info_map_and_compare_on_daemon_exports_print_what_qemu_img_prints()
     {
@@ -103,7 +117,8 @@ public sealed class NbdUriCommandTests : IDisposable
     {
         var local = await ImageRecipes.BuildAsync("raw", _dir);
         // The parser's refusals are all checked against qemu-img in the NBD tests; here, how each command says them.
-        string[] names = ["nbds://127.0.0.1/disk", "nbd://h:99999/disk", "foo:bar", "nbds+unix:///disk?socket=/tmp/x.sock", "nbd+vsock://1/disk", "nbd:", "nbd:foo"];
+        string[] names = ["nbds://127.0.0.1/disk", "nbd://h:99999/disk", "foo:bar", "nbds+unix:///disk?socket=/tmp/x.sock", "nbd+vsock://1/disk", "nbd:", "nbd:foo",
+            "nbd+unix:///disk?socket=/tmp/blockmirror-nobody.sock"];
         await Task.WhenAll(names.Select(name => AssertSameAsync(name, "info", name)));
         await Task.WhenAll(names.Take(3).SelectMany(name => new[] { AssertSameAsync(name, "map", name), AssertSameAsync(name, "compare", name, local) }));
     }
@@ -197,7 +212,7 @@ public sealed class NbdUriCommandTests : IDisposable
         var uri = $"nbd+unix:///disk?socket={work}/nobody.sock";
         var result = await BlockMirrorCli.RunAsync(["mirror", source, uri], work);
         Assert.Equal(1, result.ExitCode);
-        SideBySide.AssertOneErrorLine(result, "mirror", $"Could not open '{uri}': Failed to connect to '{work}/nobody.sock': ");
+        SideBySide.AssertOneErrorLine(result, "mirror", $"Could not open '{uri}': Failed to connect to '{work}/nobody.sock': No such file or directory");
         Assert.Empty(Directory.EnumerateFileSystemEntries(work));
     }
 }

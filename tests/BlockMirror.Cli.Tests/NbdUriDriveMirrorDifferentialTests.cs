@@ -109,6 +109,9 @@ public sealed class NbdUriDriveMirrorDifferentialTests : IDisposable
         { "nbd:foo", """{"mode":"existing"}""", "" },
         { "foo:bar", """{"format":"raw"}""", "" },
         { "EXPORT", """{"format":"raw"}""", "2M" },
+        // Nobody serves it: "Protocol driver 'nbd' does not support image creation, and opening the image failed: ..." with absolute-paths.
+        { "nbd+unix:///disk?socket=/tmp/blockmirror-nobody.sock", """{"format":"raw"}""", "" },
+        { "nbd+unix:///disk?socket=/tmp/blockmirror-nobody.sock", """{"mode":"existing"}""", "" },
     };
 
     [SkippableTheory]

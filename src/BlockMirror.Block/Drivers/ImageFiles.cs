@@ -89,7 +89,10 @@ public static class ImageFiles
         var protocol = DriverRegistry.FindProtocol(options.Path) ?? FileDeclaration.Driver;
         if (options.Format is null && protocol != FileDeclaration.Driver)
         {
-            return await OpenProbingAsync(graph, options, protocol, chain, cancellationToken).ConfigureAwait(false);
+            // An export's format is read through its own node (QEMU's find_image_format), which the format
+            // node then opens over: one connection serves both, as in QEMU (a server may take one client only).
+            var node = await OpenProtocolAsync(graph, options, protocol, cancellationToken).ConfigureAwait(false);
+            return await OpenOverAsync(graph, options, node, chain, cancellationToken).ConfigureAwait(false);
         }
 
         var probed = options.Format is null;
@@ -99,18 +102,6 @@ public static class ImageFiles
         // The same options blockdev-add would take for this image, read by the same registry.
         using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format, writer => WriteInlineFile(writer, options, protocol)));
         return await OpenFormatAsync(graph, options, blockdev, probed, chain, cancellationToken).ConfigureAwait(false);
-    }
-
-    /// <summary>
-    /// An image of another protocol (an NBD export) opened without a format: its node opens first and its
-    /// first bytes are read through it (QEMU's find_image_format), then the format node opens over it. One
-    /// connection serves both, as in QEMU: a server may take one client only.
-    /// </summary>
-    static async ValueTask<BlockNode> OpenProbingAsync(BlockGraph graph, ImageOpenOptions options, DriverDeclaration protocol, IReadOnlyList<string> chain,
-        CancellationToken cancellationToken)
-    {
-        var node = await OpenProtocolAsync(graph, options, protocol, cancellationToken).ConfigureAwait(false);
-        return await OpenOverAsync(graph, options, node, chain, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
