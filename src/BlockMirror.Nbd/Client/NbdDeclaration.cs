@@ -12,7 +12,12 @@ namespace BlockMirror.Nbd.Client;
 /// </summary>
 public static class NbdDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read);
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read)
+    {
+        // nbd://, nbd+tcp://, nbd+unix:// and nbd:... file names (QEMU's three nbd protocol names).
+        Protocols = NbdFileName.Protocols,
+        ParseFileName = NbdFileName.WriteOptions,
+    };
 
     static NodeOpener Read(NodeOptions node)
     {
