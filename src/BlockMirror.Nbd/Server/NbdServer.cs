@@ -4,6 +4,7 @@ using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Net.Listening;
+using BlockMirror.Net.Tls;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -30,6 +31,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Where the server listens, once started (the port is the real one when 0 was asked for).</summary>
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 
+    /// <summary>The credentials clients must start TLS with, or null when the server speaks plain NBD.</summary>
+    public TlsCredentials? Tls { get; private set; }
+
     public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Id, StringComparer.Ordinal);
 
     /// <summary>
@@ -37,8 +41,18 @@ public sealed class NbdServer : IAsyncDisposable
     /// they wait in the listen backlog, as qemu-storage-daemon's do while it applies its command line).
     /// A Unix socket path must not exist yet.
     /// </summary>
-    public void Start(EndPoint endPoint, Task? acceptAfter = null)
+    /// <remarks>
+    /// With <paramref name="tls"/> (server credentials), clients must start TLS (NBD_OPT_STARTTLS) before any
+    /// other option, and the rest of the connection runs over the session.
+    /// </remarks>
+    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null)
     {
+        if (tls is { Endpoint: not TlsEndpoint.Server })
+        {
+            throw new ArgumentException("Expected TLS credentials for a server endpoint", nameof(tls));
+        }
+
+        Tls = tls;
         if (_listener is not null)
         {
             throw new InvalidOperationException("NBD server already running");
