@@ -20,6 +20,8 @@ static class Program
         // the blocking calls that still run on pool threads: fallocate, lseek, opening images.)
         ThreadPool.GetMinThreads(out var workers, out var completionPorts);
         ThreadPool.SetMinThreads(Math.Max(workers, IoThreads), completionPorts);
+        // The NBD client driver lives above the block layer (beside the NBD server); every command opens nodes.
+        BlockMirror.Nbd.Client.NbdDrivers.Register();
         var root = new RootCommand("BlockMirror: live disk-image mirroring (qemu-storage-daemon compatible)");
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(MirrorCommand.Create());

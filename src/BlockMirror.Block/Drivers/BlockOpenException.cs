@@ -12,6 +12,12 @@ public sealed class BlockOpenException(string message, BlockErrno errno = BlockE
     public BlockErrno Errno { get; } = errno;
 
     /// <summary>
+    /// More for a person at a terminal (QEMU's error_append_hint: what a server said, what to try). The command
+    /// line prints it on the lines after the error; QMP leaves it out, as QEMU's monitor does.
+    /// </summary>
+    public string? Hint { get; init; }
+
+    /// <summary>
     /// <c>Could not create 'PATH': REASON</c>, QEMU's words, for a file that could not be created: the reason
     /// is the C library's text for the errno .NET's exception stands for, not .NET's own sentence ("Could not
     /// find a part of the path ...", which also names the path a second time).

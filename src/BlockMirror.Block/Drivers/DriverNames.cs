@@ -12,6 +12,9 @@ public static class DriverNames
     public const string NullCo = "null-co";
     public const string Blkdebug = "blkdebug";
 
+    /// <summary>The NBD client: an export of an NBD server as a protocol node.</summary>
+    public const string Nbd = "nbd";
+
     /// <summary>RAM-backed nodes for tests and warm-up runs; not a QEMU driver, so blockdev-add does not offer it.</summary>
     public const string Memory = "memory";
 }

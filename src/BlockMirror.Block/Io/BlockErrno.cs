@@ -56,6 +56,9 @@ public static class BlockErrnoText
         _ => $"Unknown error {(int)errno}",
     };
 
+    /// <summary>The C library's text for any errno value, also one <see cref="BlockErrno"/> does not name.</summary>
+    public static string DescribeErrno(int errno) => Interop.LibC.Describe(errno);
+
     /// <summary>Maps a raw errno from a system call; unknown values become EIO.</summary>
     public static BlockErrno FromErrno(int errno) =>
         Enum.IsDefined(typeof(BlockErrno), errno) ? (BlockErrno)errno : BlockErrno.EIO;

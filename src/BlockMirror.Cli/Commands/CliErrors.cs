@@ -67,7 +67,9 @@ static class CliErrors
     /// <summary>The second line qemu-img prints under some errors, e.g. who may hold an image's lock.</summary>
     static async Task WriteHintAsync(Exception ex)
     {
-        if ((ex as BlockGraphException ?? ex.InnerException as BlockGraphException) is { Hint: { } hint })
+        var hint = (ex as BlockGraphException ?? ex.InnerException as BlockGraphException)?.Hint
+            ?? (ex as BlockOpenException ?? ex.InnerException as BlockOpenException)?.Hint;
+        if (hint is not null)
         {
             await Console.Error.WriteLineAsync(hint);
         }

@@ -9,6 +9,22 @@ public readonly record struct NbdRequest(NbdCommandFlags Flags, NbdCommand Comma
 /// <summary>The header of one option request of the handshake.</summary>
 public readonly record struct NbdOptionHeader(ulong Magic, NbdOption Option, uint Length);
 
+/// <summary>The header of one option reply: <see cref="Length"/> bytes of data follow.</summary>
+public readonly record struct NbdOptionReplyHeader(ulong Magic, NbdOption Option, NbdOptionReply Reply, uint Length)
+{
+    /// <summary>Error replies have bit 31 set (proto.md); their data is a message for a person.</summary>
+    public bool IsError => ((uint)Reply & 0x80000000) != 0;
+}
+
+/// <summary>
+/// The fixed part of a transmission reply, simple or structured: which request (<see cref="Cookie"/>), and
+/// for a simple reply its error, for a chunk its type, flags and payload length.
+/// </summary>
+public readonly record struct NbdReplyHeader(uint Magic, NbdError Error, ulong Cookie, NbdChunkFlags Flags, NbdChunkType Type, uint Length)
+{
+    public bool IsStructured => Magic == NbdMagic.StructuredReply;
+}
+
 /// <summary>
 /// Encoding and decoding of the fixed-size parts of the protocol (doc/proto.md), big-endian throughout.
 /// Variable parts (names, payloads) are read by the connection once the header says how long they are.
@@ -87,17 +103,62 @@ public static class NbdWire
     }
 
     /// <summary>Writes a request (for clients and tests).</summary>
-    public static void WriteRequest(IBufferWriter<byte> writer, in NbdRequest request)
+    public static void WriteRequest(IBufferWriter<byte> writer, in NbdRequest request) =>
+        writer.Advance(WriteRequest(writer.GetSpan(RequestSize), request));
+
+    /// <summary>Writes a request at the start of <paramref name="span"/>; returns its size.</summary>
+    public static int WriteRequest(Span<byte> span, in NbdRequest request)
     {
-        var span = writer.GetSpan(RequestSize);
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdMagic.Request);
         BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)request.Flags);
         BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)request.Command);
         BinaryPrimitives.WriteUInt64BigEndian(span[8..], request.Cookie);
         BinaryPrimitives.WriteUInt64BigEndian(span[16..], request.Offset);
         BinaryPrimitives.WriteUInt32BigEndian(span[24..], request.Length);
-        writer.Advance(RequestSize);
+        return RequestSize;
     }
+
+    /// <summary>Writes an option request header (the client's side); <paramref name="length"/> bytes of data must follow.</summary>
+    public static void WriteOptionHeader(IBufferWriter<byte> writer, NbdOption option, uint length)
+    {
+        var span = writer.GetSpan(OptionHeaderSize);
+        BinaryPrimitives.WriteUInt64BigEndian(span, NbdMagic.Option);
+        BinaryPrimitives.WriteUInt32BigEndian(span[8..], (uint)option);
+        BinaryPrimitives.WriteUInt32BigEndian(span[12..], length);
+        writer.Advance(OptionHeaderSize);
+    }
+
+    /// <summary>Reads an option reply header (the client's side) from <paramref name="bytes"/>, which holds <see cref="OptionReplyHeaderSize"/> bytes.</summary>
+    public static NbdOptionReplyHeader ReadOptionReplyHeader(ReadOnlySpan<byte> bytes) => new(
+        BinaryPrimitives.ReadUInt64BigEndian(bytes),
+        (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(bytes[8..]),
+        (NbdOptionReply)BinaryPrimitives.ReadUInt32BigEndian(bytes[12..]),
+        BinaryPrimitives.ReadUInt32BigEndian(bytes[16..]));
+
+    /// <summary>
+    /// Reads the start of a transmission reply (the client's side). A simple reply is
+    /// <see cref="SimpleReplySize"/> bytes, a chunk header <see cref="ChunkHeaderSize"/>: the caller reads the
+    /// first 16, calls this, and for a structured reply (<paramref name="more"/> = 4) reads the payload length
+    /// with <see cref="ReadChunkLength"/>. A magic that is neither leaves the stream out of step.
+    /// </summary>
+    public static NbdReplyHeader ReadReplyStart(ReadOnlySpan<byte> bytes, out int more)
+    {
+        var magic = BinaryPrimitives.ReadUInt32BigEndian(bytes);
+        if (magic == NbdMagic.StructuredReply)
+        {
+            more = ChunkHeaderSize - SimpleReplySize;
+            return new NbdReplyHeader(magic, NbdError.None, BinaryPrimitives.ReadUInt64BigEndian(bytes[8..]),
+                (NbdChunkFlags)BinaryPrimitives.ReadUInt16BigEndian(bytes[4..]), (NbdChunkType)BinaryPrimitives.ReadUInt16BigEndian(bytes[6..]), 0);
+        }
+
+        more = 0;
+        return new NbdReplyHeader(magic, (NbdError)BinaryPrimitives.ReadUInt32BigEndian(bytes[4..]), BinaryPrimitives.ReadUInt64BigEndian(bytes[8..]),
+            NbdChunkFlags.Done, NbdChunkType.None, 0);
+    }
+
+    /// <summary>Completes a structured reply header with its payload length, the last 4 bytes of the chunk header.</summary>
+    public static NbdReplyHeader ReadChunkLength(in NbdReplyHeader start, ReadOnlySpan<byte> lengthBytes) =>
+        start with { Length = BinaryPrimitives.ReadUInt32BigEndian(lengthBytes) };
 
     /// <summary>Writes an option reply header; <paramref name="length"/> bytes of data must follow.</summary>
     public static void WriteOptionReplyHeader(IBufferWriter<byte> writer, NbdOption option, NbdOptionReply reply, uint length)

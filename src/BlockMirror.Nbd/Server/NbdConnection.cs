@@ -536,6 +536,3 @@ sealed class NbdConnection : IAsyncDisposable
         await _stream.DisposeAsync().ConfigureAwait(false);
     }
 }
-
-/// <summary>The client broke the protocol in a way that leaves the byte stream out of step: close the connection.</summary>
-sealed class NbdProtocolException(string message) : Exception(message);

@@ -19,6 +19,8 @@ public sealed partial class StorageDaemon : IAsyncDisposable
 
     public StorageDaemon(TimeProvider? time = null)
     {
+        // blockdev-add offers the NBD client (driver=nbd), which the block layer cannot name itself.
+        BlockMirror.Nbd.Client.NbdDrivers.Register();
         Jobs = new JobManager(time);
         Commands = new QmpCommandTable();
         AddBlockdevCommands();

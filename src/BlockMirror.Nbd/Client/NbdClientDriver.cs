@@ -1,0 +1,256 @@
+using System.Buffers;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+using BlockMirror.Nbd.Protocol;
+
+namespace BlockMirror.Nbd.Client;
+
+/// <summary>
+/// <c>nbd</c>: a protocol driver whose storage is an export of an NBD server, local or on another host (the
+/// target of a cross-host mirror). Requests become NBD commands on one connection, many in flight at once;
+/// block status comes from the server's <c>base:allocation</c>, so a mirror onto it stays sparse and
+/// zero detection works over the wire.
+/// </summary>
+public sealed class NbdClientDriver : IBlockDriver
+{
+    readonly string _nodeName;
+    readonly NbdClientOptions _options;
+    readonly NbdClientConnection _connection;
+    readonly NbdExportInfo _info;
+
+    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientConnection connection)
+    {
+        _nodeName = nodeName;
+        _options = options;
+        _connection = connection;
+        _info = connection.Info;
+        var maxTransfer = (int)Math.Min(_info.MaximumBlock, NbdClientHandshake.MaxBuffer);
+        var alignment = (int)_info.MinimumBlock;
+        // The largest zero or trim one request carries: a u32 length, aligned (QEMU keeps them under INT_MAX).
+        var maxZeroes = BlockLimits.PieceSize(int.MaxValue, alignment);
+        Limits = new BlockLimits(alignment, 0, (int)BlockLimits.PieceSize(1 << (31 - int.LeadingZeroCount(maxTransfer)), alignment), maxZeroes, maxZeroes);
+        Capabilities = new DriverCapabilities
+        {
+            CanZeroEfficiently = _info.Has(NbdTransmissionFlags.SendWriteZeroes),
+            CanUnmapOnZero = _info.Has(NbdTransmissionFlags.SendWriteZeroes),
+            CanDiscard = _info.Has(NbdTransmissionFlags.SendTrim),
+            CanFua = _info.Has(NbdTransmissionFlags.SendFua),
+        };
+    }
+
+    /// <summary>Connects (trying again until <see cref="NbdClientOptions.OpenTimeout"/> when the server is not there yet) and opens the node.</summary>
+    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, NbdClientOptions options, bool readOnly, CancellationToken cancellationToken) =>
+        graph.CreateNodeAsync(nodeName, readOnly, async (node, token) =>
+        {
+            var connection = await ConnectAsync(options, token).ConfigureAwait(false);
+            if (connection.Info.ReadOnly && !readOnly)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+                throw new BlockOpenException("NBD export is read-only", BlockErrno.EACCES);
+            }
+
+            return new NbdClientDriver(node.Name, options, connection);
+        }, cancellationToken);
+
+    /// <summary>One connection and handshake; with an open timeout, tries again while the server cannot be reached.</summary>
+    internal static async Task<NbdClientConnection> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
+    {
+        var deadline = DateTime.UtcNow + options.OpenTimeout;
+        while (true)
+        {
+            Stream stream;
+            try
+            {
+                stream = await options.Server.ConnectAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (BlockOpenException) when (DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(1000, (deadline - DateTime.UtcNow).TotalMilliseconds)), cancellationToken).ConfigureAwait(false);
+                continue;
+            }
+
+            try
+            {
+                return await NbdClientConnection.OpenAsync(stream, options.Export, options.UpgradeToTls, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException and not BlockOpenException)
+            {
+                await stream.DisposeAsync().ConfigureAwait(false);
+                throw new BlockOpenException($"Failed to read initial magic: {ex.Message}", BlockErrno.EIO, ex);
+            }
+            catch
+            {
+                await stream.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+        }
+    }
+
+    public string DriverName => DriverNames.Nbd;
+
+    public DriverKind Kind => DriverKind.Protocol;
+
+    public DriverCapabilities Capabilities { get; }
+
+    public BlockLimits Limits { get; }
+
+    public long Length => (long)_info.Size;
+
+    public string? FileName => _options.FileName;
+
+    /// <summary>What the handshake agreed, for tests and query commands.</summary>
+    public NbdExportInfo Export => _info;
+
+    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        Check(await SendAsync(NbdCommand.Read, NbdCommandFlags.None, offset, buffer.Length, buffer, default, cancellationToken).ConfigureAwait(false),
+            BlockOperation.Read, offset, buffer.Length);
+
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
+        Check(await SendAsync(NbdCommand.Write, Fua(flags), offset, buffer.Length, default, buffer, cancellationToken).ConfigureAwait(false),
+            BlockOperation.Write, offset, buffer.Length);
+
+    public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        if (!_info.Has(NbdTransmissionFlags.SendWriteZeroes))
+        {
+            if ((flags & RequestFlags.NoFallback) != 0)
+            {
+                throw Error(BlockErrno.ENOTSUP, BlockOperation.WriteZeroes, offset, length, "the NBD server does not take write-zeroes");
+            }
+
+            await WriteZeroBuffersAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        var wire = Fua(flags) | ((flags & RequestFlags.MayUnmap) == 0 ? NbdCommandFlags.NoHole : NbdCommandFlags.None);
+        if ((flags & RequestFlags.NoFallback) != 0)
+        {
+            if (!_info.Has(NbdTransmissionFlags.SendFastZero))
+            {
+                throw Error(BlockErrno.ENOTSUP, BlockOperation.WriteZeroes, offset, length, "the NBD server cannot promise fast zeroes");
+            }
+
+            wire |= NbdCommandFlags.FastZero;
+        }
+
+        Check(await SendAsync(NbdCommand.WriteZeroes, wire, offset, length, default, default, cancellationToken).ConfigureAwait(false),
+            BlockOperation.WriteZeroes, offset, length);
+    }
+
+    /// <summary>A server without write-zeroes gets zero buffers, one maximum transfer at a time.</summary>
+    async ValueTask WriteZeroBuffersAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        var size = (int)Math.Min(length, Limits.MaxTransfer);
+        var zeroes = ArrayPool<byte>.Shared.Rent(size);
+        try
+        {
+            Array.Clear(zeroes, 0, size);
+            for (var done = 0L; done < length;)
+            {
+                var piece = (int)Math.Min(size, length - done);
+                await WriteAsync(offset + done, zeroes.AsMemory(0, piece), flags & RequestFlags.Fua, cancellationToken).ConfigureAwait(false);
+                done += piece;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zeroes);
+        }
+    }
+
+    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        if (_info.Has(NbdTransmissionFlags.SendTrim))
+        {
+            Check(await SendAsync(NbdCommand.Trim, NbdCommandFlags.None, offset, length, default, default, cancellationToken).ConfigureAwait(false),
+                BlockOperation.Discard, offset, length);
+        }
+    }
+
+    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        if (_info.Has(NbdTransmissionFlags.SendFlush))
+        {
+            Check(await SendAsync(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, cancellationToken).ConfigureAwait(false),
+                BlockOperation.Flush, 0, 0);
+        }
+    }
+
+    /// <summary>
+    /// The server's <c>base:allocation</c> for one extent: a hole that reads as zeroes is Zero, anything else is
+    /// Data (a hole that may not read as zeroes must still be copied). Without the context everything is Data,
+    /// as QEMU answers.
+    /// </summary>
+    public async ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        length = Math.Min(length, Length - offset);
+        if (_info.AllocationContext is null)
+        {
+            return new BlockStatus(BlockStatusFlags.Data | BlockStatusFlags.OffsetValid, length, offset);
+        }
+
+        var asked = Math.Min(length, BlockLimits.PieceSize(uint.MaxValue, Limits.RequestAlignment));
+        var reply = await SendAsync(NbdCommand.BlockStatus, NbdCommandFlags.RequestOne, offset, asked, default, default, cancellationToken).ConfigureAwait(false);
+        Check(reply, BlockOperation.BlockStatus, offset, asked);
+        var (extentLength, state) = reply.Extent!.Value;
+        var covered = Math.Min(extentLength, asked);
+        if (covered < asked)
+        {
+            // Keep to the server's alignment; a shorter extent from a server without one is taken as it is.
+            covered = Math.Max(covered / Limits.RequestAlignment * Limits.RequestAlignment, Math.Min(asked, Limits.RequestAlignment));
+        }
+
+        var flags = (state & NbdAllocationState.Zero) != 0 ? BlockStatusFlags.Zero : BlockStatusFlags.None;
+        if ((state & NbdAllocationState.Hole) == 0 || flags == BlockStatusFlags.None)
+        {
+            flags |= BlockStatusFlags.Data;
+        }
+
+        return new BlockStatus(flags | BlockStatusFlags.OffsetValid, covered, offset);
+    }
+
+    public ValueTask TruncateAsync(long length, CancellationToken cancellationToken) =>
+        ValueTask.FromException(Error(BlockErrno.ENOTSUP, BlockOperation.Truncate, length, 0, "Cannot resize NBD nodes"));
+
+    /// <summary>One request on the connection; a lost connection fails it with EIO.</summary>
+    async ValueTask<NbdReplyResult> SendAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length,
+        Memory<byte> readBuffer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await _connection.RequestAsync(command, flags, offset, length, readBuffer, payload, cancellationToken).ConfigureAwait(false);
+        }
+        catch (NbdConnectionLostException ex)
+        {
+            throw Error(BlockErrno.EIO, Operation(command), offset, length, ex.Message, ex);
+        }
+    }
+
+    NbdCommandFlags Fua(RequestFlags flags) =>
+        (flags & RequestFlags.Fua) != 0 && _info.Has(NbdTransmissionFlags.SendFua) ? NbdCommandFlags.Fua : NbdCommandFlags.None;
+
+    void Check(NbdReplyResult reply, BlockOperation operation, long offset, long length)
+    {
+        if (reply.Error != NbdError.None)
+        {
+            var errno = NbdClientRequest.ToErrno(reply.Error);
+            throw Error(errno, operation, offset, length, reply.Message ?? errno.Describe());
+        }
+    }
+
+    BlockIOException Error(BlockErrno errno, BlockOperation operation, long offset, long length, string detail, Exception? inner = null) =>
+        BlockIOException.Create(errno, _nodeName, operation, offset, length, detail, inner);
+
+    static BlockOperation Operation(NbdCommand command) => command switch
+    {
+        NbdCommand.Read => BlockOperation.Read,
+        NbdCommand.Write => BlockOperation.Write,
+        NbdCommand.WriteZeroes => BlockOperation.WriteZeroes,
+        NbdCommand.Trim => BlockOperation.Discard,
+        NbdCommand.Flush => BlockOperation.Flush,
+        _ => BlockOperation.BlockStatus,
+    };
+
+    public ValueTask DisposeAsync() => _connection.DisposeAsync();
+}

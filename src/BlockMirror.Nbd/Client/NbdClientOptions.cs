@@ -1,0 +1,23 @@
+namespace BlockMirror.Nbd.Client;
+
+/// <summary>
+/// Options of the <c>nbd</c> driver, as QEMU 7.2's BlockdevOptionsNbd names them.
+/// </summary>
+/// <param name="Server">Where the server listens.</param>
+/// <param name="Export">The export's name (QEMU's default is the empty name).</param>
+/// <param name="UpgradeToTls">With <c>tls-creds</c>: wraps the connection in TLS after NBD_OPT_STARTTLS.</param>
+/// <param name="ReconnectDelay">After an unexpected disconnect, requests wait this long for a new connection before they fail (0: fail at once).</param>
+/// <param name="OpenTimeout">Opening keeps trying to connect for this long (0: one try).</param>
+public sealed record NbdClientOptions(
+    NbdServerAddress Server,
+    string Export = "",
+    Func<Stream, CancellationToken, ValueTask<Stream>>? UpgradeToTls = null,
+    TimeSpan ReconnectDelay = default,
+    TimeSpan OpenTimeout = default)
+{
+    /// <summary>The node's file name, as QEMU builds it (nbd_refresh_filename).</summary>
+    public string FileName =>
+        Server.IsUnix
+            ? $"nbd+unix:///{Export}?socket={Server.UnixPath}"
+            : Export.Length == 0 ? $"nbd://{Server.Host}:{Server.Port}" : $"nbd://{Server.Host}:{Server.Port}/{Export}";
+}

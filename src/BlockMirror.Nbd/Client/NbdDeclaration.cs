@@ -1,0 +1,87 @@
+using System.Net.Sockets;
+using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Registry;
+
+namespace BlockMirror.Nbd.Client;
+
+/// <summary>
+/// The <c>nbd</c> driver's declaration (QEMU 7.2's BlockdevOptionsNbd): <c>server</c> (a SocketAddress:
+/// unix or inet), <c>export</c>, <c>tls-creds</c>, <c>tls-hostname</c>, <c>reconnect-delay</c>,
+/// <c>open-timeout</c>. It lives beside the client; whoever composes the program adds it to the registry
+/// (<see cref="NbdDrivers.Register"/>).
+/// </summary>
+public static class NbdDeclaration
+{
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read);
+
+    static NodeOpener Read(NodeOptions node)
+    {
+        var options = node.Options;
+        var server = ReadServer(options.OptionalObject("server") ?? throw options.Invalid($"Parameter '{options.Prefix}server' is missing"));
+        var export = options.OptionalString("export") ?? "";
+        if (options.OptionalString("x-dirty-bitmap") is not null)
+        {
+            throw options.Invalid("x-dirty-bitmap is not supported: BlockMirror's NBD client reads base:allocation only");
+        }
+
+        if (options.OptionalString("tls-creds") is not null || options.OptionalString("tls-hostname") is not null)
+        {
+            throw options.Invalid("TLS is not available on this NBD client");
+        }
+
+        var reconnectDelay = TimeSpan.FromSeconds(options.OptionalUInt32("reconnect-delay") ?? 0);
+        var openTimeout = TimeSpan.FromSeconds(options.OptionalUInt32("open-timeout") ?? 0);
+        var client = new NbdClientOptions(server, export, null, reconnectDelay, openTimeout);
+        return opening => NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
+    }
+
+    /// <summary>QEMU's SocketAddress, the flat union on <c>type</c>; vsock and fd are not offered here.</summary>
+    static NbdServerAddress ReadServer(OptionReader server)
+    {
+        var type = server.OptionalEnum("type", "inet", "unix", "vsock", "fd")
+            ?? throw server.Invalid($"Parameter '{server.Prefix}type' is missing");
+        switch (type)
+        {
+            case "unix":
+            {
+                var path = server.RequireString("path");
+                var address = new NbdServerAddress { UnixPath = path, Abstract = server.OptionalBool("abstract") ?? false };
+                // 'tight' only shapes an abstract name's length; BlockMirror's abstract names are always tight.
+                if (server.OptionalBool("tight") == false && address.Abstract)
+                {
+                    throw server.Invalid("abstract socket addresses that are not tight are not supported");
+                }
+
+                return address;
+            }
+
+            case "inet":
+            {
+                var host = server.RequireString("host");
+                var port = server.RequireString("port");
+                bool ipv4 = server.OptionalBool("ipv4") ?? false, ipv6 = server.OptionalBool("ipv6") ?? false;
+                if (server.OptionalUInt32("to") is not null)
+                {
+                    throw server.Invalid("'to' (a port range) is for listening sockets; a client connects to one port");
+                }
+
+                if (server.OptionalBool("mptcp") == true)
+                {
+                    throw server.Invalid("mptcp is not supported");
+                }
+
+                return new NbdServerAddress
+                {
+                    Host = host,
+                    Port = port,
+                    Numeric = server.OptionalBool("numeric") ?? false,
+                    KeepAlive = server.OptionalBool("keep-alive") ?? false,
+                    Family = ipv4 == ipv6 ? null : ipv4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6,
+                };
+            }
+
+            default:
+                throw server.Invalid($"NBD server address type '{type}' is not supported: use 'unix' or 'inet'");
+        }
+    }
+}
