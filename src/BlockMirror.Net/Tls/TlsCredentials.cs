@@ -38,6 +38,28 @@ public abstract class TlsCredentials(string id, TlsEndpoint endpoint, string dir
     public abstract ValueTask<Stream> AuthenticateAsClientAsync(Stream stream, string? hostname, CancellationToken cancellationToken);
 
     /// <summary>
+    /// The credentials an option names by id (<c>tls-creds=ID</c>), given what the object store holds under
+    /// that id: they must exist, be TLS credentials and be for <paramref name="endpoint"/> (QEMU's words).
+    /// </summary>
+    /// <exception cref="TlsException">No such object, another kind of object, or credentials for the other end.</exception>
+    public static TlsCredentials Require(object? found, string id, TlsEndpoint endpoint)
+    {
+        if (found is null)
+        {
+            throw new TlsException($"No TLS credentials with id '{id}'");
+        }
+
+        if (found is not TlsCredentials credentials)
+        {
+            throw new TlsException($"Object with id '{id}' is not TLS credentials");
+        }
+
+        return credentials.Endpoint == endpoint
+            ? credentials
+            : throw new TlsException($"Expected TLS credentials for a {(endpoint == TlsEndpoint.Server ? "server" : "client")} endpoint");
+    }
+
+    /// <summary>
     /// QEMU's path of a credentials file, checked for read access: "Unable to access credentials PATH: REASON"
     /// when it is required, null when it is optional and not there.
     /// </summary>

@@ -201,8 +201,14 @@ public sealed class X509Credentials : TlsCredentials
             return reason;
         }
 
+        if (Endpoint == TlsEndpoint.Client && hostname is null)
+        {
+            // A client that trusts any certificate its CA signed, for any name, trusts too much: QEMU refuses.
+            return "No hostname for certificate validation";
+        }
+
         // .NET checked the name against TargetHost (SAN, or CN without SANs) while building its own chain.
-        if (hostname is { Length: > 0 } && (errors & SslPolicyErrors.RemoteCertificateNameMismatch) != 0)
+        if (hostname is not null && (errors & SslPolicyErrors.RemoteCertificateNameMismatch) != 0)
         {
             return $"Certificate does not match the hostname {hostname}";
         }
@@ -224,7 +230,8 @@ public sealed class X509Credentials : TlsCredentials
                 throw;
             }
 
-            throw new TlsException(rejection() is { } reason ? $"TLS peer certificate rejected: {reason}" : $"TLS handshake failed: {Describe(ex)}", ex);
+            // Our own reason for refusing the peer, in QEMU's words, says more than the handshake's failure.
+            throw new TlsException(rejection() ?? $"TLS handshake failed: {Describe(ex)}", ex);
         }
     }
 

@@ -142,17 +142,13 @@ public sealed partial class StorageDaemon
     /// </summary>
     TlsCredentials FindServerCredentials(string id)
     {
-        var found = Graph.Objects.Find(id) ?? throw QmpException.Generic($"No TLS credentials with id '{id}'");
-        if (found is not TlsCredentials credentials)
+        try
         {
-            throw QmpException.Generic($"Object with id '{id}' is not TLS credentials");
+            return TlsCredentials.Require(Graph.Objects.Find(id), id, TlsEndpoint.Server);
         }
-
-        if (credentials.Endpoint != TlsEndpoint.Server)
+        catch (TlsException ex)
         {
-            throw QmpException.Generic("Expected TLS credentials for a server endpoint");
+            throw QmpException.Generic(ex.Message);
         }
-
-        return credentials;
     }
 }
