@@ -6,15 +6,15 @@ namespace BlockMirror.Cli.Tests;
 
 /// <summary>
 /// The NBD client's <c>tls-creds</c> / <c>tls-hostname</c> (blockdev-add driver=nbd) on qemu-storage-daemon 7.2 and
-/// <c>blockmirror serve</c>, against three TLS servers (qemu-nbd, qemu-storage-daemon and our own serve) and a
-/// plain one: the same answers in the same words, and the data read over TLS is the image's.
+/// <c>blockmirror serve</c>, against x509 TLS servers (qemu-nbd, qemu-storage-daemon and our own serve), PSK ones
+/// (qemu-nbd and ours) and a plain one: the same answers in the same words, and the data read over TLS is the image's.
 /// </summary>
 public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
 {
     const int Size = 4 << 20;
     readonly TempDirectory _dir = new("blockmirror-nbd-client-tls-");
     readonly List<Process> _servers = [];
-    string _pki = "", _image = "";
+    string _pki = "", _psk = "", _image = "";
 
     /// <summary>Unix socket of each server, by name.</summary>
     readonly Dictionary<string, string> _sockets = [];
@@ -22,6 +22,7 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         _pki = TlsCertificates.CreateX509(_dir.File("pki"));
+        _psk = TlsCertificates.CreatePsk(_dir.File("psk"), ("alice", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]));
         _image = _dir.File("image.raw");
         var content = new byte[Size];
         new Random(16).NextBytes(content.AsSpan(0, 1 << 20));
@@ -34,7 +35,7 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
         var qemuNbd = ExternalTool.Require("qemu-nbd");
         var qsd = DifferentialDaemon.Qsd().Program;
         var serverObject = $"tls-creds-x509,id=s,dir={_pki},endpoint=server";
-        foreach (var name in new[] { "qemu-nbd", "qsd", "ours", "plain" })
+        foreach (var name in new[] { "qemu-nbd", "qsd", "ours", "plain", "qemu-nbd-psk", "ours-psk" })
         {
             var copy = _dir.File($"{name}.raw");
             File.Copy(_image, copy);
@@ -44,6 +45,11 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
             {
                 "qemu-nbd" => Tool(qemuNbd, "--object", serverObject, "--tls-creds", "s", "-f", "raw", "-x", "disk", "-e", "4", "-k", socket, "-t", "-r", copy),
                 "plain" => Tool(qemuNbd, "-f", "raw", "-x", "disk", "-e", "4", "-k", socket, "-t", "-r", copy),
+                "qemu-nbd-psk" => Tool(qemuNbd, "--object", $"tls-creds-psk,id=s,dir={_psk},endpoint=server", "--tls-creds", "s",
+                    "-f", "raw", "-x", "disk", "-e", "4", "-k", socket, "-t", "-r", copy),
+                "ours-psk" => BlockMirrorCli.StartInfo(["serve", "--object", $"tls-creds-psk,id=s,dir={_psk},endpoint=server",
+                    "--blockdev", $"driver=file,node-name=f,filename={copy},read-only=on",
+                    "--nbd-server", $"addr.type=unix,addr.path={socket},tls-creds=s", "--export", "nbd,id=e,node-name=f,name=disk"]),
                 "qsd" => Tool(qsd, "--object", serverObject, "--blockdev", $"driver=file,node-name=f,filename={copy},read-only=on",
                     "--nbd-server", $"addr.type=unix,addr.path={socket},tls-creds=s", "--export", "nbd,id=e,node-name=f,name=disk"),
                 _ => BlockMirrorCli.StartInfo(["serve", "--object", serverObject, "--blockdev", $"driver=file,node-name=f,filename={copy},read-only=on",
@@ -100,6 +106,8 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
         ("n2", "qsd", """, "tls-creds": "c", "tls-hostname": "localhost" """),
         ("n3", "ours", """, "tls-creds": "c", "tls-hostname": "localhost" """),
         ("n4", "ours", ""),
+        ("n5", "qemu-nbd-psk", """, "tls-creds": "p" """),
+        ("n6", "ours-psk", """, "tls-creds": "p" """),
     ];
 
     [SkippableFact]
@@ -116,6 +124,7 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
         Assert.Contains("n1 qemu-nbd: GenericError: No hostname for certificate validation", ourAnswers);
         Assert.Contains("n3 ours: ok", ourAnswers);
         Assert.Contains("compare n3: Images are identical.", ourAnswers);
+        Assert.Contains("compare n6: Images are identical.", ourAnswers);
     }
 
     async Task<List<string>> RunAsync(DifferentialDaemon daemon)
@@ -129,6 +138,8 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
             {
                 await qmp.ExecuteAsync("object-add", JsonNode.Parse($$"""{"qom-type": "tls-creds-x509", "id": "{{id}}", "dir": "{{_pki}}", "endpoint": "{{endpoint}}"}""")!.AsObject());
             }
+
+            await qmp.ExecuteAsync("object-add", JsonNode.Parse($$"""{"qom-type": "tls-creds-psk", "id": "p", "dir": "{{_psk}}", "endpoint": "client", "username": "alice"}""")!.AsObject());
 
             foreach (var (node, server, tls) in Script())
             {
@@ -144,7 +155,7 @@ public sealed class NbdClientTlsDifferentialTests : IAsyncLifetime
 
             // What the TLS-backed nodes read is the image: exported again by the daemon and compared by qemu-img.
             var exportSocket = Path.Combine(dir, "nbd.sock");
-            foreach (var node in new[] { "n1", "n2", "n3" })
+            foreach (var node in new[] { "n1", "n2", "n3", "n5", "n6" })
             {
                 await qmp.ExecuteAsync("block-export-add", JsonNode.Parse($$"""{"type": "nbd", "id": "x{{node}}", "node-name": "{{node}}", "name": "{{node}}"}""")!.AsObject());
                 var compare = await ExternalTool.RunAsync("qemu-img", ["compare", "-f", "raw", "-F", "raw", _image, $"nbd+unix:///{node}?socket={exportSocket}"]);

@@ -18,6 +18,8 @@ public sealed class ServeTlsObjectDifferentialTests : IDisposable
     {
         _pki = TlsCertificates.CreateX509(_dir.File("pki"));
         _psk = TlsCertificates.CreatePsk(_dir.File("psk"), ("alice", [1, 2, 3, 4, 5, 6, 7, 8]));
+        Directory.CreateDirectory(_dir.File("badkey"));
+        File.WriteAllText(_dir.File("badkey/keys.psk"), "qemu:not-hex\n");
     }
 
     public void Dispose() => _dir.Dispose();
@@ -100,6 +102,9 @@ public sealed class ServeTlsObjectDifferentialTests : IDisposable
             ["--object", $"tls-creds-x509,id=t0,dir={_pki},endpoint=server,bogus=1"],
             ["--object", $"tls-creds-psk,id=t0,dir={_pki},endpoint=server"],
             ["--object", "foo,id=x"],
+            ["--object", $"tls-creds-psk,id=t0,dir={_psk},endpoint=server,username=alice"],
+            ["--object", $"tls-creds-psk,id=t0,dir={_psk},endpoint=client"],
+            ["--object", $"tls-creds-psk,id=t0,dir={_dir.Path}/badkey,endpoint=client"],
             ["--object", $"tls-creds-x509,id=t0,dir={_pki},endpoint=server", "--object", $"tls-creds-x509,id=t0,dir={_pki},endpoint=server"],
             ["--object", $"tls-creds-x509,id=t0,dir={_pki},endpoint=client", "--nbd-server", $"addr.type=unix,addr.path={_dir.Path}/n.sock,tls-creds=t0"],
             ["--nbd-server", $"addr.type=unix,addr.path={_dir.Path}/n.sock,tls-creds=nope"],

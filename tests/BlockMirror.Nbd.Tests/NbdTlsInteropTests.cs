@@ -96,6 +96,28 @@ public sealed class NbdTlsInteropTests
     }
 
     [SkippableFact]
+    public async Task Qemu_io_with_psk_credentials_writes_and_reads_back_and_a_wrong_key_is_refused()
+    {
+        using var keys = new TempDirectory("blockmirror-nbd-psk-");
+        using var wrong = new TempDirectory("blockmirror-nbd-psk-");
+        TlsCertificates.CreatePsk(keys.Path, ("alice", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]));
+        TlsCertificates.CreatePsk(wrong.Path, ("alice", [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]));
+        var credentials = PskCredentials.Load("tls0", TlsEndpoint.Server, keys.Path, verifyPeer: true, username: null);
+        await using var nbd = await NbdFixture.StartAsync(Size, tls: credentials);
+        string[] client = ["--object", $"tls-creds-psk,id=tls0,dir={keys.Path},endpoint=client,username=alice"];
+        var output = await ExternalTool.RunCheckedAsync("qemu-io", [.. client, "--image-opts", ImageOpts(nbd),
+            "-c", "write -P 0x3c 0 1M", "-c", "read -P 0x3c 0 1M", "-c", "flush"]);
+        Assert.DoesNotContain("Pattern verification failed", output, StringComparison.Ordinal);
+        var bytes = await File.ReadAllBytesAsync(nbd.ImagePath);
+        Assert.True(bytes.AsSpan(0, 1 << 20).IndexOfAnyExcept((byte)0x3c) < 0);
+
+        var refused = await ExternalTool.RunAsync("qemu-img", ["info", "--object", $"tls-creds-psk,id=tls0,dir={wrong.Path},endpoint=client,username=alice",
+            "--image-opts", ImageOpts(nbd)]);
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Empty(nbd.Server.UnexpectedErrors);
+    }
+
+    [SkippableFact]
     public async Task Nbdinfo_reads_an_nbds_uri_with_the_certificates_directory()
     {
         var (nbd, pki) = await StartAsync();

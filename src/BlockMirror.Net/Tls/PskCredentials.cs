@@ -48,13 +48,24 @@ public sealed class PskCredentials : TlsCredentials
         }
 
         username ??= DefaultUsername;
-        var key = FindKey(keyFile, username) ?? throw new TlsException($"Username {username} not found in PSK file {keyFile}");
+        var hex = FindKey(keyFile, username) ?? throw new TlsException($"Username {username} not found in PSK file {keyFile}");
+        byte[] key;
+        try
+        {
+            key = Convert.FromHexString(hex);
+        }
+        catch (FormatException ex)
+        {
+            // GnuTLS's words for a key that is not hex.
+            throw new TlsException("Cannot set PSK client credentials: Error in parsing.", ex);
+        }
+
         return new PskCredentials(id, endpoint, directory, verifyPeer, keyFile, username, key);
     }
 
-    /// <summary>The key of <paramref name="username"/> in a <c>keys.psk</c>, or null when the user is not listed.</summary>
-    /// <exception cref="TlsException">The file cannot be read, or the key is not hex.</exception>
-    public static byte[]? FindKey(string keyFile, string username)
+    /// <summary>The key of <paramref name="username"/> in a <c>keys.psk</c>, in hex as written, or null when the user is not listed.</summary>
+    /// <exception cref="TlsException">The file cannot be read.</exception>
+    public static string? FindKey(string keyFile, string username)
     {
         string[] lines;
         try
@@ -70,29 +81,42 @@ public sealed class PskCredentials : TlsCredentials
         {
             if (line.Length > username.Length && line.StartsWith(username, StringComparison.Ordinal) && line[username.Length] == ':')
             {
-                var hex = line[(username.Length + 1)..].Trim();
-                try
-                {
-                    return Convert.FromHexString(hex);
-                }
-                catch (FormatException ex)
-                {
-                    throw new TlsException($"The key of user {username} in PSK file {keyFile} is not hexadecimal", ex);
-                }
+                return line[(username.Length + 1)..].Trim();
             }
         }
 
         return null;
     }
 
-    /// <summary>The key a connecting client claims with <paramref name="identity"/>: looked up in the file at every handshake, as GnuTLS does.</summary>
-    internal byte[]? ServerKey(string identity) => FindKey(_keyFile, identity);
+    /// <summary>
+    /// The key a connecting client claims with <paramref name="identity"/>: looked up in the file at every
+    /// handshake, as GnuTLS does; null (the handshake fails) for an unknown user, an unreadable file or a bad key.
+    /// </summary>
+    internal byte[]? ServerKey(string identity)
+    {
+        try
+        {
+            return FindKey(_keyFile, identity) is { } hex ? Convert.FromHexString(hex) : null;
+        }
+        catch (Exception ex) when (ex is TlsException or FormatException)
+        {
+            return null;
+        }
+    }
 
-    public override ValueTask<Stream> AuthenticateAsServerAsync(Stream stream, CancellationToken cancellationToken) =>
-        throw Unsupported();
+    /// <summary>TLS 1.2 with pre-shared keys, through BouncyCastle (<see cref="NonBlockingTlsStream"/>): .NET's SslStream has none.</summary>
+    public override ValueTask<Stream> AuthenticateAsServerAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        var protocol = new Org.BouncyCastle.Tls.TlsServerProtocol();
+        protocol.Accept(new PskPeers.Server(ServerKey));
+        return NonBlockingTlsStream.HandshakeAsync(protocol, stream, cancellationToken);
+    }
 
-    public override ValueTask<Stream> AuthenticateAsClientAsync(Stream stream, string? hostname, CancellationToken cancellationToken) =>
-        throw Unsupported();
-
-    static TlsException Unsupported() => new("TLS with pre-shared keys (tls-creds-psk) is not supported: .NET's TLS has no PSK cipher suites");
+    public override ValueTask<Stream> AuthenticateAsClientAsync(Stream stream, string? hostname, CancellationToken cancellationToken)
+    {
+        // A pre-shared key proves both ends; there is no certificate to carry a host name.
+        var protocol = new Org.BouncyCastle.Tls.TlsClientProtocol();
+        protocol.Connect(new PskPeers.Client(Username!, ClientKey!));
+        return NonBlockingTlsStream.HandshakeAsync(protocol, stream, cancellationToken);
+    }
 }
