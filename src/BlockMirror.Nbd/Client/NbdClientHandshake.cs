@@ -83,11 +83,20 @@ public static class NbdClientHandshake
             channel = new OptionChannel(stream);
         }
 
-        var structured = await NegotiateStructuredRepliesAsync(channel, cancellationToken).ConfigureAwait(false);
-        var context = structured ? await SetAllocationContextAsync(channel, export, cancellationToken).ConfigureAwait(false) : null;
-        var info = await GoAsync(channel, export, structured, context, cancellationToken).ConfigureAwait(false)
-            ?? await ExportNameAsync(channel, export, noZeroes, cancellationToken).ConfigureAwait(false);
-        return (stream, info);
+        try
+        {
+            var structured = await NegotiateStructuredRepliesAsync(channel, cancellationToken).ConfigureAwait(false);
+            var context = structured ? await SetAllocationContextAsync(channel, export, cancellationToken).ConfigureAwait(false) : null;
+            var info = await GoAsync(channel, export, structured, context, cancellationToken).ConfigureAwait(false)
+                ?? await ExportNameAsync(channel, export, noZeroes, cancellationToken).ConfigureAwait(false);
+            return (stream, info);
+        }
+        catch (BlockOpenException)
+        {
+            // Leave politely (NBD_OPT_ABORT), so the server logs a client that gave up, not a broken one.
+            await channel.AbortAsync().ConfigureAwait(false);
+            throw;
+        }
     }
 
     /// <summary>"IREQMAGIC" of the oldstyle handshake, where newstyle has IHAVEOPT.</summary>
@@ -313,6 +322,20 @@ public static class NbdClientHandshake
             writer.Write(data.Span);
             await stream.WriteAsync(writer.WrittenMemory, cancellationToken).ConfigureAwait(false);
             await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        /// <summary>NBD_OPT_ABORT without waiting for its reply (proto.md allows that); a failure to send changes nothing.</summary>
+        public async Task AbortAsync()
+        {
+            try
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+                await RequestAsync(NbdOption.Abort, ReadOnlyMemory<byte>.Empty, timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
+            {
+                // The connection is being dropped anyway.
+            }
         }
 
         public async Task<NbdOptionReplyHeader> ReadReplyAsync(NbdOption option, CancellationToken cancellationToken)

@@ -34,6 +34,9 @@ public sealed record NbdServerAddress
 
     public bool IsUnix => UnixPath is not null;
 
+    /// <summary>Socket send buffer: room for a whole 1 MiB write and its neighbours.</summary>
+    const int SendBuffer = 4 << 20;
+
     /// <summary>The address as QEMU's messages show it: the path, or <c>host:port</c>.</summary>
     public override string ToString() => UnixPath ?? $"{Host}:{Port}";
 
@@ -45,6 +48,7 @@ public sealed record NbdServerAddress
             var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {
+                socket.SendBufferSize = SendBuffer;
                 await socket.ConnectAsync(new UnixDomainSocketEndPoint(Abstract ? "\0" + UnixPath : UnixPath), cancellationToken).ConfigureAwait(false);
                 return new NetworkStream(socket, ownsSocket: true);
             }
@@ -123,6 +127,12 @@ public sealed record NbdServerAddress
     BlockOpenException Failed(SocketException ex)
     {
         var errno = ex.NativeErrorCode is > 0 and < 4096 ? ex.NativeErrorCode : (int)BlockErrno.EIO;
+        if (IsUnix && ex.SocketErrorCode == SocketError.AddressNotAvailable)
+        {
+            // .NET reports connect(2)'s ENOENT on a Unix socket path as "address not available".
+            errno = (int)BlockErrno.ENOENT;
+        }
+
         return new BlockOpenException($"Failed to connect to '{this}': {BlockErrnoText.DescribeErrno(errno)}", BlockErrnoText.FromErrno(errno), ex);
     }
 }
