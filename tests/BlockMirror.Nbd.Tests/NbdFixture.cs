@@ -56,10 +56,24 @@ sealed class NbdFixture : IAsyncDisposable
         return new NbdFixture(directory, graph, server, node, path);
     }
 
+    /// <summary>With <see cref="StartX509Async"/>: the directory of the server's certificates and a client's (QEMU's layout).</summary>
+    public TempDirectory? Pki { get; private init; }
+
+    /// <summary>A server whose clients must start TLS, with x509 certificates made for it (<see cref="TlsCertificates"/>).</summary>
+    public static async Task<NbdFixture> StartX509Async(long size, bool verifyPeer = true)
+    {
+        var pki = new TempDirectory("blockmirror-nbd-tls-");
+        TlsCertificates.CreateX509(pki.Path);
+        var credentials = BlockMirror.Net.Tls.X509Credentials.Load("tls0", BlockMirror.Net.Tls.TlsEndpoint.Server, pki.Path, verifyPeer, sanityCheck: true);
+        var fixture = await StartAsync(size, tls: credentials);
+        return new NbdFixture(fixture.Directory, fixture.Graph, fixture.Server, fixture.Node, fixture.ImagePath) { Pki = pki };
+    }
+
     public async ValueTask DisposeAsync()
     {
         await Server.DisposeAsync();
         await Graph.DisposeAsync();
         Directory.Dispose();
+        Pki?.Dispose();
     }
 }

@@ -11,89 +11,70 @@ public sealed class NbdTlsHandshakeTests
 {
     const long Size = 1 << 20;
 
-    static async Task<(NbdFixture Nbd, TempDirectory Pki)> StartTlsServerAsync()
-    {
-        var pki = new TempDirectory("blockmirror-nbd-tls-");
-        TlsCertificates.CreateX509(pki.Path);
-        var credentials = X509Credentials.Load("tls0", TlsEndpoint.Server, pki.Path, verifyPeer: true, sanityCheck: true);
-        return (await NbdFixture.StartAsync(Size, tls: credentials), pki);
-    }
-
     static byte[] GoData(string name) => [.. U32((uint)name.Length), .. Encoding.UTF8.GetBytes(name), .. U16(0)];
 
     [Fact]
     public async Task Before_TLS_every_option_gets_TLS_REQD_and_the_client_may_try_again_then_STARTTLS_serves_the_export()
     {
-        var (nbd, pki) = await StartTlsServerAsync();
-        await using (nbd)
-        using (pki)
+        await using var nbd = await NbdFixture.StartX509Async(Size);
+        var pki = nbd.Pki!;
+        await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
+        foreach (var (option, data) in new[] { (NbdOption.List, Array.Empty<byte>()), (NbdOption.Go, GoData(NbdFixture.ExportName)),
+            (NbdOption.StructuredReply, []), (NbdOption.Info, GoData(NbdFixture.ExportName)), ((NbdOption)42, [1, 2, 3]) })
         {
-            await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
-            foreach (var (option, data) in new[] { (NbdOption.List, Array.Empty<byte>()), (NbdOption.Go, GoData(NbdFixture.ExportName)),
-                (NbdOption.StructuredReply, []), (NbdOption.Info, GoData(NbdFixture.ExportName)), ((NbdOption)42, [1, 2, 3]) })
-            {
-                await client.SendOptionAsync(option, data);
-                var (replyOption, reply, message) = await client.ReadOptionReplyAsync();
-                Assert.Equal(option, replyOption);
-                Assert.Equal(NbdOptionReply.ErrTlsRequired, reply);
-                Assert.Equal($"Option 0x{(uint)option:x} not permitted before TLS", Encoding.UTF8.GetString(message));
-            }
-
-            await client.SendOptionAsync(NbdOption.StartTls, []);
-            Assert.Equal(NbdOptionReply.Ack, (await client.ReadOptionReplyAsync()).Reply);
-            await client.StartTlsAsync(X509Credentials.Load("c", TlsEndpoint.Client, pki.Path, verifyPeer: true, sanityCheck: true));
-
-            // Over TLS: a second STARTTLS is invalid, and the handshake carries on to the export.
-            await client.SendOptionAsync(NbdOption.StartTls, []);
-            var (_, again, why) = await client.ReadOptionReplyAsync();
-            Assert.Equal(NbdOptionReply.ErrInvalid, again);
-            Assert.Equal("TLS already enabled", Encoding.UTF8.GetString(why));
-            var (size, _) = await client.GoAsync(NbdFixture.ExportName);
-            Assert.Equal((ulong)Size, size);
-
-            await client.SendRequestAsync(NbdCommand.Read, 0, 4096);
-            var (error, _) = await client.ReadSimpleReplyAsync();
-            Assert.Equal(0, (int)error);
-            Assert.Equal(new byte[4096], await client.ReadAsync(4096));
+            await client.SendOptionAsync(option, data);
+            var (replyOption, reply, message) = await client.ReadOptionReplyAsync();
+            Assert.Equal(option, replyOption);
+            Assert.Equal(NbdOptionReply.ErrTlsRequired, reply);
+            Assert.Equal($"Option 0x{(uint)option:x} not permitted before TLS", Encoding.UTF8.GetString(message));
         }
+
+        await client.SendOptionAsync(NbdOption.StartTls, []);
+        Assert.Equal(NbdOptionReply.Ack, (await client.ReadOptionReplyAsync()).Reply);
+        await client.StartTlsAsync(X509Credentials.Load("c", TlsEndpoint.Client, pki.Path, verifyPeer: true, sanityCheck: true));
+
+        // Over TLS: a second STARTTLS is invalid, and the handshake carries on to the export.
+        await client.SendOptionAsync(NbdOption.StartTls, []);
+        var (_, again, why) = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdOptionReply.ErrInvalid, again);
+        Assert.Equal("TLS already enabled", Encoding.UTF8.GetString(why));
+        var (size, _) = await client.GoAsync(NbdFixture.ExportName);
+        Assert.Equal((ulong)Size, size);
+
+        await client.SendRequestAsync(NbdCommand.Read, 0, 4096);
+        var (error, _) = await client.ReadSimpleReplyAsync();
+        Assert.Equal(0, (int)error);
+        Assert.Equal(new byte[4096], await client.ReadAsync(4096));
     }
 
     [Fact]
     public async Task Before_TLS_EXPORT_NAME_closes_and_ABORT_gets_TLS_REQD_then_closes()
     {
-        var (nbd, pki) = await StartTlsServerAsync();
-        await using (nbd)
-        using (pki)
+        await using var nbd = await NbdFixture.StartX509Async(Size);
+        await using (var client = await RawNbdClient.ConnectAsync(nbd.Port))
         {
-            await using (var client = await RawNbdClient.ConnectAsync(nbd.Port))
-            {
-                await client.SendOptionAsync(NbdOption.ExportName, Encoding.UTF8.GetBytes(NbdFixture.ExportName));
-                Assert.True(await client.IsClosedByServerAsync());
-            }
+            await client.SendOptionAsync(NbdOption.ExportName, Encoding.UTF8.GetBytes(NbdFixture.ExportName));
+            Assert.True(await client.IsClosedByServerAsync());
+        }
 
-            await using (var client = await RawNbdClient.ConnectAsync(nbd.Port))
-            {
-                await client.SendOptionAsync(NbdOption.Abort, []);
-                Assert.Equal(NbdOptionReply.ErrTlsRequired, (await client.ReadOptionReplyAsync()).Reply);
-                Assert.True(await client.IsClosedByServerAsync());
-            }
+        await using (var client = await RawNbdClient.ConnectAsync(nbd.Port))
+        {
+            await client.SendOptionAsync(NbdOption.Abort, []);
+            Assert.Equal(NbdOptionReply.ErrTlsRequired, (await client.ReadOptionReplyAsync()).Reply);
+            Assert.True(await client.IsClosedByServerAsync());
         }
     }
 
     [Fact]
     public async Task STARTTLS_with_data_is_invalid_and_closes_the_connection()
     {
-        var (nbd, pki) = await StartTlsServerAsync();
-        await using (nbd)
-        using (pki)
-        {
-            await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
-            await client.SendOptionAsync(NbdOption.StartTls, [0]);
-            var (_, reply, message) = await client.ReadOptionReplyAsync();
-            Assert.Equal(NbdOptionReply.ErrInvalid, reply);
-            Assert.Equal("option 'starttls' has unexpected length", Encoding.UTF8.GetString(message));
-            Assert.True(await client.IsClosedByServerAsync());
-        }
+        await using var nbd = await NbdFixture.StartX509Async(Size);
+        await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
+        await client.SendOptionAsync(NbdOption.StartTls, [0]);
+        var (_, reply, message) = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdOptionReply.ErrInvalid, reply);
+        Assert.Equal("option 'starttls' has unexpected length", Encoding.UTF8.GetString(message));
+        Assert.True(await client.IsClosedByServerAsync());
     }
 
     [Fact]
@@ -112,9 +93,8 @@ public sealed class NbdTlsHandshakeTests
     [Fact]
     public async Task A_client_whose_certificate_another_CA_signed_is_closed_at_the_TLS_handshake()
     {
-        var (nbd, pki) = await StartTlsServerAsync();
-        await using (nbd)
-        using (pki)
+        await using var nbd = await NbdFixture.StartX509Async(Size);
+        var pki = nbd.Pki!;
         using (var other = new TempDirectory("blockmirror-nbd-tls-"))
         {
             TlsCertificates.CreateX509(other.Path);
