@@ -2,7 +2,7 @@ using System.Text;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.Net.Tls;
 using BlockMirror.TestKit;
-using static BlockMirror.Nbd.Tests.RawNbdClient;
+using static BlockMirror.Nbd.Tests.NbdBytes;
 
 namespace BlockMirror.Nbd.Tests;
 
