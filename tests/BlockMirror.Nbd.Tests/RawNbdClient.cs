@@ -17,7 +17,7 @@ namespace BlockMirror.Nbd.Tests;
 sealed class RawNbdClient : IAsyncDisposable
 {
     readonly Socket _socket;
-    readonly NetworkStream _stream;
+    Stream _stream;
 
     RawNbdClient(Socket socket)
     {
@@ -153,6 +153,13 @@ sealed class RawNbdClient : IAsyncDisposable
     }
 
     public void Abort() => _socket.Close(0);
+
+    /// <summary>After the server acknowledged NBD_OPT_STARTTLS: runs the client side of TLS; the rest goes over the session.</summary>
+    public async Task StartTlsAsync(BlockMirror.Net.Tls.TlsCredentials client, string? hostname = "localhost")
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        _stream = await client.AuthenticateAsClientAsync(_stream, hostname, timeout.Token);
+    }
 
     public async ValueTask DisposeAsync() => await _stream.DisposeAsync();
 }
