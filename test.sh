@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, nbdinfo, nbdcopy, fio), builds, runs every test project, then the command-line
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests), builds, runs every test project, then the command-line
 # tests again against the native build (publish.sh, which installs clang), and ends with one plain line
 # "N passed, N failed" summed over all runs. Exit status 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit)
+packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

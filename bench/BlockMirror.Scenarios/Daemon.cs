@@ -12,10 +12,12 @@ namespace BlockMirror.Scenarios;
 sealed class Daemon : IAsyncDisposable
 {
     readonly Process _process;
+    readonly Task<string> _stderr;
 
-    Daemon(Process process, QmpClient qmp, string name)
+    Daemon(Process process, Task<string> stderr, QmpClient qmp, string name)
     {
         _process = process;
+        _stderr = stderr;
         Qmp = qmp;
         Name = name;
     }
@@ -24,29 +26,41 @@ sealed class Daemon : IAsyncDisposable
 
     public string Name { get; }
 
-    public static async Task<Daemon> StartAsync(Options options, bool ours, string directory, IEnumerable<string> arguments)
+    /// <summary>
+    /// Starts the daemon with <paramref name="arguments"/> and a monitor on <c>DIRECTORY/NAME.sock</c>; inside
+    /// network namespace <paramref name="ns"/> when given (<c>ip netns exec</c>, which execs the daemon).
+    /// </summary>
+    public static async Task<Daemon> StartAsync(Options options, bool ours, string directory, IEnumerable<string> arguments, string? ns = null, string name = "qmp")
     {
-        var socket = Path.Combine(directory, "qmp.sock");
+        var socket = Path.Combine(directory, $"{name}.sock");
         File.Delete(socket);
-        var start = ours ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        var daemon = ours ? options.Start("serve") : new ProcessStartInfo("qemu-storage-daemon") { UseShellExecute = false };
+        IEnumerable<string> all = [.. daemon.ArgumentList, .. arguments, "--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"];
+        var start = ns is null ? new ProcessStartInfo(daemon.FileName, all) : NetworkNamespaces.StartInfo(ns, daemon.FileName, all);
+        start.UseShellExecute = false;
         start.RedirectStandardError = true;
 
-        foreach (var argument in arguments.Concat(["--chardev", $"socket,id=mon0,path={socket},server=on,wait=off", "--monitor", "chardev=mon0"]))
-        {
-            start.ArgumentList.Add(argument);
-        }
-
         var process = Process.Start(start)!;
+        // Read from the start: a daemon that says much on stderr must not block on a full pipe.
+        var stderr = process.StandardError.ReadToEndAsync();
         try
         {
             var qmp = await QmpClient.ConnectAsync(socket);
-            return new Daemon(process, qmp, ours ? "blockmirror" : "qemu-storage-daemon");
+            return new Daemon(process, stderr, qmp, ours ? "blockmirror" : "qemu-storage-daemon");
         }
         catch
         {
             process.Kill(entireProcessTree: true);
-            throw new InvalidOperationException($"{start.FileName} did not start: {await process.StandardError.ReadToEndAsync()}");
+            throw new InvalidOperationException($"{start.FileName} did not start: {await stderr}");
         }
+    }
+
+    /// <summary>How the daemon ended (exit status and what it said on stderr), for a monitor that closed unexpectedly.</summary>
+    public async Task<string> ExitReportAsync()
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        await _process.WaitForExitAsync(timeout.Token);
+        return $"{Name} exited with {_process.ExitCode}: {await _stderr}";
     }
 
     /// <summary>User plus system CPU seconds the daemon has used so far.</summary>

@@ -44,12 +44,7 @@ static class MirrorScenarios
     public static IEnumerable<Row> Sparse(Options options)
     {
         var (size, data) = options.Quick ? (4L << 30, 256L << 20) : (32L << 30, 2L << 30);
-        var raw = ImageData.Sparse(options.DataDirectory, size, data);
-        var source = Path.ChangeExtension(raw, ".qcow2");
-        if (!File.Exists(source))
-        {
-            Runner.Run($"qemu-img convert -f raw -O qcow2 -o cluster_size=64k '{raw}' '{source}'");
-        }
+        var source = ImageData.Qcow2(ImageData.Sparse(options.DataDirectory, size, data));
 
         return Run(options, $"sparse qcow2->qcow2 {size >> 30} GiB ({data >> 20} MiB data) (QMP)", source, size, writeRate: null, format: "qcow2");
     }

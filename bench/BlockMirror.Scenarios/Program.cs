@@ -28,7 +28,8 @@ static class Program
                 "mirror" => MirrorScenarios.Dense(options),
                 "live" => MirrorScenarios.Live(options),
                 "sparse-qmp" => MirrorScenarios.Sparse(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd)"),
+                "nbd-mirror" => NbdMirrorScenarios.Mirror(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror)"),
             });
         }
 

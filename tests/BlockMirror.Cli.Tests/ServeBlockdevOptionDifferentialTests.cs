@@ -71,11 +71,14 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         AssertRefusedAlikeAsync(blockdev);
 
     /// <summary>Starts both daemons with this <c>--blockdev</c>: both must exit 1 with the same message.</summary>
-    internal static async Task AssertRefusedAlikeAsync(string blockdev)
+    internal static Task AssertRefusedAlikeAsync(string blockdev) => AssertOptionsRefusedAlikeAsync("--blockdev", blockdev);
+
+    /// <summary>Starts both daemons with these options: both must exit 1 with the same message.</summary>
+    internal static async Task AssertOptionsRefusedAlikeAsync(params string[] options)
     {
         var qsd = DifferentialDaemon.Qsd();
-        var theirs = await ExternalTool.RunAsync(qsd.Program, ["--blockdev", blockdev], TimeSpan.FromSeconds(30));
-        var ours = await BlockMirrorCli.RunAsync("serve", "--blockdev", blockdev);
+        var theirs = await ExternalTool.RunAsync(qsd.Program, options, TimeSpan.FromSeconds(30));
+        var ours = await BlockMirrorCli.RunAsync(["serve", .. options]);
 
         Assert.Equal(1, theirs.ExitCode);
         Assert.Equal(1, ours.ExitCode);

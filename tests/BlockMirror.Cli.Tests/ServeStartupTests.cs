@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using BlockMirror.Nbd.Client;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Cli.Tests;
@@ -64,7 +65,7 @@ public sealed class ServeStartupTests : IDisposable
                 var exports = (await qmp.ExecuteAsync("query-block-exports"))!.AsArray();
                 Assert.Equal("exp0", (string?)exports.Single()!["id"]);
                 Assert.Equal(daemon.Id.ToString(CultureInfo.InvariantCulture), (await File.ReadAllTextAsync(_dir.File($"{name}-pid"))).Trim());
-                Assert.Equal("NBDMAGIC", await NbdGreetingAsync(_dir.File($"{name}-nbd.sock")));
+                Assert.Equal(1UL << 20, await NbdExportSizeAsync(_dir.File($"{name}-nbd.sock")));
                 await qmp.ExecuteAsync("quit");
                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
                 await daemon.WaitForExitAsync(timeout.Token);
@@ -100,7 +101,7 @@ public sealed class ServeStartupTests : IDisposable
             }
 
             // The NBD server answers without waiting for anything else, and the monitor sees the export.
-            Assert.Equal("NBDMAGIC", await NbdGreetingAsync(_dir.File("p-nbd.sock")));
+            Assert.Equal(1UL << 20, await NbdExportSizeAsync(_dir.File("p-nbd.sock")));
             await using var qmp = await QmpClient.ConnectAsync(_dir.File("p-qmp.sock"), TimeSpan.Zero);
             Assert.Single((await qmp.ExecuteAsync("query-block-exports"))!.AsArray());
         }
@@ -160,15 +161,13 @@ public sealed class ServeStartupTests : IDisposable
         Assert.StartsWith("blockmirror serve: --monitor m: Failed to bind socket", result.ErrorLines[0], StringComparison.Ordinal);
     }
 
-    /// <summary>The first 8 bytes an NBD server sends ("NBDMAGIC"), read within 10 s.</summary>
-    static async Task<string> NbdGreetingAsync(string path)
+    /// <summary>The size of the export <c>disk</c>, as our NBD client learns it from a full handshake (within 10 s).</summary>
+    static async Task<ulong> NbdExportSizeAsync(string path)
     {
-        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await socket.ConnectAsync(new UnixDomainSocketEndPoint(path));
-        await using var stream = new NetworkStream(socket, ownsSocket: false);
-        var magic = new byte[8];
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        await stream.ReadExactlyAsync(magic, timeout.Token);
-        return System.Text.Encoding.ASCII.GetString(magic);
+        await using var client = await NbdClientConnection.OpenAsync(new NetworkStream(socket, ownsSocket: true), "disk", null, timeout.Token);
+        return client.Info.Size;
     }
 }

@@ -203,7 +203,7 @@ public sealed class ServeTests : IAsyncLifetime
     [Theory]
     [InlineData(new[] { "--bogus" }, "unrecognized option '--bogus'")]
     [InlineData(new[] { "--blockdev", "driver=file" }, "Parameter 'filename' is missing")]
-    [InlineData(new[] { "--blockdev", "driver=nbd,node-name=n" }, "Parameter 'driver' does not accept value 'nbd'")]
+    [InlineData(new[] { "--blockdev", "driver=nbd,node-name=n" }, "Parameter 'server' is missing")]
     [InlineData(new[] { "--blockdev", "driver=null-co,node-name=n,foo=1" }, "Parameter 'foo' is unexpected")]
     [InlineData(new[] { "--blockdev", "driver=null-co,node-name=n,size=big" }, "Parameter 'size' expects integer")]
     [InlineData(new[] { "--blockdev", "driver=file,filename=/nonexistent/x,node-name=a" }, "/nonexistent/x")]

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.Nbd.Server;
+using static BlockMirror.Nbd.Tests.NbdBytes;
 
 namespace BlockMirror.Nbd.Tests;
 
@@ -164,7 +165,9 @@ public sealed class NbdBadInputTests
         await using var nbd = await NbdFixture.StartAsync(Size);
         await using (var client = await RawNbdClient.ConnectAsync(nbd.Port))
         {
-            await client.WriteAsync([.. RawNbdClient.U64(NbdMagic.Option), .. RawNbdClient.U32((uint)NbdOption.Go), .. RawNbdClient.U32(100 << 20)]);
+            // A header that announces 100 MiB of data, and no data.
+            await client.WriteAsync(RawNbdClient.Option(NbdOption.Go, [])[..12]);
+            await client.WriteAsync(U32(100 << 20));
             var (_, reply, _) = await client.ReadOptionReplyAsync();
             Assert.Equal(NbdOptionReply.ErrTooBig, reply);
             Assert.True(await client.IsClosedByServerAsync());
@@ -186,7 +189,7 @@ public sealed class NbdBadInputTests
         await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
         var name = "nope"u8.ToArray();
 
-        await client.SendOptionAsync(NbdOption.Go, [.. RawNbdClient.U32((uint)name.Length), .. name, .. RawNbdClient.U16(0)]);
+        await client.SendOptionAsync(NbdOption.Go, [.. U32((uint)name.Length), .. name, .. U16(0)]);
         var (_, reply, message) = await client.ReadOptionReplyAsync();
 
         Assert.Equal(NbdOptionReply.ErrUnknown, reply);

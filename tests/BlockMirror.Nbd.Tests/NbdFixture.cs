@@ -34,8 +34,8 @@ sealed class NbdFixture : IAsyncDisposable
 
     public string Uri => $"nbd://127.0.0.1:{Port}/{ExportName}";
 
-    /// <summary>Starts a server exporting a new raw image of <paramref name="size"/> bytes (zeroes) or the bytes given.</summary>
-    public static async Task<NbdFixture> StartAsync(long size, bool writable = true, byte[]? content = null)
+    /// <summary>Starts a server exporting a new raw image of <paramref name="size"/> bytes (zeroes) or the bytes given; with <paramref name="tls"/>, clients must start TLS.</summary>
+    public static async Task<NbdFixture> StartAsync(long size, bool writable = true, byte[]? content = null, BlockMirror.Net.Tls.TlsCredentials? tls = null)
     {
         var directory = new TempDirectory("blockmirror-nbd-test-");
         var path = directory.File("disk.raw");
@@ -51,9 +51,22 @@ sealed class NbdFixture : IAsyncDisposable
         var graph = new BlockGraph();
         var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, "raw", ReadOnly: !writable, NodeName: "disk"));
         var server = new NbdServer(graph);
-        server.Start(new IPEndPoint(IPAddress.Loopback, 0));
+        server.Start(new IPEndPoint(IPAddress.Loopback, 0), tls: tls);
         server.AddExport(node, new NbdExportOptions("exp0", ExportName, writable, "a test disk"));
         return new NbdFixture(directory, graph, server, node, path);
+    }
+
+    /// <summary>With <see cref="StartX509Async"/>: the directory of the server's certificates and a client's (QEMU's layout).</summary>
+    public TempDirectory? Pki { get; private init; }
+
+    /// <summary>A server whose clients must start TLS, with x509 certificates made for it (<see cref="TlsCertificates"/>).</summary>
+    public static async Task<NbdFixture> StartX509Async(long size, bool verifyPeer = true)
+    {
+        var pki = new TempDirectory("blockmirror-nbd-tls-");
+        TlsCertificates.CreateX509(pki.Path);
+        var credentials = BlockMirror.Net.Tls.X509Credentials.Load("tls0", BlockMirror.Net.Tls.TlsEndpoint.Server, pki.Path, verifyPeer, sanityCheck: true);
+        var fixture = await StartAsync(size, tls: credentials);
+        return new NbdFixture(fixture.Directory, fixture.Graph, fixture.Server, fixture.Node, fixture.ImagePath) { Pki = pki };
     }
 
     public async ValueTask DisposeAsync()
@@ -61,5 +74,6 @@ sealed class NbdFixture : IAsyncDisposable
         await Server.DisposeAsync();
         await Graph.DisposeAsync();
         Directory.Dispose();
+        Pki?.Dispose();
     }
 }

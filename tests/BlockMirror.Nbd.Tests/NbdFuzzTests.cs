@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.TestKit;
+using static BlockMirror.Nbd.Tests.NbdBytes;
 
 namespace BlockMirror.Nbd.Tests;
 
@@ -17,29 +18,15 @@ public sealed class NbdFuzzTests
     {
         var name = "disk"u8.ToArray();
         var bytes = new List<byte>();
-        bytes.AddRange(RawNbdClient.U32((uint)(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)));
-        void Option(NbdOption option, byte[] data)
-        {
-            bytes.AddRange(RawNbdClient.U64(NbdMagic.Option));
-            bytes.AddRange(RawNbdClient.U32((uint)option));
-            bytes.AddRange(RawNbdClient.U32((uint)data.Length));
-            bytes.AddRange(data);
-        }
+        bytes.AddRange(U32((uint)(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)));
+        void Option(NbdOption option, byte[] data) => bytes.AddRange(RawNbdClient.Option(option, data));
 
         Option(NbdOption.StructuredReply, []);
         var query = "base:allocation"u8.ToArray();
-        Option(NbdOption.SetMetaContext, [.. RawNbdClient.U32((uint)name.Length), .. name, .. RawNbdClient.U32(1), .. RawNbdClient.U32((uint)query.Length), .. query]);
-        Option(NbdOption.Go, [.. RawNbdClient.U32((uint)name.Length), .. name, .. RawNbdClient.U16(0)]);
-        void Request(NbdCommand command, ulong offset, uint length, byte[]? payload = null, NbdCommandFlags flags = 0)
-        {
-            bytes.AddRange(RawNbdClient.U32(NbdMagic.Request));
-            bytes.AddRange(RawNbdClient.U16((ushort)flags));
-            bytes.AddRange(RawNbdClient.U16((ushort)command));
-            bytes.AddRange(RawNbdClient.U64(7));
-            bytes.AddRange(RawNbdClient.U64(offset));
-            bytes.AddRange(RawNbdClient.U32(length));
-            bytes.AddRange(payload ?? []);
-        }
+        Option(NbdOption.SetMetaContext, [.. U32((uint)name.Length), .. name, .. U32(1), .. U32((uint)query.Length), .. query]);
+        Option(NbdOption.Go, [.. U32((uint)name.Length), .. name, .. U16(0)]);
+        void Request(NbdCommand command, ulong offset, uint length, byte[]? payload = null, NbdCommandFlags flags = 0) =>
+            bytes.AddRange(RawNbdClient.Request(command, offset, length, cookie: 7, flags, payload));
 
         Request(NbdCommand.Write, 4096, 512, new byte[512]);
         Request(NbdCommand.Read, 0, 8192);

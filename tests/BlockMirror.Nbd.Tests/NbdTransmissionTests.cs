@@ -99,16 +99,8 @@ public sealed class NbdTransmissionTests
         Assert.Empty(byCookie);
     }
 
-    static byte[] Request(NbdCommand command, ulong cookie, ulong offset, uint length, byte[] payload)
-    {
-        var header = new byte[NbdWire.RequestSize];
-        BinaryPrimitives.WriteUInt32BigEndian(header, NbdMagic.Request);
-        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), (ushort)command);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(16), offset);
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), length);
-        return [.. header, .. payload];
-    }
+    static byte[] Request(NbdCommand command, ulong cookie, ulong offset, uint length, byte[] payload) =>
+        RawNbdClient.Request(command, offset, length, cookie, payload: payload);
 
     /// <summary>Sends <paramref name="bytes"/> in pieces of random size (1 byte to 70 KB), now and then after a pause.</summary>
     static Task SendInPiecesAsync(RawNbdClient client, byte[] bytes, int seed) => Task.Run(async () =>

@@ -3,6 +3,7 @@ using System.Net;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Nbd.Client;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.Nbd.Server;
 using BlockMirror.TestKit;
@@ -64,14 +65,12 @@ public sealed class NbdWritethroughTests
         server.Start(new IPEndPoint(IPAddress.Loopback, 0));
         server.AddExport(top, new NbdExportOptions("exp0", "disk", Writable: true, Writethrough: writethrough));
 
-        await using var client = await RawNbdClient.ConnectAsync(((IPEndPoint)server.LocalEndPoint!).Port);
-        await client.GoAsync("disk");
-        await client.SendRequestAsync(NbdCommand.Write, 0, 4096, cookie: 1, payload: new byte[4096]);
-        Assert.Equal((NbdError.None, 1UL), await client.ReadSimpleReplyAsync());
-        await client.SendRequestAsync(NbdCommand.WriteZeroes, 4096, 4096, cookie: 2);
-        Assert.Equal((NbdError.None, 2UL), await client.ReadSimpleReplyAsync());
-        await client.SendRequestAsync(NbdCommand.Write, 8192, 512, cookie: 3, flags: NbdCommandFlags.Fua, payload: new byte[512]);
-        Assert.Equal((NbdError.None, 3UL), await client.ReadSimpleReplyAsync());
+        var port = ((IPEndPoint)server.LocalEndPoint!).Port;
+        await using var client = await NbdClientDriver.ConnectAsync(
+            new NbdClientOptions(new NbdServerAddress { Host = "127.0.0.1", Port = $"{port}" }, "disk"), CancellationToken.None);
+        Assert.Equal(NbdError.None, (await client.RequestAsync(NbdCommand.Write, NbdCommandFlags.None, 0, 4096, default, new byte[4096], CancellationToken.None)).Error);
+        Assert.Equal(NbdError.None, (await client.RequestAsync(NbdCommand.WriteZeroes, NbdCommandFlags.None, 4096, 4096, default, default, CancellationToken.None)).Error);
+        Assert.Equal(NbdError.None, (await client.RequestAsync(NbdCommand.Write, NbdCommandFlags.Fua, 8192, 512, default, new byte[512], CancellationToken.None)).Error);
 
         var fua = recorder.Calls.Select(c => (c.Operation, (c.Flags & RequestFlags.Fua) != 0)).ToArray();
         Assert.Equal([(BlockOperation.Write, writethrough), (BlockOperation.WriteZeroes, writethrough), (BlockOperation.Write, true)], fua);

@@ -1,19 +1,23 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using BlockMirror.Nbd.Protocol;
+using static BlockMirror.Nbd.Tests.NbdBytes;
 
 namespace BlockMirror.Nbd.Tests;
 
 /// <summary>
-/// A client that speaks the protocol byte by byte, so tests can send what real clients never would:
-/// writes to read-only exports, bad magics, requests past the end, endless option lists.
+/// A connection that puts bytes on the wire as the test says, so tests can send what our client
+/// (<see cref="Client.NbdClientConnection"/>) never would: writes to read-only exports, bad magics, requests past
+/// the end, endless option lists, simple replies only, requests cut at random points. Every field is encoded and
+/// decoded by <see cref="NbdWire"/>; tests that need a well-behaved client use ours.
 /// </summary>
 sealed class RawNbdClient : IAsyncDisposable
 {
     readonly Socket _socket;
-    readonly NetworkStream _stream;
+    Stream _stream;
 
     RawNbdClient(Socket socket)
     {
@@ -33,18 +37,25 @@ sealed class RawNbdClient : IAsyncDisposable
         return client;
     }
 
-    public async Task SendOptionAsync(NbdOption option, byte[] data, ulong magic = NbdMagic.Option)
+    /// <summary>An option request, its magic bent when <paramref name="magic"/> says so.</summary>
+    public Task SendOptionAsync(NbdOption option, byte[] data, ulong magic = NbdMagic.Option) => WriteAsync(Option(option, data, magic));
+
+    public static byte[] Option(NbdOption option, byte[] data, ulong magic = NbdMagic.Option)
     {
-        await WriteAsync([.. U64(magic), .. U32((uint)option), .. U32((uint)data.Length), .. data]);
+        var bytes = Encode(writer =>
+        {
+            NbdWire.WriteOptionHeader(writer, option, (uint)data.Length);
+            writer.Write(data);
+        });
+        U64(magic).CopyTo(bytes, 0);
+        return bytes;
     }
 
     public async Task<(NbdOption Option, NbdOptionReply Reply, byte[] Data)> ReadOptionReplyAsync()
     {
-        var header = await ReadAsync(20);
-        Assert.Equal(NbdMagic.OptionReply, BinaryPrimitives.ReadUInt64BigEndian(header));
-        var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
-        return ((NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)), (NbdOptionReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)),
-            await ReadAsync((int)length));
+        var header = NbdWire.ReadOptionReplyHeader(await ReadAsync(NbdWire.OptionReplyHeaderSize));
+        Assert.Equal(NbdMagic.OptionReply, header.Magic);
+        return (header.Option, header.Reply, await ReadAsync((int)header.Length));
     }
 
     /// <summary>Negotiates structured replies and base:allocation (optional), then NBD_OPT_GO; returns size and flags.</summary>
@@ -82,32 +93,34 @@ sealed class RawNbdClient : IAsyncDisposable
         }
     }
 
-    public Task SendRequestAsync(NbdCommand command, ulong offset, uint length, ulong cookie = 1, NbdCommandFlags flags = 0, byte[]? payload = null, uint magic = NbdMagic.Request)
+    public Task SendRequestAsync(NbdCommand command, ulong offset, uint length, ulong cookie = 1, NbdCommandFlags flags = 0, byte[]? payload = null, uint magic = NbdMagic.Request) =>
+        WriteAsync(Request(command, offset, length, cookie, flags, payload, magic));
+
+    /// <summary>A request and its payload as bytes, its magic bent when <paramref name="magic"/> says so.</summary>
+    public static byte[] Request(NbdCommand command, ulong offset, uint length, ulong cookie = 1, NbdCommandFlags flags = 0, byte[]? payload = null, uint magic = NbdMagic.Request)
     {
-        var header = new byte[NbdWire.RequestSize];
-        BinaryPrimitives.WriteUInt32BigEndian(header, magic);
-        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(4), (ushort)flags);
-        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), (ushort)command);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(16), offset);
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), length);
-        return WriteAsync([.. header, .. payload ?? []]);
+        var bytes = Encode(writer =>
+        {
+            NbdWire.WriteRequest(writer, new NbdRequest(flags, command, cookie, offset, length));
+            writer.Write<byte>(payload);
+        });
+        U32(magic).CopyTo(bytes, 0);
+        return bytes;
     }
 
     public async Task<(NbdError Error, ulong Cookie)> ReadSimpleReplyAsync()
     {
-        var reply = await ReadAsync(NbdWire.SimpleReplySize);
-        Assert.Equal(NbdMagic.SimpleReply, BinaryPrimitives.ReadUInt32BigEndian(reply));
-        return ((NbdError)BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)), BinaryPrimitives.ReadUInt64BigEndian(reply.AsSpan(8)));
+        var reply = NbdWire.ReadReplyStart(await ReadAsync(NbdWire.SimpleReplySize), out _);
+        Assert.Equal(NbdMagic.SimpleReply, reply.Magic);
+        return (reply.Error, reply.Cookie);
     }
 
     public async Task<(NbdChunkFlags Flags, NbdChunkType Type, ulong Cookie, byte[] Payload)> ReadChunkAsync()
     {
         var header = await ReadAsync(NbdWire.ChunkHeaderSize);
-        Assert.Equal(NbdMagic.StructuredReply, BinaryPrimitives.ReadUInt32BigEndian(header));
-        var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
-        return ((NbdChunkFlags)BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(4)), (NbdChunkType)BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(6)),
-            BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8)), await ReadAsync((int)length));
+        var chunk = NbdWire.ReadChunkLength(NbdWire.ReadReplyStart(header, out _), header.AsSpan(NbdWire.SimpleReplySize));
+        Assert.Equal(NbdMagic.StructuredReply, chunk.Magic);
+        return (chunk.Flags, chunk.Type, chunk.Cookie, await ReadAsync((int)chunk.Length));
     }
 
     /// <summary>True when the server has closed the connection (a read returns end of stream).</summary>
@@ -141,11 +154,12 @@ sealed class RawNbdClient : IAsyncDisposable
 
     public void Abort() => _socket.Close(0);
 
-    public static byte[] U16(ushort v) { var b = new byte[2]; BinaryPrimitives.WriteUInt16BigEndian(b, v); return b; }
-
-    public static byte[] U32(uint v) { var b = new byte[4]; BinaryPrimitives.WriteUInt32BigEndian(b, v); return b; }
-
-    public static byte[] U64(ulong v) { var b = new byte[8]; BinaryPrimitives.WriteUInt64BigEndian(b, v); return b; }
+    /// <summary>After the server acknowledged NBD_OPT_STARTTLS: runs the client side of TLS; the rest goes over the session.</summary>
+    public async Task StartTlsAsync(BlockMirror.Net.Tls.TlsCredentials client, string? hostname = "localhost")
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        _stream = await client.AuthenticateAsClientAsync(_stream, hostname, timeout.Token);
+    }
 
     public async ValueTask DisposeAsync() => await _stream.DisposeAsync();
 }

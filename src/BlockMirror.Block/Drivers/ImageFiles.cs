@@ -37,6 +37,33 @@ public static class ImageFiles
         System.IO.Path.GetExtension(path).Equals(".qcow2", StringComparison.OrdinalIgnoreCase) ? Qcow2Driver.Name : RawDriver.Name;
 
     /// <summary>
+    /// The local file an image name stands for: the name, or PATH for <c>file:PATH</c>; null when the name is
+    /// another protocol's (<c>nbd://...</c>, or a prefix no driver claims). Such an image is opened, never
+    /// created, truncated or deleted as a file.
+    /// </summary>
+    public static string? LocalFile(string path) => DriverRegistry.ProtocolPrefix(path) switch
+    {
+        null => path,
+        { } prefix when FileDeclaration.Driver.Protocols.Contains(prefix) => path[(prefix.Length + 1)..],
+        _ => null,
+    };
+
+    /// <summary>
+    /// Refuses, in QEMU's words, a name whose protocol prefix no driver claims (<c>Unknown protocol 'nbds'</c>)
+    /// or whose protocol does not read it (<c>No valid URL specified</c>), without opening anything.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The name is refused.</exception>
+    public static void CheckName(string path)
+    {
+        if (DriverRegistry.FindProtocol(path) is { ParseFileName: { } parse })
+        {
+            using var scratch = new Utf8JsonWriter(Stream.Null);
+            scratch.WriteStartObject();
+            parse(path, scratch);
+        }
+    }
+
+    /// <summary>
     /// The format an existing file has by its content (QEMU's probe, <see cref="ImageFormatProbe"/>); raw when
     /// nothing is recognised or the file cannot be read (the open that follows reports that in its own words).
     /// </summary>
@@ -58,17 +85,98 @@ public static class ImageFiles
 
     internal static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, IReadOnlyList<string> chain, CancellationToken cancellationToken)
     {
+        // The driver the name's prefix names (QEMU's bdrv_find_protocol); null (or file:) is a local file.
+        var protocol = DriverRegistry.FindProtocol(options.Path) ?? FileDeclaration.Driver;
+        if (options.Format is null && protocol != FileDeclaration.Driver)
+        {
+            // An export's format is read through its own node (QEMU's find_image_format), which the format
+            // node then opens over: one connection serves both, as in QEMU (a server may take one client only).
+            var node = await OpenProtocolAsync(graph, options, protocol, cancellationToken).ConfigureAwait(false);
+            return await OpenOverAsync(graph, options, node, chain, cancellationToken).ConfigureAwait(false);
+        }
+
         var probed = options.Format is null;
-        var format = options.Format ?? Probe(options.Path);
+        var format = options.Format ?? Probe(LocalFile(options.Path)!);
+        CheckFormat(options, format, probed);
+
+        // The same options blockdev-add would take for this image, read by the same registry.
+        using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format, writer => WriteInlineFile(writer, options, protocol)));
+        return await OpenFormatAsync(graph, options, blockdev, probed, chain, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Opens only the node that holds an image's bytes, as <see cref="OpenAsync(BlockGraph, ImageOpenOptions, CancellationToken)"/>
+    /// would open it under the format node: a file, or what the name's protocol says (an NBD export). Its name
+    /// is generated, so it goes with the format node <see cref="OpenOverAsync(BlockGraph, ImageOpenOptions, BlockNode, CancellationToken)"/>
+    /// opens over it.
+    /// </summary>
+    public static ValueTask<BlockNode> OpenProtocolAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken = default) =>
+        OpenProtocolAsync(graph, options, DriverRegistry.FindProtocol(options.Path) ?? FileDeclaration.Driver, cancellationToken);
+
+    static async ValueTask<BlockNode> OpenProtocolAsync(BlockGraph graph, ImageOpenOptions options, DriverDeclaration protocol, CancellationToken cancellationToken)
+    {
+        using var protocolOptions = JsonDocument.Parse(Serialize(writer =>
+        {
+            WriteProtocol(writer, options, protocol);
+            writer.WriteBoolean("read-only", options.ReadOnly);
+            if (options.ForceShare)
+            {
+                writer.WriteBoolean("force-share", true);
+            }
+        }));
+        return await DriverRegistry.OpenAsync(graph, new OptionReader(protocolOptions.RootElement), new OpenRules(), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Opens the format node of an image over its protocol node (from <see cref="OpenProtocolAsync(BlockGraph, ImageOpenOptions, CancellationToken)"/>),
+    /// in the format given or, when none is, the one its first bytes announce (read through the node, a raw
+    /// image found so guarded as ever). When this fails the protocol node is closed.
+    /// </summary>
+    public static ValueTask<BlockNode> OpenOverAsync(BlockGraph graph, ImageOpenOptions options, BlockNode protocol, CancellationToken cancellationToken = default) =>
+        OpenOverAsync(graph, options, protocol, [], cancellationToken);
+
+    static async ValueTask<BlockNode> OpenOverAsync(BlockGraph graph, ImageOpenOptions options, BlockNode protocol, IReadOnlyList<string> chain,
+        CancellationToken cancellationToken)
+    {
+        try
+        {
+            var probed = options.Format is null;
+            var format = options.Format;
+            if (format is null)
+            {
+                var start = new byte[(int)Math.Min(ImageFormatProbe.Size, protocol.Length)];
+                await protocol.ReadAsync(0, start, cancellationToken).ConfigureAwait(false);
+                format = ImageFormatProbe.Detect(start);
+            }
+
+            CheckFormat(options, format, probed);
+            using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format, writer => writer.WriteString("file", protocol.Name)));
+            return await OpenFormatAsync(graph, options, blockdev, probed, chain, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            if (protocol.Parents.Count == 0)
+            {
+                await graph.RemoveNodeAsync(protocol).ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
+    static void CheckFormat(ImageOpenOptions options, string format, bool probed)
+    {
         if (!Formats.Contains(format))
         {
             throw new BlockOpenException(probed
                 ? $"'{options.Path}' is a {format} image, a format this build cannot open (supported: {string.Join(", ", Formats)})"
                 : $"Unknown image format '{format}' for '{options.Path}' (supported: {string.Join(", ", Formats)})");
         }
+    }
 
-        // The same options blockdev-add would take for this image, read by the same registry.
-        using var blockdev = JsonDocument.Parse(BlockdevOptions(options, format));
+    static async ValueTask<BlockNode> OpenFormatAsync(BlockGraph graph, ImageOpenOptions options, JsonDocument blockdev, bool probed, IReadOnlyList<string> chain,
+        CancellationToken cancellationToken)
+    {
         try
         {
             return await DriverRegistry.OpenAsync(graph, new OptionReader(blockdev.RootElement), new OpenRules { ProbedFormat = probed, Chain = chain },
@@ -105,7 +213,7 @@ public static class ImageFiles
     /// An image as blockdev-add options: the format node (node name, read-only, discard, cache.direct, the
     /// qcow2 options given) over an inline file node with the same discard and cache.direct.
     /// </summary>
-    static byte[] BlockdevOptions(ImageOpenOptions options, string format) => Serialize(writer =>
+    static byte[] BlockdevOptions(ImageOpenOptions options, string format, Action<Utf8JsonWriter> writeFile) => Serialize(writer =>
     {
         writer.WriteString("driver", format);
         if (options.NodeName is { } name)
@@ -138,10 +246,35 @@ public static class ImageFiles
             }
         }
 
-        writer.WriteStartObject("file");
-        WriteFile(writer, options.Path, options.Direct, options.Discard);
-        writer.WriteEndObject();
+        writeFile(writer);
     });
+
+    /// <summary>
+    /// The options of the node that holds the image's bytes: a file, or what the name's protocol prefix says
+    /// (<c>nbd://h/x</c>: an nbd node's server and export; <c>file:PATH</c>: the file PATH), with the format
+    /// node's discard and cache.direct.
+    /// </summary>
+    static void WriteProtocol(Utf8JsonWriter writer, ImageOpenOptions options, DriverDeclaration protocol)
+    {
+        writer.WriteString("driver", protocol.Name);
+        if (DriverRegistry.ProtocolPrefix(options.Path) is null)
+        {
+            writer.WriteString("filename", options.Path);
+        }
+        else
+        {
+            protocol.ParseFileName!(options.Path, writer);
+        }
+
+        WriteNodeBase(writer, options.Direct, options.Discard);
+    }
+
+    static void WriteInlineFile(Utf8JsonWriter writer, ImageOpenOptions options, DriverDeclaration protocol)
+    {
+        writer.WriteStartObject("file");
+        WriteProtocol(writer, options, protocol);
+        writer.WriteEndObject();
+    }
 
     static void WriteFile(Utf8JsonWriter writer, string path, bool direct, FileDiscardMode discard)
     {
@@ -180,6 +313,13 @@ public static class ImageFiles
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
     public static void Create(string path, string format, long size, string? backingFile = null, string? backingFormat = null)
     {
+        // file:PATH is PATH; another protocol's image (an NBD export) exists already and is never made here.
+        if (DriverRegistry.FindProtocol(path) is { } protocol && protocol != FileDeclaration.Driver)
+        {
+            throw new BlockOpenException($"Could not create '{path}': a {protocol.Name} image is opened, never created");
+        }
+
+        path = LocalFile(path)!;
         if (format == Qcow2Driver.Name)
         {
             Qcow2Create.Create(path, new Qcow2CreateOptions { Size = size, BackingFile = backingFile, BackingFormat = backingFormat });

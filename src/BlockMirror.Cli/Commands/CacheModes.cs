@@ -36,6 +36,13 @@ static class CacheModes
     /// </summary>
     public static async Task<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CacheMode mode, CancellationToken cancellationToken)
     {
+        if (ImageFiles.LocalFile(options.Path) is null)
+        {
+            // Not a file (an NBD export): there is no page cache of ours to bypass, and one open is one
+            // connection.
+            return await Tools.ImageTool.OpenAsync(graph, options, cancellationToken);
+        }
+
         if (mode == CacheMode.Writeback)
         {
             return await ImageFiles.OpenAsync(graph, options, cancellationToken);

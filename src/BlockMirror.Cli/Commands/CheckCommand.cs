@@ -55,12 +55,14 @@ static class CheckCommand
             throw new UsageException($"Could not open '{path}': force-share=on can only be used with read-only images");
         }
 
+        // Not yet over NBD: the check reads the file itself (below), and an export is not a file here.
+        path = ImageFiles.LocalFile(path) ?? throw new UsageException($"'{path}' is not a local image file; check reads image files only");
         await using var graph = new BlockGraph();
         // The check reads (and a repair writes) the file directly: an image too damaged for the qcow2 driver
         // to open can still be checked, and repaired.
         var file = await ImageFiles.OpenFileNodeAsync(graph, path, readOnly, cancellationToken);
         ImageTool.UseAsFormatFile(graph, file, path, readOnly, forceShare);
-        format = ImageTool.FormatOf(path, format);
+        format = ImageTool.FormatOf(path, format)!;
         if (!ImageFiles.Formats.Contains(format))
         {
             throw new UsageException($"Unknown image format '{format}' (supported: {string.Join(", ", ImageFiles.Formats)})");

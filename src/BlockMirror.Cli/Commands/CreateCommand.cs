@@ -92,6 +92,22 @@ static class CreateCommand
             return 0;
         }
 
+        if (ImageFiles.LocalFile(request.File) is null)
+        {
+            // An unknown prefix or a bad URI in QEMU's words. An NBD export is never created or formatted by
+            // this command (qemu-img would clear its first sector, or write a qcow2 over its start).
+            try
+            {
+                ImageFiles.CheckName(request.File);
+            }
+            catch (BlockOpenException ex)
+            {
+                throw new UsageException($"{request.File}: {ex.Message}");
+            }
+
+            throw new UsageException($"{request.File}: an image that is not a local file is not created here (an NBD export exists already)");
+        }
+
         if (Directory.Exists(request.File))
         {
             throw new UsageException($"{request.File}: Is a directory");

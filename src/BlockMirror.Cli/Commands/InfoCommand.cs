@@ -34,7 +34,7 @@ static class InfoCommand
     }
 
     /// <summary>One image's report: qemu-img's ImageInfo fields.</summary>
-    sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool DirtyFlag, Qcow2Header? Header,
+    sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool? DirtyFlag, Qcow2Header? Header,
         string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots);
 
     static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, bool forceShare, CancellationToken cancellationToken)
@@ -84,17 +84,32 @@ static class InfoCommand
         ImageTool.PrintWarnings("info", node);
         var header = Qcow2Inspection.HeaderOf(node);
         var backing = header?.BackingFile;
+        var file = ImageFiles.LocalFile(path);
         return new ImageReport(
-            path,
+            ImageTool.DisplayName(path, node),
             node.Driver.DriverName,
             node.Length,
-            FileStatus.AllocatedBytes(path),
-            header is not null && (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0,
+            file is null ? null : FileStatus.AllocatedBytes(file),
+            // QEMU asks the format, and raw asks its file: an NBD export has no answer, so nothing is shown.
+            header is not null ? (header.IncompatibleFeatures & Qcow2Header.IncompatibleDirty) != 0 : file is null ? null : false,
             header,
             backing,
-            backing is null ? null : BackingPaths.Resolve(path, backing),
+            backing is null ? null : FullBackingName(path, backing),
             backing is null ? null : header!.BackingFormat,
             Qcow2Inspection.SnapshotsOf(node));
+    }
+
+    /// <summary>Where the backing file is; null when it cannot be said (a relative name in an NBD export's image), as qemu-img leaves it out.</summary>
+    static string? FullBackingName(string path, string backing)
+    {
+        try
+        {
+            return BackingPaths.Resolve(path, backing);
+        }
+        catch (BlockOpenException)
+        {
+            return null;
+        }
     }
 
     /// <summary>The fields in QAPI's ImageInfo order; <see cref="QemuJson"/> prints them in QEMU's order.</summary>
@@ -102,8 +117,12 @@ static class InfoCommand
     {
         var json = new QemuJson()
             .Add("filename", r.Filename)
-            .Add("format", r.Format)
-            .Add("dirty-flag", r.DirtyFlag);
+            .Add("format", r.Format);
+        if (r.DirtyFlag is { } dirty)
+        {
+            json.Add("dirty-flag", dirty);
+        }
+
         if (r.ActualSize is { } actual)
         {
             json.Add("actual-size", actual);
@@ -118,7 +137,11 @@ static class InfoCommand
         if (r.BackingFilename is { } backing)
         {
             json.Add("backing-filename", backing);
-            json.Add("full-backing-filename", r.FullBackingFilename!);
+            if (r.FullBackingFilename is { } full)
+            {
+                json.Add("full-backing-filename", full);
+            }
+
             if (r.BackingFormat is { } backingFormat)
             {
                 json.Add("backing-filename-format", backingFormat);
@@ -184,7 +207,7 @@ static class InfoCommand
             text.Append($"cluster_size: {header.ClusterSize}\n");
         }
 
-        if (r.DirtyFlag)
+        if (r.DirtyFlag == true)
         {
             text.Append("cleanly shut down: no\n");
         }
@@ -192,7 +215,11 @@ static class InfoCommand
         if (r.BackingFilename is { } backing)
         {
             text.Append($"backing file: {backing}");
-            if (r.FullBackingFilename != backing)
+            if (r.FullBackingFilename is null)
+            {
+                text.Append(" (cannot determine actual path)");
+            }
+            else if (r.FullBackingFilename != backing)
             {
                 text.Append($" (actual path: {r.FullBackingFilename})");
             }

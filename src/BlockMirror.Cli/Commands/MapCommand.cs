@@ -45,7 +45,7 @@ static class MapCommand
         await using var graph = new BlockGraph();
         var top = await ImageTool.OpenAsync(graph, path, format, readOnly: true, withBacking: true, cancellationToken, forceShare);
         ImageTool.PrintWarnings("map", top);
-        var layers = ImageTool.NamedLayers(top, path);
+        var layers = ImageTool.NamedLayers(top, ImageTool.DisplayName(path, top));
         var length = top.Length;
         var output = new StringBuilder(json ? "[" : "Offset          Length          Mapped to       File\n");
         Flush(output);

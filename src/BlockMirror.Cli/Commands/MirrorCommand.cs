@@ -83,7 +83,8 @@ static class MirrorCommand
     {
         // A file mirrored onto itself would be zeroed (the target does not read as zeroes) and lose its
         // data: compare the files, not only the paths, so links to the source are refused too.
-        if (Path.GetFullPath(sourcePath) == Path.GetFullPath(targetPath) || FileStatus.AreSame(sourcePath, targetPath) == true)
+        if (sourcePath == targetPath || (ImageFiles.LocalFile(sourcePath) is { } sourceFile && ImageFiles.LocalFile(targetPath) is { } targetFile &&
+            (Path.GetFullPath(sourceFile) == Path.GetFullPath(targetFile) || FileStatus.AreSame(sourceFile, targetFile) == true)))
         {
             throw new UsageException("SOURCE and TARGET are the same file");
         }
@@ -98,7 +99,7 @@ static class MirrorCommand
         options = options with { Sync = target.Sync };
         if (!target.Exists)
         {
-            ImageFiles.Create(targetPath, target.Format, source.Length, target.BackingFile, target.BackingFormat);
+            ImageFiles.Create(targetPath, target.Format!, source.Length, target.BackingFile, target.BackingFormat);
         }
 
         var manager = new JobManager();
@@ -109,11 +110,18 @@ static class MirrorCommand
             // A new target opens with the backing file it was given, so that it reads what the source reads
             // where sync=top copies nothing, and its zeroes are written as zeroes over that backing.
             var targetNode = await CacheModes.OpenAsync(graph, new ImageOpenOptions(targetPath, target.OpenFormat, NodeName: "target"), cache, cancellationToken);
+            if (target.Remote && options.Sync == MirrorSyncMode.Top)
+            {
+                // An export is looked at once it is open (one connection): it must read the rest from its own backing.
+                MirrorTarget.RequireOwnBacking(targetPath, targetNode.Driver.BackingFileName, source);
+            }
+
+            // An export keeps its size (nothing resizes it): one that differs is refused before a byte is written.
             MirrorJob.CheckSameSize(source, targetNode);
             var job = await MirrorJob.StartAsync(manager, graph, source, targetNode, options, cancellationToken);
             started = true;
             // Once the job runs, not at open: a refusal before it stays one line, and only the job writes.
-            if (target.ProbedRaw)
+            if (target.ProbedRaw(targetNode))
             {
                 Console.Error.WriteLine(target.ProbeWarning);
             }
@@ -132,7 +140,7 @@ static class MirrorCommand
             // failed or interrupted: a target the command created goes again. The graph is closed first (its
             // close flushes the target's metadata), so nothing writes to the file once its name is gone.
             await graph.DisposeAsync();
-            File.Delete(targetPath);
+            File.Delete(ImageFiles.LocalFile(targetPath)!);
             throw;
         }
         catch (IOException ex) when (started)

@@ -11,16 +11,22 @@ namespace BlockMirror.Cli.Commands;
 /// the job really runs.
 /// </summary>
 /// <param name="Path">TARGET as given.</param>
-/// <param name="Exists">TARGET existed before the command: it is never removed.</param>
-/// <param name="Format">The target's format (given, probed, or chosen for a new file).</param>
+/// <param name="Exists">TARGET existed before the command: it is never removed. Always so for an image that is not a local file (an NBD export).</param>
+/// <param name="Format">The target's format (given, probed, or chosen for a new file); null for an export to be probed when it opens.</param>
 /// <param name="OpenFormat">The format to open it with: null for an existing target without <c>-O</c>, so that it is probed (and, if raw, guarded) at open.</param>
 /// <param name="Sync">The job's sync mode: <c>top</c> over a source without a backing file is <c>full</c>.</param>
 /// <param name="BackingFile">The absolute backing file name a new target's header gets, or null.</param>
 /// <param name="BackingFormat">That backing file's format.</param>
-sealed record MirrorTarget(string Path, bool Exists, string Format, string? OpenFormat, MirrorSyncMode Sync, string? BackingFile, string? BackingFormat)
+sealed record MirrorTarget(string Path, bool Exists, string? Format, string? OpenFormat, MirrorSyncMode Sync, string? BackingFile, string? BackingFormat)
 {
+    /// <summary>
+    /// An image that is not a local file: an NBD export. It exists (the command never creates, truncates or
+    /// removes it), its format is probed through it when it opens, and its own checks come once it is open.
+    /// </summary>
+    public bool Remote => ImageFiles.LocalFile(Path) is null;
+
     /// <summary>An existing target opened without <c>-O</c> that probed as raw: QEMU restricts (and warns about) writes to its first block.</summary>
-    public bool ProbedRaw => OpenFormat is null && Format == DriverNames.Raw;
+    public bool ProbedRaw(BlockNode opened) => OpenFormat is null && opened.Driver.DriverName == DriverNames.Raw;
 
     /// <summary>
     /// QEMU's warning for a writable raw image whose format was probed, printed so that the user knows why a
@@ -37,16 +43,20 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
     /// </summary>
     public static async Task<MirrorTarget> PlanAsync(BlockNode source, string path, string? targetFormat, MirrorSyncMode sync, CancellationToken cancellationToken)
     {
-        if (Directory.Exists(path))
+        (sync, var backing) = NewTargetBacking.Choose(source, sync);
+        if (ImageFiles.LocalFile(path) is not { } file)
+        {
+            return new MirrorTarget(path, Exists: true, targetFormat, targetFormat, sync, null, null);
+        }
+
+        if (Directory.Exists(file))
         {
             throw new UsageException($"TARGET '{path}' is a directory");
         }
 
-        (sync, var backing) = NewTargetBacking.Choose(source, sync);
-
-        if (File.Exists(path))
+        if (File.Exists(file))
         {
-            var format = ImageTool.FormatOf(path, targetFormat);
+            var format = ImageTool.FormatOf(file, targetFormat)!;
             if (sync == MirrorSyncMode.Top)
             {
                 await RequireOwnBackingAsync(path, format, source, cancellationToken);
@@ -96,6 +106,12 @@ sealed record MirrorTarget(string Path, bool Exists, string Format, string? Open
             own = node.Driver.BackingFileName;
         }
 
+        RequireOwnBacking(path, own, source);
+    }
+
+    /// <summary>The refusal of a <c>--sync top</c> TARGET whose header names no backing file (<paramref name="own"/> null).</summary>
+    public static void RequireOwnBacking(string path, string? own, BlockNode source)
+    {
         if (own is null)
         {
             throw new UsageException($"--sync top: TARGET '{path}' has no backing file, so it would read zeroes where " +

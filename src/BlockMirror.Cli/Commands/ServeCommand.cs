@@ -144,16 +144,18 @@ static class ServeCommand
                         monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        daemon.StartNbdServer(ReadNbdServer(Arguments(setting.Value!, null)), serving.Task);
+                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null));
+                        daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
                         break;
                     case "--export":
                         daemon.Commands.TryGet("block-export-add", out var add);
                         await add(Arguments(setting.Value!, "type"), cancellationToken);
                         break;
                     case "--object":
-                        // No QOM object type (secret, iothread, throttle-group, ...) is implemented: refused by name.
-                        var type = Arguments(setting.Value!, "qom-type").RequireString("qom-type");
-                        throw new UsageException($"object type '{type}' is not supported");
+                        // The same command as QMP's object-add, so both accept and refuse alike.
+                        daemon.Commands.TryGet("object-add", out var addObject);
+                        await addObject(Arguments(setting.Value!, "qom-type"), cancellationToken);
+                        break;
                     case "--pidfile":
                         pidfile = setting.Value!;
                         break;
@@ -280,18 +282,15 @@ static class ServeCommand
         return chardevs.TryGetValue(chardev, out var endPoint) ? endPoint : throw new UsageException($"chardev \"{chardev}\" not found");
     }
 
-    static EndPoint ReadNbdServer(QmpArguments server)
+    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server)
     {
         var address = server.OptionalObject("addr") ?? throw new UsageException("Parameter 'addr' is missing");
         var endPoint = StorageDaemon.ReadSocketAddress(address, legacy: false);
         server.Accept("max-connections");
-        if (server.OptionalString("tls-creds") is not null || server.OptionalString("tls-authz") is not null)
-        {
-            throw new UsageException("TLS is not supported by this NBD server");
-        }
-
+        var tlsCreds = server.OptionalString("tls-creds");
+        var tlsAuthz = server.OptionalString("tls-authz");
         server.CheckNoneUnexpected();
-        return endPoint;
+        return (endPoint, tlsCreds, tlsAuthz);
     }
 
     /// <summary>

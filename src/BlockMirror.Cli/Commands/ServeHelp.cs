@@ -37,14 +37,21 @@ static class ServeHelp
                                  configure a QMP monitor
 
           --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
-                       [,max-connections=<n>]
+                       [,tls-creds=<id>][,max-connections=<n>]
           --nbd-server addr.type=unix,addr.path=<path>
-                       [,max-connections=<n>]
-                                 start an NBD server for exporting block nodes
+                       [,tls-creds=<id>][,max-connections=<n>]
+                                 start an NBD server for exporting block nodes;
+                                 with tls-creds, clients must start TLS
 
-          --object <type>[,<property>=<value>...]
-                                 refused: no object type (secret, iothread, ...)
-                                 is implemented
+          --object tls-creds-x509,id=<id>,dir=<dir>[,endpoint=server|client]
+                   [,verify-peer=on|off][,sanity-check=on|off]
+                                 TLS credentials: <dir> holds ca-cert.pem and
+                                 server-cert.pem, server-key.pem (server) or
+                                 client-cert.pem, client-key.pem (client)
+          --object tls-creds-psk,id=<id>,dir=<dir>[,endpoint=server|client]
+                   [,username=<name>]
+                                 pre-shared keys from <dir>/keys.psk
+                                 other object types are refused
 
           --pidfile <path>       write process ID to a file after startup
 

@@ -8,8 +8,12 @@ namespace BlockMirror.Cli.Tools;
 /// <summary>What the qemu-img-like commands share: opening an image by name, naming its backing files, warnings.</summary>
 static class ImageTool
 {
-    /// <summary>The format to open <paramref name="path"/> with: the one given, else what its content says (qemu-img probes, it does not look at the extension).</summary>
-    public static string FormatOf(string path, string? format) => format ?? ImageFiles.Probe(path);
+    /// <summary>
+    /// The format to open <paramref name="path"/> with: the one given, else what its content says (qemu-img
+    /// probes, it does not look at the extension). Null for an image that is not a local file (an NBD
+    /// export): it is probed through its node when it opens.
+    /// </summary>
+    public static string? FormatOf(string path, string? format) => format ?? (ImageFiles.LocalFile(path) is { } file ? ImageFiles.Probe(file) : null);
 
     /// <summary>
     /// Opens an image read-only (or for writing) with its backing chain, or alone when
@@ -22,8 +26,40 @@ static class ImageTool
     {
         var options = new ImageOpenOptions(path, FormatOf(path, format), ReadOnly: readOnly,
             Qcow2: withBacking ? null : new Qcow2Options { Backing = Qcow2BackingMode.None }, ForceShare: forceShare);
-        return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+        return await OpenAsync(graph, options, cancellationToken);
     }
+
+    /// <summary>
+    /// Opens an image by name for a command. An image that is not a local file (<c>nbd://...</c>) gets
+    /// qemu-img's words for every refusal, <c>Could not open 'NAME': REASON</c>: a bad URI, an unknown prefix,
+    /// a server that does not answer, a format or backing file that cannot be opened. (A file's refusals are
+    /// worded where they arise, as file-posix and qcow2 word them.)
+    /// </summary>
+    public static async Task<BlockNode> OpenAsync(BlockGraph graph, ImageOpenOptions options, CancellationToken cancellationToken)
+    {
+        if (ImageFiles.LocalFile(options.Path) is not null)
+        {
+            return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+        }
+
+        var prefix = $"Could not open '{options.Path}': ";
+        try
+        {
+            return await ImageFiles.OpenAsync(graph, options, cancellationToken);
+        }
+        catch (BlockOpenException ex) when (!ex.Message.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            throw new BlockOpenException(prefix + ex.Message, ex.Errno, ex);
+        }
+    }
+
+    /// <summary>
+    /// The name qemu-img shows for an image opened as <paramref name="path"/>: a file's name as given (without
+    /// a <c>file:</c> prefix); for another protocol's image the name its node has (an NBD export's:
+    /// <c>nbd://HOST:PORT/EXPORT</c> or <c>nbd+unix:///EXPORT?socket=PATH</c>, whichever form was given).
+    /// </summary>
+    public static string DisplayName(string path, BlockNode image) =>
+        ImageFiles.LocalFile(path) ?? image.File?.Node.Driver.FileName ?? path;
 
     /// <summary>qemu-img's <c>-U</c> for the read-only commands.</summary>
     public static Option<bool> ForceShareOption() =>

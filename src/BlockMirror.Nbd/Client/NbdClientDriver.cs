@@ -27,9 +27,11 @@ public sealed class NbdClientDriver : IBlockDriver
         _info = session.Export;
         var maxTransfer = (int)Math.Min(_info.MaximumBlock, NbdClientHandshake.MaxBuffer);
         var alignment = (int)_info.MinimumBlock;
-        // The largest zero or trim one request carries: a u32 length, aligned (QEMU keeps them under INT_MAX).
-        var maxZeroes = BlockLimits.PieceSize(int.MaxValue, alignment);
-        Limits = new BlockLimits(alignment, 0, (int)BlockLimits.PieceSize(1 << (31 - int.LeadingZeroCount(maxTransfer)), alignment), maxZeroes, maxZeroes);
+        // As QEMU 7.2's client: a write-zeroes keeps to the server's maximum block size like a write (a server
+        // may refuse a longer one), a trim only to a u32 length under INT_MAX (the spec exempts it).
+        var maxZeroes = BlockLimits.PieceSize(maxTransfer, alignment);
+        var maxDiscard = BlockLimits.PieceSize(int.MaxValue, alignment);
+        Limits = new BlockLimits(alignment, 0, (int)BlockLimits.PieceSize(1 << (31 - int.LeadingZeroCount(maxTransfer)), alignment), maxZeroes, maxDiscard);
         Capabilities = new DriverCapabilities
         {
             CanZeroEfficiently = _info.Has(NbdTransmissionFlags.SendWriteZeroes),
@@ -47,7 +49,12 @@ public sealed class NbdClientDriver : IBlockDriver
             if (connection.Info.ReadOnly && !readOnly)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);
-                throw new BlockOpenException("NBD export is read-only", BlockErrno.EACCES);
+                // QEMU 7.2's words: its "NBD export is read-only" is lost on the way and bdrv_open_driver words the
+                // bare EACCES. Ours stays in the hint.
+                throw new BlockOpenException("Could not open image: Permission denied", BlockErrno.EACCES)
+                {
+                    Hint = "NBD export is read-only: open it with read-only=on",
+                };
             }
 
             // Connections after a loss are single attempts: the session paces them.
@@ -200,10 +207,21 @@ public sealed class NbdClientDriver : IBlockDriver
         Check(reply, BlockOperation.BlockStatus, offset, asked);
         var (extentLength, state) = reply.Extent!.Value;
         var covered = Math.Min(extentLength, asked);
-        if (covered < asked)
+        if (covered < asked && covered % Limits.RequestAlignment != 0)
         {
-            // Keep to the server's alignment; a shorter extent from a server without one is taken as it is.
-            covered = Math.Max(covered / Limits.RequestAlignment * Limits.RequestAlignment, Math.Min(asked, Limits.RequestAlignment));
+            // An extent that ends inside a block breaks the protocol, but servers send them (a hole past the end
+            // of a file whose length is not a multiple of 512). Cut it back to whole blocks; if it is shorter than
+            // one, that block is data: claiming zeroes for the rest of it could lose what is there (QEMU 7.2 does
+            // the same).
+            if (covered > Limits.RequestAlignment)
+            {
+                covered = covered / Limits.RequestAlignment * Limits.RequestAlignment;
+            }
+            else
+            {
+                covered = Math.Min(asked, Limits.RequestAlignment);
+                state = NbdAllocationState.None;
+            }
         }
 
         var flags = (state & NbdAllocationState.Zero) != 0 ? BlockStatusFlags.Zero : BlockStatusFlags.None;

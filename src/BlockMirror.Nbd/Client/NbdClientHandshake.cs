@@ -262,12 +262,14 @@ public static class NbdClientHandshake
             throw new BlockOpenException($"server minimum block size {info.MinimumBlock} is not a power of two of at most 64 KiB");
         }
 
-        if (!BitOperations.IsPow2(info.PreferredBlock) || info.PreferredBlock < Math.Max(info.MinimumBlock, 512))
+        // No stricter than QEMU 7.2's client, so that every server it opens opens here: the maximum need not be a
+        // multiple of the minimum (requests are cut to a power of two at most the maximum, which is one).
+        if (!BitOperations.IsPow2(info.PreferredBlock) || info.PreferredBlock < info.MinimumBlock)
         {
             throw new BlockOpenException($"server preferred block size {info.PreferredBlock} is not valid");
         }
 
-        if (info.MaximumBlock < info.MinimumBlock || info.MaximumBlock % info.MinimumBlock != 0)
+        if (info.MaximumBlock < info.MinimumBlock)
         {
             throw new BlockOpenException($"server maximum block size {info.MaximumBlock} is not valid");
         }

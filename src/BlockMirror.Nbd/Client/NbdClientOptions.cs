@@ -16,8 +16,9 @@ public sealed record NbdClientOptions(
     TimeSpan OpenTimeout = default)
 {
     /// <summary>The node's file name, as QEMU builds it (nbd_refresh_filename).</summary>
+    /// <remarks>The default export (a URI without one) has no path part, in either form: <c>nbd+unix://?socket=PATH</c>.</remarks>
     public string FileName =>
         Server.IsUnix
-            ? $"nbd+unix:///{Export}?socket={Server.UnixPath}"
+            ? Export.Length == 0 ? $"nbd+unix://?socket={Server.UnixPath}" : $"nbd+unix:///{Export}?socket={Server.UnixPath}"
             : Export.Length == 0 ? $"nbd://{Server.Host}:{Server.Port}" : $"nbd://{Server.Host}:{Server.Port}/{Export}";
 }

@@ -12,7 +12,12 @@ namespace BlockMirror.Nbd.Client;
 /// </summary>
 public static class NbdDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read);
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read)
+    {
+        // nbd://, nbd+tcp://, nbd+unix:// and nbd:... file names (QEMU's three nbd protocol names).
+        Protocols = NbdFileName.Protocols,
+        ParseFileName = NbdFileName.WriteOptions,
+    };
 
     static NodeOpener Read(NodeOptions node)
     {
@@ -24,15 +29,19 @@ public static class NbdDeclaration
             throw options.Invalid("x-dirty-bitmap is not supported: BlockMirror's NBD client reads base:allocation only");
         }
 
-        if (options.OptionalString("tls-creds") is not null || options.OptionalString("tls-hostname") is not null)
-        {
-            throw options.Invalid("TLS is not available on this NBD client");
-        }
-
+        var tlsCreds = options.OptionalString("tls-creds");
+        // The name the server's certificate must carry; without it, the host connected to (a Unix socket has
+        // none). QEMU takes it without tls-creds too, where it means nothing.
+        var tlsHostname = options.OptionalString("tls-hostname") ?? (server.IsUnix ? null : server.Host);
         var reconnectDelay = TimeSpan.FromSeconds(options.OptionalUInt32("reconnect-delay") ?? 0);
         var openTimeout = TimeSpan.FromSeconds(options.OptionalUInt32("open-timeout") ?? 0);
-        var client = new NbdClientOptions(server, export, null, reconnectDelay, openTimeout);
-        return opening => NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
+        return opening =>
+        {
+            // Looked up when the node opens, before connecting, as QEMU's nbd_open does.
+            var upgrade = tlsCreds is null ? null : NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname);
+            var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout);
+            return NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
+        };
     }
 
     /// <summary>QEMU's SocketAddress, the flat union on <c>type</c>; vsock and fd are not offered here.</summary>

@@ -4,6 +4,7 @@ using System.IO.Pipelines;
 using System.Text;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Nbd.Protocol;
+using BlockMirror.Net.Tls;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -32,27 +33,39 @@ sealed class NbdConnection : IAsyncDisposable
 
     internal const string AllocationContext = "base:allocation";
 
-    readonly Stream _stream;
+    Stream _stream;
     readonly NbdServer _server;
+
+    /// <summary>Whether NBD_OPT_STARTTLS has made <see cref="Stream"/> a TLS session.</summary>
+    bool _tls;
 
     public NbdConnection(Stream stream, NbdServer server)
     {
         _stream = stream;
         _server = server;
-        // Both leave the stream open: DisposeAsync closes it last. (Completing a reader that owned the stream
-        // closed it under the writer, whose completion then failed writing out a reply it still held.)
-        // Small reads: in the transmission phase a header read brings along at most this much of a write
-        // payload (copied out of the pipe); the rest of the payload is read straight into its buffer.
-        Reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 << 10, minimumReadSize: 4 << 10, leaveOpen: true));
-        Writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true));
+        (Reader, Writer) = CreatePipes(stream);
     }
 
-    internal PipeReader Reader { get; }
+    /// <summary>
+    /// The handshake's and the request loop's pipes over <paramref name="stream"/>. Both leave the stream open:
+    /// DisposeAsync closes it last. (Completing a reader that owned the stream closed it under the writer, whose
+    /// completion then failed writing out a reply it still held.) Small reads: in the transmission phase a header
+    /// read brings along at most this much of a write payload (copied out of the pipe); the rest of the payload
+    /// is read straight into its buffer.
+    /// </summary>
+    static (PipeReader, PipeWriter) CreatePipes(Stream stream) =>
+        (PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 16 << 10, minimumReadSize: 4 << 10, leaveOpen: true)),
+         PipeWriter.Create(stream, new StreamPipeWriterOptions(leaveOpen: true)));
 
-    /// <summary>The socket stream under <see cref="Reader"/> and <see cref="Writer"/>: the transmission phase reads write payloads from it and sends replies to it directly.</summary>
+    internal PipeReader Reader { get; private set; }
+
+    /// <summary>
+    /// The connection's stream under <see cref="Reader"/> and <see cref="Writer"/> (the socket's, or the TLS session
+    /// over it after NBD_OPT_STARTTLS): the transmission phase reads write payloads from it and sends replies to it directly.
+    /// </summary>
     internal Stream Stream => _stream;
 
-    internal PipeWriter Writer { get; }
+    internal PipeWriter Writer { get; private set; }
 
     internal AlignedBufferPool Buffers => _server.Buffers;
 
@@ -86,9 +99,9 @@ sealed class NbdConnection : IAsyncDisposable
                 await transmission.RunAsync(cancellationToken).ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (ex is IOException or OperationCanceledException or NbdProtocolException or ObjectDisposedException)
+        catch (Exception ex) when (ex is IOException or OperationCanceledException or NbdProtocolException or ObjectDisposedException or TlsException)
         {
-            // The client went away or broke the protocol: closing the connection is the whole answer.
+            // The client went away, broke the protocol or failed the TLS handshake: closing the connection is the whole answer.
         }
         finally
         {
@@ -136,6 +149,23 @@ sealed class NbdConnection : IAsyncDisposable
             }
 
             var data = await ReadBytesAsync((int)header.Length, cancellationToken).ConfigureAwait(false);
+            if (header.Option == NbdOption.StartTls && data.Length != 0)
+            {
+                // A client that cannot even ask for TLS correctly is not worth another try (QEMU drops it too).
+                await OptionReplyAsync(header.Option, NbdOptionReply.ErrInvalid, "option 'starttls' has unexpected length", cancellationToken).ConfigureAwait(false);
+                return null;
+            }
+
+            if (_server.Tls is { } tls && !_tls)
+            {
+                if (!await BeforeTlsAsync(tls, header.Option, cancellationToken).ConfigureAwait(false))
+                {
+                    return null;
+                }
+
+                continue;
+            }
+
             var (done, export) = await HandleOptionAsync(header.Option, data, cancellationToken).ConfigureAwait(false);
             if (done)
             {
@@ -150,6 +180,53 @@ sealed class NbdConnection : IAsyncDisposable
 
         // An option haggle that never ends: the client had its chance.
         return null;
+    }
+
+    /// <summary>
+    /// An option on a server with TLS before the client started it: only NBD_OPT_STARTTLS is served. Every other
+    /// option gets NBD_REP_ERR_TLS_REQD and the client may try again; NBD_OPT_ABORT gets it too and ends the
+    /// connection, and NBD_OPT_EXPORT_NAME, which has no way to carry an error, ends it at once (QEMU's server
+    /// does all three alike). Returns false when the connection is to be closed.
+    /// </summary>
+    async Task<bool> BeforeTlsAsync(TlsCredentials tls, NbdOption option, CancellationToken cancellationToken)
+    {
+        switch (option)
+        {
+            case NbdOption.StartTls:
+                await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+                await StartTlsAsync(tls, cancellationToken).ConfigureAwait(false);
+                return true;
+            case NbdOption.ExportName:
+                return false;
+            default:
+                await OptionReplyAsync(option, NbdOptionReply.ErrTlsRequired, $"Option 0x{(uint)option:x} not permitted before TLS", cancellationToken).ConfigureAwait(false);
+                return option != NbdOption.Abort;
+        }
+    }
+
+    /// <summary>
+    /// Runs the server side of the TLS handshake over the connection's stream and moves the handshake and the
+    /// transmission phase onto the session.
+    /// </summary>
+    async Task StartTlsAsync(TlsCredentials tls, CancellationToken cancellationToken)
+    {
+        // The client must wait for our reply before its TLS hello; bytes already buffered would be lost to the
+        // session (and are the protocol broken).
+        if (Reader.TryRead(out var pending))
+        {
+            var early = !pending.Buffer.IsEmpty;
+            Reader.AdvanceTo(pending.Buffer.Start);
+            if (early)
+            {
+                throw new NbdProtocolException("data after NBD_OPT_STARTTLS before the TLS handshake");
+            }
+        }
+
+        await Reader.CompleteAsync().ConfigureAwait(false);
+        await Writer.CompleteAsync().ConfigureAwait(false);
+        _stream = await tls.AuthenticateAsServerAsync(_stream, cancellationToken).ConfigureAwait(false);
+        _tls = true;
+        (Reader, Writer) = CreatePipes(_stream);
     }
 
     /// <summary>One option. Returns done when the handshake is over: with the export to serve, or null to close.</summary>
@@ -228,7 +305,9 @@ sealed class NbdConnection : IAsyncDisposable
                 break;
 
             case NbdOption.StartTls:
-                await OptionReplyAsync(option, NbdOptionReply.ErrPolicy, "TLS is not configured on this server", cancellationToken).ConfigureAwait(false);
+                // QEMU's replies: a second STARTTLS is invalid; on a server without TLS it is refused by policy.
+                await OptionReplyAsync(option, _tls ? NbdOptionReply.ErrInvalid : NbdOptionReply.ErrPolicy,
+                    _tls ? "TLS already enabled" : "TLS not configured", cancellationToken).ConfigureAwait(false);
                 break;
 
             default:

@@ -1,9 +1,10 @@
 using System.Collections.Concurrent;
 using System.Net;
-using System.Net.Sockets;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
+using BlockMirror.Net.Listening;
+using BlockMirror.Net.Tls;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -16,11 +17,7 @@ public sealed class NbdServer : IAsyncDisposable
 {
     readonly BlockGraph _graph;
     readonly ConcurrentDictionary<string, NbdExport> _exports = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<Task, byte> _connections = new();
-    readonly CancellationTokenSource _stopping = new();
-    Socket? _listener;
-    Task? _accepting;
-    string? _unixPath;
+    SocketListener? _listener;
 
     public NbdServer(BlockGraph graph) => _graph = graph;
 
@@ -34,6 +31,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Where the server listens, once started (the port is the real one when 0 was asked for).</summary>
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 
+    /// <summary>The credentials clients must start TLS with, or null when the server speaks plain NBD.</summary>
+    public TlsCredentials? Tls { get; private set; }
+
     public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Id, StringComparer.Ordinal);
 
     /// <summary>
@@ -41,80 +41,30 @@ public sealed class NbdServer : IAsyncDisposable
     /// they wait in the listen backlog, as qemu-storage-daemon's do while it applies its command line).
     /// A Unix socket path must not exist yet.
     /// </summary>
-    public void Start(EndPoint endPoint, Task? acceptAfter = null)
+    /// <remarks>
+    /// With <paramref name="tls"/> (server credentials), clients must start TLS (NBD_OPT_STARTTLS) before any
+    /// other option, and the rest of the connection runs over the session.
+    /// </remarks>
+    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null)
     {
+        if (tls is { Endpoint: not TlsEndpoint.Server })
+        {
+            throw new ArgumentException("Expected TLS credentials for a server endpoint", nameof(tls));
+        }
+
+        Tls = tls;
         if (_listener is not null)
         {
             throw new InvalidOperationException("NBD server already running");
         }
 
-        var unix = endPoint is UnixDomainSocketEndPoint;
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
-        try
-        {
-            if (!unix)
-            {
-                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            }
-
-            socket.Bind(endPoint);
-            socket.Listen(64);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-
-        _unixPath = unix ? endPoint.ToString() : null;
-        _listener = socket;
-        _accepting = AcceptAsync(socket, acceptAfter, _stopping.Token);
+        _listener = SocketListener.Bind(endPoint, backlog: 64);
+        _listener.Start(ServeAsync, acceptAfter);
     }
 
-    async Task AcceptAsync(Socket listener, Task? acceptAfter, CancellationToken cancellationToken)
+    async Task ServeAsync(Stream stream, CancellationToken cancellationToken)
     {
-        try
-        {
-            await (acceptAfter ?? Task.CompletedTask).WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            return;
-        }
-
-        while (!cancellationToken.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-                if (cancellationToken.IsCancellationRequested)
-                {
-                    return;
-                }
-
-                continue;
-            }
-
-            if (client.ProtocolType == ProtocolType.Tcp)
-            {
-                // Replies are small and latency-bound: never wait to coalesce them.
-                client.NoDelay = true;
-            }
-
-            var connection = new NbdConnection(new NetworkStream(client, ownsSocket: true), this);
-            var task = ServeAsync(connection, cancellationToken);
-            _connections.TryAdd(task, 0);
-            _ = task.ContinueWith(t => _connections.TryRemove(t, out _), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-        }
-    }
-
-    async Task ServeAsync(NbdConnection connection, CancellationToken cancellationToken)
-    {
-        await Task.Yield();
+        var connection = new NbdConnection(stream, this);
         try
         {
             await using (connection.ConfigureAwait(false))
@@ -202,25 +152,11 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Stops listening and closes every connection, after their requests in progress have replied.</summary>
     public async ValueTask StopAsync()
     {
-        if (_listener is null)
+        if (_listener is { } listener)
         {
-            return;
+            await listener.StopAsync().ConfigureAwait(false);
+            _listener = null;
         }
-
-        await _stopping.CancelAsync().ConfigureAwait(false);
-        _listener.Dispose();
-        if (_accepting is not null)
-        {
-            await _accepting.ConfigureAwait(false);
-        }
-
-        await Task.WhenAll(_connections.Keys).ConfigureAwait(false);
-        if (_unixPath is not null)
-        {
-            File.Delete(_unixPath);
-        }
-
-        _listener = null;
     }
 
     public async ValueTask DisposeAsync()
@@ -230,7 +166,5 @@ public sealed class NbdServer : IAsyncDisposable
         {
             await RemoveExportAsync(export).ConfigureAwait(false);
         }
-
-        _stopping.Dispose();
     }
 }

@@ -1,10 +1,9 @@
-using System.Buffers;
-using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
+using BlockMirror.Nbd.Client;
 using BlockMirror.Nbd.Protocol;
 
 namespace BlockMirror.Nbd.Server;
@@ -19,7 +18,7 @@ namespace BlockMirror.Nbd.Server;
 /// TieredCompilation.CallCountingDelayMs to 0). A daemon's first clients paid for both: measured with
 /// nbdcopy right after start-up, the first 1 GiB write ran at 1.07 to 1.13 GiB/s, the following ones at
 /// 1.36 to 1.53 GiB/s.</para>
-/// <para>The client pipelines what nbdcopy and fio send (256 KiB reads and writes, 4 KiB writes, at depth
+/// <para>The client (BlockMirror's own NBD client) pipelines what nbdcopy and fio send (256 KiB reads and writes, 4 KiB writes, at depth
 /// 16, then a flush) in rounds, until a round compiles at most <see cref="QuietRound"/> methods or
 /// <see cref="MaxDuration"/> passes; on the 2-core machine of the benchmarks it runs to the limit (7 to 9
 /// rounds, each compiling 50 to 300 methods). The first nbdcopy read and write after start-up then
@@ -77,17 +76,22 @@ public static class NbdWarmup
             server.Start(new UnixDomainSocketEndPoint(socketPath));
             server.AddExport(node, new NbdExportOptions("warmup", "warmup", Writable: true, Description: null));
 
-            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), cancellationToken).ConfigureAwait(false);
-            var stream = new NetworkStream(socket, ownsSocket: false);
-            await using var ___ = stream.ConfigureAwait(false);
-            await HandshakeAsync(stream, cancellationToken).ConfigureAwait(false);
+            var client = await NbdClientDriver.ConnectAsync(new NbdClientOptions(new NbdServerAddress { UnixPath = socketPath }, "warmup"), cancellationToken)
+                .ConfigureAwait(false);
+
+            // Disposing sends NBD_CMD_DISC once every request has its answer.
+            await using var ___ = client.ConfigureAwait(false);
+            var buffers = new byte[Depth][];
+            for (var i = 0; i < Depth; i++)
+            {
+                buffers[i] = new byte[Large];
+            }
 
             var clock = Stopwatch.StartNew();
             for (var round = 0; clock.Elapsed < MaxDuration; round++)
             {
                 var before = JitInfo.GetCompiledMethodCount();
-                await RoundAsync(stream, round, cancellationToken).ConfigureAwait(false);
+                await RoundAsync(client, buffers, round, cancellationToken).ConfigureAwait(false);
 
                 // Give the background compiler a moment, then stop once a round brought (almost) nothing new
                 // to compile: a few methods a round keep coming from elsewhere in the process.
@@ -97,8 +101,6 @@ public static class NbdWarmup
                     break;
                 }
             }
-
-            await SendAsync(stream, NbdCommand.Disconnect, 0, 0, 0, null, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or SocketException or UnauthorizedAccessException or InvalidOperationException or BlockOpenException)
         {
@@ -116,47 +118,12 @@ public static class NbdWarmup
         }
     }
 
-    /// <summary>Fixed newstyle, structured replies, NBD_OPT_GO for the export "warmup".</summary>
-    static async Task HandshakeAsync(NetworkStream stream, CancellationToken cancellationToken)
+    /// <summary>
+    /// One round: 32 large writes, 32 large reads, 256 small writes at scattered offsets, <see cref="Depth"/> in
+    /// flight at a time (each of the <see cref="Depth"/> senders with its own buffer), then a flush.
+    /// </summary>
+    static async Task RoundAsync(NbdClientConnection client, byte[][] buffers, int round, CancellationToken cancellationToken)
     {
-        var greeting = new byte[18];
-        await stream.ReadExactlyAsync(greeting, cancellationToken).ConfigureAwait(false);
-        var writer = new ArrayBufferWriter<byte>();
-        NbdWire.WriteUInt32(writer, (uint)(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes));
-        WriteOption(writer, NbdOption.StructuredReply, []);
-        WriteOption(writer, NbdOption.Go, [0, 0, 0, 6, .. "warmup"u8, 0, 0]);
-        await stream.WriteAsync(writer.WrittenMemory, cancellationToken).ConfigureAwait(false);
-
-        var header = new byte[NbdWire.OptionReplyHeaderSize];
-        var acks = 0;
-        while (acks < 2)
-        {
-            await stream.ReadExactlyAsync(header, cancellationToken).ConfigureAwait(false);
-            var reply = (NbdOptionReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
-            await stream.ReadExactlyAsync(new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16))], cancellationToken).ConfigureAwait(false);
-            if (reply == NbdOptionReply.Ack)
-            {
-                acks++;
-            }
-            else if (reply != NbdOptionReply.Info)
-            {
-                throw new InvalidOperationException($"NBD warm-up: option refused ({reply})");
-            }
-        }
-
-        static void WriteOption(ArrayBufferWriter<byte> writer, NbdOption option, ReadOnlySpan<byte> data)
-        {
-            NbdWire.WriteUInt64(writer, NbdMagic.Option);
-            NbdWire.WriteUInt32(writer, (uint)option);
-            NbdWire.WriteUInt32(writer, (uint)data.Length);
-            writer.Write(data);
-        }
-    }
-
-    /// <summary>One round: 32 large writes, 32 large reads, 256 small writes at scattered offsets, a flush.</summary>
-    static async Task RoundAsync(NetworkStream stream, int round, CancellationToken cancellationToken)
-    {
-        var payload = new byte[Large];
         var requests = new List<(NbdCommand Command, long Offset, int Length)>();
         for (var i = 0; i < 32; i++)
         {
@@ -173,65 +140,33 @@ public static class NbdWarmup
             requests.Add((NbdCommand.Write, (i * 7919L + round) % (Size / Small) * Small, Small));
         }
 
-        // Keep Depth requests in flight: a new one for every reply.
-        var sent = 0;
-        for (; sent < Math.Min(Depth, requests.Count); sent++)
+        var next = -1;
+        var senders = new Task[Depth];
+        for (var i = 0; i < Depth; i++)
         {
-            await SendAsync(stream, requests[sent].Command, sent, requests[sent].Offset, requests[sent].Length, payload, cancellationToken).ConfigureAwait(false);
-        }
-
-        for (var answered = 0; answered < requests.Count; answered++)
-        {
-            await ReadReplyAsync(stream, payload, cancellationToken).ConfigureAwait(false);
-            if (sent < requests.Count)
+            var buffer = buffers[i];
+            senders[i] = Task.Run(async () =>
             {
-                await SendAsync(stream, requests[sent].Command, sent, requests[sent].Offset, requests[sent].Length, payload, cancellationToken).ConfigureAwait(false);
-                sent++;
-            }
+                for (var index = Interlocked.Increment(ref next); index < requests.Count; index = Interlocked.Increment(ref next))
+                {
+                    var (command, offset, length) = requests[index];
+                    await SendAsync(client, command, offset, command == NbdCommand.Read ? buffer.AsMemory(0, length) : default,
+                        command == NbdCommand.Write ? buffer.AsMemory(0, length) : default, length, cancellationToken).ConfigureAwait(false);
+                }
+            }, cancellationToken);
         }
 
-        await SendAsync(stream, NbdCommand.Flush, 0, 0, 0, null, cancellationToken).ConfigureAwait(false);
-        await ReadReplyAsync(stream, payload, cancellationToken).ConfigureAwait(false);
+        await Task.WhenAll(senders).ConfigureAwait(false);
+        await SendAsync(client, NbdCommand.Flush, 0, default, default, 0, cancellationToken).ConfigureAwait(false);
     }
 
-    static async Task SendAsync(NetworkStream stream, NbdCommand command, long cookie, long offset, int length, byte[]? payload, CancellationToken cancellationToken)
+    static async Task SendAsync(NbdClientConnection client, NbdCommand command, long offset, Memory<byte> read, ReadOnlyMemory<byte> write, int length,
+        CancellationToken cancellationToken)
     {
-        var header = new byte[NbdWire.RequestSize];
-        var writer = new ArrayBufferWriter<byte>(NbdWire.RequestSize);
-        NbdWire.WriteRequest(writer, new NbdRequest(NbdCommandFlags.None, command, (ulong)cookie, (ulong)offset, (uint)length));
-        writer.WrittenSpan.CopyTo(header);
-        await stream.WriteAsync(header, cancellationToken).ConfigureAwait(false);
-        if (command == NbdCommand.Write)
+        var reply = await client.RequestAsync(command, NbdCommandFlags.None, offset, length, read, write, cancellationToken).ConfigureAwait(false);
+        if (reply.Error != NbdError.None)
         {
-            await stream.WriteAsync(payload.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+            throw new InvalidOperationException($"NBD warm-up: {command} failed with {reply.Error}");
         }
-    }
-
-    /// <summary>A simple reply (writes, flush) or a structured read reply, whose data lands in <paramref name="scratch"/>.</summary>
-    static async Task ReadReplyAsync(NetworkStream stream, byte[] scratch, CancellationToken cancellationToken)
-    {
-        var header = new byte[NbdWire.ChunkHeaderSize];
-        await stream.ReadExactlyAsync(header.AsMemory(0, NbdWire.SimpleReplySize), cancellationToken).ConfigureAwait(false);
-        var magic = BinaryPrimitives.ReadUInt32BigEndian(header);
-        if (magic == NbdMagic.SimpleReply)
-        {
-            if (BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(4)) != 0)
-            {
-                throw new InvalidOperationException("NBD warm-up: a request failed");
-            }
-
-            return;
-        }
-
-        await stream.ReadExactlyAsync(header.AsMemory(NbdWire.SimpleReplySize), cancellationToken).ConfigureAwait(false);
-        var type = (NbdChunkType)BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(6));
-        var length = (int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
-        if (magic != NbdMagic.StructuredReply || type != NbdChunkType.OffsetData || length > scratch.Length + 8)
-        {
-            throw new InvalidOperationException($"NBD warm-up: unexpected reply (magic 0x{magic:x8}, type {type})");
-        }
-
-        await stream.ReadExactlyAsync(scratch.AsMemory(0, 8), cancellationToken).ConfigureAwait(false);
-        await stream.ReadExactlyAsync(scratch.AsMemory(0, length - 8), cancellationToken).ConfigureAwait(false);
     }
 }

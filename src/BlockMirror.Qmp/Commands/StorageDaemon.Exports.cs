@@ -21,13 +21,10 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic("Limiting NBD clients ('max-connections') is not supported");
             }
 
-            if (arguments.OptionalString("tls-creds") is not null || arguments.OptionalString("tls-authz") is not null)
-            {
-                throw QmpException.Generic("TLS is not supported by this NBD server");
-            }
-
+            var tlsCreds = arguments.OptionalString("tls-creds");
+            var tlsAuthz = arguments.OptionalString("tls-authz");
             arguments.CheckNoneUnexpected();
-            StartNbdServer(endPoint);
+            StartNbdServer(endPoint, tlsCreds, tlsAuthz);
             return ValueTask.FromResult(Empty);
         });
 

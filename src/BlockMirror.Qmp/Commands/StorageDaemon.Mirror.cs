@@ -92,13 +92,14 @@ public sealed partial class StorageDaemon
     /// <summary>
     /// What drive-mirror will do with its target, decided and checked before anything touches a file.
     /// </summary>
-    /// <param name="Path">The target's file.</param>
+    /// <param name="Path">The target as given: a file, or another protocol's image (an NBD export).</param>
+    /// <param name="File">The local file <paramref name="Path"/> names, or null for an export: that is opened (and, with absolute-paths, made a new image in place), never created, replaced or removed.</param>
     /// <param name="Format">Its format; null for an existing target whose format is probed.</param>
     /// <param name="Create">Create the file (absolute-paths), replacing one at that path.</param>
     /// <param name="Existed">A file was at the path before the command: never removed on failure.</param>
     /// <param name="BackingFile">The backing file the new image's header names (absolute path), or null.</param>
     /// <param name="BackingFormat">Its format.</param>
-    sealed record DriveMirrorTarget(string Path, string? Format, string? NodeName, bool Create, bool Existed, string? BackingFile, string? BackingFormat);
+    sealed record DriveMirrorTarget(string Path, string? File, string? Format, string? NodeName, bool Create, bool Existed, string? BackingFile, string? BackingFormat);
 
     /// <summary>
     /// The checks drive-mirror makes of its target before it creates, truncates or opens it: the node-name,
@@ -125,12 +126,19 @@ public sealed partial class StorageDaemon
         // absolute-paths: the target is new and gets its backing from the source's chain at the switch;
         // existing: the target's own header names its chain, opened at the switch.
         options = options with { BackingMode = mode == "existing" ? MirrorBackingMode.OpenBackingChain : MirrorBackingMode.SourceBackingChain };
-        var existed = File.Exists(target);
+        // An unknown protocol prefix, or a name its protocol refuses (a bad NBD URI), before anything else.
+        ImageFiles.CheckName(target);
+        var file = ImageFiles.LocalFile(target);
+        var existed = file is null || File.Exists(file);
         if (mode == "existing")
         {
-            RefuseFileInUse(target);
+            if (file is not null)
+            {
+                RefuseFileInUse(file);
+            }
+
             return existed
-                ? new DriveMirrorTarget(target, format, nodeName, Create: false, Existed: true, null, null)
+                ? new DriveMirrorTarget(target, file, format, nodeName, Create: false, Existed: true, null, null)
                 : throw QmpException.Generic($"Could not open '{target}': No such file or directory");
         }
 
@@ -157,13 +165,16 @@ public sealed partial class StorageDaemon
             throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
         }
 
-        RefuseFileInUse(target);
-        if (Directory.Exists(target))
+        if (file is not null)
         {
-            throw QmpException.Generic($"Could not create '{target}': Is a directory");
+            RefuseFileInUse(file);
+            if (Directory.Exists(file))
+            {
+                throw QmpException.Generic($"Could not create '{target}': Is a directory");
+            }
         }
 
-        return new DriveMirrorTarget(target, targetFormat, nodeName, Create: true, existed,
+        return new DriveMirrorTarget(target, file, targetFormat, nodeName, Create: true, existed,
             backing?.Driver.FileName is { } name ? Path.GetFullPath(name) : null, backing?.Driver.DriverName);
     }
 
@@ -192,13 +203,24 @@ public sealed partial class StorageDaemon
     /// <summary>Creates the target where the plan says so, then opens it; a file this created is removed again if the open fails.</summary>
     async Task<BlockNode> OpenDriveMirrorTargetAsync(DriveMirrorTarget plan, BlockNode source, CancellationToken cancellationToken)
     {
+        // Opened with the source's discard mode, as QEMU opens it with the source's flags: a guest's discard
+        // must do after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
+        var discard = BlockChain.SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+        // Without its backing: the mirror copies what the target must hold, and the backing is attached (or
+        // opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING).
+        var open = new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName, Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None });
+        if (plan.File is null)
+        {
+            return await OpenExportTargetAsync(plan, open, source, cancellationToken).ConfigureAwait(false);
+        }
+
         if (plan.Create)
         {
             try
             {
                 if (plan.Existed)
                 {
-                    File.Delete(plan.Path);
+                    File.Delete(plan.File);
                 }
 
                 ImageFiles.Create(plan.Path, plan.Format!, source.Length, plan.BackingFile, plan.BackingFormat);
@@ -215,21 +237,8 @@ public sealed partial class StorageDaemon
 
         try
         {
-            // Without its backing: the mirror copies what the target must hold, and the backing is
-            // attached (or opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING). With the
-            // source's discard mode, as QEMU opens it with the source's flags: a guest's discard must do
-            // after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
-            var discard = BlockChain.SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
-            var node = await ImageFiles.OpenAsync(Graph, new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName,
-                Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None }), cancellationToken).ConfigureAwait(false);
-            if (plan.Format is null && node.Driver.DriverName == DriverNames.Raw)
-            {
-                // QEMU's words, on the daemon's standard error as QEMU prints them.
-                await Console.Error.WriteLineAsync($"WARNING: Image format was not specified for '{plan.Path}' and probing guessed raw.\n" +
-                    "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
-                    "         Specify the 'raw' format explicitly to remove the restrictions.").ConfigureAwait(false);
-            }
-
+            var node = await ImageFiles.OpenAsync(Graph, open, cancellationToken).ConfigureAwait(false);
+            await WarnIfProbedRawAsync(plan, node).ConfigureAwait(false);
             return node;
         }
         catch
@@ -245,9 +254,20 @@ public sealed partial class StorageDaemon
     /// </summary>
     void RemoveCreatedTarget(DriveMirrorTarget plan)
     {
-        if (plan.Create && !plan.Existed && Graph.FindNodeUsingFile(plan.Path) is null)
+        if (plan.Create && !plan.Existed && plan.File is { } file && Graph.FindNodeUsingFile(file) is null)
         {
-            File.Delete(plan.Path);
+            File.Delete(file);
+        }
+    }
+
+    /// <summary>QEMU's warning for a target whose format was probed as raw, on the daemon's standard error as QEMU prints it.</summary>
+    static async Task WarnIfProbedRawAsync(DriveMirrorTarget plan, BlockNode node)
+    {
+        if (plan.Format is null && node.Driver.DriverName == DriverNames.Raw)
+        {
+            await Console.Error.WriteLineAsync($"WARNING: Image format was not specified for '{plan.Path}' and probing guessed raw.\n" +
+                "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+                "         Specify the 'raw' format explicitly to remove the restrictions.").ConfigureAwait(false);
         }
     }
 

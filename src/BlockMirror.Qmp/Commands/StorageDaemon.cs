@@ -28,6 +28,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddMirrorCommands();
         AddCommitCommands();
         AddExportCommands();
+        AddObjectCommands();
         AddMiscCommands();
     }
 
@@ -79,18 +80,29 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     /// <summary>Completes when a client sent <c>quit</c>.</summary>
     public Task QuitRequested => _quit.Task;
 
-    /// <summary>Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time. <paramref name="acceptAfter"/>: see <see cref="NbdServer.Start"/>.</summary>
-    public EndPoint StartNbdServer(EndPoint endPoint, Task? acceptAfter = null)
+    /// <summary>
+    /// Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time. <paramref name="tlsCreds"/>: the id
+    /// of server TLS credentials every client must start TLS with. <paramref name="acceptAfter"/>: see <see cref="NbdServer.Start"/>.
+    /// </summary>
+    public EndPoint StartNbdServer(EndPoint endPoint, string? tlsCreds = null, string? tlsAuthz = null, Task? acceptAfter = null)
     {
         if (Nbd is not null)
         {
             throw QmpException.Generic("NBD server already running");
         }
 
+        // Checked before the socket is bound, so a refusal leaves no socket file behind (QEMU binds first).
+        var tls = tlsCreds is null ? null : FindServerCredentials(tlsCreds);
+        if (tlsAuthz is not null)
+        {
+            // QEMU checks the client certificate's name against an authz object; none can be created here.
+            throw QmpException.Generic("TLS client authorization ('tls-authz') is not supported");
+        }
+
         var server = new NbdServer(Graph);
         try
         {
-            server.Start(endPoint, acceptAfter);
+            server.Start(endPoint, acceptAfter, tls);
         }
         catch (SocketException ex)
         {

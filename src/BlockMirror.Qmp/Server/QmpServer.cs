@@ -1,9 +1,9 @@
 using System.Collections.Concurrent;
 using System.Net;
-using System.Net.Sockets;
 using System.Text.Json;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;
+using BlockMirror.Net.Listening;
 using BlockMirror.Qmp.Events;
 using BlockMirror.Qmp.Protocol;
 
@@ -20,17 +20,13 @@ public sealed class QmpServer : IAsyncDisposable
 
     public const string Package = "BlockMirror";
 
-    readonly List<Socket> _listeners = [];
-    readonly List<string> _socketPaths = [];
-    readonly ConcurrentDictionary<QmpSession, Task> _sessions = new();
+    readonly List<SocketListener> _listeners = [];
 
     // The sessions events go to. A session joins itself the moment its qmp_capabilities succeeds, on its
     // own thread, before the reply is queued: registering it from the accept loop after the session had
     // started let a fast client negotiate and start a job before it was registered, and lose the job's
     // first events.
     readonly ConcurrentDictionary<QmpSession, byte> _negotiated = new();
-    readonly CancellationTokenSource _stopping = new();
-    readonly List<Task> _accepting = [];
     readonly IDisposable _events;
 
     public QmpServer(QmpCommandTable commands, JobEventBus events)
@@ -48,72 +44,19 @@ public sealed class QmpServer : IAsyncDisposable
     /// </summary>
     public EndPoint Listen(EndPoint endPoint, Task? acceptAfter = null)
     {
-        var unix = endPoint is UnixDomainSocketEndPoint;
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
-        try
+        var listener = SocketListener.Bind(endPoint, backlog: 16, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        lock (_listeners)
         {
-            socket.Bind(endPoint);
-            if (unix)
-            {
-                var path = endPoint.ToString()!;
-                _socketPaths.Add(path);
-                if (!OperatingSystem.IsWindows())
-                {
-                    File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-                }
-            }
-
-            socket.Listen(16);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
+            _listeners.Add(listener);
         }
 
-        _listeners.Add(socket);
-        _accepting.Add(AcceptAsync(socket, acceptAfter, _stopping.Token));
-        return socket.LocalEndPoint!;
+        listener.Start(RunSessionAsync, acceptAfter);
+        return listener.LocalEndPoint;
     }
 
-    async Task AcceptAsync(Socket listener, Task? acceptAfter, CancellationToken cancellationToken)
+    async Task RunSessionAsync(Stream stream, CancellationToken cancellationToken)
     {
-        try
-        {
-            await (acceptAfter ?? Task.CompletedTask).WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            return;
-        }
-
-        while (!cancellationToken.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await listener.AcceptAsync(cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-                if (cancellationToken.IsCancellationRequested)
-                {
-                    return;
-                }
-
-                continue;
-            }
-
-            // Registered before it starts, so that its end (which unregisters it) always comes after.
-            var session = new QmpSession(new NetworkStream(client, ownsSocket: true), this);
-            var start = new Task<Task>(() => RunSessionAsync(session, cancellationToken));
-            _sessions[session] = start.Unwrap();
-            start.Start(TaskScheduler.Default);
-        }
-    }
-
-    async Task RunSessionAsync(QmpSession session, CancellationToken cancellationToken)
-    {
+        var session = new QmpSession(stream, this);
         try
         {
             await session.RunAsync(cancellationToken).ConfigureAwait(false);
@@ -121,7 +64,6 @@ public sealed class QmpServer : IAsyncDisposable
         finally
         {
             _negotiated.TryRemove(session, out _);
-            _sessions.TryRemove(session, out _);
         }
     }
 
@@ -193,19 +135,14 @@ public sealed class QmpServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         _events.Dispose();
-        await _stopping.CancelAsync().ConfigureAwait(false);
-        foreach (var listener in _listeners)
+        List<SocketListener> listeners;
+        lock (_listeners)
         {
-            listener.Dispose();
+            listeners = [.. _listeners];
+            _listeners.Clear();
         }
 
-        await Task.WhenAll(_accepting).ConfigureAwait(false);
-        await Task.WhenAll(_sessions.Values).ConfigureAwait(false);
-        foreach (var path in _socketPaths)
-        {
-            File.Delete(path);
-        }
-
-        _stopping.Dispose();
+        // Every listener stops accepting first, so no monitor connects to one while another is being closed.
+        await Task.WhenAll(listeners.Select(l => l.StopAsync().AsTask())).ConfigureAwait(false);
     }
 }

@@ -5,7 +5,12 @@ namespace BlockMirror.Block.Drivers.File;
 /// <summary>The <c>file</c> protocol driver's declaration (QEMU's BlockdevOptionsFile).</summary>
 static class FileDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.File, DriverKind.Protocol, Read);
+    public static DriverDeclaration Driver { get; } = new(DriverNames.File, DriverKind.Protocol, Read)
+    {
+        // file:PATH names PATH (QEMU's raw_parse_filename): the way to open a file whose name has a ':'.
+        Protocols = ["file"],
+        ParseFileName = (fileName, options) => options.WriteString("filename", fileName["file:".Length..]),
+    };
 
     static NodeOpener Read(NodeOptions node)
     {

@@ -88,12 +88,7 @@ public static class Qcow2Create
     /// <summary>Creates the image; refuses to overwrite an existing file.</summary>
     public static void Create(string path, Qcow2CreateOptions options)
     {
-        if (Validate(options) is { } problem)
-        {
-            throw new BlockOpenException($"qcow2: {problem}");
-        }
-
-        var image = Build(options);
+        var image = Image(options);
         try
         {
             using var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
@@ -105,7 +100,14 @@ public static class Qcow2Create
         }
     }
 
-    /// <summary>The bytes of the new image.</summary>
+    /// <summary>
+    /// The bytes of the new image, from offset 0 (for a file, the whole file; written over an existing image
+    /// that cannot be created, an NBD export, they make it a new qcow2 image there).
+    /// </summary>
+    /// <exception cref="BlockOpenException">The options are not ones qemu-img takes.</exception>
+    public static byte[] Image(Qcow2CreateOptions options) =>
+        Validate(options) is { } problem ? throw new BlockOpenException($"qcow2: {problem}") : Build(options);
+
     static byte[] Build(Qcow2CreateOptions options)
     {
         var clusterBits = int.Log2(options.ClusterSize);

@@ -8,6 +8,13 @@ namespace BlockMirror.Block.Drivers.Registry;
 public delegate NodeOpener DriverOptionsReader(NodeOptions node);
 
 /// <summary>
+/// Writes, as blockdev-add members, the driver's options a file name it claims stands for (QEMU's
+/// bdrv_parse_filename: <c>nbd://host/export</c> becomes <c>server</c> and <c>export</c>). Throws a
+/// <see cref="BlockOpenException"/> in QEMU's words for a name it refuses; writes nothing then.
+/// </summary>
+public delegate void FileNameParser(string fileName, System.Text.Json.Utf8JsonWriter options);
+
+/// <summary>
 /// Everything about one driver, in one place: its QEMU name, where it sits in a stack, whether
 /// <c>blockdev-add</c> offers it, and its option schema with how it opens (<see cref="Read"/>). What an
 /// open node can do is its driver's <see cref="DriverCapabilities"/> and the optional capability
@@ -20,4 +27,13 @@ public sealed record DriverDeclaration(string Name, DriverKind Kind, DriverOptio
 {
     /// <summary>False for drivers QEMU does not have (memory): only code opens them, never blockdev-add.</summary>
     public bool Offered { get; init; } = true;
+
+    /// <summary>
+    /// The prefixes of the file names this driver opens (QEMU's <c>protocol_name</c>: <c>file</c> for
+    /// <c>file:PATH</c>, <c>nbd</c> for <c>nbd://...</c>); each needs <see cref="ParseFileName"/>.
+    /// </summary>
+    public IReadOnlyList<string> Protocols { get; init; } = [];
+
+    /// <summary>Reads a file name with one of <see cref="Protocols"/> into the driver's options.</summary>
+    public FileNameParser? ParseFileName { get; init; }
 }

@@ -83,6 +83,36 @@ public static class DriverRegistry
 
     public static DriverDeclaration? Find(string name) => Array.Find(_current.All, d => d.Name == name);
 
+    /// <summary>
+    /// The protocol prefix of an image's file name, QEMU's way (path_has_protocol): what comes before a ':'
+    /// that comes before any '/' (<c>nbd</c> in <c>nbd://h/x</c>, <c>file</c> in <c>file:disk.img</c>; none in
+    /// <c>./a:b</c> or <c>/a:b</c>). Null for a plain file name.
+    /// </summary>
+    public static string? ProtocolPrefix(string fileName)
+    {
+        var end = fileName.AsSpan().IndexOfAny(':', '/');
+        return end >= 0 && fileName[end] == ':' ? fileName[..end] : null;
+    }
+
+    /// <summary>
+    /// The protocol driver an image's file name names (QEMU's bdrv_find_protocol), for the places QEMU reads
+    /// a protocol prefix: an image opened by name, a drive-mirror target, a backing file name. The driver
+    /// that claims the <see cref="ProtocolPrefix"/>, or a refusal in QEMU's words when none does
+    /// (<c>Unknown protocol 'nbds'</c>); null for a plain file name, which the <c>file</c> driver opens.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The prefix is one no driver claims.</exception>
+    public static DriverDeclaration? FindProtocol(string fileName)
+    {
+        if (ProtocolPrefix(fileName) is not { } prefix)
+        {
+            return null;
+        }
+
+        return Array.Find(_current.All, d => d.ParseFileName is not null && d.Protocols.Contains(prefix))
+            // QEMU keeps 127 bytes of the prefix for its message.
+            ?? throw new BlockOpenException($"Unknown protocol '{(prefix.Length > 127 ? prefix[..127] : prefix)}'");
+    }
+
     /// <summary>Checks the options and opens the node (and its inline children).</summary>
     public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, OptionReader options, OpenRules rules, CancellationToken cancellationToken = default)
     {

@@ -1,0 +1,216 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+
+namespace BlockMirror.Net.Listening;
+
+/// <summary>
+/// One listening socket (TCP or Unix) and the connections accepted on it: the accept loop the NBD server and
+/// the QMP monitors share. Each accepted connection runs <see cref="ConnectionHandler"/> on its own task with the
+/// stream the listener's <see cref="StreamUpgrade"/> made of it (the socket's own stream when there is none).
+/// </summary>
+/// <remarks>
+/// An accept that fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) leaves the connection waiting
+/// in the backlog, so trying again at once fails again at once: the loop waits, doubling from
+/// <see cref="MinBackoff"/> to <see cref="MaxBackoff"/>, instead of spinning on a core until a descriptor
+/// frees. A client that gave up while queued (ECONNABORTED) is skipped without waiting.
+/// </remarks>
+public sealed class SocketListener : IAsyncDisposable
+{
+    /// <summary>The first wait after a failed accept.</summary>
+    public static readonly TimeSpan MinBackoff = TimeSpan.FromMilliseconds(10);
+
+    /// <summary>The longest wait between accepts that keep failing: how late a freed descriptor is noticed at worst.</summary>
+    public static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
+
+    readonly Socket _socket;
+    readonly string? _unixPath;
+    readonly TimeProvider _time;
+    readonly Func<Socket, CancellationToken, ValueTask<Socket>> _accept;
+    readonly CancellationTokenSource _stopping = new();
+    readonly ConcurrentDictionary<Task, byte> _connections = new();
+    Task? _accepting;
+    int _stopped;
+
+    internal SocketListener(Socket socket, string? unixPath, TimeProvider time, Func<Socket, CancellationToken, ValueTask<Socket>>? accept = null)
+    {
+        _socket = socket;
+        _unixPath = unixPath;
+        _time = time;
+        _accept = accept ?? ((listener, cancellationToken) => listener.AcceptAsync(cancellationToken));
+        LocalEndPoint = socket.LocalEndPoint!;
+    }
+
+    /// <summary>
+    /// Binds <paramref name="endPoint"/> and listens. A Unix socket path must not exist yet; with
+    /// <paramref name="unixMode"/> its file gets that mode before any client can connect.
+    /// </summary>
+    /// <exception cref="SocketException">The address is in use or cannot be bound.</exception>
+    public static SocketListener Bind(EndPoint endPoint, int backlog, UnixFileMode? unixMode = null, TimeProvider? time = null)
+    {
+        var unix = endPoint is UnixDomainSocketEndPoint;
+        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+        string? path = null;
+        try
+        {
+            if (!unix)
+            {
+                // A restarted daemon rebinds its port while the old connections sit in TIME_WAIT.
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            }
+
+            socket.Bind(endPoint);
+            if (unix)
+            {
+                path = endPoint.ToString()!;
+                if (unixMode is { } mode && !OperatingSystem.IsWindows())
+                {
+                    File.SetUnixFileMode(path, mode);
+                }
+            }
+
+            socket.Listen(backlog);
+        }
+        catch
+        {
+            socket.Dispose();
+            if (path is not null)
+            {
+                File.Delete(path);
+            }
+
+            throw;
+        }
+
+        return new SocketListener(socket, path, time ?? TimeProvider.System);
+    }
+
+    /// <summary>Where the listener listens (the real port when 0 was asked for).</summary>
+    public EndPoint LocalEndPoint { get; }
+
+    /// <summary>Connections being served right now.</summary>
+    public int ConnectionCount => _connections.Count;
+
+    /// <summary>
+    /// Starts accepting. With <paramref name="acceptAfter"/>, not before it completes: clients wait in the
+    /// listen backlog meanwhile (a daemon applying its command line greets nobody yet, as qemu-storage-daemon).
+    /// </summary>
+    public void Start(ConnectionHandler handler, Task? acceptAfter = null, StreamUpgrade? upgrade = null)
+    {
+        if (_accepting is not null)
+        {
+            throw new InvalidOperationException("the listener is already accepting");
+        }
+
+        _accepting = AcceptAsync(handler, acceptAfter, upgrade, _stopping.Token);
+    }
+
+    async Task AcceptAsync(ConnectionHandler handler, Task? acceptAfter, StreamUpgrade? upgrade, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await (acceptAfter ?? Task.CompletedTask).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        var backoff = TimeSpan.Zero;
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await _accept(_socket, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode is SocketError.ConnectionAborted or SocketError.ConnectionReset or SocketError.Interrupted)
+            {
+                // That client is gone; the next one in the backlog is unaffected.
+                continue;
+            }
+            catch (SocketException)
+            {
+                // Out of descriptors or memory: the connection stays queued and a retry now fails the same way.
+                backoff = backoff == TimeSpan.Zero ? MinBackoff : TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, MaxBackoff.Ticks));
+                try
+                {
+                    await Task.Delay(backoff, _time, cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            backoff = TimeSpan.Zero;
+            if (client.ProtocolType == ProtocolType.Tcp)
+            {
+                // Protocol replies are small and latency-bound: never wait to coalesce them.
+                client.NoDelay = true;
+            }
+
+            // Registered before its removal can be: the continuation is added after TryAdd.
+            var connection = Task.Run(() => ServeAsync(client, handler, upgrade, cancellationToken), CancellationToken.None);
+            _connections.TryAdd(connection, 0);
+            _ = connection.ContinueWith(static (t, state) => ((ConcurrentDictionary<Task, byte>)state!).TryRemove(t, out _), _connections,
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+    }
+
+    static async Task ServeAsync(Socket client, ConnectionHandler handler, StreamUpgrade? upgrade, CancellationToken cancellationToken)
+    {
+        Stream stream = new NetworkStream(client, ownsSocket: true);
+        if (upgrade is not null)
+        {
+            try
+            {
+                stream = await upgrade(stream, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or OperationCanceledException or System.Security.Authentication.AuthenticationException)
+            {
+                // A client that fails the upgrade (a bad certificate, a plain client on a TLS port) is closed.
+                await stream.DisposeAsync().ConfigureAwait(false);
+                return;
+            }
+        }
+
+        await handler(stream, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops accepting, cancels the token every connection was given, waits for the connections to end and
+    /// removes a Unix socket's file. Idempotent.
+    /// </summary>
+    public async ValueTask StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0)
+        {
+            return;
+        }
+
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        _socket.Dispose();
+        if (_accepting is not null)
+        {
+            await _accepting.ConfigureAwait(false);
+        }
+
+        // A handler's failure is its own to report (the NBD server keeps them for tests); here it only must end.
+        await Task.WhenAll(_connections.Keys).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        if (_unixPath is not null)
+        {
+            File.Delete(_unixPath);
+        }
+
+        _stopping.Dispose();
+    }
+
+    public ValueTask DisposeAsync() => StopAsync();
+}

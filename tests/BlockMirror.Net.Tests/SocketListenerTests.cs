@@ -1,0 +1,151 @@
+using System.Net.Sockets;
+using System.Text;
+using BlockMirror.Net.Listening;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Net.Tests;
+
+public sealed class SocketListenerTests
+{
+    [Fact]
+    public async Task Serves_each_client_with_the_upgraded_stream_and_removes_its_socket_file_on_stop()
+    {
+        using var dir = new TempDirectory("blockmirror-listener-");
+        var path = dir.File("l.sock");
+        var listener = SocketListener.Bind(new UnixDomainSocketEndPoint(path), backlog: 4);
+        var gate = new TaskCompletionSource();
+        listener.Start(async (stream, cancellationToken) =>
+        {
+            await using (stream)
+            {
+                var buffer = new byte[5];
+                await stream.ReadExactlyAsync(buffer, cancellationToken);
+                await stream.WriteAsync(buffer, cancellationToken);
+            }
+        }, gate.Task, (stream, _) => ValueTask.FromResult<Stream>(new PrefixStream(stream, "up:")));
+
+        using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        await client.SendAsync("hello"u8.ToArray());
+        // Not accepted before the gate opens: the client waits in the backlog.
+        Assert.Equal(0, listener.ConnectionCount);
+        gate.SetResult();
+        var reply = new byte[8];
+        var read = 0;
+        while (read < reply.Length)
+        {
+            var n = await client.ReceiveAsync(reply.AsMemory(read));
+            Assert.NotEqual(0, n);
+            read += n;
+        }
+
+        Assert.Equal("up:hello", Encoding.ASCII.GetString(reply));
+        await listener.StopAsync();
+        Assert.False(File.Exists(path));
+    }
+
+    [Fact]
+    public async Task An_accept_that_fails_for_want_of_descriptors_waits_doubling_instead_of_retrying_at_once()
+    {
+        using var dir = new TempDirectory("blockmirror-listener-");
+        var path = dir.File("l.sock");
+        var time = new ManualTimeProvider();
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        socket.Bind(new UnixDomainSocketEndPoint(path));
+        socket.Listen(4);
+        const int failures = 5;
+        var calls = new List<TimeSpan>();
+        var listener = new SocketListener(socket, path, time, (s, cancellationToken) =>
+        {
+            lock (calls)
+            {
+                calls.Add(time.Elapsed);
+                if (calls.Count <= failures)
+                {
+                    // What accept(2) says when the process is out of descriptors (EMFILE).
+                    throw new SocketException((int)SocketError.TooManyOpenSockets);
+                }
+            }
+
+            return s.AcceptAsync(cancellationToken);
+        });
+        var served = new TaskCompletionSource();
+        listener.Start((stream, _) => { served.TrySetResult(); return stream.DisposeAsync().AsTask(); });
+
+        // Each failure leaves exactly one timer waiting and no new accept until the clock reaches it.
+        var expected = new List<TimeSpan>();
+        var wait = SocketListener.MinBackoff;
+        var at = TimeSpan.Zero;
+        for (var i = 0; i < failures; i++)
+        {
+            expected.Add(at);
+            await WaitUntilAsync(() => time.PendingTimers == 1);
+            lock (calls)
+            {
+                Assert.Equal(expected, calls);
+            }
+
+            time.Advance(wait);
+            at += wait;
+            wait *= 2;
+        }
+
+        using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await client.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        await served.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        lock (calls)
+        {
+            Assert.Equal([.. expected, at], calls.Take(failures + 1));
+        }
+
+        await listener.StopAsync();
+    }
+
+    internal static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        while (!condition())
+        {
+            await Task.Delay(1, timeout.Token);
+        }
+    }
+
+    /// <summary>A stream upgrade that makes itself seen: writes a prefix before the first write.</summary>
+    sealed class PrefixStream(Stream inner, string prefix) : Stream
+    {
+        bool _prefixed;
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, cancellationToken);
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (!_prefixed)
+            {
+                _prefixed = true;
+                await inner.WriteAsync(Encoding.ASCII.GetBytes(prefix), cancellationToken);
+            }
+
+            await inner.WriteAsync(buffer, cancellationToken);
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                inner.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+}
