@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 
@@ -11,12 +10,11 @@ namespace BlockMirror.TestKit;
 /// </summary>
 public sealed class QemuNbdExport : IAsyncDisposable
 {
-    readonly Process _process;
-    bool _disposed;
+    readonly ServerProcess _server;
 
-    QemuNbdExport(Process process, string name, string? socket, int port)
+    QemuNbdExport(ServerProcess server, string name, string? socket, int port)
     {
-        _process = process;
+        _server = server;
         Name = name;
         Socket = socket;
         Port = port;
@@ -36,28 +34,11 @@ public sealed class QemuNbdExport : IAsyncDisposable
     /// <summary>Serves <paramref name="image"/> (as <paramref name="format"/>, raw by default) under <paramref name="name"/>.</summary>
     public static async Task<QemuNbdExport> StartAsync(string image, string name, bool tcp = false, string format = "raw")
     {
-        var tool = ExternalTool.Require("qemu-nbd");
         var socket = tcp ? null : $"{image}.nbd.sock";
         var port = tcp ? FreePort() : 0;
-        var start = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         string[] arguments = ["-f", format, "-x", name, "--persistent", "--shared=4", .. tcp ? ["-b", "127.0.0.1", "-p", $"{port}"] : new[] { "-k", socket! }, image];
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        var process = Process.Start(start) ?? throw new InvalidOperationException("could not start qemu-nbd");
-        var export = new QemuNbdExport(process, name, socket, port);
-        try
-        {
-            await export.WaitListeningAsync();
-            return export;
-        }
-        catch
-        {
-            await export.DisposeAsync();
-            throw;
-        }
+        EndPoint address = socket is null ? new IPEndPoint(IPAddress.Loopback, port) : new UnixDomainSocketEndPoint(socket);
+        return new QemuNbdExport(await ServerProcess.StartAsync("qemu-nbd", arguments, address), name, socket, port);
     }
 
     /// <summary>A port nobody listens on now (the kernel's choice); qemu-nbd takes it a moment later.</summary>
@@ -68,47 +49,10 @@ public sealed class QemuNbdExport : IAsyncDisposable
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    async Task WaitListeningAsync()
-    {
-        var deadline = Stopwatch.StartNew();
-        while (true)
-        {
-            if (_process.HasExited)
-            {
-                throw new InvalidOperationException($"qemu-nbd exited with {_process.ExitCode}: {await _process.StandardError.ReadToEndAsync()}");
-            }
-
-            using var probe = Socket is null
-                ? new System.Net.Sockets.Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp)
-                : new System.Net.Sockets.Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            try
-            {
-                await probe.ConnectAsync(Socket is { } path ? new UnixDomainSocketEndPoint(path) : new IPEndPoint(IPAddress.Loopback, Port));
-                return;
-            }
-            catch (SocketException) when (deadline.Elapsed < TimeSpan.FromSeconds(20))
-            {
-                await Task.Delay(50);
-            }
-        }
-    }
-
     /// <summary>Stops the server (once; again is nothing).</summary>
     public async ValueTask DisposeAsync()
     {
-        if (_disposed)
-        {
-            return;
-        }
-
-        _disposed = true;
-        if (!_process.HasExited)
-        {
-            _process.Kill(entireProcessTree: true);
-        }
-
-        await _process.WaitForExitAsync();
-        _process.Dispose();
+        await _server.DisposeAsync();
         if (Socket is not null)
         {
             File.Delete(Socket);
