@@ -24,23 +24,30 @@ public sealed class TwoHostMirrorTests : IDisposable
 
     static DifferentialDaemon Kind(string name) => name == "qsd" ? DifferentialDaemon.Qsd() : DifferentialDaemon.Ours();
 
+    /// <summary>With <paramref name="tls"/>, the link is encrypted: x509 credentials on both daemons (QEMU's
+    /// <c>--object tls-creds-x509</c>), the destination's server refusing a plain client, the source's client
+    /// checking the server's certificate against the host name it expects.</summary>
     [SkippableTheory]
-    [InlineData("qsd", "ours")]
-    [InlineData("qsd", "qsd")]
-    [InlineData("ours", "ours")]
-    [InlineData("ours", "qsd")]
-    public async Task A_mirror_under_a_live_writer_reaches_the_other_host_whole(string source, string destination)
+    [InlineData("qsd", "ours", false)]
+    [InlineData("qsd", "qsd", false)]
+    [InlineData("ours", "ours", false)]
+    [InlineData("ours", "qsd", false)]
+    [InlineData("ours", "ours", true)]
+    [InlineData("ours", "qsd", true)]
+    [InlineData("qsd", "ours", true)]
+    public async Task A_mirror_under_a_live_writer_reaches_the_other_host_whole(string source, string destination, bool tls)
     {
         await using var hosts = TwoHosts.Create(rate: "256mbit");
         var sourceImage = await SourceImageAsync();
         var destinationImage = await ImageRecipes.Qcow2Async(_dir.Path, "destination.qcow2", $"{ImageBytes}", [], []);
+        var credentials = tls ? TlsCertificates.CreateX509(_dir.File("tls"), serverName: TlsServerName) : null;
 
-        var target = await StartDestinationAsync(hosts, Kind(destination), destinationImage, "qcow2");
+        var target = await StartDestinationAsync(hosts, Kind(destination), destinationImage, "qcow2", credentials);
         var relay = await hosts.RelayToBAsync(NbdPort);
         var sourceExport = _dir.File("source-nbd.sock");
-        var origin = await StartSourceAsync(hosts, Kind(source), sourceImage, sourceExport);
+        var origin = await StartSourceAsync(hosts, Kind(source), sourceImage, sourceExport, credentials);
         var qmp = origin.Qmp;
-        await AddTargetAsync(qmp, relay, reconnectDelay: null);
+        await AddTargetAsync(qmp, relay, reconnectDelay: null, tls);
 
         // Slow at first, so the writer's first batches land while the bulk copy runs; then flat out to READY.
         await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full", ["speed"] = 4L << 20 });
@@ -141,9 +148,11 @@ public sealed class TwoHostMirrorTests : IDisposable
         // QEMU 7.2 fails the requests that wait (each a BLOCK_JOB_ERROR), then the job ends cancelled. The bound: far less than the 30 s the requests would otherwise wait.
         await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "null", TimeSpan.FromSeconds(15));
 
+        // Pinned difference (README, MirrorNbdReconnectDifferentialTests): the requests the cancel stops are not
+        // reported as BLOCK_JOB_ERROR by blockmirror; QEMU 7.2 reports one.
         Assert.Equal(
-            ["JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR write report", "JOB_STATUS_CHANGE aborting",
-             "BLOCK_JOB_CANCELLED", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null"],
+            ["JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", .. source == "qsd" ? ["BLOCK_JOB_ERROR write report"] : Array.Empty<string>(),
+             "JOB_STATUS_CHANGE aborting", "BLOCK_JOB_CANCELLED", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null"],
             JobEvents(qmp));
         await run.Source.QuitAsync();
     }
@@ -203,26 +212,37 @@ public sealed class TwoHostMirrorTests : IDisposable
         return events;
     }
 
-    /// <summary>The source daemon on host A: the image as a qcow2 node <c>src</c>, exported writable on a Unix socket for the writer.</summary>
-    Task<HostDaemon> StartSourceAsync(TwoHosts hosts, DifferentialDaemon kind, string image, string export) =>
+    /// <summary>The name the destination's certificate is made out to, which the source's client expects (<c>tls-hostname</c>).</summary>
+    const string TlsServerName = "destination.test";
+
+    /// <summary>
+    /// The source daemon on host A: the image as a qcow2 node <c>src</c>, exported writable on a Unix socket for
+    /// the writer; with <paramref name="credentials"/>, client credentials <c>tls0</c> for the target.
+    /// </summary>
+    Task<HostDaemon> StartSourceAsync(TwoHosts hosts, DifferentialDaemon kind, string image, string export, string? credentials = null) =>
         hosts.StartAsync(onA: true, kind, _dir.Path, "source", [
+            .. credentials is null ? [] : new[] { "--object", $"tls-creds-x509,id=tls0,dir={credentials},endpoint=client" },
             "--blockdev", $"driver=file,node-name=src-file,filename={image}",
             "--blockdev", "driver=qcow2,node-name=src,file=src-file",
             "--nbd-server", $"addr.type=unix,addr.path={export}",
             "--export", "type=nbd,id=src-exp,node-name=src,name=disk,writable=on",
         ]);
 
-    /// <summary>The destination daemon on host B: the image as a node of <paramref name="format"/>, exported writable on B's address.</summary>
-    Task<HostDaemon> StartDestinationAsync(TwoHosts hosts, DifferentialDaemon kind, string image, string format) =>
+    /// <summary>
+    /// The destination daemon on host B: the image as a node of <paramref name="format"/>, exported writable on
+    /// B's address; with <paramref name="credentials"/>, its NBD server takes TLS clients only.
+    /// </summary>
+    Task<HostDaemon> StartDestinationAsync(TwoHosts hosts, DifferentialDaemon kind, string image, string format, string? credentials = null) =>
         hosts.StartAsync(onA: false, kind, _dir.Path, "destination", [
+            .. credentials is null ? [] : new[] { "--object", $"tls-creds-x509,id=tls0,dir={credentials},endpoint=server" },
             "--blockdev", $"driver=file,node-name=dst-file,filename={image}",
             "--blockdev", $"driver={format},node-name=dst,file=dst-file",
-            "--nbd-server", $"addr.type=inet,addr.host={NetworkNamespaces.AddressB},addr.port={NbdPort}",
+            "--nbd-server", $"addr.type=inet,addr.host={NetworkNamespaces.AddressB},addr.port={NbdPort}" + (credentials is null ? "" : ",tls-creds=tls0"),
             "--export", $"type=nbd,id=exp0,node-name=dst,name={DifferentialDaemon.ExportName},writable=on",
         ]);
 
     /// <summary>blockdev-add of the mirror's target <c>tgt</c>: the destination's export through the relay (driver=nbd), with <c>reconnect-delay</c> when given.</summary>
-    static Task AddTargetAsync(QmpClient qmp, DelayingRelay relay, int? reconnectDelay)
+    static Task AddTargetAsync(QmpClient qmp, DelayingRelay relay, int? reconnectDelay, bool tls = false)
     {
         var options = new JsonObject
         {
@@ -232,6 +252,12 @@ public sealed class TwoHostMirrorTests : IDisposable
         if (reconnectDelay is { } delay)
         {
             options["reconnect-delay"] = delay;
+        }
+
+        if (tls)
+        {
+            options["tls-creds"] = "tls0";
+            options["tls-hostname"] = TlsServerName;
         }
 
         return qmp.ExecuteAsync("blockdev-add", options);
