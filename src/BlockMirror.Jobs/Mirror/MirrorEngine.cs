@@ -45,6 +45,7 @@ sealed partial class MirrorEngine : IDisposable
     // Bytes of guest writes on their way to the target (write-blocking mode): still to do, as QEMU counts them.
     long _activeBytesInFlight;
     Exception? _ioFailure;
+    volatile bool _failed;
     TaskCompletionSource? _ioWaiter;
 
     // Clusters of a target that names a backing file it has not opened yet, copied whole at their first
@@ -125,16 +126,8 @@ sealed partial class MirrorEngine : IDisposable
 
     // ----- Failure -----
 
-    public bool IoFailed
-    {
-        get
-        {
-            lock (_lock)
-            {
-                return _ioFailure is not null;
-            }
-        }
-    }
+    /// <summary>A failure the job must end with has been recorded. Lock-free: every guest write looks at it.</summary>
+    public bool IoFailed => _failed;
 
     /// <summary>Keeps the first failure that the job must end with.</summary>
     public void RecordFailure(Exception ex)
@@ -142,6 +135,7 @@ sealed partial class MirrorEngine : IDisposable
         lock (_lock)
         {
             _ioFailure ??= ex;
+            _failed = true;
         }
     }
 
