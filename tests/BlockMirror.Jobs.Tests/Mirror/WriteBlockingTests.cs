@@ -194,6 +194,24 @@ public sealed class WriteBlockingTests
         await rig.AssertTargetEqualsSourceAsync();
     }
 
+    [Theory]
+    [InlineData(MirrorCopyMode.WriteBlocking, true)]
+    [InlineData(MirrorCopyMode.Background, false)]
+    public async Task A_guest_flush_reaches_the_target_only_when_writes_block_and_its_failure_spares_the_guest(MirrorCopyMode mode, bool reachesTarget)
+    {
+        var (rig, job) = await StartParkedAsync(mode, BlockdevOnError.Ignore);
+        await using var _ = rig;
+        rig.TargetDebug.AddRule(new BlkdebugRule(BlockOperation.Flush, Once: true));
+
+        // A flush with nothing written since the last one stops at the filter's node: write first.
+        await rig.Vm.WriteAsync(12 * Chunk, Pattern(4096, 37));
+        await rig.Vm.FlushAsync();
+
+        Assert.Equal(reachesTarget ? 1 : 0, rig.TargetDebug.InjectedCount);
+        Assert.Equal(reachesTarget ? [BlockErrorAction.Ignore] : [], rig.Log.Events.OfType<BlockJobErrorEvent>().Select(e => e.Action));
+        Assert.Null(job.Error);
+    }
+
     [Fact]
     public async Task A_paused_job_still_copies_guest_writes()
     {
