@@ -25,7 +25,7 @@ namespace BlockMirror.Jobs.Mirror;
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001",
     Justification = "The buffer pool is freed when the copy loop ends; the cancellation source has no timer and needs no disposing.")]
-public sealed class MirrorJob : BlockJob
+public sealed partial class MirrorJob : BlockJob
 {
     /// <summary>Operations in flight at once (QEMU's MAX_IN_FLIGHT).</summary>
     public const int MaxInFlight = 16;
@@ -492,6 +492,7 @@ public sealed class MirrorJob : BlockJob
                 }
             }
 
+            StartMeasuring();
             await CopyLoopAsync().ConfigureAwait(false);
         }
         finally
@@ -604,6 +605,8 @@ public sealed class MirrorJob : BlockJob
             }
             else if (!shouldComplete)
             {
+                // The speed limit holds after READY too (QEMU's mirror_run drops the delay once synced, so
+                // its limit stops at READY): a user who limits the copy means while the job runs at all.
                 await SleepAsync(InFlight == 0 && dirty == 0 ? SliceTime : delay).ConfigureAwait(false);
             }
 
