@@ -23,7 +23,7 @@ public sealed partial class MirrorJob
 
         return _measuring
             ? _rates.Measure(Time.GetElapsedTime(0, Time.GetTimestamp()), ProgressCurrent, _dirty.NewlyDirtiedBytes, remaining)
-            : new MirrorProgress(remaining, 0, 0, Measured: false);
+            : new MirrorProgress(remaining, 0, 0, Measured: false, Copying: false);
     }
 
     /// <summary>The copy starts: rates are measured from now.</summary>

@@ -78,7 +78,13 @@ public sealed partial class StorageDaemon
             var list = new JsonArray();
             foreach (var job in Jobs.Jobs.OfType<BlockJob>())
             {
-                list.Add((JsonNode)DescribeBlockJob(job.GetInfo()));
+                var described = DescribeBlockJob(job.GetInfo());
+                if (job is Jobs.Mirror.MirrorJob mirror)
+                {
+                    MirrorProgressJson.AddTo(described, mirror.GetProgress());
+                }
+
+                list.Add((JsonNode)described);
             }
 
             return ValueTask.FromResult<JsonNode?>(list);

@@ -112,6 +112,14 @@ public sealed class MirrorRatesTests
     }
 
     [Fact]
+    public void Before_the_copy_starts_nothing_remaining_says_nothing()
+    {
+        var progress = new MirrorProgress(0, 0, 0, Measured: false, Copying: false);
+        Assert.Null(progress.Converging);
+        Assert.Null(progress.Eta);
+    }
+
+    [Fact]
     public void A_forecast_of_a_barely_gaining_job_is_clamped()
     {
         var progress = new MirrorProgress(long.MaxValue, 1.000001, 1, Measured: true);
