@@ -15,11 +15,7 @@ public sealed partial class MirrorJob
     /// </summary>
     public MirrorProgress GetProgress()
     {
-        long remaining;
-        lock (_opLock)
-        {
-            remaining = _dirty.DirtyBytes + _bytesInFlight;
-        }
+        var remaining = _dirty.DirtyBytes + _engine.Snapshot().BytesInFlight;
 
         return _measuring
             ? _rates.Measure(Time.GetElapsedTime(0, Time.GetTimestamp()), ProgressCurrent, _dirty.NewlyDirtiedBytes, remaining)
