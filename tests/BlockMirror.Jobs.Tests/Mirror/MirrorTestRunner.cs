@@ -47,17 +47,6 @@ static class MirrorTestRunner
         return $"status {info.Status.ToWireName()}, dirty {job.DirtyBytes}, offset {info.Offset}, len {info.Len}, busy {info.Busy}, paused {info.Paused}, speed {info.Speed}, io-status {info.IoStatus.ToWireName()}";
     }
 
-    /// <summary>Waits until the job is parked (not busy) in <paramref name="status"/>: on fake time, asleep until the test moves the clock.</summary>
-    public static async Task WaitParkedAsync(MirrorJob job, JobStatus status = JobStatus.Running)
-    {
-        using var cts = new CancellationTokenSource(Limit);
-        while (job.IsBusy || job.Status != status)
-        {
-            Assert.False(cts.IsCancellationRequested, $"the job never parked in {status.ToWireName()}: {Describe(job)}");
-            await Task.Delay(1, CancellationToken.None);
-        }
-    }
-
     public static async Task WaitReadyAsync(JobManager manager, MirrorJob job)
     {
         var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
