@@ -66,6 +66,7 @@ public sealed partial class MirrorJob
             // Only now may guest writes use the engine (QEMU sets the filter's job at the same point): before,
             // the initial dirtying marks whole ranges that a guest write's clear must not race with.
             Filter.Attach(this);
+            StartMeasuring();
             await CopyLoopAsync().ConfigureAwait(false);
         }
         finally
@@ -171,6 +172,8 @@ public sealed partial class MirrorJob
             }
             else if (!shouldComplete)
             {
+                // The speed limit holds after READY too (QEMU's mirror_run drops the delay once synced, so
+                // its limit stops at READY): a user who limits the copy means while the job runs at all.
                 await SleepAsync(_engine.InFlight == 0 && dirty == 0 ? SliceTime : delay).ConfigureAwait(false);
             }
 

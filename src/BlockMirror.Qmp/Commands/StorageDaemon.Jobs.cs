@@ -111,10 +111,16 @@ public sealed partial class StorageDaemon
             foreach (var job in Jobs.Jobs.OfType<BlockJob>())
             {
                 var info = DescribeBlockJob(job.GetInfo());
-                if (job is MirrorJob { Type: JobType.Mirror } mirror)
+                if (job is MirrorJob mirror)
                 {
-                    // QEMU 8.2's BlockJobInfoMirror (7.2 has no such member).
-                    info["actively-synced"] = mirror.ActivelySynced;
+                    if (mirror.Type == JobType.Mirror)
+                    {
+                        // QEMU 8.2's BlockJobInfoMirror (7.2 has no such member).
+                        info["actively-synced"] = mirror.ActivelySynced;
+                    }
+
+                    // Ours, after QEMU's members: what is left, the rates and the forecast.
+                    MirrorProgressJson.AddTo(info, mirror.GetProgress());
                 }
 
                 list.Add((JsonNode)info);
