@@ -27,7 +27,8 @@ public sealed class MirrorProgressFieldDifferentialTests : IDisposable
 
         Assert.Equal(theirEvents, ourEvents);
         Assert.Empty(theirs.Select(m => m.Key).Intersect(OurMembers));
-        Assert.Equal([.. theirs.Select(m => m.Key), .. OurMembers], ours.Select(m => m.Key));
+        // QEMU 8.2's actively-synced (7.2 lacks it: pinned in the copy-mode differential tests), then ours.
+        Assert.Equal([.. theirs.Select(m => m.Key), "actively-synced", .. OurMembers], ours.Select(m => m.Key));
         Assert.Equal(Steady(theirs), Steady(ours));
         Assert.Equal((0L, true, 0L), ((long)ours["remaining"]!, (bool)ours["converging"]!, (long)ours["eta-seconds"]!));
     }
