@@ -137,6 +137,21 @@ public sealed class CommitCommandTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task Commit_in_adaptive_mode_commits_with_the_mirror_progress_line()
+    {
+        var chain = await ChainAsync(_dir.File("adaptive"));
+        var view = await ViewAsync(chain[2], "top");
+
+        var result = await BlockMirrorCli.RunAsync("commit", "-p", "--copy-mode", "adaptive", chain[2]);
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal("Image committed.", result.OutputLines[^1]);
+        Assert.NotEmpty(result.OutputLines[..^1]);
+        Assert.All(result.OutputLines[..^1], line => Assert.Matches(CopyModeCommandTests.ProgressPattern, line));
+        await AssertSameViewAsync(chain[1], view);
+    }
+
+    [SkippableFact]
     public async Task A_terminated_commit_exits_143_with_one_line_and_the_top_still_reads_as_before()
     {
         ExternalTool.Require("qemu-io");

@@ -16,6 +16,19 @@ public sealed class DemoCommandTests
         Assert.Empty(result.StandardError);
     }
 
+    [Fact]
+    public async Task The_adaptive_demo_blocks_writes_when_the_writers_outrun_the_copy_and_passes()
+    {
+        // Writers at four times the copy's limit: in background the job would not converge.
+        var result = await BlockMirrorCli.RunAsync("demo", "--size", "8M", "--write-rate", "16M", "--speed", "4M", "--copy-mode", "adaptive");
+
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Contains(result.OutputLines, line => line.StartsWith("copy mode adaptive: guest writes blocked (written to both images) from ", StringComparison.Ordinal));
+        Assert.Contains(result.OutputLines, line => line.Contains("will not converge at this rate", StringComparison.Ordinal));
+        Assert.Contains(result.OutputLines, line => line.StartsWith("PASS", StringComparison.Ordinal));
+        Assert.Empty(result.StandardError);
+    }
+
     [Theory]
     [InlineData("--size", "512K", "--size must be a multiple of 64K between 1M and 2G, got 512K")]
     [InlineData("--size", "3G", "--size must be a multiple of 64K between 1M and 2G, got 3G")]
@@ -24,6 +37,7 @@ public sealed class DemoCommandTests
     [InlineData("--writers", "0", "--writers must be between 1 and 64, got 0")]
     [InlineData("--writers", "65", "--writers must be between 1 and 64, got 65")]
     [InlineData("--write-rate", "fast", "invalid --write-rate 'fast'")]
+    [InlineData("--copy-mode", "fast", "--copy-mode: unknown copy mode 'fast' (expected background, write-blocking or adaptive)")]
     public async Task Bad_demo_options_are_refused_with_one_line(string option, string value, string message)
     {
         var result = await BlockMirrorCli.RunAsync("demo", option, value);

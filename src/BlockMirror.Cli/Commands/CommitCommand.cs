@@ -29,23 +29,25 @@ static class CommitCommand
             Description = "How the images are opened: none (O_DIRECT), writeback (page cache), or auto (none where the file allows it)",
             DefaultValueFactory = _ => "writeback",
         };
+        var copyMode = new Option<string>("--copy-mode") { Description = CopyModes.Help, DefaultValueFactory = _ => "background" };
         var json = new Option<bool>("--json") { Description = "Print QMP-style JSON events and progress, one object per line" };
 
         var command = new Command("commit", "Commit the changes in IMAGE into its backing file (qemu-img commit)")
         {
-            image, format, baseOption, keep, progress, speed, cache, json,
+            image, format, baseOption, keep, progress, speed, cache, copyMode, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("commit", () =>
         {
             var rate = parse.GetValue(speed) is { } text ? ByteSize.Parse(text, "--rate-limit") : 0;
             var basePath = parse.GetValue(baseOption);
+            var options = new MirrorOptions { JobId = "commit", Speed = rate, CopyMode = CopyModes.Parse(parse.GetValue(copyMode)!) };
             return RunAsync(parse.GetValue(image)!, parse.GetValue(format), basePath, drop: parse.GetValue(keep) || basePath is not null,
-                CacheModes.Parse(parse.GetValue(cache)!), rate, parse.GetValue(progress), parse.GetValue(json), cancellationToken);
+                CacheModes.Parse(parse.GetValue(cache)!), options, parse.GetValue(progress), parse.GetValue(json), cancellationToken);
         }));
         return command;
     }
 
-    static async Task<int> RunAsync(string imagePath, string? format, string? basePath, bool drop, CacheMode cache, long speed,
+    static async Task<int> RunAsync(string imagePath, string? format, string? basePath, bool drop, CacheMode cache, MirrorOptions options,
         bool progress, bool json, CancellationToken cancellationToken)
     {
         // Ctrl-C and SIGTERM cancel the job, so that the images are closed (their metadata flushed), not cut off.
@@ -61,7 +63,6 @@ static class CommitCommand
 
         var manager = new JobManager();
         using var console = new JobConsole(manager, graph, json, progress);
-        var options = new MirrorOptions { JobId = "commit", Speed = speed };
         var job = await MirrorJob.StartActiveCommitAsync(manager, graph, top, @base, options, cancellationToken);
         await console.RunAsync(job, "commit", cancellationToken);
 

@@ -29,10 +29,11 @@ static class DemoCommand
         var rate = new Option<string>("--write-rate") { Description = "Total write rate of the simulated VM, e.g. 16M (per second)", DefaultValueFactory = _ => "16M" };
         var writers = new Option<int>("--writers") { Description = "Concurrent writers", DefaultValueFactory = _ => 4 };
         var speed = new Option<string?>("--speed") { Description = "Mirror speed limit, e.g. 64M (default: unlimited)" };
+        var copyMode = new Option<string>("--copy-mode") { Description = CopyModes.Help, DefaultValueFactory = _ => "background" };
         var keep = new Option<bool>("--keep") { Description = "Keep the images (their directory is printed)" };
         var command = new Command("demo", "Mirror a disk that is being written to, pivot, and verify that no write was lost")
         {
-            size, rate, writers, speed, keep,
+            size, rate, writers, speed, copyMode, keep,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("demo", () =>
         {
@@ -49,13 +50,16 @@ static class DemoCommand
             }
 
             var speedText = parse.GetValue(speed);
-            return RunAsync(bytes, ByteSize.Parse(parse.GetValue(rate)!, "--write-rate"), writerCount,
-                speedText is null ? 0 : ByteSize.Parse(speedText, "--speed"), parse.GetValue(keep), cancellationToken);
+            var mirror = new MirrorOptions
+            {
+                JobId = "demo", Speed = speedText is null ? 0 : ByteSize.Parse(speedText, "--speed"), CopyMode = CopyModes.Parse(parse.GetValue(copyMode)!),
+            };
+            return RunAsync(bytes, ByteSize.Parse(parse.GetValue(rate)!, "--write-rate"), writerCount, mirror, parse.GetValue(keep), cancellationToken);
         }));
         return command;
     }
 
-    static async Task<int> RunAsync(long size, long writeRate, int writerCount, long speed, bool keep, CancellationToken cancellationToken)
+    static async Task<int> RunAsync(long size, long writeRate, int writerCount, MirrorOptions mirror, bool keep, CancellationToken cancellationToken)
     {
         var directory = Directory.CreateTempSubdirectory("blockmirror-demo-");
         try
@@ -89,8 +93,8 @@ static class DemoCommand
             });
 
             var clock = Stopwatch.StartNew();
-            var job = await MirrorJob.StartAsync(manager, graph, source, target,
-                new MirrorOptions { JobId = "demo", Speed = speed }, cancellationToken);
+            var job = await MirrorJob.StartAsync(manager, graph, source, target, mirror, cancellationToken);
+            TimeSpan? blockingSince = null;
             var progress = ProgressLine.ForConsole();
             var vmRate = new RateMeter(TimeSpan.FromSeconds(2));
 
@@ -100,7 +104,12 @@ static class DemoCommand
             {
                 var info = job.GetInfo();
                 progress.Update(info.Offset, info.Len, job.GetProgress(), info.Status.ToWireName(),
-                    $"  vm writes {ByteSize.Format(vmRate.Sample(writers.BytesWritten))}/s");
+                    $"  vm writes {ByteSize.Format(vmRate.Sample(writers.BytesWritten))}/s{(job.WritesBlocking ? "  writes blocking" : "")}");
+                if (job.WritesBlocking && blockingSince is null)
+                {
+                    blockingSince = clock.Elapsed;
+                }
+
                 if (ready.Task.IsCompleted && timeToReady is null)
                 {
                     timeToReady = clock.Elapsed;
@@ -135,6 +144,13 @@ static class DemoCommand
             await stopWriters.CancelAsync();
             await writing;
             await vm.FlushAsync(cancellationToken);
+
+            if (mirror.CopyMode != MirrorCopyMode.Background)
+            {
+                Console.WriteLine(blockingSince is { } since
+                    ? $"copy mode {CopyModes.Name(mirror.CopyMode)}: guest writes blocked (written to both images) from {since.TotalSeconds:0.0} s on"
+                    : $"copy mode {CopyModes.Name(mirror.CopyMode)}: guest writes never blocked");
+            }
 
             var mismatch = await FirstMismatchAsync(target, model, cancellationToken);
             Console.WriteLine($"copied {ByteSize.Format(final.Offset)}; time to READY {timeToReady?.TotalSeconds:0.00} s; " +

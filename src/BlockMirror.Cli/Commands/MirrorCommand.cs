@@ -29,6 +29,7 @@ static class MirrorCommand
         var speed = new Option<string?>("--speed") { Description = "Bytes per second, e.g. 100M (default: unlimited)" };
         var onSourceError = new Option<string>("--on-source-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
         var onTargetError = new Option<string>("--on-target-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
+        var copyMode = new Option<string>("--copy-mode") { Description = CopyModes.Help, DefaultValueFactory = _ => "background" };
         var noUnmap = new Option<bool>("--no-unmap") { Description = "Write zeroes instead of deallocating zero ranges on the target" };
         var cache = new Option<string>("--cache", "-t")
         {
@@ -39,7 +40,7 @@ static class MirrorCommand
 
         var command = new Command("mirror", "Mirror SOURCE onto TARGET, then complete (pivot) once they are in sync")
         {
-            source, target, format, targetFormat, sync, granularity, bufSize, speed, onSourceError, onTargetError, noUnmap, cache, json,
+            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, cache, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("mirror", () =>
         {
@@ -50,6 +51,7 @@ static class MirrorCommand
                 Granularity = ParseSize(parse.GetValue(granularity), "--granularity"),
                 BufSize = ParseSize(parse.GetValue(bufSize), "--buf-size"),
                 Speed = ParseSize(parse.GetValue(speed), "--speed"),
+                CopyMode = CopyModes.Parse(parse.GetValue(copyMode)!),
                 OnSourceError = ParsePolicy(parse.GetValue(onSourceError)!, "--on-source-error"),
                 OnTargetError = ParsePolicy(parse.GetValue(onTargetError)!, "--on-target-error"),
                 Unmap = !parse.GetValue(noUnmap),

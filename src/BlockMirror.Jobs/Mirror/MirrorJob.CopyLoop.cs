@@ -90,6 +90,7 @@ public sealed partial class MirrorJob
                 return;
             }
 
+            RunAdaptivePolicy();
             var dirty = _dirty.DirtyBytes;
             var (bytesInFlight, inFlight, freeChunks) = _engine.Snapshot();
             ProgressSetRemaining(bytesInFlight + dirty);
