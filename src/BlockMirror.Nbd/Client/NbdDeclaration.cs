@@ -7,7 +7,8 @@ namespace BlockMirror.Nbd.Client;
 /// <summary>
 /// The <c>nbd</c> driver's declaration (QEMU 7.2's BlockdevOptionsNbd): <c>server</c> (a SocketAddress:
 /// unix or inet), <c>export</c>, <c>tls-creds</c>, <c>tls-hostname</c>, <c>reconnect-delay</c>,
-/// <c>open-timeout</c>. It lives beside the client; whoever composes the program adds it to the registry
+/// <c>open-timeout</c>; and <c>multi-conn</c>, which QEMU 7.2 lacks (a later proposal's option: see
+/// <see cref="NbdClientOptions.MultiConn"/>). It lives beside the client; whoever composes the program adds it to the registry
 /// (<see cref="NbdDrivers.Register"/>).
 /// </summary>
 public static class NbdDeclaration
@@ -35,11 +36,17 @@ public static class NbdDeclaration
         var tlsHostname = options.OptionalString("tls-hostname") ?? (server.IsUnix ? null : server.Host);
         var reconnectDelay = TimeSpan.FromSeconds(options.OptionalUInt32("reconnect-delay") ?? 0);
         var openTimeout = TimeSpan.FromSeconds(options.OptionalUInt32("open-timeout") ?? 0);
+        var multiConn = options.OptionalUInt32("multi-conn") ?? 1;
+        if (multiConn is < 1 or > NbdClientOptions.MaxMultiConn)
+        {
+            throw options.Invalid($"Parameter '{options.Prefix}multi-conn' must be between 1 and {NbdClientOptions.MaxMultiConn}, not {multiConn}");
+        }
+
         return opening =>
         {
             // Looked up when the node opens, before connecting, as QEMU's nbd_open does.
             var upgrade = tlsCreds is null ? null : NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname);
-            var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout);
+            var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout, (int)multiConn);
             return NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
         };
     }
