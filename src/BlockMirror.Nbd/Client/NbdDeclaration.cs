@@ -13,6 +13,12 @@ namespace BlockMirror.Nbd.Client;
 /// </summary>
 public static class NbdDeclaration
 {
+    /// <summary>
+    /// BlockMirror's option for x509 client credentials loaded from a directory (libnbd's name), which an
+    /// <c>nbds://</c> file name sets when it names no <c>tls-creds</c> object. QEMU 7.2 has no such option.
+    /// </summary>
+    public const string TlsCertificatesOption = "tls-certificates";
+
     public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read)
     {
         // nbd://, nbd+tcp://, nbd+unix:// and nbd:... file names (QEMU's three nbd protocol names).
@@ -31,6 +37,12 @@ public static class NbdDeclaration
         }
 
         var tlsCreds = options.OptionalString("tls-creds");
+        var tlsCertificates = options.OptionalString(TlsCertificatesOption);
+        if (tlsCreds is not null && tlsCertificates is not null)
+        {
+            throw options.Invalid($"'{options.Prefix}tls-creds' and '{options.Prefix}{TlsCertificatesOption}' cannot both be given");
+        }
+
         // The name the server's certificate must carry; without it, the host connected to (a Unix socket has
         // none). QEMU takes it without tls-creds too, where it means nothing.
         var tlsHostname = options.OptionalString("tls-hostname") ?? (server.IsUnix ? null : server.Host);
@@ -45,7 +57,9 @@ public static class NbdDeclaration
         return opening =>
         {
             // Looked up when the node opens, before connecting, as QEMU's nbd_open does.
-            var upgrade = tlsCreds is null ? null : NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname);
+            var upgrade = tlsCreds is not null ? NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname)
+                : tlsCertificates is not null ? NbdClientTls.Upgrade(tlsCertificates, tlsHostname)
+                : null;
             var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout, (int)multiConn);
             return NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
         };
