@@ -141,30 +141,40 @@ public sealed class NbdClientDriver : IBlockDriver
         var deadline = DateTime.UtcNow + options.OpenTimeout;
         while (true)
         {
+            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            attempt.CancelAfter(options.AttemptTimeout);
             Stream stream;
             try
             {
-                stream = await options.Server.ConnectAsync(cancellationToken).ConfigureAwait(false);
+                stream = await options.Server.ConnectAsync(attempt.Token).ConfigureAwait(false);
             }
-            catch (BlockOpenException) when (DateTime.UtcNow < deadline)
+            catch (Exception ex) when (ex is BlockOpenException or OperationCanceledException && !cancellationToken.IsCancellationRequested && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(1000, (deadline - DateTime.UtcNow).TotalMilliseconds)), cancellationToken).ConfigureAwait(false);
                 continue;
             }
+            catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new BlockOpenException($"Failed to connect to '{options.Server}': no answer within {options.AttemptTimeout.TotalSeconds:0.#} s", BlockErrno.EIO, ex);
+            }
 
             try
             {
-                return await NbdClientConnection.OpenAsync(stream, options.Export, options.UpgradeToTls, cancellationToken).ConfigureAwait(false);
+                return await NbdClientConnection.OpenAsync(stream, options.Export, options.UpgradeToTls, attempt.Token).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is IOException and not BlockOpenException)
+            catch (Exception ex)
             {
                 await stream.DisposeAsync().ConfigureAwait(false);
-                throw new BlockOpenException($"Failed to read initial magic: {ex.Message}", BlockErrno.EIO, ex);
-            }
-            catch
-            {
-                await stream.DisposeAsync().ConfigureAwait(false);
-                throw;
+                switch (ex)
+                {
+                    case OperationCanceledException when !cancellationToken.IsCancellationRequested:
+                        throw new BlockOpenException($"The NBD server at '{options.Server}' did not complete the handshake within {options.AttemptTimeout.TotalSeconds:0.#} s", BlockErrno.EIO, ex);
+                    case IOException and not BlockOpenException:
+                        // The handshake names what it was reading or sending; this is anything else on the way (TLS).
+                        throw new BlockOpenException($"NBD handshake failed: {ex.Message}", BlockErrno.EIO, ex);
+                    default:
+                        throw;
+                }
             }
         }
     }
