@@ -17,11 +17,7 @@ public sealed partial class NbdClientMultiConnInteropTests
     const int Piece = 256 << 10;
 
     [SkippableTheory]
-    [InlineData("qemu-nbd")]
-    [InlineData("qsd")]
-    [InlineData("nbdkit-memory")]
-    [InlineData("nbdkit-file")]
-    [InlineData("ours")]
+    [MemberData(nameof(NbdTestServer.Kinds), MemberType = typeof(NbdTestServer))]
     public async Task Where_the_server_allows_it_four_connections_carry_the_writes_and_one_flush_covers_them(string kind)
     {
         await using var server = await NbdTestServer.StartAsync(kind, Size);

@@ -27,6 +27,9 @@ sealed class NbdTestServer : IAsyncDisposable
 
     public NbdServerAddress Address { get; }
 
+    /// <summary>Every kind of server <see cref="StartAsync"/> starts plainly, for the tests that run against each.</summary>
+    public static TheoryData<string> Kinds => new() { "qemu-nbd", "qsd", "nbdkit-memory", "nbdkit-file", "ours" };
+
     /// <summary>The export as qemu-img and qemu-io name it.</summary>
     public string Uri { get; }
 
