@@ -64,6 +64,46 @@ public sealed class NbdClientDifferentialTests : IDisposable
         ], ours);
     }
 
+    /// <summary>
+    /// <c>multi-conn</c> (a later proposal's option, which qemu-storage-daemon 7.2 lacks: pinned difference): QEMU
+    /// refuses the parameter; here 1 to 16 are taken (4 connections to qemu-nbd, which advertises
+    /// NBD_FLAG_CAN_MULTI_CONN) and anything else is refused by name. The node is the same either way.
+    /// </summary>
+    [SkippableFact]
+    public async Task Multi_conn_is_refused_by_qemu_storage_daemon_and_taken_here_within_its_bounds()
+    {
+        var image = _dir.File("mc.raw");
+        await QemuImages.CreateAsync(image, "1M", "write -P 0x5a 0 64k");
+        var socket = _dir.File("mc.sock");
+        await using var server = await NbdServerProcess.QemuNbdAsync(socket, image);
+        JsonObject WithMultiConn(string name, JsonNode value)
+        {
+            var add = Nbd(name, Unix(socket));
+            add["multi-conn"] = value;
+            return add;
+        }
+
+        JsonObject[] adds = [WithMultiConn("four", 4), WithMultiConn("zero", 0), WithMultiConn("many", 17), WithMultiConn("text", "x")];
+        var theirs = await BlockdevAddsAsync(DifferentialDaemon.Qsd(), adds);
+        var ours = await BlockdevAddsAsync(DifferentialDaemon.Ours(), adds);
+
+        Assert.Equal(
+        [
+            "four: GenericError: Parameter 'multi-conn' is unexpected",
+            "zero: GenericError: Parameter 'multi-conn' is unexpected",
+            "many: GenericError: Parameter 'multi-conn' is unexpected",
+            "text: GenericError: Parameter 'multi-conn' is unexpected",
+        ], theirs);
+        Assert.Equal(
+        [
+            "four: ok",
+            "zero: GenericError: Parameter 'multi-conn' must be between 1 and 16, not 0",
+            "many: GenericError: Parameter 'multi-conn' must be between 1 and 16, not 17",
+            "text: GenericError: Parameter 'multi-conn' expects uint64",
+            $"four: nbd ro=False nbd+unix:///disk?socket={socket} 1048576",
+        ], ours);
+    }
+
     async Task<List<string>> BlockdevAddsAsync(DifferentialDaemon daemon, JsonObject[] adds)
     {
         var dir = Path.Combine(_dir.Path, daemon.Name);

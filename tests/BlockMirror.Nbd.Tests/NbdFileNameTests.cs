@@ -156,6 +156,42 @@ public sealed class NbdFileNameTests
         Assert.Equal("No valid URL specified", Assert.Throws<BlockOpenException>(() => NbdFileName.Parse(name)).Message);
 
     /// <summary>
+    /// <c>nbds://</c> and <c>nbds+unix://</c> (QEMU 7.2: <c>Unknown protocol 'nbds'</c>; a deliberate difference):
+    /// the nbd and nbd+unix forms with TLS, credentials by object id or directory (QEMU's default directory when
+    /// neither is given), and the certificate's host name.
+    /// </summary>
+    public static TheoryData<string, NbdFileNameOptions> AcceptedTls => new()
+    {
+        { "nbds://h/disk", Inet("h", "10809", "disk") with { Tls = new NbdUriTls(null, "/etc/pki/qemu", null) } },
+        { "nbds://h:10999/disk?tls-creds=tls0", Inet("h", "10999", "disk") with { Tls = new NbdUriTls("tls0", null, null) } },
+        { "nbds://h/disk?tls-certificates=/p%20ki&tls-hostname=dest.example", Inet("h", "10809", "disk") with { Tls = new NbdUriTls(null, "/p ki", "dest.example") } },
+        { "nbds+unix:///disk?socket=/s", Unix("/s", "disk") with { Tls = new NbdUriTls(null, "/etc/pki/qemu", null) } },
+        { "nbds+unix:///disk?tls-creds=c&socket=/s", Unix("/s", "disk") with { Tls = new NbdUriTls("c", null, null) } },
+        { "nbds+unix://?socket=/s;tls-hostname=n", Unix("/s", null) with { Tls = new NbdUriTls(null, "/etc/pki/qemu", "n") } },
+    };
+
+    [Theory]
+    [MemberData(nameof(AcceptedTls))]
+    public void An_nbds_name_gives_the_server_export_and_tls_credentials(string name, NbdFileNameOptions expected) =>
+        Assert.Equal(expected, NbdFileName.Parse(name));
+
+    [Theory]
+    [InlineData("nbds://h/disk?tls-creds=a&tls-certificates=/d")]
+    [InlineData("nbds://h/disk?tls-creds=a&tls-creds=b")]
+    [InlineData("nbds://h/disk?tls-creds=")]
+    [InlineData("nbds://h/disk?tls-hostname")]
+    [InlineData("nbds://h/disk?socket=/s")]
+    [InlineData("nbds://h/disk?foo=bar")]
+    [InlineData("nbds+unix:///disk")]
+    [InlineData("nbds+unix:///disk?tls-creds=a")]
+    [InlineData("nbds+unix:///disk?socket=/s&foo=bar")]
+    [InlineData("nbds:///disk")]
+    [InlineData("nbd://h/disk?tls-creds=a")]
+    [InlineData("nbd+unix:///disk?socket=/s&tls-creds=a")]
+    public void A_bad_nbds_name_or_tls_parameters_on_plain_nbd_are_refused(string name) =>
+        Assert.Equal("No valid URL specified", Assert.Throws<BlockOpenException>(() => NbdFileName.Parse(name)).Message);
+
+    /// <summary>
     /// The refusals side by side with qemu-img 7.2: it says <c>Could not open 'NAME': REASON</c>, and REASON
     /// must be ours. None of these names reaches a server.
     /// </summary>

@@ -165,6 +165,32 @@ public sealed class NbdReconnectTests
         }
     }
 
+    [Fact]
+    public async Task With_multi_conn_every_connection_reconnects_on_its_own_and_the_requests_spread_over_them_land()
+    {
+        // Our server advertises NBD_FLAG_CAN_MULTI_CONN: four connections, each a session of its own.
+        await using var rig = await Rig.StartAsync(reconnectDelaySeconds: 30, multiConn: 4);
+        Assert.Equal(4, rig.Sessions.Count);
+        Assert.Equal(4, rig.Sessions.Select(s => s.Current).Distinct().Count());
+
+        rig.Link.Up = false;
+        rig.Link.Cut();
+        var writes = Enumerable.Range(0, 16).Select(i => rig.Edge.WriteAsync(i * Block, Pattern((byte)(i + 1))).AsTask()).ToList();
+        await WaitUntilAsync(() => rig.Sessions.All(s => s.State == NbdClientState.ConnectingWait));
+        Assert.All(writes, w => Assert.False(w.IsCompleted));
+        rig.Link.Up = true;
+
+        await Task.WhenAll(writes).WaitAsync(HangGuard);
+        // One flush covers the writes completed on every connection (the flag's promise).
+        await rig.Edge.FlushAsync();
+        Assert.All(rig.Sessions, s => Assert.Equal(1, s.Reconnects));
+        var image = await File.ReadAllBytesAsync(rig.Server.ImagePath);
+        for (var i = 0; i < 16; i++)
+        {
+            Assert.Equal(Pattern((byte)(i + 1)), image.AsSpan(i * Block, Block).ToArray());
+        }
+    }
+
     static byte[] Pattern(byte value) => Enumerable.Repeat(value, Block).ToArray();
 
     static async Task WaitUntilAsync(Func<bool> condition)
@@ -186,7 +212,11 @@ public sealed class NbdReconnectTests
             Graph = graph;
             Edge = graph.AttachRoot(node, new RootParent("test"), takes: BlockPermissions.ConsistentRead | BlockPermissions.Write);
             Session = ((NbdClientDriver)node.Driver).Session;
+            Sessions = ((NbdClientDriver)node.Driver).Sessions;
         }
+
+        /// <summary>Every connection's session (more than one with multi-conn).</summary>
+        public IReadOnlyList<NbdClientSession> Sessions { get; }
 
         public NbdFixture Server { get; }
 
@@ -198,13 +228,13 @@ public sealed class NbdReconnectTests
 
         public NbdClientSession Session { get; }
 
-        public static async Task<Rig> StartAsync(int reconnectDelaySeconds)
+        public static async Task<Rig> StartAsync(int reconnectDelaySeconds, int multiConn = 1)
         {
             var server = await NbdFixture.StartAsync(Size);
             var link = new NbdLinkRelay(server.Directory.File("link.sock"), new IPEndPoint(IPAddress.Loopback, server.Port));
             var graph = new BlockGraph();
             var options = new NbdClientOptions(new NbdServerAddress { UnixPath = link.Path }, NbdFixture.ExportName,
-                ReconnectDelay: TimeSpan.FromSeconds(reconnectDelaySeconds));
+                ReconnectDelay: TimeSpan.FromSeconds(reconnectDelaySeconds), MultiConn: multiConn);
             var node = await NbdClientDriver.OpenAsync(graph, "target", options, readOnly: false, CancellationToken.None);
             return new Rig(server, link, graph, node);
         }

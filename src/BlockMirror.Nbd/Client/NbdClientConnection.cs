@@ -417,36 +417,51 @@ public sealed class NbdClientConnection : IAsyncDisposable
     /// Tells the server the client is leaving (NBD_CMD_DISCONNECT, which has no reply) once every request has
     /// its answer, then closes the connection.
     /// </summary>
-    public async ValueTask DisposeAsync()
+    /// <summary>
+    /// How long closing waits for the requests on the wire to be answered before it drops the connection
+    /// (they then fail as on a lost connection): a server that stopped answering must not hold the node's close,
+    /// or the daemon's quit, for ever.
+    /// </summary>
+    public static readonly TimeSpan CloseGrace = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Closes politely (NBD_CMD_DISC once every request has its reply), within <see cref="CloseGrace"/>
+    /// (<paramref name="grace"/> for tests); a server silent that long is dropped without it.
+    /// </summary>
+    public async ValueTask DisposeAsync(TimeSpan grace)
     {
         if (_failure is null)
         {
-            // Every slot back means nothing is on the wire; a broken connection releases them all too.
-            for (var i = 0; i < MaxInFlight; i++)
-            {
-                await _slots.WaitAsync().ConfigureAwait(false);
-            }
-
+            using var timeout = new CancellationTokenSource(grace);
             try
             {
-                await _sendGate.WaitAsync().ConfigureAwait(false);
+                // Every slot back means nothing is on the wire; a broken connection releases them all too. The
+                // slots and the gate stay taken: nothing starts on a closing connection.
+                for (var i = 0; i < MaxInFlight; i++)
+                {
+                    await _slots.WaitAsync(timeout.Token).ConfigureAwait(false);
+                }
+
+                await _sendGate.WaitAsync(timeout.Token).ConfigureAwait(false);
                 if (_failure is null)
                 {
                     var header = new byte[NbdWire.RequestSize];
                     NbdWire.WriteRequest(header, new NbdRequest(NbdCommandFlags.None, NbdCommand.Disconnect, 0, 0, 0));
-                    await _stream.WriteAsync(header).ConfigureAwait(false);
-                    await _stream.FlushAsync().ConfigureAwait(false);
+                    await _stream.WriteAsync(header, timeout.Token).ConfigureAwait(false);
+                    await _stream.FlushAsync(timeout.Token).ConfigureAwait(false);
                 }
             }
-            catch (Exception ex) when (ex is IOException or ObjectDisposedException)
+            catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException)
             {
-                // The server went first; leaving is done either way.
+                // The server went first, or stayed silent past the grace: leaving is done either way.
             }
         }
 
         Fail(new NbdConnectionLostException("The NBD connection was closed"));
         await _receiving.ConfigureAwait(false);
     }
+
+    public ValueTask DisposeAsync() => DisposeAsync(CloseGrace);
 }
 
 /// <summary>What a request's reply said: the server's error (None on success), its message, and a block status's first extent.</summary>

@@ -8,23 +8,31 @@ namespace BlockMirror.Nbd.Client;
 
 /// <summary>
 /// <c>nbd</c>: a protocol driver whose storage is an export of an NBD server, local or on another host (the
-/// target of a cross-host mirror). Requests become NBD commands on one connection, many in flight at once;
-/// block status comes from the server's <c>base:allocation</c>, so a mirror onto it stays sparse and
-/// zero detection works over the wire.
+/// target of a cross-host mirror). Requests become NBD commands, many in flight at once, on one connection or,
+/// with <c>multi-conn</c> where the server allows it, spread over several; block status comes from the
+/// server's <c>base:allocation</c>, so a mirror onto it stays sparse and zero detection works over the wire.
 /// </summary>
+/// <remarks>
+/// Several connections are used only when the server advertises NBD_FLAG_CAN_MULTI_CONN: then its caches are
+/// shared by all connections, and a flush (or FUA) on one covers every write completed on any (the NBD spec's
+/// promise). So a request may take any connection, and a flush goes out on one of them, not on each. Every
+/// connection is its own <see cref="NbdClientSession"/>: one lost is reconnected on its own while the others
+/// carry on.
+/// </remarks>
 public sealed class NbdClientDriver : IBlockDriver
 {
     readonly string _nodeName;
     readonly NbdClientOptions _options;
-    readonly NbdClientSession _session;
+    readonly NbdClientSession[] _sessions;
     readonly NbdExportInfo _info;
+    int _turn;
 
-    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientSession session)
+    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientSession[] sessions)
     {
         _nodeName = nodeName;
         _options = options;
-        _session = session;
-        _info = session.Export;
+        _sessions = sessions;
+        _info = sessions[0].Export;
         var maxTransfer = (int)Math.Min(_info.MaximumBlock, NbdClientHandshake.MaxBuffer);
         var alignment = (int)_info.MinimumBlock;
         // As QEMU 7.2's client: a write-zeroes keeps to the server's maximum block size like a write (a server
@@ -59,8 +67,73 @@ public sealed class NbdClientDriver : IBlockDriver
 
             // Connections after a loss are single attempts: the session paces them.
             var again = options with { OpenTimeout = TimeSpan.Zero };
-            return new NbdClientDriver(node.Name, options, new NbdClientSession(connection, options, !readOnly, token => ConnectAsync(again, token)));
+            Func<CancellationToken, Task<NbdClientConnection>> connect = token => ConnectAsync(again, token);
+            var first = new NbdClientSession(connection, options, !readOnly, connect);
+            var count = connection.Info.Has(NbdTransmissionFlags.CanMultiConn) ? options.MultiConn : 1;
+            return new NbdClientDriver(node.Name, options, count == 1 ? [first] : await OpenMoreAsync(first, count, options, !readOnly, connect, token).ConfigureAwait(false));
         }, cancellationToken);
+
+    /// <summary>
+    /// The connections after the first, opened together; each must reach the same export, still with
+    /// NBD_FLAG_CAN_MULTI_CONN. If one cannot be opened, none is kept and the node does not open.
+    /// </summary>
+    static async Task<NbdClientSession[]> OpenMoreAsync(NbdClientSession first, int count, NbdClientOptions options, bool writable,
+        Func<CancellationToken, Task<NbdClientConnection>> connect, CancellationToken cancellationToken)
+    {
+        var opening = new Task<NbdClientConnection>[count - 1];
+        for (var i = 0; i < opening.Length; i++)
+        {
+            opening[i] = connect(cancellationToken);
+        }
+
+        try
+        {
+            await Task.WhenAll(opening).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Faulted or not, each must be waited for (and closed if it opened).
+        }
+
+        var sessions = new NbdClientSession[count];
+        sessions[0] = first;
+        Exception? failure = null;
+        for (var i = 0; i < opening.Length; i++)
+        {
+            if (opening[i].IsCompletedSuccessfully)
+            {
+                var connection = opening[i].Result;
+                if (first.Mismatch(connection.Info) is { } mismatch)
+                {
+                    failure ??= new BlockOpenException($"NBD connection {i + 2} of {count} (multi-conn) reached a different export: {mismatch}");
+                }
+
+                sessions[i + 1] = new NbdClientSession(connection, options, writable, connect);
+            }
+            else
+            {
+                var why = opening[i].Exception?.InnerException ?? new OperationCanceledException(cancellationToken);
+                failure ??= why is BlockOpenException open
+                    ? new BlockOpenException($"NBD connection {i + 2} of {count} (multi-conn): {open.Message}", open.Errno, open) { Hint = open.Hint }
+                    : why;
+            }
+        }
+
+        if (failure is null)
+        {
+            return sessions;
+        }
+
+        foreach (var session in sessions)
+        {
+            if (session is not null)
+            {
+                await session.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+
+        throw failure;
+    }
 
     /// <summary>One connection and handshake; with an open timeout, tries again while the server cannot be reached.</summary>
     internal static async Task<NbdClientConnection> ConnectAsync(NbdClientOptions options, CancellationToken cancellationToken)
@@ -68,30 +141,40 @@ public sealed class NbdClientDriver : IBlockDriver
         var deadline = DateTime.UtcNow + options.OpenTimeout;
         while (true)
         {
+            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            attempt.CancelAfter(options.AttemptTimeout);
             Stream stream;
             try
             {
-                stream = await options.Server.ConnectAsync(cancellationToken).ConfigureAwait(false);
+                stream = await options.Server.ConnectAsync(attempt.Token).ConfigureAwait(false);
             }
-            catch (BlockOpenException) when (DateTime.UtcNow < deadline)
+            catch (Exception ex) when (ex is BlockOpenException or OperationCanceledException && !cancellationToken.IsCancellationRequested && DateTime.UtcNow < deadline)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(1000, (deadline - DateTime.UtcNow).TotalMilliseconds)), cancellationToken).ConfigureAwait(false);
                 continue;
             }
+            catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new BlockOpenException($"Failed to connect to '{options.Server}': no answer within {options.AttemptTimeout.TotalSeconds:0.#} s", BlockErrno.EIO, ex);
+            }
 
             try
             {
-                return await NbdClientConnection.OpenAsync(stream, options.Export, options.UpgradeToTls, cancellationToken).ConfigureAwait(false);
+                return await NbdClientConnection.OpenAsync(stream, options.Export, options.UpgradeToTls, attempt.Token).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is IOException and not BlockOpenException)
+            catch (Exception ex)
             {
                 await stream.DisposeAsync().ConfigureAwait(false);
-                throw new BlockOpenException($"Failed to read initial magic: {ex.Message}", BlockErrno.EIO, ex);
-            }
-            catch
-            {
-                await stream.DisposeAsync().ConfigureAwait(false);
-                throw;
+                switch (ex)
+                {
+                    case OperationCanceledException when !cancellationToken.IsCancellationRequested:
+                        throw new BlockOpenException($"The NBD server at '{options.Server}' did not complete the handshake within {options.AttemptTimeout.TotalSeconds:0.#} s", BlockErrno.EIO, ex);
+                    case IOException and not BlockOpenException:
+                        // The handshake names what it was reading or sending; this is anything else on the way (TLS).
+                        throw new BlockOpenException($"NBD handshake failed: {ex.Message}", BlockErrno.EIO, ex);
+                    default:
+                        throw;
+                }
             }
         }
     }
@@ -111,8 +194,11 @@ public sealed class NbdClientDriver : IBlockDriver
     /// <summary>What the handshake agreed, for tests and query commands.</summary>
     public NbdExportInfo Export => _info;
 
-    /// <summary>The link to the server across connections (reconnect state), for tests and query commands.</summary>
-    public NbdClientSession Session => _session;
+    /// <summary>The first connection's link to the server across connections (reconnect state), for tests and query commands.</summary>
+    public NbdClientSession Session => _sessions[0];
+
+    /// <summary>Every connection's session: one, or <c>multi-conn</c>'s count when the server allows it.</summary>
+    public IReadOnlyList<NbdClientSession> Sessions => _sessions;
 
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         Check(await SendAsync(NbdCommand.Read, NbdCommandFlags.None, offset, buffer.Length, buffer, default, cancellationToken).ConfigureAwait(false),
@@ -237,8 +323,10 @@ public sealed class NbdClientDriver : IBlockDriver
         ValueTask.FromException(Error(BlockErrno.ENOTSUP, BlockOperation.Truncate, length, 0, "Cannot resize NBD nodes"));
 
     /// <summary>
-    /// One request on the current connection. When the connection is lost under it, the request waits for a new
-    /// one (within reconnect-delay) and goes out again there; otherwise it fails with EIO.
+    /// One request on the current connection of the next session in turn. When the connection is lost under it,
+    /// the request waits for a new one (within reconnect-delay) and goes out again there; otherwise it fails with
+    /// EIO. Taking turns spreads the requests evenly, and a session that is reconnecting holds only the requests
+    /// that came to it.
     /// </summary>
     /// <remarks>
     /// Sending a request again is safe for every command this driver sends, even when the lost server had
@@ -250,9 +338,10 @@ public sealed class NbdClientDriver : IBlockDriver
     async ValueTask<NbdReplyResult> SendAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length,
         Memory<byte> readBuffer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
+        var session = _sessions.Length == 1 ? _sessions[0] : _sessions[(uint)Interlocked.Increment(ref _turn) % (uint)_sessions.Length];
         while (true)
         {
-            var connection = _session.Current;
+            var connection = session.Current;
             try
             {
                 return await connection.RequestAsync(command, flags, offset, length, readBuffer, payload, cancellationToken).ConfigureAwait(false);
@@ -261,7 +350,7 @@ public sealed class NbdClientDriver : IBlockDriver
             {
                 try
                 {
-                    await _session.WaitForReplacementAsync(connection, cancellationToken).ConfigureAwait(false);
+                    await session.WaitForReplacementAsync(connection, cancellationToken).ConfigureAwait(false);
                 }
                 catch (NbdConnectionLostException down)
                 {
@@ -296,5 +385,7 @@ public sealed class NbdClientDriver : IBlockDriver
         _ => BlockOperation.BlockStatus,
     };
 
-    public ValueTask DisposeAsync() => _session.DisposeAsync();
+    /// <summary>Closes every connection at once: each may wait out its grace on a silent server, and those waits overlap.</summary>
+    public async ValueTask DisposeAsync() =>
+        await Task.WhenAll(_sessions.Select(session => session.DisposeAsync().AsTask())).ConfigureAwait(false);
 }

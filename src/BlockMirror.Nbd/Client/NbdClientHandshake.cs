@@ -63,7 +63,7 @@ public static class NbdClientHandshake
 
         var noZeroes = (serverFlags & NbdHandshakeFlags.NoZeroes) != 0;
         var clientFlags = NbdClientFlags.FixedNewstyle | (noZeroes ? NbdClientFlags.NoZeroes : NbdClientFlags.None);
-        await channel.WriteUInt32Async((uint)clientFlags, cancellationToken).ConfigureAwait(false);
+        await channel.WriteUInt32Async((uint)clientFlags, "Failed to send clientflags field", cancellationToken).ConfigureAwait(false);
 
         if (upgradeToTls is not null)
         {
@@ -309,12 +309,11 @@ public static class NbdClientHandshake
             return BinaryPrimitives.ReadUInt16BigEndian(_small);
         }
 
-        public async Task WriteUInt32Async(uint value, CancellationToken cancellationToken)
+        public async Task WriteUInt32Async(uint value, string what, CancellationToken cancellationToken)
         {
             var bytes = new byte[4];
             BinaryPrimitives.WriteUInt32BigEndian(bytes, value);
-            await stream.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
-            await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await SendAsync(bytes, what, cancellationToken).ConfigureAwait(false);
         }
 
         public async Task RequestAsync(NbdOption option, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
@@ -322,8 +321,21 @@ public static class NbdClientHandshake
             var writer = new ArrayBufferWriter<byte>(NbdWire.OptionHeaderSize + data.Length);
             NbdWire.WriteOptionHeader(writer, option, (uint)data.Length);
             writer.Write(data.Span);
-            await stream.WriteAsync(writer.WrittenMemory, cancellationToken).ConfigureAwait(false);
-            await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await SendAsync(writer.WrittenMemory, $"Failed to send option request {Name(option)}", cancellationToken).ConfigureAwait(false);
+        }
+
+        /// <summary>Writes and flushes; a broken connection is reported as what was being sent (QEMU's words).</summary>
+        async Task SendAsync(ReadOnlyMemory<byte> bytes, string what, CancellationToken cancellationToken)
+        {
+            try
+            {
+                await stream.WriteAsync(bytes, cancellationToken).ConfigureAwait(false);
+                await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (IOException ex) when (ex is not BlockOpenException)
+            {
+                throw new BlockOpenException($"{what}: {ex.Message}", BlockErrno.EIO, ex);
+            }
         }
 
         /// <summary>NBD_OPT_ABORT without waiting for its reply (proto.md allows that); a failure to send changes nothing.</summary>
@@ -437,6 +449,11 @@ public static class NbdClientHandshake
             catch (EndOfStreamException)
             {
                 throw new BlockOpenException($"{what}: Unexpected end-of-file before all data were read");
+            }
+            catch (IOException ex) when (ex is not BlockOpenException)
+            {
+                // A reset or another socket error: named by what was being read, not as the first read.
+                throw new BlockOpenException($"{what}: {ex.Message}", BlockErrno.EIO, ex);
             }
         }
     }

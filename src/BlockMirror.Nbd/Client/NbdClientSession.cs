@@ -287,11 +287,15 @@ public sealed class NbdClientSession : IAsyncDisposable
         }
     }
 
-    /// <summary>What makes a new connection's export not the one the node was opened on, or null.</summary>
-    string? Mismatch(NbdExportInfo now)
+    /// <summary>
+    /// What makes a new connection's export not the one the node was opened on, or null. With several
+    /// connections (<c>multi-conn</c>) the server must still share its caches among them.
+    /// </summary>
+    internal string? Mismatch(NbdExportInfo now)
     {
         var was = Export;
-        var missing = was.Flags & CommandFlags & ~now.Flags;
+        var kept = _options.MultiConn > 1 ? CommandFlags | NbdTransmissionFlags.CanMultiConn : CommandFlags;
+        var missing = was.Flags & kept & ~now.Flags;
         return now switch
         {
             _ when now.Size != was.Size => $"it is {now.Size} bytes, it was {was.Size}",

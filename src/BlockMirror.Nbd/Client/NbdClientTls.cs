@@ -25,7 +25,31 @@ static class NbdClientTls
             throw new BlockOpenException(ex.Message);
         }
 
-        return async (stream, cancellationToken) =>
+        return Upgrade(credentials, hostname);
+    }
+
+    /// <summary>
+    /// The upgrade with x509 client credentials loaded from <paramref name="directory"/> (an <c>nbds://</c> URI's),
+    /// checked as <c>--object tls-creds-x509,endpoint=client,verify-peer=on</c> checks them.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The directory lacks <c>ca-cert.pem</c>, or a file fails its checks.</exception>
+    public static Func<Stream, CancellationToken, ValueTask<Stream>> Upgrade(string directory, string? hostname)
+    {
+        TlsCredentials credentials;
+        try
+        {
+            credentials = X509Credentials.Load($"nbds:{directory}", TlsEndpoint.Client, directory, verifyPeer: true, sanityCheck: true);
+        }
+        catch (TlsException ex)
+        {
+            throw new BlockOpenException($"TLS certificates for nbds: {ex.Message}");
+        }
+
+        return Upgrade(credentials, hostname);
+    }
+
+    static Func<Stream, CancellationToken, ValueTask<Stream>> Upgrade(TlsCredentials credentials, string? hostname) =>
+        async (stream, cancellationToken) =>
         {
             try
             {
@@ -36,5 +60,4 @@ static class NbdClientTls
                 throw new BlockOpenException(ex.Message, BlockErrno.EIO, ex);
             }
         };
-    }
 }

@@ -7,11 +7,18 @@ namespace BlockMirror.Nbd.Client;
 /// <summary>
 /// The <c>nbd</c> driver's declaration (QEMU 7.2's BlockdevOptionsNbd): <c>server</c> (a SocketAddress:
 /// unix or inet), <c>export</c>, <c>tls-creds</c>, <c>tls-hostname</c>, <c>reconnect-delay</c>,
-/// <c>open-timeout</c>. It lives beside the client; whoever composes the program adds it to the registry
+/// <c>open-timeout</c>; and <c>multi-conn</c>, which QEMU 7.2 lacks (a later proposal's option: see
+/// <see cref="NbdClientOptions.MultiConn"/>). It lives beside the client; whoever composes the program adds it to the registry
 /// (<see cref="NbdDrivers.Register"/>).
 /// </summary>
 public static class NbdDeclaration
 {
+    /// <summary>
+    /// BlockMirror's option for x509 client credentials loaded from a directory (libnbd's name), which an
+    /// <c>nbds://</c> file name sets when it names no <c>tls-creds</c> object. QEMU 7.2 has no such option.
+    /// </summary>
+    public const string TlsCertificatesOption = "tls-certificates";
+
     public static DriverDeclaration Driver { get; } = new(DriverNames.Nbd, DriverKind.Protocol, Read)
     {
         // nbd://, nbd+tcp://, nbd+unix:// and nbd:... file names (QEMU's three nbd protocol names).
@@ -30,16 +37,30 @@ public static class NbdDeclaration
         }
 
         var tlsCreds = options.OptionalString("tls-creds");
+        var tlsCertificates = options.OptionalString(TlsCertificatesOption);
+        if (tlsCreds is not null && tlsCertificates is not null)
+        {
+            throw options.Invalid($"'{options.Prefix}tls-creds' and '{options.Prefix}{TlsCertificatesOption}' cannot both be given");
+        }
+
         // The name the server's certificate must carry; without it, the host connected to (a Unix socket has
         // none). QEMU takes it without tls-creds too, where it means nothing.
         var tlsHostname = options.OptionalString("tls-hostname") ?? (server.IsUnix ? null : server.Host);
         var reconnectDelay = TimeSpan.FromSeconds(options.OptionalUInt32("reconnect-delay") ?? 0);
         var openTimeout = TimeSpan.FromSeconds(options.OptionalUInt32("open-timeout") ?? 0);
+        var multiConn = options.OptionalUInt32("multi-conn") ?? 1;
+        if (multiConn is < 1 or > NbdClientOptions.MaxMultiConn)
+        {
+            throw options.Invalid($"Parameter '{options.Prefix}multi-conn' must be between 1 and {NbdClientOptions.MaxMultiConn}, not {multiConn}");
+        }
+
         return opening =>
         {
             // Looked up when the node opens, before connecting, as QEMU's nbd_open does.
-            var upgrade = tlsCreds is null ? null : NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname);
-            var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout);
+            var upgrade = tlsCreds is not null ? NbdClientTls.Upgrade(opening.Graph, tlsCreds, tlsHostname)
+                : tlsCertificates is not null ? NbdClientTls.Upgrade(tlsCertificates, tlsHostname)
+                : null;
+            var client = new NbdClientOptions(server, export, upgrade, reconnectDelay, openTimeout, (int)multiConn);
             return NbdClientDriver.OpenAsync(opening.Graph, node.NodeName, client, node.ReadOnly, opening.CancellationToken);
         };
     }

@@ -14,7 +14,13 @@ namespace BlockMirror.Nbd.Client;
 /// <param name="Export">The export name; null asks for the server's default export ("").</param>
 public sealed record NbdFileNameOptions(string? UnixPath, string? Host, string? Port, string? Export)
 {
-    /// <summary>Writes <c>server</c> and, when there is one, <c>export</c> as blockdev-add members.</summary>
+    /// <summary>For <c>nbds://</c> and <c>nbds+unix://</c>: the TLS the connection must use; null for plain NBD.</summary>
+    public NbdUriTls? Tls { get; init; }
+
+    /// <summary>
+    /// Writes <c>server</c> and, when there is one, <c>export</c> as blockdev-add members; over TLS also
+    /// <c>tls-creds</c> or <c>tls-certificates</c>, and <c>tls-hostname</c>.
+    /// </summary>
     public void WriteTo(Utf8JsonWriter writer)
     {
         writer.WriteStartObject("server");
@@ -35,6 +41,23 @@ public sealed record NbdFileNameOptions(string? UnixPath, string? Host, string? 
         {
             writer.WriteString("export", export);
         }
+
+        if (Tls is { } tls)
+        {
+            if (tls.Creds is { } creds)
+            {
+                writer.WriteString("tls-creds", creds);
+            }
+            else
+            {
+                writer.WriteString(NbdDeclaration.TlsCertificatesOption, tls.Certificates);
+            }
+
+            if (tls.Hostname is { } hostname)
+            {
+                writer.WriteString("tls-hostname", hostname);
+            }
+        }
     }
 }
 
@@ -45,14 +68,14 @@ public sealed record NbdFileNameOptions(string? UnixPath, string? Host, string? 
 /// <see cref="BlockOpenException"/>s in QEMU's words.
 /// </summary>
 /// <remarks>
-/// QEMU 7.2 has no <c>nbds</c> scheme: a TLS connection takes <c>tls-creds</c>, which no file name can
-/// carry, so <c>nbds://...</c> is an unknown protocol there and here (the registry says so, before this
-/// runs).
+/// QEMU 7.2 has no <c>nbds</c> scheme (<c>Unknown protocol 'nbds'</c>): a TLS connection takes
+/// <c>tls-creds</c> on a <c>driver=nbd</c> node. Here <c>nbds://</c> and <c>nbds+unix://</c> are read as
+/// libnbd reads them, with the credentials <see cref="NbdUriTls"/> describes (a deliberate difference).
 /// </remarks>
 public static class NbdFileName
 {
     /// <summary>The protocol prefixes QEMU's three nbd drivers claim (<c>protocol_name</c>).</summary>
-    public static IReadOnlyList<string> Protocols { get; } = ["nbd", "nbd+tcp", "nbd+unix"];
+    public static IReadOnlyList<string> Protocols { get; } = ["nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+unix"];
 
     /// <summary>Parses a file name that starts with one of <see cref="Protocols"/>.</summary>
     /// <exception cref="BlockOpenException">The name is not one QEMU accepts; the message is QEMU's.</exception>

@@ -16,8 +16,12 @@ namespace BlockMirror.Nbd.Client;
 /// skipped. The user part and the fragment are read and ignored.
 /// </summary>
 /// <remarks>
-/// Where QEMU 7.2 crashes (<c>?socket</c> with no <c>=</c>: a null path) this refuses the URI; a
-/// percent-decoded value that is not UTF-8 is refused too (names and paths are strings here).
+/// <para>Where QEMU 7.2 crashes (<c>?socket</c> with no <c>=</c>: a null path) this refuses the URI; a
+/// percent-decoded value that is not UTF-8 is refused too (names and paths are strings here).</para>
+/// <para><c>nbds://</c> and <c>nbds+unix://</c>, which QEMU 7.2 does not know, are the same URIs over TLS, as
+/// libnbd reads them; their query also takes <c>tls-creds=ID</c> (credentials made with <c>--object</c> or
+/// <c>object-add</c>, QEMU's way), or <c>tls-certificates=DIR</c> (a certificates directory, libnbd's
+/// parameter), and <c>tls-hostname=NAME</c>. See <see cref="NbdFileNameOptions"/>.</para>
 /// </remarks>
 static class NbdUri
 {
@@ -29,14 +33,20 @@ static class NbdUri
             return null;
         }
 
-        bool unix;
+        bool unix, tls;
         switch (parts.Scheme)
         {
             case "nbd" or "nbd+tcp":
-                unix = false;
+                (unix, tls) = (false, false);
                 break;
             case "nbd+unix":
-                unix = true;
+                (unix, tls) = (true, false);
+                break;
+            case "nbds":
+                (unix, tls) = (false, true);
+                break;
+            case "nbds+unix":
+                (unix, tls) = (true, true);
                 break;
             default:
                 return null;
@@ -56,7 +66,23 @@ static class NbdUri
         }
 
         var parameters = QueryParameters(parts.Query);
-        if (parameters is null || parameters.Count > 1 || unix != (parameters.Count == 1))
+        if (parameters is null)
+        {
+            return null;
+        }
+
+        NbdUriTls? security = null;
+        if (tls)
+        {
+            // The TLS parameters, each at most once; what is left is QEMU's (socket, for nbds+unix).
+            security = NbdUriTls.Take(parameters);
+            if (security is null)
+            {
+                return null;
+            }
+        }
+
+        if (parameters.Count > 1 || unix != (parameters.Count == 1))
         {
             return null;
         }
@@ -65,7 +91,7 @@ static class NbdUri
         {
             var (name, value) = parameters[0];
             return parts.Host is null && parts.Port == 0 && name == "socket" && value is not null
-                ? new NbdFileNameOptions(value, null, null, export)
+                ? new NbdFileNameOptions(value, null, null, export) { Tls = security }
                 : null;
         }
 
@@ -76,7 +102,10 @@ static class NbdUri
 
         // QEMU drops the first and last character of a decoded host that starts with '[' (an IPv6 literal).
         var host = server.StartsWith('[') ? server[1..Math.Max(1, server.Length - 1)] : server;
-        return new NbdFileNameOptions(null, host, (parts.Port == 0 ? NbdServerAddress.DefaultPort : parts.Port).ToString(System.Globalization.CultureInfo.InvariantCulture), export);
+        return new NbdFileNameOptions(null, host, (parts.Port == 0 ? NbdServerAddress.DefaultPort : parts.Port).ToString(System.Globalization.CultureInfo.InvariantCulture), export)
+        {
+            Tls = security,
+        };
     }
 
     /// <summary>The pieces of a URI, raw (still percent-encoded); a missing piece is null, a missing port 0.</summary>

@@ -46,7 +46,7 @@ public sealed class ProtocolFileNameTests : IDisposable
         Assert.Equal(prefix, DriverRegistry.ProtocolPrefix(name));
 
     [Theory]
-    [InlineData("nbds://h/x", "Unknown protocol 'nbds'")]
+    [InlineData("nbd+vsock://1/x", "Unknown protocol 'nbd+vsock'")]
     [InlineData("foo:bar", "Unknown protocol 'foo'")]
     [InlineData(":x", "Unknown protocol ''")]
     public void A_prefix_no_driver_claims_is_an_unknown_protocol(string name, string message) =>

@@ -18,11 +18,7 @@ public sealed class NbdClientOperationsInteropTests
     const int MiB = 1 << 20;
 
     [SkippableTheory]
-    [InlineData("qemu-nbd")]
-    [InlineData("qsd")]
-    [InlineData("nbdkit-memory")]
-    [InlineData("nbdkit-file")]
-    [InlineData("ours")]
+    [MemberData(nameof(NbdTestServer.Kinds), MemberType = typeof(NbdTestServer))]
     public async Task Every_operation_lands_and_block_status_agrees_with_qemu_img_map(string kind)
     {
         await using var server = await NbdTestServer.StartAsync(kind, Size);

@@ -27,6 +27,9 @@ sealed class NbdTestServer : IAsyncDisposable
 
     public NbdServerAddress Address { get; }
 
+    /// <summary>Every kind of server <see cref="StartAsync"/> starts plainly, for the tests that run against each.</summary>
+    public static TheoryData<string> Kinds => new() { "qemu-nbd", "qsd", "nbdkit-memory", "nbdkit-file", "ours" };
+
     /// <summary>The export as qemu-img and qemu-io name it.</summary>
     public string Uri { get; }
 
@@ -89,9 +92,9 @@ sealed class NbdTestServer : IAsyncDisposable
 
     static string UnixUri(string socket) => $"nbd+unix:///{NbdServerProcess.ExportName}?socket={socket}";
 
-    /// <summary>Opens our client on the export as node <c>nbd0</c> of <paramref name="graph"/>.</summary>
-    public ValueTask<BlockNode> OpenAsync(BlockGraph graph, bool readOnly = false) =>
-        NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(Address, NbdServerProcess.ExportName), readOnly, CancellationToken.None);
+    /// <summary>Opens our client on the export as node <c>nbd0</c> of <paramref name="graph"/>, asking for <paramref name="multiConn"/> connections.</summary>
+    public ValueTask<BlockNode> OpenAsync(BlockGraph graph, bool readOnly = false, int multiConn = 1) =>
+        NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(Address, NbdServerProcess.ExportName, MultiConn: multiConn), readOnly, CancellationToken.None);
 
     /// <summary>
     /// The export holds <paramref name="model"/>, as qemu-img reads it over NBD (qemu-img compare) and, for a
