@@ -17,6 +17,17 @@ static class MirrorTestRunner
         Assert.Null(job.Error);
     }
 
+    /// <summary>Waits until the job's body is parked (sleeping or paused) in <paramref name="status"/>.</summary>
+    public static async Task WaitParkedAsync(MirrorJob job, JobStatus status = JobStatus.Running)
+    {
+        using var cts = new CancellationTokenSource(Limit);
+        while (job.IsBusy || job.Status != status)
+        {
+            Assert.False(cts.IsCancellationRequested, $"the job never parked in {status.ToWireName()}: {Describe(job)}");
+            await Task.Delay(1, CancellationToken.None);
+        }
+    }
+
     public static async Task WaitFinishedAsync(MirrorJob job)
     {
         try
@@ -34,6 +45,17 @@ static class MirrorTestRunner
     {
         var info = job.GetInfo();
         return $"status {info.Status.ToWireName()}, dirty {job.DirtyBytes}, offset {info.Offset}, len {info.Len}, busy {info.Busy}, paused {info.Paused}, speed {info.Speed}, io-status {info.IoStatus.ToWireName()}";
+    }
+
+    /// <summary>Waits until the job is parked (not busy) in <paramref name="status"/>: on fake time, asleep until the test moves the clock.</summary>
+    public static async Task WaitParkedAsync(MirrorJob job, JobStatus status = JobStatus.Running)
+    {
+        using var cts = new CancellationTokenSource(Limit);
+        while (job.IsBusy || job.Status != status)
+        {
+            Assert.False(cts.IsCancellationRequested, $"the job never parked in {status.ToWireName()}: {Describe(job)}");
+            await Task.Delay(1, CancellationToken.None);
+        }
     }
 
     public static async Task WaitReadyAsync(JobManager manager, MirrorJob job)
