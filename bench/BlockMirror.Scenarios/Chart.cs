@@ -9,8 +9,10 @@ namespace BlockMirror.Scenarios;
 /// </summary>
 static class Chart
 {
-    public static void Write(IReadOnlyList<Row> rows, string path)
+    public static void Write(IReadOnlyList<Row> all, string path)
     {
+        // A row with one side missing (a mode only one daemon has run) has no ratio to draw.
+        var rows = all.Where(r => !double.IsNaN(r.Ratio)).ToList();
         if (!Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(d => File.Exists(Path.Combine(d, "gnuplot"))))
         {
             Console.Error.WriteLine("gnuplot not found: no chart (apt-get install gnuplot-nox)");

@@ -1,15 +1,14 @@
 using System.Diagnostics;
-using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using BlockMirror.TestKit;
 
 namespace BlockMirror.Scenarios;
 
 /// <summary>
 /// The mirror as a qemu-storage-daemon user runs it, over QMP, on both daemons alternately: blockdev-add the
 /// target, blockdev-mirror, wait for READY, block-job-complete, wait for COMPLETED. Measures time to READY,
-/// the pivot pause (complete to COMPLETED), the daemon's CPU time and peak memory; the live variant keeps
-/// an fio writer running on the source's NBD export the whole time.
+/// the pivot pause (complete to COMPLETED), the daemon's CPU time and peak memory. The live scenario
+/// (<see cref="LiveScenarios"/>) runs the same steps with a writer on the source.
 /// </summary>
 static class MirrorScenarios
 {
@@ -18,22 +17,7 @@ static class MirrorScenarios
     {
         var size = options.Quick ? 512L << 20 : 4L << 30;
         var source = ImageData.Dense(options.DataDirectory, size);
-        return Run(options, $"dense raw->raw {size >> 20} MiB (QMP)", source, size, writeRate: null);
-    }
-
-    /// <summary>live: the dense source exported over NBD and written by fio (random 64 KiB) at a fixed rate during the mirror.</summary>
-    public static IEnumerable<Row> Live(Options options)
-    {
-        var size = options.Quick ? 512L << 20 : 4L << 30;
-        var source = ImageData.Dense(options.DataDirectory, size);
-        var working = Path.Combine(options.DataDirectory, "live-source.raw");
-        foreach (var rate in new[] { "32m", "256m" })
-        {
-            foreach (var row in Run(options, $"live {size >> 20} MiB, fio 64 KiB randwrite at {rate.ToUpperInvariant()}iB/s", source, size, rate, working))
-            {
-                yield return row;
-            }
-        }
+        return Run(options, $"dense raw->raw {size >> 20} MiB (QMP)", source, size);
     }
 
     /// <summary>
@@ -46,68 +30,26 @@ static class MirrorScenarios
         var (size, data) = options.Quick ? (4L << 30, 256L << 20) : (32L << 30, 2L << 30);
         var source = ImageData.Qcow2(ImageData.Sparse(options.DataDirectory, size, data));
 
-        return Run(options, $"sparse qcow2->qcow2 {size >> 30} GiB ({data >> 20} MiB data) (QMP)", source, size, writeRate: null, format: "qcow2");
+        return Run(options, $"sparse qcow2->qcow2 {size >> 30} GiB ({data >> 20} MiB data) (QMP)", source, size, format: "qcow2");
     }
 
-    static IEnumerable<Row> Run(Options options, string name, string source, long size, string? writeRate, string? workingCopy = null, string format = "raw")
+    static IEnumerable<Row> Run(Options options, string name, string source, long size, string format = "raw")
     {
-        var directory = options.DataDirectory;
-        var target = Path.Combine(directory, "mirror-target." + format);
+        var target = Path.Combine(options.DataDirectory, "mirror-target." + format);
         var converted = new List<double>();
         var convertedOurs = new List<double>();
-        var socket = Path.Combine(directory, "nbd.sock");
-        var metrics = new Dictionary<string, (List<double> Ours, List<double> Theirs, string Unit, string? Target)>();
-        void Record(string metric, bool mine, double value, string unit, string? goal = null)
-        {
-            if (!metrics.TryGetValue(metric, out var entry))
-            {
-                entry = ([], [], unit, goal);
-                metrics[metric] = entry;
-            }
-
-            (mine ? entry.Ours : entry.Theirs).Add(value);
-        }
-
+        var metrics = new MetricTable("qemu-storage-daemon");
         for (var pair = 0; pair < options.Pairs; pair++)
         {
             for (var turn = 0; turn < 2; turn++)
             {
                 var mine = (turn == 0) == (pair % 2 == 1);
-                var image = source;
-                if (workingCopy is not null)
-                {
-                    // fio writes to the source: every run starts from the same bytes.
-                    Runner.Run($"cp --sparse=never '{source}' '{workingCopy}'");
-                    image = workingCopy;
-                }
-
-                File.Delete(target);
-                Runner.Run($"qemu-img create -q -f {format} '{target}' {size}");
-                Runner.DropCaches();
-                var arguments = new List<string>
-                {
-                    "--blockdev", $"driver=file,node-name=src-file,filename={image},cache.direct=on",
-                    "--blockdev", $"driver={format},node-name=src,file=src-file",
-                };
-                if (writeRate is not null)
-                {
-                    File.Delete(socket);
-                    arguments.AddRange(["--nbd-server", $"addr.type=unix,addr.path={socket}", "--export", "type=nbd,id=exp0,node-name=src,name=disk,writable=on"]);
-                }
-
-                var result = RunOnceAsync(options, mine, arguments, target, size, format, writeRate, socket).GetAwaiter().GetResult();
-                Record("time to READY", mine, result.ToReady, "s", writeRate is null ? "<= 1.0" : null);
-                Record("pivot pause (complete -> COMPLETED)", mine, result.PivotPause * 1000, "ms", "<= 0.1");
-                Record("daemon CPU per GiB", mine, result.CpuSeconds / (size / (double)(1L << 30)), "s", "<= 1.2");
-                Record("daemon peak RSS", mine, result.PeakRssMiB, "MiB", "<= 2.0");
-                if (result.Writer is { } writer)
-                {
-                    Record("converged while writing (1 = yes)", mine, result.ReadyWhileWriting ? 1 : 0, "");
-                    Record("writer p50 latency", mine, writer.P50Ms, "ms", "<= 0.5");
-                    Record("writer p99 latency", mine, writer.P99Ms, "ms");
-                    Record("writer throughput", mine, writer.MiBPerSecond, "MiB/s");
-                }
-
+                PrepareTarget(target, format, size);
+                var result = RunOnceAsync(options, mine, SourceArguments(source, format, socket: null), target, format).GetAwaiter().GetResult();
+                metrics.Add(name, "time to READY", mine, result.ToReady, "s", "<= 1.0");
+                metrics.Add(name, "pivot pause (complete -> COMPLETED)", mine, result.PivotPause * 1000, "ms", "<= 0.1");
+                metrics.Add(name, "daemon CPU per GiB", mine, result.CpuSeconds / (size / (double)(1L << 30)), "s", "<= 1.2");
+                metrics.Add(name, "daemon peak RSS", mine, result.PeakRssMiB, "MiB", "<= 2.0");
                 Console.Error.WriteLine($"{name}: pair {pair + 1} turn {turn + 1} done ({(mine ? "blockmirror" : "qemu-storage-daemon")}: READY {result.ToReady:0.00} s, pause {result.PivotPause * 1000:0.0} ms)");
                 if (format == "qcow2" && mine)
                 {
@@ -130,72 +72,106 @@ static class MirrorScenarios
         }
 
         File.Delete(target);
-        foreach (var (metric, (ours, theirs, unit, goal)) in metrics)
+        foreach (var row in metrics.Rows())
         {
-            yield return new Row(name, metric, ours, theirs, unit, goal, "qemu-storage-daemon");
+            yield return row;
         }
     }
 
-    sealed record WriterStats(double P50Ms, double P99Ms, double MiBPerSecond);
+    sealed record RunResult(double ToReady, double PivotPause, double CpuSeconds, double PeakRssMiB);
 
-    sealed record RunResult(double ToReady, double PivotPause, double CpuSeconds, double PeakRssMiB, bool ReadyWhileWriting, WriterStats? Writer);
-
-    static async Task<RunResult> RunOnceAsync(Options options, bool mine, List<string> arguments, string target, long size, string format, string? writeRate, string socket)
+    static async Task<RunResult> RunOnceAsync(Options options, bool mine, List<string> arguments, string target, string format)
     {
         await using var daemon = await Daemon.StartAsync(options, mine, options.DataDirectory, arguments);
-        var qmp = daemon.Qmp;
-        Process? fio = null;
-        var fioOutput = Path.Combine(options.DataDirectory, "fio.json");
-        if (writeRate is not null)
+        var times = await MirrorOnceAsync(daemon.Qmp, target, format, "background", TimeSpan.FromMinutes(10));
+        if (times.Refused is { } refused || times.Ready is null || times.PivotPause is null)
         {
-            File.Delete(fioOutput);
-            var start = new ProcessStartInfo("fio") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var argument in new[]
-            {
-                "--name=vm", "--ioengine=nbd", $"--uri=nbd+unix:///disk?socket={socket}", "--rw=randwrite", "--bs=64k",
-                "--iodepth=4", $"--rate={writeRate}", $"--size={size}", "--time_based", "--runtime=600", "--randseed=3",
-                "--output-format=json", $"--output={fioOutput}",
-            })
-            {
-                start.ArgumentList.Add(argument);
-            }
-
-            fio = Process.Start(start)!;
-            await Task.Delay(1000);
+            throw new InvalidOperationException($"{daemon.Name}: the mirror did not reach READY: {times.Refused ?? "timed out"}");
         }
 
+        return new RunResult((times.Ready.Value - times.Started).TotalSeconds, times.PivotPause.Value, daemon.CpuSeconds(), daemon.PeakRssMiB());
+    }
+
+    /// <summary>Deletes the last run's target and creates a new empty one, then drops the page cache.</summary>
+    internal static void PrepareTarget(string target, string format, long size)
+    {
+        File.Delete(target);
+        Runner.Run($"qemu-img create -q -f {format} '{target}' {size}");
+        Runner.DropCaches();
+    }
+
+    /// <summary>The daemon's options: the source node <c>src</c> (O_DIRECT), exported writable over NBD at <paramref name="socket"/> when given.</summary>
+    internal static List<string> SourceArguments(string image, string format, string? socket)
+    {
+        var arguments = new List<string>
+        {
+            "--blockdev", $"driver=file,node-name=src-file,filename={image},cache.direct=on",
+            "--blockdev", $"driver={format},node-name=src,file=src-file",
+        };
+        if (socket is not null)
+        {
+            File.Delete(socket);
+            arguments.AddRange(["--nbd-server", $"addr.type=unix,addr.path={socket}", "--export", "type=nbd,id=exp0,node-name=src,name=disk,writable=on"]);
+        }
+
+        return arguments;
+    }
+
+    /// <summary>
+    /// When the mirror started (wall clock), when it became READY (the event's own timestamp; null when it had
+    /// not within the limit, and the job was cancelled), the pause from block-job-complete to BLOCK_JOB_COMPLETED
+    /// as the client sees it, or why the daemon refused blockdev-mirror.
+    /// </summary>
+    internal sealed record MirrorTimes(DateTime Started, DateTime? Ready, double? PivotPause, string? Refused);
+
+    /// <summary>
+    /// blockdev-add the target (O_DIRECT), blockdev-mirror <c>src</c> onto it in <paramref name="copyMode"/>, wait
+    /// for READY up to <paramref name="convergeWithin"/>, stay a second in READY (a writer keeps dirtying), then
+    /// block-job-complete and wait for COMPLETED.
+    /// </summary>
+    internal static async Task<MirrorTimes> MirrorOnceAsync(QmpClient qmp, string target, string format, string copyMode, TimeSpan convergeWithin)
+    {
         await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "tgt-file", ["filename"] = target, ["cache"] = new JsonObject { ["direct"] = true } });
         await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = format, ["node-name"] = "tgt", ["file"] = "tgt-file" });
-        var clock = Stopwatch.StartNew();
-        await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full" });
-        await qmp.WaitEventAsync("BLOCK_JOB_READY", timeout: TimeSpan.FromMinutes(10));
-        var toReady = clock.Elapsed.TotalSeconds;
-        var readyWhileWriting = fio is { HasExited: false };
-        // A moment in READY (the writer keeps dirtying), then the switch.
+        var started = DateTime.UtcNow;
+        var reply = await qmp.CommandAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full", ["copy-mode"] = copyMode });
+        if (reply["error"] is { } error)
+        {
+            return new MirrorTimes(started, null, null, (string?)error["desc"]);
+        }
+
+        // Polled rather than waited for with a timeout, so that the monitor's reader is never cut mid-line; the
+        // time comes from the event's timestamp, not from when the poll saw it.
+        var deadline = started + convergeWithin;
+        JsonObject? ready;
+        while ((ready = Find(qmp, "BLOCK_JOB_READY")) is null && DateTime.UtcNow < deadline)
+        {
+            if ((Find(qmp, "BLOCK_JOB_COMPLETED") ?? Find(qmp, "BLOCK_JOB_CANCELLED")) is { } ended)
+            {
+                throw new InvalidOperationException($"the mirror ended before READY: {ended.ToJsonString()}");
+            }
+
+            await Task.Delay(100);
+            await qmp.CommandAsync("query-block-jobs");
+        }
+
+        if (ready is null)
+        {
+            await qmp.ExecuteAsync("block-job-cancel", new JsonObject { ["device"] = "m", ["force"] = true });
+            await qmp.WaitEventAsync("BLOCK_JOB_CANCELLED", timeout: TimeSpan.FromMinutes(5));
+            return new MirrorTimes(started, null, null, null);
+        }
+
+        // A moment in READY (a writer keeps dirtying), then the switch.
         await Task.Delay(1000);
         var pivot = Stopwatch.StartNew();
         await qmp.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "m" });
         await qmp.WaitEventAsync("BLOCK_JOB_COMPLETED", timeout: TimeSpan.FromMinutes(5));
-        var pause = pivot.Elapsed.TotalSeconds;
-        var cpu = daemon.CpuSeconds();
-        var rss = daemon.PeakRssMiB();
-        WriterStats? writer = null;
-        if (fio is not null)
-        {
-            // SIGINT makes fio stop and write its report.
-            Runner.Run($"kill -INT {fio.Id}");
-            await fio.WaitForExitAsync();
-            // fio may print notes before its JSON report.
-            var text = await File.ReadAllTextAsync(fioOutput);
-            using var report = JsonDocument.Parse(text[text.IndexOf('{', StringComparison.Ordinal)..]);
-            var write = report.RootElement.GetProperty("jobs")[0].GetProperty("write");
-            var percentiles = write.GetProperty("clat_ns").GetProperty("percentile");
-            writer = new WriterStats(
-                percentiles.GetProperty("50.000000").GetDouble() / 1e6,
-                percentiles.GetProperty("99.000000").GetDouble() / 1e6,
-                write.GetProperty("bw_bytes").GetDouble() / (1 << 20));
-        }
-
-        return new RunResult(toReady, pause, cpu, rss, readyWhileWriting, writer);
+        return new MirrorTimes(started, Timestamp(ready), pivot.Elapsed.TotalSeconds, null);
     }
+
+    static JsonObject? Find(QmpClient qmp, string name) => qmp.Events.FirstOrDefault(e => (string?)e["event"] == name);
+
+    static DateTime Timestamp(JsonObject e) =>
+        DateTime.UnixEpoch.AddSeconds((long)e["timestamp"]!["seconds"]!).AddTicks((long)e["timestamp"]!["microseconds"]! * 10);
 }

@@ -26,7 +26,7 @@ static class Program
                 "qcow2" => ImageLayerScenarios.Qcow2(options),
                 "nbd" => NbdScenarios.Export(options),
                 "mirror" => MirrorScenarios.Dense(options),
-                "live" => MirrorScenarios.Live(options),
+                "live" => LiveScenarios.Live(options),
                 "sparse-qmp" => MirrorScenarios.Sparse(options),
                 "nbd-mirror" => NbdMirrorScenarios.Mirror(options),
                 _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror)"),
@@ -50,7 +50,8 @@ static class Program
 }
 
 /// <summary>Command-line options of the scenario runner.</summary>
-sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList<string> Scenarios, string BlockMirror, string? Output, string CommandLine)
+sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList<string> Scenarios, string BlockMirror, string? Output, string CommandLine,
+    IReadOnlyList<string> CopyModes, IReadOnlyList<string> Rates)
 {
     public static Options Parse(string[] args)
     {
@@ -60,6 +61,8 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         string[] scenarios = ["mirror", "sparse-qmp", "live", "dense", "sparse", "nbd", "qcow2"];
         var blockMirror = Path.Combine(AppContext.BaseDirectory, "blockmirror.dll");
         string? output = null;
+        string[] copyModes = ["background", "write-blocking", "adaptive"];
+        string[] rates = ["32m", "256m", "max"];
         for (var i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -70,12 +73,19 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
                 case "--scenarios": scenarios = args[++i].Split(','); break;
                 case "--blockmirror": blockMirror = args[++i]; break;
                 case "--output": output = args[++i]; break;
-                default: throw new ArgumentException($"unknown option '{args[i]}' (known: --data-dir, --pairs, --quick, --scenarios, --blockmirror, --output)");
+                case "--copy-modes": copyModes = Known(args[++i].Split(','), "copy mode", "background", "write-blocking", "adaptive"); break;
+                case "--rates": rates = args[++i].Split(','); break;
+                default: throw new ArgumentException($"unknown option '{args[i]}' (known: --data-dir, --pairs, --quick, --scenarios, --blockmirror, --output, --copy-modes, --rates)");
             }
         }
 
-        return new Options(data, pairs, quick, scenarios, blockMirror, output, "blockmirror-scenarios " + string.Join(' ', args));
+        return new Options(data, pairs, quick, scenarios, blockMirror, output, "blockmirror-scenarios " + string.Join(' ', args), copyModes, rates);
     }
+
+    static string[] Known(string[] values, string what, params string[] known) =>
+        values.FirstOrDefault(v => !known.Contains(v)) is { } unknown
+            ? throw new ArgumentException($"unknown {what} '{unknown}' (known: {string.Join(", ", known)})")
+            : values;
 
     /// <summary>A shell command line running <c>blockmirror</c> with <paramref name="arguments"/> (already quoted).</summary>
     public string Shell(string arguments) => string.Join(' ', BlockMirrorLauncher.Launcher(BlockMirror).Select(part => $"'{part}'")) + " " + arguments;

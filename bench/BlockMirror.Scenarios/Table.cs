@@ -13,7 +13,8 @@ sealed record Row(string Scenario, string Metric, IReadOnlyList<double> Ours, IR
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
-    public double Ratio => Median(Theirs) == 0 ? double.NaN : Median(Ours) / Median(Theirs);
+    /// <summary>NaN when a side has no value (a mode one daemon does not have) or theirs is 0.</summary>
+    public double Ratio => Ours.Count == 0 || Theirs.Count == 0 || Median(Theirs) == 0 ? double.NaN : Median(Ours) / Median(Theirs);
 }
 
 /// <summary>Markdown rendering of the results.</summary>
@@ -45,6 +46,6 @@ static class Table
         return text.ToString();
     }
 
-    static string Cell(IReadOnlyList<double> values, string unit) =>
+    static string Cell(IReadOnlyList<double> values, string unit) => values.Count == 0 ? "–" :
         string.Create(CultureInfo.InvariantCulture, $"{Row.Median(values):0.###} {unit} ({values.Min():0.###}..{values.Max():0.###})");
 }
