@@ -13,10 +13,24 @@ enum MirrorMethod
     Discard,
 }
 
+/// <summary>What an operation is, as far as the engine's bookkeeping goes.</summary>
+enum MirrorOpKind
+{
+    /// <summary>A copy, zeroing or discard issued by the job's loop: takes an in-flight slot.</summary>
+    Background,
+
+    /// <summary>
+    /// A claim the loop holds over a whole run while it issues the run's operations one by one (QEMU's
+    /// pseudo op): requests that meet the run's chunks wait on it until every piece has been issued.
+    /// </summary>
+    Claim,
+}
+
 /// <summary>
 /// One operation in flight: a range, its method, and for copies the buffer chunks it holds. Reused
-/// from a small pool (at most <see cref="MirrorJob.MaxInFlight"/> live at once), so the copy loop does
-/// not allocate per operation.
+/// from a small pool, so the copy loop does not allocate per operation. Every operation that holds
+/// chunks of the in-flight map is listed by the engine, and requests that meet its range wait on it
+/// alone (<see cref="Waiters"/>), not on whatever operation happens to end first.
 /// </summary>
 sealed class MirrorOp
 {
@@ -26,8 +40,16 @@ sealed class MirrorOp
 
     public MirrorMethod Method { get; set; }
 
-    /// <summary>True for the zeroing that precedes the copy; it does not count as progress.</summary>
+    public MirrorOpKind Kind { get; set; }
+
+    /// <summary>True for the zeroing that precedes the copy; it does not count as progress and holds no chunks.</summary>
     public bool InitialZeroing { get; set; }
+
+    /// <summary>
+    /// Requests waiting for this operation to end, created by the first of them (under the engine's lock)
+    /// and completed when the operation leaves the list. Null while nobody waits, which is the usual case.
+    /// </summary>
+    public TaskCompletionSource? Waiters { get; set; }
 
     /// <summary>The chunks a copy reads into.</summary>
     public List<Memory<byte>> ReadSegments { get; } = [];
@@ -42,5 +64,12 @@ sealed class MirrorOp
         {
             WriteSegments.Add(segment);
         }
+    }
+
+    /// <summary>First chunk and chunk count of the op's range for <paramref name="granularity"/>-sized chunks.</summary>
+    public (long First, long Count) Chunks(long granularity)
+    {
+        var first = Offset / granularity;
+        return (first, (Offset + Length + granularity - 1) / granularity - first);
     }
 }
