@@ -67,6 +67,16 @@ public abstract class BlockJob : Job
     }
 
     /// <summary>
+    /// block-job-change for a job with nothing to change (QEMU's block_job_change_locked when the driver has
+    /// no change callback): refused, after the verb check.
+    /// </summary>
+    public void RefuseChange()
+    {
+        CheckVerb(JobVerb.Change);
+        throw new JobException("Job type does not support change");
+    }
+
+    /// <summary>
     /// Applies an error policy to a failed request (QEMU's block_job_error_action): emits BLOCK_JOB_ERROR,
     /// and for <c>stop</c> pauses the job as if the user had, recording the I/O status.
     /// </summary>

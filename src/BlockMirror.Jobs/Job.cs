@@ -185,6 +185,9 @@ public abstract class Job
 
     protected void ProgressAdvance(long done) => Interlocked.Add(ref _progressCurrent, done);
 
+    /// <summary>More work has come in (QEMU's progress_increase_remaining): a guest write copied as it happens.</summary>
+    protected void ProgressIncreaseRemaining(long bytes) => Interlocked.Add(ref _progressTotal, bytes);
+
     /// <summary>Sets how much work remains: total = current + remaining (QEMU's progress_set_remaining).</summary>
     protected void ProgressSetRemaining(long remaining) =>
         Interlocked.Exchange(ref _progressTotal, Interlocked.Read(ref _progressCurrent) + remaining);

@@ -22,7 +22,8 @@ public static class JobStateTable
         /* E */ "00000000001",
         /* N */ "00000000000");
 
-    // Rows in JobVerb order: cancel, pause, resume, set-speed, complete, finalize, dismiss.
+    // Rows in JobVerb order: cancel, pause, resume, set-speed, complete, finalize, dismiss, and change
+    // (block-job-change, from QEMU 8.2's table: the set-speed row).
     static readonly bool[,] Verbs = ToTable(
         /* cancel    */ "01111111000",
         /* pause     */ "01111100000",
@@ -30,7 +31,8 @@ public static class JobStateTable
         /* set-speed */ "01111100000",
         /* complete  */ "00001100000",
         /* finalize  */ "00000001000",
-        /* dismiss   */ "00000000010");
+        /* dismiss   */ "00000000010",
+        /* change    */ "01111100000");
 
     static bool[,] ToTable(params string[] rows)
     {

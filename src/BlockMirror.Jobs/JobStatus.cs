@@ -26,6 +26,9 @@ public enum JobVerb
     Complete,
     Finalize,
     Dismiss,
+
+    /// <summary>block-job-change (QEMU 8.2); accepted where set-speed is.</summary>
+    Change,
 }
 
 /// <summary>The kinds of job, as QMP's JobType spells them.</summary>
@@ -66,6 +69,7 @@ public static class JobNames
         JobVerb.Complete => "complete",
         JobVerb.Finalize => "finalize",
         JobVerb.Dismiss => "dismiss",
+        JobVerb.Change => "change",
         _ => throw new ArgumentOutOfRangeException(nameof(verb)),
     };
 

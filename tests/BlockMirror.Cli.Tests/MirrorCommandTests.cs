@@ -192,7 +192,8 @@ public sealed class MirrorCommandTests : IDisposable
         Assert.DoesNotContain("[#", result.StandardOutput, StringComparison.Ordinal);
         var lines = result.OutputLines;
         var progress = lines[..^1];
-        Assert.All(progress, line => Assert.Matches(@"^\s*\d+ % \S+ \S+ / \S+ \S+  \S+ \S+/s  ETA (\d\d:\d\d|--:--)  \S+$", line));
+        Assert.All(progress, line => Assert.Matches(
+            @"^\s*\d+ % \S+ \S+ / \S+ \S+  copy \S+ \S+/s  dirty \S+ \S+/s  remaining \S+ \S+  (ETA (\d\d:\d\d|--:--)|will not converge at this rate)  \S+$", line));
         Assert.Contains(progress, line => line.StartsWith("100 % ", StringComparison.Ordinal));
         Assert.Matches($@"^mirrored \S+ \S+ from {System.Text.RegularExpressions.Regex.Escape(source)} to {System.Text.RegularExpressions.Regex.Escape(target)}$", lines[^1]);
 

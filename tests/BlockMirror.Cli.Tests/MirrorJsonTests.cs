@@ -65,6 +65,11 @@ public sealed class MirrorJsonTests : IDisposable
             Assert.InRange(offset, 0, len);
             Assert.Equal("mirror", data.GetProperty("device").GetString());
             Assert.False(string.IsNullOrEmpty(data.GetProperty("status").GetString()));
+
+            // The measured progress, as query-block-jobs shows it: what remains is what is dirty or in flight.
+            Assert.True(data.GetProperty("remaining").GetInt64() >= data.GetProperty("dirty").GetInt64());
+            Assert.True(data.GetProperty("copy-rate").GetInt64() >= 0);
+            Assert.True(data.GetProperty("dirty-rate").GetInt64() >= 0);
         }
 
         var completed = events.Single(e => Describe(e) == "BLOCK_JOB_COMPLETED").GetProperty("data");

@@ -24,6 +24,9 @@ public sealed class JobStateTableTests
         [JobVerb.Complete] = /*     */ [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
         [JobVerb.Finalize] = /*     */ [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
         [JobVerb.Dismiss] = /*      */ [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+
+        // QEMU 8.2 (block-job-change).
+        [JobVerb.Change] = /*       */ [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
     };
 
     /// <summary>QEMU 7.2 JobSTT: row = from, column = to.</summary>
@@ -53,7 +56,7 @@ public sealed class JobStateTableTests
             ["undefined", "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded", "null"],
             Enum.GetValues<JobStatus>().Select(s => s.ToWireName()));
         Assert.Equal(Columns, Enum.GetValues<JobStatus>());
-        Assert.Equal(["cancel", "pause", "resume", "set-speed", "complete", "finalize", "dismiss"],
+        Assert.Equal(["cancel", "pause", "resume", "set-speed", "complete", "finalize", "dismiss", "change"],
             Enum.GetValues<JobVerb>().Select(v => v.ToWireName()));
     }
 
@@ -74,7 +77,7 @@ public sealed class JobStateTableTests
         }
 
         Assert.True(wrong.Count == 0, string.Join("; ", wrong));
-        Assert.Equal(7 * 11, Enum.GetValues<JobVerb>().Length * Columns.Length);
+        Assert.Equal(8 * 11, Enum.GetValues<JobVerb>().Length * Columns.Length);
     }
 
     [Fact]

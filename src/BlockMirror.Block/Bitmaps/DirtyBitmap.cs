@@ -22,6 +22,7 @@ public sealed class DirtyBitmap
     readonly HBitmap _bits;
     readonly int _shift;
     long _length;
+    long _newlyDirtied;
     volatile bool _enabled = true;
 
     /// <summary>Creates a bitmap not attached to a node (for tests and for the mirror's own in-flight map).</summary>
@@ -99,6 +100,22 @@ public sealed class DirtyBitmap
         }
     }
 
+    /// <summary>
+    /// Bytes whose chunks <see cref="SetDirty"/> found clean and marked, ever (whole chunks; a chunk marked
+    /// again while still dirty does not count). Its growth over time is the rate at which work to copy
+    /// appears, which a mirror sets against its copy rate to tell whether it converges. O(1), no allocation.
+    /// </summary>
+    public long NewlyDirtiedBytes
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _newlyDirtied;
+            }
+        }
+    }
+
     long ChunkCount(long length) => (length + Granularity - 1) >> _shift;
 
     /// <summary>Marks every chunk that [offset, offset + length) touches.</summary>
@@ -113,7 +130,9 @@ public sealed class DirtyBitmap
         var last = (offset + length - 1) >> _shift;
         lock (_lock)
         {
+            var before = _bits.Count;
             _bits.Set(first, last - first + 1);
+            _newlyDirtied += (_bits.Count - before) << _shift;
         }
     }
 

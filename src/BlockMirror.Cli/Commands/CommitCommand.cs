@@ -63,7 +63,7 @@ static class CommitCommand
         using var console = new JobConsole(manager, graph, json, progress);
         var options = new MirrorOptions { JobId = "commit", Speed = speed };
         var job = await MirrorJob.StartActiveCommitAsync(manager, graph, top, @base, options, cancellationToken);
-        await console.RunAsync(job, () => job.DirtyBytes, "commit", cancellationToken);
+        await console.RunAsync(job, "commit", cancellationToken);
 
         if (!drop && top.Driver is IBackingFileFormat backingFile)
         {

@@ -92,7 +92,6 @@ static class DemoCommand
             var job = await MirrorJob.StartAsync(manager, graph, source, target,
                 new MirrorOptions { JobId = "demo", Speed = speed }, cancellationToken);
             var progress = ProgressLine.ForConsole();
-            var copyRate = new RateMeter(TimeSpan.FromSeconds(2));
             var vmRate = new RateMeter(TimeSpan.FromSeconds(2));
 
             TimeSpan? timeToReady = null;
@@ -100,8 +99,8 @@ static class DemoCommand
             while (!job.Finished.IsCompleted)
             {
                 var info = job.GetInfo();
-                progress.Update(info.Offset, info.Len, copyRate.Sample(info.Offset), info.Status.ToWireName(),
-                    $"  dirty {ByteSize.Format(job.DirtyBytes)}  vm writes {ByteSize.Format(vmRate.Sample(writers.BytesWritten))}/s");
+                progress.Update(info.Offset, info.Len, job.GetProgress(), info.Status.ToWireName(),
+                    $"  vm writes {ByteSize.Format(vmRate.Sample(writers.BytesWritten))}/s");
                 if (ready.Task.IsCompleted && timeToReady is null)
                 {
                     timeToReady = clock.Elapsed;
@@ -118,7 +117,7 @@ static class DemoCommand
             }
 
             var final = job.GetInfo();
-            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), copyRate.Sample(final.Offset), job.Error is null ? "completed" : "failed", force: true);
+            progress.Update(final.Offset, Math.Max(final.Len, final.Offset), job.GetProgress(), job.Error is null ? "completed" : "failed", force: true);
             progress.Finish();
             if (job.Error is not null)
             {

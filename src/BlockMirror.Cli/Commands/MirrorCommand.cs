@@ -126,7 +126,7 @@ static class MirrorCommand
                 Console.Error.WriteLine(target.ProbeWarning);
             }
 
-            var final = await console.RunAsync(job, () => job.DirtyBytes, "mirror", cancellationToken);
+            var final = await console.RunAsync(job, "mirror", cancellationToken);
             if (!json)
             {
                 Console.WriteLine($"mirrored {ByteSize.Format(final.Offset)} from {sourcePath} to {targetPath}");

@@ -1,8 +1,11 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Events;
+using BlockMirror.Jobs.Mirror;
+using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Events;
 
 namespace BlockMirror.Cli.Ui;
@@ -39,14 +42,13 @@ sealed class JobConsole : IDisposable
     }
 
     /// <summary>
-    /// Waits for the job to end; <paramref name="dirtyBytes"/> (what is left to copy) goes into the JSON
-    /// progress. Throws <see cref="IOException"/> with <paramref name="what"/> when the job failed.
+    /// Waits for the job (a mirror or an active commit) to end, showing its measured progress. Throws
+    /// <see cref="IOException"/> with <paramref name="what"/> when the job failed.
     /// </summary>
-    public async Task<BlockJobInfo> RunAsync(BlockJob job, Func<long> dirtyBytes, string what, CancellationToken cancellationToken)
+    public async Task<BlockJobInfo> RunAsync(MirrorJob job, string what, CancellationToken cancellationToken)
     {
         using var onCancel = cancellationToken.Register(() => _ = job.CancelAsync(force: true));
         var line = ProgressLine.ForConsole();
-        var rate = new RateMeter(TimeSpan.FromSeconds(3));
         var completed = false;
         BlockJobInfo final;
         try
@@ -63,13 +65,14 @@ sealed class JobConsole : IDisposable
                 }
 
                 var info = job.GetInfo();
+                var progress = job.GetProgress();
                 if (_json)
                 {
-                    WriteProgressJson(info, dirtyBytes());
+                    WriteProgressJson(info, job.DirtyBytes, progress);
                 }
                 else if (_progress)
                 {
-                    line.Update(info.Offset, info.Len, rate.Sample(info.Offset), info.Status.ToWireName(), ErrorSummary());
+                    line.Update(info.Offset, info.Len, progress, info.Status.ToWireName(), ErrorSummary());
                 }
 
                 await Task.WhenAny(job.Finished, Task.Delay(_json ? 1000 : 200, CancellationToken.None));
@@ -80,7 +83,7 @@ sealed class JobConsole : IDisposable
             if (_progress)
             {
                 var state = cancellationToken.IsCancellationRequested ? "cancelled" : job.Error is null ? "completed" : "failed";
-                line.Update(final.Offset, Math.Max(final.Len, final.Offset), rate.Sample(final.Offset), state, ErrorSummary(), force: true);
+                line.Update(final.Offset, Math.Max(final.Len, final.Offset), job.GetProgress(), state, ErrorSummary(), force: true);
             }
         }
         finally
@@ -170,20 +173,25 @@ sealed class JobConsole : IDisposable
         return batch;
     }
 
-    static void WriteProgressJson(BlockJobInfo info, long dirty)
+    /// <summary>One PROGRESS line: QEMU's offset and len, what is dirty, and the measured progress as query-block-jobs shows it.</summary>
+    static void WriteProgressJson(BlockJobInfo info, long dirty, MirrorProgress progress)
     {
+        var data = new JsonObject
+        {
+            ["device"] = info.Device,
+            ["status"] = info.Status.ToWireName(),
+            ["offset"] = info.Offset,
+            ["len"] = info.Len,
+            ["dirty"] = dirty,
+        };
+        MirrorProgressJson.AddTo(data, progress);
         using var buffer = new MemoryStream();
         using (var writer = new Utf8JsonWriter(buffer))
         {
             writer.WriteStartObject();
             writer.WriteString("event", "PROGRESS");
-            writer.WriteStartObject("data");
-            writer.WriteString("device", info.Device);
-            writer.WriteString("status", info.Status.ToWireName());
-            writer.WriteNumber("offset", info.Offset);
-            writer.WriteNumber("len", info.Len);
-            writer.WriteNumber("dirty", dirty);
-            writer.WriteEndObject();
+            writer.WritePropertyName("data");
+            data.WriteTo(writer);
             QmpEventWriter.WriteTimestamp(writer, DateTimeOffset.UtcNow);
             writer.WriteEndObject();
         }

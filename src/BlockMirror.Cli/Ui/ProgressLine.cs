@@ -1,9 +1,10 @@
 using BlockMirror.Block.Io;
+using BlockMirror.Jobs.Mirror;
 
 namespace BlockMirror.Cli.Ui;
 
 /// <summary>
-/// One line of progress: on a terminal it is redrawn in place (bar, bytes, rate, ETA); through a pipe it
+/// One line of a copy's progress: on a terminal it is redrawn in place (bar, bytes, rates, forecast); through a pipe it
 /// is printed as a plain line at most once per <see cref="PlainInterval"/>, so logs stay readable.
 /// </summary>
 sealed class ProgressLine(TextWriter output, bool interactive)
@@ -16,11 +17,19 @@ sealed class ProgressLine(TextWriter output, bool interactive)
 
     public static ProgressLine ForConsole() => new(Console.Out, !Console.IsOutputRedirected);
 
-    /// <summary>Shows the state; <paramref name="extra"/> is appended as is.</summary>
-    public void Update(long done, long total, double bytesPerSecond, string state, string extra = "", bool force = false)
+    /// <summary>The words shown instead of an ETA when the copy is outrun by its writers (or stalled).</summary>
+    public const string WillNotConverge = "will not converge at this rate";
+
+    /// <summary>
+    /// Shows a copy's state: offset and len, the copy and dirty rates, what remains, and the forecast (an
+    /// ETA, or <see cref="WillNotConverge"/>); <paramref name="extra"/> is appended as is.
+    /// </summary>
+    public void Update(long done, long total, MirrorProgress progress, string state, string extra = "", bool force = false)
     {
         var fraction = total > 0 ? Math.Clamp((double)done / total, 0, 1) : 0;
-        var numbers = $"{fraction,4:P0} {ByteSize.Format(done)} / {ByteSize.Format(total)}  {ByteSize.Format(bytesPerSecond)}/s  ETA {(state == "completed" ? "00:00" : Eta(done, total, bytesPerSecond))}  {state}{extra}";
+        var forecast = state == "completed" ? "ETA 00:00" : progress.Converging == false ? WillNotConverge : $"ETA {Eta(progress.Eta)}";
+        var numbers = $"{fraction,4:P0} {ByteSize.Format(done)} / {ByteSize.Format(total)}  copy {ByteSize.Format(progress.CopyRate)}/s  " +
+            $"dirty {ByteSize.Format(progress.DirtyRate)}/s  remaining {ByteSize.Format(progress.Remaining)}  {forecast}  {state}{extra}";
         if (interactive)
         {
             var filled = (int)(fraction * BarWidth);
@@ -38,25 +47,16 @@ sealed class ProgressLine(TextWriter output, bool interactive)
         }
     }
 
-    /// <summary>
-    /// Time left at the current rate as mm:ss (at most 99:59), 00:00 when nothing is left,
-    /// and <c>--:--</c> when it cannot be known: work is left but nothing moved in the rate's window.
-    /// </summary>
-    public static string Eta(long done, long total, double bytesPerSecond)
+    /// <summary>A forecast as mm:ss (at most 99:59), and <c>--:--</c> when there is none yet (the rates are not measured).</summary>
+    public static string Eta(TimeSpan? eta)
     {
-        if (total <= done && total > 0)
-        {
-            return "00:00";
-        }
-
-        // Nothing moved, or the job has not measured its work yet (0 of 0 bytes while running).
-        if (bytesPerSecond <= 0 || total <= done)
+        if (eta is not { } known)
         {
             return "--:--";
         }
 
-        var seconds = Math.Min((total - done) / bytesPerSecond, 99 * 60 + 59);
-        return $"{(int)seconds / 60:00}:{(int)seconds % 60:00}";
+        var seconds = (int)Math.Ceiling(Math.Min(known.TotalSeconds, 99 * 60 + 59));
+        return $"{seconds / 60:00}:{seconds % 60:00}";
     }
 
     /// <summary>Ends the in-place line so the next output starts on a fresh one.</summary>

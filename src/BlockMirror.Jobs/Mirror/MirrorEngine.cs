@@ -12,12 +12,13 @@ namespace BlockMirror.Jobs.Mirror;
 /// </summary>
 /// <remarks>
 /// <para><b>Ranges.</b> A chunk's bit in the in-flight map is set while some operation owns it, and every
-/// set bit belongs to an operation in <see cref="_ops"/>: a background copy, or the loop's claim over a
-/// run it is still issuing (<see cref="MirrorOpKind.Claim"/>). A request that needs a range waits on one
+/// set bit belongs to an operation in <see cref="_ops"/>: a background copy, the loop's claim over a run
+/// it is still issuing (<see cref="MirrorOpKind.Claim"/>), or a guest write in write-blocking mode. A request that needs a range waits on one
 /// operation that overlaps it, then looks again; claiming a range (checking its bits and setting them) is
 /// one step under <see cref="_lock"/>, because guest writes arrive on any thread.</para>
 /// <para><b>Slots.</b> Background operations are limited to <see cref="MirrorJob.MaxInFlight"/> and by
-/// the buffer; the loop waits for "any background operation ends" there (<see cref="WaitForIoAsync"/>).</para>
+/// the buffer; the loop waits for "any background operation ends" there (<see cref="WaitForIoAsync"/>).
+/// Guest writes take no slot and no buffer chunk, as in QEMU: the guest's own queue depth bounds them.</para>
 /// <para>No lock is held across an await. Lock order: <see cref="_lock"/>, then the dirty bitmap's own.</para>
 /// </remarks>
 sealed partial class MirrorEngine : IDisposable
@@ -40,6 +41,9 @@ sealed partial class MirrorEngine : IDisposable
     MirrorBufferPool? _buffers;
     int _inFlight;
     long _bytesInFlight;
+
+    // Bytes of guest writes on their way to the target (write-blocking mode): still to do, as QEMU counts them.
+    long _activeBytesInFlight;
     Exception? _ioFailure;
     TaskCompletionSource? _ioWaiter;
 
@@ -115,7 +119,7 @@ sealed partial class MirrorEngine : IDisposable
     {
         lock (_lock)
         {
-            return (_bytesInFlight, _inFlight, _buffers?.FreeChunks ?? 0);
+            return (_bytesInFlight + _activeBytesInFlight, _inFlight, _buffers?.FreeChunks ?? 0);
         }
     }
 
@@ -398,6 +402,7 @@ sealed partial class MirrorEngine : IDisposable
         op.Method = method;
         op.Kind = kind;
         op.InitialZeroing = false;
+        op.KeepDirty = false;
         return op;
     }
 }

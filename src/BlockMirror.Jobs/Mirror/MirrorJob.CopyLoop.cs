@@ -27,8 +27,10 @@ public sealed partial class MirrorJob
 
         if (_length == 0)
         {
-            // Nothing to copy: ready at once, then wait to be completed or cancelled.
+            // Nothing to copy: ready at once, then wait to be completed or cancelled. Nothing can differ
+            // either, so QEMU calls it actively synced whatever the copy mode.
             TransitionToReady();
+            _activelySynced = true;
             while (!IsCancelRequested && !_shouldComplete)
             {
                 // A timed sleep, not a yield: a complete that lands between the check and the park
@@ -61,10 +63,16 @@ public sealed partial class MirrorJob
                 }
             }
 
+            // Only now may guest writes use the engine (QEMU sets the filter's job at the same point): before,
+            // the initial dirtying marks whole ranges that a guest write's clear must not race with.
+            Filter.Attach(this);
+            StartMeasuring();
             await CopyLoopAsync().ConfigureAwait(false);
         }
         finally
         {
+            Filter.Detach();
+
             // Only a failure or a forced cancel leaves operations in flight here.
             await _engine.WaitForAllIoAsync().ConfigureAwait(false);
             _engine.Dispose();
@@ -131,6 +139,7 @@ public sealed partial class MirrorJob
                     }
                 }
 
+                MarkActivelySyncedIfClean();
                 shouldComplete = _shouldComplete || IsCancelRequested;
                 dirty = _dirty.DirtyBytes;
             }
@@ -163,6 +172,8 @@ public sealed partial class MirrorJob
             }
             else if (!shouldComplete)
             {
+                // The speed limit holds after READY too (QEMU's mirror_run drops the delay once synced, so
+                // its limit stops at READY): a user who limits the copy means while the job runs at all.
                 await SleepAsync(_engine.InFlight == 0 && dirty == 0 ? SliceTime : delay).ConfigureAwait(false);
             }
 

@@ -100,6 +100,8 @@ public sealed partial class MirrorJob : BlockJob
         _maxIo = Math.Min(bufSize, MaxIoBytes);
         _dirty = dirty;
         _engine = new MirrorEngine(this, _read, target, dirty, granularity, bufSize, options.Unmap);
+        _copyMode = options.CopyMode;
+        _writesBlocking = options.CopyMode == MirrorCopyMode.WriteBlocking;
     }
 
     public BlockNode Source => _source;
@@ -108,6 +110,8 @@ public sealed partial class MirrorJob : BlockJob
 
     /// <summary>The mirror-top filter node inserted above the source.</summary>
     public BlockNode FilterNode => _mirrorTop;
+
+    MirrorTopFilter Filter => (MirrorTopFilter)_mirrorTop.Driver;
 
     public long Granularity => _granularity;
 
@@ -145,15 +149,28 @@ public sealed partial class MirrorJob : BlockJob
     }
 
     /// <summary>Before READY every cancel is forced: there is no consistent copy to keep.</summary>
-    protected override bool OnCancel(bool force) => force || !IsReady;
+    protected override bool OnCancel(bool force)
+    {
+        force = force || !IsReady;
+        if (force)
+        {
+            _forcedCancel = true;
+        }
+
+        return force;
+    }
 
     protected override void OnForceCancelled() => _engine.CancelInFlight();
 
     protected override async ValueTask OnPauseAsync() => await _engine.WaitForAllIoAsync().ConfigureAwait(false);
 
     /// <summary>A piece of copying failed: the side's policy decides (QEMU's mirror_error_action).</summary>
-    internal BlockErrorAction CopyFailed(bool isRead, BlockErrno errno) =>
-        HandleIoError(isRead ? _options.OnSourceError : _options.OnTargetError, isRead, errno);
+    /// <remarks>The caller marked the range dirty again first; actively-synced ends.</remarks>
+    internal BlockErrorAction CopyFailed(bool isRead, BlockErrno errno)
+    {
+        _activelySynced = false;
+        return HandleIoError(isRead ? _options.OnSourceError : _options.OnTargetError, isRead, errno);
+    }
 
     /// <summary>Bytes that reached the target.</summary>
     internal void Copied(long bytes) => ProgressAdvance(bytes);

@@ -24,6 +24,9 @@ enum MirrorOpKind
     /// pseudo op): requests that meet the run's chunks wait on it until every piece has been issued.
     /// </summary>
     Claim,
+
+    /// <summary>A guest write that goes to source and target before it is acknowledged (write-blocking mode).</summary>
+    ActiveWrite,
 }
 
 /// <summary>
@@ -44,6 +47,13 @@ sealed class MirrorOp
 
     /// <summary>True for the zeroing that precedes the copy; it does not count as progress and holds no chunks.</summary>
     public bool InitialZeroing { get; set; }
+
+    /// <summary>
+    /// Active writes only: a guest write that did not go to the target overlapped this one in time, so the
+    /// chunks this write covers may hold bytes the target lacks; they stay dirty at its end (see
+    /// <see cref="MirrorEngine.KeepActiveWritesDirty"/>).
+    /// </summary>
+    public bool KeepDirty { get; set; }
 
     /// <summary>
     /// Requests waiting for this operation to end, created by the first of them (under the engine's lock)

@@ -26,11 +26,24 @@ public enum MirrorBackingMode
     OpenBackingChain,
 }
 
-/// <summary>How guest writes reach the target (QMP's MirrorCopyMode).</summary>
+/// <summary>How guest writes reach the target (QMP's MirrorCopyMode, and one mode of ours).</summary>
 public enum MirrorCopyMode
 {
     /// <summary>Writes dirty the bitmap and the job copies them in the background (QEMU's default).</summary>
     Background,
+
+    /// <summary>
+    /// Once the job has copied its initial state, every guest write goes to source and target before it is
+    /// acknowledged (QEMU's write-blocking): the target falls no further behind, whatever the write rate.
+    /// </summary>
+    WriteBlocking,
+
+    /// <summary>
+    /// Ours (QMP <c>__org.blockmirror_adaptive</c>, prefixed so that QEMU's clients never meet it by accident):
+    /// background or write-blocking as the job's adaptive policy object decides from the measured rates; the
+    /// job starts in background mode until that policy switches it.
+    /// </summary>
+    Adaptive,
 }
 
 public static class MirrorNames
@@ -42,6 +55,29 @@ public static class MirrorNames
         MirrorSyncMode.None => "none",
         _ => throw new ArgumentOutOfRangeException(nameof(mode)),
     };
+
+    public static string ToWireName(this MirrorCopyMode mode) => mode switch
+    {
+        MirrorCopyMode.Background => "background",
+        MirrorCopyMode.WriteBlocking => "write-blocking",
+        MirrorCopyMode.Adaptive => "__org.blockmirror_adaptive",
+        _ => throw new ArgumentOutOfRangeException(nameof(mode)),
+    };
+
+    public static bool TryParseCopyMode(string text, out MirrorCopyMode mode)
+    {
+        foreach (var candidate in Enum.GetValues<MirrorCopyMode>())
+        {
+            if (candidate.ToWireName() == text)
+            {
+                mode = candidate;
+                return true;
+            }
+        }
+
+        mode = default;
+        return false;
+    }
 
     public static bool TryParseSync(string text, out MirrorSyncMode mode)
     {

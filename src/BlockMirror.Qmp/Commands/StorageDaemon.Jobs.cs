@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using BlockMirror.Jobs;
+using BlockMirror.Jobs.Mirror;
 
 namespace BlockMirror.Qmp.Commands;
 
@@ -40,6 +41,37 @@ public sealed partial class StorageDaemon
             await job.CancelAsync(force).ConfigureAwait(false);
             return Empty;
         });
+        Commands.Add("block-job-change", (arguments, _) =>
+        {
+            // QEMU 8.2's BlockJobChangeOptions: a union on "type" whose only branch with members is mirror.
+            var id = arguments.RequireString("id");
+            var type = arguments.OptionalEnum("type", QapiJobTypes) ?? throw Protocol.QmpException.Generic("Parameter 'type' is missing");
+            MirrorCopyMode? mode = null;
+            if (type == "mirror")
+            {
+                mode = CopyMode(arguments.OptionalEnum("copy-mode", CopyModes) ?? throw Protocol.QmpException.Generic("Parameter 'copy-mode' is missing"));
+            }
+
+            arguments.CheckNoneUnexpected();
+            var job = FindBlockJob(Jobs, id);
+            if (job.Type.ToWireName() != type)
+            {
+                // QEMU 9.1's check: 8.2 went on and read the mirror branch of whatever job it found.
+                throw Protocol.QmpException.Generic($"Job '{id}' is '{job.Type.ToWireName()}' job, not '{type}'");
+            }
+
+            if (job is MirrorJob { Type: JobType.Mirror } mirror && mode is { } copyMode)
+            {
+                mirror.ChangeCopyMode(copyMode);
+            }
+            else
+            {
+                // An active commit is a mirror inside, but QEMU gives its job no change (and no copy mode).
+                job.RefuseChange();
+            }
+
+            return ValueTask.FromResult(Empty);
+        });
         AddVerb("block-job-pause", "device", block: true, job => job.Pause());
         AddVerb("block-job-resume", "device", block: true, job => job.Resume());
         AddVerb("block-job-complete", "device", block: true, job => job.Complete());
@@ -78,7 +110,20 @@ public sealed partial class StorageDaemon
             var list = new JsonArray();
             foreach (var job in Jobs.Jobs.OfType<BlockJob>())
             {
-                list.Add((JsonNode)DescribeBlockJob(job.GetInfo()));
+                var info = DescribeBlockJob(job.GetInfo());
+                if (job is MirrorJob mirror)
+                {
+                    if (mirror.Type == JobType.Mirror)
+                    {
+                        // QEMU 8.2's BlockJobInfoMirror (7.2 has no such member).
+                        info["actively-synced"] = mirror.ActivelySynced;
+                    }
+
+                    // Ours, after QEMU's members: what is left, the rates and the forecast.
+                    MirrorProgressJson.AddTo(info, mirror.GetProgress());
+                }
+
+                list.Add((JsonNode)info);
             }
 
             return ValueTask.FromResult<JsonNode?>(list);
@@ -124,6 +169,9 @@ public sealed partial class StorageDaemon
             verb(block ? FindBlockJob(Jobs, id) : FindJob(Jobs, id));
             return ValueTask.FromResult(Empty);
         });
+
+    /// <summary>QAPI's JobType (QEMU 8.2), which block-job-change's "type" must be one of.</summary>
+    static readonly string[] QapiJobTypes = ["commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"];
 
     /// <summary>A BlockJobInfo as query-block-jobs returns it.</summary>
     static JsonObject DescribeBlockJob(BlockJobInfo info)

@@ -185,6 +185,24 @@ public sealed class DirtyBitmapTests
     }
 
     [Fact]
+    public void Newly_dirtied_bytes_count_only_chunks_that_were_clean()
+    {
+        var bitmap = new DirtyBitmap(4 * KiB, 64 * KiB);
+        bitmap.SetDirty(100, 10);
+        Assert.Equal(4 * KiB, bitmap.NewlyDirtiedBytes);
+
+        // Chunk 0 is still dirty: only chunk 1 is new.
+        bitmap.SetDirty(0, 8 * KiB);
+        Assert.Equal(8 * KiB, bitmap.NewlyDirtiedBytes);
+
+        // Copied (cleared) and written again: counts again, and the count never goes down.
+        bitmap.ResetDirty(0, 8 * KiB);
+        Assert.Equal(8 * KiB, bitmap.NewlyDirtiedBytes);
+        bitmap.SetDirty(4 * KiB, 1);
+        Assert.Equal(12 * KiB, bitmap.NewlyDirtiedBytes);
+    }
+
+    [Fact]
     public void Resetting_clears_only_the_chunks_the_range_covers_completely()
     {
         var bitmap = new DirtyBitmap(4 * KiB, 64 * KiB);

@@ -26,7 +26,7 @@ public sealed class MirrorBehaviourTests
         var time = new ManualTimeProvider();
         await using var rig = await MirrorRig.CreateAsync(time: time);
         var job = await rig.StartAsync(MirrorRig.Options() with { Speed = 4096 });
-        await WaitParkedAsync(job);
+        await MirrorTestRunner.WaitParkedAsync(job);
         Assert.True(job.DirtyBytes > 0);
 
         // Not forced, but before READY there is no consistent copy to finish: it is a forced cancel.
@@ -155,7 +155,7 @@ public sealed class MirrorBehaviourTests
         var job = await rig.StartAsync(MirrorRig.Options());
         await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
         job.Pause();
-        await WaitParkedAsync(job, JobStatus.Standby);
+        await MirrorTestRunner.WaitParkedAsync(job, JobStatus.Standby);
 
         job.Complete();
         await Task.Delay(50);
@@ -241,7 +241,7 @@ public sealed class MirrorBehaviourTests
         var time = new ManualTimeProvider();
         await using var rig = await MirrorRig.CreateAsync(time: time);
         var job = await rig.StartAsync(MirrorRig.Options() with { Speed = 4096 });
-        await WaitParkedAsync(job);
+        await MirrorTestRunner.WaitParkedAsync(job);
 
         foreach (var length in new[] { 2 * MirrorRig.DefaultSize, MirrorRig.DefaultSize / 2 })
         {
@@ -269,7 +269,7 @@ public sealed class MirrorBehaviourTests
         var time = new ManualTimeProvider();
         await using var rig = await MirrorRig.CreateAsync(time: time);
         var job = await rig.StartAsync(MirrorRig.Options() with { Speed = 4096 });
-        await WaitParkedAsync(job);
+        await MirrorTestRunner.WaitParkedAsync(job);
 
         foreach (var node in new[] { rig.Source, rig.Target })
         {
@@ -307,16 +307,6 @@ public sealed class MirrorBehaviourTests
     }
 
     // ----- Helpers -----
-
-    static async Task WaitParkedAsync(MirrorJob job, JobStatus status = JobStatus.Running)
-    {
-        using var cts = new CancellationTokenSource(MirrorTestRunner.Limit);
-        while (job.IsBusy || job.Status != status)
-        {
-            Assert.False(cts.IsCancellationRequested, $"the job never parked in {status.ToWireName()}: {MirrorTestRunner.Describe(job)}");
-            await Task.Delay(1, CancellationToken.None);
-        }
-    }
 
     /// <summary>A write through the users' edge lands on <paramref name="expected"/> and no bitmap tracks it.</summary>
     static async Task AssertUsersWriteToAsync(MirrorRig rig, BlockNode expected)

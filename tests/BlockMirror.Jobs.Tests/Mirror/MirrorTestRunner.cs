@@ -17,6 +17,17 @@ static class MirrorTestRunner
         Assert.Null(job.Error);
     }
 
+    /// <summary>Waits until the job's body is parked (sleeping or paused) in <paramref name="status"/>.</summary>
+    public static async Task WaitParkedAsync(MirrorJob job, JobStatus status = JobStatus.Running)
+    {
+        using var cts = new CancellationTokenSource(Limit);
+        while (job.IsBusy || job.Status != status)
+        {
+            Assert.False(cts.IsCancellationRequested, $"the job never parked in {status.ToWireName()}: {Describe(job)}");
+            await Task.Delay(1, CancellationToken.None);
+        }
+    }
+
     public static async Task WaitFinishedAsync(MirrorJob job)
     {
         try

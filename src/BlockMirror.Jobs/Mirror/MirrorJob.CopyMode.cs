@@ -1,0 +1,103 @@
+namespace BlockMirror.Jobs.Mirror;
+
+/// <summary>The copy mode: what was asked for, whether guest writes go to the target now, and actively-synced.</summary>
+public sealed partial class MirrorJob
+{
+    // Written under the job lock (ChangeCopyMode) or by the adaptive policy; read on every guest write.
+    volatile MirrorCopyMode _copyMode;
+    volatile bool _writesBlocking;
+
+    // QEMU's actively_synced: set by the loop once READY with nothing dirty and nothing in flight while
+    // writes block; cleared by any copy error and by any guest write that did not reach the target.
+    // Writers that clear it mark the bitmap first, and the loop sets it only before looking at the bitmap
+    // once more, so the two never leave it true over a dirty chunk.
+    volatile bool _activelySynced;
+
+    // A forced cancel (or any cancel before READY): guest writes stop going to the target (QEMU's
+    // should_copy_to_target looks at job_is_cancelled). A soft cancel in READY keeps them going.
+    volatile bool _forcedCancel;
+
+    /// <summary>The copy mode asked for, at the start or by <see cref="ChangeCopyMode"/>.</summary>
+    public MirrorCopyMode CopyMode => _copyMode;
+
+    /// <summary>
+    /// Whether guest writes go to the target before they are acknowledged, now: true in write-blocking
+    /// mode, and in adaptive mode while its policy says so.
+    /// </summary>
+    public bool WritesBlocking => _writesBlocking;
+
+    /// <summary>
+    /// QEMU's <c>actively-synced</c>: the job is READY, guest writes block, and nothing was dirty or in
+    /// flight when the loop last looked, with no error or unmirrored write since. While it holds, every
+    /// acknowledged write is on the target as well.
+    /// </summary>
+    public bool ActivelySynced => _activelySynced;
+
+    /// <summary>
+    /// block-job-change's copy-mode. QEMU 8.2 allows only background to write-blocking; we also allow the
+    /// way back (guest writes then dirty the bitmap again, and actively-synced ends at once) and the
+    /// adaptive mode (its policy decides from then on; until it does, writes do not block). Asking for the
+    /// mode the job has changes nothing. Refused as QEMU refuses a verb in the job's state.
+    /// </summary>
+    public void ChangeCopyMode(MirrorCopyMode mode)
+    {
+        if (!Enum.IsDefined(mode))
+        {
+            throw new JobException($"Change to copy mode '{(int)mode}' is not implemented");
+        }
+
+        lock (Lock)
+        {
+            CheckVerb(JobVerb.Change);
+            if (_copyMode == mode)
+            {
+                return;
+            }
+
+            _copyMode = mode;
+            SetWritesBlocking(mode == MirrorCopyMode.WriteBlocking);
+        }
+    }
+
+    /// <summary>
+    /// For the adaptive policy: switches whether guest writes go to the target synchronously, without
+    /// changing <see cref="CopyMode"/>. Takes effect for writes that start after the call; writes already
+    /// in flight finish the way they started, and the engine keeps the two kinds from losing a chunk (see
+    /// <see cref="MirrorTopFilter"/>). Leaving write-blocking ends actively-synced at once.
+    /// </summary>
+    internal void SetWritesBlocking(bool blocking)
+    {
+        _writesBlocking = blocking;
+        if (!blocking)
+        {
+            _activelySynced = false;
+        }
+    }
+
+    /// <summary>Whether a guest write starting now should go to the target too (QEMU's should_copy_to_target).</summary>
+    internal bool CopiesGuestWrites => _writesBlocking && !_forcedCancel && !_engine.IoFailed;
+
+    internal MirrorEngine Engine => _engine;
+
+    /// <summary>A guest write went to the source only: the target may lack it until the loop copies it.</summary>
+    internal void WriteNotMirrored() => _activelySynced = false;
+
+    /// <summary>A guest write's copy to the target: counted as work that came in and, when it landed, as done.</summary>
+    internal void ActiveWriteStarted(long bytes) => ProgressIncreaseRemaining(bytes);
+
+    /// <summary>The loop found nothing dirty and nothing in flight while READY.</summary>
+    void MarkActivelySyncedIfClean()
+    {
+        if (!_writesBlocking)
+        {
+            return;
+        }
+
+        _activelySynced = true;
+        if (_dirty.DirtyBytes != 0)
+        {
+            // A writer dirtied a chunk since the loop looked: it cleared the flag after marking, or will.
+            _activelySynced = false;
+        }
+    }
+}
