@@ -244,7 +244,24 @@ static class ConcurrencyHarness
     public static string? Difference(ReadOnlySpan<byte> expected, ReadOnlySpan<byte> actual)
     {
         var common = actual.CommonPrefixLength(expected);
-        return common == expected.Length && actual.Length == expected.Length ? null : $"first difference at offset {common} of {expected.Length}";
+        if (common == expected.Length && actual.Length == expected.Length)
+        {
+            return null;
+        }
+
+        if (common >= actual.Length || common >= expected.Length)
+        {
+            return $"lengths differ: {actual.Length} against {expected.Length}";
+        }
+
+        // How far the difference runs, and what each side holds there, tells a stale copy from a lost write.
+        var run = 1;
+        while (common + run < expected.Length && actual[common + run] != expected[common + run])
+        {
+            run++;
+        }
+
+        return $"first difference at offset {common} of {expected.Length}: {run} bytes differ from there (expected 0x{expected[common]:x2}, found 0x{actual[common]:x2})";
     }
 
     public static void Require(bool condition, string message)
