@@ -77,6 +77,22 @@ static class ConcurrencyHarness
         _ => JobEnding.ForceCancel,
     };
 
+    /// <summary>
+    /// The initial content of a concurrency test's source: random data in eight random places, the rest
+    /// zero, written through <paramref name="vm"/> and kept in <paramref name="model"/>.
+    /// </summary>
+    public static async Task FillRandomAsync(NodeEdge vm, byte[] model, Random random)
+    {
+        var size = model.LongLength;
+        for (var i = 0; i < 8; i++)
+        {
+            var offset = random.NextInt64(size);
+            var length = (int)Math.Min(random.Next(1, 32768), size - offset);
+            random.NextBytes(model.AsSpan((int)offset, length));
+            await vm.WriteAsync(offset, model.AsMemory((int)offset, length));
+        }
+    }
+
     /// <summary>What a scenario decides about the writers and the job's life, whatever the job.</summary>
     /// <param name="Speed">The limit that speed changes set, when <paramref name="SpeedChanges"/>.</param>
     public sealed record Plan(int Seed, int Writers, JobEnding Ending, bool AutoFinalize, bool Pauses, bool SpeedChanges, long Speed);
@@ -198,7 +214,8 @@ static class ConcurrencyHarness
         }
     }
 
-    static async Task WaitStatusAsync(Job job, JobStatus status)
+    /// <summary>Waits until the job is in <paramref name="status"/>; fails if it ends first or takes too long.</summary>
+    public static async Task WaitStatusAsync(Job job, JobStatus status)
     {
         var deadline = DateTime.UtcNow + MirrorTestRunner.Limit;
         while (job.Status != status)
@@ -227,7 +244,24 @@ static class ConcurrencyHarness
     public static string? Difference(ReadOnlySpan<byte> expected, ReadOnlySpan<byte> actual)
     {
         var common = actual.CommonPrefixLength(expected);
-        return common == expected.Length && actual.Length == expected.Length ? null : $"first difference at offset {common} of {expected.Length}";
+        if (common == expected.Length && actual.Length == expected.Length)
+        {
+            return null;
+        }
+
+        if (common >= actual.Length || common >= expected.Length)
+        {
+            return $"lengths differ: {actual.Length} against {expected.Length}";
+        }
+
+        // How far the difference runs, and what each side holds there, tells a stale copy from a lost write.
+        var run = 1;
+        while (common + run < expected.Length && actual[common + run] != expected[common + run])
+        {
+            run++;
+        }
+
+        return $"first difference at offset {common} of {expected.Length}: {run} bytes differ from there (expected 0x{expected[common]:x2}, found 0x{actual[common]:x2})";
     }
 
     public static void Require(bool condition, string message)
@@ -245,8 +279,11 @@ static class ConcurrencyHarness
         Require(source.DirtyBitmaps.Count == 0, "the job's dirty bitmap was not released");
     }
 
-    /// <summary>Every JOB_STATUS_CHANGE follows the transition table, and the job ends with the right final event.</summary>
-    static void CheckEventSequence(JobEvent[] events, JobEnding ending)
+    /// <summary>
+    /// Every JOB_STATUS_CHANGE follows the transition table, and the job ends with the right final event:
+    /// BLOCK_JOB_COMPLETED with an error when <paramref name="failed"/> (an error the policy reported).
+    /// </summary>
+    public static void CheckEventSequence(JobEvent[] events, JobEnding ending, bool failed = false)
     {
         var status = JobStatus.Undefined;
         foreach (var change in events.OfType<JobStatusChangeEvent>())
@@ -258,6 +295,12 @@ static class ConcurrencyHarness
         Require(status == JobStatus.Null, $"the job ended in {status.ToWireName()}, not null");
         var final = events.Where(e => e is BlockJobCompletedEvent or BlockJobCancelledEvent).ToArray();
         Require(final.Length == 1, $"expected one final event, got {final.Length}");
+
+        if (failed)
+        {
+            Require(final[0] is BlockJobCompletedEvent { Error: not null }, $"expected BLOCK_JOB_COMPLETED with an error, got {EventLog.Describe(final[0])}");
+            return;
+        }
 
         var expectCancelled = ending == JobEnding.ForceCancel;
         Require(expectCancelled == final[0] is BlockJobCancelledEvent,

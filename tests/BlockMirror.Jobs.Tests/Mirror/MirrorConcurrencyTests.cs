@@ -61,15 +61,8 @@ public sealed class MirrorConcurrencyTests(ITestOutputHelper output)
         var target = await JitterFilter.OpenAsync(graph, "dst", targetMemory, s.Seed + 1);
         var vm = graph.AttachRoot(source, new RootParent("vm"));
 
-        // Initial content: random data in random places, the rest zero.
         var model = new byte[s.Size];
-        for (var i = 0; i < 8; i++)
-        {
-            var offset = random.NextInt64(s.Size);
-            var length = (int)Math.Min(random.Next(1, 32768), s.Size - offset);
-            random.NextBytes(model.AsSpan((int)offset, length));
-            await vm.WriteAsync(offset, model.AsMemory((int)offset, length));
-        }
+        await ConcurrencyHarness.FillRandomAsync(vm, model, random);
 
         if (s.Sync == MirrorSyncMode.None)
         {
