@@ -10,7 +10,7 @@ namespace BlockMirror.Cli.Tests;
 /// </summary>
 public sealed class MirrorProgressFieldDifferentialTests : IDisposable
 {
-    static readonly string[] OurMembers = ["remaining", "copy-rate", "dirty-rate", "converging", "eta-seconds"];
+    internal static readonly string[] OurMembers = ["remaining", "copy-rate", "dirty-rate", "converging", "eta-seconds"];
 
     // Compared by value; busy, len and offset depend on when the job is looked at.
     static readonly string[] SteadyMembers = ["auto-finalize", "io-status", "device", "auto-dismiss", "status", "paused", "speed", "ready", "type"];
