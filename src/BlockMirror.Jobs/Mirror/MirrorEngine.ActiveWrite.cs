@@ -147,10 +147,14 @@ sealed partial class MirrorEngine
     /// Ends a guest write (QEMU's active_write_settle). When source and target both took it, the chunks
     /// made equal are clean: those [targetStart, targetEnd) covers, grown to whole chunks (its edges were
     /// clean, or were left out). A failed source write leaves its range dirty: the target may hold bytes
-    /// the source does not. Then the chunks are free, and whoever waited on them looks again.
+    /// the source does not. Then the chunks are free, and whoever waited on them looks again. Returns
+    /// whether the write left a chunk of its range dirty (the target may lack part of it until the loop
+    /// copies it): the caller must then end actively-synced, after this marking, as every writer that
+    /// leaves a chunk dirty does.
     /// </summary>
-    public void EndActiveWrite(MirrorOp op, bool sourceWritten, long targetStart, long targetEnd, bool targetWritten)
+    public bool EndActiveWrite(MirrorOp op, bool sourceWritten, long targetStart, long targetEnd, bool targetWritten)
     {
+        var leftDirty = !sourceWritten || !targetWritten || op.KeepDirty || targetStart != op.Offset || targetEnd != op.Offset + op.Length;
         if (!sourceWritten)
         {
             _dirty.SetDirty(op.Offset, op.Length);
@@ -175,5 +179,6 @@ sealed partial class MirrorEngine
 
         waiters?.TrySetResult();
         anyWaiter?.TrySetResult();
+        return leftDirty;
     }
 }

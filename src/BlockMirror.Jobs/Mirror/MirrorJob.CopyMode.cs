@@ -55,6 +55,11 @@ public sealed partial class MirrorJob
             }
 
             _copyMode = mode;
+            if (mode == MirrorCopyMode.Adaptive)
+            {
+                Interlocked.Increment(ref _adaptiveEntered);
+            }
+
             SetWritesBlocking(mode == MirrorCopyMode.WriteBlocking);
         }
     }

@@ -231,10 +231,16 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
             }
 
             var targetWritten = await target.ConfigureAwait(false);
-            engine.EndActiveWrite(op, sourceFailure is null, targetStart, targetEnd, targetWritten);
+            if (engine.EndActiveWrite(op, sourceFailure is null, targetStart, targetEnd, targetWritten))
+            {
+                // Part of the range stays dirty (a dirty edge left to the loop, a write of the other kind
+                // overlapping it, a failure): the loop may have declared the job in sync while this write
+                // was in flight, and must look again.
+                job.WriteNotMirrored();
+            }
+
             if (sourceFailure is not null)
             {
-                job.WriteNotMirrored();
                 System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(sourceFailure);
             }
         }
