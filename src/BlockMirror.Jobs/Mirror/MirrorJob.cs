@@ -64,6 +64,12 @@ public sealed partial class MirrorJob : BlockJob
     long _cursor;
     DateTimeOffset _lastPause;
     DateTimeOffset _lastReadyFlush;
+
+    // Bytes that reached the target (any thread); the copy loop's flushes during the bulk copy (see
+    // MirrorJob.CopyLoop.cs, StartBulkFlushIfDue) look at it.
+    long _copiedBytes;
+    long _copiedAtBulkFlush;
+    Task<bool>? _bulkFlush;
     long _targetCluster;
 
     // QEMU's write_zeroes_ok (bdrv_can_write_zeroes_with_unmap): the target was opened with discard=unmap
@@ -173,5 +179,9 @@ public sealed partial class MirrorJob : BlockJob
     }
 
     /// <summary>Bytes that reached the target.</summary>
-    internal void Copied(long bytes) => ProgressAdvance(bytes);
+    internal void Copied(long bytes)
+    {
+        Interlocked.Add(ref _copiedBytes, bytes);
+        ProgressAdvance(bytes);
+    }
 }

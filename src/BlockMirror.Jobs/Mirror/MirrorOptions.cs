@@ -47,4 +47,7 @@ public sealed record MirrorOptions
 
     /// <summary><c>copy-mode</c>.</summary>
     public MirrorCopyMode CopyMode { get; init; } = MirrorCopyMode.Background;
+
+    /// <summary>Bytes copied between two flushes of the target during the bulk copy (not a QMP option; tests make it small).</summary>
+    internal long BulkFlushBytes { get; init; } = 256L << 20;
 }
