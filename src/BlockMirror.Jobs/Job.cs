@@ -37,6 +37,9 @@ public abstract class Job
     string? _error;
     Exception? _failure;
     TaskCompletionSource? _wake;
+
+    // Enter found the body busy; the next timed sleep is skipped (under Lock).
+    bool _enteredWhileBusy;
     ITimer? _sleepTimer;
 
     protected Job(JobManager manager, string id, JobType type, bool autoFinalize, bool autoDismiss)
@@ -513,6 +516,13 @@ public abstract class Job
 
     void EnterLocked()
     {
+        if (_busy)
+        {
+            // The body is running: it may be about to sleep for a delay computed before this call (a speed
+            // raised by set-speed). Its next timed sleep is skipped instead (see SleepAsync).
+            _enteredWhileBusy = true;
+        }
+
         if (!_started || _deferred || _busy)
         {
             return;
@@ -603,10 +613,12 @@ public abstract class Job
                 return;
             }
 
-            if (!ShouldPauseLocked && delay > TimeSpan.Zero)
+            if (!ShouldPauseLocked && delay > TimeSpan.Zero && !_enteredWhileBusy)
             {
                 parked = ParkLocked(delay);
             }
+
+            _enteredWhileBusy = false;
         }
 
         if (parked is not null)

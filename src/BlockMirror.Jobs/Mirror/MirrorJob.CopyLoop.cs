@@ -121,6 +121,9 @@ public sealed partial class MirrorJob
             var shouldComplete = false;
             if (_engine.InFlight == 0 && dirty == 0)
             {
+                // Nothing in flight: set what remains afresh, so len equals offset at READY and at the end
+                // (the turn's snapshot may have missed an operation ending between its two counters).
+                ProgressSetRemaining(_dirty.DirtyBytes);
                 if (!IsReady)
                 {
                     // In sync: make what was copied durable, then announce READY once. From now on a

@@ -53,6 +53,9 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
     /// <summary>The edge to the source: the job reads through it, untouched by drained sections.</summary>
     public NodeEdge Source => Child;
 
+    /// <summary>Whether a guest write or write-zeroes (of either kind) is in flight through the filter.</summary>
+    internal bool GuestWritesInFlight => Volatile.Read(ref _activeWrites) + Volatile.Read(ref _passiveWrites) > 0;
+
     /// <summary>The job's engine is ready: writes may go to the target from now on (when the mode says so).</summary>
     internal void Attach(MirrorJob job)
     {

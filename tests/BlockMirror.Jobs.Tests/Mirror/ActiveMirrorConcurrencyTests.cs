@@ -268,16 +268,7 @@ public sealed class ActiveMirrorConcurrencyTests(ITestOutputHelper output)
                     _quiescentChecks++;
                     var differs = await ConcurrencyHarness.CompareAsync(sourceMemory, targetMemory);
                     Require(differs is null, $"actively-synced in {job.CopyMode} mode (status {job.Status.ToWireName()}), yet the target differs from the source: {differs} ({dirty} bytes dirty)");
-                    // A chunk may still be marked while the flag holds and the data is equal (a chunk marked
-                    // by a write that reached both sides, whose clear lost to a mark; rare, and not yet
-                    // explained): no byte differs, and any write that would then leave the target short
-                    // ends actively-synced itself (EndActiveWrite). The loop must still copy the chunk.
-                    var deadline = DateTime.UtcNow + MirrorTestRunner.Limit;
-                    while (job.DirtyBytes != 0 && job.ActivelySynced && !job.Finished.IsCompleted)
-                    {
-                        Require(DateTime.UtcNow < deadline, $"actively-synced in {job.CopyMode} mode with {job.DirtyBytes} bytes dirty, never copied, and no writer");
-                        await Task.Delay(1);
-                    }
+                    Require(dirty == 0 || !job.ActivelySynced, $"actively-synced in {job.CopyMode} mode with {dirty} bytes dirty and no writer");
                 }
             }
             finally
