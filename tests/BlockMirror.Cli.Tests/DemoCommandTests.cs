@@ -19,12 +19,14 @@ public sealed class DemoCommandTests
     [Fact]
     public async Task The_adaptive_demo_blocks_writes_when_the_writers_outrun_the_copy_and_passes()
     {
-        // Writers at four times the copy's limit: in background the job would not converge.
+        // Writers at four times the copy's limit: in background the job would not converge. The progress
+        // line's forecast is not asserted: on an 8 MiB disk the writers re-dirty what the copy just cleaned,
+        // so the dirty rate settles near the copy rate and "will not converge" comes and goes with the
+        // machine's load; the policy's verdict (with its margin) is what the "blocked from" line shows.
         var result = await BlockMirrorCli.RunAsync("demo", "--size", "8M", "--write-rate", "16M", "--speed", "4M", "--copy-mode", "adaptive");
 
         Assert.True(result.ExitCode == 0, result.ToString());
         Assert.Contains(result.OutputLines, line => line.StartsWith("copy mode adaptive: guest writes blocked (written to both images) from ", StringComparison.Ordinal));
-        Assert.Contains(result.OutputLines, line => line.Contains("will not converge at this rate", StringComparison.Ordinal));
         Assert.Contains(result.OutputLines, line => line.StartsWith("PASS", StringComparison.Ordinal));
         Assert.Empty(result.StandardError);
     }
