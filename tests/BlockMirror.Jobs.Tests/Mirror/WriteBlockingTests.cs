@@ -137,9 +137,9 @@ public sealed class WriteBlockingTests
     }
 
     [Theory]
-    [InlineData(MirrorCopyMode.WriteBlocking, MirrorEngine.WriteBlockingCopyWrites)]
-    [InlineData(MirrorCopyMode.Background, 8)]
-    public async Task While_writes_block_only_two_copy_writes_are_at_the_target_at_once(MirrorCopyMode mode, int expected)
+    [InlineData(MirrorCopyMode.WriteBlocking, MirrorEngine.WriteBlockingCopyWrites, MirrorJob.WriteBlockingMaxInFlight)]
+    [InlineData(MirrorCopyMode.Background, 8, 8)]
+    public async Task While_writes_block_only_two_copy_writes_are_at_the_target_at_once(MirrorCopyMode mode, int expected, int inFlight)
     {
         // Data in every other chunk: each is a run of its own, so the loop starts one copy per chunk.
         await using var rig = await MirrorRig.CreateAsync(size: 16 * Chunk, withData: false, gateTarget: true);
@@ -151,11 +151,12 @@ public sealed class WriteBlockingTests
         rig.TargetGate.Close();
         var job = await rig.StartAsync(MirrorRig.Options() with { BufSize = 16 * Chunk, CopyMode = mode });
 
-        // All eight copies have started (read, then wait at the gate or for their turn to write).
+        // The copies have started (read, then wait at the gate or for their turn to write): all eight in
+        // background, four while writes block (two writing, two read ahead).
         await rig.TargetGate.WaitArrivedAsync(Math.Min(expected, 2));
         using (var deadline = new CancellationTokenSource(MirrorTestRunner.Limit))
         {
-            while (job.Engine.InFlight < 8)
+            while (job.Engine.InFlight < inFlight)
             {
                 await Task.Delay(1, deadline.Token);
             }
@@ -167,6 +168,7 @@ public sealed class WriteBlockingTests
         }
 
         Assert.Equal(expected, rig.TargetGate.Arrived);
+        Assert.Equal(inFlight, job.Engine.InFlight);
         rig.TargetGate.Open();
         await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
         await rig.AssertTargetEqualsSourceAsync();
