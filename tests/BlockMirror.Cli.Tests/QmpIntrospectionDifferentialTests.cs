@@ -45,7 +45,8 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
                 "{type=fuse}", "{type=vduse-blk}", "{type=vhost-user-blk}",
             ],
             []),
-        // The drivers ours does not have; nbd's two members are ours (README); the others are refused as unexpected.
+        // The drivers ours does not have; nbd's two members are ours (README), as are discard's older spellings
+        // off and on; the members QEMU has and ours lacks are refused as unexpected.
         ["blockdev-add"] = (
             [
                 "{driver=blklogwrites}", "{driver=blkreplay}", "{driver=blkverify}", "{driver=bochs}", "{driver=cloop}",
@@ -57,13 +58,16 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
                 "{driver=vdi}", "{driver=vhdx}", "{driver=vmdk}", "{driver=vpc}", "{driver=vvfat}",
             ],
             [
-                "+{driver=nbd}multi-conn?: int", "+{driver=nbd}tls-certificates?: str", "-{driver=blkdebug}opt-discard?: int",
+                "+discard = off", "+discard = on", "+{driver=nbd}multi-conn?: int", "+{driver=nbd}tls-certificates?: str", "-{driver=blkdebug}opt-discard?: int",
                 "-{driver=blkdebug}opt-write-zero?: int", "-{driver=blkdebug}take-child-perms?: [enum]",
                 "-{driver=blkdebug}unshare-child-perms?: [enum]", "-{driver=file}aio-max-batch?: int",
                 "-{driver=file}pr-manager?: str", "-{driver=qcow2}encrypt.format: enum",
                 "-{driver=qcow2}encrypt.{format=aes}key-secret?: str", "-{driver=qcow2}encrypt.{format=luks}key-secret?: str",
                 "-{driver=qcow2}encrypt?: object", "-{driver=qcow2}l2-cache-entry-size?: int",
             ]),
+        // Our copy mode (README, "Copy modes").
+        ["blockdev-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive"]),
+        ["drive-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive"]),
         // Object types other than the TLS credentials are refused by name.
         ["object-add"] = (
             [
@@ -196,4 +200,76 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
         JsonArray array => new JsonArray([.. array.Select(Sorted)]),
         _ => node?.DeepClone(),
     };
+
+    /// <summary>
+    /// What the declarations refuse, on both daemons: for every command both have (but quit), a member neither
+    /// knows, the first required member left out, and each member of QEMU's declaration given a value of the
+    /// wrong JSON type. Every one of these fails before anything happens, and the answers must be the same.
+    /// </summary>
+    [SkippableFact]
+    public async Task Arguments_refused_by_the_declarations_get_the_same_errors_on_both_daemons()
+    {
+        var qsd = DifferentialDaemon.Qsd();
+        var schema = await SchemaAsync(qsd);
+        var ours = await SchemaAsync(DifferentialDaemon.Ours());
+        var ourCommands = ours.Commands.ToHashSet(StringComparer.Ordinal);
+        var cases = new List<(string Command, JsonObject Arguments)>();
+        foreach (var command in schema.Commands.Where(c => ourCommands.Contains(c) && c is not ("quit" or "qmp_capabilities")))
+        {
+            var arguments = schema.Arguments(command);
+            cases.Add((command, new JsonObject { ["__org.example_unknown"] = 1 }));
+            if (arguments["members"]!.AsArray().Any(m => !m!.AsObject().ContainsKey("default")))
+            {
+                cases.Add((command, []));
+            }
+
+            foreach (var member in arguments["members"]!.AsArray())
+            {
+                var type = schema.Entry((string)member!["type"]!);
+                cases.Add((command, new JsonObject { [(string)member["name"]!] = WrongType(type) }));
+            }
+
+            // A union's variants that both have: each of their members given the wrong type.
+            var ourVariants = ours.Arguments(command)["variants"]?.AsArray().Select(v => (string)v!["case"]!).ToHashSet(StringComparer.Ordinal) ?? [];
+            foreach (var variant in arguments["variants"]?.AsArray().Where(v => ourVariants.Contains((string)v!["case"]!)) ?? [])
+            {
+                foreach (var member in schema.Entry((string)variant!["type"]!)["members"]!.AsArray())
+                {
+                    cases.Add((command, new JsonObject
+                    {
+                        [(string)arguments["tag"]!] = (string)variant["case"]!,
+                        [(string)member!["name"]!] = WrongType(schema.Entry((string)member["type"]!)),
+                    }));
+                }
+            }
+        }
+
+        var theirs = await RefusalsAsync(qsd, cases);
+        var mine = await RefusalsAsync(DifferentialDaemon.Ours(), cases);
+
+        Assert.True(cases.Count > 150, $"{cases.Count} cases");
+        Assert.Equal(theirs.Count, mine.Count);
+        var differing = theirs.Zip(mine).Where(p => p.First != p.Second).Select(p => $"qsd:  {p.First}\nours: {p.Second}").ToList();
+        Assert.True(differing.Count == 0, string.Join("\n", differing));
+    }
+
+    /// <summary>A value no member of this type takes: a number for a string, a string for anything else.</summary>
+    static JsonNode WrongType(JsonObject type) =>
+        (string)type["meta-type"]! is "enum" || (string)type["name"]! == "str" || (string)type["meta-type"]! == "alternate" ? 1 : "x";
+
+    async Task<List<string>> RefusalsAsync(DifferentialDaemon daemon, List<(string Command, JsonObject Arguments)> cases)
+    {
+        var dir = Path.Combine(_dir.Path, daemon.Name + "-refusals");
+        Directory.CreateDirectory(dir);
+        var replies = new List<string>();
+        await daemon.RunAsync(dir, ["--blockdev", "driver=null-co,node-name=disk"], "disk", async (qmp, _) =>
+        {
+            foreach (var (command, arguments) in cases)
+            {
+                var reply = await qmp.CommandAsync(command, (JsonObject)arguments.DeepClone());
+                replies.Add($"{command} {arguments.ToJsonString()}: " + (reply["error"] is { } error ? $"{error["class"]}: {error["desc"]}" : "succeeded"));
+            }
+        });
+        return replies;
+    }
 }
