@@ -62,7 +62,7 @@ public sealed class SchemaInfoView
     /// <summary>
     /// What <paramref name="entity"/>'s arguments declare, one line per member at every depth:
     /// <c>path name[?]: kind</c> (a <c>?</c> marks an optional member; kind is a builtin's name or enum,
-    /// object, array, alternate). Nested objects (members, list items, an alternate's object branch) extend the
+    /// object, array, alternate), and an enum's values as <c>path name = value</c> (but a union tag's). Nested objects (members, list items, an alternate's object branch) extend the
     /// path with <c>name.</c>; a union's variant with <c>{tag=case}</c>. A type met again on its own path is not
     /// entered again (BlockdevOptions inside BlockdevRef).
     /// </summary>
@@ -88,6 +88,15 @@ public sealed class SchemaInfoView
             var optional = member.AsObject().ContainsKey("default") ? "?" : "";
             var memberType = Type((string)member["type"]!);
             lines.Add($"{path}{memberName}{optional}: {Kind(memberType)}");
+            // An enum's values, but a union tag's: its cases are compared as variants.
+            if ((string)memberType["meta-type"]! == "enum" && memberName != (string?)type["tag"])
+            {
+                foreach (var value in memberType["values"]!.AsArray())
+                {
+                    lines.Add($"{path}{memberName} = {value}");
+                }
+            }
+
             AddNested(lines, $"{path}{memberName}.", memberType, seen);
         }
 

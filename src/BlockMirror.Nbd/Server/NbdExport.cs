@@ -16,8 +16,11 @@ public sealed record NbdExportOptions(string Id, string? Name = null, bool Writa
 /// </summary>
 public sealed class NbdExport : IEdgeParent
 {
+    static long _created;
+
     internal NbdExport(NbdExportOptions options, string name)
     {
+        Order = Interlocked.Increment(ref _created);
         Id = options.Id;
         Name = name;
         Writable = options.Writable;
@@ -26,6 +29,9 @@ public sealed class NbdExport : IEdgeParent
     }
 
     public string Id { get; }
+
+    /// <summary>Increases with each export made, so exports can be listed newest first, as QEMU lists them.</summary>
+    public long Order { get; }
 
     public string Name { get; }
 

@@ -54,4 +54,9 @@ public static class QmpTypes
         ("encrypted", Bool), ("detect_zeroes", new QapiEnum("BlockdevDetectZeroesOptions", ["off", "on", "unmap"])),
         ("bps", Int), ("bps_rd", Int), ("bps_wr", Int), ("iops", Int), ("iops_rd", Int), ("iops_wr", Int),
         ("image", ImageInfo), ("cache", BlockdevCacheInfo), ("write_threshold", Int));
+
+    /// <summary>BlockInfo: a named BlockBackend (a guest's drive), as query-block lists it.</summary>
+    public static QapiObject BlockInfo { get; } = new("BlockInfo",
+        ("device", Str), ("*qdev", Str), ("type", Str), ("removable", Bool), ("locked", Bool), ("*inserted", BlockDeviceInfo),
+        ("*tray_open", Bool), ("*io-status", IoStatus));
 }

@@ -5,7 +5,7 @@ using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Qmp.Commands;
 
-/// <summary>blockdev-add, blockdev-del, query-named-block-nodes.</summary>
+/// <summary>blockdev-add, blockdev-del, query-named-block-nodes, query-block.</summary>
 public sealed partial class StorageDaemon
 {
     void AddBlockdevCommands()
@@ -42,6 +42,16 @@ public sealed partial class StorageDaemon
 
             await Graph.RemoveNodeAsync(node).ConfigureAwait(false);
             return Empty;
+        });
+
+        // QEMU lists the BlockBackends a user named (a guest's drives, -drive). A storage daemon has none: its
+        // nodes are reached by node name, and the backends of its exports and jobs are anonymous. So the list is
+        // empty whatever the graph holds, as qemu-storage-daemon 7.2's is (the differential test has nodes and
+        // an export); query-named-block-nodes describes the nodes.
+        Commands.Add("query-block", QapiObject.Empty, new QapiArray(QmpTypes.BlockInfo), (arguments, _) =>
+        {
+            arguments.CheckNoneUnexpected();
+            return ValueTask.FromResult<JsonNode?>(new JsonArray());
         });
 
         Commands.Add("query-named-block-nodes", new QapiObject("q_obj_query-named-block-nodes-arg", ("*flat", QapiBuiltin.Bool)),

@@ -141,7 +141,8 @@ public sealed partial class StorageDaemon
         {
             arguments.CheckNoneUnexpected();
             var list = new JsonArray();
-            foreach (var export in Nbd?.Exports ?? [])
+            // Newest first, as QEMU keeps its list.
+            foreach (var export in (Nbd?.Exports ?? []).OrderByDescending(e => e.Order))
             {
                 // An export being deleted is gone from the list at once (its deletion waits for nothing), so none shuts down.
                 list.Add((JsonNode)new JsonObject

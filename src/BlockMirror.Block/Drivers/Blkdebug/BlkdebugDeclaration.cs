@@ -20,8 +20,8 @@ static class BlkdebugDeclaration
     public static DriverDeclaration Driver { get; } = new(DriverNames.Blkdebug, DriverKind.Filter, Read)
     {
         Options = new QapiObject("BlockdevOptionsBlkdebug",
-            ("image", BlockdevSchema.Ref), ("*config", QapiBuiltin.Str), ("*align", QapiBuiltin.UInt64), ("*max-transfer", QapiBuiltin.UInt64),
-            ("*max-write-zero", QapiBuiltin.UInt64), ("*max-discard", QapiBuiltin.UInt64),
+            ("image", BlockdevSchema.Ref), ("*config", QapiBuiltin.Str), ("*align", QapiBuiltin.Int), ("*max-transfer", QapiBuiltin.Int),
+            ("*max-write-zero", QapiBuiltin.Int), ("*max-discard", QapiBuiltin.Int),
             ("*inject-error", new QapiArray(InjectErrorOptions)), ("*set-state", new QapiArray(SetStateOptions))),
     };
 

@@ -8,7 +8,7 @@ static class NullDeclaration
 {
     public static DriverDeclaration Driver { get; } = new(DriverNames.NullCo, DriverKind.Protocol, Read)
     {
-        Options = new QapiObject("BlockdevOptionsNull", ("*size", QapiBuiltin.UInt64), ("*latency-ns", QapiBuiltin.UInt64), ("*read-zeroes", QapiBuiltin.Bool)),
+        Options = new QapiObject("BlockdevOptionsNull", ("*size", QapiBuiltin.Int), ("*latency-ns", QapiBuiltin.UInt64), ("*read-zeroes", QapiBuiltin.Bool)),
     };
 
     static NodeOpener Read(NodeOptions node)

@@ -23,7 +23,7 @@ static class Qcow2Declaration
         Options = new QapiObject("BlockdevOptionsQcow2",
             ("file", BlockdevSchema.Ref), ("*backing", BlockdevSchema.RefOrNull), ("*lazy-refcounts", Bool), ("*pass-discard-request", Bool),
             ("*pass-discard-snapshot", Bool), ("*pass-discard-other", Bool), ("*overlap-check", OverlapChecks), ("*cache-size", Int),
-            ("*l2-cache-size", QapiBuiltin.UInt64), ("*refcount-cache-size", Int), ("*cache-clean-interval", Int), ("*data-file", BlockdevSchema.Ref)),
+            ("*l2-cache-size", Int), ("*refcount-cache-size", Int), ("*cache-clean-interval", Int), ("*data-file", BlockdevSchema.Ref)),
     };
 
     static NodeOpener Read(NodeOptions node)

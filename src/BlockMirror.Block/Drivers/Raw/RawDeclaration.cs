@@ -8,7 +8,7 @@ static class RawDeclaration
 {
     public static DriverDeclaration Driver { get; } = new(DriverNames.Raw, DriverKind.Format, Read)
     {
-        Options = new QapiObject("BlockdevOptionsRaw", ("file", BlockdevSchema.Ref), ("*offset", QapiBuiltin.UInt64), ("*size", QapiBuiltin.UInt64)),
+        Options = new QapiObject("BlockdevOptionsRaw", ("file", BlockdevSchema.Ref), ("*offset", QapiBuiltin.Int), ("*size", QapiBuiltin.Int)),
     };
 
     static NodeOpener Read(NodeOptions node)

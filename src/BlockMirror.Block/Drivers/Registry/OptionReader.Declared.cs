@@ -117,7 +117,17 @@ public partial class OptionReader
         {
             OptionalUInt32(name);
         }
-        else if (builtin == QapiBuiltin.UInt64 || builtin == QapiBuiltin.Size)
+        else if (builtin == QapiBuiltin.UInt64)
+        {
+            // QEMU's uint64 visitor refuses a value that is no number in its own words, not as a wrong type.
+            if (TryGet(name, out var number) && number.ValueKind != JsonValueKind.Number && !(_keyval && number.ValueKind == JsonValueKind.String))
+            {
+                throw Invalid($"Parameter '{Full(name)}' expects uint64");
+            }
+
+            OptionalUnsigned(name);
+        }
+        else if (builtin == QapiBuiltin.Size)
         {
             OptionalUnsigned(name);
         }
