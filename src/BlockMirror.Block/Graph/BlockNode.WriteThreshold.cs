@@ -25,6 +25,12 @@ public sealed partial class BlockNode
         set => Volatile.Write(ref _writeThreshold, value);
     }
 
+    /// <summary>
+    /// The node was opened with <c>discard=unmap</c> (QEMU's BDRV_O_UNMAP). Otherwise QEMU drops a discard before
+    /// it is tracked as a request, so only then does a discard reach the write threshold.
+    /// </summary>
+    public bool DiscardUnmaps { get; internal set; }
+
     /// <summary>Called before a data-changing request of [offset, offset+length) goes to the driver.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void CheckWriteThreshold(long offset, long length)

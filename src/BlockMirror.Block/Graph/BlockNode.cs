@@ -636,7 +636,10 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
-            CheckWriteThreshold(offset, length);
+            if (DiscardUnmaps)
+            {
+                CheckWriteThreshold(offset, length);
+            }
 
             try
             {
