@@ -14,20 +14,15 @@ public sealed class Iotest206BlockdevCreateTests
 {
     const long M = 1 << 20;
 
-    static JsonObject File(string dir, string name, long size = 0, JsonObject? more = null)
-    {
-        var options = new JsonObject { ["driver"] = "file", ["filename"] = $"{dir}/{name}", ["size"] = size };
-        foreach (var (key, value) in more ?? [])
-        {
-            options[key] = value?.DeepClone();
-        }
+    static JsonObject File(string dir, string name, long size = 0, JsonObject? more = null) =>
+        With(new() { ["driver"] = "file", ["filename"] = $"{dir}/{name}", ["size"] = size }, more);
 
-        return options;
-    }
+    static JsonObject Qcow2(JsonNode file, JsonNode size, JsonObject? more = null) =>
+        With(new() { ["driver"] = "qcow2", ["file"] = file, ["size"] = size }, more);
 
-    static JsonObject Qcow2(JsonNode file, JsonNode size, JsonObject? more = null)
+    /// <summary>The options with more members, added or replacing.</summary>
+    static JsonObject With(JsonObject options, JsonObject? more)
     {
-        var options = new JsonObject { ["driver"] = "qcow2", ["file"] = file, ["size"] = size };
         foreach (var (key, value) in more ?? [])
         {
             options[key] = value?.DeepClone();
