@@ -28,11 +28,11 @@ sealed class DaemonHarness : IAsyncDisposable
     /// <summary>Runs a command; throws <see cref="QmpException"/> with the text a client would get.</summary>
     public async Task<JsonNode?> ExecuteAsync(string command, JsonObject? arguments = null)
     {
-        Assert.True(Daemon.Commands.TryGet(command, out var handler), $"no command {command}");
+        Assert.True(Daemon.Commands.TryGet(command, out var declared), $"no command {command}");
         using var document = JsonDocument.Parse((arguments ?? []).ToJsonString());
         try
         {
-            return await handler(new QmpArguments(document.RootElement.Clone()), CancellationToken.None);
+            return await declared.InvokeAsync(new QmpArguments(document.RootElement.Clone()), CancellationToken.None);
         }
         catch (QmpException)
         {

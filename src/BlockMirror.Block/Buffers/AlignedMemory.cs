@@ -15,12 +15,21 @@ public sealed unsafe class AlignedMemory : MemoryManager<byte>
     readonly int _length;
     byte* _pointer;
 
-    public AlignedMemory(int length, int alignment)
+    /// <summary>Allocates <paramref name="length"/> bytes at a multiple of <paramref name="alignment"/>.</summary>
+    /// <param name="clear">
+    /// Zero the memory now. A buffer that is always filled before it is read can skip it: a large
+    /// allocation then comes from the kernel as pages it maps only when first touched, so memory that is
+    /// never used is never resident.
+    /// </param>
+    public AlignedMemory(int length, int alignment, bool clear = true)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
         _length = length;
         _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)length, (nuint)alignment);
-        NativeMemory.Clear(_pointer, (nuint)length);
+        if (clear)
+        {
+            NativeMemory.Clear(_pointer, (nuint)length);
+        }
     }
 
     public int Length => _length;

@@ -130,7 +130,8 @@ static class ServeCommand
                 switch (setting.Option)
                 {
                     case "--blockdev":
-                        await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, "driver"), OpenRules.BlockdevAdd, cancellationToken);
+                        // Each of these runs its QMP command, so the command line and QMP accept and refuse alike.
+                        await RunAsync(daemon, "blockdev-add", Arguments(setting.Value!, "driver"), cancellationToken);
                         break;
                     case "--chardev":
                         var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
@@ -148,13 +149,10 @@ static class ServeCommand
                         daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
                         break;
                     case "--export":
-                        daemon.Commands.TryGet("block-export-add", out var add);
-                        await add(Arguments(setting.Value!, "type"), cancellationToken);
+                        await RunAsync(daemon, "block-export-add", Arguments(setting.Value!, "type"), cancellationToken);
                         break;
                     case "--object":
-                        // The same command as QMP's object-add, so both accept and refuse alike.
-                        daemon.Commands.TryGet("object-add", out var addObject);
-                        await addObject(Arguments(setting.Value!, "qom-type"), cancellationToken);
+                        await RunAsync(daemon, "object-add", Arguments(setting.Value!, "qom-type"), cancellationToken);
                         break;
                     case "--pidfile":
                         pidfile = setting.Value!;
@@ -210,6 +208,12 @@ static class ServeCommand
         }
 
         return 0;
+    }
+
+    static async Task RunAsync(StorageDaemon daemon, string command, QmpArguments arguments, CancellationToken cancellationToken)
+    {
+        daemon.Commands.TryGet(command, out var declared);
+        await declared.InvokeAsync(arguments, cancellationToken);
     }
 
     /// <summary>A value in qemu-storage-daemon's syntax: JSON when it starts with '{', key=value otherwise.</summary>

@@ -16,7 +16,9 @@ sealed class MirrorBufferPool : IDisposable
     public MirrorBufferPool(long bufSize, long chunkSize)
     {
         _chunkSize = (int)chunkSize;
-        _memory = new AlignedMemory(checked((int)bufSize), 4096);
+        // Not zeroed: every chunk is read into before it is written out, and untouched chunks (the tail of
+        // the free list, reached only when many copies are in flight) then never become resident.
+        _memory = new AlignedMemory(checked((int)bufSize), 4096, clear: false);
         for (var i = (int)(bufSize / chunkSize) - 1; i >= 0; i--)
         {
             _free.Push(i);

@@ -78,7 +78,7 @@ sealed partial class MirrorEngine
                         return;
                     }
 
-                    await _target.WriteVectorAsync(op.Offset, op.WriteSegments, RequestFlags.None, cancel).ConfigureAwait(false);
+                    await WriteCopyAsync(op, cancel).ConfigureAwait(false);
                     break;
                 case MirrorMethod.Zero:
                     await _target.WriteZeroesAsync(op.Offset, op.Length, _unmap ? RequestFlags.MayUnmap : RequestFlags.None, cancel).ConfigureAwait(false);
@@ -107,6 +107,40 @@ sealed partial class MirrorEngine
         finally
         {
             OperationDone(op, succeeded);
+        }
+    }
+
+    /// <summary>
+    /// Writes a background copy onto the target. While guest writes block, at most
+    /// <see cref="WriteBlockingCopyWrites"/> of these are in flight, so that a guest write's copy does not
+    /// queue behind the whole buffer of them.
+    /// </summary>
+    /// <remarks>
+    /// Measured on ext4 (fio, a sparse file, sync 1 MiB writers beside 64 KiB random writes at depth 4):
+    /// writes that allocate take the inode's lock one at a time, so 16 background writers left the random
+    /// writer 7 MiB/s at 26 ms median, 2 left it 74 MiB/s at 2.5 ms, and the 2 wrote faster than the 16
+    /// (1490 against 1027 MiB/s). In the live benchmark the write-blocking writer went from 9 to 72 MiB/s.
+    /// Background mode keeps the full depth: there the guest does not write the target, and a network
+    /// target needs the depth to fill its link.
+    /// </remarks>
+    async ValueTask WriteCopyAsync(MirrorOp op, CancellationToken cancel)
+    {
+        var gated = _job.WritesBlocking;
+        if (gated)
+        {
+            await _writeBlockingCopyWrites.WaitAsync(cancel).ConfigureAwait(false);
+        }
+
+        try
+        {
+            await _target.WriteVectorAsync(op.Offset, op.WriteSegments, RequestFlags.None, cancel).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (gated)
+            {
+                _writeBlockingCopyWrites.Release();
+            }
         }
     }
 

@@ -32,6 +32,10 @@ sealed partial class MirrorEngine : IDisposable
     readonly bool _unmap;
     readonly CancellationTokenSource _forceCancel = new();
 
+    /// <summary>Background copy writes in flight while guest writes block (see <see cref="WriteCopyAsync"/>).</summary>
+    public const int WriteBlockingCopyWrites = 2;
+
+    readonly SemaphoreSlim _writeBlockingCopyWrites = new(WriteBlockingCopyWrites);
     readonly Lock _lock = new();
     readonly Stack<MirrorOp> _opPool = new();
 

@@ -101,7 +101,7 @@ public sealed partial class MirrorJob
             // Yield with no I/O pending at least once per slice, so drains and pauses are not starved.
             if (Time.GetUtcNow() - _lastPause < SliceTime && IoStatus == IoStatus.Ok)
             {
-                if (inFlight >= MaxInFlight || freeChunks == 0 || (dirty == 0 && inFlight > 0))
+                if (inFlight >= InFlightLimit || freeChunks == 0 || (dirty == 0 && inFlight > 0))
                 {
                     await _engine.WaitForIoAsync().ConfigureAwait(false);
                     continue;
@@ -238,7 +238,7 @@ public sealed partial class MirrorJob
         while (offset < end)
         {
             var (method, io) = await ChooseMethodAsync(offset, end).ConfigureAwait(false);
-            while (_engine.InFlight >= MaxInFlight)
+            while (_engine.InFlight >= InFlightLimit)
             {
                 await _engine.WaitForIoAsync().ConfigureAwait(false);
             }

@@ -37,7 +37,7 @@ public sealed partial class MirrorJob
     /// randomized harness found the loop's flag held over a dirty chunk in rare interleavings whose cause is
     /// not yet pinned down; what is reported must not claim a copy the target may lack.
     /// </remarks>
-    public bool ActivelySynced => _activelySynced && (Filter.GuestWritesInFlight || _dirty.DirtyBytes == 0);
+    public bool ActivelySynced => _activelySynced && _writesBlocking && (Filter.GuestWritesInFlight || _dirty.DirtyBytes == 0);
 
     /// <summary>
     /// block-job-change's copy-mode. QEMU 8.2 allows only background to write-blocking; we also allow the
@@ -105,9 +105,11 @@ public sealed partial class MirrorJob
         }
 
         _activelySynced = true;
-        if (_dirty.DirtyBytes != 0)
+        if (_dirty.DirtyBytes != 0 || !_writesBlocking)
         {
             // A writer dirtied a chunk since the loop looked: it cleared the flag after marking, or will.
+            // Or block-job-change left write-blocking between the check above and the set: its clear
+            // came first and must not be undone.
             _activelySynced = false;
         }
     }

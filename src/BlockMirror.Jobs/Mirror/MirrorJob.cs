@@ -29,6 +29,16 @@ public sealed partial class MirrorJob : BlockJob
     /// <summary>Operations in flight at once (QEMU's MAX_IN_FLIGHT).</summary>
     public const int MaxInFlight = 16;
 
+    /// <summary>
+    /// Operations in flight at once while guest writes block: the two whose writes may be at the target
+    /// (<see cref="MirrorEngine.WriteBlockingCopyWrites"/>) and two reading the next. More would only hold
+    /// buffer (memory) in reads queued behind the writes.
+    /// </summary>
+    public const int WriteBlockingMaxInFlight = MirrorEngine.WriteBlockingCopyWrites + 2;
+
+    /// <summary>The limit on operations in flight now.</summary>
+    int InFlightLimit => _writesBlocking ? WriteBlockingMaxInFlight : MaxInFlight;
+
     /// <summary>Largest data copy in one operation (QEMU's MAX_IO_BYTES).</summary>
     public const long MaxIoBytes = 1 << 20;
 

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Nbd.Client;
 
@@ -24,6 +25,11 @@ public static class NbdDeclaration
         // nbd://, nbd+tcp://, nbd+unix:// and nbd:... file names (QEMU's three nbd protocol names).
         Protocols = NbdFileName.Protocols,
         ParseFileName = NbdFileName.WriteOptions,
+        // QEMU 7.2's BlockdevOptionsNbd, then ours: tls-certificates and multi-conn.
+        Options = new QapiObject("BlockdevOptionsNbd",
+            ("server", SocketAddressSchema.Flat), ("*export", QapiBuiltin.Str), ("*tls-creds", QapiBuiltin.Str), ("*tls-hostname", QapiBuiltin.Str),
+            ("*x-dirty-bitmap", QapiBuiltin.Str), ("*reconnect-delay", QapiBuiltin.UInt32), ("*open-timeout", QapiBuiltin.UInt32),
+            ("*" + TlsCertificatesOption, QapiBuiltin.Str), ("*multi-conn", QapiBuiltin.UInt32)),
     };
 
     static NodeOpener Read(NodeOptions node)

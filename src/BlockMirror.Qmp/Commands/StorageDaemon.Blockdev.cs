@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Qmp.Commands;
 
@@ -9,13 +10,14 @@ public sealed partial class StorageDaemon
 {
     void AddBlockdevCommands()
     {
-        Commands.Add("blockdev-add", async (arguments, cancellationToken) =>
+        // Boxed, as QEMU's: the arguments are a BlockdevOptions, whose variants are the drivers' declarations.
+        Commands.Add("blockdev-add", BlockdevSchema.Options, async (arguments, cancellationToken) =>
         {
             await DriverRegistry.OpenAsync(Graph, arguments, OpenRules.BlockdevAdd, cancellationToken).ConfigureAwait(false);
             return Empty;
         });
 
-        Commands.Add("blockdev-del", async (arguments, _) =>
+        Commands.Add("blockdev-del", new QapiObject("q_obj_blockdev-del-arg", ("node-name", QapiBuiltin.Str)), async (arguments, _) =>
         {
             var name = arguments.RequireString("node-name");
             arguments.CheckNoneUnexpected();
@@ -42,7 +44,8 @@ public sealed partial class StorageDaemon
             return Empty;
         });
 
-        Commands.Add("query-named-block-nodes", (arguments, _) =>
+        Commands.Add("query-named-block-nodes", new QapiObject("q_obj_query-named-block-nodes-arg", ("*flat", QapiBuiltin.Bool)),
+            new QapiArray(QmpTypes.BlockDeviceInfo), (arguments, _) =>
         {
             // flat=false would add each node's backing chain under "backing-image"; nodes here are
             // described without it, which is what flat=true asks for.

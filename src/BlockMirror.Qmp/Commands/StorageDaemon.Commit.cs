@@ -1,4 +1,5 @@
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Commit;
 using BlockMirror.Jobs.Mirror;
@@ -14,9 +15,15 @@ namespace BlockMirror.Qmp.Commands;
 /// </summary>
 public sealed partial class StorageDaemon
 {
+    static readonly QapiObject BlockCommitArguments = new("q_obj_block-commit-arg",
+        ("*job-id", QapiBuiltin.Str), ("device", QapiBuiltin.Str), ("*base-node", QapiBuiltin.Str), ("*base", QapiBuiltin.Str),
+        ("*top-node", QapiBuiltin.Str), ("*top", QapiBuiltin.Str), ("*backing-file", QapiBuiltin.Str), ("*speed", QapiBuiltin.Int),
+        ("*on-error", QmpTypes.BlockdevOnError), ("*filter-node-name", QapiBuiltin.Str), ("*auto-finalize", QapiBuiltin.Bool),
+        ("*auto-dismiss", QapiBuiltin.Bool));
+
     void AddCommitCommands()
     {
-        Commands.Add("block-commit", async (arguments, cancellationToken) =>
+        Commands.Add("block-commit", BlockCommitArguments, async (arguments, cancellationToken) =>
         {
             var jobId = arguments.OptionalString("job-id");
             var device = arguments.RequireString("device");
@@ -26,7 +33,7 @@ public sealed partial class StorageDaemon
             var topFile = arguments.OptionalString("top");
             var backingFile = arguments.OptionalString("backing-file");
             var speed = arguments.OptionalInt("speed") ?? 0;
-            var onError = Policy(arguments.OptionalEnum("on-error", ErrorPolicies));
+            var onError = Policy(arguments.OptionalString("on-error"));
             var filterNodeName = arguments.OptionalString("filter-node-name");
             var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
             var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;

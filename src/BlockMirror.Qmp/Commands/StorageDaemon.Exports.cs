@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Nbd.Server;
 using BlockMirror.Qmp.Protocol;
 
@@ -9,9 +10,31 @@ namespace BlockMirror.Qmp.Commands;
 /// <summary>nbd-server-start, nbd-server-stop, block-export-add, block-export-del, query-block-exports.</summary>
 public sealed partial class StorageDaemon
 {
+    static readonly QapiObject NbdServerStartArguments = new("q_obj_nbd-server-start-arg",
+        ("addr", BlockMirror.Nbd.SocketAddressSchema.Legacy), ("*tls-creds", QapiBuiltin.Str), ("*tls-authz", QapiBuiltin.Str), ("*max-connections", QapiBuiltin.UInt32));
+
+    /// <summary>BlockDirtyBitmapOrStr: a bitmap's name, or a {node, name} object.</summary>
+    static readonly QapiAlternate BitmapOrName = new("BlockDirtyBitmapOrStr", QapiBuiltin.Str,
+        new QapiObject("BlockDirtyBitmap", ("node", QapiBuiltin.Str), ("name", QapiBuiltin.Str)));
+
+    /// <summary>BlockExportOptions: a union on type; of its variants only nbd is implemented.</summary>
+    static readonly QapiObject BlockExportOptions = QapiObject.Union("BlockExportOptions",
+        [("type", QmpTypes.BlockExportType), ("id", QapiBuiltin.Str), ("*fixed-iothread", QapiBuiltin.Bool), ("*iothread", QapiBuiltin.Str),
+            ("node-name", QapiBuiltin.Str), ("*writable", QapiBuiltin.Bool), ("*writethrough", QapiBuiltin.Bool)], "type",
+        new QapiVariant("nbd", new QapiObject("BlockExportOptionsNbd", ("*name", QapiBuiltin.Str), ("*description", QapiBuiltin.Str),
+            ("*bitmaps", new QapiArray(BitmapOrName)), ("*allocation-depth", QapiBuiltin.Bool))));
+
+    /// <summary>
+    /// BlockExportInfo, and ours after QEMU's: <c>__org.blockmirror_clients</c>, how many clients are connected
+    /// to the export (what block-export-del's safe mode waits for).
+    /// </summary>
+    static readonly QapiObject BlockExportInfo = new("BlockExportInfo",
+        ("id", QapiBuiltin.Str), ("type", QmpTypes.BlockExportType), ("node-name", QapiBuiltin.Str), ("shutting-down", QapiBuiltin.Bool),
+        ("__org.blockmirror_clients", QapiBuiltin.Int));
+
     void AddExportCommands()
     {
-        Commands.Add("nbd-server-start", (arguments, _) =>
+        Commands.Add("nbd-server-start", NbdServerStartArguments, (arguments, _) =>
         {
             var address = arguments.OptionalObject("addr") ?? throw QmpException.Generic("Parameter 'addr' is missing");
             var endPoint = ReadSocketAddress(address, legacy: true);
@@ -28,7 +51,7 @@ public sealed partial class StorageDaemon
             return ValueTask.FromResult(Empty);
         });
 
-        Commands.Add("nbd-server-stop", async (arguments, _) =>
+        Commands.Add("nbd-server-stop", QapiObject.Empty, async (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
             if (Nbd is null)
@@ -40,9 +63,9 @@ public sealed partial class StorageDaemon
             return Empty;
         });
 
-        Commands.Add("block-export-add", (arguments, _) =>
+        Commands.Add("block-export-add", BlockExportOptions, (arguments, _) =>
         {
-            var type = arguments.OptionalEnum("type", "nbd", "vhost-user-blk", "fuse", "vduse-blk") ?? throw QmpException.Generic("Parameter 'type' is missing");
+            var type = arguments.RequireString("type");
             var id = arguments.RequireString("id");
             // Without an iothread (none can be created here) QEMU ignores fixed-iothread too.
             arguments.OptionalBool("fixed-iothread");
@@ -50,10 +73,12 @@ public sealed partial class StorageDaemon
             var nodeName = arguments.RequireString("node-name");
             var writable = arguments.OptionalBool("writable") ?? false;
             var writethrough = arguments.OptionalBool("writethrough") ?? false;
-            var name = arguments.OptionalString("name");
-            var description = arguments.OptionalString("description");
-            var bitmaps = CountBitmaps(arguments);
-            var allocationDepth = arguments.OptionalBool("allocation-depth") ?? false;
+            // The nbd variant's members; the other types are refused below, after QEMU's earlier checks.
+            var nbd = type == "nbd";
+            var name = nbd ? arguments.OptionalString("name") : null;
+            var description = nbd ? arguments.OptionalString("description") : null;
+            var bitmaps = nbd ? arguments.OptionalList("bitmaps")?.Count ?? 0 : 0;
+            var allocationDepth = nbd && (arguments.OptionalBool("allocation-depth") ?? false);
             arguments.CheckNoneUnexpected();
 
             // QEMU's order: the id, the export type, the node, the iothread, then the NBD server's checks.
@@ -96,10 +121,11 @@ public sealed partial class StorageDaemon
             return ValueTask.FromResult(Empty);
         });
 
-        Commands.Add("block-export-del", async (arguments, _) =>
+        Commands.Add("block-export-del", new QapiObject("q_obj_block-export-del-arg",
+            ("id", QapiBuiltin.Str), ("*mode", new QapiEnum("BlockExportRemoveMode", ["safe", "hard"]))), async (arguments, _) =>
         {
             var id = arguments.RequireString("id");
-            var mode = arguments.OptionalEnum("mode", "safe", "hard") ?? "safe";
+            var mode = arguments.OptionalString("mode") ?? "safe";
             arguments.CheckNoneUnexpected();
             var export = Nbd?.GetExport(id) ?? throw QmpException.Generic($"Export '{id}' is not found");
             if (mode == "safe" && NbdServer.ClientCount(export) > 0)
@@ -111,50 +137,25 @@ public sealed partial class StorageDaemon
             return Empty;
         });
 
-        Commands.Add("query-block-exports", (arguments, _) =>
+        Commands.Add("query-block-exports", QapiObject.Empty, new QapiArray(BlockExportInfo), (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
             var list = new JsonArray();
             foreach (var export in Nbd?.Exports ?? [])
             {
+                // An export being deleted is gone from the list at once (its deletion waits for nothing), so none shuts down.
                 list.Add((JsonNode)new JsonObject
                 {
-                    ["type"] = "nbd",
                     ["id"] = export.Id,
+                    ["type"] = "nbd",
                     ["node-name"] = export.Edge.Node.Name,
                     ["shutting-down"] = false,
+                    ["__org.blockmirror_clients"] = NbdServer.ClientCount(export),
                 });
             }
 
             return ValueTask.FromResult<JsonNode?>(list);
         });
-    }
-
-    /// <summary>
-    /// block-export-add's <c>bitmaps</c>: a list whose items are a bitmap's name or a {node, name} object
-    /// (QAPI's BlockDirtyBitmapOrStr, with QEMU's odd "'null'" in the error). Returns how many are given.
-    /// </summary>
-    static int CountBitmaps(QmpArguments arguments)
-    {
-        if (arguments.OptionalRaw("bitmaps") is not { } value)
-        {
-            return 0;
-        }
-
-        if (value.ValueKind != System.Text.Json.JsonValueKind.Array)
-        {
-            throw QmpException.Generic("Invalid parameter type for 'bitmaps', expected: array");
-        }
-
-        foreach (var item in value.EnumerateArray())
-        {
-            if (item.ValueKind is not (System.Text.Json.JsonValueKind.String or System.Text.Json.JsonValueKind.Object))
-            {
-                throw QmpException.Generic("Invalid parameter type for 'null', expected: BlockDirtyBitmapOrStr");
-            }
-        }
-
-        return value.GetArrayLength();
     }
 
     /// <summary>
@@ -196,6 +197,12 @@ public sealed partial class StorageDaemon
                 {
                     throw QmpException.Generic($"TCP keep-alive ('{fields.Prefix}keep-alive') is not supported");
                 }
+
+                if (fields.OptionalBool("mptcp") == true)
+                {
+                    throw QmpException.Generic($"Multipath TCP ('{fields.Prefix}mptcp') is not supported");
+                }
+
                 if (!int.TryParse(port, out var number) || number is < 0 or > 65535)
                 {
                     throw QmpException.Generic($"Invalid port '{port}'");

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Mirror;
 
@@ -10,7 +11,7 @@ public sealed partial class StorageDaemon
     void AddJobCommands()
     {
         // block-job-*: the job is named by "device" (its id), and a missing one is DeviceNotActive.
-        Commands.Add("block-job-set-speed", (arguments, _) =>
+        Commands.Add("block-job-set-speed", new QapiObject("q_obj_block-job-set-speed-arg", ("device", QapiBuiltin.Str), ("speed", QapiBuiltin.Int)), (arguments, _) =>
         {
             var device = arguments.RequireString("device");
             var speed = arguments.RequireInt("speed");
@@ -24,7 +25,7 @@ public sealed partial class StorageDaemon
             job.SetSpeed(speed);
             return ValueTask.FromResult(Empty);
         });
-        Commands.Add("block-job-cancel", async (arguments, _) =>
+        Commands.Add("block-job-cancel", new QapiObject("q_obj_block-job-cancel-arg", ("device", QapiBuiltin.Str), ("*force", QapiBuiltin.Bool)), async (arguments, _) =>
         {
             var device = arguments.RequireString("device");
             var force = arguments.OptionalBool("force") ?? false;
@@ -41,16 +42,14 @@ public sealed partial class StorageDaemon
             await job.CancelAsync(force).ConfigureAwait(false);
             return Empty;
         });
-        Commands.Add("block-job-change", (arguments, _) =>
+        // QEMU 8.2's BlockJobChangeOptions: a union on "type" whose only branch with members is mirror.
+        var change = QapiObject.Union("BlockJobChangeOptions", [("id", QapiBuiltin.Str), ("type", QmpTypes.JobType)], "type",
+            new QapiVariant("mirror", new QapiObject("BlockJobChangeOptionsMirror", ("copy-mode", QmpTypes.MirrorCopyMode))));
+        Commands.Add("block-job-change", change, (arguments, _) =>
         {
-            // QEMU 8.2's BlockJobChangeOptions: a union on "type" whose only branch with members is mirror.
             var id = arguments.RequireString("id");
-            var type = arguments.OptionalEnum("type", QapiJobTypes) ?? throw Protocol.QmpException.Generic("Parameter 'type' is missing");
-            MirrorCopyMode? mode = null;
-            if (type == "mirror")
-            {
-                mode = CopyMode(arguments.OptionalEnum("copy-mode", CopyModes) ?? throw Protocol.QmpException.Generic("Parameter 'copy-mode' is missing"));
-            }
+            var type = arguments.RequireString("type");
+            MirrorCopyMode? mode = type == "mirror" ? CopyMode(arguments.RequireString("copy-mode")) : null;
 
             arguments.CheckNoneUnexpected();
             var job = FindBlockJob(Jobs, id);
@@ -76,7 +75,7 @@ public sealed partial class StorageDaemon
         AddVerb("block-job-resume", "device", block: true, job => job.Resume());
         AddVerb("block-job-complete", "device", block: true, job => job.Complete());
         AddVerb("block-job-dismiss", "id", block: true, job => job.Dismiss());
-        Commands.Add("block-job-finalize", async (arguments, _) =>
+        Commands.Add("block-job-finalize", JobIdArgument("block-job-finalize", "id"), async (arguments, _) =>
         {
             var id = arguments.RequireString("id");
             arguments.CheckNoneUnexpected();
@@ -88,7 +87,7 @@ public sealed partial class StorageDaemon
         AddVerb("job-resume", "id", block: false, job => job.Resume());
         AddVerb("job-complete", "id", block: false, job => job.Complete());
         AddVerb("job-dismiss", "id", block: false, job => job.Dismiss());
-        Commands.Add("job-cancel", async (arguments, _) =>
+        Commands.Add("job-cancel", JobIdArgument("job-cancel", "id"), async (arguments, _) =>
         {
             var id = arguments.RequireString("id");
             arguments.CheckNoneUnexpected();
@@ -96,7 +95,7 @@ public sealed partial class StorageDaemon
             await FindJob(Jobs, id).CancelAsync(force: true).ConfigureAwait(false);
             return Empty;
         });
-        Commands.Add("job-finalize", async (arguments, _) =>
+        Commands.Add("job-finalize", JobIdArgument("job-finalize", "id"), async (arguments, _) =>
         {
             var id = arguments.RequireString("id");
             arguments.CheckNoneUnexpected();
@@ -104,7 +103,7 @@ public sealed partial class StorageDaemon
             return Empty;
         });
 
-        Commands.Add("query-block-jobs", (arguments, _) =>
+        Commands.Add("query-block-jobs", QapiObject.Empty, new QapiArray(QmpTypes.BlockJobInfo), (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
             var list = new JsonArray();
@@ -128,7 +127,7 @@ public sealed partial class StorageDaemon
 
             return ValueTask.FromResult<JsonNode?>(list);
         });
-        Commands.Add("query-jobs", (arguments, _) =>
+        Commands.Add("query-jobs", QapiObject.Empty, new QapiArray(QmpTypes.JobInfo), (arguments, _) =>
         {
             arguments.CheckNoneUnexpected();
             var list = new JsonArray();
@@ -161,17 +160,17 @@ public sealed partial class StorageDaemon
     /// </summary>
     const string UnnamedDevice = "";
 
+    /// <summary>The arguments of a command that names one job: <c>{id: str}</c> or <c>{device: str}</c>.</summary>
+    static QapiObject JobIdArgument(string command, string idMember) => new($"q_obj_{command}-arg", (idMember, QapiBuiltin.Str));
+
     void AddVerb(string command, string idMember, bool block, Action<Job> verb) =>
-        Commands.Add(command, (arguments, _) =>
+        Commands.Add(command, JobIdArgument(command, idMember), (arguments, _) =>
         {
             var id = arguments.RequireString(idMember);
             arguments.CheckNoneUnexpected();
             verb(block ? FindBlockJob(Jobs, id) : FindJob(Jobs, id));
             return ValueTask.FromResult(Empty);
         });
-
-    /// <summary>QAPI's JobType (QEMU 8.2), which block-job-change's "type" must be one of.</summary>
-    static readonly string[] QapiJobTypes = ["commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"];
 
     /// <summary>A BlockJobInfo as query-block-jobs returns it.</summary>
     static JsonObject DescribeBlockJob(BlockJobInfo info)

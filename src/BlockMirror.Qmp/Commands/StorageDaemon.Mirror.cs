@@ -2,6 +2,7 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Jobs;
 using BlockMirror.Jobs.Mirror;
 using BlockMirror.Qmp.Protocol;
@@ -11,17 +12,30 @@ namespace BlockMirror.Qmp.Commands;
 /// <summary>blockdev-mirror and drive-mirror (qapi/block-core.json, QEMU 7.2).</summary>
 public sealed partial class StorageDaemon
 {
-    static readonly string[] SyncModes = ["top", "full", "none", "incremental", "bitmap"];
-    static readonly string[] ErrorPolicies = ["report", "ignore", "enospc", "stop", "auto"];
+    static readonly QapiBuiltin Str = QapiBuiltin.Str, Int = QapiBuiltin.Int, Bool = QapiBuiltin.Bool;
+
+    static readonly QapiObject BlockdevMirrorArguments = new("q_obj_blockdev-mirror-arg",
+        ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode), ("*speed", Int),
+        ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
+        ("*on-target-error", QmpTypes.BlockdevOnError), ("*filter-node-name", Str), ("*copy-mode", QmpTypes.MirrorCopyMode),
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool));
+
+    /// <summary>DriveMirror: no filter-node-name (QEMU 7.2 has none for drive-mirror), but format, node-name, mode and unmap.</summary>
+    static readonly QapiObject DriveMirrorArguments = new("DriveMirror",
+        ("*job-id", Str), ("device", Str), ("target", Str), ("*format", Str), ("*node-name", Str), ("*replaces", Str),
+        ("sync", QmpTypes.MirrorSyncMode), ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
+        ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
+        ("*on-target-error", QmpTypes.BlockdevOnError), ("*unmap", Bool), ("*copy-mode", QmpTypes.MirrorCopyMode),
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool));
 
     void AddMirrorCommands()
     {
-        Commands.Add("blockdev-mirror", async (arguments, cancellationToken) =>
+        Commands.Add("blockdev-mirror", BlockdevMirrorArguments, async (arguments, cancellationToken) =>
         {
             var jobId = arguments.OptionalString("job-id");
             var device = arguments.RequireString("device");
             var target = arguments.RequireString("target");
-            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: false);
+            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, drive: false);
             arguments.CheckNoneUnexpected();
             var source = FindRootNode(device);
             var targetNode = FindNode(target);
@@ -29,15 +43,15 @@ public sealed partial class StorageDaemon
             return Empty;
         });
 
-        Commands.Add("drive-mirror", async (arguments, cancellationToken) =>
+        Commands.Add("drive-mirror", DriveMirrorArguments, async (arguments, cancellationToken) =>
         {
             var jobId = arguments.OptionalString("job-id");
             var device = arguments.RequireString("device");
             var target = arguments.RequireString("target");
             var format = arguments.OptionalString("format");
             var nodeName = arguments.OptionalString("node-name");
-            var mode = arguments.OptionalEnum("mode", "existing", "absolute-paths") ?? "absolute-paths";
-            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, allowUnmap: true);
+            var mode = arguments.OptionalString("mode") ?? "absolute-paths";
+            var options = ReadMirrorOptions(arguments, jobId ?? UnnamedDevice, drive: true);
             arguments.CheckNoneUnexpected();
             var source = FindRootNode(device);
             var plan = PlanDriveMirrorTarget(source, target, format, nodeName, mode, ref options);
@@ -271,9 +285,10 @@ public sealed partial class StorageDaemon
         }
     }
 
-    static MirrorOptions ReadMirrorOptions(QmpArguments arguments, string jobId, bool allowUnmap)
+    /// <summary>The job's options of blockdev-mirror and, with <paramref name="drive"/>, drive-mirror (which has unmap but no filter-node-name).</summary>
+    static MirrorOptions ReadMirrorOptions(QmpArguments arguments, string jobId, bool drive)
     {
-        var sync = arguments.OptionalEnum("sync", SyncModes) ?? throw QmpException.Generic("Parameter 'sync' is missing");
+        var sync = arguments.RequireString("sync");
         if (!MirrorNames.TryParseSync(sync, out var syncMode))
         {
             throw QmpException.Generic($"Sync mode '{sync}' not supported");
@@ -283,11 +298,11 @@ public sealed partial class StorageDaemon
         var speed = arguments.OptionalInt("speed") ?? 0;
         var granularity = arguments.OptionalUInt32("granularity") ?? 0;
         var bufSize = arguments.OptionalInt("buf-size") ?? 0;
-        var onSource = Policy(arguments.OptionalEnum("on-source-error", ErrorPolicies));
-        var onTarget = Policy(arguments.OptionalEnum("on-target-error", ErrorPolicies));
-        var unmap = allowUnmap ? arguments.OptionalBool("unmap") ?? true : true;
-        var filterNodeName = arguments.OptionalString("filter-node-name");
-        var copyMode = arguments.OptionalEnum("copy-mode", CopyModes);
+        var onSource = Policy(arguments.OptionalString("on-source-error"));
+        var onTarget = Policy(arguments.OptionalString("on-target-error"));
+        var unmap = drive ? arguments.OptionalBool("unmap") ?? true : true;
+        var filterNodeName = drive ? null : arguments.OptionalString("filter-node-name");
+        var copyMode = arguments.OptionalString("copy-mode");
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
         var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
         if (speed < 0)
@@ -312,9 +327,6 @@ public sealed partial class StorageDaemon
             CopyMode = CopyMode(copyMode),
         };
     }
-
-    /// <summary>QMP's MirrorCopyMode, and our adaptive mode under a name QEMU's clients cannot meet by accident.</summary>
-    static readonly string[] CopyModes = [.. Enum.GetValues<MirrorCopyMode>().Select(m => m.ToWireName())];
 
     /// <summary>A copy mode as QMP names it; absent is <c>background</c>.</summary>
     static MirrorCopyMode CopyMode(string? text) =>

@@ -1,3 +1,4 @@
+using BlockMirror.Block.Qapi;
 using BlockMirror.Net.Tls;
 using BlockMirror.Qmp.Protocol;
 
@@ -22,15 +23,28 @@ public sealed partial class StorageDaemon
         "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites", "x-remote-object", "x-vfio-user-server",
     ];
 
+    /// <summary>TlsCredsProperties' members (verify-peer, dir, endpoint, priority, loaded) and those of one kind.</summary>
+    static QapiObject TlsCredsProperties(string name, params QapiMember[] own) => new(name,
+    [
+        ("*verify-peer", QapiBuiltin.Bool), ("*dir", QapiBuiltin.Str), ("*endpoint", new QapiEnum("QCryptoTLSCredsEndpoint", ["client", "server"])),
+        ("*priority", QapiBuiltin.Str), ("*loaded", QapiBuiltin.Bool), .. own,
+    ]);
+
+    /// <summary>ObjectOptions: a union on qom-type; the types with no variant here are refused by name.</summary>
+    static readonly QapiObject ObjectOptions = QapiObject.Union("ObjectOptions",
+        [("qom-type", new QapiEnum("ObjectType", QomTypes)), ("id", QapiBuiltin.Str)], "qom-type",
+        new QapiVariant("tls-creds-psk", TlsCredsProperties("TlsCredsPskProperties", ("*username", QapiBuiltin.Str))),
+        new QapiVariant("tls-creds-x509", TlsCredsProperties("TlsCredsX509Properties", ("*sanity-check", QapiBuiltin.Bool), ("*passwordid", QapiBuiltin.Str))));
+
     void AddObjectCommands()
     {
-        Commands.Add("object-add", (arguments, _) =>
+        Commands.Add("object-add", ObjectOptions, (arguments, _) =>
         {
             AddObject(arguments);
             return ValueTask.FromResult(Empty);
         });
 
-        Commands.Add("object-del", (arguments, _) =>
+        Commands.Add("object-del", new QapiObject("q_obj_object-del-arg", ("id", QapiBuiltin.Str)), (arguments, _) =>
         {
             var id = arguments.RequireString("id");
             arguments.CheckNoneUnexpected();
@@ -51,7 +65,7 @@ public sealed partial class StorageDaemon
     /// </summary>
     void AddObject(QmpArguments arguments)
     {
-        var type = arguments.OptionalEnum("qom-type", QomTypes) ?? throw QmpException.Generic("Parameter 'qom-type' is missing");
+        var type = arguments.RequireString("qom-type");
         var id = arguments.RequireString("id");
         if (type is not ("tls-creds-x509" or "tls-creds-psk"))
         {
@@ -60,7 +74,7 @@ public sealed partial class StorageDaemon
 
         var verifyPeer = arguments.OptionalBool("verify-peer") ?? true;
         var dir = arguments.OptionalString("dir");
-        var endpoint = arguments.OptionalEnum("endpoint", "client", "server") == "server" ? TlsEndpoint.Server : TlsEndpoint.Client;
+        var endpoint = arguments.OptionalString("endpoint") == "server" ? TlsEndpoint.Server : TlsEndpoint.Client;
         var priority = arguments.OptionalString("priority");
         var loaded = arguments.OptionalBool("loaded");
         bool sanityCheck = true;

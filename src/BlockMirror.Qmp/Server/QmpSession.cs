@@ -233,11 +233,10 @@ sealed class QmpSession
 
     async ValueTask<JsonNode?> ExecuteAsync(string command, QmpArguments arguments, CancellationToken cancellationToken)
     {
-        if (command == "qmp_capabilities")
+        if (command == QmpCapabilities.Name)
         {
             // Its arguments are checked first, as for any command, then whether it is still expected.
-            var capabilities = ReadCapabilities(arguments);
-            arguments.CheckNoneUnexpected();
+            var capabilities = arguments.Check(QmpCapabilities.Arguments).OptionalList("enable")?.Count ?? 0;
             if (Negotiated)
             {
                 throw new QmpException(QmpException.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
@@ -258,14 +257,14 @@ sealed class QmpSession
             throw new QmpException(QmpException.CommandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'");
         }
 
-        if (!_server.Commands.TryGet(command, out var handler))
+        if (!_server.Commands.TryGet(command, out var declared))
         {
             throw new QmpException(QmpException.CommandNotFound, $"The command {command} has not been found");
         }
 
         try
         {
-            return await handler(arguments, cancellationToken).ConfigureAwait(false);
+            return await declared.InvokeAsync(arguments, cancellationToken).ConfigureAwait(false);
         }
         catch (QmpException)
         {
@@ -276,42 +275,6 @@ sealed class QmpSession
             // Every failure of a command is the client's answer, never the daemon's end.
             throw QmpException.Generic(ex.Message);
         }
-    }
-
-    /// <summary>
-    /// qmp_capabilities' <c>enable</c>, a list of QMPCapability checked as QEMU checks it (its odd
-    /// "Parameter 'null'" included); returns how many are asked for. The one capability, out-of-band
-    /// execution, is not offered (the greeting lists none), so the caller refuses any.
-    /// </summary>
-    static int ReadCapabilities(QmpArguments arguments)
-    {
-        if (arguments.OptionalRaw("enable") is not { } enable)
-        {
-            return 0;
-        }
-
-        if (enable.ValueKind != JsonValueKind.Array)
-        {
-            throw QmpException.Generic("Invalid parameter type for 'enable', expected: array");
-        }
-
-        var index = 0;
-        foreach (var item in enable.EnumerateArray())
-        {
-            if (item.ValueKind != JsonValueKind.String)
-            {
-                throw QmpException.Generic($"Invalid parameter type for 'enable[{index}]', expected: string");
-            }
-
-            if (item.GetString() != "oob")
-            {
-                throw QmpException.Generic($"Parameter 'null' does not accept value '{item.GetString()}'");
-            }
-
-            index++;
-        }
-
-        return index;
     }
 
     void SendReturn(JsonElement? id, JsonNode? result) => Send(Serialize(writer =>

@@ -137,6 +137,44 @@ public sealed class WriteBlockingTests
     }
 
     [Theory]
+    [InlineData(MirrorCopyMode.WriteBlocking, MirrorEngine.WriteBlockingCopyWrites, MirrorJob.WriteBlockingMaxInFlight)]
+    [InlineData(MirrorCopyMode.Background, 8, 8)]
+    public async Task While_writes_block_only_two_copy_writes_are_at_the_target_at_once(MirrorCopyMode mode, int expected, int inFlight)
+    {
+        // Data in every other chunk: each is a run of its own, so the loop starts one copy per chunk.
+        await using var rig = await MirrorRig.CreateAsync(size: 16 * Chunk, withData: false, gateTarget: true);
+        for (var chunk = 0; chunk < 16; chunk += 2)
+        {
+            await rig.SourceMemory.WriteAsync(chunk * Chunk, Pattern((int)Chunk, (byte)chunk));
+        }
+
+        rig.TargetGate.Close();
+        var job = await rig.StartAsync(MirrorRig.Options() with { BufSize = 16 * Chunk, CopyMode = mode });
+
+        // The copies have started (read, then wait at the gate or for their turn to write): all eight in
+        // background, four while writes block (two writing, two read ahead).
+        await rig.TargetGate.WaitArrivedAsync(Math.Min(expected, 2));
+        using (var deadline = new CancellationTokenSource(MirrorTestRunner.Limit))
+        {
+            while (job.Engine.InFlight < inFlight)
+            {
+                await Task.Delay(1, deadline.Token);
+            }
+        }
+
+        for (var i = 0; i < 20; i++)
+        {
+            await Task.Delay(1);
+        }
+
+        Assert.Equal(expected, rig.TargetGate.Arrived);
+        Assert.Equal(inFlight, job.Engine.InFlight);
+        rig.TargetGate.Open();
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        await rig.AssertTargetEqualsSourceAsync();
+    }
+
+    [Theory]
     [InlineData(BlockdevOnError.Report, BlockErrno.EIO, BlockErrorAction.Report)]
     [InlineData(BlockdevOnError.Ignore, BlockErrno.EIO, BlockErrorAction.Ignore)]
     [InlineData(BlockdevOnError.Stop, BlockErrno.EIO, BlockErrorAction.Stop)]

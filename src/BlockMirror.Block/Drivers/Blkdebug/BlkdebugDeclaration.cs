@@ -1,13 +1,29 @@
-using System.Text.Json;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Io;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.Blkdebug;
 
 /// <summary>The <c>blkdebug</c> filter's declaration (QEMU's BlockdevOptionsBlkdebug).</summary>
 static class BlkdebugDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.Blkdebug, DriverKind.Filter, Read);
+    static readonly QapiEnum Event = new("BlkdebugEvent", BlkdebugEventNames.All);
+
+    static readonly QapiObject InjectErrorOptions = new("BlkdebugInjectErrorOptions",
+        ("event", Event), ("*state", QapiBuiltin.Int),
+        ("*iotype", new QapiEnum("BlkdebugIOType", ["read", "write", "write-zeroes", "discard", "flush", "block-status"])),
+        ("*errno", QapiBuiltin.Int), ("*sector", QapiBuiltin.Int), ("*once", QapiBuiltin.Bool), ("*immediately", QapiBuiltin.Bool));
+
+    static readonly QapiObject SetStateOptions = new("BlkdebugSetStateOptions", ("event", Event), ("*state", QapiBuiltin.Int), ("new_state", QapiBuiltin.Int));
+
+    /// <summary>BlockdevOptionsBlkdebug without opt-write-zero, opt-discard and the child permission lists (refused as unexpected).</summary>
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Blkdebug, DriverKind.Filter, Read)
+    {
+        Options = new QapiObject("BlockdevOptionsBlkdebug",
+            ("image", BlockdevSchema.Ref), ("*config", QapiBuiltin.Str), ("*align", QapiBuiltin.UInt64), ("*max-transfer", QapiBuiltin.UInt64),
+            ("*max-write-zero", QapiBuiltin.UInt64), ("*max-discard", QapiBuiltin.UInt64),
+            ("*inject-error", new QapiArray(InjectErrorOptions)), ("*set-state", new QapiArray(SetStateOptions))),
+    };
 
     static NodeOpener Read(NodeOptions node)
     {
@@ -21,7 +37,7 @@ static class BlkdebugDeclaration
         var maxTransfer = Int32(o, "max-transfer");
         var maxWriteZeroes = Int32(o, "max-write-zero");
         var maxDiscard = Int32(o, "max-discard");
-        var inline = Rules(o, "inject-error", InjectError).Concat(Rules(o, "set-state", SetState)).ToList();
+        var inline = Rules(o, "inject-error", InjectErrorOptions, InjectError).Concat(Rules(o, "set-state", SetStateOptions, SetState)).ToList();
         return async opening =>
         {
             // As QEMU: the config file is read at open, before the image; its rules come before the inline ones.
@@ -45,40 +61,8 @@ static class BlkdebugDeclaration
     /// A list of rules (<c>inject-error</c>, <c>set-state</c>) as QAPI reads it: JSON arrays, or on the command
     /// line <c>inject-error.0.event=...</c>, and members named as QEMU names them in errors.
     /// </summary>
-    static IEnumerable<BlkdebugRuleText> Rules(OptionReader options, string name, Func<OptionReader, BlkdebugRuleText> read)
-    {
-        var rules = new List<BlkdebugRuleText>();
-        switch (options.OptionalRaw(name))
-        {
-            case null:
-                break;
-            case { ValueKind: JsonValueKind.Array } list:
-                var index = 0;
-                foreach (var item in list.EnumerateArray())
-                {
-                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}[{index++}]."), read));
-                }
-
-                break;
-            case { ValueKind: JsonValueKind.Object } list when options.IsKeyVal && list.EnumerateObject().All(p => IsIndex(p.Name)):
-                // name.0.*, name.1.*, ...: every index from 0 up must be there, as QEMU's keyval requires.
-                var count = list.EnumerateObject().Count();
-                for (var i = 0; i < count; i++)
-                {
-                    var key = i.ToString(System.Globalization.CultureInfo.InvariantCulture);
-                    var item = list.TryGetProperty(key, out var value) ? value : throw options.Invalid($"Parameter '{options.Prefix}{name}.{key}' missing");
-                    rules.Add(Rule(options.Nested(item, $"{options.Prefix}{name}.{key}."), read));
-                }
-
-                break;
-            default:
-                throw options.Invalid($"Invalid parameter type for '{options.Prefix}{name}', expected: array");
-        }
-
-        return rules;
-    }
-
-    static bool IsIndex(string key) => key.Length > 0 && key.All(char.IsAsciiDigit) && (key == "0" || key[0] != '0');
+    static List<BlkdebugRuleText> Rules(OptionReader options, string name, QapiObject itemType, Func<OptionReader, BlkdebugRuleText> read) =>
+        [.. (options.OptionalList(name) ?? []).Select(entry => Rule(options.Nested(entry.Item, entry.Label + ".", itemType), read))];
 
     static BlkdebugRuleText Rule(OptionReader item, Func<OptionReader, BlkdebugRuleText> read)
     {
@@ -90,7 +74,7 @@ static class BlkdebugDeclaration
     /// <summary>BlkdebugInjectErrorOptions. QEMU names the enum members without their list prefix when refusing a value.</summary>
     static BlkdebugRuleText InjectError(OptionReader rule) => new(
         IsSetState: false,
-        Event: Event(rule),
+        Event: EventName(rule),
         State: (int)(rule.OptionalInt("state") ?? 0),
         IoType: IoType(rule),
         Errno: (int)(rule.OptionalInt("errno") ?? (long)BlockErrno.EIO),
@@ -102,7 +86,7 @@ static class BlkdebugDeclaration
     /// <summary>BlkdebugSetStateOptions: <c>new_state</c> is required.</summary>
     static BlkdebugRuleText SetState(OptionReader rule) => new(
         IsSetState: true,
-        Event: Event(rule),
+        Event: EventName(rule),
         State: (int)(rule.OptionalInt("state") ?? 0),
         IoType: null, Errno: 0, Sector: -1, Once: false, Immediately: false,
         NewState: (int)rule.RequireInt("new_state"));
@@ -115,7 +99,7 @@ static class BlkdebugDeclaration
             : throw rule.Invalid($"Parameter 'iotype' does not accept value '{name}'");
     }
 
-    static string Event(OptionReader rule)
+    static string EventName(OptionReader rule)
     {
         var name = rule.RequireString("event");
         return BlkdebugEventNames.TryParse(name, out _) ? name : throw rule.Invalid($"Parameter 'event' does not accept value '{name}'");

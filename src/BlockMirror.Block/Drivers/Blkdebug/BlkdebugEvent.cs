@@ -78,6 +78,9 @@ public static class BlkdebugEventNames
     /// <summary>How many events there are (the size of a per-event table).</summary>
     public static int Count => Names.Length;
 
+    /// <summary>Every event's name, in QAPI's BlkdebugEvent order.</summary>
+    public static IReadOnlyList<string> All => Names;
+
     public static string ToWireName(this BlkdebugEvent e) => Names[(int)e];
 
     public static bool TryParse(string name, out BlkdebugEvent e)

@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.File;
 
@@ -10,6 +11,12 @@ static class FileDeclaration
         // file:PATH names PATH (QEMU's raw_parse_filename): the way to open a file whose name has a ':'.
         Protocols = ["file"],
         ParseFileName = (fileName, options) => options.WriteString("filename", fileName["file:".Length..]),
+        Options = new QapiObject("BlockdevOptionsFile",
+            ("filename", QapiBuiltin.Str),
+            ("*locking", new QapiEnum("OnOffAuto", ["auto", "on", "off"])),
+            ("*aio", new QapiEnum("BlockdevAioOptions", FileDriverOptions.AioModes)),
+            ("*drop-cache", QapiBuiltin.Bool),
+            ("*x-check-cache-dropped", QapiBuiltin.Bool)),
     };
 
     static NodeOpener Read(NodeOptions node)

@@ -1,11 +1,15 @@
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.Null;
 
 /// <summary>The <c>null-co</c> driver's declaration (QEMU's BlockdevOptionsNull).</summary>
 static class NullDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.NullCo, DriverKind.Protocol, Read);
+    public static DriverDeclaration Driver { get; } = new(DriverNames.NullCo, DriverKind.Protocol, Read)
+    {
+        Options = new QapiObject("BlockdevOptionsNull", ("*size", QapiBuiltin.UInt64), ("*latency-ns", QapiBuiltin.UInt64), ("*read-zeroes", QapiBuiltin.Bool)),
+    };
 
     static NodeOpener Read(NodeOptions node)
     {

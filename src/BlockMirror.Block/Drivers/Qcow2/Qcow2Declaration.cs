@@ -1,11 +1,30 @@
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
 
 /// <summary>The <c>qcow2</c> format's declaration (QEMU's BlockdevOptionsQcow2).</summary>
 static class Qcow2Declaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.Qcow2, DriverKind.Format, Read);
+    static readonly QapiBuiltin Bool = QapiBuiltin.Bool, Int = QapiBuiltin.Int;
+
+    static readonly QapiEnum OverlapCheckMode = new("Qcow2OverlapCheckMode", ["none", "constant", "cached", "all"]);
+
+    /// <summary>Accepted and not acted on: this driver checks every data write against the metadata.</summary>
+    static readonly QapiAlternate OverlapChecks = new("Qcow2OverlapChecks",
+        new QapiObject("Qcow2OverlapCheckFlags", ("*template", OverlapCheckMode), ("*main-header", Bool), ("*active-l1", Bool), ("*active-l2", Bool),
+            ("*refcount-table", Bool), ("*refcount-block", Bool), ("*snapshot-table", Bool), ("*inactive-l1", Bool), ("*inactive-l2", Bool),
+            ("*bitmap-directory", Bool)),
+        OverlapCheckMode);
+
+    /// <summary>BlockdevOptionsQcow2 without l2-cache-entry-size and encrypt (refused as unexpected); data-file is read to be refused by name.</summary>
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Qcow2, DriverKind.Format, Read)
+    {
+        Options = new QapiObject("BlockdevOptionsQcow2",
+            ("file", BlockdevSchema.Ref), ("*backing", BlockdevSchema.RefOrNull), ("*lazy-refcounts", Bool), ("*pass-discard-request", Bool),
+            ("*pass-discard-snapshot", Bool), ("*pass-discard-other", Bool), ("*overlap-check", OverlapChecks), ("*cache-size", Int),
+            ("*l2-cache-size", QapiBuiltin.UInt64), ("*refcount-cache-size", Int), ("*cache-clean-interval", Int), ("*data-file", BlockdevSchema.Ref)),
+    };
 
     static NodeOpener Read(NodeOptions node)
     {

@@ -1,11 +1,15 @@
 using BlockMirror.Block.Drivers.Registry;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.Raw;
 
 /// <summary>The <c>raw</c> format's declaration (QEMU's BlockdevOptionsRaw).</summary>
 static class RawDeclaration
 {
-    public static DriverDeclaration Driver { get; } = new(DriverNames.Raw, DriverKind.Format, Read);
+    public static DriverDeclaration Driver { get; } = new(DriverNames.Raw, DriverKind.Format, Read)
+    {
+        Options = new QapiObject("BlockdevOptionsRaw", ("file", BlockdevSchema.Ref), ("*offset", QapiBuiltin.UInt64), ("*size", QapiBuiltin.UInt64)),
+    };
 
     static NodeOpener Read(NodeOptions node)
     {

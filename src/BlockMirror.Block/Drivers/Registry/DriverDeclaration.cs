@@ -1,3 +1,5 @@
+using BlockMirror.Block.Qapi;
+
 namespace BlockMirror.Block.Drivers.Registry;
 
 /// <summary>
@@ -33,6 +35,13 @@ public sealed record DriverDeclaration(string Name, DriverKind Kind, DriverOptio
     /// <c>file:PATH</c>, <c>nbd</c> for <c>nbd://...</c>); each needs <see cref="ParseFileName"/>.
     /// </summary>
     public IReadOnlyList<string> Protocols { get; init; } = [];
+
+    /// <summary>
+    /// The driver's own members (QEMU's <c>BlockdevOptions&lt;Driver&gt;</c>): blockdev-add's variant for this
+    /// driver. blockdev-add checks options against it before <see cref="Read"/> runs, and <see cref="Read"/>
+    /// may read only what it lists.
+    /// </summary>
+    public QapiObject Options { get; init; } = QapiObject.Empty;
 
     /// <summary>Reads a file name with one of <see cref="Protocols"/> into the driver's options.</summary>
     public FileNameParser? ParseFileName { get; init; }

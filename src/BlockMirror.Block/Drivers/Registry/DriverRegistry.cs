@@ -38,6 +38,9 @@ public static class DriverRegistry
     /// <summary>The drivers blockdev-add offers, as QAPI names them.</summary>
     public static IReadOnlyList<string> Offered => _current.OfferedNames;
 
+    /// <summary>blockdev-add's variants: each offered driver's own members.</summary>
+    internal static IReadOnlyList<Qapi.QapiVariant> Variants => _current.Variants;
+
     /// <summary>The formats an image file can be opened as (raw, qcow2).</summary>
     public static IReadOnlyList<string> Formats => _current.Formats;
 
@@ -79,6 +82,8 @@ public static class DriverRegistry
         public string[] OfferedNames { get; } = [.. all.Where(d => d.Offered).Select(d => d.Name)];
 
         public string[] Formats { get; } = [.. all.Where(d => d.Kind == DriverKind.Format).Select(d => d.Name)];
+
+        public Qapi.QapiVariant[] Variants { get; } = [.. all.Where(d => d.Offered).Select(d => new Qapi.QapiVariant(d.Name, d.Options))];
     }
 
     public static DriverDeclaration? Find(string name) => Array.Find(_current.All, d => d.Name == name);

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using BlockMirror.Block.Qapi;
 
 namespace BlockMirror.Block.Drivers.Registry;
 
@@ -8,9 +9,10 @@ namespace BlockMirror.Block.Drivers.Registry;
 /// order, with QEMU's wording), and <see cref="CheckNoneUnexpected"/> then refuses members nobody asked for.
 /// Handlers read every argument before they change anything, so a refused command changes nothing.
 /// Errors are <see cref="BlockOptionException"/>s; the QMP layer's subclass turns them into its own error
-/// type, with the same text.
+/// type, with the same text. A reader made by <see cref="Check"/> knows its object's declaration, and a read of
+/// a member the declaration does not list is a bug it reports at once (<see cref="InvalidOperationException"/>).
 /// </summary>
-public class OptionReader
+public partial class OptionReader
 {
     readonly JsonElement _arguments;
     readonly HashSet<string> _read = new(StringComparer.Ordinal);
@@ -18,15 +20,20 @@ public class OptionReader
 
     readonly bool _keyval;
 
+    /// <summary>The object's declaration, when this reader is checked against one.</summary>
+    readonly QapiObject? _declared;
+
     /// <param name="arguments">The object.</param>
     /// <param name="prefix">How member names are reported (<c>file.</c> for a nested object).</param>
     /// <param name="keyval">Values come from the command line's key=value syntax: all are strings, and a
     /// member the schema types as a number or boolean is converted, as QEMU's keyval visitor does.</param>
-    public OptionReader(JsonElement arguments, string prefix = "", bool keyval = false)
+    /// <param name="declared">The object's declaration: every read must name one of its members.</param>
+    public OptionReader(JsonElement arguments, string prefix = "", bool keyval = false, QapiObject? declared = null)
     {
         _arguments = arguments;
         _prefix = prefix;
         _keyval = keyval;
+        _declared = declared;
     }
 
     /// <summary>
@@ -36,7 +43,7 @@ public class OptionReader
     /// </summary>
     bool TryGet(string name, out JsonElement value)
     {
-        _read.Add(name);
+        MarkRead(name);
         if (_arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out value))
         {
             return true;
@@ -52,7 +59,7 @@ public class OptionReader
     /// </summary>
     public bool IsExplicitNull(string name)
     {
-        _read.Add(name);
+        MarkRead(name);
         return _arguments.ValueKind == JsonValueKind.Object && _arguments.TryGetProperty(name, out var value) &&
             (value.ValueKind == JsonValueKind.Null || (_keyval && value.ValueKind == JsonValueKind.String && value.GetString()!.Length == 0));
     }
@@ -71,12 +78,15 @@ public class OptionReader
     /// <summary>An option error in the caller's words, as the exception this reader reports errors with.</summary>
     public Exception Invalid(string message) => Error(message);
 
-    /// <summary>Reads a nested object or list item with this reader's rules (and error type).</summary>
-    protected virtual OptionReader Create(JsonElement value, string prefix) => new(value, prefix, _keyval);
+    /// <summary>Reads a nested object or list item with this reader's rules (and error type), checked against <paramref name="declared"/> when given.</summary>
+    protected virtual OptionReader Create(JsonElement value, string prefix, QapiObject? declared) => new(value, prefix, _keyval, declared);
 
     Exception Missing(string name) => Invalid($"Parameter '{Full(name)}' is missing");
 
-    Exception WrongType(string name, string expected) => Invalid($"Invalid parameter type for '{Full(name)}', expected: {expected}");
+    Exception WrongType(string name, string expected) => WrongTypeAt(Full(name), expected);
+
+    /// <summary>A wrong type at a place named in full (a list item: <c>enable[0]</c>).</summary>
+    Exception WrongTypeAt(string fullName, string expected) => Invalid($"Invalid parameter type for '{fullName}', expected: {expected}");
 
     public string RequireString(string name) => OptionalString(name) ?? throw Missing(name);
 
@@ -175,13 +185,17 @@ public class OptionReader
         };
     }
 
-    /// <summary>An enum member: one of <paramref name="allowed"/>, as QAPI spells them.</summary>
-    public string? OptionalEnum(string name, params string[] allowed)
+    /// <summary>
+    /// An enum member: one of <paramref name="allowed"/>, as QAPI spells them. A value outside them is named
+    /// without the object's prefix, as QEMU's visitor names it ("Parameter 'aio' does not accept value", also
+    /// inside <c>file</c>).
+    /// </summary>
+    public string? OptionalEnum(string name, params IReadOnlyList<string> allowed)
     {
         var value = OptionalString(name);
         return value is null || allowed.Contains(value, StringComparer.Ordinal)
             ? value
-            : throw Invalid($"Parameter '{Full(name)}' does not accept value '{value}'");
+            : throw Invalid($"Parameter '{name}' does not accept value '{value}'");
     }
 
     /// <summary>A nested object, read with the same rules; its member names are reported as <c>name.member</c>.</summary>
@@ -192,14 +206,14 @@ public class OptionReader
             return null;
         }
 
-        return value.ValueKind == JsonValueKind.Object ? Create(value, Full(name) + ".") : throw WrongType(name, "object");
+        return value.ValueKind == JsonValueKind.Object ? Create(value, Full(name) + ".", DeclaredObject(name)) : throw WrongType(name, "object");
     }
 
     /// <summary>The raw value of a member whose type depends on its content (an alternate, e.g. a node reference or inline options).</summary>
     public JsonElement? OptionalRaw(string name) => TryGet(name, out var value) ? value : null;
 
-    /// <summary>A nested object or element read with this object's rules (for list items).</summary>
-    public virtual OptionReader Nested(JsonElement value, string prefix) => Create(value, prefix);
+    /// <summary>A nested object or element read with this object's rules (for list items), checked against <paramref name="declared"/> when given.</summary>
+    public virtual OptionReader Nested(JsonElement value, string prefix, QapiObject? declared = null) => Create(value, prefix, declared);
 
     static bool TryParseSize(string text, out long size)
     {
@@ -241,7 +255,7 @@ public class OptionReader
     {
         foreach (var name in names)
         {
-            _read.Add(name);
+            MarkRead(name);
         }
     }
 
