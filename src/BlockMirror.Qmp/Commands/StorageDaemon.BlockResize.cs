@@ -1,5 +1,6 @@
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Qmp.Protocol;
 
 namespace BlockMirror.Qmp.Commands;
@@ -13,9 +14,12 @@ public sealed partial class StorageDaemon
     /// <summary>QEMU's BDRV_MAX_LENGTH: the largest offset a request may reach (INT64_MAX rounded down to 1 GiB).</summary>
     const long MaxRequestOffset = long.MaxValue & ~((1L << 30) - 1);
 
+    static readonly QapiObject BlockResizeArguments = new("q_obj_block_resize-arg",
+        ("*device", QapiBuiltin.Str), ("*node-name", QapiBuiltin.Str), ("size", QapiBuiltin.Int));
+
     void AddBlockResizeCommand()
     {
-        Commands.Add("block_resize", async (arguments, cancellationToken) =>
+        Commands.Add("block_resize", BlockResizeArguments, async (arguments, cancellationToken) =>
         {
             var device = arguments.OptionalString("device");
             var nodeName = arguments.OptionalString("node-name");

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using BlockMirror.Block.Graph;
+using BlockMirror.Block.Qapi;
 using BlockMirror.Qmp.Protocol;
 
 namespace BlockMirror.Qmp.Commands;
@@ -10,6 +10,11 @@ namespace BlockMirror.Qmp.Commands;
 /// </summary>
 public sealed partial class StorageDaemon
 {
+    // QAPI's uint64, declared as Size: the declared reader checks Size as QEMU checks uint64 (-1 is 2^64-1), and
+    // introspection names both int.
+    static readonly QapiObject WriteThresholdArguments = new("q_obj_block-set-write-threshold-arg",
+        ("node-name", QapiBuiltin.Str), ("write-threshold", QapiBuiltin.Size));
+
     void AddWriteThresholdCommand()
     {
         Graph.WriteThresholdExceeded += e => Raise("BLOCK_WRITE_THRESHOLD", new JsonObject
@@ -19,7 +24,7 @@ public sealed partial class StorageDaemon
             ["write-threshold"] = e.Threshold,
         });
 
-        Commands.Add("block-set-write-threshold", (arguments, _) =>
+        Commands.Add("block-set-write-threshold", WriteThresholdArguments, (arguments, _) =>
         {
             var nodeName = arguments.RequireString("node-name");
             // QAPI's uint64: a negative number is taken as its two's complement, as QEMU takes it.

@@ -205,7 +205,7 @@ public sealed class Iotest206BlockdevCreateTests
         Assert.Equal(
         [
             "create 1/1 Failed to get \"write\" lock", "create 1/1 qcow2: preallocation mode 'metadata' is not supported",
-            "create 1/1 qcow2: encryption ('encrypt') is not supported", "1048576 byte",
+            "GenericError: Parameter 'options.encrypt' is unexpected", "1048576 byte",
         ], pinned["ours"]);
     }
 }

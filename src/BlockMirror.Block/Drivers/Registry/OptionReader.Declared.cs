@@ -117,9 +117,16 @@ public partial class OptionReader
         {
             OptionalUInt32(name);
         }
-        else if (builtin == QapiBuiltin.UInt64 || builtin == QapiBuiltin.Size)
+        else if (builtin == QapiBuiltin.UInt64)
         {
             OptionalUnsigned(name);
+        }
+        else if (builtin == QapiBuiltin.Size)
+        {
+            // As QEMU's visitor reads uint64 and size: any integer up to 2^64-1, a negative one as its two's
+            // complement, anything else "expects uint64". (UInt64 members here are ones QEMU types int and
+            // whose handlers refuse negative values; they keep OptionalUnsigned's checks.)
+            OptionalUInt64(name);
         }
         else if (builtin == QapiBuiltin.Bool)
         {
@@ -166,7 +173,8 @@ public partial class OptionReader
         switch (branch)
         {
             case null:
-                throw WrongTypeAt(name == "null" ? name : fullName, alternate.Name);
+                // QEMU's generated visitor names an alternate by its bare name, also inside an object (blockdev-create's 'file').
+                throw WrongTypeAt(name, alternate.Name);
             case QapiObject nested:
                 Create(value, fullName + ".", null).Validate(nested);
                 break;
