@@ -30,11 +30,13 @@ public sealed partial class StorageDaemon
     /// </summary>
     static readonly QapiObject BlockdevCreateOptions = QapiObject.Union("BlockdevCreateOptions", [("driver", BlockdevSchema.Driver)], "driver",
         new QapiVariant(DriverNames.File, new QapiObject("BlockdevCreateOptionsFile",
-            ("filename", QapiBuiltin.Str), ("size", QapiBuiltin.Size), ("*preallocation", PreallocMode), ("*nocow", QapiBuiltin.Bool), ("*extent-size-hint", QapiBuiltin.Size))),
+            ("filename", QapiBuiltin.Str), ("size", QapiBuiltin.Size), ("*preallocation", PreallocMode), ("*nocow", QapiBuiltin.Bool),
+            ("*extent-size-hint", QapiBuiltin.Size))),
         new QapiVariant(DriverNames.Qcow2, new QapiObject("BlockdevCreateOptionsQcow2",
-            ("file", BlockdevSchema.Ref), ("*data-file", BlockdevSchema.Ref), ("*data-file-raw", QapiBuiltin.Bool), ("*extended-l2", QapiBuiltin.Bool), ("size", QapiBuiltin.Size),
-            ("*version", new QapiEnum("BlockdevQcow2Version", ["v2", "v3"])), ("*backing-file", QapiBuiltin.Str), ("*backing-fmt", BlockdevSchema.Driver),
-            ("*cluster-size", QapiBuiltin.Size), ("*preallocation", PreallocMode), ("*lazy-refcounts", QapiBuiltin.Bool), ("*refcount-bits", QapiBuiltin.Int),
+            ("file", BlockdevSchema.Ref), ("*data-file", BlockdevSchema.Ref), ("*data-file-raw", QapiBuiltin.Bool),
+            ("*extended-l2", QapiBuiltin.Bool), ("size", QapiBuiltin.Size), ("*version", new QapiEnum("BlockdevQcow2Version", ["v2", "v3"])),
+            ("*backing-file", QapiBuiltin.Str), ("*backing-fmt", BlockdevSchema.Driver), ("*cluster-size", QapiBuiltin.Size),
+            ("*preallocation", PreallocMode), ("*lazy-refcounts", QapiBuiltin.Bool), ("*refcount-bits", QapiBuiltin.Int),
             ("*compression-type", new QapiEnum("Qcow2CompressionType", ["zlib", "zstd"])))));
 
     static readonly QapiObject BlockdevCreateArguments = new("q_obj_blockdev-create-arg", ("job-id", QapiBuiltin.Str), ("options", BlockdevCreateOptions));
@@ -63,6 +65,7 @@ public sealed partial class StorageDaemon
         });
     }
 
+    /// <summary>A required size: the declaration has checked it is there.</summary>
     static ulong RequireSize(QmpArguments options, string name) => options.OptionalUInt64(name)!.Value;
 
     /// <summary>BlockdevCreateOptionsFile, read; the creation is QEMU's raw_co_create.</summary>
