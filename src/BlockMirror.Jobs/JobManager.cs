@@ -83,6 +83,18 @@ public sealed class JobManager(TimeProvider? time = null)
         }
     }
 
+    /// <summary>
+    /// Whether a block job works on the node: QEMU's op blockers, which make commands that would change the
+    /// node under the job (block_resize) refuse it.
+    /// </summary>
+    public bool IsUsedByBlockJob(Block.Graph.BlockNode node)
+    {
+        lock (SyncRoot)
+        {
+            return _jobs.OfType<BlockJob>().Any(job => job.UsedNodes.Any(used => ReferenceEquals(used, node)));
+        }
+    }
+
     /// <summary>Registers a constructed job (state created). Call <see cref="Job.Start"/> next.</summary>
     public void Register(Job job)
     {

@@ -475,6 +475,8 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            CheckWriteThreshold(offset, buffer.Length);
+
             DebugEvent(BlkdebugEvent.Pwritev);
 
             try
@@ -528,6 +530,8 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            CheckWriteThreshold(offset, length);
+
             DebugEvent(BlkdebugEvent.Pwritev);
 
             try
@@ -579,6 +583,8 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            CheckWriteThreshold(offset, length);
+
             DebugEvent(BlkdebugEvent.PwritevZero);
 
             try
@@ -628,6 +634,11 @@ public sealed partial class BlockNode : IEdgeParent
             if (length == 0)
             {
                 return;
+            }
+
+            if (DiscardUnmaps)
+            {
+                CheckWriteThreshold(offset, length);
             }
 
             try

@@ -11,6 +11,7 @@ static partial class LibC
 {
     public const int O_RDONLY = 0;
     public const int O_RDWR = 2;
+    public const int O_CREAT = 0x40;
     public const int O_CLOEXEC = 0x80000;
 
     public const int SEEK_DATA = 3;

@@ -29,8 +29,17 @@ public sealed class BlockIOException : IOException
 
     public long Length { get; }
 
+    /// <summary>
+    /// What went wrong, without the node and range (for QMP commands that answer in QEMU's words, which name
+    /// neither); null when the exception was not built by <see cref="Create"/>.
+    /// </summary>
+    public string? Detail { get; private init; }
+
     /// <summary>Builds the usual message shape: <c>node 'n': write at offset 4096 length 512: ...</c>.</summary>
     public static BlockIOException Create(BlockErrno errno, string nodeName, BlockOperation operation, long offset, long length, string detail, Exception? inner = null) =>
         new(errno, nodeName, operation, offset, length,
-            $"node '{nodeName}': {operation.ToWireName()} at offset {offset} length {length}: {detail}", inner);
+            $"node '{nodeName}': {operation.ToWireName()} at offset {offset} length {length}: {detail}", inner)
+        {
+            Detail = detail,
+        };
 }

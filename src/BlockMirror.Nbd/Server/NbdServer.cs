@@ -111,11 +111,13 @@ public sealed class NbdServer : IAsyncDisposable
             throw new ArgumentException($"NBD server already has an export named '{name}'");
         }
 
-        // QEMU's block exports: read, and write when writable; anything else may go on beside them.
+        // QEMU's block exports: read, and write when writable; anything else may go on beside them except a
+        // resize, since a client was told the size (QEMU's nbd_export_create; block_resize is refused).
         try
         {
             export.Edge = _graph.AttachRoot(node, export, "export",
-                BlockPermissions.ConsistentRead | (options.Writable ? BlockPermissions.Write : BlockPermissions.None), BlockPermissions.All);
+                BlockPermissions.ConsistentRead | (options.Writable ? BlockPermissions.Write : BlockPermissions.None),
+                BlockPermissions.All & ~BlockPermissions.Resize);
         }
         catch (BlockGraphException)
         {

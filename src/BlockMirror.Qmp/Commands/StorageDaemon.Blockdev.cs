@@ -86,7 +86,8 @@ public sealed partial class StorageDaemon
             ["encrypted"] = false,
             ["detect_zeroes"] = "off",
             ["bps"] = 0, ["bps_rd"] = 0, ["bps_wr"] = 0, ["iops"] = 0, ["iops_rd"] = 0, ["iops_wr"] = 0,
-            ["write_threshold"] = 0,
+            // QAPI types it as int: a threshold past INT64_MAX prints negative, as in QEMU.
+            ["write_threshold"] = (long)node.WriteThreshold,
             ["backing_file_depth"] = Depth(node),
             ["cache"] = new JsonObject { ["writeback"] = true, ["direct"] = false, ["no-flush"] = false },
             ["image"] = new JsonObject

@@ -30,6 +30,9 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddExportCommands();
         AddObjectCommands();
         AddMiscCommands();
+        AddBlockResizeCommand();
+        AddWriteThresholdCommand();
+        AddBlockdevCreateCommand();
     }
 
     public BlockGraph Graph { get; } = new();

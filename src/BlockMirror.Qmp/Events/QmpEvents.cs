@@ -26,5 +26,7 @@ public static class QmpEvents
             ("action", new QapiEnum("BlockErrorAction", ["ignore", "report", "stop"])))),
         ("BLOCK_JOB_PENDING", new("q_obj_BLOCK_JOB_PENDING-arg", ("type", QmpTypes.JobType), ("id", Str))),
         ("BLOCK_EXPORT_DELETED", new("q_obj_BLOCK_EXPORT_DELETED-arg", ("id", Str))),
+        ("BLOCK_WRITE_THRESHOLD", new("q_obj_BLOCK_WRITE_THRESHOLD-arg",
+            ("node-name", Str), ("amount-exceeded", QapiBuiltin.UInt64), ("write-threshold", QapiBuiltin.UInt64))),
     ];
 }

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -71,8 +72,7 @@ public static class Qcow2Create
             return $"Image size must be a multiple of 512 bytes (got {options.Size})";
         }
 
-        var probe = new Qcow2Header { ClusterBits = int.Log2(options.ClusterSize), Size = options.Size };
-        if (probe.L1EntriesFor(options.Size) > Qcow2Header.MaxL1TableBytes / 8)
+        if (!FitsL1Table(options.Size, options.ClusterSize))
         {
             return $"The image size is too large for file format 'qcow2' with a cluster size of {options.ClusterSize} (try using a larger cluster size)";
         }
@@ -84,6 +84,11 @@ public static class Qcow2Create
 
         return null;
     }
+
+    /// <summary>Whether the L1 table of an image of this size stays within qcow2's limit (QEMU's QCOW_MAX_L1_SIZE).</summary>
+    /// <param name="clusterSize">A valid cluster size (a power of two from 512 B to 2 MiB).</param>
+    public static bool FitsL1Table(long size, int clusterSize) =>
+        new Qcow2Header { ClusterBits = int.Log2(clusterSize), Size = size }.L1EntriesFor(size) <= Qcow2Header.MaxL1TableBytes / 8;
 
     /// <summary>Creates the image; refuses to overwrite an existing file.</summary>
     public static void Create(string path, Qcow2CreateOptions options)
@@ -105,10 +110,49 @@ public static class Qcow2Create
     /// that cannot be created, an NBD export, they make it a new qcow2 image there).
     /// </summary>
     /// <exception cref="BlockOpenException">The options are not ones qemu-img takes.</exception>
-    public static byte[] Image(Qcow2CreateOptions options) =>
+    public static byte[] Image(Qcow2CreateOptions options) => Checked(options).Image;
+
+    /// <summary>
+    /// The bytes QEMU writes when it creates the image (blockdev-create, qemu-img create): <see cref="Image"/> up
+    /// to the end of the L1 table's entries, which is where QEMU's new file ends.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The options are not ones qemu-img takes.</exception>
+    public static ReadOnlyMemory<byte> Written(Qcow2CreateOptions options)
+    {
+        var (image, written) = Checked(options);
+        return image.AsMemory(0, written);
+    }
+
+    /// <summary>
+    /// Writes a new image over the start of a node, through a user's edge that may write and resize it
+    /// (blockdev-create's qcow2 on a protocol node). A shorter node is grown to hold it; what lies past it stays,
+    /// as QEMU leaves it.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The options are not ones qemu-img takes, or the node refused the
+    /// write (QEMU's words: "Could not write qcow2 header: ...").</exception>
+    public static async Task WriteAsync(NodeEdge edge, Qcow2CreateOptions options, CancellationToken cancellationToken)
+    {
+        var written = Written(options);
+        try
+        {
+            if (edge.Node.Length < written.Length)
+            {
+                await edge.TruncateAsync(written.Length, cancellationToken).ConfigureAwait(false);
+            }
+
+            await edge.WriteAsync(0, written, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+            await edge.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (BlockIOException ex)
+        {
+            throw new BlockOpenException($"Could not write qcow2 header: {ex.Errno.Describe()}", ex.Errno, ex);
+        }
+    }
+
+    static (byte[] Image, int Written) Checked(Qcow2CreateOptions options) =>
         Validate(options) is { } problem ? throw new BlockOpenException($"qcow2: {problem}") : Build(options);
 
-    static byte[] Build(Qcow2CreateOptions options)
+    static (byte[] Image, int Written) Build(Qcow2CreateOptions options)
     {
         var clusterBits = int.Log2(options.ClusterSize);
         var cs = options.ClusterSize;
@@ -127,7 +171,12 @@ public static class Qcow2Create
             header.BackingFormat = format;
         }
 
-        header.Extensions.Add(new Qcow2HeaderExtension(Qcow2Header.ExtensionFeatureNameTable, FeatureNameTable()));
+        // QEMU names the feature bits of version 3 images only, and leaves the table out of clusters of 4 KiB
+        // and less (its 8 names take 392 bytes, room a backing file name needs).
+        if (options.Version >= 3 && cs > 4096)
+        {
+            header.Extensions.Add(new Qcow2HeaderExtension(Qcow2Header.ExtensionFeatureNameTable, FeatureNameTable()));
+        }
 
         // Header, refcount table (t clusters), refcount blocks (b), L1 table (l): the blocks must count
         // every one of these clusters and the table must hold an entry per block.
@@ -156,19 +205,7 @@ public static class Qcow2Create
         header.L1Size = (int)l1Entries;
 
         var image = new byte[clusters * cs];
-        byte[] first;
-        try
-        {
-            first = header.Serialize();
-        }
-        catch (InvalidOperationException)
-        {
-            // A 512-byte cluster has no room for the feature name table next to a backing file: it is
-            // optional, and qemu-img leaves it out too.
-            header.Extensions.RemoveAll(e => e.Type == Qcow2Header.ExtensionFeatureNameTable);
-            first = header.Serialize();
-        }
-
+        var first = header.Serialize();
         first.CopyTo(image, 0);
         for (var i = 0; i < b; i++)
         {
@@ -182,7 +219,9 @@ public static class Qcow2Create
             Qcow2Image.WriteRefcount(block, c % perBlock, header.RefcountOrder, 1);
         }
 
-        return image;
+        // An image of size 0 has no L1 entries: QEMU's file then ends with the first refcount block.
+        var written = l1Entries > 0 ? header.L1TableOffset + l1Entries * 8 : header.L1TableOffset;
+        return (image, (int)written);
     }
 
     /// <summary>The feature name table extension: the names of the feature bits this format version defines.</summary>

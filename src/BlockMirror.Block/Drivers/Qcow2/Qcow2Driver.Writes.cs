@@ -499,16 +499,17 @@ public sealed partial class Qcow2Driver
     public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
         CheckWritable(BlockOperation.Truncate, 0, length);
+        // QEMU's order: the alignment before anything else.
+        if (length % 512 != 0)
+        {
+            throw BlockIOException.Create(BlockErrno.EINVAL, _image.Name, BlockOperation.Truncate, 0, length,
+                "The new size must be a multiple of 512");
+        }
+
         if (length < _image.Size)
         {
             throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length,
                 $"shrinking a qcow2 image (from {_image.Size} to {length} bytes) is not supported");
-        }
-
-        if (length % 512 != 0)
-        {
-            throw BlockIOException.Create(BlockErrno.EINVAL, _image.Name, BlockOperation.Truncate, 0, length,
-                "a qcow2 image's size must be a multiple of 512 bytes");
         }
 
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);

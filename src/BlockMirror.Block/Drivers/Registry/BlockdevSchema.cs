@@ -12,10 +12,13 @@ public static class BlockdevSchema
     /// <summary>BlockdevCacheOptions.</summary>
     static readonly QapiObject Cache = new("BlockdevCacheOptions", ("*direct", QapiBuiltin.Bool), ("*no-flush", QapiBuiltin.Bool));
 
+    /// <summary>BlockdevDriver: the drivers blockdev-add offers (blockdev-create's <c>driver</c> and <c>backing-fmt</c> too).</summary>
+    public static QapiEnum Driver { get; } = new("BlockdevDriver", () => DriverRegistry.Offered);
+
     /// <summary>BlockdevOptions: the members every node has, then the driver's.</summary>
     public static QapiObject Options { get; } = QapiObject.Union("BlockdevOptions",
     [
-        ("driver", new QapiEnum("BlockdevDriver", () => DriverRegistry.Offered)),
+        ("driver", Driver),
         ("*node-name", QapiBuiltin.Str),
         // QEMU's BlockdevDiscardOptions is ignore|unmap; its older spellings off|on are taken too.
         ("*discard", new QapiEnum("BlockdevDiscardOptions", ["ignore", "off", "unmap", "on"])),

@@ -177,8 +177,16 @@ public static class DriverRegistry
         options.Accept("auto-read-only");
         var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules, forceShare));
         options.CheckNoneUnexpected();
-        return new NodePlan(driver, nodeName, readOnly, forceShare ? SharingAll(open) : open);
+        return new NodePlan(driver, nodeName, readOnly, Unmapping(forceShare ? SharingAll(open) : open, discard == FileDiscardMode.Unmap));
     }
+
+    /// <summary>Tells the node whether its discards are passed on (QEMU's BDRV_O_UNMAP), as soon as it exists.</summary>
+    static NodeOpener Unmapping(NodeOpener open, bool unmap) => async opening =>
+    {
+        var node = await open(opening).ConfigureAwait(false);
+        node.DiscardUnmaps = unmap;
+        return node;
+    };
 
     /// <summary>
     /// Marks the node force-share as soon as it exists, before a parent attaches it: its parents' edges are

@@ -129,7 +129,10 @@ public partial class OptionReader
         }
         else if (builtin == QapiBuiltin.Size)
         {
-            OptionalUnsigned(name);
+            // As QEMU's visitor reads uint64 and size: any integer up to 2^64-1, a negative one as its two's
+            // complement, anything else "expects uint64". (UInt64 members here are ones QEMU types int and
+            // whose handlers refuse negative values; they keep OptionalUnsigned's checks.)
+            OptionalUInt64(name);
         }
         else if (builtin == QapiBuiltin.Bool)
         {
@@ -176,7 +179,8 @@ public partial class OptionReader
         switch (branch)
         {
             case null:
-                throw WrongTypeAt(name == "null" ? name : fullName, alternate.Name);
+                // QEMU's generated visitor names an alternate by its bare name, also inside an object (blockdev-create's 'file').
+                throw WrongTypeAt(name, alternate.Name);
             case QapiObject nested:
                 Create(value, fullName + ".", null).Validate(nested);
                 break;

@@ -132,6 +132,16 @@ public partial class OptionReader
     /// </summary>
     public uint? OptionalUInt32(string name)
     {
+        var number = OptionalUInt64(name);
+        return number is null or <= uint.MaxValue ? (uint?)number : throw Invalid($"Parameter '{Full(name)}' expects uint32_t");
+    }
+
+    /// <summary>
+    /// QAPI's <c>uint64</c>, as QEMU reads it: an integer, a negative one taken as its two's complement
+    /// (QEMU accepts those for backward compatibility); anything else "expects uint64".
+    /// </summary>
+    public ulong? OptionalUInt64(string name)
+    {
         if (!TryGet(name, out var value))
         {
             return null;
@@ -144,12 +154,7 @@ public partial class OptionReader
             JsonValueKind.String when _keyval => ulong.TryParse(value.GetString(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out number),
             _ => false,
         };
-        if (!isInteger)
-        {
-            throw Invalid($"Parameter '{Full(name)}' expects uint64");
-        }
-
-        return number <= uint.MaxValue ? (uint)number : throw Invalid($"Parameter '{Full(name)}' expects uint32_t");
+        return isInteger ? number : throw Invalid($"Parameter '{Full(name)}' expects uint64");
     }
 
     static bool TryGetTwosComplement(JsonElement value, out ulong number)
