@@ -112,12 +112,14 @@ public sealed class NbdServer : IAsyncDisposable
         }
 
         // QEMU's block exports: read, and write when writable; anything else may go on beside them except a
-        // resize, since a client was told the size (QEMU's nbd_export_create; block_resize is refused).
+        // resize, since a client was told the size (QEMU's nbd_export_create; block_resize is refused). QEMU
+        // attaches sharing everything and takes the resize back after, so a user that does not share what the
+        // export takes is reported as such first.
+        var takes = BlockPermissions.ConsistentRead | (options.Writable ? BlockPermissions.Write : BlockPermissions.None);
+        var shares = (takes & ~BlockGraph.CumulativePermissions(node).Shares) != 0 ? BlockPermissions.All : BlockPermissions.All & ~BlockPermissions.Resize;
         try
         {
-            export.Edge = _graph.AttachRoot(node, export, "export",
-                BlockPermissions.ConsistentRead | (options.Writable ? BlockPermissions.Write : BlockPermissions.None),
-                BlockPermissions.All & ~BlockPermissions.Resize);
+            export.Edge = _graph.AttachRoot(node, export, "export", takes, shares);
         }
         catch (BlockGraphException)
         {
