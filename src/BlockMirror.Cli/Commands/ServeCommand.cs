@@ -9,6 +9,8 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Block.Qapi;
+using BlockMirror.Nbd;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -145,7 +147,7 @@ static class ServeCommand
                         monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null));
+                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null).Check(NbdServerOptions));
                         daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
                         break;
                     case "--export":
@@ -286,9 +288,16 @@ static class ServeCommand
         return chardevs.TryGetValue(chardev, out var endPoint) ? endPoint : throw new UsageException($"chardev \"{chardev}\" not found");
     }
 
+    /// <summary>
+    /// <c>--nbd-server</c>'s options as QEMU declares them (NbdServerOptions: the flat SocketAddress, unlike
+    /// nbd-server-start's), checked before they are read, as QMP's commands are.
+    /// </summary>
+    static readonly QapiObject NbdServerOptions = new("NbdServerOptions",
+        ("addr", SocketAddressSchema.Flat), ("*tls-creds", QapiBuiltin.Str), ("*tls-authz", QapiBuiltin.Str), ("*max-connections", QapiBuiltin.UInt32));
+
     static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server)
     {
-        var address = server.OptionalObject("addr") ?? throw new UsageException("Parameter 'addr' is missing");
+        var address = server.OptionalObject("addr")!;
         var endPoint = StorageDaemon.ReadSocketAddress(address, legacy: false);
         server.Accept("max-connections");
         var tlsCreds = server.OptionalString("tls-creds");
