@@ -20,8 +20,8 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
     static readonly string[] TheirsOnly =
     [
         "block-dirty-bitmap-add", "block-dirty-bitmap-clear", "block-dirty-bitmap-disable", "block-dirty-bitmap-enable",
-        "block-dirty-bitmap-merge", "block-dirty-bitmap-remove", "block-set-write-threshold", "block-stream", "block_resize",
-        "blockdev-backup", "blockdev-create", "blockdev-reopen", "blockdev-snapshot", "blockdev-snapshot-delete-internal-sync",
+        "block-dirty-bitmap-merge", "block-dirty-bitmap-remove", "block-stream",
+        "blockdev-backup", "blockdev-reopen", "blockdev-snapshot", "blockdev-snapshot-delete-internal-sync",
         "blockdev-snapshot-internal-sync", "blockdev-snapshot-sync", "change-backing-file", "chardev-add", "chardev-change",
         "chardev-remove", "chardev-send-break", "drive-backup", "nbd-server-add", "nbd-server-remove", "qom-get", "qom-list",
         "qom-list-properties", "qom-list-types", "qom-set", "query-blockstats", "query-chardev", "query-chardev-backends",
