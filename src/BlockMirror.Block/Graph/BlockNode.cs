@@ -299,13 +299,13 @@ public sealed partial class BlockNode : IEdgeParent
     {
         if (offset < 0 || length < 0)
         {
-            throw Refuse(BlockErrno.EINVAL, operation, offset, length, "negative offset or length");
+            throw RefuseInvalid(BlockErrno.EINVAL, operation, offset, length, "negative offset or length");
         }
 
         var size = Driver.Length;
         if (offset > size || length > size - offset)
         {
-            throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
+            throw RefuseInvalid(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
         }
     }
 
@@ -313,7 +313,7 @@ public sealed partial class BlockNode : IEdgeParent
     {
         if (ReadOnly)
         {
-            throw Refuse(BlockErrno.EPERM, operation, offset, length, "node is read-only");
+            throw RefuseInvalid(BlockErrno.EPERM, operation, offset, length, "node is read-only");
         }
 
         ValidateRange(operation, offset, length);
@@ -408,6 +408,7 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer))
@@ -418,6 +419,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await ReadPipelinedAsync(offset, ReadTarget.Of(buffer), cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Read, offset, buffer.Length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Read, offset, buffer.Length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -442,6 +449,7 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxTransfer))
@@ -452,6 +460,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await ReadPipelinedAsync(offset, ReadTarget.Of(buffers), cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Read, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Read, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -477,6 +491,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
@@ -498,6 +513,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WritePipelinedAsync(offset, WriteSource.Of(buffer), flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Write, offset, buffer.Length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Write, offset, buffer.Length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -530,6 +551,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
@@ -551,6 +573,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WritePipelinedAsync(offset, WriteSource.Of(buffers), flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Write, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Write, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -581,6 +609,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.PwritevZero);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxWriteZeroes) && _serialising.TryEnterPlain())
@@ -602,6 +631,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WriteZeroesPipelinedAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.WriteZeroes, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.WriteZeroes, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -630,6 +665,7 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxDiscard) && _serialising.TryEnterPlain())
@@ -647,6 +683,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await DiscardPipelinedAsync(offset, length, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Discard, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Discard, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -671,9 +713,11 @@ public sealed partial class BlockNode : IEdgeParent
             // Nothing written through this node since the last flush (or ever, for a read-only node): the
             // flush has nothing to make durable. QEMU's bdrv_co_flush skips the same way; it matters at a
             // mirror's switch-over, whose final flush would otherwise wait for an fdatasync of nothing.
+            var started = AccountingStart();
             var generation = Volatile.Read(ref _writeGeneration);
             if (ReadOnly)
             {
+                Accounted(BlockOperation.Flush, 0, 0, started);
                 return;
             }
 
@@ -682,6 +726,7 @@ public sealed partial class BlockNode : IEdgeParent
             PrimaryChild?.DebugEvent(BlkdebugEvent.FlushToOs);
             if (generation == Volatile.Read(ref _flushedGeneration))
             {
+                Accounted(BlockOperation.Flush, 0, 0, started);
                 return;
             }
 
@@ -697,6 +742,12 @@ public sealed partial class BlockNode : IEdgeParent
                     flushed = Volatile.Read(ref _flushedGeneration);
                 }
                 while (flushed < generation && Interlocked.CompareExchange(ref _flushedGeneration, generation, flushed) != flushed);
+
+                Accounted(BlockOperation.Flush, 0, 0, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Flush, 0, 0, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
