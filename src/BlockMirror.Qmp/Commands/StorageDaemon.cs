@@ -30,6 +30,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddExportCommands();
         AddObjectCommands();
         AddMiscCommands();
+        AddStatsCommands();
     }
 
     public BlockGraph Graph { get; } = new();
