@@ -20,8 +20,14 @@ public static class BlockMetrics
     public static Meter Meter { get; } = new(MeterName, typeof(BlockMetrics).Assembly.GetName().Version?.ToString());
 
     /// <summary>Seconds a request took on a node, from its acceptance to its end, failed ones included.</summary>
-    internal static Histogram<double> RequestDuration { get; } = Meter.CreateHistogram<double>(
-        "blockmirror.node.request.duration", "s", "Time requests took on a node, by node and operation");
+    internal static Histogram<double> RequestDuration { get; } = Meter.CreateHistogram(
+        "blockmirror.node.request.duration", "s", "Time requests took on a node, by node and operation", tags: null,
+        // Storage latencies, 10 µs (page cache, memory) to 10 s (a stalled remote); exporters that follow the
+        // advice (OpenTelemetry) use these instead of their defaults, which are made for milliseconds.
+        advice: new InstrumentAdvice<double>
+        {
+            HistogramBucketBoundaries = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        });
 
     // Every live graph, weakly: a graph nobody holds any more is measured no more.
     static readonly ConditionalWeakTable<BlockGraph, object> Graphs = new();
