@@ -76,20 +76,7 @@ public sealed class NodeStatistics
         Volatile.Write(ref _lastAccess, Stopwatch.GetTimestamp());
     }
 
-    internal void Wrote(long end)
-    {
-        var highest = Volatile.Read(ref _writeHighestOffset);
-        while (end > highest)
-        {
-            var seen = Interlocked.CompareExchange(ref _writeHighestOffset, end, highest);
-            if (seen == highest)
-            {
-                return;
-            }
-
-            highest = seen;
-        }
-    }
+    internal void Wrote(long end) => Atomic.Max(ref _writeHighestOffset, end);
 
     /// <summary>Stopwatch ticks to nanoseconds; on Linux a tick is a nanosecond already.</summary>
     public static long Nanoseconds(long ticks) =>
