@@ -7,9 +7,16 @@ namespace BlockMirror.Jobs;
 /// source, and the event bus hosts subscribe to.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "SemaphoreSlim needs disposing only when its wait handle is used; the start gate never uses it.")]
-public sealed class JobManager(TimeProvider? time = null)
+public sealed class JobManager
 {
     readonly List<Job> _jobs = [];
+
+    public JobManager(TimeProvider? time = null)
+    {
+        Time = time ?? TimeProvider.System;
+        // The job metrics read every live manager's jobs when a listener collects.
+        JobMetrics.Track(this);
+    }
 
     internal Lock SyncRoot { get; } = new();
 
@@ -19,7 +26,7 @@ public sealed class JobManager(TimeProvider? time = null)
     /// </summary>
     internal SemaphoreSlim StartGate { get; } = new(1, 1);
 
-    public TimeProvider Time { get; } = time ?? TimeProvider.System;
+    public TimeProvider Time { get; }
 
     public JobEventBus Events { get; } = new();
 

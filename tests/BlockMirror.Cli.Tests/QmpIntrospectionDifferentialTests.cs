@@ -24,7 +24,7 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
         "blockdev-backup", "blockdev-reopen", "blockdev-snapshot", "blockdev-snapshot-delete-internal-sync",
         "blockdev-snapshot-internal-sync", "blockdev-snapshot-sync", "change-backing-file", "chardev-add", "chardev-change",
         "chardev-remove", "chardev-send-break", "drive-backup", "nbd-server-add", "nbd-server-remove", "qom-get", "qom-list",
-        "qom-list-properties", "qom-list-types", "qom-set", "query-blockstats", "query-chardev", "query-chardev-backends",
+        "qom-list-properties", "qom-list-types", "qom-set", "query-chardev", "query-chardev-backends",
         "ringbuf-read", "ringbuf-write", "transaction", "x-blockdev-amend", "x-blockdev-change", "x-blockdev-set-iothread",
         "x-debug-block-dirty-bitmap-sha256", "x-debug-query-block-graph",
     ];

@@ -18,5 +18,5 @@ public sealed partial class BlockNode
     }
 
     /// <summary>The child that holds this node's data (QEMU's bdrv_primary_child): a format's file, a filter's child.</summary>
-    NodeEdge? PrimaryChild => File ?? FilteredChild;
+    public NodeEdge? PrimaryChild => File ?? FilteredChild;
 }

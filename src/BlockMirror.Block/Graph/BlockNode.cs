@@ -299,13 +299,13 @@ public sealed partial class BlockNode : IEdgeParent
     {
         if (offset < 0 || length < 0)
         {
-            throw Refuse(BlockErrno.EINVAL, operation, offset, length, "negative offset or length");
+            throw RefuseInvalid(BlockErrno.EINVAL, operation, offset, length, "negative offset or length");
         }
 
         var size = Driver.Length;
         if (offset > size || length > size - offset)
         {
-            throw Refuse(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
+            throw RefuseInvalid(BlockErrno.EINVAL, operation, offset, length, $"request runs past the end of the device ({size} bytes)");
         }
     }
 
@@ -313,7 +313,7 @@ public sealed partial class BlockNode : IEdgeParent
     {
         if (ReadOnly)
         {
-            throw Refuse(BlockErrno.EPERM, operation, offset, length, "node is read-only");
+            throw RefuseInvalid(BlockErrno.EPERM, operation, offset, length, "node is read-only");
         }
 
         ValidateRange(operation, offset, length);
@@ -408,6 +408,7 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer))
@@ -418,6 +419,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await ReadPipelinedAsync(offset, ReadTarget.Of(buffer), cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Read, offset, buffer.Length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Read, offset, buffer.Length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -442,6 +449,7 @@ public sealed partial class BlockNode : IEdgeParent
                 return;
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxTransfer))
@@ -452,6 +460,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await ReadPipelinedAsync(offset, ReadTarget.Of(buffers), cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Read, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Read, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -479,6 +493,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, buffer.Length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
@@ -500,6 +515,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WritePipelinedAsync(offset, WriteSource.Of(buffer), flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Write, offset, buffer.Length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Write, offset, buffer.Length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -534,6 +555,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxTransfer) && _serialising.TryEnterPlain())
@@ -555,6 +577,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WritePipelinedAsync(offset, WriteSource.Of(buffers), flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Write, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Write, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -587,6 +615,7 @@ public sealed partial class BlockNode : IEdgeParent
 
             DebugEvent(BlkdebugEvent.PwritevZero);
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxWriteZeroes) && _serialising.TryEnterPlain())
@@ -608,6 +637,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await WriteZeroesPipelinedAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.WriteZeroes, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.WriteZeroes, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -641,6 +676,7 @@ public sealed partial class BlockNode : IEdgeParent
                 CheckWriteThreshold(offset, length);
             }
 
+            var started = AccountingStart();
             try
             {
                 if (Fits(offset, length, Driver.Limits.MaxDiscard) && _serialising.TryEnterPlain())
@@ -658,6 +694,12 @@ public sealed partial class BlockNode : IEdgeParent
                 {
                     await DiscardPipelinedAsync(offset, length, cancellationToken).ConfigureAwait(false);
                 }
+
+                Accounted(BlockOperation.Discard, offset, length, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Discard, offset, length, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {
@@ -682,9 +724,11 @@ public sealed partial class BlockNode : IEdgeParent
             // Nothing written through this node since the last flush (or ever, for a read-only node): the
             // flush has nothing to make durable. QEMU's bdrv_co_flush skips the same way; it matters at a
             // mirror's switch-over, whose final flush would otherwise wait for an fdatasync of nothing.
+            var started = AccountingStart();
             var generation = Volatile.Read(ref _writeGeneration);
             if (ReadOnly)
             {
+                Accounted(BlockOperation.Flush, 0, 0, started);
                 return;
             }
 
@@ -693,6 +737,7 @@ public sealed partial class BlockNode : IEdgeParent
             PrimaryChild?.DebugEvent(BlkdebugEvent.FlushToOs);
             if (generation == Volatile.Read(ref _flushedGeneration))
             {
+                Accounted(BlockOperation.Flush, 0, 0, started);
                 return;
             }
 
@@ -708,6 +753,12 @@ public sealed partial class BlockNode : IEdgeParent
                     flushed = Volatile.Read(ref _flushedGeneration);
                 }
                 while (flushed < generation && Interlocked.CompareExchange(ref _flushedGeneration, generation, flushed) != flushed);
+
+                Accounted(BlockOperation.Flush, 0, 0, started);
+            }
+            catch (Exception) when (AccountFailure(BlockOperation.Flush, 0, 0, started))
+            {
+                throw; // never reached: the filter only counts
             }
             catch (Exception ex) when (IsForeign(ex))
             {

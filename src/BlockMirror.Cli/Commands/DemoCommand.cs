@@ -266,7 +266,7 @@ static class DemoCommand
                 await vm.WriteAsync(offset, buffer, cancellationToken: CancellationToken.None);
                 var took = Stopwatch.GetElapsedTime(started).Ticks;
                 buffer.CopyTo(model, offset);
-                InterlockedMax(ref _longestTicks, took);
+                Atomic.Max(ref _longestTicks, took);
                 Interlocked.Increment(ref _writes);
                 Interlocked.Add(ref _bytes, WriteBlock);
                 written += WriteBlock;
@@ -284,21 +284,6 @@ static class DemoCommand
                         return;
                     }
                 }
-            }
-        }
-
-        static void InterlockedMax(ref long target, long value)
-        {
-            var current = Interlocked.Read(ref target);
-            while (value > current)
-            {
-                var seen = Interlocked.CompareExchange(ref target, value, current);
-                if (seen == current)
-                {
-                    return;
-                }
-
-                current = seen;
             }
         }
     }

@@ -22,7 +22,7 @@ namespace BlockMirror.Cli.Commands;
 /// qemu-storage-daemon applies them, so an <c>--export</c> may name a node made by an earlier <c>--blockdev</c>.
 /// Runs until SIGTERM, SIGINT or QMP <c>quit</c>, then cancels jobs, closes exports and flushes every image.
 /// </summary>
-static class ServeCommand
+static partial class ServeCommand
 {
     /// <summary>Set in the child of <c>--daemonize</c>: it reports "ready" on stdout once it serves.</summary>
     const string DaemonChildVariable = "BLOCKMIRROR_DAEMON_CHILD";
@@ -30,7 +30,11 @@ static class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
+    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize",
+        MetricsListenOption];
+
+    /// <summary>Ours, beyond qemu-storage-daemon: HOST:PORT of a Prometheus scrape endpoint (see ServeCommand.Metrics.cs).</summary>
+    const string MetricsListenOption = "--metrics-listen";
 
     public static Command Create()
     {
@@ -119,6 +123,7 @@ static class ServeCommand
         daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
+        Telemetry.MetricsListenAddress? metricsListen = null;
 
         // Sockets are bound as their options come, so an address in use fails there, but no client is
         // served before every option is applied and the pid file written: until then connections wait in
@@ -159,6 +164,9 @@ static class ServeCommand
                     case "--pidfile":
                         pidfile = setting.Value!;
                         break;
+                    case MetricsListenOption:
+                        metricsListen = Telemetry.MetricsListenAddress.Parse(setting.Value!);
+                        break;
                 }
             }
             catch (Exception ex) when (ex is QmpException or SocketException or JsonException or UsageException or BlockOpenException
@@ -186,6 +194,7 @@ static class ServeCommand
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
 
+        using var metrics = StartMetrics(metricsListen);
         serving.SetResult();
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

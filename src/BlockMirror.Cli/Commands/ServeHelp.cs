@@ -55,6 +55,11 @@ static class ServeHelp
 
           --pidfile <path>       write process ID to a file after startup
 
+          --metrics-listen <host>:<port>
+                                 (not in QEMU) serve the metrics to Prometheus at
+                                 http://<host>:<port>/metrics; OTLP export is set
+                                 up by the OTEL_* environment variables
+
         Options are applied in the order given: an option may name what an earlier one
         made. The monitors and the NBD server answer once every option is applied and
         the pid file written. The daemon runs until SIGTERM, SIGINT or QMP quit.

@@ -47,6 +47,9 @@ public sealed class NbdExport : IEdgeParent
 
     public string ParentDescription => $"export '{Id}'";
 
+    /// <summary>What clients asked of the export (requests, bytes, errors), for the metrics.</summary>
+    public NbdExportStatistics Statistics { get; } = new();
+
     /// <summary>Connections currently using the export.</summary>
     internal int Clients;
 }

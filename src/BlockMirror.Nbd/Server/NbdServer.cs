@@ -19,7 +19,11 @@ public sealed class NbdServer : IAsyncDisposable
     readonly ConcurrentDictionary<string, NbdExport> _exports = new(StringComparer.Ordinal);
     SocketListener? _listener;
 
-    public NbdServer(BlockGraph graph) => _graph = graph;
+    public NbdServer(BlockGraph graph)
+    {
+        _graph = graph;
+        NbdMetrics.Track(this);
+    }
 
     /// <summary>
     /// Buffers for payloads: aligned, so an O_DIRECT node takes them without a bounce. Up to 32 MiB per size

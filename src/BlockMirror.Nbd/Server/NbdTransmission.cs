@@ -171,11 +171,14 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     async Task ServeAsync(NbdRequest request, AlignedMemory? payload)
     {
         var queued = false;
+        var statistics = export.Statistics;
+        statistics.Received(request.Command, request.Length);
         try
         {
             var (error, message) = Validate(request);
             if (error != NbdError.None)
             {
+                statistics.Failed();
                 QueueError(request, error, message);
                 queued = true;
                 return;
@@ -189,6 +192,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             }
             catch (BlockIOException ex)
             {
+                statistics.Failed();
                 QueueError(request, ToNbdError(ex.Errno), ex.Message);
                 queued = true;
             }
@@ -198,6 +202,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             // Whatever went wrong, the client gets an answer rather than a request that never completes: a
             // node that went away, a cancelled request, a bug. If the connection is gone too, the sender
             // finds it broken and drops the reply.
+            statistics.Failed();
             QueueError(request, ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO, ex.Message);
             queued = true;
         }

@@ -33,6 +33,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddBlockResizeCommand();
         AddWriteThresholdCommand();
         AddBlockdevCreateCommand();
+        AddStatsCommands();
     }
 
     public BlockGraph Graph { get; } = new();

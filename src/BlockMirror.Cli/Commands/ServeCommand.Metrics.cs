@@ -1,0 +1,23 @@
+using System.Net;
+using BlockMirror.Cli.Telemetry;
+
+namespace BlockMirror.Cli.Commands;
+
+static partial class ServeCommand
+{
+    /// <summary>
+    /// Starts the metrics exporters the environment (OTEL_*) and <c>--metrics-listen</c> ask for, once every
+    /// option is applied; null when none is asked for.
+    /// </summary>
+    static IDisposable? StartMetrics(MetricsListenAddress? listen)
+    {
+        try
+        {
+            return MetricsExport.Start(Environment.GetEnvironmentVariables(), listen);
+        }
+        catch (HttpListenerException ex)
+        {
+            throw new UsageException($"{MetricsListenOption} {listen?.Host}:{listen?.Port}: cannot listen: {ex.Message}", ex);
+        }
+    }
+}
