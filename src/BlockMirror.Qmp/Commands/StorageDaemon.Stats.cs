@@ -53,7 +53,7 @@ public sealed partial class StorageDaemon
         ("invalid_flush_operations", Int), ("invalid_unmap_operations", Int),
         ("account_invalid", Bool), ("account_failed", Bool), ("timed_stats", new QapiArray(QapiBuiltin.Any)),
         ("*rd_latency_histogram", QapiBuiltin.Any), ("*wr_latency_histogram", QapiBuiltin.Any),
-        ("*zone_append_latency_histogram", QapiBuiltin.Any), ("*flush_latency_histogram", QapiBuiltin.Any));
+        ("*flush_latency_histogram", QapiBuiltin.Any));
 
     /// <summary>
     /// BlockStats. It contains itself (<c>parent</c>, <c>backing</c>), which a declaration made at once cannot
