@@ -39,19 +39,17 @@ public sealed partial class StorageDaemon
         });
     }
 
-    static readonly QapiBuiltin Int = QapiBuiltin.Int, Bool = QapiBuiltin.Bool;
-
     /// <summary>BlockDeviceStats, the members <see cref="DeviceStats"/> fills in.</summary>
     static readonly QapiObject BlockDeviceStats = new("BlockDeviceStats",
-        ("rd_bytes", Int), ("wr_bytes", Int), ("unmap_bytes", Int), ("rd_operations", Int),
-        ("wr_operations", Int), ("flush_operations", Int), ("unmap_operations", Int),
-        ("rd_total_time_ns", Int), ("wr_total_time_ns", Int), ("flush_total_time_ns", Int),
-        ("unmap_total_time_ns", Int), ("wr_highest_offset", Int), ("rd_merged", Int), ("wr_merged", Int),
-        ("unmap_merged", Int), ("*idle_time_ns", Int), ("failed_rd_operations", Int),
-        ("failed_wr_operations", Int), ("failed_flush_operations", Int),
-        ("failed_unmap_operations", Int), ("invalid_rd_operations", Int), ("invalid_wr_operations", Int),
-        ("invalid_flush_operations", Int), ("invalid_unmap_operations", Int),
-        ("account_invalid", Bool), ("account_failed", Bool), ("timed_stats", new QapiArray(QapiBuiltin.Any)),
+        ("rd_bytes", QapiBuiltin.Int), ("wr_bytes", QapiBuiltin.Int), ("unmap_bytes", QapiBuiltin.Int), ("rd_operations", QapiBuiltin.Int),
+        ("wr_operations", QapiBuiltin.Int), ("flush_operations", QapiBuiltin.Int), ("unmap_operations", QapiBuiltin.Int),
+        ("rd_total_time_ns", QapiBuiltin.Int), ("wr_total_time_ns", QapiBuiltin.Int), ("flush_total_time_ns", QapiBuiltin.Int),
+        ("unmap_total_time_ns", QapiBuiltin.Int), ("wr_highest_offset", QapiBuiltin.Int), ("rd_merged", QapiBuiltin.Int), ("wr_merged", QapiBuiltin.Int),
+        ("unmap_merged", QapiBuiltin.Int), ("*idle_time_ns", QapiBuiltin.Int), ("failed_rd_operations", QapiBuiltin.Int),
+        ("failed_wr_operations", QapiBuiltin.Int), ("failed_flush_operations", QapiBuiltin.Int),
+        ("failed_unmap_operations", QapiBuiltin.Int), ("invalid_rd_operations", QapiBuiltin.Int), ("invalid_wr_operations", QapiBuiltin.Int),
+        ("invalid_flush_operations", QapiBuiltin.Int), ("invalid_unmap_operations", QapiBuiltin.Int),
+        ("account_invalid", QapiBuiltin.Bool), ("account_failed", QapiBuiltin.Bool), ("timed_stats", new QapiArray(QapiBuiltin.Any)),
         ("*rd_latency_histogram", QapiBuiltin.Any), ("*wr_latency_histogram", QapiBuiltin.Any),
         ("*flush_latency_histogram", QapiBuiltin.Any));
 
