@@ -9,6 +9,7 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Cli.Logging;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -28,12 +29,12 @@ static class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
+    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize", .. ServeLogging.Options];
 
     public static Command Create()
     {
         var command = new Command("serve", "Run as a storage daemon with qemu-storage-daemon's options: " +
-            "--blockdev, --chardev socket,..., --monitor, --nbd-server, --export, --pidfile, --daemonize")
+            "--blockdev, --chardev socket,..., --monitor, --nbd-server, --export, --pidfile, --daemonize, -T/--trace; and --log-level")
         {
             TreatUnmatchedTokensAsErrors = false,
         };
@@ -41,8 +42,8 @@ static class ServeCommand
         return command;
     }
 
-    /// <summary>One option of the command line, in order.</summary>
-    sealed record Setting(string Option, string? Value);
+    /// <summary>One option of the command line, in order; <paramref name="Spelling"/> is how it was written, for messages.</summary>
+    sealed record Setting(string Option, string? Value, string Spelling);
 
     static List<Setting> ReadSettings(IReadOnlyList<string> tokens)
     {
@@ -52,23 +53,31 @@ static class ServeCommand
             var token = tokens[i];
             string option, value;
             var equals = token.IndexOf('=', StringComparison.Ordinal);
+            var spelling = token;
             if (token.StartsWith("--", StringComparison.Ordinal) && equals > 0 && Known.Contains(token[..equals]))
             {
                 (option, value) = (token[..equals], token[(equals + 1)..]);
             }
+            else if (token.StartsWith("-T", StringComparison.Ordinal) && token.Length > 2)
+            {
+                // getopt's short option with its value attached.
+                (option, value) = ("-T", token[2..]);
+            }
             else if (token == "--daemonize")
             {
-                settings.Add(new Setting(token, null));
+                settings.Add(new Setting(token, null, token));
                 continue;
             }
             else if (Known.Contains(token))
             {
                 if (i + 1 >= tokens.Count)
                 {
-                    throw new UsageException($"option '{token}' requires an argument");
+                    throw new UsageException(token.StartsWith("--", StringComparison.Ordinal)
+                        ? $"option '{token}' requires an argument" : $"option requires an argument -- '{token[1..]}'");
                 }
 
                 (option, value) = (token, tokens[++i]);
+                spelling = $"{token} {value}";
             }
             else
             {
@@ -76,7 +85,7 @@ static class ServeCommand
                 throw new UsageException(token.StartsWith('-') ? $"unrecognized option '{token}'" : $"{token}: Unexpected argument");
             }
 
-            settings.Add(new Setting(option, value));
+            settings.Add(new Setting(option, value, spelling));
         }
 
         return settings;
@@ -112,8 +121,17 @@ static class ServeCommand
             }
         }
 
-        await using var daemon = new StorageDaemon();
-        await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
+        // Set up before anything that logs; disposed last, so what the daemon logs on its way out is written.
+        using var logging = ServeLogging.Create(
+            settings.Where(s => ServeLogging.Options.Contains(s.Option)).Select(s => (s.Option, s.Value!, s.Spelling)), Console.Error);
+        if (logging is null)
+        {
+            // --trace help listed the events.
+            return 0;
+        }
+
+        await using var daemon = new StorageDaemon(loggerFactory: logging.Factory);
+        await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events, logging.Factory);
         daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
@@ -186,11 +204,18 @@ static class ServeCommand
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
 
-        serving.SetResult();
+        if (logging.LogFile is { } logFile && daemon.Graph.FindNodeUsingFile(logFile) is { } image)
+        {
+            // The log is appended to, never truncated, but an image must not grow log lines either.
+            throw new UsageException($"Cannot log to '{logFile}': it is the image file of node '{image.Name}'");
+        }
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult(); });
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult(); });
+        serving.SetResult();
+        ServeLog.Started(logging.Serve, Environment.ProcessId);
+
+        var stop = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult("SIGTERM"); });
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult("SIGINT"); });
         if (Environment.GetEnvironmentVariable(DaemonChildVariable) is not null)
         {
             // Tell the parent of --daemonize that we serve; it exits 0 and we carry on without it.
@@ -200,7 +225,8 @@ static class ServeCommand
             Console.SetError(TextWriter.Null);
         }
 
-        await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+        var stopped = await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+        ServeLog.Stopping(logging.Serve, stopped == daemon.QuitRequested ? "QMP quit" : stop.Task.IsCompletedSuccessfully ? stop.Task.Result : "cancelled");
 
         // On a signal as on quit, the monitors hear the jobs end before they close.
         await daemon.StopServingAsync();

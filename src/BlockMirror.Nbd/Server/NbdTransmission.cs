@@ -7,6 +7,7 @@ using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Nbd.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -47,6 +48,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     readonly Stream _stream = connection.Stream;
     readonly AlignedBufferPool _buffers = connection.Buffers;
     readonly NodeEdge _edge = export.Edge;
+    readonly ILogger _logger = connection.Logger;
 
     // Replies: _replies and _sending are guarded by _replyLock; the batch buffer, the array of replies being
     // sent and _broken belong to the one sender running.
@@ -60,7 +62,11 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     // Replies of the batch being sent whose buffers and slots are back already.
     int _released;
 
-    public async Task RunAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Serves requests until the client sends NBD_CMD_DISC (returns null) or closes the connection (returns
+    /// how, for the log); a protocol error throws.
+    /// </summary>
+    public async Task<string?> RunAsync(CancellationToken cancellationToken)
     {
         try
         {
@@ -72,7 +78,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 {
                     // The client closed the connection (between requests, or in the middle of one).
                     _reader.AdvanceTo(buffer.Start, buffer.End);
-                    return;
+                    return buffer.IsEmpty ? "EOF without NBD_CMD_DISC" : "EOF in the middle of a request header";
                 }
 
                 _reader.AdvanceTo(buffer.Start);
@@ -83,7 +89,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
 
                 if (request.Command == NbdCommand.Disconnect)
                 {
-                    return;
+                    return null;
                 }
 
                 AlignedMemory? payload = null;
@@ -176,6 +182,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             var (error, message) = Validate(request);
             if (error != NbdError.None)
             {
+                NbdServerLog.RequestRefused(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, error, message!);
                 QueueError(request, error, message);
                 queued = true;
                 return;
@@ -189,7 +196,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             }
             catch (BlockIOException ex)
             {
-                QueueError(request, ToNbdError(ex.Errno), ex.Message);
+                var failure = ToNbdError(ex.Errno);
+                NbdServerLog.RequestFailed(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, failure, ex.Message);
+                QueueError(request, failure, ex.Message);
                 queued = true;
             }
         }
@@ -198,7 +207,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             // Whatever went wrong, the client gets an answer rather than a request that never completes: a
             // node that went away, a cancelled request, a bug. If the connection is gone too, the sender
             // finds it broken and drops the reply.
-            QueueError(request, ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO, ex.Message);
+            var failure = ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO;
+            NbdServerLog.RequestFailed(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, failure, ex.Message);
+            QueueError(request, failure, ex.Message);
             queued = true;
         }
         finally
