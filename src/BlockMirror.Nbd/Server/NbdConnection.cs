@@ -142,6 +142,12 @@ sealed class NbdConnection : IAsyncDisposable
         }
     }
 
+    internal const string ResetReason = "connection reset by the client";
+
+    /// <summary>Whether a read or a send failed because the client reset the connection.</summary>
+    internal static bool IsReset(Exception? ex) =>
+        ex is IOException { InnerException: System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.ConnectionReset } };
+
     /// <summary>Logs why a connection ended by an exception: the server stopping, or the client's doing.</summary>
     void LogEnd(Exception ex, bool inHandshake, bool serverStopping)
     {
@@ -159,8 +165,7 @@ sealed class NbdConnection : IAsyncDisposable
         var reason = ex switch
         {
             EndOfStreamException => $"EOF: {ex.Message}",
-            IOException { InnerException: System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.ConnectionReset } } =>
-                "connection reset by the client",
+            _ when IsReset(ex) => ResetReason,
             IOException { InnerException: System.Net.Sockets.SocketException socket } => $"socket error: {socket.Message}",
             OperationCanceledException => $"no export chosen within {HandshakeTimeout.TotalSeconds:0} s",
             NbdProtocolException => $"protocol error: {ex.Message}",

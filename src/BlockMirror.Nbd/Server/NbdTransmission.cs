@@ -59,6 +59,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     bool _sending;
     bool _broken;
 
+    // Why a send failed, for the log (written by the sender, read after every slot is back).
+    Exception? _sendFailure;
+
     // Replies of the batch being sent whose buffers and slots are back already.
     int _released;
 
@@ -67,6 +70,14 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     /// how, for the log); a protocol error throws.
     /// </summary>
     public async Task<string?> RunAsync(CancellationToken cancellationToken)
+    {
+        var end = await ReadRequestsAsync(cancellationToken).ConfigureAwait(false);
+        // A reset that a send met first leaves the reader only an end of stream; every sender is done by now.
+        return end is not null && NbdConnection.IsReset(_sendFailure) ? NbdConnection.ResetReason : end;
+    }
+
+    /// <summary>The request loop of <see cref="RunAsync"/>; returns once every request in progress has replied.</summary>
+    async Task<string?> ReadRequestsAsync(CancellationToken cancellationToken)
     {
         try
         {
@@ -491,6 +502,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             {
                 // The client is gone: the reader loop ends the connection; the replies still queued are dropped.
                 _broken = true;
+                _sendFailure ??= ex;
             }
 
             ReleaseUpTo(count);
