@@ -91,15 +91,11 @@ sealed class TraceSettings(TextWriter warnings)
                 else
                 {
                     // A bare word is a short-form boolean (QEMU warns, then refuses the name below).
+                    // (QEMU's warning names the word as written; "noX" is X=off.)
                     var end = nameEnd < 0 ? value.Length : nameEnd;
-                    name = value[position..end];
-                    text = name.StartsWith("no", StringComparison.Ordinal) ? "off" : "on";
-                    if (text == "off")
-                    {
-                        name = name[2..];
-                    }
-
-                    warnings.WriteLine($"{Program}: {location}: warning: short-form boolean option '{name}' deprecated");
+                    var word = value[position..end];
+                    (name, text) = word.StartsWith("no", StringComparison.Ordinal) ? (word[2..], "off") : (word, "on");
+                    warnings.WriteLine($"{Program}: {location}: warning: short-form boolean option '{word}' deprecated");
                     warnings.WriteLine($"Please use {name}={text} instead");
                     position = end < value.Length ? end + 1 : end;
                 }
