@@ -192,6 +192,17 @@ static class ServeCommand
             }
         }
 
+        if (logging.LogFile is { } logFile && daemon.Graph.FindNodeUsingFile(logFile) is { } image)
+        {
+            // The log is appended to, never truncated, but an image must not grow log lines either.
+            throw new UsageException($"Cannot log to '{logFile}': it is the image file of node '{image.Name}'");
+        }
+
+        // Handled from before the pid file exists: whoever reads it may signal at once, and must get a clean stop.
+        var stop = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult("SIGTERM"); });
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult("SIGINT"); });
+
         if (pidfile is not null)
         {
             // Writing the pid truncates the file: never one of the images being served (QEMU's lock on the pid
@@ -204,18 +215,9 @@ static class ServeCommand
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
 
-        if (logging.LogFile is { } logFile && daemon.Graph.FindNodeUsingFile(logFile) is { } image)
-        {
-            // The log is appended to, never truncated, but an image must not grow log lines either.
-            throw new UsageException($"Cannot log to '{logFile}': it is the image file of node '{image.Name}'");
-        }
-
         serving.SetResult();
         ServeLog.Started(logging.Serve, Environment.ProcessId);
 
-        var stop = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult("SIGTERM"); });
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult("SIGINT"); });
         if (Environment.GetEnvironmentVariable(DaemonChildVariable) is not null)
         {
             // Tell the parent of --daemonize that we serve; it exits 0 and we carry on without it.
