@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using BlockMirror.Block.Io;
 using BlockMirror.Jobs.Events;
 
@@ -94,6 +95,11 @@ public abstract class BlockJob : Job
             if (IsCancelRequestedLocked)
             {
                 action = BlockErrorAction.Report;
+            }
+
+            if (Manager.Logger.IsEnabled(LogLevel.Warning))
+            {
+                JobLog.IoError(Manager.Logger, Id, isRead ? "read" : "write", errno.Describe(), action.ToWireName());
             }
 
             Manager.PublishLocked(new BlockJobErrorEvent(Id, isRead, action));

@@ -1,19 +1,23 @@
 using BlockMirror.Jobs.Events;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlockMirror.Jobs;
 
 /// <summary>
 /// Every job of one process: unique ids, the lock that guards all job state (QEMU's job_mutex), the time
-/// source, and the event bus hosts subscribe to.
+/// source, and the event bus hosts subscribe to. Every event published is also logged (<see cref="JobLog"/>)
+/// through the logger factory it is given (none by default).
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "SemaphoreSlim needs disposing only when its wait handle is used; the start gate never uses it.")]
 public sealed class JobManager
 {
     readonly List<Job> _jobs = [];
 
-    public JobManager(TimeProvider? time = null)
+    public JobManager(TimeProvider? time = null, ILoggerFactory? loggerFactory = null)
     {
         Time = time ?? TimeProvider.System;
+        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<JobManager>();
         // The job metrics read every live manager's jobs when a listener collects.
         JobMetrics.Track(this);
     }
@@ -29,6 +33,8 @@ public sealed class JobManager
     public TimeProvider Time { get; }
 
     public JobEventBus Events { get; } = new();
+
+    internal ILogger Logger { get; }
 
     public IReadOnlyList<Job> Jobs
     {
@@ -121,7 +127,43 @@ public sealed class JobManager
 
     internal void RemoveLocked(Job job) => _jobs.Remove(job);
 
-    internal void PublishLocked(JobEvent e) => Events.Publish(e with { Timestamp = Time.GetUtcNow() });
+    internal void PublishLocked(JobEvent e)
+    {
+        Log(e);
+        Events.Publish(e with { Timestamp = Time.GetUtcNow() });
+    }
+
+    /// <summary>Logs an event as it is published (the I/O errors are logged where the errno is known: <see cref="BlockJob"/>).</summary>
+    void Log(JobEvent e)
+    {
+        if (!Logger.IsEnabled(LogLevel.Information))
+        {
+            // Nothing below is logged at a level under Information; skip the names' lookups.
+            return;
+        }
+
+        // The wire names are constants looked up by a switch; the guard above already skips them when nothing logs.
+#pragma warning disable CA1873
+        switch (e)
+        {
+            case JobStatusChangeEvent change:
+                JobLog.StateChange(Logger, change.Id, change.Status.ToWireName());
+                break;
+            case BlockJobReadyEvent ready:
+                JobLog.Ready(Logger, ready.Type.ToWireName(), ready.Device, ready.Offset, ready.Len);
+                break;
+            case BlockJobCompletedEvent { Error: { } error } failed:
+                JobLog.Failed(Logger, failed.Type.ToWireName(), failed.Device, error);
+                break;
+            case BlockJobCompletedEvent completed:
+                JobLog.Completed(Logger, completed.Type.ToWireName(), completed.Device, completed.Offset, completed.Len);
+                break;
+            case BlockJobCancelledEvent cancelled:
+                JobLog.Cancelled(Logger, cancelled.Type.ToWireName(), cancelled.Device, cancelled.Offset, cancelled.Len);
+                break;
+        }
+#pragma warning restore CA1873
+    }
 
     /// <summary>
     /// Force-cancels every job and waits for each to end and be dismissed (shutdown, quit), as QEMU's

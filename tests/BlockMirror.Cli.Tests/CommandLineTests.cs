@@ -129,8 +129,8 @@ public sealed partial class CommandLineTests : IDisposable
         Assert.StartsWith("Copyright (c) ", result.OutputLines[1], StringComparison.Ordinal);
     }
 
-    /// <summary>qemu-storage-daemon's options that <c>serve</c> does not take (its --help does not list them).</summary>
-    static readonly string[] NotTaken = ["--trace"];
+    /// <summary>Options of <c>serve</c> that qemu-storage-daemon does not have.</summary>
+    static readonly string[] OursOnly = ["--log-level"];
 
     [SkippableFact]
     public async Task Serve_help_lists_every_option_qemu_storage_daemons_help_lists()
@@ -143,7 +143,7 @@ public sealed partial class CommandLineTests : IDisposable
         var theirOptions = OptionNames(qsd.StandardOutput);
         var ourOptions = OptionNames(ours.StandardOutput);
         Assert.Contains("--blockdev", theirOptions);
-        Assert.Equal(theirOptions.Except(NotTaken).Order(StringComparer.Ordinal), ourOptions.Order(StringComparer.Ordinal));
+        Assert.Equal(theirOptions.Order(StringComparer.Ordinal), ourOptions.Except(OursOnly).Order(StringComparer.Ordinal));
         // The forms with an implied first key are documented as QEMU documents them.
         Assert.Contains("--blockdev [driver=]<driver>", ours.StandardOutput, StringComparison.Ordinal);
         Assert.Contains("--export [type=]nbd,id=<id>,node-name=<node-name>", ours.StandardOutput, StringComparison.Ordinal);

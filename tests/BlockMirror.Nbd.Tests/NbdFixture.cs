@@ -34,8 +34,12 @@ sealed class NbdFixture : IAsyncDisposable
 
     public string Uri => $"nbd://127.0.0.1:{Port}/{ExportName}";
 
-    /// <summary>Starts a server exporting a new raw image of <paramref name="size"/> bytes (zeroes) or the bytes given; with <paramref name="tls"/>, clients must start TLS.</summary>
-    public static async Task<NbdFixture> StartAsync(long size, bool writable = true, byte[]? content = null, BlockMirror.Net.Tls.TlsCredentials? tls = null)
+    /// <summary>
+    /// Starts a server exporting a new raw image of <paramref name="size"/> bytes (zeroes) or the bytes given; with
+    /// <paramref name="tls"/>, clients must start TLS; with <paramref name="log"/>, the server logs there.
+    /// </summary>
+    public static async Task<NbdFixture> StartAsync(long size, bool writable = true, byte[]? content = null, BlockMirror.Net.Tls.TlsCredentials? tls = null,
+        Microsoft.Extensions.Logging.ILoggerFactory? log = null)
     {
         var directory = new TempDirectory("blockmirror-nbd-test-");
         var path = directory.File("disk.raw");
@@ -50,7 +54,7 @@ sealed class NbdFixture : IAsyncDisposable
 
         var graph = new BlockGraph();
         var node = await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, "raw", ReadOnly: !writable, NodeName: "disk"));
-        var server = new NbdServer(graph);
+        var server = new NbdServer(graph, log);
         server.Start(new IPEndPoint(IPAddress.Loopback, 0), tls: tls);
         server.AddExport(node, new NbdExportOptions("exp0", ExportName, writable, "a test disk"));
         return new NbdFixture(directory, graph, server, node, path);

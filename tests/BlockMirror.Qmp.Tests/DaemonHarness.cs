@@ -16,12 +16,14 @@ sealed class DaemonHarness : IAsyncDisposable
 {
     readonly IDisposable _subscription;
 
-    public DaemonHarness()
+    /// <param name="log">Where the daemon logs, if anywhere.</param>
+    public DaemonHarness(Microsoft.Extensions.Logging.ILoggerFactory? log = null)
     {
+        Daemon = new StorageDaemon(loggerFactory: log);
         _subscription = Daemon.Jobs.Events.Subscribe(Events.Enqueue);
     }
 
-    public StorageDaemon Daemon { get; } = new();
+    public StorageDaemon Daemon { get; }
 
     public ConcurrentQueue<JobEvent> Events { get; } = new();
 

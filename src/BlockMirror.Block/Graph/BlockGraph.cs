@@ -1,5 +1,7 @@
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Io;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlockMirror.Block.Graph;
 
@@ -19,6 +21,15 @@ public sealed partial class BlockGraph : IAsyncDisposable
     readonly Dictionary<string, BlockNode> _nodes = new(StringComparer.Ordinal);
     readonly List<NodeEdge> _roots = [];
     int _autoNameCounter;
+
+    /// <param name="loggerFactory">Where graph changes are logged (<see cref="BlockGraphLog"/>); none by default.</param>
+    public BlockGraph(ILoggerFactory? loggerFactory = null)
+    {
+        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<BlockGraph>();
+    }
+
+    /// <summary>The graph's logger: its own changes, and what its nodes' users log about them.</summary>
+    public ILogger Logger { get; }
 
     internal Lock SyncRoot { get; } = new();
 
@@ -133,6 +144,7 @@ public sealed partial class BlockGraph : IAsyncDisposable
         {
             var driver = await open(node, cancellationToken).ConfigureAwait(false);
             node.SetDriver(driver);
+            BlockGraphLog.NodeAdded(Logger, node.Name, driver.DriverName, node.ReadOnly ? "read-only" : "read-write");
             return node;
         }
         catch
@@ -227,6 +239,8 @@ public sealed partial class BlockGraph : IAsyncDisposable
             AttachChild(node, ChildNames.Backing, backing, ChildRole.Cow);
         }
 
+        BlockGraphLog.BackingChanged(Logger, node.Name, backing?.Name ?? "(none)");
+
         foreach (var orphan in orphans)
         {
             _ = CloseNodeAsync(orphan).AsTask();
@@ -297,9 +311,10 @@ public sealed partial class BlockGraph : IAsyncDisposable
     public NodeEdge AttachRoot(BlockNode node, IEdgeParent parent, string name = "root",
         BlockPermissions takes = BlockPermissions.ConsistentRead, BlockPermissions shares = BlockPermissions.All)
     {
+        NodeEdge edge;
         lock (SyncRoot)
         {
-            var edge = new NodeEdge(parent, name, node, ChildRole.Filtered, takes, shares);
+            edge = new NodeEdge(parent, name, node, ChildRole.Filtered, takes, shares);
             var saved = SavePermissionsLocked();
             node.SetParents([.. node.Parents, edge]);
             CommitPermissionsLocked(saved, () => node.SetParents([.. node.Parents.Where(e => !ReferenceEquals(e, edge))]));
@@ -308,9 +323,10 @@ public sealed partial class BlockGraph : IAsyncDisposable
             {
                 edge.QuiesceBegin();
             }
-
-            return edge;
         }
+
+        BlockGraphLog.RootAttached(Logger, parent.ParentDescription, node.Name, name);
+        return edge;
     }
 
     /// <summary>Detaches a root edge. An implicit node left without parents is closed.</summary>
@@ -334,6 +350,8 @@ public sealed partial class BlockGraph : IAsyncDisposable
             ReleasePermissionsLocked();
             CollectIfOrphanLocked(node, orphans);
         }
+
+        BlockGraphLog.RootDetached(Logger, edge.Parent.ParentDescription, edge.Node.Name);
 
         foreach (var orphan in orphans)
         {
@@ -466,6 +484,11 @@ public sealed partial class BlockGraph : IAsyncDisposable
             {
                 CommitPermissionsLocked(SavePermissionsLocked(), static () => { });
             }
+
+            foreach (var member in changed)
+            {
+                BlockGraphLog.NodeReopened(Logger, member.Name, readOnly ? "read-only" : "read-write");
+            }
         }
         catch
         {
@@ -529,11 +552,14 @@ public sealed partial class BlockGraph : IAsyncDisposable
                 }
             });
         }
+
+        BlockGraphLog.NodeReplaced(Logger, from.Name, to.Name);
     }
 
     /// <summary>Points one edge at another node (QEMU's bdrv_replace_child). Inside a drained section.</summary>
     public void ReplaceChild(NodeEdge edge, BlockNode to)
     {
+        BlockNode from;
         lock (SyncRoot)
         {
             if (edge.ParentNode is { } parent && (ReferenceEquals(parent, to) || IsDescendantLocked(to, parent)))
@@ -541,11 +567,13 @@ public sealed partial class BlockGraph : IAsyncDisposable
                 throw new BlockGraphException(GraphErrorKind.Invalid, $"making '{to.Name}' the '{edge.Name}' child of '{parent.Name}' would create a loop");
             }
 
-            var from = edge.Node;
+            from = edge.Node;
             var saved = SavePermissionsLocked();
             MoveEdgeLocked(edge, to);
             CommitPermissionsLocked(saved, () => MoveEdgeLocked(edge, from));
         }
+
+        BlockGraphLog.ChildReplaced(Logger, edge.Name, edge.Parent.ParentDescription, from.Name, to.Name);
     }
 
     void MoveEdgeLocked(NodeEdge edge, BlockNode to)
@@ -637,8 +665,11 @@ public sealed partial class BlockGraph : IAsyncDisposable
 
         if (failure is not null)
         {
+            BlockGraphLog.NodeCloseFailed(Logger, node.Name, failure.Message);
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
+
+        BlockGraphLog.NodeRemoved(Logger, node.Name);
     }
 
     /// <summary>Closes every node, parents before children, so formats flush into their files.</summary>

@@ -10,6 +10,7 @@ namespace BlockMirror.Block.Interop;
 public static partial class FileStatus
 {
     const int AtFdCwd = -100;
+    const int AtEmptyPath = 0x1000;
     const uint StatxIno = 0x100;
     const uint StatxBlocks = 0x400;
 
@@ -39,6 +40,23 @@ public static partial class FileStatus
     }
 
     /// <summary>
+    /// The device (as <c>st_dev</c>, glibc's makedev encoding) and inode of an open file descriptor, or null when
+    /// that cannot be told: what systemd's <c>JOURNAL_STREAM</c> names the journal's stream by.
+    /// </summary>
+    public static (ulong Device, ulong Inode)? IdentifyDescriptor(int fd)
+    {
+        Span<byte> buffer = stackalloc byte[StatxSize];
+        if (!Query(fd, "", AtEmptyPath, StatxIno, buffer))
+        {
+            return null;
+        }
+
+        ulong major = MemoryMarshal.Read<uint>(buffer[DevMajorOffset..]), minor = MemoryMarshal.Read<uint>(buffer[DevMinorOffset..]);
+        var device = ((major & 0xfff) << 8) | ((major & 0xfffff000) << 32) | (minor & 0xff) | ((minor & 0xffffff00) << 12);
+        return (device, MemoryMarshal.Read<ulong>(buffer[InoOffset..]));
+    }
+
+    /// <summary>
     /// The bytes the file occupies on disk (<c>st_blocks * 512</c>, what <c>qemu-img info</c> shows as "disk
     /// size"), or null when that cannot be told.
     /// </summary>
@@ -49,11 +67,13 @@ public static partial class FileStatus
     }
 
     /// <summary>statx for the fields in <paramref name="mask"/>; false when the call or those fields are not available.</summary>
-    static bool Query(string path, uint mask, Span<byte> buffer)
+    static bool Query(string path, uint mask, Span<byte> buffer) => Query(AtFdCwd, path, 0, mask, buffer);
+
+    static bool Query(int dirFd, string path, int flags, uint mask, Span<byte> buffer)
     {
         try
         {
-            if (Statx(AtFdCwd, path, 0, mask, buffer) != 0)
+            if (Statx(dirFd, path, flags, mask, buffer) != 0)
             {
                 return false;
             }

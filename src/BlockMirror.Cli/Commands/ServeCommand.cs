@@ -10,6 +10,7 @@ using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Qapi;
+using BlockMirror.Cli.Logging;
 using BlockMirror.Nbd;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
@@ -31,7 +32,7 @@ static partial class ServeCommand
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
     static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize",
-        MetricsListenOption];
+        MetricsListenOption, .. ServeLogging.Options];
 
     /// <summary>Ours, beyond qemu-storage-daemon: HOST:PORT of a Prometheus scrape endpoint (see ServeCommand.Metrics.cs).</summary>
     const string MetricsListenOption = "--metrics-listen";
@@ -39,7 +40,7 @@ static partial class ServeCommand
     public static Command Create()
     {
         var command = new Command("serve", "Run as a storage daemon with qemu-storage-daemon's options: " +
-            "--blockdev, --chardev socket,..., --monitor, --nbd-server, --export, --pidfile, --daemonize")
+            "--blockdev, --chardev socket,..., --monitor, --nbd-server, --export, --pidfile, --daemonize, -T/--trace; and --log-level")
         {
             TreatUnmatchedTokensAsErrors = false,
         };
@@ -47,8 +48,8 @@ static partial class ServeCommand
         return command;
     }
 
-    /// <summary>One option of the command line, in order.</summary>
-    sealed record Setting(string Option, string? Value);
+    /// <summary>One option of the command line, in order; <paramref name="Spelling"/> is how it was written, for messages.</summary>
+    sealed record Setting(string Option, string? Value, string Spelling);
 
     static List<Setting> ReadSettings(IReadOnlyList<string> tokens)
     {
@@ -58,23 +59,31 @@ static partial class ServeCommand
             var token = tokens[i];
             string option, value;
             var equals = token.IndexOf('=', StringComparison.Ordinal);
+            var spelling = token;
             if (token.StartsWith("--", StringComparison.Ordinal) && equals > 0 && Known.Contains(token[..equals]))
             {
                 (option, value) = (token[..equals], token[(equals + 1)..]);
             }
+            else if (token.StartsWith("-T", StringComparison.Ordinal) && token.Length > 2)
+            {
+                // getopt's short option with its value attached.
+                (option, value) = ("-T", token[2..]);
+            }
             else if (token == "--daemonize")
             {
-                settings.Add(new Setting(token, null));
+                settings.Add(new Setting(token, null, token));
                 continue;
             }
             else if (Known.Contains(token))
             {
                 if (i + 1 >= tokens.Count)
                 {
-                    throw new UsageException($"option '{token}' requires an argument");
+                    throw new UsageException(token.StartsWith("--", StringComparison.Ordinal)
+                        ? $"option '{token}' requires an argument" : $"option requires an argument -- '{token[1..]}'");
                 }
 
                 (option, value) = (token, tokens[++i]);
+                spelling = $"{token} {value}";
             }
             else
             {
@@ -82,7 +91,7 @@ static partial class ServeCommand
                 throw new UsageException(token.StartsWith('-') ? $"unrecognized option '{token}'" : $"{token}: Unexpected argument");
             }
 
-            settings.Add(new Setting(option, value));
+            settings.Add(new Setting(option, value, spelling));
         }
 
         return settings;
@@ -118,8 +127,17 @@ static partial class ServeCommand
             }
         }
 
-        await using var daemon = new StorageDaemon();
-        await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
+        // Set up before anything that logs; disposed last, so what the daemon logs on its way out is written.
+        using var logging = ServeLogging.Create(
+            settings.Where(s => ServeLogging.Options.Contains(s.Option)).Select(s => (s.Option, s.Value!, s.Spelling)), Console.Error);
+        if (logging is null)
+        {
+            // --trace help listed the events.
+            return 0;
+        }
+
+        await using var daemon = new StorageDaemon(loggerFactory: logging.Factory);
+        await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events, logging.Factory);
         daemon.EventRaised += monitors.Broadcast;
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
@@ -182,6 +200,17 @@ static partial class ServeCommand
             }
         }
 
+        if (logging.LogFile is { } logFile && daemon.Graph.FindNodeUsingFile(logFile) is { } image)
+        {
+            // The log is appended to, never truncated, but an image must not grow log lines either.
+            throw new UsageException($"Cannot log to '{logFile}': it is the image file of node '{image.Name}'");
+        }
+
+        // Handled from before the pid file exists: whoever reads it may signal at once, and must get a clean stop.
+        var stop = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult("SIGTERM"); });
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult("SIGINT"); });
+
         if (pidfile is not null)
         {
             // Writing the pid truncates the file: never one of the images being served (QEMU's lock on the pid
@@ -196,10 +225,8 @@ static partial class ServeCommand
 
         using var metrics = StartMetrics(metricsListen);
         serving.SetResult();
+        ServeLog.Started(logging.Serve, Environment.ProcessId);
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult(); });
-        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult(); });
         if (Environment.GetEnvironmentVariable(DaemonChildVariable) is not null)
         {
             // Tell the parent of --daemonize that we serve; it exits 0 and we carry on without it.
@@ -209,7 +236,8 @@ static partial class ServeCommand
             Console.SetError(TextWriter.Null);
         }
 
-        await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+        var stopped = await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
+        ServeLog.Stopping(logging.Serve, stopped == daemon.QuitRequested ? "QMP quit" : stop.Task.IsCompletedSuccessfully ? stop.Task.Result : "cancelled");
 
         // On a signal as on quit, the monitors hear the jobs end before they close.
         await daemon.StopServingAsync();

@@ -11,7 +11,14 @@ static class ServeHelp
         BlockMirror storage daemon (qemu-storage-daemon 7.2 command line)
 
           -h, --help             display this help and exit
+          -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
+                                 log the events matching <pattern> (globs with *),
+                                 or listed in <file>, whatever the log level; to
+                                 <file> instead of stderr with file= (-T help
+                                 lists the events)
           -V, --version          output version information and exit
+          --log-level trace|debug|info|warning|error|none
+                                 what else to log to stderr (default: warning)
 
           --blockdev [driver=]<driver>[,node-name=<N>][,discard=ignore|unmap]
                      [,cache.direct=on|off][,cache.no-flush=on|off]

@@ -5,6 +5,7 @@ using System.Text;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.Net.Tls;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -39,12 +40,21 @@ sealed class NbdConnection : IAsyncDisposable
     /// <summary>Whether NBD_OPT_STARTTLS has made <see cref="Stream"/> a TLS session.</summary>
     bool _tls;
 
-    public NbdConnection(Stream stream, NbdServer server)
+    /// <summary>Why the handshake refused the client, when it ended without an export and not by NBD_OPT_ABORT.</summary>
+    string? _refusal;
+
+    /// <param name="client">How the log names the client.</param>
+    public NbdConnection(Stream stream, NbdServer server, string client)
     {
         _stream = stream;
         _server = server;
+        Client = client;
         (Reader, Writer) = CreatePipes(stream);
     }
+
+    internal string Client { get; }
+
+    internal ILogger Logger => _server.Logger;
 
     /// <summary>
     /// The handshake's and the request loop's pipes over <paramref name="stream"/>. Both leave the stream open:
@@ -90,18 +100,38 @@ sealed class NbdConnection : IAsyncDisposable
 
             if (export is null)
             {
+                if (_refusal is not null)
+                {
+                    NbdServerLog.ClientRefused(Logger, Client, _refusal);
+                }
+                else
+                {
+                    NbdServerLog.ClientDisconnected(Logger, Client, "NBD_OPT_ABORT in the handshake");
+                }
+
                 return;
             }
 
+            NbdServerLog.ClientOpenedExport(Logger, Client, export.Name, Structured ? "structured" : "simple");
             var transmission = new NbdTransmission(this, export, Structured, _allocationContextExport == export.Name);
             await using (transmission.ConfigureAwait(false))
             {
-                await transmission.RunAsync(cancellationToken).ConfigureAwait(false);
+                var end = await transmission.RunAsync(cancellationToken).ConfigureAwait(false);
+                if (end is null)
+                {
+                    NbdServerLog.ClientDisconnected(Logger, Client, "NBD_CMD_DISC");
+                }
+                else
+                {
+                    NbdServerLog.ClientDropped(Logger, Client, "in transmission", end);
+                }
             }
         }
         catch (Exception ex) when (ex is IOException or OperationCanceledException or NbdProtocolException or ObjectDisposedException or TlsException)
         {
-            // The client went away, broke the protocol or failed the TLS handshake: closing the connection is the whole answer.
+            // The client went away, broke the protocol or failed the TLS handshake: closing the connection is the
+            // whole answer; the log says which.
+            LogEnd(ex, export is null, cancellationToken.IsCancellationRequested);
         }
         finally
         {
@@ -110,6 +140,39 @@ sealed class NbdConnection : IAsyncDisposable
                 Interlocked.Decrement(ref export.Clients);
             }
         }
+    }
+
+    internal const string ResetReason = "connection reset by the client";
+
+    /// <summary>Whether a read or a send failed because the client reset the connection.</summary>
+    internal static bool IsReset(Exception? ex) =>
+        ex is IOException { InnerException: System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.ConnectionReset } };
+
+    /// <summary>Logs why a connection ended by an exception: the server stopping, or the client's doing.</summary>
+    void LogEnd(Exception ex, bool inHandshake, bool serverStopping)
+    {
+        if (serverStopping || ex is ObjectDisposedException)
+        {
+            NbdServerLog.ClientDisconnected(Logger, Client, "the server is stopping");
+            return;
+        }
+
+        if (!Logger.IsEnabled(LogLevel.Warning))
+        {
+            return;
+        }
+
+        var reason = ex switch
+        {
+            EndOfStreamException => $"EOF: {ex.Message}",
+            _ when IsReset(ex) => ResetReason,
+            IOException { InnerException: System.Net.Sockets.SocketException socket } => $"socket error: {socket.Message}",
+            OperationCanceledException => $"no export chosen within {HandshakeTimeout.TotalSeconds:0} s",
+            NbdProtocolException => $"protocol error: {ex.Message}",
+            TlsException => $"TLS failure: {ex.Message}",
+            _ => ex.Message,
+        };
+        NbdServerLog.ClientDropped(Logger, Client, inHandshake ? "in the handshake" : "in transmission", reason);
     }
 
     /// <summary>
@@ -127,6 +190,7 @@ sealed class NbdConnection : IAsyncDisposable
         if ((clientFlags & ~(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)) != 0)
         {
             // proto.md: a server that does not know a client flag must close the connection.
+            _refusal = $"unknown client flags 0x{(uint)clientFlags:x}";
             return null;
         }
 
@@ -145,6 +209,7 @@ sealed class NbdConnection : IAsyncDisposable
             {
                 await OptionReplyAsync(header.Option, NbdOptionReply.ErrTooBig,
                     $"option data of {header.Length} bytes is over the limit of {MaxOptionLength}", cancellationToken).ConfigureAwait(false);
+                _refusal = $"option {header.Option} with {header.Length} bytes of data, over the limit of {MaxOptionLength}";
                 return null;
             }
 
@@ -153,6 +218,7 @@ sealed class NbdConnection : IAsyncDisposable
             {
                 // A client that cannot even ask for TLS correctly is not worth another try (QEMU drops it too).
                 await OptionReplyAsync(header.Option, NbdOptionReply.ErrInvalid, "option 'starttls' has unexpected length", cancellationToken).ConfigureAwait(false);
+                _refusal = "NBD_OPT_STARTTLS with data";
                 return null;
             }
 
@@ -179,6 +245,7 @@ sealed class NbdConnection : IAsyncDisposable
         }
 
         // An option haggle that never ends: the client had its chance.
+        _refusal = $"no export chosen in {MaxOptions} options";
         return null;
     }
 
@@ -197,6 +264,7 @@ sealed class NbdConnection : IAsyncDisposable
                 await StartTlsAsync(tls, cancellationToken).ConfigureAwait(false);
                 return true;
             case NbdOption.ExportName:
+                _refusal = "NBD_OPT_EXPORT_NAME before TLS was started";
                 return false;
             default:
                 await OptionReplyAsync(option, NbdOptionReply.ErrTlsRequired, $"Option 0x{(uint)option:x} not permitted before TLS", cancellationToken).ConfigureAwait(false);
@@ -237,9 +305,11 @@ sealed class NbdConnection : IAsyncDisposable
             case NbdOption.ExportName:
             {
                 // No way to report an error here: an unknown name closes the connection (proto.md).
-                var export = _server.FindExport(Encoding.UTF8.GetString(data));
+                var name = Encoding.UTF8.GetString(data);
+                var export = _server.FindExport(name);
                 if (export is null)
                 {
+                    _refusal = $"NBD_OPT_EXPORT_NAME of an unknown export '{name}'";
                     return (true, null);
                 }
 
@@ -478,6 +548,11 @@ sealed class NbdConnection : IAsyncDisposable
     /// <summary>An option reply with an optional UTF-8 message (errors carry one for the client's log).</summary>
     async ValueTask OptionReplyAsync(NbdOption option, NbdOptionReply reply, string? message, CancellationToken cancellationToken)
     {
+        if (((uint)reply & 0x80000000) != 0)
+        {
+            NbdServerLog.OptionRefused(Logger, Client, option, reply, message ?? "");
+        }
+
         var bytes = message is null ? [] : Encoding.UTF8.GetBytes(message);
         NbdWire.WriteOptionReplyHeader(Writer, option, reply, (uint)bytes.Length);
         Writer.Write(bytes);

@@ -5,6 +5,8 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Net.Listening;
 using BlockMirror.Net.Tls;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -18,12 +20,17 @@ public sealed class NbdServer : IAsyncDisposable
     readonly BlockGraph _graph;
     readonly ConcurrentDictionary<string, NbdExport> _exports = new(StringComparer.Ordinal);
     SocketListener? _listener;
+    long _connections;
 
-    public NbdServer(BlockGraph graph)
+    /// <param name="loggerFactory">Where exports, connections and refused requests are logged (<see cref="NbdServerLog"/>); none by default.</param>
+    public NbdServer(BlockGraph graph, ILoggerFactory? loggerFactory = null)
     {
         _graph = graph;
+        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<NbdServer>();
         NbdMetrics.Track(this);
     }
+
+    internal ILogger Logger { get; }
 
     /// <summary>
     /// Buffers for payloads: aligned, so an O_DIRECT node takes them without a bounce. Up to 32 MiB per size
@@ -64,11 +71,16 @@ public sealed class NbdServer : IAsyncDisposable
 
         _listener = SocketListener.Bind(endPoint, backlog: 64);
         _listener.Start(ServeAsync, acceptAfter);
+        NbdServerLog.ServerStarted(Logger, _listener.LocalEndPoint, tls is null ? "" : " (TLS required)");
     }
 
     async Task ServeAsync(Stream stream, CancellationToken cancellationToken)
     {
-        var connection = new NbdConnection(stream, this);
+        // How the log names this client: a number of its own (a Unix socket's peer has no address) and where from.
+        var peer = (stream as System.Net.Sockets.NetworkStream)?.Socket.RemoteEndPoint;
+        var client = $"#{Interlocked.Increment(ref _connections)} ({(peer is IPEndPoint ? peer.ToString() : "unix")})";
+        NbdServerLog.ClientConnected(Logger, client);
+        var connection = new NbdConnection(stream, this, client);
         try
         {
             await using (connection.ConfigureAwait(false))
@@ -132,6 +144,7 @@ public sealed class NbdServer : IAsyncDisposable
             throw;
         }
 
+        NbdServerLog.ExportAdded(Logger, export.Id, name, node.Name, options.Writable ? "writable" : "read-only");
         return export;
     }
 
@@ -151,6 +164,7 @@ public sealed class NbdServer : IAsyncDisposable
         if (_exports.TryRemove(new KeyValuePair<string, NbdExport>(export.Name, export)))
         {
             await _graph.DetachRootAsync(export.Edge).ConfigureAwait(false);
+            NbdServerLog.ExportRemoved(Logger, export.Id);
         }
     }
 
@@ -164,6 +178,7 @@ public sealed class NbdServer : IAsyncDisposable
         {
             await listener.StopAsync().ConfigureAwait(false);
             _listener = null;
+            NbdServerLog.ServerStopped(Logger, listener.LocalEndPoint);
         }
     }
 

@@ -7,6 +7,7 @@ using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Nbd.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -47,6 +48,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     readonly Stream _stream = connection.Stream;
     readonly AlignedBufferPool _buffers = connection.Buffers;
     readonly NodeEdge _edge = export.Edge;
+    readonly ILogger _logger = connection.Logger;
 
     // Replies: _replies and _sending are guarded by _replyLock; the batch buffer, the array of replies being
     // sent and _broken belong to the one sender running.
@@ -57,10 +59,25 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
     bool _sending;
     bool _broken;
 
+    // Why a send failed, for the log (written by the sender, read after every slot is back).
+    Exception? _sendFailure;
+
     // Replies of the batch being sent whose buffers and slots are back already.
     int _released;
 
-    public async Task RunAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Serves requests until the client sends NBD_CMD_DISC (returns null) or closes the connection (returns
+    /// how, for the log); a protocol error throws.
+    /// </summary>
+    public async Task<string?> RunAsync(CancellationToken cancellationToken)
+    {
+        var end = await ReadRequestsAsync(cancellationToken).ConfigureAwait(false);
+        // A reset that a send met first leaves the reader only an end of stream; every sender is done by now.
+        return end is not null && NbdConnection.IsReset(_sendFailure) ? NbdConnection.ResetReason : end;
+    }
+
+    /// <summary>The request loop of <see cref="RunAsync"/>; returns once every request in progress has replied.</summary>
+    async Task<string?> ReadRequestsAsync(CancellationToken cancellationToken)
     {
         try
         {
@@ -72,7 +89,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
                 {
                     // The client closed the connection (between requests, or in the middle of one).
                     _reader.AdvanceTo(buffer.Start, buffer.End);
-                    return;
+                    return buffer.IsEmpty ? "EOF without NBD_CMD_DISC" : "EOF in the middle of a request header";
                 }
 
                 _reader.AdvanceTo(buffer.Start);
@@ -83,7 +100,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
 
                 if (request.Command == NbdCommand.Disconnect)
                 {
-                    return;
+                    return null;
                 }
 
                 AlignedMemory? payload = null;
@@ -179,6 +196,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             if (error != NbdError.None)
             {
                 statistics.Failed();
+                NbdServerLog.RequestRefused(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, error, message!);
                 QueueError(request, error, message);
                 queued = true;
                 return;
@@ -193,7 +211,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             catch (BlockIOException ex)
             {
                 statistics.Failed();
-                QueueError(request, ToNbdError(ex.Errno), ex.Message);
+                var failure = ToNbdError(ex.Errno);
+                NbdServerLog.RequestFailed(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, failure, ex.Message);
+                QueueError(request, failure, ex.Message);
                 queued = true;
             }
         }
@@ -203,7 +223,9 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             // node that went away, a cancelled request, a bug. If the connection is gone too, the sender
             // finds it broken and drops the reply.
             statistics.Failed();
-            QueueError(request, ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO, ex.Message);
+            var failure = ex is OperationCanceledException ? NbdError.ESHUTDOWN : NbdError.EIO;
+            NbdServerLog.RequestFailed(_logger, connection.Client, export.Name, request.Command, request.Offset, request.Length, failure, ex.Message);
+            QueueError(request, failure, ex.Message);
             queued = true;
         }
         finally
@@ -485,6 +507,7 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             {
                 // The client is gone: the reader loop ends the connection; the replies still queued are dropped.
                 _broken = true;
+                _sendFailure ??= ex;
             }
 
             ReleaseUpTo(count);

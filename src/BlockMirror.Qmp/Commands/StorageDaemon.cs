@@ -5,6 +5,7 @@ using BlockMirror.Block.Graph;
 using BlockMirror.Jobs;
 using BlockMirror.Nbd.Server;
 using BlockMirror.Qmp.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Qmp.Commands;
 
@@ -17,11 +18,14 @@ public sealed partial class StorageDaemon : IAsyncDisposable
 {
     readonly TaskCompletionSource _quit = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public StorageDaemon(TimeProvider? time = null)
+    /// <param name="loggerFactory">Where the graph, the jobs and the NBD server log; none by default.</param>
+    public StorageDaemon(TimeProvider? time = null, ILoggerFactory? loggerFactory = null)
     {
         // blockdev-add offers the NBD client (driver=nbd), which the block layer cannot name itself.
         BlockMirror.Nbd.Client.NbdDrivers.Register();
-        Jobs = new JobManager(time);
+        LoggerFactory = loggerFactory;
+        Graph = new BlockGraph(loggerFactory);
+        Jobs = new JobManager(time, loggerFactory);
         Commands = new QmpCommandTable();
         AddBlockdevCommands();
         AddJobCommands();
@@ -36,7 +40,10 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddStatsCommands();
     }
 
-    public BlockGraph Graph { get; } = new();
+    public BlockGraph Graph { get; }
+
+    /// <summary>What the daemon's parts log to (null: nothing is logged).</summary>
+    public ILoggerFactory? LoggerFactory { get; }
 
     public JobManager Jobs { get; }
 
@@ -103,7 +110,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
             throw QmpException.Generic("TLS client authorization ('tls-authz') is not supported");
         }
 
-        var server = new NbdServer(Graph);
+        var server = new NbdServer(Graph, LoggerFactory);
         try
         {
             server.Start(endPoint, acceptAfter, tls);

@@ -6,6 +6,8 @@ using BlockMirror.Jobs.Events;
 using BlockMirror.Net.Listening;
 using BlockMirror.Qmp.Events;
 using BlockMirror.Qmp.Protocol;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlockMirror.Qmp.Server;
 
@@ -28,12 +30,17 @@ public sealed class QmpServer : IAsyncDisposable
     // first events.
     readonly ConcurrentDictionary<QmpSession, byte> _negotiated = new();
     readonly IDisposable _events;
+    long _sessions;
 
-    public QmpServer(QmpCommandTable commands, JobEventBus events)
+    /// <param name="loggerFactory">Where monitor connections and commands are logged (<see cref="QmpServerLog"/>); none by default.</param>
+    public QmpServer(QmpCommandTable commands, JobEventBus events, ILoggerFactory? loggerFactory = null)
     {
         Commands = commands;
         _events = events.Subscribe(Broadcast);
+        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<QmpServer>();
     }
+
+    internal ILogger Logger { get; }
 
     public QmpCommandTable Commands { get; }
 
@@ -51,12 +58,17 @@ public sealed class QmpServer : IAsyncDisposable
         }
 
         listener.Start(RunSessionAsync, acceptAfter);
+        QmpServerLog.Listening(Logger, listener.LocalEndPoint);
         return listener.LocalEndPoint;
     }
 
     async Task RunSessionAsync(Stream stream, CancellationToken cancellationToken)
     {
-        var session = new QmpSession(stream, this);
+        // How the log names this client: a number of its own (a Unix socket's peer has no address) and where from.
+        var peer = (stream as System.Net.Sockets.NetworkStream)?.Socket.RemoteEndPoint;
+        var client = $"#{Interlocked.Increment(ref _sessions)} ({(peer is IPEndPoint ? peer.ToString() : "unix")})";
+        QmpServerLog.ClientConnected(Logger, client);
+        var session = new QmpSession(stream, this, client);
         try
         {
             await session.RunAsync(cancellationToken).ConfigureAwait(false);
@@ -64,6 +76,7 @@ public sealed class QmpServer : IAsyncDisposable
         finally
         {
             _negotiated.TryRemove(session, out _);
+            QmpServerLog.ClientDisconnected(Logger, client);
         }
     }
 

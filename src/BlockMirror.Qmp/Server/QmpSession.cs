@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
 using BlockMirror.Qmp.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Qmp.Server;
 
@@ -28,11 +29,15 @@ sealed class QmpSession
     TaskCompletionSource? _roomWaiter;
     volatile bool _writerFailed;
 
-    public QmpSession(Stream stream, QmpServer server)
+    /// <param name="client">How the log names the client.</param>
+    public QmpSession(Stream stream, QmpServer server, string client)
     {
         _stream = stream;
         _server = server;
+        _client = client;
     }
+
+    readonly string _client;
 
     /// <summary>Set once <c>qmp_capabilities</c> succeeded: from then on commands run and events are sent.</summary>
     public bool Negotiated { get; private set; }
@@ -193,6 +198,7 @@ sealed class QmpSession
             }
 
             var (command, arguments) = ReadCommand(root);
+            QmpServerLog.Command(_server.Logger, _client, command);
             var result = await ExecuteAsync(command, arguments, cancellationToken).ConfigureAwait(false);
             SendReturn(id, result);
         }
@@ -295,7 +301,13 @@ sealed class QmpSession
         writer.WriteEndObject();
     }));
 
-    void SendError(JsonElement? id, QmpException error) => Send(Serialize(writer =>
+    void SendError(JsonElement? id, QmpException error)
+    {
+        QmpServerLog.CommandError(_server.Logger, _client, error.ErrorClass, error.Message);
+        SendErrorReply(id, error);
+    }
+
+    void SendErrorReply(JsonElement? id, QmpException error) => Send(Serialize(writer =>
     {
         writer.WriteStartObject();
         writer.WriteStartObject("error");
