@@ -9,6 +9,7 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
+using BlockMirror.Cli.Systemd;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -112,6 +113,7 @@ static class ServeCommand
             }
         }
 
+        var sockets = SocketActivation.FromEnvironment();
         await using var daemon = new StorageDaemon();
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events);
         daemon.EventRaised += monitors.Broadcast;
@@ -133,7 +135,7 @@ static class ServeCommand
                         await DriverRegistry.OpenAsync(daemon.Graph, Arguments(setting.Value!, "driver"), OpenRules.BlockdevAdd, cancellationToken);
                         break;
                     case "--chardev":
-                        var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
+                        var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"), sockets);
                         if (!chardevs.TryAdd(id, endPoint))
                         {
                             throw new UsageException($"attempt to add duplicate property '{id}' to object (type 'container')");
@@ -144,7 +146,7 @@ static class ServeCommand
                         monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null));
+                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null), sockets);
                         daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
                         break;
                     case "--export":
@@ -200,9 +202,12 @@ static class ServeCommand
             Console.SetError(TextWriter.Null);
         }
 
+        SystemdNotify.Send("READY=1");
+
         await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
 
         // On a signal as on quit, the monitors hear the jobs end before they close.
+        SystemdNotify.Send("STOPPING=1");
         await daemon.StopServingAsync();
         if (pidfile is not null)
         {
@@ -227,14 +232,15 @@ static class ServeCommand
         return new QmpArguments(KeyVal.Parse(value, impliedKey), keyval: true);
     }
 
-    /// <summary><c>socket,id=ID,path=PATH|host=H,port=P,server=on,wait=off</c>: a listening socket for a monitor.</summary>
-    static (string Id, EndPoint EndPoint) ReadChardev(QmpArguments chardev)
+    /// <summary><c>socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on,wait=off</c>: a listening socket for a monitor.</summary>
+    static (string Id, EndPoint EndPoint) ReadChardev(QmpArguments chardev, SocketActivation sockets)
     {
         var backend = chardev.RequireString("backend");
         var id = chardev.RequireString("id");
         var path = chardev.OptionalString("path");
         var host = chardev.OptionalString("host");
         var port = chardev.OptionalString("port");
+        var fd = chardev.OptionalString("fd");
         var server = chardev.OptionalBool("server") ?? false;
         var wait = chardev.OptionalBool("wait") ?? true;
         chardev.Accept("telnet", "nodelay", "ipv4", "ipv6", "to", "logfile", "logappend");
@@ -252,6 +258,16 @@ static class ServeCommand
         if (wait)
         {
             throw new UsageException($"chardev '{id}': wait=on is not supported; add wait=off");
+        }
+
+        if ((path is null ? 0 : 1) + (host is null ? 0 : 1) + (fd is null ? 0 : 1) > 1)
+        {
+            throw new UsageException("None or one of 'path', 'fd' or 'host' option required.");
+        }
+
+        if (fd is not null)
+        {
+            return (id, sockets.Resolve(fd));
         }
 
         if (path is not null)
@@ -282,15 +298,23 @@ static class ServeCommand
         return chardevs.TryGetValue(chardev, out var endPoint) ? endPoint : throw new UsageException($"chardev \"{chardev}\" not found");
     }
 
-    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server)
+    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server, SocketActivation sockets)
     {
         var address = server.OptionalObject("addr") ?? throw new UsageException("Parameter 'addr' is missing");
-        var endPoint = StorageDaemon.ReadSocketAddress(address, legacy: false);
+        var endPoint = address.OptionalString("type") == "fd" ? ReadFdAddress(address, sockets) : StorageDaemon.ReadSocketAddress(address, legacy: false);
         server.Accept("max-connections");
         var tlsCreds = server.OptionalString("tls-creds");
         var tlsAuthz = server.OptionalString("tls-authz");
         server.CheckNoneUnexpected();
         return (endPoint, tlsCreds, tlsAuthz);
+    }
+
+    /// <summary><c>addr.type=fd,addr.str=N|NAME</c>: a socket the daemon was given (SocketAddress of type 'fd').</summary>
+    static EndPoint ReadFdAddress(QmpArguments address, SocketActivation sockets)
+    {
+        var str = address.RequireString("str");
+        address.CheckNoneUnexpected();
+        return sockets.Resolve(str);
     }
 
     /// <summary>
