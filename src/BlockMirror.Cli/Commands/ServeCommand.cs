@@ -29,7 +29,7 @@ static class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
+    internal static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize"];
 
     public static Command Create()
     {
