@@ -135,6 +135,57 @@ public sealed class ServeSystemdTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task Descriptors_passed_for_another_process_are_not_taken()
+    {
+        // LISTEN_PID names another process (the daemon's parent, say): its sockets are not the daemon's.
+        var start = BlockMirrorCli.StartInfo(["serve", "--chardev", "socket,id=m,fd=qmp,server=on,wait=off", "--monitor", "m"]);
+        start.Environment["LISTEN_PID"] = "1";
+        start.Environment["LISTEN_FDS"] = "1";
+        start.Environment["LISTEN_FDNAMES"] = "qmp";
+        using var daemon = Process.Start(start)!;
+        var stderr = await daemon.StandardError.ReadToEndAsync();
+        await daemon.WaitForExitAsync();
+
+        Assert.Equal(1, daemon.ExitCode);
+        Assert.Equal("blockmirror serve: --chardev socket,id=m,fd=qmp,server=on,wait=off: Unable to parse FD number qmp", stderr.Trim());
+    }
+
+    [SkippableTheory]
+    [InlineData("--nbd-server", "addr.type=fd,addr.str=qnp", "Unable to parse FD number qnp (socket activation passed: qmp)")]
+    [InlineData("--nbd-server", "addr.type=fd,addr.str=qmp", "File descriptor 'qmp' (fd 3 from socket activation) is already used by an earlier option")]
+    [InlineData("--nbd-server", "addr.type=fd,addr.str=3", "File descriptor '3' is already used by an earlier option")]
+    public async Task An_activated_socket_misnamed_or_named_twice_is_refused_at_its_option(string option, string value, string error)
+    {
+        var activate = ExternalTool.Require("systemd-socket-activate");
+        var qmpPath = _dir.File("qmp.sock");
+        var start = BlockMirrorCli.StartInfo([]);
+        start.FileName = activate;
+        start.ArgumentList.Clear();
+        foreach (var argument in (string[])["-l", qmpPath, "--fdname=qmp", .. BlockMirrorCli.Launcher, "serve",
+            "--chardev", "socket,id=m,fd=qmp,server=on,wait=off", "--monitor", "m", option, value])
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var daemon = Process.Start(start)!;
+        var stderr = daemon.StandardError.ReadToEndAsync();
+        while (!File.Exists(qmpPath) && !daemon.HasExited)
+        {
+            await Task.Delay(10);
+        }
+
+        // The daemon starts at the first connection; this one is closed when it fails.
+        using (var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            await client.ConnectAsync(new UnixDomainSocketEndPoint(qmpPath));
+            await daemon.WaitForExitAsync();
+        }
+
+        Assert.Equal(1, daemon.ExitCode);
+        Assert.Contains($"blockmirror serve: {option} {value}: {error}\n", await stderr, StringComparison.Ordinal);
+    }
+
     /// <summary>A datagram socket for sd_notify messages, at a path or (with <paramref name="abstractName"/>) an abstract name.</summary>
     (Socket Socket, string Address) BindNotifySocket(bool abstractName)
     {
