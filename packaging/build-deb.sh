@@ -19,6 +19,7 @@ version=$("$exe" --version | sed -n '1s/^blockmirror version \([^ ]*\).*/\1/p')
 [[ $version =~ ^[0-9][A-Za-z0-9.+~-]*$ ]] || { echo "build-deb.sh: cannot read a Debian version from '$("$exe" --version | head -n 1)'" >&2; exit 1; }
 
 root=$(mktemp -d)
+chmod 755 "$root"
 trap 'rm -rf "$root"' EXIT
 install -D -m 755 "$exe" "$root/usr/bin/blockmirror"
 mkdir -p "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completions"

@@ -72,12 +72,7 @@ public sealed partial class DebianPackageTests : IDisposable
             }
             finally
             {
-                if (!daemon.HasExited)
-                {
-                    daemon.Kill();
-                }
-
-                await daemon.WaitForExitAsync();
+                await ServeSystemdTests.EndAsync(daemon);
             }
         }
         finally

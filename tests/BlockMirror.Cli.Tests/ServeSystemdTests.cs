@@ -65,12 +65,7 @@ public sealed class ServeSystemdTests : IDisposable
         }
         finally
         {
-            if (!daemon.HasExited)
-            {
-                daemon.Kill(entireProcessTree: true);
-            }
-
-            await daemon.WaitForExitAsync();
+            await EndAsync(daemon);
         }
     }
 
@@ -92,25 +87,16 @@ public sealed class ServeSystemdTests : IDisposable
         Assert.Equal(0, notify.Available);
     }
 
-    [Fact]
+    [SkippableFact]
     public async Task Socket_activated_monitor_and_nbd_server_are_taken_by_name_and_serve()
     {
-        var activate = ExternalTool.Require("systemd-socket-activate");
         await File.WriteAllBytesAsync(_dir.File("disk.raw"), new byte[1 << 20]);
         var qmpPath = _dir.File("qmp.sock");
         var nbdPath = _dir.File("nbd.sock");
-        var start = BlockMirrorCli.StartInfo([]);
-        start.FileName = activate;
-        start.ArgumentList.Clear();
-        foreach (var argument in (string[])["-l", qmpPath, "-l", nbdPath, "--fdname=qmp:nbd", .. BlockMirrorCli.Launcher, "serve",
+        using var daemon = StartActivated(["-l", qmpPath, "-l", nbdPath, "--fdname=qmp:nbd"],
             "--chardev", "socket,id=m,fd=qmp,server=on,wait=off", "--monitor", "m",
             "--blockdev", $"driver=file,node-name=f,filename={_dir.File("disk.raw")}", "--blockdev", "driver=raw,node-name=disk,file=f",
-            "--nbd-server", "addr.type=fd,addr.str=nbd", "--export", "type=nbd,id=e,node-name=disk,name=disk"])
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var daemon = Process.Start(start)!;
+            "--nbd-server", "addr.type=fd,addr.str=nbd", "--export", "type=nbd,id=e,node-name=disk,name=disk");
         var stderr = daemon.StandardError.ReadToEndAsync();
         try
         {
@@ -126,12 +112,7 @@ public sealed class ServeSystemdTests : IDisposable
         }
         finally
         {
-            if (!daemon.HasExited)
-            {
-                daemon.Kill(entireProcessTree: true);
-            }
-
-            await daemon.WaitForExitAsync();
+            await EndAsync(daemon);
         }
     }
 
@@ -157,18 +138,8 @@ public sealed class ServeSystemdTests : IDisposable
     [InlineData("--nbd-server", "addr.type=fd,addr.str=3", "File descriptor '3' is already used by an earlier option")]
     public async Task An_activated_socket_misnamed_or_named_twice_is_refused_at_its_option(string option, string value, string error)
     {
-        var activate = ExternalTool.Require("systemd-socket-activate");
         var qmpPath = _dir.File("qmp.sock");
-        var start = BlockMirrorCli.StartInfo([]);
-        start.FileName = activate;
-        start.ArgumentList.Clear();
-        foreach (var argument in (string[])["-l", qmpPath, "--fdname=qmp", .. BlockMirrorCli.Launcher, "serve",
-            "--chardev", "socket,id=m,fd=qmp,server=on,wait=off", "--monitor", "m", option, value])
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var daemon = Process.Start(start)!;
+        using var daemon = StartActivated(["-l", qmpPath, "--fdname=qmp"], "--chardev", "socket,id=m,fd=qmp,server=on,wait=off", "--monitor", "m", option, value);
         var stderr = daemon.StandardError.ReadToEndAsync();
         while (!File.Exists(qmpPath) && !daemon.HasExited)
         {
@@ -184,6 +155,34 @@ public sealed class ServeSystemdTests : IDisposable
 
         Assert.Equal(1, daemon.ExitCode);
         Assert.Contains($"blockmirror serve: {option} {value}: {error}\n", await stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// <c>blockmirror serve SERVE_ARGUMENTS</c> under systemd-socket-activate with <paramref name="activation"/>
+    /// (its sockets and names); it binds them and starts the daemon when the first client connects.
+    /// </summary>
+    static Process StartActivated(string[] activation, params string[] serveArguments)
+    {
+        var start = BlockMirrorCli.StartInfo([]);
+        start.FileName = ExternalTool.Require("systemd-socket-activate");
+        start.ArgumentList.Clear();
+        foreach (var argument in (string[])[.. activation, .. BlockMirrorCli.Launcher, "serve", .. serveArguments])
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        return Process.Start(start)!;
+    }
+
+    /// <summary>Kills the daemon if a failed assertion left it running, and waits for it.</summary>
+    internal static async Task EndAsync(Process daemon)
+    {
+        if (!daemon.HasExited)
+        {
+            daemon.Kill(entireProcessTree: true);
+        }
+
+        await daemon.WaitForExitAsync();
     }
 
     /// <summary>A datagram socket for sd_notify messages, at a path or (with <paramref name="abstractName"/>) an abstract name.</summary>
