@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the blockmirror command as users install it: one native executable, compiled ahead of time
 # (.NET Native AOT), into DIR (relative to the current directory; default: the repository's
-# artifacts/blockmirror). Prints the executable's absolute path last.
+# artifacts/blockmirror). Prints the executable's absolute path; with --deb, then the path of the Debian
+# package built from it (packaging/build-deb.sh: the executable, man pages, bash completion, systemd units),
+# DIR/blockmirror_VERSION_amd64.deb.
 #
-#   ./publish.sh [DIR]
+#   ./publish.sh [--deb] [DIR]
 #
 # Why native: a storage command or daemon should be at full speed from its first request. Run through
 # the dotnet host, the JIT compiles and recompiles the hot paths while the first second of work runs
@@ -13,6 +15,11 @@
 #
 # Native AOT links with clang (Debian package `clang`, installed here if missing; root or sudo).
 set -euo pipefail
+deb=0
+if [ "${1-}" = --deb ]; then
+  deb=1
+  shift
+fi
 # DIR as the caller means it (relative to the caller's directory); the default is the repository's artifacts/.
 if [ $# -ge 1 ]; then
   case $1 in /*) out=$1 ;; *) out=$PWD/$1 ;; esac
@@ -36,3 +43,6 @@ dotnet publish src/BlockMirror.Cli -c Release -r linux-x64 -p:PublishAot=true -v
 mkdir -p "$out"
 install -m 755 "$staging/blockmirror" "$out/blockmirror"
 echo "$out/blockmirror"
+if [ $deb -eq 1 ]; then
+  packaging/build-deb.sh "$out/blockmirror" "$out"
+fi

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests), builds, runs every test project, then the command-line
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests; systemd-socket-activate), builds, runs every test project, then the command-line
 # tests again against the native build (publish.sh, which installs clang), and ends with one plain line
 # "N passed, N failed" summed over all runs. Exit status 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2)
+packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2 systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -50,9 +50,11 @@ done
 publish_failed=0
 # The command-line tests once more, against the native executable users install (publish.sh): the same
 # code compiled ahead of time, where something the JIT build tolerates (reflection, a missing runtime
-# option) would fail.
-if native=$(./publish.sh artifacts/blockmirror | tail -n 1) && [ -x "$native" ]; then
-  BLOCKMIRROR_EXE="$native" dotnet test tests/BlockMirror.Cli.Tests/BlockMirror.Cli.Tests.csproj -c Release --no-build -nologo \
+# option) would fail. The same build is packaged (--deb): the pass installs the package, runs its unit's
+# command line and purges it (DebianPackageTests, root only).
+if built=$(./publish.sh --deb artifacts/blockmirror) && native=$(head -n 1 <<<"$built") && deb=$(tail -n 1 <<<"$built") \
+  && [ -x "$native" ] && [ -f "$deb" ]; then
+  BLOCKMIRROR_EXE="$native" BLOCKMIRROR_DEB="$deb" dotnet test tests/BlockMirror.Cli.Tests/BlockMirror.Cli.Tests.csproj -c Release --no-build -nologo \
     --logger trx --results-directory "$results/BlockMirror.Cli.Tests.native" \
     --blame-hang-timeout 10m --blame-hang-dump-type none "$@" || status=$?
 else

@@ -22,6 +22,21 @@ static class Program
         ThreadPool.SetMinThreads(Math.Max(workers, IoThreads), completionPorts);
         // The NBD client driver lives above the block layer (beside the NBD server); every command opens nodes.
         BlockMirror.Nbd.Client.NbdDrivers.Register();
+        var root = CreateRootCommand();
+        try
+        {
+            return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
+        }
+        finally
+        {
+            // On success, on error and after SIGINT/SIGTERM (which the commands turn into a cancellation).
+            Ui.TerminalState.Restore();
+        }
+    }
+
+    /// <summary>The command tree: what is parsed, what <c>--help</c> prints, and what the man pages and completion say.</summary>
+    internal static RootCommand CreateRootCommand()
+    {
         var root = new RootCommand("BlockMirror: live disk-image mirroring (qemu-storage-daemon compatible)");
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(MirrorCommand.Create());
@@ -35,14 +50,7 @@ static class Program
         root.Subcommands.Add(CheckCommand.Create());
         root.Subcommands.Add(CompareCommand.Create());
         CommandLineRules.AddVersionOption(root);
-        try
-        {
-            return await CommandLineRules.InvokeAsync(root.Parse(args)).ConfigureAwait(false);
-        }
-        finally
-        {
-            // On success, on error and after SIGINT/SIGTERM (which the commands turn into a cancellation).
-            Ui.TerminalState.Restore();
-        }
+        root.Subcommands.Add(Docs.DocsCommand.Create(root));
+        return root;
     }
 }

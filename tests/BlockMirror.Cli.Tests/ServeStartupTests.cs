@@ -144,7 +144,7 @@ public sealed class ServeStartupTests : IDisposable
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mkfifo", SetLastError = true)]
-    static extern int MakeFifo([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, uint mode);
+    internal static extern int MakeFifo([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, uint mode);
 
     [Fact]
     public async Task A_socket_in_use_is_refused_at_its_option_before_later_options_are_applied()
@@ -162,7 +162,7 @@ public sealed class ServeStartupTests : IDisposable
     }
 
     /// <summary>The size of the export <c>disk</c>, as our NBD client learns it from a full handshake (within 10 s).</summary>
-    static async Task<ulong> NbdExportSizeAsync(string path)
+    internal static async Task<ulong> NbdExportSizeAsync(string path)
     {
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         await socket.ConnectAsync(new UnixDomainSocketEndPoint(path));

@@ -11,6 +11,7 @@ using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Qapi;
 using BlockMirror.Cli.Logging;
+using BlockMirror.Cli.Systemd;
 using BlockMirror.Nbd;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
@@ -31,7 +32,7 @@ static partial class ServeCommand
     /// <summary>.NET's switch (read once, at the first socket operation) that runs socket completions on the socket engine's thread.</summary>
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize",
+    internal static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize",
         MetricsListenOption, .. ServeLogging.Options];
 
     /// <summary>Ours, beyond qemu-storage-daemon: HOST:PORT of a Prometheus scrape endpoint (see ServeCommand.Metrics.cs).</summary>
@@ -136,6 +137,7 @@ static partial class ServeCommand
             return 0;
         }
 
+        var sockets = SocketActivation.FromEnvironment();
         await using var daemon = new StorageDaemon(loggerFactory: logging.Factory);
         await using var monitors = new QmpServer(daemon.Commands, daemon.Jobs.Events, logging.Factory);
         daemon.EventRaised += monitors.Broadcast;
@@ -159,7 +161,7 @@ static partial class ServeCommand
                         await RunAsync(daemon, "blockdev-add", Arguments(setting.Value!, "driver"), cancellationToken);
                         break;
                     case "--chardev":
-                        var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"));
+                        var (id, endPoint) = ReadChardev(Arguments(setting.Value!, "backend"), sockets);
                         if (!chardevs.TryAdd(id, endPoint))
                         {
                             throw new UsageException($"attempt to add duplicate property '{id}' to object (type 'container')");
@@ -170,7 +172,7 @@ static partial class ServeCommand
                         monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null).Check(NbdServerOptions));
+                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null).Check(NbdServerOptions), sockets);
                         daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
                         break;
                     case "--export":
@@ -236,10 +238,13 @@ static partial class ServeCommand
             Console.SetError(TextWriter.Null);
         }
 
+        SystemdNotify.Send("READY=1");
+
         var stopped = await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
         ServeLog.Stopping(logging.Serve, stopped == daemon.QuitRequested ? "QMP quit" : stop.Task.IsCompletedSuccessfully ? stop.Task.Result : "cancelled");
 
         // On a signal as on quit, the monitors hear the jobs end before they close.
+        SystemdNotify.Send("STOPPING=1");
         await daemon.StopServingAsync();
         if (pidfile is not null)
         {
@@ -270,14 +275,15 @@ static partial class ServeCommand
         return new QmpArguments(KeyVal.Parse(value, impliedKey), keyval: true);
     }
 
-    /// <summary><c>socket,id=ID,path=PATH|host=H,port=P,server=on,wait=off</c>: a listening socket for a monitor.</summary>
-    static (string Id, EndPoint EndPoint) ReadChardev(QmpArguments chardev)
+    /// <summary><c>socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on,wait=off</c>: a listening socket for a monitor.</summary>
+    static (string Id, EndPoint EndPoint) ReadChardev(QmpArguments chardev, SocketActivation sockets)
     {
         var backend = chardev.RequireString("backend");
         var id = chardev.RequireString("id");
         var path = chardev.OptionalString("path");
         var host = chardev.OptionalString("host");
         var port = chardev.OptionalString("port");
+        var fd = chardev.OptionalString("fd");
         var server = chardev.OptionalBool("server") ?? false;
         var wait = chardev.OptionalBool("wait") ?? true;
         chardev.Accept("telnet", "nodelay", "ipv4", "ipv6", "to", "logfile", "logappend");
@@ -295,6 +301,16 @@ static partial class ServeCommand
         if (wait)
         {
             throw new UsageException($"chardev '{id}': wait=on is not supported; add wait=off");
+        }
+
+        if ((path is null ? 0 : 1) + (host is null ? 0 : 1) + (fd is null ? 0 : 1) > 1)
+        {
+            throw new UsageException("None or one of 'path', 'fd' or 'host' option required.");
+        }
+
+        if (fd is not null)
+        {
+            return (id, sockets.Resolve(fd));
         }
 
         if (path is not null)
@@ -332,15 +348,23 @@ static partial class ServeCommand
     static readonly QapiObject NbdServerOptions = new("NbdServerOptions",
         ("addr", SocketAddressSchema.Flat), ("*tls-creds", QapiBuiltin.Str), ("*tls-authz", QapiBuiltin.Str), ("*max-connections", QapiBuiltin.UInt32));
 
-    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server)
+    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server, SocketActivation sockets)
     {
         var address = server.OptionalObject("addr")!;
-        var endPoint = StorageDaemon.ReadSocketAddress(address, legacy: false);
+        var endPoint = address.OptionalString("type") == "fd" ? ReadFdAddress(address, sockets) : StorageDaemon.ReadSocketAddress(address, legacy: false);
         server.Accept("max-connections");
         var tlsCreds = server.OptionalString("tls-creds");
         var tlsAuthz = server.OptionalString("tls-authz");
         server.CheckNoneUnexpected();
         return (endPoint, tlsCreds, tlsAuthz);
+    }
+
+    /// <summary><c>addr.type=fd,addr.str=N|NAME</c>: a socket the daemon was given (SocketAddress of type 'fd').</summary>
+    static EndPoint ReadFdAddress(QmpArguments address, SocketActivation sockets)
+    {
+        var str = address.RequireString("str");
+        address.CheckNoneUnexpected();
+        return sockets.Resolve(str);
     }
 
     /// <summary>

@@ -30,7 +30,10 @@ static class ServeHelp
 
           --chardev [backend=]socket,id=<id>,path=<path>,server=on,wait=off
           --chardev [backend=]socket,id=<id>,host=<host>,port=<port>,server=on,wait=off
-                                 a listening socket for a monitor (only this form)
+          --chardev [backend=]socket,id=<id>,fd=<fd>,server=on,wait=off
+                                 a listening socket for a monitor (only these forms);
+                                 <fd> is a descriptor number or the name of a socket
+                                 from systemd socket activation (LISTEN_FDNAMES)
 
           --daemonize            daemonize the process, and have the parent exit
                                  once startup is complete
@@ -46,6 +49,8 @@ static class ServeHelp
           --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
                        [,tls-creds=<id>][,max-connections=<n>]
           --nbd-server addr.type=unix,addr.path=<path>
+                       [,tls-creds=<id>][,max-connections=<n>]
+          --nbd-server addr.type=fd,addr.str=<fd>
                        [,tls-creds=<id>][,max-connections=<n>]
                                  start an NBD server for exporting block nodes;
                                  with tls-creds, clients must start TLS
@@ -70,6 +75,8 @@ static class ServeHelp
         Options are applied in the order given: an option may name what an earlier one
         made. The monitors and the NBD server answer once every option is applied and
         the pid file written. The daemon runs until SIGTERM, SIGINT or QMP quit.
+        With NOTIFY_SOCKET set (a systemd Type=notify unit) it then sends READY=1,
+        and STOPPING=1 when it starts to shut down.
 
         """;
 }

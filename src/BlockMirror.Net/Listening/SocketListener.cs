@@ -46,8 +46,18 @@ public sealed class SocketListener : IAsyncDisposable
     /// <paramref name="unixMode"/> its file gets that mode before any client can connect.
     /// </summary>
     /// <exception cref="SocketException">The address is in use or cannot be bound.</exception>
+    /// <remarks>
+    /// An <see cref="InheritedSocketEndPoint"/> is not bound: its socket is made to listen (QEMU's socket_listen on
+    /// an fd), and its Unix socket file, which belongs to whoever made it, is left in place on stop.
+    /// </remarks>
+    /// <exception cref="IOException">An inherited socket cannot listen (a connected or datagram socket).</exception>
     public static SocketListener Bind(EndPoint endPoint, int backlog, UnixFileMode? unixMode = null, TimeProvider? time = null)
     {
+        if (endPoint is InheritedSocketEndPoint inherited)
+        {
+            return Adopt(inherited, backlog, time);
+        }
+
         var unix = endPoint is UnixDomainSocketEndPoint;
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
         string? path = null;
@@ -83,6 +93,21 @@ public sealed class SocketListener : IAsyncDisposable
         }
 
         return new SocketListener(socket, path, time ?? TimeProvider.System);
+    }
+
+    static SocketListener Adopt(InheritedSocketEndPoint inherited, int backlog, TimeProvider? time)
+    {
+        try
+        {
+            inherited.Listen(backlog);
+        }
+        catch (IOException)
+        {
+            inherited.Socket.Dispose();
+            throw;
+        }
+
+        return new SocketListener(inherited.Socket, unixPath: null, time ?? TimeProvider.System);
     }
 
     /// <summary>Where the listener listens (the real port when 0 was asked for).</summary>
