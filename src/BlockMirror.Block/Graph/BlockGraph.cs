@@ -26,6 +26,9 @@ public sealed partial class BlockGraph : IAsyncDisposable
     public BlockGraph(ILoggerFactory? loggerFactory = null)
     {
         Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger<BlockGraph>();
+
+        // The metrics read every live graph's node statistics when a listener collects.
+        Diagnostics.BlockMetrics.Track(this);
     }
 
     /// <summary>The graph's logger: its own changes, and what its nodes' users log about them.</summary>
