@@ -44,26 +44,130 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
             [
                 "{type=fuse}", "{type=vduse-blk}", "{type=vhost-user-blk}",
             ],
-            []),
-        // The drivers ours does not have; nbd's two members are ours (README), as are discard's older spellings
-        // off and on; the members QEMU has and ours lacks are refused as unexpected.
+            [
+            ]),
+        // The drivers ours does not have (and qcow2's encrypt); nbd's two members are ours (README), as are discard's
+        // older spellings off and on; the members QEMU has and ours lacks are refused as unexpected.
         ["blockdev-add"] = (
             [
-                "{driver=blklogwrites}", "{driver=blkreplay}", "{driver=blkverify}", "{driver=bochs}", "{driver=cloop}",
-                "{driver=compress}", "{driver=copy-before-write}", "{driver=copy-on-read}", "{driver=dmg}", "{driver=ftps}",
-                "{driver=ftp}", "{driver=gluster}", "{driver=host_cdrom}", "{driver=host_device}", "{driver=https}",
-                "{driver=http}", "{driver=iscsi}", "{driver=luks}", "{driver=nfs}", "{driver=null-aio}", "{driver=nvme}",
-                "{driver=parallels}", "{driver=preallocate}", "{driver=qcow}", "{driver=qed}", "{driver=quorum}",
-                "{driver=rbd}", "{driver=replication}", "{driver=snapshot-access}", "{driver=ssh}", "{driver=throttle}",
-                "{driver=vdi}", "{driver=vhdx}", "{driver=vmdk}", "{driver=vpc}", "{driver=vvfat}",
+                "{driver=blklogwrites}", "{driver=blkreplay}", "{driver=blkverify}", "{driver=bochs}",
+                "{driver=cloop}", "{driver=compress}", "{driver=copy-before-write}", "{driver=copy-on-read}",
+                "{driver=dmg}", "{driver=ftps}", "{driver=ftp}", "{driver=gluster}", "{driver=host_cdrom}",
+                "{driver=host_device}", "{driver=https}", "{driver=http}", "{driver=iscsi}", "{driver=luks}",
+                "{driver=nfs}", "{driver=null-aio}", "{driver=nvme}", "{driver=parallels}", "{driver=preallocate}",
+                "{driver=qcow2}encrypt.{format=aes}", "{driver=qcow2}encrypt.{format=luks}", "{driver=qcow}",
+                "{driver=qed}", "{driver=quorum}", "{driver=rbd}", "{driver=replication}", "{driver=snapshot-access}",
+                "{driver=ssh}", "{driver=throttle}", "{driver=vdi}", "{driver=vhdx}", "{driver=vmdk}", "{driver=vpc}",
+                "{driver=vvfat}",
             ],
             [
-                "+discard = off", "+discard = on", "+{driver=nbd}multi-conn?: int", "+{driver=nbd}tls-certificates?: str", "-{driver=blkdebug}opt-discard?: int",
+                "+discard = off", "+discard = on", "+{driver=nbd}multi-conn?: int",
+                "+{driver=nbd}tls-certificates?: str", "-{driver=blkdebug}opt-discard?: int",
                 "-{driver=blkdebug}opt-write-zero?: int", "-{driver=blkdebug}take-child-perms?: [enum]",
                 "-{driver=blkdebug}unshare-child-perms?: [enum]", "-{driver=file}aio-max-batch?: int",
                 "-{driver=file}pr-manager?: str", "-{driver=qcow2}encrypt.format: enum",
-                "-{driver=qcow2}encrypt.{format=aes}key-secret?: str", "-{driver=qcow2}encrypt.{format=luks}key-secret?: str",
                 "-{driver=qcow2}encrypt?: object", "-{driver=qcow2}l2-cache-entry-size?: int",
+            ]),
+        // file and qcow2 only (README); qcow2's file and data-file references differ as blockdev-add's do; encrypt,
+        // data-file's and extended-l2's siblings ours refuses are listed.
+        ["blockdev-create"] = (
+            [
+                "options.{driver=gluster}", "options.{driver=luks}", "options.{driver=nfs}",
+                "options.{driver=parallels}", "options.{driver=qcow2}data-file.{driver=blklogwrites}",
+                "options.{driver=qcow2}data-file.{driver=blkreplay}",
+                "options.{driver=qcow2}data-file.{driver=blkverify}", "options.{driver=qcow2}data-file.{driver=bochs}",
+                "options.{driver=qcow2}data-file.{driver=cloop}", "options.{driver=qcow2}data-file.{driver=compress}",
+                "options.{driver=qcow2}data-file.{driver=copy-before-write}",
+                "options.{driver=qcow2}data-file.{driver=copy-on-read}",
+                "options.{driver=qcow2}data-file.{driver=dmg}", "options.{driver=qcow2}data-file.{driver=ftps}",
+                "options.{driver=qcow2}data-file.{driver=ftp}", "options.{driver=qcow2}data-file.{driver=gluster}",
+                "options.{driver=qcow2}data-file.{driver=host_cdrom}",
+                "options.{driver=qcow2}data-file.{driver=host_device}",
+                "options.{driver=qcow2}data-file.{driver=https}", "options.{driver=qcow2}data-file.{driver=http}",
+                "options.{driver=qcow2}data-file.{driver=iscsi}", "options.{driver=qcow2}data-file.{driver=luks}",
+                "options.{driver=qcow2}data-file.{driver=nfs}", "options.{driver=qcow2}data-file.{driver=null-aio}",
+                "options.{driver=qcow2}data-file.{driver=nvme}", "options.{driver=qcow2}data-file.{driver=parallels}",
+                "options.{driver=qcow2}data-file.{driver=preallocate}",
+                "options.{driver=qcow2}data-file.{driver=qcow2}encrypt.{format=aes}",
+                "options.{driver=qcow2}data-file.{driver=qcow2}encrypt.{format=luks}",
+                "options.{driver=qcow2}data-file.{driver=qcow}", "options.{driver=qcow2}data-file.{driver=qed}",
+                "options.{driver=qcow2}data-file.{driver=quorum}", "options.{driver=qcow2}data-file.{driver=rbd}",
+                "options.{driver=qcow2}data-file.{driver=replication}",
+                "options.{driver=qcow2}data-file.{driver=snapshot-access}",
+                "options.{driver=qcow2}data-file.{driver=ssh}", "options.{driver=qcow2}data-file.{driver=throttle}",
+                "options.{driver=qcow2}data-file.{driver=vdi}", "options.{driver=qcow2}data-file.{driver=vhdx}",
+                "options.{driver=qcow2}data-file.{driver=vmdk}", "options.{driver=qcow2}data-file.{driver=vpc}",
+                "options.{driver=qcow2}data-file.{driver=vvfat}", "options.{driver=qcow2}encrypt.{format=luks}",
+                "options.{driver=qcow2}encrypt.{format=qcow}", "options.{driver=qcow2}file.{driver=blklogwrites}",
+                "options.{driver=qcow2}file.{driver=blkreplay}", "options.{driver=qcow2}file.{driver=blkverify}",
+                "options.{driver=qcow2}file.{driver=bochs}", "options.{driver=qcow2}file.{driver=cloop}",
+                "options.{driver=qcow2}file.{driver=compress}",
+                "options.{driver=qcow2}file.{driver=copy-before-write}",
+                "options.{driver=qcow2}file.{driver=copy-on-read}", "options.{driver=qcow2}file.{driver=dmg}",
+                "options.{driver=qcow2}file.{driver=ftps}", "options.{driver=qcow2}file.{driver=ftp}",
+                "options.{driver=qcow2}file.{driver=gluster}", "options.{driver=qcow2}file.{driver=host_cdrom}",
+                "options.{driver=qcow2}file.{driver=host_device}", "options.{driver=qcow2}file.{driver=https}",
+                "options.{driver=qcow2}file.{driver=http}", "options.{driver=qcow2}file.{driver=iscsi}",
+                "options.{driver=qcow2}file.{driver=luks}", "options.{driver=qcow2}file.{driver=nfs}",
+                "options.{driver=qcow2}file.{driver=null-aio}", "options.{driver=qcow2}file.{driver=nvme}",
+                "options.{driver=qcow2}file.{driver=parallels}", "options.{driver=qcow2}file.{driver=preallocate}",
+                "options.{driver=qcow2}file.{driver=qcow2}encrypt.{format=aes}",
+                "options.{driver=qcow2}file.{driver=qcow2}encrypt.{format=luks}",
+                "options.{driver=qcow2}file.{driver=qcow}", "options.{driver=qcow2}file.{driver=qed}",
+                "options.{driver=qcow2}file.{driver=quorum}", "options.{driver=qcow2}file.{driver=rbd}",
+                "options.{driver=qcow2}file.{driver=replication}",
+                "options.{driver=qcow2}file.{driver=snapshot-access}", "options.{driver=qcow2}file.{driver=ssh}",
+                "options.{driver=qcow2}file.{driver=throttle}", "options.{driver=qcow2}file.{driver=vdi}",
+                "options.{driver=qcow2}file.{driver=vhdx}", "options.{driver=qcow2}file.{driver=vmdk}",
+                "options.{driver=qcow2}file.{driver=vpc}", "options.{driver=qcow2}file.{driver=vvfat}",
+                "options.{driver=qcow}", "options.{driver=qed}", "options.{driver=rbd}", "options.{driver=ssh}",
+                "options.{driver=vdi}", "options.{driver=vhdx}", "options.{driver=vmdk}", "options.{driver=vpc}",
+            ],
+            [
+                "+options.{driver=qcow2}data-file.discard = off", "+options.{driver=qcow2}data-file.discard = on",
+                "+options.{driver=qcow2}data-file.{driver=nbd}multi-conn?: int",
+                "+options.{driver=qcow2}data-file.{driver=nbd}tls-certificates?: str",
+                "+options.{driver=qcow2}file.discard = off", "+options.{driver=qcow2}file.discard = on",
+                "+options.{driver=qcow2}file.{driver=nbd}multi-conn?: int",
+                "+options.{driver=qcow2}file.{driver=nbd}tls-certificates?: str",
+                "-options.{driver=qcow2}backing-fmt = blklogwrites", "-options.{driver=qcow2}backing-fmt = blkreplay",
+                "-options.{driver=qcow2}backing-fmt = blkverify", "-options.{driver=qcow2}backing-fmt = bochs",
+                "-options.{driver=qcow2}backing-fmt = cloop", "-options.{driver=qcow2}backing-fmt = compress",
+                "-options.{driver=qcow2}backing-fmt = copy-before-write",
+                "-options.{driver=qcow2}backing-fmt = copy-on-read", "-options.{driver=qcow2}backing-fmt = dmg",
+                "-options.{driver=qcow2}backing-fmt = ftp", "-options.{driver=qcow2}backing-fmt = ftps",
+                "-options.{driver=qcow2}backing-fmt = gluster", "-options.{driver=qcow2}backing-fmt = host_cdrom",
+                "-options.{driver=qcow2}backing-fmt = host_device", "-options.{driver=qcow2}backing-fmt = http",
+                "-options.{driver=qcow2}backing-fmt = https", "-options.{driver=qcow2}backing-fmt = iscsi",
+                "-options.{driver=qcow2}backing-fmt = luks", "-options.{driver=qcow2}backing-fmt = nfs",
+                "-options.{driver=qcow2}backing-fmt = null-aio", "-options.{driver=qcow2}backing-fmt = nvme",
+                "-options.{driver=qcow2}backing-fmt = parallels", "-options.{driver=qcow2}backing-fmt = preallocate",
+                "-options.{driver=qcow2}backing-fmt = qcow", "-options.{driver=qcow2}backing-fmt = qed",
+                "-options.{driver=qcow2}backing-fmt = quorum", "-options.{driver=qcow2}backing-fmt = rbd",
+                "-options.{driver=qcow2}backing-fmt = replication",
+                "-options.{driver=qcow2}backing-fmt = snapshot-access", "-options.{driver=qcow2}backing-fmt = ssh",
+                "-options.{driver=qcow2}backing-fmt = throttle", "-options.{driver=qcow2}backing-fmt = vdi",
+                "-options.{driver=qcow2}backing-fmt = vhdx", "-options.{driver=qcow2}backing-fmt = vmdk",
+                "-options.{driver=qcow2}backing-fmt = vpc", "-options.{driver=qcow2}backing-fmt = vvfat",
+                "-options.{driver=qcow2}data-file.{driver=blkdebug}opt-discard?: int",
+                "-options.{driver=qcow2}data-file.{driver=blkdebug}opt-write-zero?: int",
+                "-options.{driver=qcow2}data-file.{driver=blkdebug}take-child-perms?: [enum]",
+                "-options.{driver=qcow2}data-file.{driver=blkdebug}unshare-child-perms?: [enum]",
+                "-options.{driver=qcow2}data-file.{driver=file}aio-max-batch?: int",
+                "-options.{driver=qcow2}data-file.{driver=file}pr-manager?: str",
+                "-options.{driver=qcow2}data-file.{driver=qcow2}encrypt.format: enum",
+                "-options.{driver=qcow2}data-file.{driver=qcow2}encrypt?: object",
+                "-options.{driver=qcow2}data-file.{driver=qcow2}l2-cache-entry-size?: int",
+                "-options.{driver=qcow2}encrypt.format: enum", "-options.{driver=qcow2}encrypt?: object",
+                "-options.{driver=qcow2}file.{driver=blkdebug}opt-discard?: int",
+                "-options.{driver=qcow2}file.{driver=blkdebug}opt-write-zero?: int",
+                "-options.{driver=qcow2}file.{driver=blkdebug}take-child-perms?: [enum]",
+                "-options.{driver=qcow2}file.{driver=blkdebug}unshare-child-perms?: [enum]",
+                "-options.{driver=qcow2}file.{driver=file}aio-max-batch?: int",
+                "-options.{driver=qcow2}file.{driver=file}pr-manager?: str",
+                "-options.{driver=qcow2}file.{driver=qcow2}encrypt.format: enum",
+                "-options.{driver=qcow2}file.{driver=qcow2}encrypt?: object",
+                "-options.{driver=qcow2}file.{driver=qcow2}l2-cache-entry-size?: int",
             ]),
         // Our copy mode (README, "Copy modes").
         ["blockdev-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive"]),
@@ -71,35 +175,51 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
         // Object types other than the TLS credentials are refused by name.
         ["object-add"] = (
             [
-                "{qom-type=authz-listfile}", "{qom-type=authz-list}", "{qom-type=authz-pam}", "{qom-type=authz-simple}",
-                "{qom-type=can-host-socketcan}", "{qom-type=colo-compare}", "{qom-type=cryptodev-backend-builtin}",
-                "{qom-type=cryptodev-backend-lkcf}", "{qom-type=cryptodev-backend}", "{qom-type=cryptodev-vhost-user}",
-                "{qom-type=dbus-vmstate}", "{qom-type=filter-buffer}", "{qom-type=filter-dump}", "{qom-type=filter-mirror}",
+                "{qom-type=authz-listfile}", "{qom-type=authz-list}", "{qom-type=authz-pam}",
+                "{qom-type=authz-simple}", "{qom-type=can-host-socketcan}", "{qom-type=colo-compare}",
+                "{qom-type=cryptodev-backend-builtin}", "{qom-type=cryptodev-backend-lkcf}",
+                "{qom-type=cryptodev-backend}", "{qom-type=cryptodev-vhost-user}", "{qom-type=dbus-vmstate}",
+                "{qom-type=filter-buffer}", "{qom-type=filter-dump}", "{qom-type=filter-mirror}",
                 "{qom-type=filter-redirector}", "{qom-type=filter-replay}", "{qom-type=filter-rewriter}",
                 "{qom-type=input-barrier}", "{qom-type=input-linux}", "{qom-type=iothread}", "{qom-type=main-loop}",
                 "{qom-type=memory-backend-epc}", "{qom-type=memory-backend-file}", "{qom-type=memory-backend-memfd}",
-                "{qom-type=memory-backend-ram}", "{qom-type=pr-manager-helper}", "{qom-type=qtest}", "{qom-type=rng-builtin}",
-                "{qom-type=rng-egd}", "{qom-type=rng-random}", "{qom-type=secret_keyring}", "{qom-type=secret}",
-                "{qom-type=sev-guest}", "{qom-type=thread-context}", "{qom-type=throttle-group}",
+                "{qom-type=memory-backend-ram}", "{qom-type=pr-manager-helper}", "{qom-type=qtest}",
+                "{qom-type=rng-builtin}", "{qom-type=rng-egd}", "{qom-type=rng-random}", "{qom-type=secret_keyring}",
+                "{qom-type=secret}", "{qom-type=sev-guest}", "{qom-type=thread-context}", "{qom-type=throttle-group}",
                 "{qom-type=tls-cipher-suites}", "{qom-type=tls-creds-anon}", "{qom-type=x-remote-object}",
                 "{qom-type=x-vfio-user-server}",
             ],
-            []),
+            [
+            ]),
     };
 
-    /// <summary>Splits a command's signature difference into whole variants ours lacks and single lines.</summary>
+    /// <summary>
+    /// Splits a command's signature difference into whole variants ours lacks and single lines. A variant is a
+    /// line's prefix up to a <c>{tag=value}</c>, at any depth (blockdev-create's <c>options.{driver=luks}</c>,
+    /// or a driver inside its <c>file</c> reference); the shortest such prefix no line of ours has is the
+    /// variant a line of theirs belongs to.
+    /// </summary>
     static (string[] MissingVariants, string[] Members) Difference(SortedSet<string> ours, SortedSet<string> theirs)
     {
-        static string? Variant(string line) => line.StartsWith('{') ? line[..(line.IndexOf('}', StringComparison.Ordinal) + 1)] : null;
-        var ourVariants = ours.Select(Variant).OfType<string>().ToHashSet(StringComparer.Ordinal);
+        var ourPrefixes = ours.SelectMany(VariantPrefixes).ToHashSet(StringComparer.Ordinal);
+        string? Missing(string line) => VariantPrefixes(line).FirstOrDefault(p => !ourPrefixes.Contains(p));
         var theirsOnly = theirs.Except(ours).ToList();
-        var missing = theirsOnly.Select(Variant).OfType<string>().Where(v => !ourVariants.Contains(v)).ToHashSet(StringComparer.Ordinal);
+        var missing = theirsOnly.Select(Missing).OfType<string>().ToHashSet(StringComparer.Ordinal);
         string[] members =
         [
             .. ours.Except(theirs).Select(l => "+" + l),
-            .. theirsOnly.Where(l => Variant(l) is not { } v || !missing.Contains(v)).Select(l => "-" + l),
+            .. theirsOnly.Where(l => Missing(l) is null).Select(l => "-" + l),
         ];
         return ([.. missing.Order(StringComparer.Ordinal)], members);
+    }
+
+    /// <summary>Every prefix of <paramref name="line"/> that ends a <c>{tag=value}</c>, shortest first.</summary>
+    static IEnumerable<string> VariantPrefixes(string line)
+    {
+        for (var close = line.IndexOf('}', StringComparison.Ordinal); close >= 0; close = line.IndexOf('}', close + 1))
+        {
+            yield return line[..(close + 1)];
+        }
     }
 
     async Task<SchemaInfoView> SchemaAsync(DifferentialDaemon daemon)

@@ -185,7 +185,9 @@ public sealed class ServeSystemdTests : IDisposable
 
         start.FileName = ExternalTool.Require("systemd-socket-activate");
         start.ArgumentList.Clear();
-        foreach (var argument in (string[])[.. activation, .. BlockMirrorCli.Launcher, "serve", .. serveArguments])
+        // systemd-socket-activate passes on only the variables -E names (as systemd passes NOTIFY_SOCKET to a unit).
+        string[] environment = notifySocket is null ? [] : ["-E", $"NOTIFY_SOCKET={notifySocket}"];
+        foreach (var argument in (string[])[.. environment, .. activation, .. BlockMirrorCli.Launcher, "serve", .. serveArguments])
         {
             start.ArgumentList.Add(argument);
         }
