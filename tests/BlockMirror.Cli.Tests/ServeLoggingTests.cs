@@ -167,7 +167,7 @@ public sealed class ServeLoggingTests : IDisposable
             {
                 while (!File.Exists(PidFile))
                 {
-                    Assert.False(process.HasExited, $"serve exited with {(process.HasExited ? process.ExitCode : 0)}: {await stderr}");
+                    Assert.False(process.HasExited, process.HasExited ? $"serve exited with {process.ExitCode}: {await stderr}" : "");
                     await Task.Delay(20, timeout.Token);
                 }
             }
@@ -204,7 +204,7 @@ public sealed class ServeLoggingTests : IDisposable
             var client = new NbdClient(socket);
             await client.ReadAsync(18);
             var name = Encoding.UTF8.GetBytes(export);
-            var option = new byte[16 + 4 + name.Length + 2];
+            var option = new byte[24 + name.Length + 2]; // flags, IHAVEOPT, option, length; name length, name, no info requests
             BinaryPrimitives.WriteUInt32BigEndian(option, 3); // fixed newstyle, no zeroes
             BinaryPrimitives.WriteUInt64BigEndian(option.AsSpan(4), 0x49484156454F5054); // IHAVEOPT
             BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(12), 7); // NBD_OPT_GO
