@@ -36,7 +36,8 @@ status=0
 # eating CI's time limit); no dump is written.
 # The network tests of the command line (two hosts in network namespaces, a destination killed and
 # restarted) spend their time waiting on links and delays, not on the build they test: they run once, in the
-# native pass below, against the executable users install.
+# native pass below, against the executable users install. So does the Debian package test, which needs the
+# package only that pass builds.
 native_only="FullyQualifiedName!~TwoHostMirrorTests&FullyQualifiedName!~MirrorNbdReconnectDifferentialTests&FullyQualifiedName!~DebianPackageTests"
 for project in tests/*.Tests/*.csproj; do
   name=$(basename "$project" .csproj)
