@@ -13,8 +13,10 @@
 # the runtime and JIT add tens of MiB of resident memory. The code is the same as the `dotnet build`
 # output's; test.sh runs the command-line tests against both.
 #
-# Native AOT links with clang (Debian package `clang`, installed here if missing; root or sudo).
+# Native AOT links with clang (Debian package `clang`, installed here if missing, with zlib1g-dev and the binutils
+# that packaging/build-deb.sh reads the executable with; root or sudo).
 set -euo pipefail
+trap 'echo "publish.sh: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 deb=0
 if [ "${1-}" = --deb ]; then
   deb=1
@@ -27,10 +29,12 @@ fi
 cd "$(dirname "$0")"
 out=${out:-$PWD/artifacts/blockmirror}
 
-if ! command -v clang >/dev/null 2>&1; then
+if ! command -v clang >/dev/null 2>&1 || ! command -v objdump >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang zlib1g-dev >/dev/null
+  # A failed index refresh (one mirror unreachable) need not stop the install: the install says if it cannot.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >/dev/null || echo "publish.sh: apt-get update failed; trying the install anyway" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang zlib1g-dev binutils >/dev/null \
+    || { echo "publish.sh: could not install clang, zlib1g-dev and binutils (the native build needs them)" >&2; exit 1; }
 fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests; systemd-socket-activate), builds, runs every test project, then the command-line
-# tests again against the native build (publish.sh, which installs clang), and ends with one plain line
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests; systemd-socket-activate; clang,
+# zlib and binutils for the native build), builds, runs every test project, then the command-line
+# tests again against the native build (publish.sh), and ends with one plain line
 # "N passed, N failed" summed over all runs. Exit status 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2 systemd)
+# clang, zlib1g-dev and binutils: publish.sh's native build links with clang, packaging/build-deb.sh reads the
+# executable with objdump. Installed here, in the one apt transaction, so the native pass does not depend on
+# a second apt-get run late in the job.
+packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2 systemd clang zlib1g-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -53,13 +57,18 @@ publish_failed=0
 # code compiled ahead of time, where something the JIT build tolerates (reflection, a missing runtime
 # option) would fail. The same build is packaged (--deb): the pass installs the package, runs its unit's
 # command line and purges it (DebianPackageTests, root only).
-if built=$(./publish.sh --deb artifacts/blockmirror) && native=$(head -n 1 <<<"$built") && deb=$(tail -n 1 <<<"$built") \
+# publish.sh's own output (the compiler's, apt's, dpkg-deb's) goes to a log: on failure its end is printed
+# here, on standard output, where the CI report shows it.
+publish_log=$results/publish.log
+if built=$(./publish.sh --deb artifacts/blockmirror 2>"$publish_log") && native=$(head -n 1 <<<"$built") && deb=$(tail -n 1 <<<"$built") \
   && [ -x "$native" ] && [ -f "$deb" ]; then
   BLOCKMIRROR_EXE="$native" BLOCKMIRROR_DEB="$deb" dotnet test tests/BlockMirror.Cli.Tests/BlockMirror.Cli.Tests.csproj -c Release --no-build -nologo \
     --logger trx --results-directory "$results/BlockMirror.Cli.Tests.native" \
     --blame-hang-timeout 10m --blame-hang-dump-type none "$@" || status=$?
 else
-  echo "publish.sh failed: no native blockmirror to test (counted as one failure)"
+  echo "publish.sh failed: no native blockmirror to test (counted as one failure). It printed:"
+  echo "  standard output: ${built:-(nothing)}"
+  tail -n 60 "$publish_log" | sed 's/^/  /'
   publish_failed=1
 fi
 

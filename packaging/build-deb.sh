@@ -6,6 +6,9 @@
 #
 #   packaging/build-deb.sh EXECUTABLE OUTDIR
 set -euo pipefail
+trap 'echo "build-deb.sh: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+# ldconfig lives in /sbin, which a non-login PATH may lack.
+PATH=$PATH:/usr/sbin:/sbin
 exe=$(readlink -f "$1")
 outdir=$2
 here=$(cd "$(dirname "$0")" && pwd)
