@@ -130,7 +130,7 @@ public sealed partial class CommandLineTests : IDisposable
     }
 
     /// <summary>Options of <c>serve</c> that qemu-storage-daemon does not have.</summary>
-    static readonly string[] OursOnly = ["--log-level", "--metrics-listen"];
+    static readonly string[] OursOnly = ["--log-level", "--metrics-listen", "--metrics-histograms"];
 
     [SkippableFact]
     public async Task Serve_help_lists_every_option_qemu_storage_daemons_help_lists()

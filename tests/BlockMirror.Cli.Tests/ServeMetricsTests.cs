@@ -91,7 +91,8 @@ public sealed class ServeMetricsTests : IDisposable
 
             Assert.Equal(65536, Sample(exposition, "blockmirror_node_bytes_total", "node=\"disk0\"", "op=\"write\""));
             Assert.Equal(1, Sample(exposition, "blockmirror_node_requests_total", "node=\"disk0\"", "op=\"write\""));
-            Assert.Equal(1, Sample(exposition, "blockmirror_node_request_duration_seconds_count", "node=\"disk0\"", "op=\"write\""));
+            // The request-duration histogram is recorded only with --metrics-histograms.
+            Assert.DoesNotContain("blockmirror_node_request_duration", exposition, StringComparison.Ordinal);
             Assert.Equal(65536, Sample(exposition, "blockmirror_export_bytes_total", "export=\"exp0\"", "op=\"write\""));
             Assert.Equal(1, Sample(exposition, "blockmirror_export_requests_total", "export=\"exp0\"", "op=\"write\""));
             Assert.Equal(0, Sample(exposition, "blockmirror_export_errors_total", "export=\"exp0\""));
@@ -102,6 +103,22 @@ public sealed class ServeMetricsTests : IDisposable
             var stats = (await qmp.ExecuteAsync("query-blockstats", new JsonObject { ["query-nodes"] = true }))!.AsArray()
                 .Single(n => (string?)n!["node-name"] == "disk0")!["stats"]!;
             Assert.Equal(65536, (long)stats["wr_bytes"]!);
+        });
+    }
+
+    [SkippableFact]
+    public async Task With_metrics_histograms_the_endpoint_has_the_request_duration_histogram()
+    {
+        var port = FreePort();
+        await ServeAsync(["--metrics-listen", $"127.0.0.1:{port}", "--metrics-histograms"], [], async _ =>
+        {
+            using var http = new HttpClient();
+            var exposition = await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/metrics"));
+
+            Assert.Equal(1, Sample(exposition, "blockmirror_node_request_duration_seconds_count", "node=\"disk0\"", "op=\"write\""));
+            // The storage-latency buckets the instrument advises, not OpenTelemetry's millisecond defaults.
+            Assert.Equal(1, Sample(exposition, "blockmirror_node_request_duration_seconds_bucket", "node=\"disk0\"", "op=\"write\"", "le=\"10\""));
+            Assert.Contains("le=\"1E-05\"", exposition, StringComparison.OrdinalIgnoreCase);
         });
     }
 

@@ -19,9 +19,12 @@ public static class BlockMetrics
     /// <summary>The one meter of the BlockMirror libraries; the NBD server and the jobs add their instruments to it.</summary>
     public static Meter Meter { get; } = new(MeterName, typeof(BlockMetrics).Assembly.GetName().Version?.ToString());
 
+    /// <summary>The name of <see cref="RequestDuration"/>.</summary>
+    public const string RequestDurationName = "blockmirror.node.request.duration";
+
     /// <summary>Seconds a request took on a node, from its acceptance to its end, failed ones included.</summary>
     internal static Histogram<double> RequestDuration { get; } = Meter.CreateHistogram(
-        "blockmirror.node.request.duration", "s", "Time requests took on a node, by node and operation", tags: null,
+        RequestDurationName, "s", "Time requests took on a node, by node and operation", tags: null,
         // Storage latencies, 10 µs (page cache, memory) to 10 s (a stalled remote); exporters that follow the
         // advice (OpenTelemetry) use these instead of their defaults, which are made for milliseconds.
         advice: new InstrumentAdvice<double>

@@ -7,13 +7,14 @@ static partial class ServeCommand
 {
     /// <summary>
     /// Starts the metrics exporters the environment (OTEL_*) and <c>--metrics-listen</c> ask for, once every
-    /// option is applied; null when none is asked for.
+    /// option is applied; null when none is asked for. They record the request-duration histogram only with
+    /// <c>--metrics-histograms</c>.
     /// </summary>
-    static IDisposable? StartMetrics(MetricsListenAddress? listen)
+    static IDisposable? StartMetrics(MetricsListenAddress? listen, bool histograms)
     {
         try
         {
-            return MetricsExport.Start(Environment.GetEnvironmentVariables(), listen);
+            return MetricsExport.Start(Environment.GetEnvironmentVariables(), listen, histograms);
         }
         catch (HttpListenerException ex)
         {

@@ -33,10 +33,16 @@ static partial class ServeCommand
     const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
     internal static readonly string[] Known = ["--blockdev", "--chardev", "--monitor", "--nbd-server", "--export", "--object", "--pidfile", "--daemonize",
-        MetricsListenOption, .. ServeLogging.Options];
+        MetricsListenOption, MetricsHistogramsOption, .. ServeLogging.Options];
+
+    /// <summary>The options that take no value.</summary>
+    static readonly string[] Flags = ["--daemonize", MetricsHistogramsOption];
 
     /// <summary>Ours, beyond qemu-storage-daemon: HOST:PORT of a Prometheus scrape endpoint (see ServeCommand.Metrics.cs).</summary>
     const string MetricsListenOption = "--metrics-listen";
+
+    /// <summary>Ours: the exporters also record the request-duration histogram (see ServeCommand.Metrics.cs).</summary>
+    const string MetricsHistogramsOption = "--metrics-histograms";
 
     public static Command Create()
     {
@@ -70,7 +76,7 @@ static partial class ServeCommand
                 // getopt's short option with its value attached.
                 (option, value) = ("-T", token[2..]);
             }
-            else if (token == "--daemonize")
+            else if (Flags.Contains(token))
             {
                 settings.Add(new Setting(token, null, token));
                 continue;
@@ -144,6 +150,7 @@ static partial class ServeCommand
         var chardevs = new Dictionary<string, EndPoint>(StringComparer.Ordinal);
         string? pidfile = null;
         Telemetry.MetricsListenAddress? metricsListen = null;
+        var metricsHistograms = false;
 
         // Sockets are bound as their options come, so an address in use fails there, but no client is
         // served before every option is applied and the pid file written: until then connections wait in
@@ -187,6 +194,9 @@ static partial class ServeCommand
                     case MetricsListenOption:
                         metricsListen = Telemetry.MetricsListenAddress.Parse(setting.Value!);
                         break;
+                    case MetricsHistogramsOption:
+                        metricsHistograms = true;
+                        break;
                 }
             }
             catch (Exception ex) when (ex is QmpException or SocketException or JsonException or UsageException or BlockOpenException
@@ -225,7 +235,7 @@ static partial class ServeCommand
             await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
         }
 
-        using var metrics = StartMetrics(metricsListen);
+        using var metrics = StartMetrics(metricsListen, metricsHistograms);
         serving.SetResult();
         ServeLog.Started(logging.Serve, Environment.ProcessId);
 

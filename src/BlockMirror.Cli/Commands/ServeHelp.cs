@@ -71,6 +71,10 @@ static class ServeHelp
                                  (not in QEMU) serve the metrics to Prometheus at
                                  http://<host>:<port>/metrics; OTLP export is set
                                  up by the OTEL_* environment variables
+          --metrics-histograms   (not in QEMU) the exporters also record the time
+                                 of every request, a histogram per node and
+                                 operation (off: it costs each request more than
+                                 the counters, which cost nothing)
 
         Options are applied in the order given: an option may name what an earlier one
         made. The monitors and the NBD server answer once every option is applied and
