@@ -4,7 +4,7 @@
 # callgrind; its counters are zeroed once it serves, `qemu-img bench` sends REQUESTS 4 KiB writes then as many
 # reads (16 in flight) over a Unix socket, and the counters are dumped. Every thread of the daemon counts
 # (the thread pool, the GC, the metrics exporter's timer). Same builds and settings as bench/stats-ab.sh:
-# BASE (before issue 18) and NEW off / default / metrics / all. Needs qemu-img and valgrind.
+# BASE (before issue 18) and NEW off / default / metrics / histograms / all. Needs qemu-img and valgrind.
 #
 #   bench/stats-instructions.sh BASE/blockmirror NEW/blockmirror [ROUNDS] [REQUESTS]
 #
@@ -23,26 +23,28 @@ run() { # NAME BINARY [OPTIONS...]
   local pid=$!
   for _ in $(seq 300); do [ -S "$dir/nbd.sock" ] && break; sleep 0.1; done
   local uri="nbd+unix:///n0?socket=$dir/nbd.sock"
-  # One request first, so that what runs once (the connection, the first request's set-up) is not counted.
-  qemu-img bench -f raw -t none -s 4k -c 1 "$uri" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  # One request first, so that what runs once (the connection, the first request's set-up) is not counted;
+  # retried, as under valgrind the socket's file exists a while before the daemon listens on it.
+  for _ in $(seq 60); do qemu-img bench -f raw -t none -s 4k -c 1 "$uri" >/dev/null 2>&1 && break; sleep 0.5; done
+  callgrind_control -z "$pid" >/dev/null 2>&1
   qemu-img bench -f raw -w -t none -s 4k -c "$count" -d 16 "$uri" >/dev/null
   qemu-img bench -f raw -t none -s 4k -c "$count" -d 16 "$uri" >/dev/null
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local total
   total=$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$dir/cg.$pid.1")
   echo "$name instructions=$total per_request=$((total / (2 * count)))"
 }
 
-settings=(base new-off new-default new-metrics new-all)
+settings=(base new-off new-default new-metrics new-histograms new-all)
 one() { # SETTING
   case $1 in
     base) run base "$base" ;;
     new-off) run new-off "$new" --log-level none ;;
     new-default) run new-default "$new" ;;
     new-metrics) run new-metrics "$new" --metrics-listen "127.0.0.1:$port" ;;
-    new-all) run new-all "$new" --log-level debug --metrics-listen "127.0.0.1:$port" ;;
+    new-histograms) run new-histograms "$new" --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
+    new-all) run new-all "$new" --log-level debug --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
   esac
 }
 
