@@ -13,7 +13,24 @@ static class Program
 {
     static int Main(string[] args)
     {
-        var options = Options.Parse(args);
+        if (args is ["--help"] or ["-h"])
+        {
+            Console.WriteLine(Options.Usage);
+            return 0;
+        }
+
+        Options options;
+        try
+        {
+            options = Options.Parse(args);
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException or OverflowException)
+        {
+            Console.Error.WriteLine($"blockmirror-scenarios: {e.Message}");
+            Console.Error.WriteLine(Options.Usage);
+            return 2;
+        }
+
         Directory.CreateDirectory(options.DataDirectory);
         var cold = Runner.DropCaches();
         var rows = new List<Row>();
@@ -29,7 +46,7 @@ static class Program
                 "live" => LiveScenarios.Live(options),
                 "sparse-qmp" => MirrorScenarios.Sparse(options),
                 "nbd-mirror" => NbdMirrorScenarios.Mirror(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror)"),
+                _ => throw new UnreachableException($"scenario '{scenario}' passed Options.Parse but has no case here"),
             });
         }
 
@@ -53,6 +70,21 @@ static class Program
 sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList<string> Scenarios, string BlockMirror, string? Output, string CommandLine,
     IReadOnlyList<string> CopyModes, IReadOnlyList<string> Rates)
 {
+    public const string Usage = """
+        usage: blockmirror-scenarios [--scenarios LIST] [--pairs N | --quick] [--data-dir DIR] [--blockmirror PATH]
+                                     [--output FILE.md] [--copy-modes LIST] [--rates LIST]
+          --scenarios   comma-separated: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror
+          --pairs       runs of each side, alternating (default 3); --quick: one pair, smaller images
+          --data-dir    where the images go (default /var/tmp/blockmirror-bench)
+          --blockmirror the blockmirror to run: a native executable or blockmirror.dll
+          --output      also write the report there, and a chart beside it (.png)
+          --copy-modes  the live scenario's: background, write-blocking, adaptive
+          --rates       the live scenario's writer rates: fio's rate (32m, 256m) or max
+        """;
+
+    /// <summary>The scenarios Program.Main runs, by name.</summary>
+    static readonly string[] Names = ["dense", "sparse", "mirror", "live", "sparse-qmp", "qcow2", "nbd", "nbd-mirror"];
+
     public static Options Parse(string[] args)
     {
         var data = "/var/tmp/blockmirror-bench";
@@ -63,23 +95,26 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         string? output = null;
         string[] copyModes = ["background", "write-blocking", "adaptive"];
         string[] rates = ["32m", "256m", "max"];
-        for (var i = 0; i < args.Length; i++)
+        var i = 0;
+        for (; i < args.Length; i++)
         {
             switch (args[i])
             {
-                case "--data-dir": data = args[++i]; break;
-                case "--pairs": pairs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--data-dir": data = Value(); break;
+                case "--pairs": pairs = int.Parse(Value(), CultureInfo.InvariantCulture); break;
                 case "--quick": quick = true; pairs = 1; break;
-                case "--scenarios": scenarios = args[++i].Split(','); break;
-                case "--blockmirror": blockMirror = args[++i]; break;
-                case "--output": output = args[++i]; break;
-                case "--copy-modes": copyModes = Known(args[++i].Split(','), "copy mode", "background", "write-blocking", "adaptive"); break;
-                case "--rates": rates = args[++i].Split(','); break;
+                case "--scenarios": scenarios = Known(Value().Split(','), "scenario", Names); break;
+                case "--blockmirror": blockMirror = Value(); break;
+                case "--output": output = Value(); break;
+                case "--copy-modes": copyModes = Known(Value().Split(','), "copy mode", "background", "write-blocking", "adaptive"); break;
+                case "--rates": rates = Value().Split(','); break;
                 default: throw new ArgumentException($"unknown option '{args[i]}' (known: --data-dir, --pairs, --quick, --scenarios, --blockmirror, --output, --copy-modes, --rates)");
             }
         }
 
         return new Options(data, pairs, quick, scenarios, blockMirror, output, "blockmirror-scenarios " + string.Join(' ', args), copyModes, rates);
+
+        string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"option '{args[i]}' needs a value");
     }
 
     static string[] Known(string[] values, string what, params string[] known) =>
