@@ -29,8 +29,12 @@ sealed partial class MirrorEngine
         _ = RunOpAsync(op);
     }
 
-    /// <summary>Issues a write-zeroes or discard; <paramref name="initialZeroing"/> marks the zeroing before the copy (no chunks held, no progress).</summary>
-    public void StartZeroOrDiscard(long offset, long length, MirrorMethod method, bool initialZeroing)
+    /// <summary>
+    /// Issues a write-zeroes or discard; <paramref name="initialZeroing"/> marks the zeroing before the copy (no
+    /// chunks held, no progress). Returns true when it needed no request: a write-zeroes over chunks the target
+    /// is known to read as zeroes (it still counts as progress, not against the speed limit).
+    /// </summary>
+    public bool StartZeroOrDiscard(long offset, long length, MirrorMethod method, bool initialZeroing)
     {
         MirrorOp op;
         lock (_lock)
@@ -39,6 +43,7 @@ sealed partial class MirrorEngine
         }
 
         _ = RunOpAsync(op);
+        return op.SkipIo;
     }
 
     /// <summary>
@@ -49,6 +54,18 @@ sealed partial class MirrorEngine
     {
         var op = RentLocked(offset, length, method, MirrorOpKind.Background);
         op.InitialZeroing = initialZeroing;
+        if (method == MirrorMethod.Zero)
+        {
+            // The source reads zeroes here: where the target does too, there is nothing to send. The chunks
+            // are this operation's (or, for the initial zeroing, nobody's yet), so the answer stays true.
+            op.SkipIo = _zeroChunks!.IsZero(offset, length);
+        }
+        else
+        {
+            // Cleared before the request goes out: a copy puts data there, and a discard may leave anything.
+            _zeroChunks!.Forget(offset, length);
+        }
+
         _inFlight++;
         _bytesInFlight += length;
         if (!initialZeroing)
@@ -79,6 +96,8 @@ sealed partial class MirrorEngine
                     }
 
                     await WriteCopyAsync(op, cancel).ConfigureAwait(false);
+                    break;
+                case MirrorMethod.Zero when op.SkipIo:
                     break;
                 case MirrorMethod.Zero:
                     await _target.WriteZeroesAsync(op.Offset, op.Length, _unmap ? RequestFlags.MayUnmap : RequestFlags.None, cancel).ConfigureAwait(false);
@@ -149,8 +168,15 @@ sealed partial class MirrorEngine
         TaskCompletionSource? waiters = null;
         TaskCompletionSource? anyWaiter;
         var progress = succeeded && !op.InitialZeroing ? op.Length : 0;
+        var skipped = op.SkipIo;
         lock (_lock)
         {
+            if (succeeded && op.Method == MirrorMethod.Zero)
+            {
+                // Before the chunks are let go: whoever owns them next sees them as zero.
+                _zeroChunks?.MarkZero(op.Offset, op.Length);
+            }
+
             _inFlight--;
             _bytesInFlight -= op.Length;
             if (op.ReadSegments.Count > 0)
@@ -180,7 +206,7 @@ sealed partial class MirrorEngine
 
         if (progress != 0)
         {
-            _job.Copied(progress);
+            _job.Copied(progress, skipped);
         }
 
         waiters?.TrySetResult();
