@@ -100,7 +100,7 @@ sealed partial class MirrorEngine
                 case MirrorMethod.Zero when op.SkipIo:
                     break;
                 case MirrorMethod.Zero:
-                    await _target.WriteZeroesAsync(op.Offset, op.Length, _unmap ? RequestFlags.MayUnmap : RequestFlags.None, cancel).ConfigureAwait(false);
+                    await WriteZeroesWhereUnknownAsync(op, cancel).ConfigureAwait(false);
                     break;
                 case MirrorMethod.Discard:
                     await _target.DiscardAsync(op.Offset, op.Length, cancel).ConfigureAwait(false);
@@ -126,6 +126,33 @@ sealed partial class MirrorEngine
         finally
         {
             OperationDone(op, succeeded);
+        }
+    }
+
+    /// <summary>
+    /// Writes zeroes over the runs of the operation's chunks that the target is not known to read as zeroes,
+    /// and nowhere else: a write-zeroes allocates on many file systems (fallocate's zero-range), so one over a
+    /// hole would undo a sparse target. The operation owns its chunks, so their bits hold while it runs.
+    /// </summary>
+    async ValueTask WriteZeroesWhereUnknownAsync(MirrorOp op, CancellationToken cancel)
+    {
+        var end = op.Offset + op.Length;
+        var flags = _unmap ? RequestFlags.MayUnmap : RequestFlags.None;
+        for (var position = op.Offset; position < end;)
+        {
+            long start, stop;
+            lock (_lock)
+            {
+                (start, stop) = _zeroChunks!.NextUnknown(position, end);
+            }
+
+            if (start >= end)
+            {
+                break;
+            }
+
+            await _target.WriteZeroesAsync(start, stop - start, flags, cancel).ConfigureAwait(false);
+            position = stop;
         }
     }
 

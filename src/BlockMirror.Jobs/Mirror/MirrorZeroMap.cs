@@ -78,6 +78,24 @@ sealed class MirrorZeroMap
         return _bits.NextClear(first, first + count) == first + count;
     }
 
+    /// <summary>
+    /// The first run of chunks not known zero within [offset, end) (chunk-aligned <paramref name="offset"/>), in
+    /// bytes and clipped to <paramref name="end"/>; its start is <paramref name="end"/> when every chunk is known zero.
+    /// </summary>
+    public (long Start, long End) NextUnknown(long offset, long end)
+    {
+        var endChunk = Math.Min((end + _granularity - 1) / _granularity, _bits.Size);
+        var first = _bits.NextClear(offset / _granularity, endChunk);
+        if (first >= endChunk)
+        {
+            return (end, end);
+        }
+
+        var next = _bits.NextSet(first);
+        var stop = next < 0 || next > endChunk ? endChunk : next;
+        return (Math.Max(first * _granularity, offset), Math.Min(stop * _granularity, end));
+    }
+
     (long First, long Count) Touched(long offset, long length)
     {
         var first = offset / _granularity;

@@ -37,6 +37,21 @@ public sealed class MirrorTargetZeroesTests
     }
 
     [Fact]
+    public async Task A_zero_range_over_known_and_unknown_chunks_is_written_only_over_the_unknown_ones()
+    {
+        await using var rig = await MirrorRig.CreateAsync();
+        // Old bytes in the first chunk of the source's zero range [512 KiB, 640 KiB): only that chunk needs zeroes.
+        await rig.TargetMemory.WriteAsync(512 * 1024, Enumerable.Repeat((byte)0xEE, (int)Chunk).ToArray());
+        var target = await DiscardIgnoredFilter.OpenAsync(rig.Graph, "dst-ignore", rig.Target);
+
+        var job = await MirrorJob.StartAsync(rig.Manager, rig.Graph, rig.Source, target, MirrorRig.Options() with { BufSize = 16 * Chunk });
+        await ReadyLenAsync(rig, job);
+
+        await rig.AssertTargetEqualsSourceAsync();
+        Assert.Equal(Chunk, rig.TargetMemory.Statistics.Bytes(BlockOperation.WriteZeroes));
+    }
+
+    [Fact]
     public async Task Zero_chunks_over_old_bytes_are_written_when_target_is_zero_is_not_given()
     {
         // The safety case: a target holding garbage everywhere, no assertion from the user.

@@ -64,6 +64,20 @@ public sealed class MirrorZeroMapTests
         Assert.True(map.IsZero(Chunk, 0));
     }
 
+    [Fact]
+    public void The_runs_not_known_zero_are_found_in_order_and_clipped_to_the_range()
+    {
+        var map = new MirrorZeroMap(10 * Chunk, Chunk);
+        map.MarkAll();
+        map.Forget(2 * Chunk, 2 * Chunk);
+        map.Forget(7 * Chunk, 1);
+
+        Assert.Equal((2 * Chunk, 4 * Chunk), map.NextUnknown(0, 10 * Chunk));
+        Assert.Equal((7 * Chunk, 8 * Chunk), map.NextUnknown(4 * Chunk, 10 * Chunk));
+        Assert.Equal((3 * Chunk, 3 * Chunk + 10), map.NextUnknown(3 * Chunk, 3 * Chunk + 10));
+        Assert.Equal((9 * Chunk, 9 * Chunk), map.NextUnknown(8 * Chunk, 9 * Chunk));
+    }
+
     public static TheoryData<int> ModelSeeds => [.. Seeds.Range(20)];
 
     [Theory]
@@ -120,6 +134,30 @@ public sealed class MirrorZeroMapTests
             }
 
             Assert.Equal(expected, map.IsZero(qOffset, qLength));
+
+            // The unknown runs of a chunk-aligned range cover exactly its chunks that are not known zero.
+            var rangeStart = firstChunk * Chunk;
+            var rangeEnd = Math.Min(endChunk * Chunk, length);
+            var covered = new List<long>();
+            for (var position = rangeStart; position < rangeEnd;)
+            {
+                var (runStart, runEnd) = map.NextUnknown(position, rangeEnd);
+                if (runStart >= rangeEnd)
+                {
+                    break;
+                }
+
+                Assert.True(runStart >= position && runEnd > runStart && runEnd <= rangeEnd);
+                for (var chunk = runStart / Chunk; chunk * Chunk < runEnd; chunk++)
+                {
+                    covered.Add(chunk);
+                }
+
+                position = runEnd;
+            }
+
+            var unknown = Enumerable.Range((int)firstChunk, (int)(endChunk - firstChunk)).Select(c => (long)c).Where(c => !map.IsZero(c * Chunk, 1));
+            Assert.Equal(unknown, covered);
         }
     }
 
