@@ -24,7 +24,7 @@ public sealed class MirrorTargetZeroesTests
     {
         await using var rig = await MirrorRig.CreateAsync();
         // One chunk of old bytes keeps the target from reading as zeroes everywhere: every chunk is dirtied.
-        await rig.TargetMemory.WriteAsync(0, Enumerable.Repeat((byte)0xEE, (int)Chunk).ToArray());
+        await rig.TargetMemory.WriteAsync(0, Filled(0xEE));
         var target = await DiscardIgnoredFilter.OpenAsync(rig.Graph, "dst-ignore", rig.Target);
 
         var job = await MirrorJob.StartAsync(rig.Manager, rig.Graph, rig.Source, target, MirrorRig.Options());
@@ -41,7 +41,7 @@ public sealed class MirrorTargetZeroesTests
     {
         await using var rig = await MirrorRig.CreateAsync();
         // Old bytes in the first chunk of the source's zero range [512 KiB, 640 KiB): only that chunk needs zeroes.
-        await rig.TargetMemory.WriteAsync(512 * 1024, Enumerable.Repeat((byte)0xEE, (int)Chunk).ToArray());
+        await rig.TargetMemory.WriteAsync(512 * 1024, Filled(0xEE));
         var target = await DiscardIgnoredFilter.OpenAsync(rig.Graph, "dst-ignore", rig.Target);
 
         var job = await MirrorJob.StartAsync(rig.Manager, rig.Graph, rig.Source, target, MirrorRig.Options() with { BufSize = 16 * Chunk });
@@ -88,15 +88,14 @@ public sealed class MirrorTargetZeroesTests
         // Write-blocking: a guest write of data lands on the target, so the chunk is no longer known zero,
         // and zeroes written over it afterwards must reach the target.
         await using var rig = await MirrorRig.CreateAsync();
-        var job = await rig.StartAsync(MirrorRig.Options() with { CopyMode = MirrorCopyMode.WriteBlocking });
-        await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
+        var job = await WriteBlockingReadyAsync(rig);
         var zeroChunk = 768 * 1024L;
         var before = WriteZeroesSent(rig);
 
         await rig.Vm.WriteZeroesAsync(zeroChunk, Chunk);
         Assert.Equal(before, WriteZeroesSent(rig));
 
-        await rig.Vm.WriteAsync(zeroChunk, Enumerable.Repeat((byte)0x42, (int)Chunk).ToArray());
+        await rig.Vm.WriteAsync(zeroChunk, Filled(0x42));
         await rig.Vm.WriteZeroesAsync(zeroChunk, Chunk);
         Assert.Equal(before + 1, WriteZeroesSent(rig));
 
@@ -104,9 +103,7 @@ public sealed class MirrorTargetZeroesTests
         await rig.Vm.WriteZeroesAsync(zeroChunk, Chunk);
         Assert.Equal(before + 1, WriteZeroesSent(rig));
 
-        job.Complete();
-        await MirrorTestRunner.WaitFinishedAsync(job);
-        Assert.Null(job.Error);
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
         await rig.AssertTargetEqualsSourceAsync();
     }
 
@@ -114,10 +111,9 @@ public sealed class MirrorTargetZeroesTests
     public async Task A_partial_zero_write_does_not_make_its_chunk_known_zero()
     {
         await using var rig = await MirrorRig.CreateAsync();
-        var job = await rig.StartAsync(MirrorRig.Options() with { CopyMode = MirrorCopyMode.WriteBlocking });
-        await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
+        var job = await WriteBlockingReadyAsync(rig);
         var chunk = 768 * 1024L;
-        await rig.Vm.WriteAsync(chunk, Enumerable.Repeat((byte)0x42, (int)Chunk).ToArray());
+        await rig.Vm.WriteAsync(chunk, Filled(0x42));
         var before = WriteZeroesSent(rig);
 
         // Half a chunk of zeroes: the other half holds data, so the chunk is not zero afterwards.
@@ -125,19 +121,23 @@ public sealed class MirrorTargetZeroesTests
         await rig.Vm.WriteZeroesAsync(chunk + Chunk / 2, Chunk / 2);
         Assert.Equal(before + 2, WriteZeroesSent(rig));
 
-        job.Complete();
-        await MirrorTestRunner.WaitFinishedAsync(job);
-        Assert.Null(job.Error);
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
         await rig.AssertTargetEqualsSourceAsync();
+    }
+
+    static byte[] Filled(byte value) => Enumerable.Repeat(value, (int)Chunk).ToArray();
+
+    /// <summary>A mirror whose guest writes block, READY; its target read zeroes at the start (a fresh memory disk).</summary>
+    static async Task<MirrorJob> WriteBlockingReadyAsync(MirrorRig rig)
+    {
+        var job = await rig.StartAsync(MirrorRig.Options() with { CopyMode = MirrorCopyMode.WriteBlocking });
+        await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
+        return job;
     }
 
     static async Task<long> ReadyLenAsync(MirrorRig rig, MirrorJob job)
     {
-        await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
-        var len = Assert.Single(rig.Log.Events.OfType<BlockJobReadyEvent>()).Len;
-        job.Complete();
-        await MirrorTestRunner.WaitFinishedAsync(job);
-        Assert.Null(job.Error);
-        return len;
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        return Assert.Single(rig.Log.Events.OfType<BlockJobReadyEvent>()).Len;
     }
 }
