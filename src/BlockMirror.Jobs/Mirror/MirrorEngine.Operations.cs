@@ -42,8 +42,10 @@ sealed partial class MirrorEngine
             op = StartLocked(offset, length, method, initialZeroing);
         }
 
+        // Read before it runs: a skipped operation ends at once, and its pooled object may then serve another.
+        var skipped = op.SkipIo;
         _ = RunOpAsync(op);
-        return op.SkipIo;
+        return skipped;
     }
 
     /// <summary>
