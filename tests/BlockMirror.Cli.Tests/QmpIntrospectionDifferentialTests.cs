@@ -169,9 +169,9 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
                 "-options.{driver=qcow2}file.{driver=qcow2}encrypt?: object",
                 "-options.{driver=qcow2}file.{driver=qcow2}l2-cache-entry-size?: int",
             ]),
-        // Our copy mode (README, "Copy modes").
-        ["blockdev-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive"]),
-        ["drive-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive"]),
+        // Our copy mode (README, "Copy modes"); QEMU 10.1's target-is-zero (README, "Deliberate differences").
+        ["blockdev-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
+        ["drive-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         // Object types other than the TLS credentials are refused by name.
         ["object-add"] = (
             [

@@ -90,9 +90,19 @@ sealed partial class MirrorEngine
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> WriteTargetAsync(MirrorMethod method, long offset, ReadOnlyMemory<byte> data, long length, RequestFlags flags)
     {
+        bool alreadyZero;
         lock (_lock)
         {
             _activeBytesInFlight += length;
+
+            // The write owns every chunk it touches, so nothing else changes their bits meanwhile. Zeroes
+            // over chunks the target already reads as zeroes need no request (QEMU 10.1 skips them too);
+            // data makes the chunks it touches unknown before it is sent.
+            alreadyZero = method == MirrorMethod.Zero && _zeroChunks!.IsZero(offset, length);
+            if (method != MirrorMethod.Zero)
+            {
+                _zeroChunks!.Forget(offset, length);
+            }
         }
 
         _job.ActiveWriteStarted(length);
@@ -101,9 +111,18 @@ sealed partial class MirrorEngine
         {
             // The guest's fast-zero request concerns the source; the target must just get the zeroes.
             flags &= ~RequestFlags.NoFallback;
-            if (method == MirrorMethod.Zero)
+            if (alreadyZero)
+            {
+                // Nothing to send: the target reads zeroes there already.
+            }
+            else if (method == MirrorMethod.Zero)
             {
                 await _target.WriteZeroesAsync(offset, length, flags, _forceCancel.Token).ConfigureAwait(false);
+                lock (_lock)
+                {
+                    // Only the chunks it filled whole: the rest of a chunk it touched is still unknown.
+                    _zeroChunks!.MarkZero(offset, length);
+                }
             }
             else
             {
@@ -137,7 +156,7 @@ sealed partial class MirrorEngine
 
         if (landed)
         {
-            _job.Copied(length);
+            _job.Copied(length, skipped: alreadyZero);
         }
 
         return landed;

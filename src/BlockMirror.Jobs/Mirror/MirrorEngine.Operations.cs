@@ -29,8 +29,12 @@ sealed partial class MirrorEngine
         _ = RunOpAsync(op);
     }
 
-    /// <summary>Issues a write-zeroes or discard; <paramref name="initialZeroing"/> marks the zeroing before the copy (no chunks held, no progress).</summary>
-    public void StartZeroOrDiscard(long offset, long length, MirrorMethod method, bool initialZeroing)
+    /// <summary>
+    /// Issues a write-zeroes or discard; <paramref name="initialZeroing"/> marks the zeroing before the copy (no
+    /// chunks held, no progress). Returns true when it needed no request: a write-zeroes over chunks the target
+    /// is known to read as zeroes (it still counts as progress, not against the speed limit).
+    /// </summary>
+    public bool StartZeroOrDiscard(long offset, long length, MirrorMethod method, bool initialZeroing)
     {
         MirrorOp op;
         lock (_lock)
@@ -38,7 +42,10 @@ sealed partial class MirrorEngine
             op = StartLocked(offset, length, method, initialZeroing);
         }
 
+        // Read before it runs: a skipped operation ends at once, and its pooled object may then serve another.
+        var skipped = op.SkipIo;
         _ = RunOpAsync(op);
+        return skipped;
     }
 
     /// <summary>
@@ -49,6 +56,18 @@ sealed partial class MirrorEngine
     {
         var op = RentLocked(offset, length, method, MirrorOpKind.Background);
         op.InitialZeroing = initialZeroing;
+        if (method == MirrorMethod.Zero)
+        {
+            // The source reads zeroes here: where the target does too, there is nothing to send. The chunks
+            // are this operation's (or, for the initial zeroing, nobody's yet), so the answer stays true.
+            op.SkipIo = _zeroChunks!.IsZero(offset, length);
+        }
+        else
+        {
+            // Cleared before the request goes out: a copy puts data there, and a discard may leave anything.
+            _zeroChunks!.Forget(offset, length);
+        }
+
         _inFlight++;
         _bytesInFlight += length;
         if (!initialZeroing)
@@ -80,8 +99,10 @@ sealed partial class MirrorEngine
 
                     await WriteCopyAsync(op, cancel).ConfigureAwait(false);
                     break;
+                case MirrorMethod.Zero when op.SkipIo:
+                    break;
                 case MirrorMethod.Zero:
-                    await _target.WriteZeroesAsync(op.Offset, op.Length, _unmap ? RequestFlags.MayUnmap : RequestFlags.None, cancel).ConfigureAwait(false);
+                    await WriteZeroesWhereUnknownAsync(op, cancel).ConfigureAwait(false);
                     break;
                 case MirrorMethod.Discard:
                     await _target.DiscardAsync(op.Offset, op.Length, cancel).ConfigureAwait(false);
@@ -107,6 +128,33 @@ sealed partial class MirrorEngine
         finally
         {
             OperationDone(op, succeeded);
+        }
+    }
+
+    /// <summary>
+    /// Writes zeroes over the runs of the operation's chunks that the target is not known to read as zeroes,
+    /// and nowhere else: a write-zeroes allocates on many file systems (fallocate's zero-range), so one over a
+    /// hole would undo a sparse target. The operation owns its chunks, so their bits hold while it runs.
+    /// </summary>
+    async ValueTask WriteZeroesWhereUnknownAsync(MirrorOp op, CancellationToken cancel)
+    {
+        var end = op.Offset + op.Length;
+        var flags = _unmap ? RequestFlags.MayUnmap : RequestFlags.None;
+        for (var position = op.Offset; position < end;)
+        {
+            long start, stop;
+            lock (_lock)
+            {
+                (start, stop) = _zeroChunks!.NextUnknown(position, end);
+            }
+
+            if (start >= end)
+            {
+                break;
+            }
+
+            await _target.WriteZeroesAsync(start, stop - start, flags, cancel).ConfigureAwait(false);
+            position = stop;
         }
     }
 
@@ -149,8 +197,15 @@ sealed partial class MirrorEngine
         TaskCompletionSource? waiters = null;
         TaskCompletionSource? anyWaiter;
         var progress = succeeded && !op.InitialZeroing ? op.Length : 0;
+        var skipped = op.SkipIo;
         lock (_lock)
         {
+            if (succeeded && op.Method == MirrorMethod.Zero)
+            {
+                // Before the chunks are let go: whoever owns them next sees them as zero.
+                _zeroChunks?.MarkZero(op.Offset, op.Length);
+            }
+
             _inFlight--;
             _bytesInFlight -= op.Length;
             if (op.ReadSegments.Count > 0)
@@ -180,7 +235,7 @@ sealed partial class MirrorEngine
 
         if (progress != 0)
         {
-            _job.Copied(progress);
+            _job.Copied(progress, skipped);
         }
 
         waiters?.TrySetResult();

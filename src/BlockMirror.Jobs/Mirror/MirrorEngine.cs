@@ -57,6 +57,10 @@ sealed partial class MirrorEngine : IDisposable
     // One bit per chunk, set once a copy covering it has succeeded; null when not needed.
     HBitmap? _cowChunks;
 
+    // The chunks of the target known to read zeroes (see MirrorZeroMap); a bit changes only under _lock and
+    // only for chunks its changer owns in the in-flight map.
+    MirrorZeroMap? _zeroChunks;
+
     long _length;
 
     public MirrorEngine(MirrorJob job, NodeEdge read, NodeEdge target, DirtyBitmap dirty, long granularity, long bufSize, bool unmap)
@@ -90,6 +94,7 @@ sealed partial class MirrorEngine : IDisposable
         {
             _length = length;
             _inFlightChunks = new HBitmap(chunks);
+            _zeroChunks = new MirrorZeroMap(length, _granularity);
             _buffers = new MirrorBufferPool(_bufSize, _granularity);
             if (cowAlignment)
             {
@@ -125,6 +130,39 @@ sealed partial class MirrorEngine : IDisposable
         lock (_lock)
         {
             return (_bytesInFlight + _activeBytesInFlight, _inFlight, _buffers?.FreeChunks ?? 0);
+        }
+    }
+
+    // ----- The target's zeroes -----
+
+    /// <summary>
+    /// Before the copy starts (no operation holds chunks yet): [offset, offset + length) of the target is known
+    /// to read zeroes (the start's look at the target, or the user's <c>target-is-zero</c> for all of it).
+    /// </summary>
+    public void MarkTargetZero(long offset, long length)
+    {
+        lock (_lock)
+        {
+            if (offset == 0 && length >= _length)
+            {
+                _zeroChunks!.MarkAll();
+            }
+            else
+            {
+                _zeroChunks!.MarkZero(offset, length);
+            }
+        }
+    }
+
+    /// <summary>Every chunk of the target is known to read zeroes.</summary>
+    public bool TargetAllZero
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _zeroChunks!.All;
+            }
         }
     }
 
@@ -400,6 +438,7 @@ sealed partial class MirrorEngine : IDisposable
         op.Method = method;
         op.Kind = kind;
         op.InitialZeroing = false;
+        op.SkipIo = false;
         op.KeepDirty = false;
         return op;
     }

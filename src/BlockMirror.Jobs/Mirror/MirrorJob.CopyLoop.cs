@@ -250,16 +250,18 @@ public sealed partial class MirrorJob
                 return TimeSpan.Zero;
             }
 
+            var skipped = false;
             if (method == MirrorMethod.Copy)
             {
                 await _engine.StartCopyAsync(offset, io).ConfigureAwait(false);
             }
             else
             {
-                _engine.StartZeroOrDiscard(offset, io, method, initialZeroing: false);
+                skipped = _engine.StartZeroOrDiscard(offset, io, method, initialZeroing: false);
             }
 
-            var accounted = method == MirrorMethod.Copy || !_zeroesUnmetered ? io : 0;
+            // Zeroes the target already reads cost nothing, so they do not count against the speed limit.
+            var accounted = method == MirrorMethod.Copy || (!_zeroesUnmetered && !skipped) ? io : 0;
             if (Speed != 0)
             {
                 delay = Limiter.CalculateDelay(accounted);
@@ -326,11 +328,12 @@ public sealed partial class MirrorJob
     /// <summary>
     /// Marks what must be copied before the job can be in sync. A target that already reads as zeroes
     /// needs only the source's non-zero data. Otherwise, as QEMU: zero the whole target first where that
-    /// is cheap, else copy everything (zero ranges then become write-zeroes, not data).
+    /// is cheap, else copy everything (zero ranges then become write-zeroes, not data, and none where the
+    /// target is known to read zeroes already: see <see cref="ScanTargetZeroesAsync"/>).
     /// </summary>
     async Task DirtyInitAsync()
     {
-        var targetIsZero = _base is null && await TargetReadsZeroAsync().ConfigureAwait(false);
+        var targetIsZero = await ScanTargetZeroesAsync().ConfigureAwait(false) && _base is null;
         if (_base is null && !targetIsZero)
         {
             if (!_target.Node.Capabilities.CanUnmapOnZero)
@@ -379,30 +382,6 @@ public sealed partial class MirrorJob
                 offset += length;
             }
         }
-    }
-
-    /// <summary>True when every byte of the target reads as zero, as far as block status can tell cheaply.</summary>
-    async Task<bool> TargetReadsZeroAsync()
-    {
-        const int MaxExtents = 4096;
-        var extents = 0;
-        for (long offset = 0; offset < _length; extents++)
-        {
-            if (extents >= MaxExtents)
-            {
-                return false;
-            }
-
-            var status = await BlockChain.GetBlockStatusAboveAsync(_target.Node, null, offset, _length - offset).ConfigureAwait(false);
-            if (!status.IsZero)
-            {
-                return false;
-            }
-
-            offset += status.Length;
-        }
-
-        return true;
     }
 
     async Task ZeroTargetAsync()

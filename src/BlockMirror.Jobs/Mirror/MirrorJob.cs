@@ -18,8 +18,8 @@ namespace BlockMirror.Jobs.Mirror;
 /// chunk from overlapping, so the last copy to land on the target is the newest. At completion the
 /// source is drained (its parents' new requests are held), the bitmap is checked once more, the target
 /// is flushed, and the parents are moved to the target before they are let go.</para>
-/// <para><b>Progress.</b> <c>offset</c> counts bytes copied or zeroed on the target (the zeroing of a
-/// target before the copy is not counted); <c>len</c> is offset plus what is dirty now plus what is in
+/// <para><b>Progress.</b> <c>offset</c> counts bytes copied or zeroed on the target, zero ranges the target
+/// already reads as zeroes included (the zeroing of a target before the copy is not counted); <c>len</c> is offset plus what is dirty now plus what is in
 /// flight, so it grows while writers dirty the source and may count a chunk once per copy.</para>
 /// </remarks>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001",
@@ -188,10 +188,17 @@ public sealed partial class MirrorJob : BlockJob
         return HandleIoError(isRead ? _options.OnSourceError : _options.OnTargetError, isRead, errno);
     }
 
-    /// <summary>Bytes that reached the target.</summary>
-    internal void Copied(long bytes)
+    /// <summary>
+    /// Bytes that reached the target, or with <paramref name="skipped"/> that needed no request (zeroes the
+    /// target already reads): progress either way, but only what was written calls for the bulk flushes.
+    /// </summary>
+    internal void Copied(long bytes, bool skipped = false)
     {
-        Interlocked.Add(ref _copiedBytes, bytes);
+        if (!skipped)
+        {
+            Interlocked.Add(ref _copiedBytes, bytes);
+        }
+
         ProgressAdvance(bytes);
     }
 }

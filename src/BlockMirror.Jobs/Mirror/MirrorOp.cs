@@ -48,6 +48,9 @@ sealed class MirrorOp
     /// <summary>True for the zeroing that precedes the copy; it does not count as progress and holds no chunks.</summary>
     public bool InitialZeroing { get; set; }
 
+    /// <summary>A write-zeroes over chunks the target already reads as zeroes: done without a request.</summary>
+    public bool SkipIo { get; set; }
+
     /// <summary>
     /// Active writes only: a guest write that did not go to the target overlapped this one in time, so the
     /// chunks this write covers may hold bytes the target lacks; they stay dirty at its end (see

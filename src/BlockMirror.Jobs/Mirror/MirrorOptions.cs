@@ -45,6 +45,14 @@ public sealed record MirrorOptions
     /// <summary>What happens to the target's backing at completion (drive-mirror's modes; blockdev-mirror leaves it).</summary>
     public MirrorBackingMode BackingMode { get; init; } = MirrorBackingMode.LeaveBackingChain;
 
+    /// <summary>
+    /// <c>target-is-zero</c> (QEMU 10.1): the user asserts that the target reads as zeroes before the job starts,
+    /// so zero ranges of the source are not written to it. It is the user's word, as in QEMU: on a target
+    /// that holds other bytes, those stay where the source reads zeroes. Ignored (the target is looked at
+    /// instead) when the target's backing is still to be opened at the switch, since its reads change then.
+    /// </summary>
+    public bool TargetIsZero { get; init; }
+
     /// <summary><c>copy-mode</c>.</summary>
     public MirrorCopyMode CopyMode { get; init; } = MirrorCopyMode.Background;
 

@@ -9,7 +9,10 @@ using BlockMirror.Qmp.Protocol;
 
 namespace BlockMirror.Qmp.Commands;
 
-/// <summary>blockdev-mirror and drive-mirror (qapi/block-core.json, QEMU 7.2).</summary>
+/// <summary>
+/// blockdev-mirror and drive-mirror (qapi/block-core.json, QEMU 7.2), each with QEMU 10.1's <c>target-is-zero</c>
+/// (which QEMU 10.1 gives blockdev-mirror only; README, "Deliberate differences").
+/// </summary>
 public sealed partial class StorageDaemon
 {
     static readonly QapiBuiltin Str = QapiBuiltin.Str, Int = QapiBuiltin.Int, Bool = QapiBuiltin.Bool;
@@ -18,7 +21,7 @@ public sealed partial class StorageDaemon
         ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*filter-node-name", Str), ("*copy-mode", QmpTypes.MirrorCopyMode),
-        ("*auto-finalize", Bool), ("*auto-dismiss", Bool));
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
 
     /// <summary>DriveMirror: no filter-node-name (QEMU 7.2 has none for drive-mirror), but format, node-name, mode and unmap.</summary>
     static readonly QapiObject DriveMirrorArguments = new("DriveMirror",
@@ -26,7 +29,7 @@ public sealed partial class StorageDaemon
         ("sync", QmpTypes.MirrorSyncMode), ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*unmap", Bool), ("*copy-mode", QmpTypes.MirrorCopyMode),
-        ("*auto-finalize", Bool), ("*auto-dismiss", Bool));
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
 
     void AddMirrorCommands()
     {
@@ -305,6 +308,7 @@ public sealed partial class StorageDaemon
         var copyMode = arguments.OptionalString("copy-mode");
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
         var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
+        var targetIsZero = arguments.OptionalBool("target-is-zero") ?? false;
         if (speed < 0)
         {
             throw QmpException.Generic("Parameter 'speed' expects a non-negative value");
@@ -325,6 +329,7 @@ public sealed partial class StorageDaemon
             AutoFinalize = autoFinalize,
             AutoDismiss = autoDismiss,
             CopyMode = CopyMode(copyMode),
+            TargetIsZero = targetIsZero,
         };
     }
 
