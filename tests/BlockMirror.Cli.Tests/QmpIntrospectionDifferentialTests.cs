@@ -256,6 +256,74 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
             string.Join("\n", found.Select(f => $"[\"{f.Key}\"] = ([{Quote(f.Value.MissingVariants)}], [{Quote(f.Value.Members)}]),")));
     }
 
+    /// <summary>
+    /// BlockDeviceInfo's optional members ours never fills and so does not declare: throttling limits (no
+    /// throttle groups), dirty bitmaps (none can be added), and the image details QEMU's bdrv_query_image_info
+    /// adds (README, "Introspection").
+    /// </summary>
+    static readonly string[] NodeInfoNotFilled =
+    [
+        "-bps_max?: int", "-bps_max_length?: int", "-bps_rd_max?: int", "-bps_rd_max_length?: int", "-bps_wr_max?: int",
+        "-bps_wr_max_length?: int", "-dirty-bitmaps?: [object]", "-group?: str", "-image.actual-size?: int",
+        "-image.backing-filename-format?: str", "-image.backing-filename?: str", "-image.backing-image?: object",
+        "-image.cluster-size?: int", "-image.compressed?: bool", "-image.encrypted?: bool", "-image.format-specific?: object",
+        "-image.full-backing-filename?: str", "-image.snapshots?: [object]", "-iops_max?: int", "-iops_max_length?: int",
+        "-iops_rd_max?: int", "-iops_rd_max_length?: int", "-iops_size?: int", "-iops_wr_max?: int", "-iops_wr_max_length?: int",
+    ];
+
+    /// <summary>
+    /// Per command both have, the lines of <see cref="SchemaInfoView.ReturnSignature"/> that differ, "+" ours only
+    /// (our extras, named <c>__org.blockmirror_*</c> where they are members QEMU could one day add), "-" theirs only.
+    /// </summary>
+    static readonly Dictionary<string, string[]> ReturnDifferences = new(StringComparer.Ordinal)
+    {
+        ["query-block-exports"] = ["+__org.blockmirror_clients: int"],
+        // QEMU 8.2's actively-synced, and our progress members (README, "Progress").
+        ["query-block-jobs"] = ["+actively-synced?: bool", "+converging?: bool", "+copy-rate?: int", "+dirty-rate?: int", "+eta-seconds?: int", "+remaining?: int"],
+        // QEMU's other two variants are drivers ours does not have.
+        ["query-blockstats"] =
+        [
+            "-driver-specific.{driver=host_device}discard-bytes-ok: int", "-driver-specific.{driver=host_device}discard-nb-failed: int",
+            "-driver-specific.{driver=host_device}discard-nb-ok: int", "-driver-specific.{driver=nvme}aligned-accesses: int",
+            "-driver-specific.{driver=nvme}completion-errors: int", "-driver-specific.{driver=nvme}unaligned-accesses: int",
+        ],
+        ["query-named-block-nodes"] = NodeInfoNotFilled,
+        // query-block's list is empty on both; its BlockInfo holds the same BlockDeviceInfo.
+        ["query-block"] = [.. NodeInfoNotFilled.Select(l => "-inserted." + l[1..])],
+    };
+
+    [SkippableFact]
+    public async Task The_commands_both_daemons_have_declare_the_same_return_types_but_for_the_pinned_differences()
+    {
+        var theirs = await SchemaAsync(DifferentialDaemon.Qsd());
+        var ours = await SchemaAsync(DifferentialDaemon.Ours());
+
+        var found = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        foreach (var command in ours.Commands.Intersect(theirs.Commands))
+        {
+            var (mine, qemu) = (ours.ReturnSignature(command), theirs.ReturnSignature(command));
+            string[] lines = [.. Outermost(mine.Except(qemu)).Select(l => "+" + l), .. Outermost(qemu.Except(mine)).Select(l => "-" + l)];
+            if (lines.Length > 0)
+            {
+                found[command] = lines;
+            }
+        }
+
+        Assert.True(found.Count == ReturnDifferences.Count && found.All(f => ReturnDifferences.TryGetValue(f.Key, out var pinned) && pinned.SequenceEqual(f.Value)),
+            string.Join("\n", found.Select(f => $"[\"{f.Key}\"] = [{string.Join(", ", f.Value.Select(l => $"\"{l}\""))}],")));
+    }
+
+    /// <summary>
+    /// The lines not inside a member that is itself among <paramref name="lines"/>: a member one side lacks is one
+    /// line, not one per member it holds.
+    /// </summary>
+    static IEnumerable<string> Outermost(IEnumerable<string> lines)
+    {
+        var list = lines.ToList();
+        var paths = list.Select(l => l.Split(':')[0].TrimEnd('?') + ".").ToList();
+        return list.Where(l => !paths.Any(p => l.StartsWith(p, StringComparison.Ordinal)));
+    }
+
     [SkippableFact]
     public async Task The_events_ours_emits_are_declared_as_qemu_declares_them()
     {

@@ -75,7 +75,7 @@ public sealed class QmpSchemaTests : IDisposable
         }
 
         Assert.Equal(
-            ["any:value", "bool:boolean", "int:int", "null:null", "str:string"],
+            ["any:value", "bool:boolean", "int:int", "null:null", "number:number", "str:string"],
             entries.Where(e => (string)e["meta-type"]! == "builtin").Select(e => $"{e["name"]}:{e["json-type"]}").Order(StringComparer.Ordinal));
         Assert.Equal("0", (string)schema(entries, "quit")["arg-type"]!);
         Assert.Empty(entries.Single(e => (string)e["name"]! == "0")["members"]!.AsArray());

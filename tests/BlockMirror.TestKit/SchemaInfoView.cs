@@ -31,7 +31,8 @@ public sealed class SchemaInfoView
     /// <summary>The arguments (a command's) or data (an event's) object of <paramref name="entity"/>.</summary>
     public JsonObject Arguments(string entity) => Type((string)_entries[entity]["arg-type"]!);
 
-    JsonObject Type(string name) => name.StartsWith('[')
+    /// <summary>The entry of a type by its name in this schema; a list type <c>[N]</c>, which QEMU names but does not list, as an array entry.</summary>
+    public JsonObject Type(string name) => name.StartsWith('[')
         ? new JsonObject { ["name"] = name, ["meta-type"] = "array", ["element-type"] = name[1..^1] }
         : _entries[name];
 
@@ -70,6 +71,18 @@ public sealed class SchemaInfoView
     {
         var lines = new SortedSet<string>(StringComparer.Ordinal);
         AddObject(lines, "", Arguments(entity), []);
+        return lines;
+    }
+
+    /// <summary>
+    /// What <paramref name="command"/> returns, in <see cref="Signature"/>'s lines: the first is <c>: kind</c> of
+    /// the value itself, then one per member of the objects it holds (a list's items have no path of their own).
+    /// </summary>
+    public SortedSet<string> ReturnSignature(string command)
+    {
+        var type = Type((string)_entries[command]["ret-type"]!);
+        var lines = new SortedSet<string>(StringComparer.Ordinal) { ": " + Kind(type) };
+        AddNested(lines, "", type, []);
         return lines;
     }
 

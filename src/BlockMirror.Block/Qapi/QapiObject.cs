@@ -19,6 +19,20 @@ public sealed class QapiObject : QapiType
 
     public QapiObject(string name, params QapiMember[] members) : base(name) => Members = members;
 
+    QapiObject(string name, List<QapiMember> members) : base(name) => Members = members;
+
+    /// <summary>
+    /// A struct whose members include itself (BlockStats' <c>parent</c> and <c>backing</c>): <paramref name="members"/>
+    /// is given the type being declared.
+    /// </summary>
+    public static QapiObject Recursive(string name, Func<QapiObject, QapiMember[]> members)
+    {
+        var list = new List<QapiMember>();
+        var type = new QapiObject(name, list);
+        list.AddRange(members(type));
+        return type;
+    }
+
     QapiObject(string name, QapiMember[] members, string tag, Func<IReadOnlyList<QapiVariant>> variants) : base(name)
     {
         Members = members;

@@ -6,9 +6,10 @@ using BlockMirror.Cli.Tools;
 namespace BlockMirror.Cli.Commands;
 
 /// <summary>
-/// <c>blockmirror resize [-f FMT] [--shrink] [-q] FILE [+|-]SIZE</c>: qemu-img resize. Grows (or, for raw with
+/// <c>blockmirror resize [-f FMT] [--shrink] [-q] FILE [+|-]SIZE</c>: qemu-img resize. Grows (or, with
 /// <c>--shrink</c>, shrinks) the image's virtual size to SIZE, or by SIZE with a sign; prints "Image resized.".
-/// qcow2 images only grow. A negative relative size needs <c>--</c> before it, as with qemu-img.
+/// A negative relative size needs <c>--</c> before it, as with qemu-img. A driver's refusal is printed in its
+/// own words, as qemu-img prints it ("Can't resize a v2 image which has snapshots").
 /// </summary>
 static class ResizeCommand
 {
@@ -55,7 +56,15 @@ static class ResizeCommand
 
         if (size != current)
         {
-            await node.TruncateAsync(size, cancellationToken);
+            try
+            {
+                await node.TruncateAsync(size, cancellationToken);
+            }
+            catch (BlockIOException ex) when (ex.Detail is { } detail)
+            {
+                throw new UsageException(detail, ex);
+            }
+
             await node.FlushAsync(cancellationToken);
         }
 

@@ -15,8 +15,7 @@ namespace BlockMirror.Qmp.Commands;
 /// read as QAPI reads them (a refusal there changes nothing and starts no job), then a job of type
 /// <c>create</c> checks them as the driver does, in its order and words, and creates the image; its error, if
 /// any, is read with query-jobs until job-dismiss. What QEMU can create and this program cannot (encryption,
-/// external data files, extended L2 entries, zstd, qcow2 preallocation, other formats) is refused with a
-/// message that says so.
+/// external data files, extended L2 entries, zstd, other formats) is refused with a message that says so.
 /// </summary>
 public sealed partial class StorageDaemon
 {
@@ -25,8 +24,8 @@ public sealed partial class StorageDaemon
     /// <summary>
     /// BlockdevCreateOptions (QEMU 7.2) with the variants this program creates. Its <c>driver</c> is blockdev-add's
     /// BlockdevDriver, so QEMU's other formats are refused by name; qcow2's <c>encrypt</c> is not declared, so it is
-    /// refused as unexpected. Members declared here and not supported (a data file, extended L2 entries, zstd,
-    /// preallocation) are refused by the job, where QEMU checks them, when QEMU would accept them.
+    /// refused as unexpected. Members declared here and not supported (a data file, extended L2 entries, zstd)
+    /// are refused by the job, where QEMU checks them, when QEMU would accept them.
     /// </summary>
     static readonly QapiObject BlockdevCreateOptions = QapiObject.Union("BlockdevCreateOptions", [("driver", BlockdevSchema.Driver)], "driver",
         new QapiVariant(DriverNames.File, new QapiObject("BlockdevCreateOptionsFile",
@@ -155,7 +154,7 @@ public sealed partial class StorageDaemon
             var edge = Graph.AttachRoot(node, parent, "root", BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All);
             try
             {
-                await Qcow2Create.WriteAsync(edge, options, cancellationToken).ConfigureAwait(false);
+                await Qcow2Create.WriteAsync(edge, options, request.Preallocation, cancellationToken).ConfigureAwait(false);
             }
             finally
             {
@@ -193,7 +192,6 @@ public sealed partial class StorageDaemon
             { DataFile: true } => "qcow2: an external data file ('data-file') is not supported",
             { Version: < 3 } when r.CompressionType != "zlib" => $"Non-zlib compression type is only supported with compatibility level 1.1 and above {UseV3}",
             _ when r.CompressionType != "zlib" => $"qcow2: compression type '{r.CompressionType}' is not supported",
-            { Preallocation: not PreallocationMode.Off } => $"qcow2: preallocation mode '{r.Preallocation.ToWireName()}' is not supported",
             // QEMU resizes the new image only after writing its header; here nothing has been written yet.
             _ when r.Size > long.MaxValue => "Could not resize image: Image size cannot be negative",
             _ when r.Size > MaxImageLength => $"Could not resize image: offset({r.Size}) exceeds maximum({MaxImageLength})",

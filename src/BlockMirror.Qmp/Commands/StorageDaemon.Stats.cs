@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Qapi;
@@ -39,7 +40,19 @@ public sealed partial class StorageDaemon
         });
     }
 
-    /// <summary>BlockDeviceStats, the members <see cref="DeviceStats"/> fills in.</summary>
+    static readonly QapiArray IntList = new(QapiBuiltin.Int);
+
+    /// <summary>BlockLatencyHistogramInfo: never filled here (no device can ask for histograms), declared as QEMU does.</summary>
+    static readonly QapiObject BlockLatencyHistogramInfo = new("BlockLatencyHistogramInfo", ("boundaries", IntList), ("bins", IntList));
+
+    /// <summary>BlockDeviceTimedStats: the list stays empty (only a device takes <c>stats-intervals</c>), declared as QEMU does.</summary>
+    static readonly QapiObject BlockDeviceTimedStats = new("BlockDeviceTimedStats",
+        ("interval_length", QapiBuiltin.Int), ("min_rd_latency_ns", QapiBuiltin.Int), ("max_rd_latency_ns", QapiBuiltin.Int),
+        ("avg_rd_latency_ns", QapiBuiltin.Int), ("min_wr_latency_ns", QapiBuiltin.Int), ("max_wr_latency_ns", QapiBuiltin.Int),
+        ("avg_wr_latency_ns", QapiBuiltin.Int), ("min_flush_latency_ns", QapiBuiltin.Int), ("max_flush_latency_ns", QapiBuiltin.Int),
+        ("avg_flush_latency_ns", QapiBuiltin.Int), ("avg_rd_queue_depth", QapiBuiltin.Number), ("avg_wr_queue_depth", QapiBuiltin.Number));
+
+    /// <summary>BlockDeviceStats, as <see cref="DeviceStats"/> fills it in.</summary>
     static readonly QapiObject BlockDeviceStats = new("BlockDeviceStats",
         ("rd_bytes", QapiBuiltin.Int), ("wr_bytes", QapiBuiltin.Int), ("unmap_bytes", QapiBuiltin.Int), ("rd_operations", QapiBuiltin.Int),
         ("wr_operations", QapiBuiltin.Int), ("flush_operations", QapiBuiltin.Int), ("unmap_operations", QapiBuiltin.Int),
@@ -49,17 +62,22 @@ public sealed partial class StorageDaemon
         ("failed_wr_operations", QapiBuiltin.Int), ("failed_flush_operations", QapiBuiltin.Int),
         ("failed_unmap_operations", QapiBuiltin.Int), ("invalid_rd_operations", QapiBuiltin.Int), ("invalid_wr_operations", QapiBuiltin.Int),
         ("invalid_flush_operations", QapiBuiltin.Int), ("invalid_unmap_operations", QapiBuiltin.Int),
-        ("account_invalid", QapiBuiltin.Bool), ("account_failed", QapiBuiltin.Bool), ("timed_stats", new QapiArray(QapiBuiltin.Any)),
-        ("*rd_latency_histogram", QapiBuiltin.Any), ("*wr_latency_histogram", QapiBuiltin.Any),
-        ("*flush_latency_histogram", QapiBuiltin.Any));
+        ("account_invalid", QapiBuiltin.Bool), ("account_failed", QapiBuiltin.Bool), ("timed_stats", new QapiArray(BlockDeviceTimedStats)),
+        ("*rd_latency_histogram", BlockLatencyHistogramInfo), ("*wr_latency_histogram", BlockLatencyHistogramInfo),
+        ("*flush_latency_histogram", BlockLatencyHistogramInfo));
 
     /// <summary>
-    /// BlockStats. It contains itself (<c>parent</c>, <c>backing</c>), which a declaration made at once cannot
-    /// say: those two and the driver-specific union are declared <c>any</c>; return types are listed, not checked.
+    /// BlockStatsSpecific: a union on the driver whose only variant here is the file driver's
+    /// (QEMU's host_device and nvme variants are drivers this daemon does not have).
     /// </summary>
-    static readonly QapiObject BlockStats = new("BlockStats",
-        ("*device", QapiBuiltin.Str), ("*qdev", QapiBuiltin.Str), ("*node-name", QapiBuiltin.Str), ("stats", BlockDeviceStats),
-        ("*driver-specific", QapiBuiltin.Any), ("*parent", QapiBuiltin.Any), ("*backing", QapiBuiltin.Any));
+    static readonly QapiObject BlockStatsSpecific = QapiObject.Union("BlockStatsSpecific", [("driver", BlockdevSchema.Driver)], "driver",
+        new QapiVariant(DriverNames.File, new QapiObject("BlockStatsSpecificFile",
+            ("discard-nb-ok", QapiBuiltin.Int), ("discard-nb-failed", QapiBuiltin.Int), ("discard-bytes-ok", QapiBuiltin.Int))));
+
+    /// <summary>BlockStats, which contains itself: a node's <c>parent</c> (and a device's <c>backing</c>) are BlockStats.</summary>
+    static readonly QapiObject BlockStats = QapiObject.Recursive("BlockStats", self =>
+        [("*device", QapiBuiltin.Str), ("*qdev", QapiBuiltin.Str), ("*node-name", QapiBuiltin.Str), ("stats", BlockDeviceStats),
+         ("*driver-specific", BlockStatsSpecific), ("*parent", self), ("*backing", self)]);
 
     /// <summary>A node's BlockStats: its own counts, and those of the child that holds its data as <c>parent</c>.</summary>
     static JsonObject DescribeStats(BlockNode node)

@@ -6,7 +6,7 @@ namespace BlockMirror.Qmp.Protocol;
 /// <summary>
 /// A command the monitor accepts: its QMP name, the declaration of its arguments (checked before the handler
 /// runs, held against every read the handler makes, and listed by query-qmp-schema), what it returns (listed
-/// only), and the handler.
+/// by query-qmp-schema; the tests hold every command's answer against it), and the handler.
 /// </summary>
 public sealed record QmpCommand(string Name, QapiObject Arguments, QapiType Returns, QmpHandler Handler)
 {

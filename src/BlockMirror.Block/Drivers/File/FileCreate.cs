@@ -83,9 +83,14 @@ public static class FileCreate
         switch (options.Preallocation)
         {
             case PreallocationMode.Falloc:
-                if (size > 0 && LibC.FAllocate(handle, 0, 0, size) != 0)
+                if (size > 0)
                 {
-                    throw new BlockOpenException($"Could not preallocate new data: {LibC.Describe(Marshal.GetLastPInvokeError())}");
+                    if (LibC.FAllocate(handle, 0, 0, size) != 0)
+                    {
+                        throw new BlockOpenException($"Could not preallocate new data: {LibC.Describe(Marshal.GetLastPInvokeError())}");
+                    }
+
+                    AllocateFirstBlock(handle, size);
                 }
 
                 break;
@@ -95,7 +100,31 @@ public static class FileCreate
                 break;
             default:
                 Truncate(handle, size);
+                if (size > 0)
+                {
+                    AllocateFirstBlock(handle, size);
+                }
+
                 break;
+        }
+    }
+
+    /// <summary>
+    /// QEMU's allocate_first_block, which file-posix runs when it grows an empty file without writing it (off,
+    /// falloc): zeroes written over the first 4 KiB (512 bytes when the size is below 4 KiB), so that probing the
+    /// request alignment later finds an allocated block. As in QEMU, a size below 512 bytes thus becomes 512, and
+    /// a failure is ignored.
+    /// </summary>
+    static void AllocateFirstBlock(SafeFileHandle handle, long size)
+    {
+        Span<byte> zeroes = stackalloc byte[size < 4096 ? 512 : 4096];
+        zeroes.Clear();
+        try
+        {
+            RandomAccess.Write(handle, zeroes, 0);
+        }
+        catch (IOException)
+        {
         }
     }
 

@@ -126,11 +126,14 @@ public static class Qcow2Create
     /// <summary>
     /// Writes a new image over the start of a node, through a user's edge that may write and resize it
     /// (blockdev-create's qcow2 on a protocol node). A shorter node is grown to hold it; what lies past it stays,
-    /// as QEMU leaves it.
+    /// as QEMU leaves it. Then, as QEMU's qcow2_co_create truncates the new image with its preallocation mode:
+    /// <c>metadata</c> allocates every cluster in the tables (the file grows over them, sparse); <c>falloc</c>
+    /// also allocates the data clusters' blocks in the file (fallocate, reading zeroes); <c>full</c> writes
+    /// zeroes over them.
     /// </summary>
     /// <exception cref="BlockOpenException">The options are not ones qemu-img takes, or the node refused the
-    /// write (QEMU's words: "Could not write qcow2 header: ...").</exception>
-    public static async Task WriteAsync(NodeEdge edge, Qcow2CreateOptions options, CancellationToken cancellationToken)
+    /// write (QEMU's words: "Could not write qcow2 header: ...", "Could not preallocate new data: ...").</exception>
+    public static async Task WriteAsync(NodeEdge edge, Qcow2CreateOptions options, PreallocationMode preallocation, CancellationToken cancellationToken)
     {
         var written = Written(options);
         try
@@ -146,6 +149,67 @@ public static class Qcow2Create
         catch (BlockIOException ex)
         {
             throw new BlockOpenException($"Could not write qcow2 header: {ex.Errno.Describe()}", ex.Errno, ex);
+        }
+
+        if (preallocation != PreallocationMode.Off)
+        {
+            await PreallocateAsync(edge, preallocation, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Opens the image just written over <paramref name="edge"/> and preallocates it (<see cref="WriteAsync"/>).</summary>
+    static async Task PreallocateAsync(NodeEdge edge, PreallocationMode mode, CancellationToken cancellationToken)
+    {
+        var name = edge.Node.Name;
+        var block = await Qcow2Driver.ReadHeaderClusterAsync(edge.Node, cancellationToken).ConfigureAwait(false);
+        var header = Qcow2Header.Parse(block, name, writable: true);
+        Array.Resize(ref block, header.ClusterSize);
+        var l2Cache = Math.Clamp(header.Size / header.ClusterSize * header.L2EntrySize, 1, Qcow2Options.DefaultL2CacheLimit);
+        List<(long Offset, long Length)> data;
+        using (var image = await Qcow2Image.OpenAsync(edge, header, block, name, writable: true, l2Cache, File.FileDiscardMode.Ignore, cancellationToken).ConfigureAwait(false))
+        {
+            data = await image.PreallocateMetadataAsync(cancellationToken).ConfigureAwait(false);
+            await image.CloseAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        try
+        {
+            // The last cluster's part past the image's end is written with zeroes, as QEMU's copy-on-write of the
+            // allocation writes it, so the file holds that cluster whole.
+            if (header.Size % header.ClusterSize is var tail and not 0 && data.Count > 0)
+            {
+                var end = data[^1].Offset + data[^1].Length;
+                await WriteZeroBuffersAsync(edge, end - header.ClusterSize + tail, header.ClusterSize - tail, cancellationToken).ConfigureAwait(false);
+            }
+
+            foreach (var (offset, length) in data)
+            {
+                if (mode == PreallocationMode.Falloc)
+                {
+                    // Blocks allocated, reading as zeroes; a node that cannot is refused, as QEMU's falloc is.
+                    await edge.WriteZeroesAsync(offset, length, RequestFlags.NoFallback, cancellationToken).ConfigureAwait(false);
+                }
+                else if (mode == PreallocationMode.Full)
+                {
+                    await WriteZeroBuffersAsync(edge, offset, length, cancellationToken).ConfigureAwait(false);
+                }
+            }
+
+            await edge.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (BlockIOException ex)
+        {
+            throw new BlockOpenException($"Could not preallocate new data: {ex.Errno.Describe()}", ex.Errno, ex);
+        }
+    }
+
+    /// <summary>Writes zeroes (real ones, so every block is allocated) over [offset, offset + length).</summary>
+    static async Task WriteZeroBuffersAsync(NodeEdge edge, long offset, long length, CancellationToken cancellationToken)
+    {
+        var zeroes = new byte[(int)Math.Min(length, 1 << 20)];
+        for (var end = offset + length; offset < end; offset += zeroes.Length)
+        {
+            await edge.WriteAsync(offset, zeroes.AsMemory(0, (int)Math.Min(zeroes.Length, end - offset)), RequestFlags.None, cancellationToken).ConfigureAwait(false);
         }
     }
 

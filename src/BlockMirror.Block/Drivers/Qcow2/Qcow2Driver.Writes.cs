@@ -495,7 +495,12 @@ public sealed partial class Qcow2Driver
         }
     }
 
-    /// <summary>Grows the image (the new part reads as zeroes, or from a longer backing file). Shrinking is refused.</summary>
+    /// <summary>
+    /// Changes the virtual size, as QEMU's qcow2_co_truncate: growing, the new part reads as zeroes (or from a
+    /// longer backing file); shrinking, the clusters past the new end are discarded and the tables and the file
+    /// shrink with them (<see cref="Qcow2Image.ShrinkAsync"/>). A version 2 image with internal snapshots is
+    /// refused either way: its snapshots need not record their size.
+    /// </summary>
     public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
         CheckWritable(BlockOperation.Truncate, 0, length);
@@ -506,16 +511,23 @@ public sealed partial class Qcow2Driver
                 "The new size must be a multiple of 512");
         }
 
-        if (length < _image.Size)
+        if (_image.Snapshots.Count > 0 && _image.Header.Version < 3)
         {
             throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length,
-                $"shrinking a qcow2 image (from {_image.Size} to {length} bytes) is not supported");
+                "Can't resize a v2 image which has snapshots");
         }
 
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await _image.GrowAsync(length, MetadataChange).ConfigureAwait(false);
+            if (length < _image.Size)
+            {
+                await _image.ShrinkAsync(length, MetadataChange).ConfigureAwait(false);
+            }
+            else
+            {
+                await _image.GrowAsync(length, MetadataChange).ConfigureAwait(false);
+            }
         }
         catch (Qcow2Corruption c)
         {

@@ -21,6 +21,12 @@ internal sealed partial class Qcow2Image
 
         /// <summary>Release the clusters and leave them unallocated, reading from the backing file again (a full discard).</summary>
         Unallocate,
+
+        /// <summary>
+        /// As <see cref="Unallocate"/>, and the freed host clusters are punched out of the file whatever
+        /// <c>discard</c> says (QEMU's QCOW2_DISCARD_ALWAYS): the clusters a shrink cuts off.
+        /// </summary>
+        Crop,
     }
 
     /// <summary>
@@ -284,7 +290,8 @@ internal sealed partial class Qcow2Image
         var g = Geometry;
         var l1Index = g.L1Index(offset);
         var v3 = Header.Version >= 3;
-        if (_l1[l1Index] == 0 && (update == ClusterUpdate.Unallocate || !(hasBacking && v3)))
+        var unallocate = update is ClusterUpdate.Unallocate or ClusterUpdate.Crop;
+        if (_l1[l1Index] == 0 && (unallocate || !(hasBacking && v3)))
         {
             // Nothing is allocated under an empty L1 entry, and without a backing file it reads as zeroes.
             return;
@@ -301,7 +308,7 @@ internal sealed partial class Qcow2Image
             var compressed = (old & Qcow2Entries.Compressed) != 0;
             var owned = !compressed && host != 0;
             ulong entry;
-            if (!v3 || update == ClusterUpdate.Unallocate)
+            if (!v3 || unallocate)
             {
                 // Version 2 has no zero flag; callers send zeroing here only when there is no backing file,
                 // where an unallocated cluster reads as zeroes.
@@ -340,7 +347,8 @@ internal sealed partial class Qcow2Image
 
         if (released is not null)
         {
-            await ReleaseUnlinkedAfterWriteBackAsync(released, punch: Discard == Block.Drivers.File.FileDiscardMode.Unmap, cancellationToken).ConfigureAwait(false);
+            var punch = update == ClusterUpdate.Crop || Discard == Block.Drivers.File.FileDiscardMode.Unmap;
+            await ReleaseUnlinkedAfterWriteBackAsync(released, punch, cancellationToken).ConfigureAwait(false);
         }
     }
 

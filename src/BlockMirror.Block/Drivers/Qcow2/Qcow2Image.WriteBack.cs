@@ -114,7 +114,7 @@ internal sealed partial class Qcow2Image
 
     /// <summary>
     /// Grows the virtual size; a larger L1 table, when needed, is written and flushed at a new place before
-    /// the header points at it. Shrinking is refused.
+    /// the header points at it. Shrinking is <see cref="ShrinkAsync"/>.
     /// </summary>
     public async ValueTask GrowAsync(long size, CancellationToken cancellationToken)
     {
