@@ -39,6 +39,12 @@ public sealed class HBitmap
     /// <summary>Number of levels, the bit level included.</summary>
     internal int Depth => _levels.Length;
 
+    /// <summary>
+    /// Words <see cref="NextSet"/> and <see cref="NextClear"/> have read, ever: what the cost model above
+    /// promises, for tests to hold them to (one add per word; the callers hold a lock anyway).
+    /// </summary>
+    internal long WordsRead { get; private set; }
+
     void Allocate(long bits)
     {
         _bits = bits;
@@ -165,6 +171,7 @@ public sealed class HBitmap
                 return -1;
             }
 
+            WordsRead++;
             var word = words[index] & (ulong.MaxValue << (int)(position & 63));
             if (word != 0)
             {
@@ -185,6 +192,7 @@ public sealed class HBitmap
         while (level > 0)
         {
             level--;
+            WordsRead++;
             var word = _levels[level][position];
             position = (position << WordShift) + BitOperations.TrailingZeroCount(word);
         }
@@ -192,8 +200,11 @@ public sealed class HBitmap
         return position < _bits ? position : -1;
     }
 
-    /// <summary>The first clear bit at or after <paramref name="from"/>, or <see cref="Size"/> when none is.</summary>
-    /// <remarks>Linear in the words scanned; callers bound the run they look at.</remarks>
+    /// <summary>
+    /// The first clear bit in [<paramref name="from"/>, <paramref name="limit"/>), or the limit (at most
+    /// <see cref="Size"/>) when none is.
+    /// </summary>
+    /// <remarks>Linear in the words scanned, 64 bits a word: callers bound the run they look at.</remarks>
     public long NextClear(long from, long limit = long.MaxValue)
     {
         if (from < 0)
@@ -207,6 +218,7 @@ public sealed class HBitmap
         while (position < end)
         {
             var index = position >> WordShift;
+            WordsRead++;
             var word = ~bottom[index] & (ulong.MaxValue << (int)(position & 63));
             if (word != 0)
             {
