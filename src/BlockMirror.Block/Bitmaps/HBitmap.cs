@@ -12,7 +12,7 @@ namespace BlockMirror.Block.Bitmaps;
 /// <para>Cost model, for n bits: <see cref="NextSet"/> is O(log64 n) word reads (4 for 16 Mi bits, the
 /// bitmap of 1 TiB at 64 KiB granularity); setting or clearing k bits touches k/64 words plus at most
 /// one summary update per level per word whose emptiness changed; <see cref="Count"/> is O(1) (a running
-/// total); memory is n/8 bytes plus under 2% for the summaries.</para>
+/// total); memory is n/8 bytes plus under 2% for the summaries (8 MiB for 4 TiB at 64 KiB).</para>
 /// <para>Not thread-safe; <see cref="DirtyBitmap"/> adds the lock.</para>
 /// </remarks>
 public sealed class HBitmap
