@@ -29,7 +29,8 @@ static class Program
                 "live" => LiveScenarios.Live(options),
                 "sparse-qmp" => MirrorScenarios.Sparse(options),
                 "nbd-mirror" => NbdMirrorScenarios.Mirror(options),
-                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror)"),
+                "sparse-scale" => ScaleScenarios.SparseScale(options),
+                _ => throw new ArgumentException($"unknown scenario '{scenario}' (known: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror, sparse-scale)"),
             });
         }
 
