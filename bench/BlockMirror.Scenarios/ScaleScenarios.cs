@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 
 namespace BlockMirror.Scenarios;
@@ -10,9 +11,11 @@ namespace BlockMirror.Scenarios;
 /// and a 1 TiB qcow2 with 1 GiB of data in eight. Measures time to READY against copying the data alone, the
 /// job's len at READY, the target's allocation, the daemon's peak memory. A daemon that allocates more than
 /// 8 GiB of target before READY (writing zeroes over the holes) is stopped there, and that is reported instead:
-/// the disk would otherwise fill.
+/// the disk would otherwise fill. Zero writes allocate at tens of GiB a second (fallocate ZERO_RANGE reserves
+/// unwritten extents), so the allocation is watched every 2 ms with stat(2), and a daemon past the limit is
+/// frozen (SIGSTOP) at once, its peak memory read, and killed.
 /// </summary>
-static class ScaleScenarios
+static partial class ScaleScenarios
 {
     const long StopAllocation = 8L << 30;
 
@@ -23,6 +26,14 @@ static class ScaleScenarios
         var raw = ImageData.Extents(directory, rawSize, 5, rawExtent);
         foreach (var row in Run(options, $"sparse-scale raw {Size(rawSize)} ({Size(5 * rawExtent)} data)", raw, "raw", rawSize, 5 * rawExtent,
                      target => CopyExtents(raw, target, rawSize, 5, rawExtent)))
+        {
+            yield return row;
+        }
+
+        // The same onto a target that is one hole (truncate): qemu-img create allocates a raw file's first 4 KiB,
+        // which hides from a cheap look at the target that it reads as zeroes.
+        foreach (var row in Run(options, $"sparse-scale raw {Size(rawSize)} ({Size(5 * rawExtent)} data), target made by truncate", raw, "raw", rawSize, 5 * rawExtent,
+                     target => CopyExtents(raw, target, rawSize, 5, rawExtent), holeTarget: true))
         {
             yield return row;
         }
@@ -47,7 +58,7 @@ static class ScaleScenarios
         return Runner.Measure($"{copies} && sync").Seconds;
     }
 
-    static IEnumerable<Row> Run(Options options, string name, string source, string format, long size, long data, Func<string, double> copyData)
+    static IEnumerable<Row> Run(Options options, string name, string source, string format, long size, long data, Func<string, double> copyData, bool holeTarget = false)
     {
         var target = Path.Combine(options.DataDirectory, "scale-target." + format);
         var metrics = new MetricTable("qemu-storage-daemon");
@@ -57,7 +68,17 @@ static class ScaleScenarios
             for (var turn = 0; turn < 2; turn++)
             {
                 var mine = (turn == 0) == (pair % 2 == 1);
-                MirrorScenarios.PrepareTarget(target, format, size);
+                if (holeTarget)
+                {
+                    File.Delete(target);
+                    Runner.Run($"truncate -s {size} '{target}'");
+                    Runner.DropCaches();
+                }
+                else
+                {
+                    MirrorScenarios.PrepareTarget(target, format, size);
+                }
+
                 var result = RunOnceAsync(options, mine, source, format, target).GetAwaiter().GetResult();
                 File.Delete(target);
                 var who = mine ? "blockmirror" : "qemu-storage-daemon";
@@ -122,31 +143,108 @@ static class ScaleScenarios
         await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "tgt-file", ["filename"] = target, ["cache"] = new JsonObject { ["direct"] = true } });
         await qmp.ExecuteAsync("blockdev-add", new JsonObject { ["driver"] = format, ["node-name"] = "tgt", ["file"] = "tgt-file" });
         var clock = Stopwatch.StartNew();
-        await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full" });
-        while (true)
+        using var watching = new CancellationTokenSource();
+        var watch = Task.Run(() => WatchAllocation(daemon, target, clock, watching.Token));
+        try
         {
-            var jobs = (JsonArray)(await qmp.ExecuteAsync("query-block-jobs"))!;
-            var ready = qmp.Events.Any(e => (string?)e["event"] == "BLOCK_JOB_READY");
-            var allocated = Allocated(target);
-            if (jobs.Count == 0)
+            await qmp.ExecuteAsync("blockdev-mirror", new JsonObject { ["job-id"] = "m", ["device"] = "src", ["target"] = "tgt", ["sync"] = "full" });
+            long len = 0, offset = 0;
+            while (!watch.IsCompleted)
             {
-                throw new InvalidOperationException($"{daemon.Name}: the mirror ended before READY: {string.Join(", ", qmp.Events.Select(e => e.ToJsonString()))}");
+                JsonArray jobs;
+                try
+                {
+                    jobs = (JsonArray)(await qmp.ExecuteAsync("query-block-jobs"))!;
+                }
+                catch (Exception e) when (e is IOException or EndOfStreamException or InvalidOperationException)
+                {
+                    // The watch killed the daemon while we asked.
+                    if (await Task.WhenAny(watch, Task.Delay(TimeSpan.FromSeconds(5))) == watch && watch.Result is not null)
+                    {
+                        break;
+                    }
+
+                    throw;
+                }
+
+                if (jobs.Count == 0)
+                {
+                    throw new InvalidOperationException($"{daemon.Name}: the mirror ended before READY: {string.Join(", ", qmp.Events.Select(e => e.ToJsonString()))}");
+                }
+
+                (len, offset) = ((long)jobs[0]!["len"]!, (long)jobs[0]!["offset"]!);
+                if (qmp.Events.Any(e => (string?)e["event"] == "BLOCK_JOB_READY"))
+                {
+                    var seconds = clock.Elapsed.TotalSeconds;
+                    await watching.CancelAsync();
+                    if (await watch is { } late)
+                    {
+                        // Stopped past the limit in the moment READY came: the stop counts.
+                        return late with { Len = len, Offset = offset };
+                    }
+
+                    var peak = daemon.PeakRssMiB();
+                    await qmp.ExecuteAsync("block-job-cancel", new JsonObject { ["device"] = "m", ["force"] = true });
+                    await qmp.WaitEventAsync("BLOCK_JOB_CANCELLED", timeout: TimeSpan.FromMinutes(5));
+                    return new ScaleRun(true, seconds, len, offset, Allocated(target), 0, peak);
+                }
+
+                await Task.WhenAny(watch, Task.Delay(50));
             }
 
-            var (len, offset) = ((long)jobs[0]!["len"]!, (long)jobs[0]!["offset"]!);
-            if (ready || allocated > StopAllocation)
-            {
-                var seconds = clock.Elapsed.TotalSeconds;
-                var peak = daemon.PeakRssMiB();
-                await qmp.ExecuteAsync("block-job-cancel", new JsonObject { ["device"] = "m", ["force"] = true });
-                await qmp.WaitEventAsync("BLOCK_JOB_CANCELLED", timeout: TimeSpan.FromMinutes(5));
-                return new ScaleRun(ready, seconds, len, offset, Math.Max(allocated, Allocated(target)), 0, peak);
-            }
-
-            await Task.Delay(50);
+            // Frozen and killed by the watch: what the job reported last.
+            return (await watch)! with { Len = len, Offset = offset };
+        }
+        finally
+        {
+            await watching.CancelAsync();
+            await ((Task)watch).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         }
     }
 
-    /// <summary>Bytes the file occupies on disk (st_blocks * 512).</summary>
-    static long Allocated(string path) => long.Parse(Runner.Run($"stat -c %b '{path}'").Trim(), CultureInfo.InvariantCulture) * 512;
+    /// <summary>
+    /// Every 2 ms until cancelled: once the target holds more than <see cref="StopAllocation"/>, freezes the daemon,
+    /// reads its peak memory and kills it; returns that stop (null when cancelled first).
+    /// </summary>
+    static ScaleRun? WatchAllocation(Daemon daemon, string target, Stopwatch clock, CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            if (Allocated(target) > StopAllocation)
+            {
+                var seconds = clock.Elapsed.TotalSeconds;
+                _ = Signal(daemon.Pid, SigStop);
+                var peak = daemon.PeakRssMiB();
+                _ = Signal(daemon.Pid, SigKill);
+                // The kill lands once the system calls in flight (a zero write each) return.
+                Thread.Sleep(500);
+                return new ScaleRun(false, seconds, 0, 0, Allocated(target), 0, peak);
+            }
+
+            Thread.Sleep(2);
+        }
+
+        return null;
+    }
+
+    const int SigKill = 9;
+    const int SigStop = 19;
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Signal(int pid, int signal);
+
+    [LibraryImport("libc", EntryPoint = "stat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static unsafe partial int Stat(string path, byte* buffer);
+
+    /// <summary>Bytes the file occupies on disk (st_blocks * 512): stat(2) on x86-64 (st_blocks at byte 64 of its struct stat), else stat(1).</summary>
+    static unsafe long Allocated(string path)
+    {
+        if (RuntimeInformation.ProcessArchitecture != Architecture.X64)
+        {
+            return long.Parse(Runner.Run($"stat -c %b '{path}'").Trim(), CultureInfo.InvariantCulture) * 512;
+        }
+
+        var buffer = stackalloc byte[256];
+        return Stat(path, buffer) == 0 ? *(long*)(buffer + 64) * 512 : throw new IOException($"stat {path}: errno {Marshal.GetLastPInvokeError()}");
+    }
 }
