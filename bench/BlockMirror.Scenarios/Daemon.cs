@@ -26,6 +26,9 @@ sealed class Daemon : IAsyncDisposable
 
     public string Name { get; }
 
+    /// <summary>The daemon's process id (for a scenario that must stop it at once: SIGSTOP, SIGKILL).</summary>
+    public int Pid => _process.Id;
+
     /// <summary>
     /// Starts the daemon with <paramref name="arguments"/> and a monitor on <c>DIRECTORY/NAME.sock</c>; inside
     /// network namespace <paramref name="ns"/> when given (<c>ip netns exec</c>, which execs the daemon).

@@ -44,6 +44,56 @@ static class ImageData
         return path;
     }
 
+    /// <summary>Where extent <paramref name="index"/> of <see cref="Extents"/> starts: the disk cut into equal strides, rounded to MiB.</summary>
+    public static long ExtentOffset(long size, int extents, int index) => index * (size / extents >> 20 << 20);
+
+    /// <summary>
+    /// A sparse raw file of <paramref name="size"/> holding <paramref name="extents"/> extents of
+    /// <paramref name="extent"/> bytes of random data (fixed seed), one at the start of each equal stride.
+    /// </summary>
+    public static string Extents(string directory, long size, int extents, long extent, string? name = null)
+    {
+        var path = Path.Combine(directory, name ?? $"extents-{size >> 20}M-{extents}x{extent >> 20}M.raw");
+        if (File.Exists(path) && new FileInfo(path).Length == size)
+        {
+            return path;
+        }
+
+        Console.Error.WriteLine($"creating {path} ...");
+        var random = new Random(20);
+        var buffer = new byte[1 << 20];
+        using (var handle = File.OpenHandle(path + ".tmp", FileMode.Create, FileAccess.ReadWrite))
+        {
+            RandomAccess.SetLength(handle, size);
+            for (var i = 0; i < extents; i++)
+            {
+                for (long written = 0; written < extent; written += buffer.Length)
+                {
+                    random.NextBytes(buffer);
+                    RandomAccess.Write(handle, buffer, ExtentOffset(size, extents, i) + written);
+                }
+            }
+        }
+
+        File.Move(path + ".tmp", path, overwrite: true);
+        return path;
+    }
+
+    /// <summary>The data of <see cref="Extents"/> as a qcow2 (64 KiB clusters), made by qemu-img convert; the raw file is not kept.</summary>
+    public static string Qcow2Extents(string directory, long size, int extents, long extent)
+    {
+        var path = Path.Combine(directory, $"extents-{size >> 20}M-{extents}x{extent >> 20}M.qcow2");
+        if (!File.Exists(path))
+        {
+            var raw = Extents(directory, size, extents, extent, Path.GetFileName(path) + ".raw");
+            Console.Error.WriteLine($"creating {path} ...");
+            Runner.Run($"qemu-img convert -f raw -O qcow2 -o cluster_size=64k '{raw}' '{path}.tmp' && mv '{path}.tmp' '{path}'");
+            File.Delete(raw);
+        }
+
+        return path;
+    }
+
     /// <summary>The same data as a qcow2 (64 KiB clusters) next to the raw file, made once by qemu-img convert.</summary>
     public static string Qcow2(string raw)
     {

@@ -46,6 +46,7 @@ static class Program
                 "live" => LiveScenarios.Live(options),
                 "sparse-qmp" => MirrorScenarios.Sparse(options),
                 "nbd-mirror" => NbdMirrorScenarios.Mirror(options),
+                "sparse-scale" => ScaleScenarios.SparseScale(options),
                 _ => throw new UnreachableException($"scenario '{scenario}' passed Options.Parse but has no case here"),
             });
         }
@@ -73,7 +74,8 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
     public const string Usage = """
         usage: blockmirror-scenarios [--scenarios LIST] [--pairs N | --quick] [--data-dir DIR] [--blockmirror PATH]
                                      [--output FILE.md] [--copy-modes LIST] [--rates LIST]
-          --scenarios   comma-separated: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror
+          --scenarios   comma-separated: dense, sparse, mirror, live, sparse-qmp, qcow2, nbd, nbd-mirror,
+                        sparse-scale (not run by default: 4 TiB and 1 TiB sparse images)
           --pairs       runs of each side, alternating (default 3); --quick: one pair, smaller images
           --data-dir    where the images go (default /var/tmp/blockmirror-bench)
           --blockmirror the blockmirror to run: a native executable or blockmirror.dll
@@ -83,7 +85,7 @@ sealed record Options(string DataDirectory, int Pairs, bool Quick, IReadOnlyList
         """;
 
     /// <summary>The scenarios Program.Main runs, by name.</summary>
-    static readonly string[] Names = ["dense", "sparse", "mirror", "live", "sparse-qmp", "qcow2", "nbd", "nbd-mirror"];
+    static readonly string[] Names = ["dense", "sparse", "mirror", "live", "sparse-qmp", "qcow2", "nbd", "nbd-mirror", "sparse-scale"];
 
     public static Options Parse(string[] args)
     {

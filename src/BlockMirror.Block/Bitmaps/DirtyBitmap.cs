@@ -213,6 +213,28 @@ public sealed class DirtyBitmap
     }
 
     /// <summary>
+    /// Where the run of dirty chunks starting at the chunk holding <paramref name="offset"/> ends, looking no
+    /// further than <paramref name="limit"/>: the start of the first clean chunk, or <paramref name="limit"/>
+    /// (clamped to the device end) when every chunk up to it is dirty; <paramref name="offset"/> itself when its
+    /// chunk is clean. Reads a word (64 chunks) at a time.
+    /// </summary>
+    public long DirtyRunEnd(long offset, long limit)
+    {
+        lock (_lock)
+        {
+            limit = Math.Min(limit, _length);
+            if (offset >= limit)
+            {
+                return limit;
+            }
+
+            var first = Math.Max(0, offset) >> _shift;
+            var clean = _bits.NextClear(first, (limit + Granularity - 1) >> _shift);
+            return clean == first ? offset : Math.Min(limit, clean << _shift);
+        }
+    }
+
+    /// <summary>
     /// The first dirty area at or after <paramref name="from"/>: it starts at a chunk boundary (or at
     /// <paramref name="from"/>), covers consecutive dirty chunks, is at most <paramref name="maxLength"/>
     /// bytes (at least one chunk), and stops at the device end.

@@ -354,20 +354,20 @@ sealed partial class MirrorEngine : IDisposable
             return false;
         }
 
-        // Extend over the dirty chunks that follow, stopping at one in flight (it must finish first).
-        long chunks = 1;
-        while ((chunks + 1) * _granularity <= _bufSize)
+        // Extend over the dirty chunks that follow, up to buf-size, stopping at one in flight (it must finish
+        // first). Both bitmaps are read a word at a time: on a disk dirtied whole (a target that does not read
+        // as zeroes) every claim runs the full buf-size.
+        var end = Math.Min(offset + _granularity, _length);
+        var maxEnd = Math.Min(offset + Math.Max(1, _bufSize / _granularity) * _granularity, _length);
+        if (end < maxEnd)
         {
-            var next = offset + chunks * _granularity;
-            if (next >= _length || !_dirty.IsDirty(next) || inFlight.Get(next / _granularity))
+            end = Math.Max(end, _dirty.DirtyRunEnd(end, maxEnd));
+            var busy = inFlight.NextSet(offset / _granularity + 1);
+            if (busy >= 0 && busy * _granularity < end)
             {
-                break;
+                end = busy * _granularity;
             }
-
-            chunks++;
         }
-
-        var end = Math.Min(offset + chunks * _granularity, _length);
         if (_cowChunks is { } cow && (!cow.Get(offset / _granularity) || !cow.Get((end - 1) / _granularity)))
         {
             // First copy into this part of a target whose backing is not open: take whole target

@@ -126,7 +126,7 @@ public sealed partial class MirrorJob
         }
 
         var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, replacesName) : null;
-        var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target);
+        var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target.Limits.ClusterSize, source.Length);
         // QEMU's mirror_start_job rounds any buf-size up to a whole number of chunks, one chunk at least (a
         // buf-size of 4 KiB with 64 KiB chunks copies one chunk at a time); the default (16 MiB) likewise
         // when the granularity is larger.
@@ -242,11 +242,40 @@ public sealed partial class MirrorJob
         return (BlockPermissions.Write, BlockPermissions.WriteUnchanged);
     }
 
-    /// <summary>The target's cluster size clamped to 4 KiB..64 KiB, or 64 KiB when it has none (QEMU's default).</summary>
-    public static long DefaultGranularity(BlockNode target)
+    /// <summary>
+    /// Chunks a mirror's dirty bitmap holds at most when the user gave no granularity: 64 Mi, one bit each,
+    /// so 8 MiB of bitmap (and as much again for the engine's in-flight map). That is a 4 TiB disk at 64 KiB.
+    /// </summary>
+    public const long MaxDefaultChunks = 1L << 26;
+
+    /// <summary>The largest granularity <see cref="DefaultGranularity"/> picks: QEMU's largest single copy (MAX_IO_BYTES).</summary>
+    public const long MaxDefaultGranularity = 1L << 20;
+
+    /// <summary>
+    /// The granularity a mirror of a <paramref name="length"/>-byte source uses when the user gave none. As
+    /// QEMU's bdrv_get_default_bitmap_granularity: the target's cluster size (<paramref name="targetCluster"/>)
+    /// clamped to 4 KiB..64 KiB, 64 KiB when it has none (0). Then, ours: doubled while the bitmap would hold
+    /// more than <see cref="MaxDefaultChunks"/> chunks, up to <see cref="MaxDefaultGranularity"/>, so that the
+    /// bitmaps of a larger disk stay at 8 MiB each instead of growing with it (QEMU keeps 64 KiB: 16 TiB costs
+    /// it 32 MiB per bitmap, 64 TiB 128 MiB).
+    /// </summary>
+    /// <remarks>
+    /// What a disk costs, per bitmap (the dirty bitmap and the in-flight map; their summary levels add under 2%):
+    /// up to 4 TiB, 64 KiB chunks and at most 8 MiB (a 4 KiB-cluster qcow2 target keeps its 4 KiB chunks up to
+    /// 256 GiB); 16 TiB, 256 KiB chunks; 64 TiB, 1 MiB chunks; beyond 64 TiB the chunks stay at 1 MiB and the
+    /// bitmap grows by 128 KiB per TiB (1 PiB: 128 MiB). A coarser chunk costs the initial copy little (its
+    /// runs are whole extents, rounded out to chunks at their ends), but a guest write during the job dirties,
+    /// and later copies, a whole chunk.
+    /// </remarks>
+    public static long DefaultGranularity(int targetCluster, long length)
     {
-        var cluster = target.Limits.ClusterSize;
-        return cluster == 0 ? 64 * 1024 : Math.Clamp(cluster, 4096, 64 * 1024);
+        long granularity = targetCluster == 0 ? 64 * 1024 : Math.Clamp(targetCluster, 4096, 64 * 1024);
+        while (granularity < MaxDefaultGranularity && (length + granularity - 1) / granularity > MaxDefaultChunks)
+        {
+            granularity *= 2;
+        }
+
+        return granularity;
     }
 
     /// <summary>

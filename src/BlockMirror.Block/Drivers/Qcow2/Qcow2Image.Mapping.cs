@@ -38,12 +38,22 @@ internal sealed partial class Qcow2Image
     {
         var g = Geometry;
         var l1Index = g.L1Index(offset);
-        length = Math.Min(length, (l1Index + 1) * g.L2Span - offset);
         var l2Offset = L2TableOffset(l1Index);
         if (l2Offset == 0)
         {
-            return new Qcow2Mapping(Qcow2ClusterKind.Unallocated, length, -1, false, 0);
+            // The run goes on over the L1 entries after it that are unallocated too: the L1 table is in memory,
+            // so a sparse image answers one call per extent, not one per L2 span (512 MiB at 64 KiB clusters).
+            var end = offset + length;
+            var next = l1Index + 1;
+            while (next < _l1.Length && next * g.L2Span < end && Qcow2Entries.HostOffset(_l1[next]) == 0)
+            {
+                next++;
+            }
+
+            return new Qcow2Mapping(Qcow2ClusterKind.Unallocated, Math.Min(end, next * g.L2Span) - offset, -1, false, 0);
         }
+
+        length = Math.Min(length, (l1Index + 1) * g.L2Span - offset);
 
         // blkdebug's l2_load comes with every lookup of an L2 table, cached or not, as in QEMU.
         _file.DebugEvent(BlkdebugEvent.L2Load);
