@@ -32,6 +32,19 @@ internal static class Qcow2BitmapDirectory
     const byte DirtyTrackingType = 1;
 
     /// <summary>
+    /// What QEMU warns at open when the image has a bitmaps extension whose autoclear bit a program without bitmap
+    /// support cleared: the bitmaps are ignored, and their clusters are leaks. None otherwise.
+    /// </summary>
+    public static IEnumerable<string> StaleWarnings(Qcow2Header header)
+    {
+        if (header.Bitmaps is null && header.Extensions.Exists(e => e.Type == Qcow2Header.ExtensionBitmaps))
+        {
+            yield return "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent; " +
+                "some clusters may be leaked, run 'check -r leaks' on the image file to fix";
+        }
+    }
+
+    /// <summary>
     /// Reads and checks the directory the bitmaps extension names (<see cref="Qcow2Header.Bitmaps"/>); none when
     /// there is no valid extension. Throws <see cref="Qcow2Exception"/> with QEMU's message for a broken one.
     /// </summary>

@@ -408,8 +408,8 @@ internal sealed class Qcow2CheckScan
 
     /// <summary>
     /// Persistent dirty bitmaps (directory read at open): the directory, each table and its data clusters, as
-    /// QEMU's qcow2_check_bitmaps_refcounts counts them. A table with an invalid entry is a corruption (QEMU
-    /// reports no message for it) and ends the walk of the bitmaps.
+    /// QEMU's qcow2_check_bitmaps_refcounts counts them. A table with an invalid entry (only one of a bitmap in
+    /// use gets here: the others were read at open) ends the check, as QEMU's fails with EINVAL and no message.
     /// </summary>
     async Task WalkBitmapsAsync(CancellationToken cancellationToken)
     {
@@ -424,8 +424,7 @@ internal sealed class Qcow2CheckScan
             Reference(bitmap.TableOffset, (long)bitmap.TableSize * 8);
             if (await Qcow2BitmapTable.ReadAsync(ReadClampedAsync, bitmap, Geometry.ClusterSize, cancellationToken).ConfigureAwait(false) is not { } table)
             {
-                Corruptions++;
-                return;
+                throw new Qcow2CheckFailedException("", BlockErrno.EINVAL);
             }
 
             foreach (var entry in table)

@@ -73,6 +73,17 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
         _loadedBitmaps = [];
     }
 
+    /// <summary>
+    /// QEMU's qcow2_truncate_bitmaps_check: the node bitmaps follow a resize, so every persistent bitmap must be one
+    /// loaded and trusted; null when they all are.
+    /// </summary>
+    string? BitmapResizeRefusal() => _persistent.Find(p => p.Inconsistent || p.Bitmap is null) switch
+    {
+        null => null,
+        { Inconsistent: true } p => $"Bitmap '{p.Name}' is inconsistent and cannot be used",
+        _ => "Cannot resize qcow2 with persistent bitmaps that were not loaded into memory",
+    };
+
     public DirtyBitmap AddPersistentBitmap(string name, long granularity, bool disabled)
     {
         if (_node.DirtyBitmaps.Any(b => b.Name == name))

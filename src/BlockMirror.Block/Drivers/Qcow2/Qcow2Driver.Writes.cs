@@ -506,6 +506,11 @@ public sealed partial class Qcow2Driver
                 "The new size must be a multiple of 512");
         }
 
+        if (BitmapResizeRefusal() is { } bitmapRefusal)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length, bitmapRefusal);
+        }
+
         if (length < _image.Size)
         {
             throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length,

@@ -135,6 +135,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
                     (header, block) = await ReadHeaderAsync(file, name, !readOnly, ct).ConfigureAwait(false);
                 }
 
+                warnings.AddRange(Qcow2BitmapDirectory.StaleWarnings(header));
                 var edge = node.AttachChild(ChildNames.File, file, ChildRole.Storage);
                 var l2Cache = options.L2CacheSize ?? Math.Clamp(header.Size / header.ClusterSize * header.L2EntrySize, 1, Qcow2Options.DefaultL2CacheLimit);
                 image = await Qcow2Image.OpenAsync(edge, header, block, name, !readOnly, l2Cache, options.Discard, ct).ConfigureAwait(false);

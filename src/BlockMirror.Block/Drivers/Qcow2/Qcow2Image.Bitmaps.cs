@@ -115,7 +115,18 @@ internal sealed partial class Qcow2Image
             }
         }
 
-        await ReleaseUnlinkedAsync(freed, punch: false, cancellationToken).ConfigureAwait(false);
+        // Only what the bitmaps really own: a hostile table can name a cluster that is not counted, or that holds the
+        // image's own metadata (freeing that would let the allocator overwrite it). Those stay as they are.
+        var owned = new List<long>(freed.Count);
+        foreach (var cluster in freed.Distinct())
+        {
+            if (!OverlapsMetadata(cluster << g.ClusterBits, g.ClusterSize) && await GetRefcountAsync(cluster, cancellationToken).ConfigureAwait(false) > 0)
+            {
+                owned.Add(cluster);
+            }
+        }
+
+        await ReleaseUnlinkedAsync(owned, punch: false, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Writes one bitmap's data clusters and table; returns its entry pointing at the new table.</summary>

@@ -121,6 +121,12 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             await image.LoadTablesAsync(cancellationToken).ConfigureAwait(false);
             image.Snapshots = await Qcow2Snapshots.ReadAsync(image, cancellationToken).ConfigureAwait(false);
             image.BitmapDirectory = await Qcow2BitmapDirectory.LoadAsync(image.ReadClampedAsync, header, name, cancellationToken).ConfigureAwait(false);
+            if (writable && header.Bitmaps is { } bitmaps && image.OverlapsMetadata(bitmaps.DirectoryOffset, bitmaps.DirectorySize))
+            {
+                // Opened for writing, the directory is rewritten in place (the in-use flags): over a table, that would damage it.
+                throw new Qcow2Exception(name, $"the bitmap directory at offset {bitmaps.DirectoryOffset} overlaps other metadata; the image cannot be opened read/write");
+            }
+
             image.Corrupt = (header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0;
             return image;
         }
