@@ -2,7 +2,11 @@ using System.Globalization;
 using System.Text.Json;
 using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Drivers.Blkdebug;
+using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Interop.Tests;
@@ -221,5 +225,30 @@ public sealed class Qcow2BitmapInteropTests : IDisposable
         // As QEMU leaves such bitmaps: in the image, still in use, until someone removes them.
         Assert.Equal(["stale 65536 in-use,auto", "good 65536 in-use,auto"], await QemuBitmapsAsync(path));
         await AssertQemuCheckCleanAsync(path);
+    }
+
+    [SkippableFact]
+    public async Task A_store_that_fails_at_the_header_leaves_the_old_bitmaps_in_use_and_the_image_consistent()
+    {
+        var path = await CreateAsync("failed-store.qcow2");
+        await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", path, "b0");
+        var data = new byte[65536];
+        new Random(5).NextBytes(data);
+
+        var graph = new BlockGraph();
+        var file = await FileDriver.OpenAsync(graph, null, new FileDriverOptions(path));
+        var debug = await BlkdebugFilter.OpenAsync(graph, "debug", file);
+        var node = await Qcow2Driver.OpenAsync(graph, "disk", debug);
+        await node.WriteAsync(1 << 20, data);
+        // From now on the header cannot be written: the store at close has written its new directory, tables and
+        // data, and fails where the header would point at them.
+        ((BlkdebugFilter)debug.Driver).AddRule(new BlkdebugRule(BlockOperation.Write, Offset: 0, Length: 512));
+        await Assert.ThrowsAnyAsync<IOException>(async () => await graph.DisposeAsync());
+
+        Assert.Equal(["b0 65536 in-use,auto"], await QemuBitmapsAsync(path));
+        await AssertQemuCheckCleanAsync(path);
+        var copy = _dir.File("failed-store.raw");
+        await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-O", "raw", path, copy);
+        Assert.Equal(data, File.ReadAllBytes(copy).AsSpan(1 << 20, data.Length).ToArray());
     }
 }

@@ -342,8 +342,15 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {
-            await StorePersistentBitmapsLockedAsync(CancellationToken.None).ConfigureAwait(false);
-            await _image.CloseAsync(CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                await StorePersistentBitmapsLockedAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                // Bitmaps that could not be stored stay in use (stale) on disk; the rest of the image still closes cleanly.
+                await _image.CloseAsync(CancellationToken.None).ConfigureAwait(false);
+            }
         }
         finally
         {
