@@ -123,6 +123,15 @@ public sealed class Qcow2BitmapInteropTests : IDisposable
         Assert.Equal(Touched(131072, second), DirtyChunks(bitmaps.FindPersistentBitmap("merged")!));
         Assert.False(bitmaps.FindPersistentBitmap("merged")!.Enabled);
         Assert.True(bitmaps.FindPersistentBitmap("fine")!.Enabled);
+
+        // Read-only: nothing may change them, and nothing is written.
+        var before = File.ReadAllBytes(path);
+        var removal = await Assert.ThrowsAsync<BlockGraphException>(() => bitmaps.RemovePersistentBitmapAsync("fine").AsTask());
+        Assert.Equal("Bitmap 'fine' is readonly and cannot be modified", removal.Message);
+        var addition = Assert.Throws<BlockGraphException>(() => bitmaps.AddPersistentBitmap("new", 65536, disabled: false));
+        Assert.Contains("Can't make bitmap 'new' persistent", addition.Message, StringComparison.Ordinal);
+        await graph.DisposeAsync();
+        Assert.Equal(before, File.ReadAllBytes(path));
     }
 
     [SkippableFact]

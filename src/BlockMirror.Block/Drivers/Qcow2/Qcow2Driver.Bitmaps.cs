@@ -25,7 +25,9 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
         public bool Inconsistent { get; } = inconsistent;
     }
 
+    // Changed by AddPersistentBitmap outside the metadata lock, so every access takes this one (never across an await).
     readonly List<PersistentBitmap> _persistent = [];
+    readonly Lock _persistentLock = new();
 
     // The bitmaps as found at open (before a writable open marked them in use) with their data (null for one
     // found in use), for the node bitmaps made once the node exists.
@@ -33,8 +35,21 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
 
     public IReadOnlyList<PersistentBitmapInfo> StoredBitmaps => [.. _image.BitmapDirectory.Select(e => e.ToInfo())];
 
-    public DirtyBitmap? FindPersistentBitmap(string name) =>
-        _persistent.Find(p => p.Name == name) is { Inconsistent: false, Bitmap: { } bitmap } ? bitmap : null;
+    public DirtyBitmap? FindPersistentBitmap(string name)
+    {
+        lock (_persistentLock)
+        {
+            return _persistent.Find(p => p.Name == name) is { Inconsistent: false, Bitmap: { } bitmap } ? bitmap : null;
+        }
+    }
+
+    List<PersistentBitmap> PersistentSnapshot()
+    {
+        lock (_persistentLock)
+        {
+            return [.. _persistent];
+        }
+    }
 
     /// <summary>Reads the data of every bitmap not in use (QEMU loads them all at open, and refuses the image when one cannot be read).</summary>
     static async ValueTask<IReadOnlyList<(Qcow2BitmapEntry, byte[]?)>> LoadBitmapsAsync(Qcow2Image image, CancellationToken cancellationToken)
@@ -67,7 +82,10 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
             // A granularity past what a node bitmap takes (QEMU allows up to 2 GiB): no node bitmap, so the image
             // keeps the entry as it is; opened for writing it was marked in use, and stays so, as it is not tracked.
             var stored = _image.BitmapDirectory.FirstOrDefault(e => e.Name == entry.Name);
-            _persistent.Add(new PersistentBitmap(entry.Name, bitmap, stored, entry.InUse));
+            lock (_persistentLock)
+            {
+                _persistent.Add(new PersistentBitmap(entry.Name, bitmap, stored, entry.InUse));
+            }
         }
 
         _loadedBitmaps = [];
@@ -77,7 +95,7 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
     /// QEMU's qcow2_truncate_bitmaps_check: the node bitmaps follow a resize, so every persistent bitmap must be one
     /// loaded and trusted; null when they all are.
     /// </summary>
-    string? BitmapResizeRefusal() => _persistent.Find(p => p.Inconsistent || p.Bitmap is null) switch
+    string? BitmapResizeRefusal() => PersistentSnapshot().Find(p => p.Inconsistent || p.Bitmap is null) switch
     {
         null => null,
         { Inconsistent: true } p => $"Bitmap '{p.Name}' is inconsistent and cannot be used",
@@ -86,23 +104,30 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
 
     public DirtyBitmap AddPersistentBitmap(string name, long granularity, bool disabled)
     {
-        if (_node.DirtyBitmaps.Any(b => b.Name == name))
+        lock (_persistentLock)
         {
-            throw new BlockGraphException(GraphErrorKind.Invalid, $"Bitmap already exists: {name}");
-        }
+            // A stored bitmap without a node bitmap (a granularity too large for one) holds its name too.
+            if (_node.DirtyBitmaps.Any(b => b.Name == name) || _persistent.Exists(p => p.Name == name))
+            {
+                throw new BlockGraphException(GraphErrorKind.Invalid, $"Bitmap already exists: {name}");
+            }
 
-        if (CannotStore(name, granularity) is { } reason)
-        {
-            throw new BlockGraphException(GraphErrorKind.Invalid, $"Can't make bitmap '{name}' persistent in '{_node.Name}': {reason}");
-        }
+            if (CannotStore(name, granularity) is { } reason)
+            {
+                throw new BlockGraphException(GraphErrorKind.Invalid, $"Can't make bitmap '{name}' persistent in '{_node.Name}': {reason}");
+            }
 
-        var bitmap = _node.CreateDirtyBitmap(granularity, name);
-        bitmap.Enabled = !disabled;
-        _persistent.Add(new PersistentBitmap(name, bitmap, null, inconsistent: false));
-        return bitmap;
+            var bitmap = _node.CreateDirtyBitmap(granularity, name);
+            bitmap.Enabled = !disabled;
+            _persistent.Add(new PersistentBitmap(name, bitmap, null, inconsistent: false));
+            return bitmap;
+        }
     }
 
-    /// <summary>QEMU's qcow2_co_can_store_new_dirty_bitmap and check_constraints_on_bitmap: why a new bitmap could not be stored, or null.</summary>
+    /// <summary>
+    /// QEMU's qcow2_co_can_store_new_dirty_bitmap and check_constraints_on_bitmap: why a new bitmap could not be
+    /// stored, or null. The caller holds <see cref="_persistentLock"/>.
+    /// </summary>
     string? CannotStore(string name, long granularity)
     {
         if (_image.Header.Version < 3)
@@ -156,13 +181,18 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            var index = _persistent.FindIndex(p => p.Name == name);
-            if (index < 0)
+            var bitmap = PersistentSnapshot().Find(p => p.Name == name);
+            if (bitmap is null)
             {
                 return false;
             }
 
-            var bitmap = _persistent[index];
+            if (!_image.Writable || _writeRefusal is not null)
+            {
+                // QEMU's words for a bitmap of an image it may not write (BDRV_BITMAP_READONLY).
+                throw new BlockGraphException(GraphErrorKind.Invalid, $"Bitmap '{name}' is readonly and cannot be modified");
+            }
+
             if (bitmap.Stored is { } stored)
             {
                 // QEMU's qcow2_co_remove_persistent_dirty_bitmap: the image drops it now, not at close.
@@ -171,7 +201,11 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
                 await _image.StoreBitmapsAsync(rest, cancellationToken).ConfigureAwait(false);
             }
 
-            _persistent.RemoveAt(index);
+            lock (_persistentLock)
+            {
+                _persistent.Remove(bitmap);
+            }
+
             if (bitmap.Bitmap is { } dirty)
             {
                 _node.ReleaseDirtyBitmap(dirty);
@@ -192,13 +226,14 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
     /// </summary>
     async ValueTask StorePersistentBitmapsLockedAsync(CancellationToken cancellationToken)
     {
-        if (!_image.Writable || _image.Corrupt || _writeRefusal is not null || !_persistent.Exists(p => p is { Inconsistent: false, Bitmap: not null }))
+        var persistent = PersistentSnapshot();
+        if (!_image.Writable || _image.Corrupt || _writeRefusal is not null || !persistent.Exists(p => p is { Inconsistent: false, Bitmap: not null }))
         {
             return;
         }
 
-        var set = new List<Qcow2Image.BitmapToStore>(_persistent.Count);
-        foreach (var p in _persistent)
+        var set = new List<Qcow2Image.BitmapToStore>(persistent.Count);
+        foreach (var p in persistent)
         {
             if (p is { Inconsistent: false, Bitmap: { } bitmap })
             {
@@ -214,7 +249,7 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
 
         await _image.StoreBitmapsAsync(set, cancellationToken).ConfigureAwait(false);
         var directory = _image.BitmapDirectory;
-        foreach (var p in _persistent)
+        foreach (var p in persistent)
         {
             p.Stored = directory.FirstOrDefault(e => e.Name == p.Name);
         }
