@@ -212,4 +212,33 @@ public sealed class CheckCommandTests : IDisposable
         Assert.Equal(2, result.ExitCode);
         Assert.Equal(before, QemuImages.Fingerprint(path));
     }
+
+    [SkippableFact]
+    public async Task Bitmaps_that_a_program_without_bitmap_support_invalidated_are_leaks_with_a_warning()
+    {
+        var path = await ImageRecipes.BuildAsync("bitmaps", _dir);
+        // autoclear_features (bytes 88..95): the bitmaps bit cleared, as a writer without bitmap support leaves it.
+        ImageRecipes.Poke(path, 95, 0);
+
+        foreach (var arguments in new string[][] { ["check", path], ["check", "--output=json", path] })
+        {
+            var runs = await SideBySide.RunAsync($"{ImageRecipes.Describe("bitmaps")}; then the bitmaps autoclear bit cleared", null, arguments);
+            SideBySide.AssertSameOutput(runs);
+            Assert.Equal(3, runs.Ours.ExitCode);
+            Assert.Contains("warning: a program lacking bitmap support modified this file", runs.Ours.StandardError, StringComparison.Ordinal);
+        }
+    }
+
+    [SkippableFact]
+    public async Task Bitmap_clusters_count_as_references_and_leak_once_a_bitmap_is_dropped()
+    {
+        var path = await ImageRecipes.BuildAsync("bitmaps", _dir);
+        // The directory says one bitmap fewer (b2, the last entry, is cut off): its table is then a leak.
+        var (count, size, _) = ImageRecipes.ReadBitmapsExtension(path);
+        ImageRecipes.PokeBitmapsExtension(path, count - 1, size - 32);
+
+        var runs = await SideBySide.RunAsync($"{ImageRecipes.Describe("bitmaps")}; then the last bitmap dropped from the directory", null, "check", path);
+        SideBySide.AssertSameOutput(runs);
+        Assert.Equal(3, runs.Ours.ExitCode);
+    }
 }

@@ -55,6 +55,17 @@ static class ImageRecipes
                 await QemuIoAsync(path, "qcow2", ["write -P 0x33 1M 64k"]);
                 return path;
             }),
+        ["bitmaps"] = ("qemu-img create -f qcow2 img.qcow2 4M; qemu-img bitmap --add img.qcow2 b0; qemu-img bitmap --add --disable -g 128k img.qcow2 b1; " +
+            "qemu-io (the 'written' writes); qemu-img bitmap --add -g 512 img.qcow2 b2",
+            async dir =>
+            {
+                var path = await Qcow2Async(dir, "img.qcow2", "4M", [], []);
+                await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", path, "b0");
+                await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", "--disable", "-g", "128k", path, "b1");
+                await QemuIoAsync(path, "qcow2", BasicWrites);
+                await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", "-g", "512", path, "b2");
+                return path;
+            }),
         ["raw"] = ("qemu-img create -f raw img.raw 4M; qemu-io -f raw 'write -P 0x11 0 64k' 'write -P 0x12 1M 4k' 'write -z 2M 64k'",
             async dir =>
             {
@@ -183,6 +194,49 @@ static class ImageRecipes
     }
 
     /// <summary>Overwrites bytes at an offset of the file.</summary>
+    /// <summary>The bitmaps header extension: the bitmap count, the directory's size and offset, and where the extension's body is.</summary>
+    public static (uint Count, ulong DirectorySize, long DirectoryOffset) ReadBitmapsExtension(string path) =>
+        ReadBitmapsExtension(File.ReadAllBytes(path), out _);
+
+    static (uint Count, ulong DirectorySize, long DirectoryOffset) ReadBitmapsExtension(byte[] bytes, out int body)
+    {
+        var position = (int)BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(100));
+        while (BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(position)) is var type and not 0)
+        {
+            var length = (int)BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(position + 4));
+            if (type == 0x23852875)
+            {
+                body = position + 8;
+                return (BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(body)), BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(body + 8)),
+                    (long)BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(body + 16)));
+            }
+
+            position += 8 + ((length + 7) & ~7);
+        }
+
+        throw new InvalidOperationException("the image has no bitmaps extension");
+    }
+
+    /// <summary>Rewrites the bitmap count and directory size of the bitmaps extension.</summary>
+    public static void PokeBitmapsExtension(string path, uint count, ulong directorySize)
+    {
+        ReadBitmapsExtension(File.ReadAllBytes(path), out var body);
+        var fields = new byte[12];
+        BinaryPrimitives.WriteUInt32BigEndian(fields, count);
+        BinaryPrimitives.WriteUInt64BigEndian(fields.AsSpan(4), directorySize);
+        Poke(path, body, fields[..4]);
+        Poke(path, body + 8, fields[4..]);
+    }
+
+    /// <summary>Sets flags of the <paramref name="index"/>th bitmap directory entry (entries of a name shorter than 8 bytes are 32 bytes long).</summary>
+    public static void PokeBitmapFlags(string path, int index, uint flags)
+    {
+        var (_, _, directory) = ReadBitmapsExtension(path);
+        var bytes = new byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(bytes, flags);
+        Poke(path, directory + index * 32 + 12, bytes);
+    }
+
     public static void Poke(string path, long offset, params byte[] bytes)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.ReadWrite);

@@ -66,6 +66,23 @@ public sealed class InfoCommandTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task Bitmaps_in_use_are_listed_with_their_flag()
+    {
+        var path = await ImageRecipes.BuildAsync("bitmaps", _dir);
+        // b0 as a writer that did not close the image leaves it: in use (bit 0) and auto (bit 1).
+        ImageRecipes.PokeBitmapFlags(path, 0, 3);
+
+        foreach (var arguments in new string[][] { ["info", path], ["info", "--output=json", path] })
+        {
+            var runs = await SideBySide.RunAsync($"{ImageRecipes.Describe("bitmaps")}; then b0 marked in use", null, arguments);
+            SideBySide.AssertSameOutput(runs);
+        }
+
+        var human = await BlockMirrorCli.RunAsync("info", path);
+        Assert.Contains("                [0]: in-use", human.OutputLines);
+    }
+
+    [SkippableFact]
     public async Task An_overlay_whose_backing_file_is_missing_still_reports()
     {
         var path = await ImageRecipes.BuildAsync("chain3", _dir);

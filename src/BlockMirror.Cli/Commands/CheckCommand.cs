@@ -80,8 +80,12 @@ static class CheckCommand
         }
         catch (Qcow2CheckFailedException e)
         {
-            // qemu-img's two lines: what stopped the check, then "Check failed: <strerror>".
-            await CliErrors.FailAsync("check", e.Message, ExitFailed);
+            // qemu-img's two lines: what stopped the check (when it says), then "Check failed: <strerror>".
+            if (e.Message.Length > 0)
+            {
+                await CliErrors.FailAsync("check", e.Message, ExitFailed);
+            }
+
             return await CliErrors.FailAsync("check", $"Check failed: {BlockErrnoText.Describe(e.Errno)}", ExitFailed);
         }
         catch (Qcow2Exception e)
@@ -89,6 +93,11 @@ static class CheckCommand
             // A header qemu-img's check cannot open either: its words, "Could not open 'FILE': <reason>".
             throw new BlockOpenException($"Could not open '{path}': {e.Message}", e.Errno, e);
         }
+        foreach (var warning in result.Warnings)
+        {
+            await Console.Error.WriteLineAsync($"blockmirror check: warning: {warning}");
+        }
+
         // qemu-img's qcow2 check prints what it finds on stderr as it goes, whatever -q says.
         foreach (var message in result.Messages)
         {

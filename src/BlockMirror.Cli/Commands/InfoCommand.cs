@@ -35,7 +35,8 @@ static class InfoCommand
 
     /// <summary>One image's report: qemu-img's ImageInfo fields.</summary>
     sealed record ImageReport(string Filename, string Format, long VirtualSize, long? ActualSize, bool? DirtyFlag, Qcow2Header? Header,
-        string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots);
+        string? BackingFilename, string? FullBackingFilename, string? BackingFormat, IReadOnlyList<SnapshotInfo> Snapshots,
+        IReadOnlyList<PersistentBitmapInfo> Bitmaps);
 
     static async Task<int> RunAsync(string path, string? format, bool backingChain, bool json, bool forceShare, CancellationToken cancellationToken)
     {
@@ -96,7 +97,8 @@ static class InfoCommand
             backing,
             backing is null ? null : FullBackingName(path, backing),
             backing is null ? null : header!.BackingFormat,
-            Qcow2Inspection.SnapshotsOf(node));
+            Qcow2Inspection.SnapshotsOf(node),
+            Qcow2Inspection.BitmapsOf(node));
     }
 
     /// <summary>Where the backing file is; null when it cannot be said (a relative name in an NBD export's image), as qemu-img leaves it out.</summary>
@@ -155,7 +157,7 @@ static class InfoCommand
 
         if (r.Header is { } h)
         {
-            json.Add("format-specific", new QemuJson().Add("type", DriverNames.Qcow2).Add("data", Qcow2Specific(h)));
+            json.Add("format-specific", new QemuJson().Add("type", DriverNames.Qcow2).Add("data", Qcow2Specific(h, r.Bitmaps)));
         }
 
         return json;
@@ -180,8 +182,8 @@ static class InfoCommand
         return json;
     }
 
-    /// <summary>QAPI's ImageInfoSpecificQCow2: version 2 images have no feature bits, so only three fields.</summary>
-    static QemuJson Qcow2Specific(Qcow2Header h)
+    /// <summary>QAPI's ImageInfoSpecificQCow2: version 2 images have no feature bits, so only three fields; bitmaps when there are any.</summary>
+    static QemuJson Qcow2Specific(Qcow2Header h, IReadOnlyList<PersistentBitmapInfo> bitmaps)
     {
         var data = new QemuJson().Add("compat", h.Version == 2 ? "0.10" : "1.1");
         if (h.Version >= 3)
@@ -191,7 +193,14 @@ static class InfoCommand
                 .Add("extended-l2", h.HasExtendedL2);
         }
 
-        return data.Add("refcount-bits", (long)h.RefcountBits).Add("compression-type", h.CompressionType == 0 ? "zlib" : "zstd");
+        data.Add("refcount-bits", (long)h.RefcountBits);
+        if (bitmaps.Count > 0)
+        {
+            // QAPI's Qcow2BitmapInfo: name, granularity, flags.
+            data.Add("bitmaps", bitmaps.Select(b => new QemuJson().Add("name", b.Name).Add("granularity", b.Granularity).Add("flags", BitmapFlags(b))).ToList());
+        }
+
+        return data.Add("compression-type", h.CompressionType == 0 ? "zlib" : "zstd");
     }
 
     /// <summary>QEMU's bdrv_image_info_dump.</summary>
@@ -252,6 +261,24 @@ static class InfoCommand
                 text.Append($"    lazy refcounts: {Bool((h.CompatibleFeatures & Qcow2Header.CompatibleLazyRefcounts) != 0)}\n");
             }
 
+            if (r.Bitmaps.Count > 0)
+            {
+                text.Append("    bitmaps:\n");
+                for (var i = 0; i < r.Bitmaps.Count; i++)
+                {
+                    var b = r.Bitmaps[i];
+                    text.Append(CultureInfo.InvariantCulture, $"        [{i}]:\n            flags:\n");
+                    var flags = BitmapFlags(b);
+                    for (var f = 0; f < flags.Count; f++)
+                    {
+                        text.Append(CultureInfo.InvariantCulture, $"                [{f}]: {flags[f]}\n");
+                    }
+
+                    text.Append($"            name: {b.Name}\n");
+                    text.Append(CultureInfo.InvariantCulture, $"            granularity: {b.Granularity}\n");
+                }
+            }
+
             text.Append($"    refcount bits: {h.RefcountBits}\n");
             if (h.Version >= 3)
             {
@@ -273,6 +300,23 @@ static class InfoCommand
         var icount = s.InstructionCount?.ToString(CultureInfo.InvariantCulture) ?? "";
         return string.Create(CultureInfo.InvariantCulture,
             $"{s.Id,-9} {s.Name,-16} {QemuText.SizeToString(s.VmStateSize),8}{date,20}{clock,13}{icount,11}");
+    }
+
+    /// <summary>QAPI's Qcow2BitmapInfoFlags, in QEMU's order.</summary>
+    static List<string> BitmapFlags(PersistentBitmapInfo bitmap)
+    {
+        List<string> flags = [];
+        if (bitmap.InUse)
+        {
+            flags.Add("in-use");
+        }
+
+        if (bitmap.Auto)
+        {
+            flags.Add("auto");
+        }
+
+        return flags;
     }
 
     static string Bool(bool value) => value ? "true" : "false";

@@ -11,7 +11,7 @@ namespace BlockMirror.Cli.Tools;
 /// </summary>
 /// <remarks>
 /// Values are <see cref="long"/>, <see cref="bool"/>, <see cref="string"/>, a nested <see cref="QemuJson"/>, or a
-/// list of them.
+/// list of objects or of strings.
 /// Add keys in the order QEMU's QAPI schema lists them: within one bucket the key added last comes first.
 /// </remarks>
 sealed class QemuJson
@@ -47,26 +47,24 @@ sealed class QemuJson
         return text.ToString();
     }
 
-    static void WriteArray(StringBuilder text, IReadOnlyList<QemuJson> items, int level)
+    /// <summary>An array; an empty one as QEMU's pretty printer writes it, its brackets on two lines.</summary>
+    static void WriteArray<T>(StringBuilder text, IReadOnlyList<T> items, int level, Action<StringBuilder, T, int> write)
     {
-        if (items.Count == 0)
-        {
-            text.Append("[]");
-            return;
-        }
-
         text.Append('[');
         for (var i = 0; i < items.Count; i++)
         {
             text.Append(i == 0 ? "\n" : ",\n");
             Indent(text, level + 1);
-            items[i].Write(text, level + 1);
+            write(text, items[i], level + 1);
         }
 
         text.Append('\n');
         Indent(text, level);
         text.Append(']');
     }
+
+    static void WriteArray(StringBuilder text, IReadOnlyList<QemuJson> items, int level) =>
+        WriteArray(text, items, level, static (t, item, l) => item.Write(t, l));
 
     void Write(StringBuilder text, int level)
     {
@@ -92,6 +90,9 @@ sealed class QemuJson
                     break;
                 case IReadOnlyList<QemuJson> list:
                     WriteArray(text, list, level + 1);
+                    break;
+                case IReadOnlyList<string> strings:
+                    WriteArray(text, strings, level + 1, static (t, item, _) => AppendString(t, item));
                     break;
                 case bool b:
                     text.Append(b ? "true" : "false");

@@ -102,6 +102,11 @@ static class HostileQcow2Corpus
         new("bitmaps extension over data (a broken directory)", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 64, l.Data), autoclear: true)),
         new("bitmaps extension over an empty directory", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 64, 16 << 20), autoclear: true)),
         new("bitmaps extension with a 1 GiB directory", (b, l) => Extension(b, l, BitmapsType, Bitmaps(1, 0, 1 << 30, l.Data), autoclear: true)),
+        // One bitmap, its directory over the first data cluster, its table where the damage wants it. The L2 table's
+        // first entry has the copied flag, bit 63: as a bitmap table entry, an offset past the 56 bits allowed.
+        new("bitmap table entry past the 56-bit offset range", (b, l) => OneBitmap(b, l, l.L2, 1, flags: 2)),
+        new("bitmap table of the wrong size", (b, l) => OneBitmap(b, l, l.Data, 2, flags: 0)),
+        new("bitmap in use with a table entry past the offset range", (b, l) => OneBitmap(b, l, l.L2, 1, flags: 3)),
         new("encryption extension without encryption", (b, l) => Extension(b, l, CryptoType, new byte[16])),
         new("data file extension without its bit", (b, l) => Extension(b, l, DataFileType, "x.raw"u8)),
 
@@ -160,6 +165,24 @@ static class HostileQcow2Corpus
         {
             Set64(b, 88, 1);
         }
+    }
+
+    /// <summary>
+    /// A bitmaps extension naming one bitmap "b0" (64 KiB granularity) whose directory is at the first data cluster:
+    /// its table at <paramref name="table"/> with <paramref name="size"/> entries, and its flags (1 in use, 2 auto).
+    /// </summary>
+    static void OneBitmap(byte[] b, Layout l, long table, uint size, uint flags)
+    {
+        var entry = b.AsSpan((int)l.Data, 32);
+        entry.Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(entry, (ulong)table);
+        BinaryPrimitives.WriteUInt32BigEndian(entry[8..], size);
+        BinaryPrimitives.WriteUInt32BigEndian(entry[12..], flags);
+        entry[16] = 1;
+        entry[17] = 16;
+        BinaryPrimitives.WriteUInt16BigEndian(entry[18..], 2);
+        "b0"u8.CopyTo(entry[24..]);
+        Extension(b, l, BitmapsType, Bitmaps(1, 0, 32, l.Data), autoclear: true);
     }
 
     /// <summary>The bitmaps extension's body: nb_bitmaps, reserved, directory size, directory offset.</summary>

@@ -93,6 +93,7 @@ public static class Qcow2Check
         FragmentedClusters = scan.Fragmented,
         CompressedClusters = scan.Compressed,
         Messages = messages,
+        Warnings = [.. Qcow2BitmapDirectory.StaleWarnings(scan.Header)],
     };
 
     /// <summary>Sets mismatched refcounts to the references, in the blocks that hold them.</summary>
@@ -255,7 +256,8 @@ public static class Qcow2Check
 
 /// <summary>
 /// The check could not run to its end (qemu-img's "Check failed: REASON"): <see cref="Exception.Message"/> is
-/// what qemu-img reports first (e.g. "ERROR snapshot table too large"), <see cref="Errno"/> the reason.
+/// what qemu-img reports first (e.g. "ERROR snapshot table too large"; empty where it reports nothing first),
+/// <see cref="Errno"/> the reason.
 /// Nothing was written.
 /// </summary>
 public sealed class Qcow2CheckFailedException(string message, BlockErrno errno) : IOException(message)

@@ -48,6 +48,9 @@ public sealed record Qcow2CheckResult
     /// </summary>
     public bool Failed { get; init; }
 
+    /// <summary>What opening the image found worth a warning (qemu-img's "warning:" lines before the findings).</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
+
     /// <summary>One line per finding, worded as qemu-img check words them ("Leaked cluster 5 refcount=1 reference=0").</summary>
     public IReadOnlyList<string> Messages { get; init; } = [];
 }

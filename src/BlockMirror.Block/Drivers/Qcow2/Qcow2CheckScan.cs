@@ -13,7 +13,6 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 internal sealed class Qcow2CheckScan
 {
     const int MaxSnapshots = 65536;
-    const int MaxBitmaps = 65535;
 
     readonly BlockNode _file;
     readonly List<string> _messages = [];
@@ -24,6 +23,9 @@ internal sealed class Qcow2CheckScan
 
     // Clusters of the refcount table and blocks: a rebuild replaces them, so they do not count then.
     readonly List<long> _refcountStructure = [];
+
+    // The bitmap directory, read at open.
+    IReadOnlyList<Qcow2BitmapEntry> _bitmaps = [];
 
     // Copied flags are judged against refcounts; before a repair of the refcounts that would be premature.
     readonly bool _checkCopied;
@@ -97,9 +99,14 @@ internal sealed class Qcow2CheckScan
     {
         var first = await Qcow2Driver.ReadHeaderClusterAsync(file, cancellationToken).ConfigureAwait(false);
         var scan = new Qcow2CheckScan(file, Qcow2Header.Parse(first, name, check: true), name, checkCopied);
-        // As qemu-img orders it: the bitmaps are loaded when the image is opened, the snapshot table is read
-        // by the check itself.
-        await Qcow2BitmapDirectory.CheckAsync(scan.ReadClampedAsync, scan.Header, name, cancellationToken).ConfigureAwait(false);
+        // As qemu-img orders it: the bitmaps are loaded when the image is opened (the tables of those not in
+        // use are read then), the snapshot table is read by the check itself.
+        scan._bitmaps = await Qcow2BitmapDirectory.LoadAsync(scan.ReadClampedAsync, scan.Header, name, cancellationToken).ConfigureAwait(false);
+        foreach (var bitmap in scan._bitmaps.Where(b => !b.InUse))
+        {
+            await Qcow2BitmapTable.LoadAsync(scan.ReadClampedAsync, bitmap, scan.Geometry, scan.Header.Size, name, cancellationToken).ConfigureAwait(false);
+        }
+
         await scan.CheckSnapshotTableAsync(cancellationToken).ConfigureAwait(false);
         await scan.WalkAsync(cancellationToken).ConfigureAwait(false);
         return scan;
@@ -399,48 +406,32 @@ internal sealed class Qcow2CheckScan
         Reference(Header.SnapshotsOffset, position - Header.SnapshotsOffset);
     }
 
-    /// <summary>Persistent dirty bitmaps, when the autoclear bit says the extension is valid: directory, tables, data.</summary>
+    /// <summary>
+    /// Persistent dirty bitmaps (directory read at open): the directory, each table and its data clusters, as
+    /// QEMU's qcow2_check_bitmaps_refcounts counts them. A table with an invalid entry (only one of a bitmap in
+    /// use gets here: the others were read at open) ends the check, as QEMU's fails with EINVAL and no message.
+    /// </summary>
     async Task WalkBitmapsAsync(CancellationToken cancellationToken)
     {
-        if ((Header.AutoclearFeatures & Qcow2Header.AutoclearBitmaps) == 0 ||
-            Header.Extensions.Find(e => e.Type == Qcow2Header.ExtensionBitmaps) is not { Data.Length: >= 24 } extension)
+        if (Header.Bitmaps is not { } extension)
         {
             return;
         }
 
-        var count = BinaryPrimitives.ReadUInt32BigEndian(extension.Data);
-        var directorySize = (long)BinaryPrimitives.ReadUInt64BigEndian(extension.Data.AsSpan(8));
-        var directoryOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(extension.Data.AsSpan(16));
-        if (count > MaxBitmaps || directorySize < 0 || directorySize > 64L << 20 || directoryOffset < 0 || directoryOffset + directorySize > FileLength)
+        Reference(extension.DirectoryOffset, extension.DirectorySize);
+        foreach (var bitmap in _bitmaps)
         {
-            Corruption("ERROR: the bitmaps extension points at an invalid bitmap directory");
-            return;
-        }
-
-        Reference(directoryOffset, directorySize);
-        var directory = new byte[directorySize];
-        await ReadClampedAsync(directoryOffset, directory, cancellationToken).ConfigureAwait(false);
-        var position = 0;
-        for (var b = 0; b < count && position + 24 <= directory.Length; b++)
-        {
-            var tableOffset = (long)BinaryPrimitives.ReadUInt64BigEndian(directory.AsSpan(position));
-            var tableSize = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(position + 8));
-            var nameSize = BinaryPrimitives.ReadUInt16BigEndian(directory.AsSpan(position + 18));
-            var extraSize = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(position + 20));
-            position += (int)((24 + extraSize + nameSize + 7) & ~7L);
-            if (tableOffset < 0 || (tableOffset & Geometry.ClusterMask) != 0 || tableOffset + (long)tableSize * 8 > FileLength)
+            Reference(bitmap.TableOffset, (long)bitmap.TableSize * 8);
+            if (await Qcow2BitmapTable.ReadAsync(ReadClampedAsync, bitmap, Geometry.ClusterSize, cancellationToken).ConfigureAwait(false) is not { } table)
             {
-                Corruption($"ERROR: bitmap {b}: its table (offset {tableOffset}, {tableSize} entries) is invalid");
-                continue;
+                throw new Qcow2CheckFailedException("", BlockErrno.EINVAL);
             }
 
-            Reference(tableOffset, (long)tableSize * 8);
-            foreach (var entry in await ReadEntriesAsync(tableOffset, (int)tableSize, cancellationToken).ConfigureAwait(false))
+            foreach (var entry in table)
             {
-                var data = Qcow2Entries.HostOffset(entry);
-                if (data != 0)
+                if ((entry & Qcow2BitmapTable.OffsetMask) is not 0 and var data)
                 {
-                    Reference(data, Geometry.ClusterSize);
+                    Reference((long)data, Geometry.ClusterSize);
                 }
             }
         }

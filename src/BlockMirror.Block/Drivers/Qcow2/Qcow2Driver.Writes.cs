@@ -517,6 +517,12 @@ public sealed partial class Qcow2Driver
                 "Can't resize a v2 image which has snapshots");
         }
 
+        // After the snapshots, as QEMU checks them (qcow2_truncate_bitmaps_check).
+        if (BitmapResizeRefusal() is { } bitmapRefusal)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length, bitmapRefusal);
+        }
+
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {

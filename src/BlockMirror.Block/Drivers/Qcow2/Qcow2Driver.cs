@@ -108,11 +108,11 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
     /// anything is written, repairs the refcounts of an image left dirty (when opened for writing), and
     /// opens the backing chain.
     /// </summary>
-    public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, BlockNode file, Qcow2Options? options = null,
+    public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, BlockNode file, Qcow2Options? options = null,
         bool readOnly = false, CancellationToken cancellationToken = default)
     {
         options ??= new Qcow2Options();
-        return graph.CreateNodeAsync(nodeName, readOnly, async (node, ct) =>
+        var opened = await graph.CreateNodeAsync(nodeName, readOnly, async (node, ct) =>
         {
             var name = file.Driver.FileName ?? file.Name;
             Qcow2Image image;
@@ -135,6 +135,7 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
                     (header, block) = await ReadHeaderAsync(file, name, !readOnly, ct).ConfigureAwait(false);
                 }
 
+                warnings.AddRange(Qcow2BitmapDirectory.StaleWarnings(header));
                 var edge = node.AttachChild(ChildNames.File, file, ChildRole.Storage);
                 var l2Cache = options.L2CacheSize ?? Math.Clamp(header.Size / header.ClusterSize * header.L2EntrySize, 1, Qcow2Options.DefaultL2CacheLimit);
                 image = await Qcow2Image.OpenAsync(edge, header, block, name, !readOnly, l2Cache, options.Discard, ct).ConfigureAwait(false);
@@ -169,6 +170,13 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
                     }
                 }
 
+                var bitmaps = await LoadBitmapsAsync(image, ct).ConfigureAwait(false);
+                if (!readOnly && refusal is null)
+                {
+                    // Before anything is written: from here until they are stored at close, the bitmaps on disk are stale.
+                    await image.MarkBitmapsInUseAsync(ct).ConfigureAwait(false);
+                }
+
                 var alignment = Math.Max(1, file.Limits.RequestAlignment);
                 var backing = await OpenBackingAsync(graph, node, image, options, ct).ConfigureAwait(false);
                 if (backing is not null)
@@ -176,14 +184,23 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
                     alignment = Math.Max(alignment, backing.Limits.RequestAlignment);
                 }
 
-                return new Qcow2Driver(node, image, alignment, refusal, warnings);
+                return new Qcow2Driver(node, image, alignment, refusal, warnings) { _loadedBitmaps = bitmaps };
+            }
+            catch (Qcow2Exception e)
+            {
+                image.Dispose();
+                throw new BlockOpenException(e.Message, e.Errno, e);
             }
             catch
             {
                 image.Dispose();
                 throw;
             }
-        }, cancellationToken);
+        }, cancellationToken).ConfigureAwait(false);
+
+        // The node bitmaps need the node, which exists only now.
+        ((Qcow2Driver)opened.Driver).AttachPersistentBitmaps();
+        return opened;
     }
 
     /// <summary>
@@ -306,6 +323,12 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            if (readOnly)
+            {
+                // QEMU's qcow2_reopen_bitmaps_ro: stored first, as at close.
+                await StorePersistentBitmapsLockedAsync(cancellationToken).ConfigureAwait(false);
+            }
+
             await _image.ReopenAsync(readOnly, cancellationToken).ConfigureAwait(false);
         }
         finally
@@ -319,7 +342,15 @@ public sealed partial class Qcow2Driver : IBlockDriver, IReopenableDriver, IBack
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {
-            await _image.CloseAsync(CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                await StorePersistentBitmapsLockedAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                // Bitmaps that could not be stored stay in use (stale) on disk; the rest of the image still closes cleanly.
+                await _image.CloseAsync(CancellationToken.None).ConfigureAwait(false);
+            }
         }
         finally
         {

@@ -29,6 +29,45 @@ public sealed partial class Qcow2Header
     public (int Count, long DirectorySize, long DirectoryOffset)? Bitmaps { get; private set; }
 
     /// <summary>
+    /// Points the header at a new bitmap directory (or, with no bitmaps, drops the extension), and sets the
+    /// autoclear bit that says the extension is valid (or clears it), as QEMU's qcow2_update_header writes it:
+    /// the extension follows the feature name table. The caller writes the header.
+    /// </summary>
+    public void SetBitmaps(int count, long directorySize, long directoryOffset)
+    {
+        var index = Extensions.FindIndex(e => e.Type == ExtensionBitmaps);
+        if (count == 0)
+        {
+            if (index >= 0)
+            {
+                Extensions.RemoveAt(index);
+            }
+
+            Bitmaps = null;
+            AutoclearFeatures &= ~AutoclearBitmaps;
+            return;
+        }
+
+        var data = new byte[BitmapsExtensionLength];
+        BinaryPrimitives.WriteUInt32BigEndian(data, (uint)count);
+        BinaryPrimitives.WriteUInt64BigEndian(data.AsSpan(8), (ulong)directorySize);
+        BinaryPrimitives.WriteUInt64BigEndian(data.AsSpan(16), (ulong)directoryOffset);
+        var extension = new Qcow2HeaderExtension(ExtensionBitmaps, data);
+        if (index >= 0)
+        {
+            Extensions[index] = extension;
+        }
+        else
+        {
+            var after = Extensions.FindLastIndex(e => e.Type is ExtensionBackingFormat or ExtensionExternalDataFile or ExtensionFullDiskEncryption or ExtensionFeatureNameTable);
+            Extensions.Insert(after + 1, extension);
+        }
+
+        Bitmaps = (count, directorySize, directoryOffset);
+        AutoclearFeatures |= AutoclearBitmaps;
+    }
+
+    /// <summary>
     /// Parses and checks the header from the start of the file, with QEMU 7.2's checks in QEMU's order and
     /// with QEMU's messages (qcow2_do_open, qcow2_read_extensions), so that the first fault qemu-img reports
     /// is the one reported here. <paramref name="data"/> holds the first cluster; bytes past its end (a file

@@ -120,7 +120,13 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         {
             await image.LoadTablesAsync(cancellationToken).ConfigureAwait(false);
             image.Snapshots = await Qcow2Snapshots.ReadAsync(image, cancellationToken).ConfigureAwait(false);
-            await Qcow2BitmapDirectory.CheckAsync(image.ReadClampedAsync, header, name, cancellationToken).ConfigureAwait(false);
+            image.BitmapDirectory = await Qcow2BitmapDirectory.LoadAsync(image.ReadClampedAsync, header, name, cancellationToken).ConfigureAwait(false);
+            if (writable && header.Bitmaps is { } bitmaps && image.OverlapsMetadata(bitmaps.DirectoryOffset, bitmaps.DirectorySize))
+            {
+                // Opened for writing, the directory is rewritten in place (the in-use flags): over a table, that would damage it.
+                throw new Qcow2Exception(name, $"the bitmap directory at offset {bitmaps.DirectoryOffset} overlaps other metadata; the image cannot be opened read/write");
+            }
+
             image.Corrupt = (header.IncompatibleFeatures & Qcow2Header.IncompatibleCorrupt) != 0;
             return image;
         }
@@ -324,20 +330,33 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
     }
 
     /// <summary>
-    /// Clears the auto-clear feature bits before the first write. The spec requires it for bits a writer
-    /// does not maintain: this implementation keeps no persistent bitmaps, so after it has written, the
-    /// bitmaps extension (kept byte for byte) no longer describes the disk and must be marked so.
+    /// Clears the auto-clear feature bits this implementation does not maintain, before the first write (the spec
+    /// requires it): after a write their extensions no longer describe the disk. The bitmaps bit stays while the
+    /// image has bitmaps, which the driver keeps up to date and marks in use (<see cref="MarkBitmapsInUseAsync"/>).
     /// </summary>
-    public async ValueTask ClearAutoclearFeaturesAsync(CancellationToken cancellationToken)
+    public ValueTask ClearAutoclearFeaturesAsync(CancellationToken cancellationToken)
     {
-        if (Header.Version < 3 || Header.AutoclearFeatures == 0)
-        {
-            return;
-        }
+        var kept = Header.Bitmaps is null ? 0 : Header.AutoclearFeatures & Qcow2Header.AutoclearBitmaps;
+        return Header.Version < 3 || Header.AutoclearFeatures == kept ? ValueTask.CompletedTask : SetAutoclearFeaturesAsync(kept, cancellationToken);
+    }
 
-        Header.AutoclearFeatures = 0;
-        BinaryPrimitives.WriteUInt64BigEndian(_headerBlock.AsSpan(88), 0);
+    /// <summary>Writes the autoclear feature bits to the header, on disk, and flushes.</summary>
+    async ValueTask SetAutoclearFeaturesAsync(ulong features, CancellationToken cancellationToken)
+    {
+        Header.AutoclearFeatures = features;
+        BinaryPrimitives.WriteUInt64BigEndian(_headerBlock.AsSpan(88), features);
         await WriteHeaderAsync(88, 96, cancellationToken).ConfigureAwait(false);
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes the header cluster whole from <see cref="Header"/> (as QEMU's qcow2_update_header does) and flushes.
+    /// Throws <see cref="InvalidOperationException"/>, with nothing written, when it does not fit in one cluster.
+    /// </summary>
+    async ValueTask RewriteHeaderAsync(CancellationToken cancellationToken)
+    {
+        Header.Serialize().CopyTo(_headerBlock, 0);
+        await WriteHeaderAsync(0, _headerBlock.Length, cancellationToken).ConfigureAwait(false);
         await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
@@ -351,10 +370,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         var (oldName, oldFormat) = (Header.BackingFile, Header.BackingFormat);
         Header.BackingFile = name;
         Header.BackingFormat = name is null ? null : format;
-        byte[] block;
         try
         {
-            block = Header.Serialize();
+            await RewriteHeaderAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (InvalidOperationException e)
         {
@@ -363,10 +381,6 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
             Header.Serialize();
             throw BlockIOException.Create(BlockErrno.EINVAL, Name, BlockOperation.Write, 0, 0, $"the backing file name '{name}' does not fit: {e.Message}");
         }
-
-        block.CopyTo(_headerBlock, 0);
-        await WriteHeaderAsync(0, _headerBlock.Length, cancellationToken).ConfigureAwait(false);
-        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -396,6 +410,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 
         Writable = true;
         await ClearAutoclearFeaturesAsync(cancellationToken).ConfigureAwait(false);
+        await MarkBitmapsInUseAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Clears a dirty bit left by an earlier writer, after the refcounts were repaired.</summary>

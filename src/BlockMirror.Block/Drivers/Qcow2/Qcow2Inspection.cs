@@ -1,3 +1,4 @@
+using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 
 namespace BlockMirror.Block.Drivers.Qcow2;
@@ -13,4 +14,7 @@ public static class Qcow2Inspection
 
     /// <summary>The internal snapshots of a qcow2 node (read at open); none for a node of any other driver.</summary>
     public static IReadOnlyList<SnapshotInfo> SnapshotsOf(BlockNode node) => (node.Driver as Qcow2Driver)?.Snapshots ?? [];
+
+    /// <summary>The persistent bitmaps a node's image stores, as on disk; none for a driver that stores none.</summary>
+    public static IReadOnlyList<PersistentBitmapInfo> BitmapsOf(BlockNode node) => (node.Driver as IPersistentBitmaps)?.StoredBitmaps ?? [];
 }
