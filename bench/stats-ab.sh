@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
 # What logging, statistics and metrics cost the NBD request path: `blockmirror serve` exporting a null-co node
 # (so the request path is all there is), driven by `qemu-img bench` over a Unix socket, for two builds side by
-# side: BASE (before issue 18: no statistics, no logging, no metrics) and NEW in four settings:
-#   new-off       --log-level none, no metrics listener      (logging and metrics off)
-#   new-default   the default level (warning), no listener   (what `serve` does unless asked)
-#   new-metrics   default level, --metrics-listen            (OpenTelemetry's MeterProvider attached: the
-#                                                             counters, read from the statistics at collection)
-#   new-histograms  the same and --metrics-histograms        (the request-duration histogram recorded too)
-#   new-all       --log-level debug, --metrics-listen and --metrics-histograms (everything on)
+# side: BASE (before issue 18: no statistics, no logging, no metrics) and NEW in the settings of
+# bench/stats-settings.sh (logging off, default, metrics, histograms, everything on).
 # Runs are interleaved, and their order rotates each round, so that a machine's changing load spreads over all
 # of them. Two figures per run: the wall time of REQUESTS 4 KiB writes then as many reads (16 in flight), and
 # the daemon's CPU time (user + system, from /proc/PID/stat) divided by the requests it served. The second is
@@ -43,17 +38,7 @@ run() { # NAME BINARY [OPTIONS...]
   echo "$name wall_s=$(awk -v w="$w" -v r="$r" 'BEGIN { printf "%.2f", w + r }') write_s=$w read_s=$r cpu_us_per_request=$us load=$(cut -d' ' -f1 /proc/loadavg)"
 }
 
-settings=(base new-off new-default new-metrics new-histograms new-all)
-one() { # SETTING
-  case $1 in
-    base) run base "$base" ;;
-    new-off) run new-off "$new" --log-level none ;;
-    new-default) run new-default "$new" ;;
-    new-metrics) run new-metrics "$new" --metrics-listen "127.0.0.1:$port" ;;
-    new-histograms) run new-histograms "$new" --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
-    new-all) run new-all "$new" --log-level debug --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
-  esac
-}
+. "$(dirname "$0")/stats-settings.sh"
 
 log=$dir/runs
 for round in $(seq "$rounds"); do

@@ -36,17 +36,7 @@ run() { # NAME BINARY [OPTIONS...]
   echo "$name instructions=$total per_request=$((total / (2 * count)))"
 }
 
-settings=(base new-off new-default new-metrics new-histograms new-all)
-one() { # SETTING
-  case $1 in
-    base) run base "$base" ;;
-    new-off) run new-off "$new" --log-level none ;;
-    new-default) run new-default "$new" ;;
-    new-metrics) run new-metrics "$new" --metrics-listen "127.0.0.1:$port" ;;
-    new-histograms) run new-histograms "$new" --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
-    new-all) run new-all "$new" --log-level debug --metrics-listen "127.0.0.1:$port" --metrics-histograms ;;
-  esac
-}
+. "$(dirname "$0")/stats-settings.sh"
 
 log=$dir/runs
 for round in $(seq "$rounds"); do
