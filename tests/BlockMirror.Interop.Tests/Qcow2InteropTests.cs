@@ -321,8 +321,7 @@ public sealed class Qcow2InteropTests : IDisposable
             await node.WriteAsync(4096, Enumerable.Repeat((byte)0x5a, 4096).ToArray());
             await node.TruncateAsync(64 << 20);
             await node.WriteAsync((64 << 20) - 4096, Enumerable.Repeat((byte)0xa5, 4096).ToArray());
-            var shrink = await Assert.ThrowsAsync<BlockIOException>(() => node.TruncateAsync(1 << 20).AsTask());
-            Assert.Equal(BlockErrno.ENOTSUP, shrink.Errno);
+            // Shrinking is QEMU's (Cli ResizeShrinkInteropTests); here only the growth is under test.
         }
 
         await AssertCleanAsync(path);
