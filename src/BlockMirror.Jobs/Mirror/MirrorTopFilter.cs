@@ -1,5 +1,5 @@
-using System.Buffers;
 using System.Runtime.CompilerServices;
+using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
@@ -14,7 +14,10 @@ namespace BlockMirror.Jobs.Mirror;
 /// </summary>
 /// <remarks>
 /// <para><b>A write-blocking write</b> copies the guest's data into a pooled bounce buffer (the caller's
-/// buffer could change while both writes read it, and source and target must get the same bytes), owns its
+/// buffer could change while both writes read it, and source and target must get the same bytes). The
+/// buffer is aligned for O_DIRECT, so neither file below copies it again into a bounce of its own, and it
+/// comes from the filter's own bounded pool, not the process-wide array pool, which keeps a buffer of each
+/// size per thread and so holds memory no job accounts for. It owns its
 /// chunks in the engine (waiting for copies or writes in flight there), writes source and target side by
 /// side, and at its end clears the chunks it made equal on both. A target failure never reaches the
 /// guest: the range stays dirty and the job's on-target-error policy decides. A source failure reaches
@@ -48,6 +51,9 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
     int _activeWrites;
     int _passiveWrites;
 
+    // Bounce buffers of write-blocking writes, kept between writes.
+    readonly AlignedBufferPool _bounces = new(AlignedMemory.DirectAlignment);
+
     public override string DriverName => Name;
 
     /// <summary>The edge to the source: the job reads through it, untouched by drained sections.</summary>
@@ -71,8 +77,8 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
         var job = Volatile.Read(ref _job);
         if (job is not null && job.CopiesGuestWrites && buffer.Length > 0)
         {
-            var bounce = ArrayPool<byte>.Shared.Rent(buffer.Length);
-            buffer.CopyTo(bounce);
+            var bounce = _bounces.Rent(buffer.Length);
+            buffer.CopyTo(bounce.Memory);
             return ActiveWriteAsync(job, MirrorMethod.Copy, offset, buffer.Length, bounce, flags, cancellationToken);
         }
 
@@ -85,11 +91,11 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
         var length = IoVectors.TotalLength(buffers);
         if (job is not null && job.CopiesGuestWrites && length > 0)
         {
-            var bounce = ArrayPool<byte>.Shared.Rent(checked((int)length));
+            var bounce = _bounces.Rent(checked((int)length));
             var at = 0;
             foreach (var segment in buffers)
             {
-                segment.Span.CopyTo(bounce.AsSpan(at));
+                segment.Span.CopyTo(bounce.Memory.Span[at..]);
                 at += segment.Length;
             }
 
@@ -196,7 +202,7 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
 
     /// <summary>A write-blocking write or write-zeroes: see the remarks on the class.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    async ValueTask ActiveWriteAsync(MirrorJob job, MirrorMethod method, long offset, long length, byte[]? bounce, RequestFlags flags,
+    async ValueTask ActiveWriteAsync(MirrorJob job, MirrorMethod method, long offset, long length, AlignedMemory? bounce, RequestFlags flags,
         CancellationToken cancellationToken)
     {
         var engine = job.Engine;
@@ -210,7 +216,7 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
             }
 
             var (targetStart, targetEnd) = engine.TargetRange(offset, length);
-            var data = bounce is null ? default : bounce.AsMemory(0, (int)length);
+            var data = bounce is null ? default : bounce.Memory[..(int)length];
 
             // Source and target side by side; the target part is null when both edges were dirty and nothing is left.
             var target = targetEnd > targetStart
@@ -252,7 +258,7 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
             Interlocked.Decrement(ref _activeWrites);
             if (bounce is not null)
             {
-                ArrayPool<byte>.Shared.Return(bounce);
+                _bounces.Return(bounce);
             }
         }
     }
