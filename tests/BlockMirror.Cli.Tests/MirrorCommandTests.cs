@@ -121,6 +121,40 @@ public sealed class MirrorCommandTests : IDisposable
         await QemuImages.AssertIdenticalAsync(source, target);
     }
 
+    [SkippableFact]
+    public async Task Target_is_zero_keeps_a_preallocated_target_allocated_and_without_it_the_zeroes_are_punched()
+    {
+        var source = await CreateSourceAsync();
+        var trusted = _dir.File("trusted.raw");
+        var punched = _dir.File("punched.raw");
+        foreach (var target in new[] { trusted, punched })
+        {
+            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", "-o", "preallocation=full", target, "32M");
+        }
+
+        AssertSucceeded(await BlockMirrorCli.RunAsync(["mirror", "-O", "raw", "--target-is-zero", source, trusted]));
+        AssertSucceeded(await BlockMirrorCli.RunAsync(["mirror", "-O", "raw", source, punched]));
+
+        await QemuImages.AssertIdenticalAsync(source, trusted);
+        await QemuImages.AssertIdenticalAsync(source, punched);
+        // The source's zero ranges were not written: the preallocated blocks stay; without the option they are punched.
+        Assert.True(await QemuImages.AllocatedBytesAsync(trusted) >= Size);
+        Assert.True(await QemuImages.AllocatedBytesAsync(punched) <= await QemuImages.AllocatedBytesAsync(source) + M);
+    }
+
+    [SkippableFact]
+    public async Task Target_is_zero_is_taken_on_trust_so_a_target_holding_bytes_keeps_them_where_the_source_reads_zeroes()
+    {
+        var source = await CreateSourceAsync();
+        var target = _dir.File("stale.raw");
+        await QemuImages.CreateAsync(target, "32M", "write -P 0x77 0 32M");
+
+        AssertSucceeded(await BlockMirrorCli.RunAsync(["mirror", "-O", "raw", "--target-is-zero", source, target]));
+
+        // Data ranges are copied; a hole of the source (2M..3M) was never written to the target.
+        await ExternalTool.RunCheckedAsync("qemu-io", "-f", "raw", "-c", "read -P 0xab 0 1M", "-c", "read -P 0x77 2M 1M", target);
+    }
+
     public static TheoryData<string[]> Options => new()
     {
         new[] { "--granularity", "4K" },

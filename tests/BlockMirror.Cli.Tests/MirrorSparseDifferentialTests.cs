@@ -6,8 +6,8 @@ namespace BlockMirror.Cli.Tests;
 /// <summary>
 /// A sparse source mirrored by qemu-storage-daemon 7.2 and by <c>blockmirror serve</c>, each in its own directory,
 /// onto the same kinds of target: both copies read as the source and the jobs emit the same events; where 7.2
-/// fills a target that QEMU 10.1 (and ours) keeps thin, and where 7.2 stays thin and ours does not, that is
-/// pinned here and said in README ("Deliberate differences").
+/// fills a target that QEMU 10.1 (and ours) keeps thin, that is pinned here and said in README ("Deliberate
+/// differences").
 /// </summary>
 public sealed class MirrorSparseDifferentialTests : IDisposable
 {
@@ -38,10 +38,11 @@ public sealed class MirrorSparseDifferentialTests : IDisposable
         // table too), punched where they may.
         { "qemu-img-full", "raw", "blockdev-mirror", "ignore", false, false },
         { "qemu-img-full", "raw", "blockdev-mirror", "unmap", true, true },
-        // 7.2 opens drive-mirror's target file with discard=unmap (a format's file inherits it) while the format
-        // node keeps the source's discard=ignore: its zeroing punches the target, a guest's discard does not.
-        // Ours opens the whole target with the source's mode, so its zeroing writes the zeroes in place.
-        { "qemu-img-full", "raw", "drive-mirror-existing", "", true, false },
+        // drive-mirror opens its target's format node with the source's discard=ignore and the file under it with
+        // discard=unmap (QEMU's children default to it): the mirror's unmapping zeroes punch the file, a guest's
+        // discard stops at the format node. A qcow2 frees the clusters and, with discard=ignore, keeps them.
+        { "qemu-img-full", "raw", "drive-mirror-existing", "", true, true },
+        { "qemu-img-full", "qcow2", "drive-mirror-existing", "", false, false },
     };
 
     [SkippableTheory]

@@ -7,15 +7,18 @@ namespace BlockMirror.Cli.Tests;
 /// Thin stays thin: QEMU's iotest <c>mirror-sparse</c> (tests/qemu-iotests/tests/mirror-sparse, QEMU 10.1), ours. A
 /// 64 MiB raw source holding 4 MiB of data is mirrored by <c>blockmirror serve</c> onto raw and qcow2 targets made
 /// each way a user makes one (<c>qemu-img create</c>, with <c>preallocation=full</c> too, <c>blockmirror create</c>,
-/// drive-mirror in both modes), opened with discard ignore or unmap, with and without <c>target-is-zero</c>.
-/// Every target must read as the source (<c>qemu-img compare</c>), and where QEMU 10.1's table says sparse its
-/// allocation must stay within 10 % + 1 MiB of the source's; only a preallocated target that may not punch holes
-/// (discard=ignore), or that the user calls zero, stays fully allocated, as in QEMU 10.1.
+/// drive-mirror in both modes), opened with each discard and detect-zeroes mode QEMU accepts together (the
+/// table's columns, and detect-zeroes=on besides), with and without <c>target-is-zero</c>. Every target must read
+/// as the source (<c>qemu-img compare</c>), and where QEMU 10.1's table says sparse its allocation must stay
+/// within 10 % + 1 MiB of the source's; only a preallocated target that may not punch holes (discard=ignore), or
+/// that the user calls zero, stays fully allocated, as in QEMU 10.1.
 /// </summary>
 /// <remarks>
-/// detect-zeroes, the table's third column, is not here: BlockMirror refuses detect-zeroes other than off
-/// (README). Each job is cancelled once READY (a copy in sync, as QEMU's soft cancel leaves it), so one daemon
-/// mirrors the same source onto every variant of a creation mode.
+/// As in the iotest, discard and detect-zeroes are the file node's. drive-mirror opens its target itself: the
+/// format node with the source's discard=ignore, its file with discard=unmap (as QEMU 7.2), so a preallocated raw
+/// target is punched there and a preallocated qcow2 keeps its clusters. Each job is cancelled once READY (a copy
+/// in sync, as QEMU's soft cancel leaves it), so one daemon mirrors the same source onto every variant of a
+/// creation mode.
 /// </remarks>
 public sealed class MirrorSparseTests : IDisposable
 {
@@ -27,14 +30,19 @@ public sealed class MirrorSparseTests : IDisposable
     public void Dispose() => _dir.Dispose();
 
     /// <summary>One target: how it is made and opened, and whether QEMU 10.1's table says it ends sparse.</summary>
-    sealed record Variant(string Name, string Format, string Discard, bool TargetIsZero, bool Sparse);
+    sealed record Variant(string Name, string Format, string Discard, string DetectZeroes, bool TargetIsZero, bool Sparse);
+
+    /// <summary>The file node's discard and detect-zeroes: every pair QEMU accepts (unmap needs discard=unmap).</summary>
+    static readonly (string Discard, string DetectZeroes)[] FileModes =
+        [("ignore", "off"), ("ignore", "on"), ("unmap", "off"), ("unmap", "on"), ("unmap", "unmap")];
 
     public static TheoryData<string, string> Creations => new()
     {
-        { "qemu-img", "raw" }, { "qemu-img", "qcow2" }, { "qemu-img-full", "raw" },
+        { "qemu-img", "raw" }, { "qemu-img", "qcow2" }, { "qemu-img-full", "raw" }, { "qemu-img-full", "qcow2" },
         { "blockmirror-create", "raw" }, { "blockmirror-create", "qcow2" },
         { "drive-mirror-new", "raw" }, { "drive-mirror-new", "qcow2" },
         { "drive-mirror-existing", "raw" }, { "drive-mirror-existing", "qcow2" },
+        { "drive-mirror-existing-full", "raw" }, { "drive-mirror-existing-full", "qcow2" },
     };
 
     [SkippableTheory]
@@ -49,17 +57,21 @@ public sealed class MirrorSparseTests : IDisposable
         Assert.InRange(sourceAllocated, Data, Data + (1 << 20));
 
         var drive = creation.StartsWith("drive-mirror", StringComparison.Ordinal);
-        // drive-mirror opens its target itself (with the source's discard mode): no discard column there.
-        string[] discards = drive ? ["ignore"] : ["ignore", "unmap"];
+        // drive-mirror opens its target itself: no discard or detect-zeroes column there.
+        (string, string)[] modes = drive ? [("", "")] : FileModes;
+        var preallocated = creation.EndsWith("-full", StringComparison.Ordinal);
         var variants = new List<Variant>();
-        foreach (var discard in discards)
+        foreach (var (discard, detectZeroes) in modes)
         {
             foreach (var targetIsZero in new[] { false, true })
             {
                 // QEMU 10.1's table: a preallocated target is written as zeroes unless holes may be punched;
-                // with target-is-zero its allocated zeroes are simply kept.
-                var sparse = creation != "qemu-img-full" || (discard == "unmap" && !targetIsZero);
-                variants.Add(new Variant($"t{variants.Count}", format, discard, targetIsZero, sparse));
+                // with target-is-zero its allocated zeroes are simply kept. Under raw the file punches where its
+                // discard lets it (drive-mirror's file always may); a qcow2 node, opened with discard=ignore
+                // here, frees or zeroes its clusters without punching them.
+                var punches = format == "raw" && (drive || discard == "unmap");
+                var sparse = !preallocated || (punches && !targetIsZero);
+                variants.Add(new Variant($"t{variants.Count}", format, discard, detectZeroes, targetIsZero, sparse));
             }
         }
 
@@ -82,7 +94,8 @@ public sealed class MirrorSparseTests : IDisposable
             var path = TargetPath(variant);
             await QemuImages.AssertIdenticalAsync(source, path, actualFormat: format);
             var allocated = await QemuImages.AllocatedBytesAsync(path);
-            var what = $"{creation} {format} discard={variant.Discard} target-is-zero={variant.TargetIsZero}: {allocated} bytes allocated, source {sourceAllocated}";
+            var what = $"{creation} {format} discard={variant.Discard} detect-zeroes={variant.DetectZeroes} target-is-zero={variant.TargetIsZero}: " +
+                $"{allocated} bytes allocated, source {sourceAllocated}";
             if (variant.Sparse)
             {
                 Assert.True(allocated <= (sourceAllocated * 11 / 10) + (1 << 20), $"{what}: not sparse");
@@ -104,7 +117,7 @@ public sealed class MirrorSparseTests : IDisposable
             case "qemu-img" or "drive-mirror-existing":
                 await ExternalTool.RunCheckedAsync("qemu-img", "create", "-f", format, path, "64M");
                 break;
-            case "qemu-img-full":
+            case "qemu-img-full" or "drive-mirror-existing-full":
                 await ExternalTool.RunCheckedAsync("qemu-img", "create", "-f", format, "-o", "preallocation=full", path, "64M");
                 Assert.True(await QemuImages.AllocatedBytesAsync(path) >= Size);
                 break;
@@ -137,7 +150,10 @@ public sealed class MirrorSparseTests : IDisposable
             await qmp.ExecuteAsync("blockdev-add", new JsonObject
             {
                 ["driver"] = variant.Format, ["node-name"] = variant.Name,
-                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = TargetPath(variant), ["discard"] = variant.Discard },
+                ["file"] = new JsonObject
+                {
+                    ["driver"] = "file", ["filename"] = TargetPath(variant), ["discard"] = variant.Discard, ["detect-zeroes"] = variant.DetectZeroes,
+                },
             });
             arguments = new JsonObject { ["job-id"] = job, ["device"] = "src", ["target"] = variant.Name, ["sync"] = "full" };
         }

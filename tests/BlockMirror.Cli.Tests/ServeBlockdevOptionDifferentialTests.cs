@@ -31,6 +31,15 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         """{"driver": "null-co", "node-name": "n", "discard": "sometimes"}""",
         """{"driver": "qcow2", "node-name": "n", "file": {"driver": "null-co"}, "l2-cache-size": "x"}""",
         """{"driver": "null-co", "node-name": "9bad"}""",
+        // detect-zeroes: unmap needs the node's own discard=unmap (an inline child has it unless it says
+        // otherwise); refused after the root's missing name and before a bad one.
+        """{"driver": "null-co", "node-name": "n", "detect-zeroes": "unmap"}""",
+        """{"driver": "null-co", "node-name": "n", "detect-zeroes": "unmap", "discard": "ignore"}""",
+        """{"driver": "null-co", "node-name": "n", "detect-zeroes": "sometimes"}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co"}, "detect-zeroes": "unmap"}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "discard": "ignore", "detect-zeroes": "unmap"}}""",
+        """{"driver": "null-co", "detect-zeroes": "unmap"}""",
+        """{"driver": "null-co", "node-name": "9bad", "detect-zeroes": "unmap"}""",
     ];
 
     /// <summary>--blockdev values both daemons refuse at start.</summary>
@@ -43,6 +52,8 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         "driver=raw,node-name=n,file=nope",
         "driver=null-co",
         "driver=file,node-name=n",
+        "driver=null-co,node-name=n,detect-zeroes=unmap",
+        "driver=raw,node-name=n,file.driver=null-co,file.discard=ignore,file.detect-zeroes=unmap",
         // The driver as the first, implied key.
         "null-co,node-name=n,foo=1",
         "bogus,node-name=n",

@@ -16,7 +16,10 @@ namespace BlockMirror.Block.Drivers;
 /// </param>
 /// <param name="ReadOnly">Open both nodes read-only.</param>
 /// <param name="Direct">O_DIRECT on the file node (<c>cache.direct</c>), and on the backing files a qcow2 header names.</param>
-/// <param name="Discard">Let discards and may-unmap zeroing punch holes (qcow2: free clusters).</param>
+/// <param name="Discard">
+/// The format node's <c>discard</c>: let discards and may-unmap zeroing punch holes (qcow2: free clusters). The
+/// protocol node under it unmaps whatever this says, as QEMU's does; the format node decides what reaches it.
+/// </param>
 /// <param name="NodeName">Name of the format node (the file node gets a generated name).</param>
 /// <param name="Qcow2">qcow2 options beyond these (cache size, backing), or null for the defaults.</param>
 /// <param name="ForceShare">
@@ -211,7 +214,7 @@ public static class ImageFiles
 
     /// <summary>
     /// An image as blockdev-add options: the format node (node name, read-only, discard, cache.direct, the
-    /// qcow2 options given) over an inline file node with the same discard and cache.direct.
+    /// qcow2 options given) over an inline file node with the same cache.direct and discard=unmap.
     /// </summary>
     static byte[] BlockdevOptions(ImageOpenOptions options, string format, Action<Utf8JsonWriter> writeFile) => Serialize(writer =>
     {
@@ -252,7 +255,7 @@ public static class ImageFiles
     /// <summary>
     /// The options of the node that holds the image's bytes: a file, or what the name's protocol prefix says
     /// (<c>nbd://h/x</c>: an nbd node's server and export; <c>file:PATH</c>: the file PATH), with the format
-    /// node's discard and cache.direct.
+    /// node's cache.direct and discard=unmap.
     /// </summary>
     static void WriteProtocol(Utf8JsonWriter writer, ImageOpenOptions options, DriverDeclaration protocol)
     {
@@ -266,7 +269,9 @@ public static class ImageFiles
             protocol.ParseFileName!(options.Path, writer);
         }
 
-        WriteNodeBase(writer, options.Direct, options.Discard);
+        // QEMU opens an image's protocol node as a child of its format node, with discard=unmap (its
+        // bdrv_inherited_options): the format node decides which discards and unmapping zeroes go down.
+        WriteNodeBase(writer, options.Direct, FileDiscardMode.Unmap);
     }
 
     static void WriteInlineFile(Utf8JsonWriter writer, ImageOpenOptions options, DriverDeclaration protocol)

@@ -31,6 +31,12 @@ public sealed partial class BlockNode
     /// </summary>
     public bool DiscardUnmaps { get; internal set; }
 
+    /// <summary>
+    /// The node was opened from options with <c>discard=ignore</c>: a discard sent to it ends here, successful and
+    /// doing nothing. Nodes made by code (filters, tests) pass discards on.
+    /// </summary>
+    internal bool DropsDiscards { get; set; }
+
     /// <summary>Called before a data-changing request of [offset, offset+length) goes to the driver.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void CheckWriteThreshold(long offset, long length)

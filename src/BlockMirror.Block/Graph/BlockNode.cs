@@ -490,6 +490,11 @@ public sealed partial class BlockNode : IEdgeParent
             }
 
             CheckWriteThreshold(offset, buffer.Length);
+            if (DetectsZeroes(buffer.Span))
+            {
+                await ZeroesToDriverAsync(BlockOperation.Write, offset, buffer.Length, DetectedZeroFlags(flags), cancellationToken).ConfigureAwait(false);
+                return;
+            }
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
@@ -552,6 +557,11 @@ public sealed partial class BlockNode : IEdgeParent
             }
 
             CheckWriteThreshold(offset, length);
+            if (DetectsZeroes(buffers))
+            {
+                await ZeroesToDriverAsync(BlockOperation.Write, offset, length, DetectedZeroFlags(flags), cancellationToken).ConfigureAwait(false);
+                return;
+            }
 
             DebugEvent(BlkdebugEvent.Pwritev);
 
@@ -612,51 +622,60 @@ public sealed partial class BlockNode : IEdgeParent
             }
 
             CheckWriteThreshold(offset, length);
-
-            DebugEvent(BlkdebugEvent.PwritevZero);
-
-            var started = AccountingStart();
-            try
-            {
-                if (Fits(offset, length, Driver.Limits.MaxWriteZeroes) && _serialising.TryEnterPlain())
-                {
-                    try
-                    {
-                        await Driver.WriteZeroesAsync(offset, length, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
-                        if (NeedsFlushAfter(flags))
-                        {
-                            await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
-                        }
-                    }
-                    finally
-                    {
-                        _serialising.ExitPlain();
-                    }
-                }
-                else
-                {
-                    await WriteZeroesPipelinedAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
-                }
-
-                Accounted(BlockOperation.WriteZeroes, offset, length, started);
-            }
-            catch (Exception) when (AccountFailure(BlockOperation.WriteZeroes, offset, length, started))
-            {
-                throw; // never reached: the filter only counts
-            }
-            catch (Exception ex) when (IsForeign(ex))
-            {
-                throw Wrap(ex, BlockOperation.WriteZeroes, offset, length);
-            }
-            finally
-            {
-                MarkDirty(offset, length);
-                DebugEvent(BlkdebugEvent.PwritevDone);
-            }
+            await ZeroesToDriverAsync(BlockOperation.WriteZeroes, offset, length, flags, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
             InFlight.Exit();
+        }
+    }
+
+    /// <summary>
+    /// A validated write-zeroes on its way to the driver: whole, or padded and cut by the pipeline; counted as
+    /// <paramref name="operation"/> (a write whose zeroes were detected stays a write) and marked dirty.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    async ValueTask ZeroesToDriverAsync(BlockOperation operation, long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
+    {
+        DebugEvent(BlkdebugEvent.PwritevZero);
+
+        var started = AccountingStart();
+        try
+        {
+            if (Fits(offset, length, Driver.Limits.MaxWriteZeroes) && _serialising.TryEnterPlain())
+            {
+                try
+                {
+                    await Driver.WriteZeroesAsync(offset, length, DriverWriteFlags(flags), cancellationToken).ConfigureAwait(false);
+                    if (NeedsFlushAfter(flags))
+                    {
+                        await Driver.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    }
+                }
+                finally
+                {
+                    _serialising.ExitPlain();
+                }
+            }
+            else
+            {
+                await WriteZeroesPipelinedAsync(offset, length, flags, cancellationToken).ConfigureAwait(false);
+            }
+
+            Accounted(operation, offset, length, started);
+        }
+        catch (Exception) when (AccountFailure(operation, offset, length, started))
+        {
+            throw; // never reached: the filter only counts
+        }
+        catch (Exception ex) when (IsForeign(ex))
+        {
+            throw Wrap(ex, operation, offset, length);
+        }
+        finally
+        {
+            MarkDirty(offset, length);
+            DebugEvent(BlkdebugEvent.PwritevDone);
         }
     }
 
@@ -679,6 +698,14 @@ public sealed partial class BlockNode : IEdgeParent
             var started = AccountingStart();
             try
             {
+                if (DropsDiscards)
+                {
+                    // discard=ignore: QEMU's bdrv_co_pdiscard returns here, so the node's children never see it
+                    // (a format's file, which QEMU opens with discard=unmap, would punch it).
+                    Accounted(BlockOperation.Discard, offset, length, started);
+                    return;
+                }
+
                 if (Fits(offset, length, Driver.Limits.MaxDiscard) && _serialising.TryEnterPlain())
                 {
                     try

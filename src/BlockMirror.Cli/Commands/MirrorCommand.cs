@@ -31,6 +31,11 @@ static class MirrorCommand
         var onTargetError = new Option<string>("--on-target-error") { Description = "report or ignore", DefaultValueFactory = _ => "report" };
         var copyMode = new Option<string>("--copy-mode") { Description = CopyModes.Help, DefaultValueFactory = _ => "background" };
         var noUnmap = new Option<bool>("--no-unmap") { Description = "Write zeroes instead of deallocating zero ranges on the target" };
+        var targetIsZero = new Option<bool>("--target-is-zero")
+        {
+            Description = "An existing TARGET already reads as zeroes: zero ranges of SOURCE are not written to it, so a preallocated target keeps " +
+                "its blocks and is not rewritten (QEMU 10.1's target-is-zero). Taken on trust: bytes TARGET holds stay where SOURCE reads zeroes",
+        };
         var cache = new Option<string>("--cache", "-t")
         {
             Description = "How both images are opened: none (O_DIRECT), writeback (page cache), or auto (none where the file allows it)",
@@ -40,7 +45,7 @@ static class MirrorCommand
 
         var command = new Command("mirror", "Mirror SOURCE onto TARGET, then complete (pivot) once they are in sync")
         {
-            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, cache, json,
+            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, targetIsZero, cache, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("mirror", () =>
         {
@@ -55,6 +60,7 @@ static class MirrorCommand
                 OnSourceError = ParsePolicy(parse.GetValue(onSourceError)!, "--on-source-error"),
                 OnTargetError = ParsePolicy(parse.GetValue(onTargetError)!, "--on-target-error"),
                 Unmap = !parse.GetValue(noUnmap),
+                TargetIsZero = parse.GetValue(targetIsZero),
             };
             return RunAsync(parse.GetValue(source)!, parse.GetValue(target)!, parse.GetValue(format), parse.GetValue(targetFormat),
                 CacheModes.Parse(parse.GetValue(cache)!), options, parse.GetValue(json), cancellationToken);

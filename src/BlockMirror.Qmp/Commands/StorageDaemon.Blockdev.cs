@@ -84,7 +84,12 @@ public sealed partial class StorageDaemon
             ["ro"] = node.ReadOnly,
             ["file"] = node.Driver.FileName ?? "",
             ["encrypted"] = false,
-            ["detect_zeroes"] = "off",
+            ["detect_zeroes"] = node.DetectZeroes switch
+            {
+                DetectZeroesMode.On => "on",
+                DetectZeroesMode.Unmap => "unmap",
+                _ => "off",
+            },
             ["bps"] = 0, ["bps_rd"] = 0, ["bps_wr"] = 0, ["iops"] = 0, ["iops_rd"] = 0, ["iops_wr"] = 0,
             // QAPI types it as int: a threshold past INT64_MAX prints negative, as in QEMU.
             ["write_threshold"] = (long)node.WriteThreshold,

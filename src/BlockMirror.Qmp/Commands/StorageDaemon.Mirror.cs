@@ -220,9 +220,11 @@ public sealed partial class StorageDaemon
     /// <summary>Creates the target where the plan says so, then opens it; a file this created is removed again if the open fails.</summary>
     async Task<BlockNode> OpenDriveMirrorTargetAsync(DriveMirrorTarget plan, BlockNode source, CancellationToken cancellationToken)
     {
-        // Opened with the source's discard mode, as QEMU opens it with the source's flags: a guest's discard
-        // must do after the pivot what it did before (nothing, under qemu-storage-daemon's discard=ignore).
-        var discard = BlockChain.SkipFilters(source).Driver.Capabilities.CanDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
+        // The format node is opened with the source's discard mode, as QEMU opens it with the source's flags: a
+        // guest's discard must do after the pivot what it did before (nothing, under qemu-storage-daemon's
+        // discard=ignore). Its file is opened with discard=unmap, as QEMU's children are (ImageFiles), so the
+        // mirror's unmapping zeroes punch a preallocated target as 7.2's do.
+        var discard = BlockChain.SkipFilters(source).DiscardUnmaps ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
         // Without its backing: the mirror copies what the target must hold, and the backing is attached (or
         // opened) at the switch-over (QEMU opens it with BDRV_O_NO_BACKING).
         var open = new ImageOpenOptions(plan.Path, plan.Format, Discard: discard, NodeName: plan.NodeName, Qcow2: new Qcow2Options { Backing = Qcow2BackingMode.None });

@@ -37,6 +37,12 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 
     const long MaxFileGrowthStep = 256L << 20;
 
+    /// <summary>
+    /// With O_DIRECT, blocks are allocated ahead of the clusters in use by a sixteenth of the file's used length,
+    /// at least this much and at most <see cref="MaxFileGrowthStep"/> (see <see cref="EnsureFileLengthAsync"/>).
+    /// </summary>
+    const long MinPreallocationAhead = 4 << 20;
+
     readonly NodeEdge _file;
     readonly byte[] _headerBlock;
     readonly int _fileAlignment;
@@ -65,6 +71,9 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 
     // This image made its file longer: the part past the last used cluster is cut off again at close.
     bool _grewFile;
+
+    // With O_DIRECT: the file's blocks below this are allocated (or were there at open); at most its length.
+    long _preallocatedTo;
 
     Qcow2Image(NodeEdge file, Qcow2Header header, byte[] headerBlock, string name, bool writable, long l2CacheBytes, FileDiscardMode discard)
     {
@@ -173,6 +182,7 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
         }
 
         _untouchedFrom = g.ClustersFor(_file.Node.Length);
+        _preallocatedTo = _file.Node.Length;
     }
 
     /// <summary>For an image opened for writing: the tables and the tables they point at keep clear of each other.</summary>
@@ -261,29 +271,51 @@ internal sealed partial class Qcow2Image : IQcow2TableStore, IDisposable
 
     /// <summary>Grows the file (in steps, see <see cref="FileGrowthStep"/>) so that writes up to <paramref name="end"/> are inside it.</summary>
     /// <remarks>
-    /// With O_DIRECT the new step is also allocated (fallocate ZERO_RANGE: blocks reserved, still reading as
-    /// zeroes). A direct write into a hole makes the file system allocate under its inode lock, so writes to
-    /// new clusters ran one at a time; into allocated blocks they run side by side. Measured with 1 GiB of
-    /// random 64 KiB writes at depth 16: 0.76 s instead of about 1.7 s. Through the page cache the file
-    /// system allocates at writeback anyway, and the step stays a hole. The steps still allocated past the
-    /// image's end (at most <see cref="MaxFileGrowthStep"/>) are given back when a clean close cuts the file.
+    /// <para>With O_DIRECT the blocks up to a little past <paramref name="end"/> are also allocated (fallocate
+    /// ZERO_RANGE: blocks reserved, still reading as zeroes). A direct write into a hole makes the file system
+    /// allocate under its inode lock, so writes to new clusters ran one at a time; into allocated blocks they
+    /// run side by side. Measured with 1 GiB of random 64 KiB writes at depth 16: 0.76 s instead of about
+    /// 1.7 s. Through the page cache the file system allocates at writeback anyway, and nothing is allocated
+    /// ahead.</para>
+    /// <para>How far ahead: a sixteenth of the used length (<see cref="MinPreallocationAhead"/> to
+    /// <see cref="MaxFileGrowthStep"/>), not the whole growth step. Preallocating each step whole left up to
+    /// 256 MiB allocated past the data, a quarter more than a 1 GiB mirror copied, until a clean close cut it
+    /// off. Each allocation made here is still at least 4 MiB ahead of the writes, which land on clusters
+    /// allocated before them, so the writes keep running side by side; the cost is more fallocate calls (about
+    /// 40 for the first GiB instead of 8; each waits for the direct writes in flight, a few milliseconds), while
+    /// the ftruncate calls, the dearer ones, still come in doubling steps. The allocation past the used
+    /// clusters stays under a sixteenth of the file plus 4 MiB.</para>
     /// </remarks>
     public async ValueTask EnsureFileLengthAsync(long end, CancellationToken cancellationToken)
     {
-        if (_file.Node.Length >= end)
+        var length = _file.Node.Length;
+        if (length >= end && (_fileAlignment <= 1 || end <= _preallocatedTo))
         {
             return;
         }
 
-        _grewFile = true;
-        var old = _file.Node.Length;
-        var step = Math.Max(Geometry.ClusterSize, Math.Clamp(old, FileGrowthStep, MaxFileGrowthStep));
-        step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
-        var length = (end + step - 1) / step * step;
-        await _file.TruncateAsync(length, cancellationToken).ConfigureAwait(false);
-        if (_fileAlignment > 1 && old % _fileAlignment == 0)
+        // A truncation (a shrink, a close) may have cut the file below what was allocated.
+        _preallocatedTo = Math.Min(_preallocatedTo, length);
+        if (length < end)
         {
-            await PreallocateAsync(old, length - old, cancellationToken).ConfigureAwait(false);
+            _grewFile = true;
+            var step = Math.Max(Geometry.ClusterSize, Math.Clamp(length, FileGrowthStep, MaxFileGrowthStep));
+            step = (step + Geometry.ClusterMask) & ~Geometry.ClusterMask;
+            length = (end + step - 1) / step * step;
+            await _file.TruncateAsync(length, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (_fileAlignment > 1)
+        {
+            // From the first whole block: a partial last block of the old file is allocated already.
+            var from = (_preallocatedTo + _fileAlignment - 1) / _fileAlignment * _fileAlignment;
+            var ahead = Math.Clamp(end / 16, MinPreallocationAhead, MaxFileGrowthStep);
+            var to = Math.Min(length, end + ahead) / _fileAlignment * _fileAlignment;
+            if (to > from)
+            {
+                await PreallocateAsync(from, to - from, cancellationToken).ConfigureAwait(false);
+                _preallocatedTo = to;
+            }
         }
     }
 

@@ -11,7 +11,11 @@ namespace BlockMirror.Block.Drivers.Raw;
 /// The format was not given but guessed from the content (QEMU's <c>bs-&gt;probed</c>): writes that would make
 /// the first block announce an image format are refused, see <see cref="RawProbeGuard"/>.
 /// </param>
-public sealed record RawDriverOptions(long Offset = 0, long? Size = null, bool Probed = false);
+/// <param name="Unmap">
+/// The raw node's own <c>discard=unmap</c>: without it the node drops discards (BlockNode) and does not announce
+/// unmapping, whatever its file can do; as in QEMU 7.2, a write-zeroes that may unmap still reaches the file so.
+/// </param>
+public sealed record RawDriverOptions(long Offset = 0, long? Size = null, bool Probed = false, bool Unmap = true);
 
 /// <summary>
 /// The <c>raw</c> format: the image is the bytes of its <c>file</c> child, optionally a window of them.
@@ -37,6 +41,9 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
         Capabilities = fileCaps with
         {
             SupportsBacking = false,
+            CanDiscard = fileCaps.CanDiscard && options.Unmap,
+            DiscardZeroes = fileCaps.DiscardZeroes && options.Unmap,
+            CanUnmapOnZero = fileCaps.CanUnmapOnZero && options.Unmap,
             CanTruncate = fileCaps.CanTruncate && !window,
             ZeroInit = fileCaps.ZeroInit && !window,
         };

@@ -122,22 +122,46 @@ public static class DriverRegistry
     public static async ValueTask<BlockNode> OpenAsync(BlockGraph graph, OptionReader options, OpenRules rules, CancellationToken cancellationToken = default)
     {
         var plan = Read(graph, options, parentReadOnly: false, rules);
-        if (rules.NameRequired && plan.NodeName is null)
-        {
-            throw options.Invalid("'node-name' must be specified for the root node");
-        }
-
         return await OpenAsync(graph, plan, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Reads one node's options, and its inline children's, checking all of them; opens nothing.</summary>
     /// <param name="parentForceShare">An inline child shares everything when its parent does (QEMU passes <c>force-share</c> down).</param>
-    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false)
+    /// <param name="inline">
+    /// The node is a child given inline in its parent's options: its <c>discard</c> defaults to unmap, as QEMU's
+    /// bdrv_inherited_options sets it, since the parent decides which discards and unmapping zeroes it passes on.
+    /// </param>
+    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false, bool inline = false)
     {
         var name = options.OptionalEnum("driver", rules.InternalDrivers ? _current.AllNames : _current.OfferedNames)
             ?? throw options.Invalid($"Parameter '{options.Prefix}driver' is missing");
         var driver = Find(name)!;
         var nodeName = options.OptionalString("node-name");
+        if (rules.NameRequired && nodeName is null)
+        {
+            throw options.Invalid("'node-name' must be specified for the root node");
+        }
+
+        var readOnly = options.OptionalBool("read-only") ?? parentReadOnly;
+        var discard = options.OptionalEnum("discard", "ignore", "off", "unmap", "on") switch
+        {
+            "unmap" or "on" => FileDiscardMode.Unmap,
+            null when inline => FileDiscardMode.Unmap,
+            _ => FileDiscardMode.Ignore,
+        };
+
+        // QEMU's order: the root's name required, then detect-zeroes, then the name's form and uniqueness.
+        var detectZeroes = options.OptionalEnum("detect-zeroes", "off", "on", "unmap") switch
+        {
+            "on" => DetectZeroesMode.On,
+            "unmap" => DetectZeroesMode.Unmap,
+            _ => DetectZeroesMode.Off,
+        };
+        if (detectZeroes == DetectZeroesMode.Unmap && discard != FileDiscardMode.Unmap)
+        {
+            throw options.Invalid("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
+        }
+
         if (nodeName is not null)
         {
             if (BlockGraph.ValidateNodeName(nodeName) is { } problem)
@@ -151,19 +175,12 @@ public static class DriverRegistry
             }
         }
 
-        var readOnly = options.OptionalBool("read-only") ?? parentReadOnly;
-        var discard = options.OptionalEnum("discard", "ignore", "off", "unmap", "on") is "unmap" or "on" ? FileDiscardMode.Unmap : FileDiscardMode.Ignore;
         var direct = false;
         if (options.OptionalObject("cache") is { } cache)
         {
             direct = cache.OptionalBool("direct") ?? false;
             cache.Accept("no-flush");
             cache.CheckNoneUnexpected();
-        }
-
-        if (options.OptionalEnum("detect-zeroes", "off", "on", "unmap") is "on" or "unmap")
-        {
-            throw options.Invalid("detect-zeroes is not supported; use detect-zeroes=off");
         }
 
         // force-share (qemu-img -U): the node lets any other user in, and takes no lock that keeps one out.
@@ -177,14 +194,19 @@ public static class DriverRegistry
         options.Accept("auto-read-only");
         var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules, forceShare));
         options.CheckNoneUnexpected();
-        return new NodePlan(driver, nodeName, readOnly, Unmapping(forceShare ? SharingAll(open) : open, discard == FileDiscardMode.Unmap));
+        return new NodePlan(driver, nodeName, readOnly, Unmapping(forceShare ? SharingAll(open) : open, discard == FileDiscardMode.Unmap, detectZeroes));
     }
 
-    /// <summary>Tells the node whether its discards are passed on (QEMU's BDRV_O_UNMAP), as soon as it exists.</summary>
-    static NodeOpener Unmapping(NodeOpener open, bool unmap) => async opening =>
+    /// <summary>
+    /// Tells the node whether its discards are passed on (QEMU's BDRV_O_UNMAP) and what it does with zero writes,
+    /// as soon as it exists.
+    /// </summary>
+    static NodeOpener Unmapping(NodeOpener open, bool unmap, DetectZeroesMode detectZeroes) => async opening =>
     {
         var node = await open(opening).ConfigureAwait(false);
         node.DiscardUnmaps = unmap;
+        node.DropsDiscards = !unmap;
+        node.DetectZeroes = detectZeroes;
         return node;
     };
 
