@@ -63,5 +63,5 @@ public static class QmpTypes
     /// <summary>BlockInfo: a named BlockBackend (a guest's drive), as query-block lists it.</summary>
     public static QapiObject BlockInfo { get; } = new("BlockInfo",
         ("device", Str), ("*qdev", Str), ("type", Str), ("removable", Bool), ("locked", Bool), ("*inserted", BlockDeviceInfo),
-        ("*tray_open", Bool), ("*io-status", IoStatus), ("*dirty-bitmaps", new QapiArray(BlockDirtyInfo)));
+        ("*tray_open", Bool), ("*io-status", IoStatus));
 }
