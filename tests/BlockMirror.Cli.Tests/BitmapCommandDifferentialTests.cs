@@ -14,8 +14,8 @@ namespace BlockMirror.Cli.Tests;
 /// </summary>
 /// <remarks>
 /// Left out because qemu-storage-daemon 7.2 crashes on them (an assertion or a null pointer), so there is nothing to
-/// compare: a merge with an empty <c>bitmaps</c> list, and completion-mode=grouped with an enable, disable, clear or
-/// merge action. Ours answer those (see QmpBitmapCommandTests).
+/// compare: a merge with an empty <c>bitmaps</c> list, and an enable or disable action that fails in a transaction
+/// (a bitmap not found, or completion-mode=grouped). Ours answer those (see QmpBitmapCommandTests).
 /// </remarks>
 public sealed class BitmapCommandDifferentialTests : IDisposable
 {
