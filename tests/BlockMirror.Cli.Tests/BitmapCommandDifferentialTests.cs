@@ -200,4 +200,43 @@ public sealed class BitmapCommandDifferentialTests : IDisposable
         Assert.StartsWith("bitmaps disk0: ", qsd.Log[failed - 2], StringComparison.Ordinal);
         Assert.Equal(qsd.Log[failed - 2], qsd.Log[failed + 1]);
     }
+
+    /// <summary>
+    /// A bitmap left in use by a process that died (qemu-io killed by SIGKILL after a write): both daemons list it
+    /// inconsistent and not recording, refuse every use of it in QEMU's words, and let it be removed, from the image too.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_bitmap_left_in_use_is_inconsistent_and_can_only_be_removed()
+    {
+        var (qsd, ours) = await IotestRun.OnBothAsync(_root, async dir =>
+        {
+            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-f", "qcow2", $"{dir}/disk.qcow2", "1M");
+            await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", $"{dir}/disk.qcow2", "stale");
+            await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", $"{dir}/disk.qcow2", "good");
+            var killed = await ExternalTool.RunAsync("qemu-io", ["-c", "write 0 4k", "-c", "sigraise 9", $"{dir}/disk.qcow2"]);
+            Assert.NotEqual(0, killed.ExitCode);
+            await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--remove", $"{dir}/disk.qcow2", "good");
+            await ExternalTool.RunCheckedAsync("qemu-img", "bitmap", "--add", $"{dir}/disk.qcow2", "good");
+        }, dir => IotestRun.Qcow2Node(dir, "disk0", "disk.qcow2"), "disk0", async s =>
+        {
+            await LogAsync(s, "disk0");
+            await s.TryAsync("block-dirty-bitmap-clear", Bitmap("disk0", "stale"));
+            await s.TryAsync("block-dirty-bitmap-enable", Bitmap("disk0", "stale"));
+            await s.TryAsync("block-dirty-bitmap-disable", Bitmap("disk0", "stale"));
+            await s.TryAsync("block-dirty-bitmap-merge", Merge("disk0", "good", "stale"));
+            await s.TryAsync("block-dirty-bitmap-merge", Merge("disk0", "stale", "good"));
+            await s.TryAsync("block-dirty-bitmap-add", Add("disk0", "stale"));
+            await WriteAsync(s, "write 64k 4k");
+            await LogAsync(s, "disk0");
+            await s.TryAsync("block-dirty-bitmap-remove", Bitmap("disk0", "stale"));
+            await LogAsync(s, "disk0");
+        });
+
+        Assert.Contains("inconsistent=true", qsd.Log[0], StringComparison.Ordinal);
+        Assert.Equal("block-dirty-bitmap-clear: GenericError: Bitmap 'stale' is inconsistent and cannot be used", qsd.Log[1]);
+        foreach (var outcome in new[] { qsd, ours })
+        {
+            Assert.Equal("good 65536 [auto]", await StoredAsync($"{outcome.Dir}/disk.qcow2"));
+        }
+    }
 }
