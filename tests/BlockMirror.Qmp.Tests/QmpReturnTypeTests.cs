@@ -83,6 +83,22 @@ public sealed class QmpReturnTypeTests : IDisposable
         });
         await Run("block-export-add", new JsonObject { ["type"] = "nbd", ["id"] = "export", ["node-name"] = "top", ["writable"] = true });
         await Run("query-block-exports");
+
+        // Dirty bitmaps, one of them persistent, each command and a transaction, so nodes list them.
+        JsonObject Bitmap(string name) => new() { ["node"] = "top", ["name"] = name };
+        await Run("block-dirty-bitmap-add", new JsonObject { ["node"] = "top", ["name"] = "b1", ["granularity"] = 65536, ["persistent"] = true });
+        await Run("block-dirty-bitmap-add", new JsonObject { ["node"] = "top", ["name"] = "b2", ["disabled"] = true });
+        await Run("block-dirty-bitmap-add", Bitmap("b3"));
+        await Run("block-dirty-bitmap-disable", Bitmap("b1"));
+        await Run("block-dirty-bitmap-enable", Bitmap("b1"));
+        await Run("block-dirty-bitmap-merge", new JsonObject { ["node"] = "top", ["target"] = "b2", ["bitmaps"] = new JsonArray("b1", Bitmap("b3")) });
+        await Run("block-dirty-bitmap-clear", Bitmap("b2"));
+        await Run("block-dirty-bitmap-remove", Bitmap("b3"));
+        await Run("transaction", new JsonObject
+        {
+            ["actions"] = new JsonArray(new JsonObject { ["type"] = "block-dirty-bitmap-add", ["data"] = Bitmap("b4") }),
+            ["properties"] = new JsonObject { ["completion-mode"] = "individual" },
+        });
         await Run("block-set-write-threshold", new JsonObject { ["node-name"] = "top", ["write-threshold"] = 1 << 20 });
         await Run("query-block");
         await Run("query-named-block-nodes");
@@ -159,6 +175,7 @@ public sealed class QmpReturnTypeTests : IDisposable
         Assert.All(["query-block-jobs", "query-jobs", "query-named-block-nodes", "query-block-exports"],
             command => Assert.Contains(answers, a => a.Command == command && a.Return is JsonArray { Count: > 0 }));
         Assert.Contains(answers, a => a.Command == "query-blockstats" && a.Return is JsonArray list && list.Any(s => s!["parent"]?["driver-specific"] is not null));
+        Assert.Contains(answers, a => a.Command == "query-named-block-nodes" && a.Return is JsonArray list && list.Any(n => n!["dirty-bitmaps"] is JsonArray { Count: > 0 }));
     }
 
     /// <summary>The check itself: a member missing, of the wrong type, undeclared, or an enum value outside the enum is found.</summary>

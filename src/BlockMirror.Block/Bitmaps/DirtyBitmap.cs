@@ -16,7 +16,12 @@ namespace BlockMirror.Block.Bitmaps;
 public sealed class DirtyBitmap
 {
     public const long MinGranularity = 512;
+
+    /// <summary>The largest granularity a mirror's bitmap takes (QEMU's mirror limit).</summary>
     public const long MaxGranularity = 64L << 20;
+
+    /// <summary>The largest granularity any bitmap takes: QEMU's are uint32 powers of two (block-dirty-bitmap-add, qcow2's bitmaps).</summary>
+    public const long MaxBitmapGranularity = 1L << 31;
 
     readonly Lock _lock = new();
     readonly HBitmap _bits;
@@ -24,6 +29,7 @@ public sealed class DirtyBitmap
     long _length;
     long _newlyDirtied;
     volatile bool _enabled = true;
+    volatile bool _busy;
 
     /// <summary>Creates a bitmap not attached to a node (for tests and for the mirror's own in-flight map).</summary>
     public DirtyBitmap(long granularity, long length)
@@ -33,7 +39,7 @@ public sealed class DirtyBitmap
 
     internal DirtyBitmap(BlockNode? node, string? name, long granularity, long length)
     {
-        if (ValidateGranularity(granularity) is { } problem)
+        if (ValidateGranularity(granularity, MaxBitmapGranularity) is { } problem)
         {
             throw new ArgumentOutOfRangeException(nameof(granularity), granularity, problem);
         }
@@ -47,10 +53,10 @@ public sealed class DirtyBitmap
         _bits = new HBitmap(ChunkCount(length));
     }
 
-    /// <summary>Null when the granularity is valid, else the reason.</summary>
-    public static string? ValidateGranularity(long granularity) =>
-        granularity < MinGranularity || granularity > MaxGranularity
-            ? $"granularity must be between {MinGranularity} and {MaxGranularity} bytes, got {granularity}"
+    /// <summary>Null when the granularity is valid for a bitmap of at most <paramref name="max"/> (a mirror's by default), else the reason.</summary>
+    public static string? ValidateGranularity(long granularity, long max = MaxGranularity) =>
+        granularity < MinGranularity || granularity > max
+            ? $"granularity must be between {MinGranularity} and {max} bytes, got {granularity}"
             : !BitOperations.IsPow2(granularity)
                 ? $"granularity must be a power of 2, got {granularity}"
                 : null;
@@ -58,6 +64,28 @@ public sealed class DirtyBitmap
     public BlockNode? Node { get; }
 
     public string? Name { get; }
+
+    /// <summary>
+    /// In use by an operation (QEMU's busy bitmap: an export serving it, a job working from it): the monitor may
+    /// not change, merge from or remove it. Set and cleared by that operation.
+    /// </summary>
+    public bool Busy
+    {
+        get => _busy;
+        set => _busy = value;
+    }
+
+    /// <summary>Stored in the node's image (set by a format that keeps bitmaps, <see cref="Drivers.IPersistentBitmaps"/>).</summary>
+    public bool Persistent { get; internal set; }
+
+    /// <summary>
+    /// Persistent, but found in use in the image (its process ended without storing it): its bits are not trusted,
+    /// it never records, and the only thing the monitor may do with it is remove it.
+    /// </summary>
+    public bool Inconsistent { get; internal set; }
+
+    /// <summary>A persistent bitmap of a read-only node: its image cannot be written, so neither may it be (QEMU's readonly bitmap).</summary>
+    public bool ReadOnly => Persistent && Node is { ReadOnly: true };
 
     /// <summary>Bytes per bit.</summary>
     public long Granularity { get; }
@@ -98,6 +126,51 @@ public sealed class DirtyBitmap
                 return bytes;
             }
         }
+    }
+
+    /// <summary>Dirty chunks times the granularity: QEMU's <c>count</c>, where a dirty last chunk counts whole. O(1).</summary>
+    public long DirtyChunkBytes
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _bits.Count << _shift;
+            }
+        }
+    }
+
+    /// <summary>
+    /// QEMU's bdrv_get_default_bitmap_granularity: a node's cluster size (0 when it has none) clamped to 4 KiB..64 KiB,
+    /// 64 KiB when it has none.
+    /// </summary>
+    public static long DefaultGranularity(long clusterSize) => clusterSize <= 0 ? 64 << 10 : Math.Clamp(clusterSize, 4 << 10, 64 << 10);
+
+    /// <summary>
+    /// Marks every byte <paramref name="source"/> marks (any granularity; a partial chunk of this bitmap becomes
+    /// dirty). Reads the source one area at a time, so writers of either bitmap are not held up.
+    /// </summary>
+    public void Merge(DirtyBitmap source)
+    {
+        foreach (var area in source.EnumerateDirtyAreas())
+        {
+            SetDirty(area.Offset, area.Length);
+        }
+    }
+
+    /// <summary>A copy of the bits as they are now, attached to no node (what a transaction restores on abort).</summary>
+    public DirtyBitmap Snapshot()
+    {
+        var copy = new DirtyBitmap(Granularity, Length);
+        copy.Merge(this);
+        return copy;
+    }
+
+    /// <summary>Makes the bits those of <paramref name="snapshot"/> (same granularity and length), dropping any set since.</summary>
+    public void Restore(DirtyBitmap snapshot)
+    {
+        Clear();
+        Merge(snapshot);
     }
 
     /// <summary>

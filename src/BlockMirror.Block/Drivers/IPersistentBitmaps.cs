@@ -6,7 +6,8 @@ namespace BlockMirror.Block.Drivers;
 /// A format that stores dirty bitmaps in the image (qcow2's bitmaps extension), as QEMU's persistent bitmaps.
 /// The bitmaps are loaded at open as dirty bitmaps of the node, so every write through the node marks the
 /// enabled ones; while the image is open for writing they are marked in use on disk, and they are stored back
-/// (and the mark removed) when it is closed or reopened read-only.
+/// (and the mark removed) when it is closed or reopened read-only. The node bitmaps it makes are marked
+/// <see cref="DirtyBitmap.Persistent"/>, and <see cref="DirtyBitmap.Inconsistent"/> when found in use.
 /// </summary>
 public interface IPersistentBitmaps
 {

@@ -48,12 +48,17 @@ public static class QmpTypes
     public static QapiObject ImageInfo { get; } = new("ImageInfo",
         ("filename", Str), ("format", Str), ("*dirty-flag", Bool), ("virtual-size", Int));
 
+    /// <summary>BlockDirtyInfo, as QEMU 7.2 reports a node's dirty bitmaps (its deprecated <c>status</c> went in 6.0).</summary>
+    public static QapiObject BlockDirtyInfo { get; } = new("BlockDirtyInfo",
+        ("*name", Str), ("count", Int), ("granularity", QapiBuiltin.UInt32), ("recording", Bool), ("busy", Bool), ("persistent", Bool),
+        ("*inconsistent", Bool));
+
     /// <summary>BlockDeviceInfo, the members this daemon fills in.</summary>
     public static QapiObject BlockDeviceInfo { get; } = new("BlockDeviceInfo",
         ("file", Str), ("*node-name", Str), ("ro", Bool), ("drv", Str), ("*backing_file", Str), ("backing_file_depth", Int),
         ("encrypted", Bool), ("detect_zeroes", new QapiEnum("BlockdevDetectZeroesOptions", ["off", "on", "unmap"])),
         ("bps", Int), ("bps_rd", Int), ("bps_wr", Int), ("iops", Int), ("iops_rd", Int), ("iops_wr", Int),
-        ("image", ImageInfo), ("cache", BlockdevCacheInfo), ("write_threshold", Int));
+        ("image", ImageInfo), ("cache", BlockdevCacheInfo), ("write_threshold", Int), ("*dirty-bitmaps", new QapiArray(BlockDirtyInfo)));
 
     /// <summary>BlockInfo: a named BlockBackend (a guest's drive), as query-block lists it.</summary>
     public static QapiObject BlockInfo { get; } = new("BlockInfo",

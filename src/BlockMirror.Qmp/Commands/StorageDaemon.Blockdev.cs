@@ -108,6 +108,11 @@ public sealed partial class StorageDaemon
             info["backing_file"] = backing.Driver.FileName ?? backing.Name;
         }
 
+        if (DescribeBitmaps(node) is { } bitmaps)
+        {
+            info["dirty-bitmaps"] = bitmaps;
+        }
+
         return info;
     }
 

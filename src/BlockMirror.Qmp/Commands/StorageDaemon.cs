@@ -38,6 +38,8 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         AddWriteThresholdCommand();
         AddBlockdevCreateCommand();
         AddStatsCommands();
+        AddBitmapCommands();
+        AddTransactionCommand();
     }
 
     public BlockGraph Graph { get; }

@@ -317,7 +317,7 @@ public sealed class DirtyBitmapTests
     [Theory]
     [InlineData(511)]
     [InlineData(3 * 1024)]
-    [InlineData(128L * 1024 * 1024)]
+    [InlineData(4L * 1024 * 1024 * 1024)]
     [InlineData(0)]
     [InlineData(-4096)]
     public void A_bad_granularity_is_refused_naming_the_value(long granularity)
@@ -325,7 +325,7 @@ public sealed class DirtyBitmapTests
         var ex = Assert.Throws<ArgumentOutOfRangeException>(() => new DirtyBitmap(granularity, MiB));
         Assert.Equal("granularity", ex.ParamName);
         Assert.Contains($"got {granularity}", ex.Message);
-        Assert.StartsWith(DirtyBitmap.ValidateGranularity(granularity)!, ex.Message);
+        Assert.StartsWith(DirtyBitmap.ValidateGranularity(granularity, DirtyBitmap.MaxBitmapGranularity)!, ex.Message);
     }
 
     [Theory]

@@ -69,18 +69,20 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
         foreach (var (entry, data) in _loadedBitmaps)
         {
             DirtyBitmap? bitmap = null;
-            if (DirtyBitmap.ValidateGranularity(entry.Granularity) is null)
+            if (DirtyBitmap.ValidateGranularity(entry.Granularity, DirtyBitmap.MaxBitmapGranularity) is null)
             {
                 bitmap = _node.CreateDirtyBitmap(entry.Granularity, entry.Name);
                 bitmap.Enabled = entry.Auto && !entry.InUse;
+                bitmap.Persistent = true;
+                bitmap.Inconsistent = entry.InUse;
                 if (data is not null)
                 {
                     Qcow2BitmapTable.Deserialize(data, bitmap);
                 }
             }
 
-            // A granularity past what a node bitmap takes (QEMU allows up to 2 GiB): no node bitmap, so the image
-            // keeps the entry as it is; opened for writing it was marked in use, and stays so, as it is not tracked.
+            // A granularity no node bitmap takes (the directory allows none such; kept for safety): no node bitmap, so
+            // the image keeps the entry as it is; opened for writing it was marked in use, and stays so, as it is not tracked.
             var stored = _image.BitmapDirectory.FirstOrDefault(e => e.Name == entry.Name);
             lock (_persistentLock)
             {
@@ -119,6 +121,7 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
 
             var bitmap = _node.CreateDirtyBitmap(granularity, name);
             bitmap.Enabled = !disabled;
+            bitmap.Persistent = true;
             _persistent.Add(new PersistentBitmap(name, bitmap, null, inconsistent: false));
             return bitmap;
         }
@@ -140,7 +143,7 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
             return "the image is open read-only";
         }
 
-        if (DirtyBitmap.ValidateGranularity(granularity) is { } problem)
+        if (DirtyBitmap.ValidateGranularity(granularity, DirtyBitmap.MaxBitmapGranularity) is { } problem)
         {
             return problem;
         }
