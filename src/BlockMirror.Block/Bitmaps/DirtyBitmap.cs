@@ -24,6 +24,7 @@ public sealed class DirtyBitmap
     long _length;
     long _newlyDirtied;
     volatile bool _enabled = true;
+    volatile bool _busy;
 
     /// <summary>Creates a bitmap not attached to a node (for tests and for the mirror's own in-flight map).</summary>
     public DirtyBitmap(long granularity, long length)
@@ -80,6 +81,22 @@ public sealed class DirtyBitmap
         get => _enabled;
         set => _enabled = value;
     }
+
+    /// <summary>
+    /// In use by an operation that needs it unchanged or alone (QEMU's busy flag: an NBD export serving it, a job
+    /// reading it): commands that would change or remove it refuse it, and no second such user takes it.
+    /// </summary>
+    public bool Busy
+    {
+        get => _busy;
+        set => _busy = value;
+    }
+
+    /// <summary>
+    /// Loaded from an image that marks it in use (the program that had it open did not store it back), so its
+    /// bits are not to be trusted (QEMU's inconsistent flag): nothing may read or change it; it can only be removed.
+    /// </summary>
+    public bool Inconsistent { get; internal set; }
 
     /// <summary>Dirty bytes, exact: a dirty last chunk counts only up to the device end. O(1).</summary>
     public long DirtyBytes

@@ -73,6 +73,7 @@ public sealed partial class Qcow2Driver : IPersistentBitmaps
             {
                 bitmap = _node.CreateDirtyBitmap(entry.Granularity, entry.Name);
                 bitmap.Enabled = entry.Auto && !entry.InUse;
+                bitmap.Inconsistent = entry.InUse;
                 if (data is not null)
                 {
                     Qcow2BitmapTable.Deserialize(data, bitmap);
