@@ -95,7 +95,8 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic($"Export type '{type}' is not supported");
             }
 
-            var node = FindNode(nodeName);
+            // QEMU's blk_exp_add looks the node up by node name only, and says so.
+            var node = Graph.FindNode(nodeName) ?? throw QmpException.Generic($"Cannot find device='' nor node-name='{nodeName}'");
             if (iothread is not null)
             {
                 throw QmpException.Generic($"iothread \"{iothread}\" not found");
