@@ -89,14 +89,15 @@ public sealed class NbdBitmapExportDifferentialTests
     }
 
     /// <summary>
-    /// A deliberate difference: qemu:allocation-depth is not served here, so <c>allocation-depth: true</c> is refused by
-    /// name rather than accepted and ignored (README, "Differences").
+    /// <c>allocation-depth: true</c> serves <c>qemu:allocation-depth</c>: nbdinfo reads the same layers from both daemons,
+    /// the top image's own clusters at depth 1, the backing file's at 2, neither at 0.
     /// </summary>
     [Fact]
-    public async Task Allocation_depth_is_refused_here_and_exported_by_qemu_storage_daemon()
+    public async Task Allocation_depth_reads_the_same_layers_from_both_daemons()
     {
+        ExternalTool.Require("nbdinfo");
         using var root = new TempDirectory("bm-nbd-bitmaps-");
-        var replies = new List<string>();
+        var maps = new List<string>();
         foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
         {
             var dir = Directory.CreateDirectory(Path.Combine(root.Path, daemon.Name)).FullName;
@@ -105,14 +106,18 @@ public sealed class NbdBitmapExportDifferentialTests
             {
                 var export = Export("e-depth", false);
                 export["allocation-depth"] = true;
-                replies.Add($"{daemon.Name}: {await JobQmp.ReplyAsync(qmp, "block-export-add", export)}");
+                Assert.Equal("ok", await JobQmp.ReplyAsync(qmp, "block-export-add", export));
+                maps.Add(await ExternalTool.RunCheckedAsync("nbdinfo", "--map=qemu:allocation-depth", $"nbd+unix:///e-depth?socket={dir}/nbd.sock"));
             });
         }
 
+        Assert.Equal(maps[0], maps[1]);
         Assert.Equal(
-        [
-            "qsd: ok",
-            "ours: GenericError: Exporting the allocation depth ('allocation-depth', qemu:allocation-depth) is not supported",
-        ], replies);
+            "         0       65536    2  backing depth 2\n" +
+            "     65536       65536    1  local\n" +
+            "    131072      917504    0  absent\n" +
+            "   1048576       65536    1  local\n" +
+            "   1114112     2031616    0  absent\n" +
+            "   3145728     1048576    1  local\n", maps[1]);
     }
 }

@@ -349,4 +349,25 @@ public sealed class NbdDirtyBitmapContextTests
         nbd.Server.AddExport(nbd.Node, new NbdExportOptions("bm1", "again", Bitmaps: [b1]));
         Assert.True(b1.Busy);
     }
+
+    [Fact]
+    public async Task An_export_with_the_allocation_depth_lists_and_serves_it_between_base_allocation_and_the_bitmaps()
+    {
+        await using var nbd = await NbdFixture.StartAsync(Size, content: new byte[4096]);
+        var bitmap = nbd.Node.CreateDirtyBitmap(Granularity, "b0");
+        nbd.Server.AddExport(nbd.Node, new NbdExportOptions("bm0", Export, Bitmaps: [bitmap], AllocationDepth: true));
+        await using (var lister = await RawNbdClient.ConnectAsync(nbd.Port))
+        {
+            Assert.Equal(["qemu:allocation-depth", "qemu:dirty-bitmap:b0"], await ListAsync(lister, "qemu:"));
+            Assert.Equal(["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:b0"], await ListAsync(lister));
+        }
+
+        var (client, chosen) = await OpenAsync(nbd, "qemu:allocation-depth", "qemu:dirty-bitmap:b0");
+        await using var _ = client;
+        Assert.Equal([(1u, "qemu:allocation-depth"), (2u, "qemu:dirty-bitmap:b0")], chosen);
+
+        await client.SendRequestAsync(NbdCommand.BlockStatus, 0, (uint)Size, cookie: 1);
+        // A raw node over a file decides every byte itself: depth 1 throughout, holes included (as QEMU counts).
+        Assert.Equal([$"1: {Size}/1", $"2: {Size}/0"], (await ReadStatusAsync(client, 1)).Select(Describe));
+    }
 }

@@ -13,8 +13,9 @@ namespace BlockMirror.Nbd.Server;
 /// Named dirty bitmaps clients may read as <c>qemu:dirty-bitmap:NAME</c> meta contexts (QMP's <c>bitmaps</c>); each is
 /// marked busy while exported. The caller has checked them (QEMU's checks and words are the QMP layer's).
 /// </param>
+/// <param name="AllocationDepth">Clients may read the <c>qemu:allocation-depth</c> context (QMP's <c>allocation-depth</c>).</param>
 public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null, bool Writethrough = false,
-    IReadOnlyList<DirtyBitmap>? Bitmaps = null);
+    IReadOnlyList<DirtyBitmap>? Bitmaps = null, bool AllocationDepth = false);
 
 /// <summary>
 /// One export: a root parent of its node, so that requests go through the graph (a running mirror sees
@@ -33,6 +34,7 @@ public sealed class NbdExport : IEdgeParent
         Description = options.Description;
         Writethrough = options.Writethrough;
         Bitmaps = options.Bitmaps ?? [];
+        AllocationDepth = options.AllocationDepth;
     }
 
     public string Id { get; }
@@ -51,6 +53,9 @@ public sealed class NbdExport : IEdgeParent
 
     /// <summary>The bitmaps served as <c>qemu:dirty-bitmap:NAME</c> contexts, in the order given (their context ids follow it).</summary>
     public IReadOnlyList<DirtyBitmap> Bitmaps { get; }
+
+    /// <summary>Whether the export serves <c>qemu:allocation-depth</c>: which layer of the node's chain decides each range.</summary>
+    public bool AllocationDepth { get; }
 
     /// <summary>The edge requests travel; set once the export is attached.</summary>
     public NodeEdge Edge { get; internal set; } = null!;

@@ -45,6 +45,13 @@ sealed partial class NbdTransmission
                 used += FinishChunk(body, used, request.Cookie, NbdMetaContexts.BaseAllocationId, length, --remaining == 0);
             }
 
+            if (chosen.AllocationDepth)
+            {
+                var extents = new NbdExtentWriter(body, used + NbdWire.ChunkHeaderSize + 4, capacity);
+                var length = await DepthExtentsAsync(request, extents).ConfigureAwait(false);
+                used += FinishChunk(body, used, request.Cookie, NbdMetaContexts.AllocationDepthId, length, --remaining == 0);
+            }
+
             for (var i = 0; i < export.Bitmaps.Count; i++)
             {
                 if (chosen.IsBitmapSelected(i))
@@ -89,6 +96,30 @@ sealed partial class NbdTransmission
                 (status.IsZero ? NbdAllocationState.Zero : NbdAllocationState.None);
             var length = Math.Min(status.Length, end - offset);
             if (!extents.TryAdd(length, (uint)state))
+            {
+                break;
+            }
+
+            offset += length;
+        }
+
+        return extents.Length;
+    }
+
+    /// <summary>
+    /// <c>qemu:allocation-depth</c>: per extent the layer of the node's chain that decides it, 1 for the node itself,
+    /// 0 for none (QEMU's blockalloc_to_extents).
+    /// </summary>
+    /// <returns>The bytes of extents written.</returns>
+    async ValueTask<int> DepthExtentsAsync(NbdRequest request, NbdExtentWriter extents)
+    {
+        var offset = (long)request.Offset;
+        var end = offset + request.Length;
+        while (offset < end)
+        {
+            var (depth, length) = await BlockChain.AllocationDepthAsync(_edge.Node, offset, end - offset).ConfigureAwait(false);
+            length = Math.Min(length, end - offset);
+            if (!extents.TryAdd(length, (uint)depth))
             {
                 break;
             }

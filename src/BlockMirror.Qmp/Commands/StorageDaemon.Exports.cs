@@ -111,14 +111,8 @@ public sealed partial class StorageDaemon
 
             var exported = bitmaps.Select(b => FindExportBitmap(node, b.Node, b.Name, writable)).ToList();
 
-            // Refused by name until it is implemented, rather than accepted and ignored.
-            if (allocationDepth)
-            {
-                throw QmpException.Generic("Exporting the allocation depth ('allocation-depth', qemu:allocation-depth) is not supported");
-            }
-
             // writethrough: every write and write-zeroes is flushed before its reply (the NBD server adds FUA).
-            server.AddExport(node, new NbdExportOptions(id, name, writable, description, writethrough, exported));
+            server.AddExport(node, new NbdExportOptions(id, name, writable, description, writethrough, exported, allocationDepth));
             return ValueTask.FromResult(Empty);
         });
 
