@@ -93,6 +93,33 @@ public sealed class NbdDirtyBitmapContextTests
         return (client, chosen);
     }
 
+    /// <summary>One block status request on a new export (<see cref="StartAsync"/>) with <paramref name="queries"/> chosen; its chunks.</summary>
+    static async Task<List<(uint Context, List<(uint Length, uint Flags)> Extents)>> StatusOnceAsync(string[] queries, ulong offset, uint length, NbdCommandFlags flags = 0)
+    {
+        var (nbd, _, _) = await StartAsync();
+        await using var _ = nbd;
+        var (client, _) = await OpenAsync(nbd, queries);
+        await using var __ = client;
+        await client.SendRequestAsync(NbdCommand.BlockStatus, offset, length, cookie: 5, flags: flags);
+        return await ReadStatusAsync(client, 5);
+    }
+
+    /// <summary>Connects with structured replies and chooses <paramref name="queries"/> on the export (acknowledged); the export is not opened yet.</summary>
+    static async Task<RawNbdClient> ChosenAsync(NbdFixture nbd, params string[] queries)
+    {
+        var client = await RawNbdClient.ConnectAsync(nbd.Port);
+        await StructuredAsync(client);
+        Assert.Equal(NbdOptionReply.Ack, (await MetaAsync(client, NbdOption.SetMetaContext, MetaQuery(Export, queries))).End);
+        return client;
+    }
+
+    /// <summary>Fails unless a block status request is refused as QEMU refuses one with no context chosen.</summary>
+    static async Task AssertNotNegotiatedAsync(RawNbdClient client)
+    {
+        await client.SendRequestAsync(NbdCommand.BlockStatus, 0, 512, cookie: 9);
+        Assert.Equal((NbdError.EINVAL, "CMD_BLOCK_STATUS not negotiated"), await ReadErrorChunkAsync(client, 9));
+    }
+
     /// <summary>Reads the chunks of one block status reply up to the one flagged done: per chunk its context id and extents.</summary>
     static async Task<List<(uint Context, List<(uint Length, uint Flags)> Extents)>> ReadStatusAsync(RawNbdClient client, ulong cookie)
     {
@@ -165,13 +192,7 @@ public sealed class NbdDirtyBitmapContextTests
     [Fact]
     public async Task Block_status_answers_one_chunk_per_chosen_context_with_the_bitmap_s_runs()
     {
-        var (nbd, _, _) = await StartAsync();
-        await using var _ = nbd;
-        var (client, _) = await OpenAsync(nbd, "qemu:dirty-bitmap:b0", "base:allocation", "qemu:dirty-bitmap:b1");
-        await using var __ = client;
-
-        await client.SendRequestAsync(NbdCommand.BlockStatus, 0, (uint)Size, cookie: 5);
-        var chunks = await ReadStatusAsync(client, 5);
+        var chunks = await StatusOnceAsync(["qemu:dirty-bitmap:b0", "base:allocation", "qemu:dirty-bitmap:b1"], 0, (uint)Size);
 
         Assert.Equal([0u, 2u, 3u], chunks.Select(c => c.Context));
         Assert.Equal([((uint)Size, 3u)], chunks[0].Extents);
@@ -183,14 +204,8 @@ public sealed class NbdDirtyBitmapContextTests
     [Fact]
     public async Task Req_one_answers_one_extent_per_context_as_long_as_its_state_lasts()
     {
-        var (nbd, _, _) = await StartAsync();
-        await using var _ = nbd;
-        var (client, _) = await OpenAsync(nbd, "base:allocation", "qemu:dirty-bitmap:b0", "qemu:dirty-bitmap:b1");
-        await using var __ = client;
-
         // From inside b0's dirty run, unaligned: the run is reported from the offset to its end.
-        await client.SendRequestAsync(NbdCommand.BlockStatus, 100_000, (uint)(Size - 100_000), cookie: 6, flags: NbdCommandFlags.RequestOne);
-        var chunks = await ReadStatusAsync(client, 6);
+        var chunks = await StatusOnceAsync(["base:allocation", "qemu:dirty-bitmap:b0", "qemu:dirty-bitmap:b1"], 100_000, (uint)(Size - 100_000), NbdCommandFlags.RequestOne);
 
         Assert.Equal([$"0: {Size - 100_000}/3", $"2: {(192 << 10) - 100_000}/1", $"3: {Size - 100_000}/0"], chunks.Select(Describe));
     }
@@ -257,19 +272,15 @@ public sealed class NbdDirtyBitmapContextTests
         await using var _ = nbd;
 
         // Chosen on the export with bitmaps, then the other export opened: nothing is chosen there (QEMU's rule).
-        await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
-        await StructuredAsync(client);
-        Assert.Equal(NbdOptionReply.Ack, (await MetaAsync(client, NbdOption.SetMetaContext, MetaQuery(Export, "base:allocation"))).End);
+        await using var client = await ChosenAsync(nbd, "base:allocation");
         await client.GoAsync(NbdFixture.ExportName);
-        await client.SendRequestAsync(NbdCommand.BlockStatus, 0, 512, cookie: 1);
-        Assert.Equal((NbdError.EINVAL, "CMD_BLOCK_STATUS not negotiated"), await ReadErrorChunkAsync(client, 1));
+        await AssertNotNegotiatedAsync(client);
 
         // A choice of unknown contexts only chooses nothing.
         var (other, chosen) = await OpenAsync(nbd, "qemu:dirty-bitmap:nope", "qemu:");
         await using var __ = other;
         Assert.Empty(chosen);
-        await other.SendRequestAsync(NbdCommand.BlockStatus, 0, 512, cookie: 2);
-        Assert.Equal(NbdError.EINVAL, (await ReadErrorChunkAsync(other, 2)).Error);
+        await AssertNotNegotiatedAsync(other);
     }
 
     [Fact]
@@ -277,9 +288,7 @@ public sealed class NbdDirtyBitmapContextTests
     {
         var (nbd, _, _) = await StartAsync();
         await using var _ = nbd;
-        await using var client = await RawNbdClient.ConnectAsync(nbd.Port);
-        await StructuredAsync(client);
-        Assert.Equal(NbdOptionReply.Ack, (await MetaAsync(client, NbdOption.SetMetaContext, MetaQuery(Export, "qemu:dirty-bitmap:b0"))).End);
+        await using var client = await ChosenAsync(nbd, "qemu:dirty-bitmap:b0");
 
         // Two queries announced, one sent.
         var (contexts, end, message) = await MetaAsync(client, NbdOption.SetMetaContext, [.. Name(Export), .. U32(2), .. Name("qemu:dirty-bitmap:b1")]);
@@ -287,8 +296,7 @@ public sealed class NbdDirtyBitmapContextTests
         Assert.Empty(contexts);
 
         await client.GoAsync(Export);
-        await client.SendRequestAsync(NbdCommand.BlockStatus, 0, 512, cookie: 1);
-        Assert.Equal((NbdError.EINVAL, "CMD_BLOCK_STATUS not negotiated"), await ReadErrorChunkAsync(client, 1));
+        await AssertNotNegotiatedAsync(client);
     }
 
     public static TheoryData<string, byte[], NbdOptionReply, string> BadOptions => new()
