@@ -42,7 +42,11 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
     /// With <paramref name="sigterm"/>, the daemon is stopped by SIGTERM instead of quit, and the events it
     /// sends until it closes the monitor are kept.
     /// </remarks>
-    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script, bool impliedKeys = false, bool sigterm = false)
+    /// <remarks>
+    /// <paramref name="extra"/> options follow the standard ones (more exports, say).
+    /// </remarks>
+    public async Task<List<string>> RunAsync(string dir, string[] blockdevs, string exportNode, Func<QmpClient, string, Task> script, bool impliedKeys = false, bool sigterm = false,
+        string[]? extra = null)
     {
         var (chardev, type) = impliedKeys ? ("", "") : ("chardev=", "type=");
         string[] arguments =
@@ -52,6 +56,7 @@ sealed record DifferentialDaemon(string Name, string Program, string[] Prefix)
             "--monitor", $"{chardev}mon0",
             "--nbd-server", $"addr.type=unix,addr.path={dir}/nbd.sock",
             "--export", $"{type}nbd,id=exp0,node-name={exportNode},name={ExportName},writable=on",
+            .. extra ?? [],
         ];
         var start = new ProcessStartInfo(Program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var argument in arguments)

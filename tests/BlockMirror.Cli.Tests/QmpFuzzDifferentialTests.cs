@@ -83,10 +83,6 @@ public sealed class QmpFuzzDifferentialTests : IDisposable
     /// <summary>Hand-picked inputs answered differently on purpose: the input, and why.</summary>
     static readonly Dictionary<string, string> PinnedByHand = new(StringComparer.Ordinal)
     {
-        ["""{"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1", "node-name": "disk", "name": "e1", "bitmaps": ["b0"]}}"""] =
-            "exporting dirty bitmaps is not implemented: refused by name, where QEMU looks the bitmap up ('Bitmap 'b0' is not found')",
-        ["""{"execute": "block-export-add", "arguments": {"type": "nbd", "id": "e1", "node-name": "disk", "name": "e1", "allocation-depth": true}}"""] =
-            "the qemu:allocation-depth metadata context is not implemented: refused by name, where QEMU exports it",
     };
 
     [SkippableFact]

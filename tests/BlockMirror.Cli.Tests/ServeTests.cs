@@ -209,7 +209,7 @@ public sealed class ServeTests : IAsyncLifetime
     [InlineData(new[] { "--blockdev", "driver=file,filename=/nonexistent/x,node-name=a" }, "/nonexistent/x")]
     [InlineData(new[] { "--monitor", "chardev=nope" }, "chardev \"nope\" not found")]
     [InlineData(new[] { "--chardev", "socket,id=m,path=/tmp/x.sock,server=on" }, "wait=on is not supported")]
-    [InlineData(new[] { "--export", "type=nbd,id=e,node-name=x" }, "Cannot find device='x' nor node-name='x'")]
+    [InlineData(new[] { "--export", "type=nbd,id=e,node-name=x" }, "Cannot find device='' nor node-name='x'")]
     public async Task A_bad_command_line_exits_1_with_one_line(string[] arguments, string message)
     {
         var result = await BlockMirrorCli.RunAsync(["serve", .. arguments]);

@@ -238,7 +238,7 @@ public sealed class NbdBadInputTests
         var (flags, type, cookie, payload) = await client.ReadChunkAsync();
 
         Assert.Equal((NbdChunkFlags.Done, NbdChunkType.BlockStatus, 8UL), (flags, type, cookie));
-        Assert.Equal(NbdConnection.AllocationContextId, BinaryPrimitives.ReadUInt32BigEndian(payload));
+        Assert.Equal(NbdMetaContexts.BaseAllocationId, BinaryPrimitives.ReadUInt32BigEndian(payload));
         var extents = Enumerable.Range(0, (payload.Length - 4) / 8)
             .Select(i => (Length: BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(4 + 8 * i)), State: (NbdAllocationState)BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(8 + 8 * i))))
             .ToList();

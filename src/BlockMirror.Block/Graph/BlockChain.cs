@@ -95,6 +95,36 @@ public static class BlockChain
     }
 
     /// <summary>
+    /// Which layer of the chain from <paramref name="top"/> decides the content at <paramref name="offset"/>, counted
+    /// from 1 at the top (0: none, it reads as the chain's bottom leaves it), and for how many bytes that answer holds
+    /// (at most <paramref name="length"/>): QEMU's bdrv_is_allocated_above's depth, which NBD's
+    /// <c>qemu:allocation-depth</c> reports. As QEMU counts it, the zeroes past the end of a layer shorter than the one
+    /// above it belong to that layer.
+    /// </summary>
+    public static async ValueTask<(int Depth, long Length)> AllocationDepthAsync(BlockNode top, long offset, long length, CancellationToken cancellationToken = default)
+    {
+        var run = length;
+        var depth = 1;
+        for (var layer = top; layer is not null; layer = layer.ChainChild, depth++)
+        {
+            if (offset >= layer.Length)
+            {
+                return (depth, run);
+            }
+
+            var status = await layer.GetBlockStatusAsync(offset, run, cancellationToken).ConfigureAwait(false);
+            if (status.IsAllocated)
+            {
+                return (depth, status.Length);
+            }
+
+            run = Math.Min(run, status.Length);
+        }
+
+        return (0, run);
+    }
+
+    /// <summary>
     /// What a read of the chain returns from <paramref name="offset"/>: the first layer above
     /// <paramref name="base"/> that decides the content answers Data and/or Zero (with Allocated). When no
     /// layer does, the answer is unallocated (it falls to <paramref name="base"/>), and also Zero when

@@ -68,3 +68,11 @@ public enum NbdAllocationState : uint
     Hole = 1 << 0,
     Zero = 1 << 1,
 }
+
+/// <summary>Status flags of QEMU's <c>qemu:dirty-bitmap:NAME</c> meta contexts: a range is dirty in the bitmap, or not.</summary>
+[Flags]
+public enum NbdDirtyState : uint
+{
+    Clean = 0,
+    Dirty = 1 << 0,
+}

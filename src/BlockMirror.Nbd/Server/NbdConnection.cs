@@ -29,11 +29,6 @@ sealed class NbdConnection : IAsyncDisposable
     /// <summary>How long a client may take to reach the transmission phase.</summary>
     internal static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(30);
 
-    /// <summary>Meta context id of <c>base:allocation</c> on this connection.</summary>
-    internal const uint AllocationContextId = 1;
-
-    internal const string AllocationContext = "base:allocation";
-
     Stream _stream;
     readonly NbdServer _server;
 
@@ -81,8 +76,8 @@ sealed class NbdConnection : IAsyncDisposable
 
     internal bool Structured { get; private set; }
 
-    /// <summary>The export <c>base:allocation</c> was selected for with NBD_OPT_SET_META_CONTEXT, if any.</summary>
-    string? _allocationContextExport;
+    /// <summary>What the last NBD_OPT_SET_META_CONTEXT chose, if any (a failed one chooses nothing).</summary>
+    NbdMetaContexts? _metaContexts;
 
     bool _noZeroes;
 
@@ -113,7 +108,9 @@ sealed class NbdConnection : IAsyncDisposable
             }
 
             NbdServerLog.ClientOpenedExport(Logger, Client, export.Name, Structured ? "structured" : "simple");
-            var transmission = new NbdTransmission(this, export, Structured, _allocationContextExport == export.Name);
+            // Contexts chosen for another export than the one opened are none (QEMU's nbd_check_meta_export).
+            var contexts = _metaContexts is { } chosen && ReferenceEquals(chosen.Export, export) && chosen.Count > 0 ? chosen : null;
+            var transmission = new NbdTransmission(this, export, Structured, contexts);
             await using (transmission.ConfigureAwait(false))
             {
                 var end = await transmission.RunAsync(cancellationToken).ConfigureAwait(false);
@@ -460,89 +457,116 @@ sealed class NbdConnection : IAsyncDisposable
 
     /// <summary>
     /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: u32 export name length, name, u32 query count,
-    /// then per query u32 length and the query. Only <c>base:allocation</c> exists here.
+    /// then per query u32 length and the query. As QEMU's server: a SET needs structured replies (a LIST does not)
+    /// and forgets the previous choice before it reads anything; a query longer than the protocol's 4 KiB names
+    /// nothing and is skipped; a listing without queries lists every context of the export.
     /// </summary>
     async Task HandleMetaContextAsync(NbdOption option, byte[] data, CancellationToken cancellationToken)
     {
-        if (!Structured)
+        var set = option == NbdOption.SetMetaContext;
+        if (set)
         {
-            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "meta contexts need structured replies first", cancellationToken).ConfigureAwait(false);
-            return;
+            _metaContexts = null;
+            if (!Structured)
+            {
+                await OptionReplyAsync(option, NbdOptionReply.ErrInvalid,
+                    "request option 'NBD_OPT_SET_META_CONTEXT' when structured reply is not negotiated", cancellationToken).ConfigureAwait(false);
+                return;
+            }
         }
 
         var span = data.AsSpan();
-        var queries = new List<string>();
-        string? name = null;
-        var valid = TryReadString(ref span, out name);
-        if (valid && span.Length >= 4)
+        if ((ReadMetaString(ref span, out var name) ?? (name is null ? $"Invalid name length: over {MaxStringLength} bytes" : null)) is { } nameProblem)
         {
-            var count = BinaryPrimitives.ReadUInt32BigEndian(span);
-            span = span[4..];
-            for (var i = 0; valid && i < count; i++)
-            {
-                valid = TryReadString(ref span, out var query);
-                queries.Add(query!);
-            }
-
-            valid &= span.IsEmpty;
-        }
-        else
-        {
-            valid = false;
-        }
-
-        if (!valid)
-        {
-            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "malformed meta context request", cancellationToken).ConfigureAwait(false);
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, nameProblem, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        if (_server.FindExport(name!) is null)
+        if (_server.FindExport(name!) is not { } export)
         {
             await OptionReplyAsync(option, NbdOptionReply.ErrUnknown, $"export '{name}' not present", cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        bool matched;
-        if (option == NbdOption.SetMetaContext)
+        var contexts = new NbdMetaContexts(export);
+        if (span.Length < 4)
         {
-            matched = queries.Contains(AllocationContext);
-            _allocationContextExport = matched ? name : null;
-        }
-        else
-        {
-            // A listing with no queries lists everything; "base:" lists the whole namespace.
-            matched = queries.Count == 0 || queries.Any(q => q is "base:" or AllocationContext);
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, "Inconsistent lengths in option: no query count", cancellationToken).ConfigureAwait(false);
+            return;
         }
 
-        if (matched)
+        var count = BinaryPrimitives.ReadUInt32BigEndian(span);
+        span = span[4..];
+        if (!set && count == 0)
         {
-            var context = Encoding.ASCII.GetBytes(AllocationContext);
-            NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.MetaContext, (uint)(4 + context.Length));
-            NbdWire.WriteUInt32(Writer, option == NbdOption.SetMetaContext ? AllocationContextId : 0);
-            Writer.Write(context);
+            contexts.SelectAll();
+        }
+
+        // The option's data is bounded (MaxOptionLength), and every query takes at least its 4-byte length: a
+        // count the data cannot hold ends in the inconsistent-length reply, not in a long loop.
+        for (var i = 0u; i < count; i++)
+        {
+            if (ReadMetaString(ref span, out var query) is { } queryProblem)
+            {
+                await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, queryProblem, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
+            if (query is not null)
+            {
+                contexts.Apply(query, list: !set);
+            }
+        }
+
+        if (!span.IsEmpty)
+        {
+            await OptionReplyAsync(option, NbdOptionReply.ErrInvalid, $"Inconsistent lengths in option: {span.Length} bytes after the last query", cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        foreach (var (context, id) in contexts.Selected())
+        {
+            NbdWire.WriteOptionReplyHeader(Writer, option, NbdOptionReply.MetaContext, (uint)(4 + Encoding.UTF8.GetByteCount(context)));
+            // A listing names contexts without choosing them: its ids are 0 (proto.md).
+            NbdWire.WriteUInt32(Writer, set ? id : 0);
+            Writer.Write(Encoding.UTF8.GetBytes(context));
         }
 
         await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+        if (set)
+        {
+            _metaContexts = contexts;
+        }
     }
 
-    static bool TryReadString(ref Span<byte> span, out string? value)
+    /// <summary>
+    /// Takes a u32 length and that many bytes of UTF-8 off <paramref name="span"/>. Returns why it cannot (for an
+    /// NBD_REP_ERR_INVALID), or null: then <paramref name="value"/> is the string, or null for one over the
+    /// protocol's 4 KiB, which is skipped (QEMU skips such a query; an export name that long is refused).
+    /// </summary>
+    static string? ReadMetaString(ref Span<byte> span, out string? value)
     {
         value = null;
-        if (span.Length < 4)
+        if (span.Length < 4 || span.Length - 4 < BinaryPrimitives.ReadUInt32BigEndian(span))
         {
-            return false;
+            return "Inconsistent lengths in option";
         }
 
-        var length = BinaryPrimitives.ReadUInt32BigEndian(span);
-        if (length > MaxStringLength || span.Length < 4 + (int)length)
+        var length = (int)BinaryPrimitives.ReadUInt32BigEndian(span);
+        var bytes = span.Slice(4, length);
+        span = span[(4 + length)..];
+        if (length > MaxStringLength)
         {
-            return false;
+            return null;
         }
 
-        value = Encoding.UTF8.GetString(span.Slice(4, (int)length));
-        span = span[(4 + (int)length)..];
-        return true;
+        if (bytes.Contains((byte)0))
+        {
+            return "Unexpected embedded NUL in option";
+        }
+
+        value = Encoding.UTF8.GetString(bytes);
+        return null;
     }
 
     /// <summary>An option reply with an optional UTF-8 message (errors carry one for the client's log).</summary>

@@ -1,3 +1,4 @@
+using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Graph;
 
 namespace BlockMirror.Nbd.Server;
@@ -8,7 +9,13 @@ namespace BlockMirror.Nbd.Server;
 /// <param name="Writable">Whether clients may write.</param>
 /// <param name="Description">Free text shown by NBD_INFO_DESCRIPTION and in export lists.</param>
 /// <param name="Writethrough">Every write and write-zeroes is made durable before its reply (QMP's <c>writethrough</c>).</param>
-public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null, bool Writethrough = false);
+/// <param name="Bitmaps">
+/// Named dirty bitmaps clients may read as <c>qemu:dirty-bitmap:NAME</c> meta contexts (QMP's <c>bitmaps</c>); each is
+/// marked busy while exported. The caller has checked them (QEMU's checks and words are the QMP layer's).
+/// </param>
+/// <param name="AllocationDepth">Clients may read the <c>qemu:allocation-depth</c> context (QMP's <c>allocation-depth</c>).</param>
+public sealed record NbdExportOptions(string Id, string? Name = null, bool Writable = false, string? Description = null, bool Writethrough = false,
+    IReadOnlyList<DirtyBitmap>? Bitmaps = null, bool AllocationDepth = false);
 
 /// <summary>
 /// One export: a root parent of its node, so that requests go through the graph (a running mirror sees
@@ -26,6 +33,8 @@ public sealed class NbdExport : IEdgeParent
         Writable = options.Writable;
         Description = options.Description;
         Writethrough = options.Writethrough;
+        Bitmaps = options.Bitmaps ?? [];
+        AllocationDepth = options.AllocationDepth;
     }
 
     public string Id { get; }
@@ -41,6 +50,12 @@ public sealed class NbdExport : IEdgeParent
 
     /// <summary>Writes carry FUA whether or not the client asked for it.</summary>
     public bool Writethrough { get; }
+
+    /// <summary>The bitmaps served as <c>qemu:dirty-bitmap:NAME</c> contexts, in the order given (their context ids follow it).</summary>
+    public IReadOnlyList<DirtyBitmap> Bitmaps { get; }
+
+    /// <summary>Whether the export serves <c>qemu:allocation-depth</c>: which layer of the node's chain decides each range.</summary>
+    public bool AllocationDepth { get; }
 
     /// <summary>The edge requests travel; set once the export is attached.</summary>
     public NodeEdge Edge { get; internal set; } = null!;

@@ -116,6 +116,15 @@ public sealed class NbdServer : IAsyncDisposable
             throw new BlockOpenException($"Cannot export node '{node.Name}' writable: the node is read-only", Block.Io.BlockErrno.EPERM);
         }
 
+        foreach (var bitmap in options.Bitmaps ?? [])
+        {
+            if (bitmap.Name is null || bitmap.Busy || bitmap.Inconsistent)
+            {
+                throw new ArgumentException(bitmap.Name is null ? "Only named bitmaps can be exported"
+                    : $"Bitmap '{bitmap.Name}' is {(bitmap.Busy ? "currently in use by another operation" : "inconsistent")} and cannot be used");
+            }
+        }
+
         var export = new NbdExport(options, name);
         if (_exports.Values.Any(e => e.Id == options.Id))
         {
@@ -144,6 +153,12 @@ public sealed class NbdServer : IAsyncDisposable
             throw;
         }
 
+        // Busy while exported, as QEMU marks them: the bitmaps' commands refuse to change or remove what clients read.
+        foreach (var bitmap in export.Bitmaps)
+        {
+            bitmap.Busy = true;
+        }
+
         NbdServerLog.ExportAdded(Logger, export.Id, name, node.Name, options.Writable ? "writable" : "read-only");
         return export;
     }
@@ -164,6 +179,11 @@ public sealed class NbdServer : IAsyncDisposable
         if (_exports.TryRemove(new KeyValuePair<string, NbdExport>(export.Name, export)))
         {
             await _graph.DetachRootAsync(export.Edge).ConfigureAwait(false);
+            foreach (var bitmap in export.Bitmaps)
+            {
+                bitmap.Busy = false;
+            }
+
             NbdServerLog.ExportRemoved(Logger, export.Id);
         }
     }

@@ -26,16 +26,13 @@ namespace BlockMirror.Nbd.Server;
 /// replies coalesced into one send, until the queue is empty. No request waits for another's send, and
 /// the request slot and the reply's buffers are given back only once the reply is on the socket.</para>
 /// </remarks>
-sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool structured, bool allocationContext) : IAsyncDisposable
+sealed partial class NbdTransmission(NbdConnection connection, NbdExport export, bool structured, NbdMetaContexts? contexts) : IAsyncDisposable
 {
     /// <summary>Largest read or write payload (QEMU's NBD_MAX_BUFFER_SIZE): a bigger read is refused, a bigger write closes the connection.</summary>
     public const int MaxPayload = 32 << 20;
 
     /// <summary>Requests of one connection in progress at once (QEMU's MAX_NBD_REQUESTS).</summary>
     public const int MaxInFlight = 16;
-
-    /// <summary>Most extents one block-status reply describes.</summary>
-    const int MaxExtents = 2048;
 
     /// <summary>Reply data up to this size is copied next to its header and sent with it; larger data is sent from its own buffer.</summary>
     const int CoalesceLimit = 4096;
@@ -284,9 +281,10 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             return (error, $"request [{request.Offset}, +{request.Length}) runs past the end of the export ({size} bytes)");
         }
 
-        if (request.Command == NbdCommand.BlockStatus && (!allocationContext || request.Length == 0))
+        if (request.Command == NbdCommand.BlockStatus && (contexts is null || request.Length == 0))
         {
-            return (NbdError.EINVAL, allocationContext ? "block status of zero bytes" : "no meta context was negotiated");
+            // QEMU's words and order.
+            return (NbdError.EINVAL, request.Length == 0 ? "need non-zero length" : "CMD_BLOCK_STATUS not negotiated");
         }
 
         return (NbdError.None, null);
@@ -380,52 +378,6 @@ sealed class NbdTransmission(NbdConnection connection, NbdExport export, bool st
             reply.HeaderLength = NbdWire.WriteSimpleReply(reply.Header, NbdError.None, request.Cookie);
         }
 
-        Queue(ref reply);
-    }
-
-    /// <summary>
-    /// <c>base:allocation</c> extents from the node's chain: HOLE where the chain holds no data (it reads
-    /// zeroes or falls through), ZERO where it reads zeroes, as QEMU's NBD server maps block status.
-    /// </summary>
-    async ValueTask BlockStatusAsync(NbdRequest request)
-    {
-        var extents = new List<(uint Length, NbdAllocationState State)>();
-        var offset = (long)request.Offset;
-        var end = offset + request.Length;
-        var one = (request.Flags & NbdCommandFlags.RequestOne) != 0;
-        while (offset < end && extents.Count < MaxExtents)
-        {
-            var status = await BlockChain.GetBlockStatusAboveAsync(_edge.Node, null, offset, end - offset).ConfigureAwait(false);
-            var state = (status.IsData ? NbdAllocationState.None : NbdAllocationState.Hole) |
-                (status.IsZero ? NbdAllocationState.Zero : NbdAllocationState.None);
-            var length = Math.Min(status.Length, uint.MaxValue & ~4095L);
-            if (extents.Count > 0 && extents[^1].State == state && extents[^1].Length + length <= uint.MaxValue)
-            {
-                extents[^1] = ((uint)(extents[^1].Length + length), state);
-            }
-            else
-            {
-                extents.Add(((uint)length, state));
-            }
-
-            offset += length;
-            if (one)
-            {
-                break;
-            }
-        }
-
-        var bodyLength = 4 + 8 * extents.Count;
-        var body = ArrayPool<byte>.Shared.Rent(bodyLength);
-        BinaryPrimitives.WriteUInt32BigEndian(body, NbdConnection.AllocationContextId);
-        for (var i = 0; i < extents.Count; i++)
-        {
-            BinaryPrimitives.WriteUInt32BigEndian(body.AsSpan(4 + 8 * i), extents[i].Length);
-            BinaryPrimitives.WriteUInt32BigEndian(body.AsSpan(8 + 8 * i), (uint)extents[i].State);
-        }
-
-        var reply = new Reply { Body = body, BodyLength = bodyLength };
-        reply.HeaderLength = NbdWire.WriteChunkHeader(reply.Header, NbdChunkFlags.Done, NbdChunkType.BlockStatus, request.Cookie, (uint)bodyLength);
         Queue(ref reply);
     }
 

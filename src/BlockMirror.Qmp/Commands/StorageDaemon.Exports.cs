@@ -1,6 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Text.Json;
 using System.Text.Json.Nodes;
+using BlockMirror.Block.Bitmaps;
+using BlockMirror.Block.Graph;
 using BlockMirror.Block.Qapi;
 using BlockMirror.Nbd.Server;
 using BlockMirror.Qmp.Protocol;
@@ -77,7 +80,7 @@ public sealed partial class StorageDaemon
             var nbd = type == "nbd";
             var name = nbd ? arguments.OptionalString("name") : null;
             var description = nbd ? arguments.OptionalString("description") : null;
-            var bitmaps = nbd ? arguments.OptionalList("bitmaps")?.Count ?? 0 : 0;
+            var bitmaps = nbd ? ReadExportBitmaps(arguments) : [];
             var allocationDepth = nbd && (arguments.OptionalBool("allocation-depth") ?? false);
             arguments.CheckNoneUnexpected();
 
@@ -92,7 +95,8 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic($"Export type '{type}' is not supported");
             }
 
-            var node = FindNode(nodeName);
+            // QEMU's blk_exp_add looks the node up by node name only, and says so.
+            var node = Graph.FindNode(nodeName) ?? throw QmpException.Generic($"Cannot find device='' nor node-name='{nodeName}'");
             if (iothread is not null)
             {
                 throw QmpException.Generic($"iothread \"{iothread}\" not found");
@@ -105,19 +109,10 @@ public sealed partial class StorageDaemon
                 throw QmpException.Generic($"NBD server already has export named '{exportName}'");
             }
 
-            // Refused by name until they are implemented, rather than accepted and ignored.
-            if (bitmaps > 0)
-            {
-                throw QmpException.Generic("Exporting dirty bitmaps ('bitmaps') is not supported");
-            }
-
-            if (allocationDepth)
-            {
-                throw QmpException.Generic("Exporting the allocation depth ('allocation-depth', qemu:allocation-depth) is not supported");
-            }
+            var exported = bitmaps.Select(b => FindExportBitmap(node, b.Node, b.Name, writable)).ToList();
 
             // writethrough: every write and write-zeroes is flushed before its reply (the NBD server adds FUA).
-            server.AddExport(node, new NbdExportOptions(id, name, writable, description, writethrough));
+            server.AddExport(node, new NbdExportOptions(id, name, writable, description, writethrough, exported, allocationDepth));
             return ValueTask.FromResult(Empty);
         });
 
@@ -157,6 +152,75 @@ public sealed partial class StorageDaemon
 
             return ValueTask.FromResult<JsonNode?>(list);
         });
+    }
+
+    /// <summary>
+    /// The nbd variant's <c>bitmaps</c>: each a bitmap's name (looked for from the exported node down its chain) or
+    /// a <c>{node, name}</c> object (BlockDirtyBitmapOrStr); on the command line <c>bitmaps.0=NAME</c> or
+    /// <c>bitmaps.0.node=N,bitmaps.0.name=NAME</c>.
+    /// </summary>
+    static List<(string? Node, string Name)> ReadExportBitmaps(QmpArguments arguments)
+    {
+        var bitmaps = new List<(string?, string)>();
+        foreach (var (item, label) in arguments.OptionalList("bitmaps") ?? [])
+        {
+            if (item.ValueKind == JsonValueKind.String)
+            {
+                bitmaps.Add((null, item.GetString()!));
+                continue;
+            }
+
+            var external = arguments.Nested(item, label + ".");
+            bitmaps.Add((external.RequireString("node"), external.RequireString("name")));
+            external.CheckNoneUnexpected();
+        }
+
+        return bitmaps;
+    }
+
+    /// <summary>
+    /// QEMU 7.2's checks on an exported bitmap (nbd_export_create), in its order and words. By name alone it is the
+    /// first of that name from the exported node down through filters and backing files, and an enabled one on a
+    /// writable node is refused for a read-only export (its contents would change under the client's feet); named
+    /// with its node it is that node's, with no such check (QEMU's block_dirty_bitmap_lookup). Either way it must
+    /// not be busy (exported already, or used by a job) nor inconsistent (found in use in its image).
+    /// </summary>
+    DirtyBitmap FindExportBitmap(BlockNode exported, string? nodeName, string name, bool writable)
+    {
+        DirtyBitmap? bitmap = null;
+        if (nodeName is null)
+        {
+            foreach (var layer in BlockChain.Layers(exported))
+            {
+                bitmap = layer.DirtyBitmaps.FirstOrDefault(b => b.Name == name);
+                if (bitmap is not null)
+                {
+                    if (!writable && !layer.ReadOnly && bitmap.Enabled)
+                    {
+                        throw QmpException.Generic($"Enabled bitmap '{name}' incompatible with readonly export");
+                    }
+
+                    break;
+                }
+            }
+
+            if (bitmap is null)
+            {
+                throw QmpException.Generic($"Bitmap '{name}' is not found");
+            }
+        }
+        else
+        {
+            var node = Graph.FindNode(nodeName) ?? throw QmpException.Generic($"Node '{nodeName}' not found");
+            bitmap = node.DirtyBitmaps.FirstOrDefault(b => b.Name == name) ?? throw QmpException.Generic($"Dirty bitmap '{name}' not found");
+        }
+
+        if (bitmap.Busy)
+        {
+            throw QmpException.Generic($"Bitmap '{name}' is currently in use by another operation and cannot be used");
+        }
+
+        return bitmap.Inconsistent ? throw QmpException.Generic($"Bitmap '{name}' is inconsistent and cannot be used") : bitmap;
     }
 
     /// <summary>
