@@ -54,7 +54,8 @@ public sealed partial class MirrorJob
         try
         {
             _lastPause = Time.GetUtcNow();
-            if (_options.Sync != MirrorSyncMode.None)
+            // sync=bitmap starts from the user's bitmap (merged at the start), none from nothing.
+            if (_options.Sync is MirrorSyncMode.Full or MirrorSyncMode.Top)
             {
                 await DirtyInitAsync().ConfigureAwait(false);
                 if (IsCancelled)

@@ -26,6 +26,7 @@ public sealed partial class MirrorJob
 
         _exited = true;
         _source.ReleaseDirtyBitmap(_dirty);
+        EndSyncBitmap(success: !abort);
         if (_drain is null)
         {
             _drainStarted = Time.GetTimestamp();

@@ -125,8 +125,10 @@ public sealed partial class MirrorJob
             throw new JobException("Block node is read-only");
         }
 
+        var syncBitmap = CheckSyncBitmap(source, target, options);
         var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, replacesName) : null;
-        var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target.Limits.ClusterSize, source.Length);
+        // sync=bitmap: the job's chunks are the bitmap's (Proxmox's rule), so its bits carry over one to one.
+        var granularity = syncBitmap?.Granularity ?? (options.Granularity != 0 ? options.Granularity : DefaultGranularity(target.Limits.ClusterSize, source.Length));
         // QEMU's mirror_start_job rounds any buf-size up to a whole number of chunks, one chunk at least (a
         // buf-size of 4 KiB with 64 KiB chunks copies one chunk at a time); the default (16 MiB) likewise
         // when the granularity is larger.
@@ -149,7 +151,7 @@ public sealed partial class MirrorJob
         await manager.StartGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget, replaces, cancellationToken).ConfigureAwait(false);
+            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget, replaces, syncBitmap, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -160,10 +162,15 @@ public sealed partial class MirrorJob
     /// <summary>The part of <see cref="StartCoreAsync"/> that runs under the job manager's start gate.</summary>
     static async Task<MirrorJob> StartGatedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
         MirrorOptions options, long granularity, long bufSize, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes,
-        bool reopenedTarget, BlockNode? replaces, CancellationToken cancellationToken)
+        bool reopenedTarget, BlockNode? replaces, DirtyBitmap? syncBitmap, CancellationToken cancellationToken)
     {
         manager.ValidateNewId(options.JobId);
         manager.CheckNodesFree(options.JobId, [.. usedNodes]);
+        if (syncBitmap is not null)
+        {
+            // Another start may have taken it while this one waited for the gate.
+            CheckUsable(source, syncBitmap);
+        }
 
         // Insert the filter while the source is drained, so no request slips between the old and the
         // new parents; start tracking writes before the section ends, so none is missed.
@@ -208,6 +215,12 @@ public sealed partial class MirrorJob
             sourceResize = source.BlockResize(parent.ParentDescription);
             targetResize = target.BlockResize(parent.ParentDescription);
             dirty = source.CreateDirtyBitmap(granularity);
+            if (syncBitmap is not null)
+            {
+                // In the same drained section: a write after it marks both bitmaps, none falls between.
+                syncBitmap.Busy = true;
+                MergeInto(dirty, syncBitmap);
+            }
         }
 
         var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty, type, usedNodes, reopenedTarget)
@@ -216,6 +229,7 @@ public sealed partial class MirrorJob
             _targetResizeBlock = targetResize,
             _replaces = replaces,
             _sourceUse = sourceUse,
+            _syncBitmap = syncBitmap,
         };
         manager.Register(job);
         job.Start();

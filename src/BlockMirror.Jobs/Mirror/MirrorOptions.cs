@@ -12,6 +12,12 @@ public sealed record MirrorOptions
     /// <summary><c>sync</c>.</summary>
     public MirrorSyncMode Sync { get; init; } = MirrorSyncMode.Full;
 
+    /// <summary><c>bitmap</c>: the source's dirty bitmap whose bits are what a <c>sync=bitmap</c> job copies.</summary>
+    public string? Bitmap { get; init; }
+
+    /// <summary><c>bitmap-mode</c>: what happens to <see cref="Bitmap"/> at the end; required with it (Proxmox's rule).</summary>
+    public BitmapSyncMode? BitmapMode { get; init; }
+
     /// <summary><c>granularity</c> in bytes; 0 picks the target's cluster size clamped to 4 KiB..64 KiB (64 KiB without one).</summary>
     public long Granularity { get; init; }
 

@@ -17,8 +17,12 @@ public sealed partial class StorageDaemon
 {
     static readonly QapiBuiltin Str = QapiBuiltin.Str, Int = QapiBuiltin.Int, Bool = QapiBuiltin.Bool;
 
+    /// <summary>QAPI's BitmapSyncMode, for Proxmox's <c>bitmap-mode</c> (QEMU 7.2 has the type for backup only).</summary>
+    static readonly QapiEnum BitmapSyncModeType = new("BitmapSyncMode", ["on-success", "never", "always"]);
+
     static readonly QapiObject BlockdevMirrorArguments = new("q_obj_blockdev-mirror-arg",
-        ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode), ("*speed", Int),
+        ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode),
+        ("*bitmap", Str), ("*bitmap-mode", BitmapSyncModeType), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*filter-node-name", Str), ("*copy-mode", QmpTypes.MirrorCopyMode),
         ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
@@ -26,7 +30,8 @@ public sealed partial class StorageDaemon
     /// <summary>DriveMirror: no filter-node-name (QEMU 7.2 has none for drive-mirror), but format, node-name, mode and unmap.</summary>
     static readonly QapiObject DriveMirrorArguments = new("DriveMirror",
         ("*job-id", Str), ("device", Str), ("target", Str), ("*format", Str), ("*node-name", Str), ("*replaces", Str),
-        ("sync", QmpTypes.MirrorSyncMode), ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
+        ("sync", QmpTypes.MirrorSyncMode), ("*bitmap", Str), ("*bitmap-mode", BitmapSyncModeType),
+        ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*unmap", Bool), ("*copy-mode", QmpTypes.MirrorCopyMode),
         ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
@@ -135,6 +140,12 @@ public sealed partial class StorageDaemon
         if (nodeName is not null && Graph.FindNode(nodeName) is not null)
         {
             throw QmpException.Generic($"node-name '{nodeName}' is already in use");
+        }
+
+        if (options.Sync == MirrorSyncMode.Bitmap && mode != "existing")
+        {
+            // A new image holds nothing, so it cannot be in sync as of when the bitmap started.
+            throw QmpException.Generic("sync mode 'bitmap' needs a target that is already in sync: use mode 'existing'");
         }
 
         var (sync, backing) = NewTargetBacking.Choose(source, options.Sync);
@@ -309,6 +320,10 @@ public sealed partial class StorageDaemon
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
         var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
         var targetIsZero = arguments.OptionalBool("target-is-zero") ?? false;
+        var bitmap = arguments.OptionalString("bitmap");
+        var bitmapMode = arguments.OptionalString("bitmap-mode") is { } modeText
+            ? MirrorNames.TryParseBitmapMode(modeText, out var parsed) ? parsed : throw new InvalidOperationException($"'{modeText}' passed the enum check but is no bitmap mode")
+            : (BitmapSyncMode?)null;
         if (speed < 0)
         {
             throw QmpException.Generic("Parameter 'speed' expects a non-negative value");
@@ -330,6 +345,8 @@ public sealed partial class StorageDaemon
             AutoDismiss = autoDismiss,
             CopyMode = CopyMode(copyMode),
             TargetIsZero = targetIsZero,
+            Bitmap = bitmap,
+            BitmapMode = bitmapMode,
         };
     }
 
