@@ -6,6 +6,12 @@ using BlockMirror.CrashWriter;
 
 // crash-writer IMAGE SEED: runs CrashOps.Generate(SEED) on the qcow2 IMAGE until it is killed. Prints
 // "ready" once the image is open, "done N" after step N completed and "flushed N" after flush step N.
+// crash-writer mirror SOURCE TARGET SEED: see MirrorMode.
+if (args is ["mirror", var mirrorSource, var mirrorTarget, var mirrorSeed])
+{
+    return await MirrorMode.RunAsync(mirrorSource, mirrorTarget, int.Parse(mirrorSeed, System.Globalization.CultureInfo.InvariantCulture));
+}
+
 if (args.Length != 2 || !int.TryParse(args[1], out var seed))
 {
     Console.Error.WriteLine("usage: crash-writer IMAGE SEED");

@@ -38,11 +38,13 @@ static class MirrorCommand
         };
         var bitmap = new Option<string?>("--bitmap") { Description = "Incremental re-sync: copy only what this dirty bitmap of SOURCE marks, onto an existing TARGET that was in sync when the bitmap started (sync=bitmap)" };
         var bitmapMode = new Option<string?>("--bitmap-mode") { Description = "What --bitmap keeps at the end: on-success (default: cleared once in sync), always, or never (left as it is)" };
+        var writeIntentLog = new Option<bool>("--write-intent-log") { Description = "Keep the job's dirty state in a write-intent log beside SOURCE (SOURCE.blockmirror-wil), so that a crashed mirror can be resumed" };
+        var resume = new Option<bool>("--resume") { Description = "Continue a crashed mirror from SOURCE's write-intent log onto the same existing TARGET, copying only what the log marks" };
         var json = new Option<bool>("--json") { Description = "Print QMP-style JSON events and progress, one object per line" };
 
         var command = new Command("mirror", "Mirror SOURCE onto TARGET, then complete (pivot) once they are in sync")
         {
-            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, bitmap, bitmapMode, cache, json,
+            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, bitmap, bitmapMode, writeIntentLog, resume, cache, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("mirror", () =>
         {
@@ -57,6 +59,8 @@ static class MirrorCommand
                 OnSourceError = ParsePolicy(parse.GetValue(onSourceError)!, "--on-source-error"),
                 OnTargetError = ParsePolicy(parse.GetValue(onTargetError)!, "--on-target-error"),
                 Unmap = !parse.GetValue(noUnmap),
+                WriteIntentLog = parse.GetValue(writeIntentLog),
+                Resume = parse.GetValue(resume),
             };
             options = WithBitmap(options, parse.GetValue(bitmap), parse.GetValue(bitmapMode), parse.GetResult(sync) is { Implicit: false });
             return RunAsync(parse.GetValue(source)!, parse.GetValue(target)!, parse.GetValue(format), parse.GetValue(targetFormat),
@@ -121,9 +125,11 @@ static class MirrorCommand
         cancellationToken = interrupts.Token;
         await using var graph = new BlockGraph();
         // A null format probes the content, as qemu-img does: a qcow2 named disk.img is a qcow2.
-        if (options.Sync == MirrorSyncMode.Bitmap && ImageFiles.LocalFile(targetPath) is { } localTarget && !File.Exists(localTarget))
+        if ((options.Sync == MirrorSyncMode.Bitmap || options.Resume) && ImageFiles.LocalFile(targetPath) is { } localTarget && !File.Exists(localTarget))
         {
-            throw new UsageException($"--bitmap: TARGET '{targetPath}' does not exist; an incremental re-sync copies onto a target that was in sync when the bitmap started");
+            throw new UsageException(options.Resume
+                ? $"--resume: TARGET '{targetPath}' does not exist; a resumed mirror continues onto the target the crashed one wrote"
+                : $"--bitmap: TARGET '{targetPath}' does not exist; an incremental re-sync copies onto a target that was in sync when the bitmap started");
         }
 
         // Read-only, unless the job is to change a bitmap of the source at its end (stored in the image at close).

@@ -55,7 +55,8 @@ public sealed partial class MirrorJob
         {
             _lastPause = Time.GetUtcNow();
             // sync=bitmap starts from the user's bitmap (merged at the start), none from nothing.
-            if (_options.Sync is MirrorSyncMode.Full or MirrorSyncMode.Top)
+            // A resume starts from its write-intent log (read in at the start).
+            if (!_options.Resume && _options.Sync is MirrorSyncMode.Full or MirrorSyncMode.Top)
             {
                 await DirtyInitAsync().ConfigureAwait(false);
                 if (IsCancelled)
@@ -93,6 +94,7 @@ public sealed partial class MirrorJob
             }
 
             RunAdaptivePolicy();
+            await ClearWriteIntentLogAsync().ConfigureAwait(false);
             var dirty = _dirty.DirtyBytes;
             var (bytesInFlight, inFlight, freeChunks) = _engine.Snapshot();
             ProgressSetRemaining(bytesInFlight + dirty);

@@ -172,6 +172,25 @@ public sealed partial class MirrorJob
             CheckUsable(source, syncBitmap);
         }
 
+        var (logPath, log) = PlanWriteIntentLog(source, target, options);
+        try
+        {
+            return await StartDrainedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget,
+                replaces, syncBitmap, logPath, log, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            // A resumed log stays for another try; a new one was removed where its creation was undone.
+            log?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The graph change of <see cref="StartGatedAsync"/>, in one drained section of the source, and the job's registration.</summary>
+    static async Task<MirrorJob> StartDrainedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, long granularity, long bufSize, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes,
+        bool reopenedTarget, BlockNode? replaces, DirtyBitmap? syncBitmap, string? logPath, WriteIntentLog? log, CancellationToken cancellationToken)
+    {
         // Insert the filter while the source is drained, so no request slips between the old and the
         // new parents; start tracking writes before the section ends, so none is missed.
         BlockNode mirrorTop;
@@ -204,6 +223,20 @@ public sealed partial class MirrorJob
                     await graph.RemoveNodeAsync(mirrorTop).ConfigureAwait(false);
                     throw;
                 }
+
+                try
+                {
+                    // The log's file is made last, once everything else has been checked and taken (MirrorJob.WriteIntent.cs).
+                    log ??= logPath is null ? null : CreateWriteIntentLog(logPath, source, target, options, granularity, syncBitmap);
+                    ((MirrorTopFilter)mirrorTop.Driver).Log = log;
+                }
+                catch
+                {
+                    graph.ReplaceNode(mirrorTop, source);
+                    await graph.DetachRootAsync(sourceUse).ConfigureAwait(false);
+                    await graph.RemoveNodeAsync(mirrorTop).ConfigureAwait(false);
+                    throw;
+                }
             }
             catch
             {
@@ -221,6 +254,13 @@ public sealed partial class MirrorJob
                 syncBitmap.Busy = true;
                 MergeInto(dirty, syncBitmap);
             }
+
+            if (options.Resume)
+            {
+                // What the crashed job had not copied, or had seen written since: all of it, region by region.
+                var length = source.Length;
+                log!.ForEachMarked((offset, regionLength) => dirty.SetDirty(offset, Math.Min(regionLength, length - offset)));
+            }
         }
 
         var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty, type, usedNodes, reopenedTarget)
@@ -230,6 +270,7 @@ public sealed partial class MirrorJob
             _replaces = replaces,
             _sourceUse = sourceUse,
             _syncBitmap = syncBitmap,
+            _log = log,
         };
         manager.Register(job);
         job.Start();

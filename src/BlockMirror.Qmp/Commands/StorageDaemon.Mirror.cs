@@ -25,7 +25,14 @@ public sealed partial class StorageDaemon
         ("*bitmap", Str), ("*bitmap-mode", BitmapSyncModeType), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*filter-node-name", Str), ("*copy-mode", QmpTypes.MirrorCopyMode),
-        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool),
+        (WriteIntentLogMember, Bool), (ResumeMember, Bool));
+
+    // Ours, with QAPI's prefix for downstream extensions (as __org.blockmirror_adaptive), which QEMU never uses:
+    // arguments of blockdev-mirror rather than a command of their own, because a resumed job takes every other
+    // argument of a new one (speed, copy-mode, filter-node-name, ...) with the same checks.
+    const string WriteIntentLogMember = "*__org.blockmirror_write-intent-log";
+    const string ResumeMember = "*__org.blockmirror_resume";
 
     /// <summary>DriveMirror: no filter-node-name (QEMU 7.2 has none for drive-mirror), but format, node-name, mode and unmap.</summary>
     static readonly QapiObject DriveMirrorArguments = new("DriveMirror",
@@ -315,6 +322,8 @@ public sealed partial class StorageDaemon
         var onSource = Policy(arguments.OptionalString("on-source-error"));
         var onTarget = Policy(arguments.OptionalString("on-target-error"));
         var unmap = drive ? arguments.OptionalBool("unmap") ?? true : true;
+        var writeIntentLog = !drive && (arguments.OptionalBool(WriteIntentLogMember[1..]) ?? false);
+        var resume = !drive && (arguments.OptionalBool(ResumeMember[1..]) ?? false);
         var filterNodeName = drive ? null : arguments.OptionalString("filter-node-name");
         var copyMode = arguments.OptionalString("copy-mode");
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
@@ -347,6 +356,8 @@ public sealed partial class StorageDaemon
             TargetIsZero = targetIsZero,
             Bitmap = bitmap,
             BitmapMode = bitmapMode,
+            WriteIntentLog = writeIntentLog,
+            Resume = resume,
         };
     }
 
