@@ -42,7 +42,7 @@ public sealed class MirrorResumeCrashTests : IDisposable
             await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", format, target, $"{Size}");
 
             var lines = await CrashRun.RunAndKillAsync(writer, ["mirror", source, target, seed.ToString(CultureInfo.InvariantCulture)],
-                killAfterStep: random.Next(0, 300), jitterMs: random.Next(0, 20));
+                killAfterStep: random.Next(0, 1500), jitterMs: random.Next(0, 20));
             var lastDone = CrashRun.Last(lines, "done ");
             var log = source + ".blockmirror-wil";
             Assert.True(File.Exists(log), $"no write-intent log after the kill (last step done {lastDone})");

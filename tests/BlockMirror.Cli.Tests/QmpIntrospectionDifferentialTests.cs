@@ -174,8 +174,9 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
                 "-options.{driver=qcow2}file.{driver=qcow2}l2-cache-entry-size?: int",
             ]),
         // Our copy mode (README, "Copy modes"); QEMU 10.1's target-is-zero (README, "Deliberate differences"); Proxmox's
-        // sync=bitmap arguments (README, "Incremental re-sync").
-        ["blockdev-mirror"] = ([], [.. BitmapSyncMembers, "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
+        // sync=bitmap arguments (README, "Incremental re-sync"); our write-intent log (README, "Resuming after a crash").
+        ["blockdev-mirror"] = ([], [.. BitmapSyncMembers, "+__org.blockmirror_resume?: bool", "+__org.blockmirror_write-intent-log?: bool",
+            "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         ["drive-mirror"] = ([], [.. BitmapSyncMembers, "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         // Object types other than the TLS credentials are refused by name.
         ["object-add"] = (

@@ -28,8 +28,8 @@ static class MirrorMode
             WriteIntentLog = true,
             Granularity = 64 * 1024,
             BufSize = 128 * 1024,
-            Speed = random.Next(1, 8) << 20,
-            WriteIntentLogClearInterval = TimeSpan.FromMilliseconds(random.Next(5, 50)),
+            Speed = random.Next(8, 64) << 20,
+            WriteIntentLogClearInterval = TimeSpan.FromMilliseconds(random.Next(2, 20)),
             CopyMode = seed % 3 == 0 ? MirrorCopyMode.WriteBlocking : MirrorCopyMode.Background,
         });
         await output.WriteLineAsync("ready");
@@ -55,8 +55,9 @@ static class MirrorMode
             await output.WriteLineAsync($"done {op.Index}");
             if (op.Index % 16 == 0)
             {
-                // Let the copy and the log's clearing run between bursts of writes.
-                await Task.Delay(random.Next(0, 3));
+                // Let the copy and the log's clearing run between bursts of writes, so that later writes meet
+                // cleared regions and must mark them again.
+                await Task.Delay(random.Next(0, 20));
             }
         }
 
