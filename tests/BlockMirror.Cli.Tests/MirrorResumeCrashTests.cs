@@ -1,6 +1,4 @@
-using System.Buffers.Binary;
 using System.Globalization;
-using System.Numerics;
 using System.Text.Json;
 using BlockMirror.CrashWriter;
 using BlockMirror.TestKit;
@@ -46,7 +44,7 @@ public sealed class MirrorResumeCrashTests : IDisposable
             var lastDone = CrashRun.Last(lines, "done ");
             var log = source + ".blockmirror-wil";
             Assert.True(File.Exists(log), $"no write-intent log after the kill (last step done {lastDone})");
-            var marked = MarkedBytes(log);
+            var marked = WriteIntentLogFile.MarkedBytes(log);
 
             var result = await BlockMirrorCli.RunAsync("mirror", "--json", "--resume", source, target);
             Assert.True(result.ExitCode == 0, result.ToString());
@@ -97,21 +95,6 @@ public sealed class MirrorResumeCrashTests : IDisposable
 
         // The kills must leave something to resume and the log must spare some of it, or the test proves little.
         Assert.True(left > 0, "no kill left anything marked");
-    }
-
-    /// <summary>Bytes the log marks: its header's region size times its set bits (WriteIntentLog's format).</summary>
-    static long MarkedBytes(string path)
-    {
-        var bytes = File.ReadAllBytes(path);
-        var regionSize = BinaryPrimitives.ReadInt64BigEndian(bytes.AsSpan(16));
-        var regions = BinaryPrimitives.ReadInt64BigEndian(bytes.AsSpan(24));
-        long set = 0;
-        for (var r = 0; r < regions; r++)
-        {
-            set += (bytes[4096 + (r >> 3)] >> (int)(r & 7)) & 1;
-        }
-
-        return set * regionSize;
     }
 
     static long CompletedOffset(CliResult result)

@@ -175,7 +175,7 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
             ]),
         // Our copy mode (README, "Copy modes"); QEMU 10.1's target-is-zero (README, "Deliberate differences"); Proxmox's
         // sync=bitmap arguments (README, "Incremental re-sync"); our write-intent log (README, "Resuming after a crash").
-        ["blockdev-mirror"] = ([], [.. BitmapSyncMembers, "+__org.blockmirror_resume?: bool", "+__org.blockmirror_write-intent-log?: bool",
+        ["blockdev-mirror"] = ([], ["+__org.blockmirror_resume?: bool", "+__org.blockmirror_write-intent-log?: bool", .. BitmapSyncMembers,
             "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         ["drive-mirror"] = ([], [.. BitmapSyncMembers, "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         // Object types other than the TLS credentials are refused by name.

@@ -150,7 +150,9 @@ sealed class WriteIntentLog : IDisposable
         SafeFileHandle file;
         try
         {
-            file = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
+            // Shared for reading only (.NET takes a shared flock): a tool may look, another writer may not. A second
+            // process resuming the same job meets the source image's own write lock first.
+            file = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
@@ -194,7 +196,7 @@ sealed class WriteIntentLog : IDisposable
             throw new JobException($"Nothing to resume for '{source.Name}': no write-intent log at '{path}' (the mirror ended cleanly, or never ran with one)");
         }
 
-        var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+        var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
         try
         {
             var header = new byte[HeaderSize];
