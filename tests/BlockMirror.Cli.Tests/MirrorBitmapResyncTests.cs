@@ -36,7 +36,8 @@ public sealed class MirrorBitmapResyncTests : IDisposable
         return (source, target);
     }
 
-    static long CopiedBytes(CliResult result)
+    /// <summary>The offset of the BLOCK_JOB_COMPLETED a <c>mirror --json</c> printed: the bytes its job copied.</summary>
+    internal static long CopiedBytes(CliResult result)
     {
         Assert.True(result.ExitCode == 0, result.ToString());
         foreach (var line in result.OutputLines)

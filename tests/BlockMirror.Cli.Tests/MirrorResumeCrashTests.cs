@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Json;
 using BlockMirror.CrashWriter;
 using BlockMirror.TestKit;
 
@@ -48,7 +47,7 @@ public sealed class MirrorResumeCrashTests : IDisposable
 
             var result = await BlockMirrorCli.RunAsync("mirror", "--json", "--resume", source, target);
             Assert.True(result.ExitCode == 0, result.ToString());
-            var offset = CompletedOffset(result);
+            var offset = MirrorBitmapResyncTests.CopiedBytes(result);
             Assert.True(offset <= marked, $"the resumed job copied {offset} bytes, but the log marked only {marked}");
             copied += offset;
             left += marked;
@@ -95,19 +94,5 @@ public sealed class MirrorResumeCrashTests : IDisposable
 
         // The kills must leave something to resume and the log must spare some of it, or the test proves little.
         Assert.True(left > 0, "no kill left anything marked");
-    }
-
-    static long CompletedOffset(CliResult result)
-    {
-        foreach (var line in result.OutputLines)
-        {
-            using var document = JsonDocument.Parse(line);
-            if (document.RootElement.GetProperty("event").GetString() == "BLOCK_JOB_COMPLETED")
-            {
-                return document.RootElement.GetProperty("data").GetProperty("offset").GetInt64();
-            }
-        }
-
-        throw new InvalidOperationException($"no BLOCK_JOB_COMPLETED in {result}");
     }
 }

@@ -37,19 +37,11 @@ static class MirrorMode
         var buffer = new byte[512 * 128];
         foreach (var op in CrashOps.Generate(seed, sourceNode.Length))
         {
-            switch (op.Kind)
+            // Discards leave what the source reads unspecified, and flushes change nothing a kill can lose (the page
+            // cache outlives the process): neither has anything for the check to hold on to.
+            if (op.Kind is CrashOpKind.Write or CrashOpKind.WriteZeroes)
             {
-                case CrashOpKind.Write:
-                    buffer.AsSpan(0, op.Length).Fill(op.Pattern);
-                    await guest.WriteAsync(op.Offset, buffer.AsMemory(0, op.Length));
-                    break;
-                case CrashOpKind.WriteZeroes:
-                    await guest.WriteZeroesAsync(op.Offset, op.Length);
-                    break;
-                default:
-                    // Discards leave what the source reads unspecified, and flushes change nothing a kill can lose
-                    // (the page cache outlives the process): neither has anything for the check to hold on to.
-                    break;
+                await CrashOps.RunAsync(guest, op, buffer);
             }
 
             await output.WriteLineAsync($"done {op.Index}");

@@ -92,48 +92,25 @@ public static class MirrorNames
         _ => throw new ArgumentOutOfRangeException(nameof(mode)),
     };
 
-    public static bool TryParseBitmapMode(string text, out BitmapSyncMode mode)
+    public static bool TryParseBitmapMode(string text, out BitmapSyncMode mode) => TryParse(text, ToWireName, out mode);
+
+    public static bool TryParseCopyMode(string text, out MirrorCopyMode mode) => TryParse(text, ToWireName, out mode);
+
+    public static bool TryParseSync(string text, out MirrorSyncMode mode) => TryParse(text, ToWireName, out mode);
+
+    /// <summary>The value of <typeparamref name="T"/> whose wire name is <paramref name="text"/>.</summary>
+    static bool TryParse<T>(string text, Func<T, string> wireName, out T value) where T : struct, Enum
     {
-        foreach (var candidate in Enum.GetValues<BitmapSyncMode>())
+        foreach (var candidate in Enum.GetValues<T>())
         {
-            if (candidate.ToWireName() == text)
+            if (wireName(candidate) == text)
             {
-                mode = candidate;
+                value = candidate;
                 return true;
             }
         }
 
-        mode = default;
-        return false;
-    }
-
-    public static bool TryParseCopyMode(string text, out MirrorCopyMode mode)
-    {
-        foreach (var candidate in Enum.GetValues<MirrorCopyMode>())
-        {
-            if (candidate.ToWireName() == text)
-            {
-                mode = candidate;
-                return true;
-            }
-        }
-
-        mode = default;
-        return false;
-    }
-
-    public static bool TryParseSync(string text, out MirrorSyncMode mode)
-    {
-        foreach (var candidate in Enum.GetValues<MirrorSyncMode>())
-        {
-            if (candidate.ToWireName() == text)
-            {
-                mode = candidate;
-                return true;
-            }
-        }
-
-        mode = default;
+        value = default;
         return false;
     }
 }
