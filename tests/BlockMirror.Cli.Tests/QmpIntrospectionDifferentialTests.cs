@@ -36,6 +36,10 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
     /// ours refuses by name or does not know: drivers, object types, export types), and the signature lines
     /// (<see cref="SchemaInfoView.Signature"/>) of the variants both have that differ, "+" ours only, "-" theirs only.
     /// </summary>
+    /// <summary>Proxmox's sync=bitmap arguments on blockdev-mirror and drive-mirror, which QEMU 7.2 lacks.</summary>
+    static readonly string[] BitmapSyncMembers =
+        ["+bitmap-mode = always", "+bitmap-mode = never", "+bitmap-mode = on-success", "+bitmap-mode?: enum", "+bitmap?: str"];
+
     static readonly Dictionary<string, (string[] MissingVariants, string[] Members)> Differences = new(StringComparer.Ordinal)
     {
         // Export types other than nbd are refused by name.
@@ -168,9 +172,11 @@ public sealed class QmpIntrospectionDifferentialTests : IDisposable
                 "-options.{driver=qcow2}file.{driver=qcow2}encrypt?: object",
                 "-options.{driver=qcow2}file.{driver=qcow2}l2-cache-entry-size?: int",
             ]),
-        // Our copy mode (README, "Copy modes"); QEMU 10.1's target-is-zero (README, "Deliberate differences").
-        ["blockdev-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
-        ["drive-mirror"] = ([], ["+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
+        // Our copy mode (README, "Copy modes"); QEMU 10.1's target-is-zero (README, "Deliberate differences"); Proxmox's
+        // sync=bitmap arguments (README, "Incremental re-sync"); our write-intent log (README, "Resuming after a crash").
+        ["blockdev-mirror"] = ([], ["+__org.blockmirror_resume?: bool", "+__org.blockmirror_write-intent-log?: bool", .. BitmapSyncMembers,
+            "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
+        ["drive-mirror"] = ([], [.. BitmapSyncMembers, "+copy-mode = __org.blockmirror_adaptive", "+target-is-zero?: bool"]),
         // Object types other than the TLS credentials are refused by name.
         ["object-add"] = (
             [

@@ -1,3 +1,6 @@
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+
 namespace BlockMirror.CrashWriter;
 
 /// <summary>What one step of the crash writer does.</summary>
@@ -34,6 +37,27 @@ public static class CrashOps
                 _ => CrashOpKind.Flush,
             };
             yield return new CrashOp(i, kind, offset, length, (byte)(i % 251 + 1));
+        }
+    }
+
+    /// <summary>Runs a step on the disk: a write fills <paramref name="buffer"/> (at least 64 KiB) with its pattern; every other write-zeroes may unmap.</summary>
+    public static async Task RunAsync(NodeEdge disk, CrashOp op, byte[] buffer)
+    {
+        switch (op.Kind)
+        {
+            case CrashOpKind.Write:
+                buffer.AsSpan(0, op.Length).Fill(op.Pattern);
+                await disk.WriteAsync(op.Offset, buffer.AsMemory(0, op.Length));
+                break;
+            case CrashOpKind.WriteZeroes:
+                await disk.WriteZeroesAsync(op.Offset, op.Length, op.Index % 2 == 0 ? RequestFlags.MayUnmap : RequestFlags.None);
+                break;
+            case CrashOpKind.Discard:
+                await disk.DiscardAsync(op.Offset, op.Length);
+                break;
+            case CrashOpKind.Flush:
+                await disk.FlushAsync();
+                break;
         }
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using BlockMirror.CrashWriter;
 using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.TestKit;
@@ -85,70 +84,10 @@ public sealed class Qcow2CrashTests : IDisposable
         Assert.True(leaky < runs, "every run leaked");
     }
 
-    /// <summary>
-    /// Starts the writer, waits until it reports step <paramref name="killAfterStep"/> done, lets it go on for
-    /// <paramref name="jitterMs"/>, kills it; returns the last step done and the last flush it reported.
-    /// </summary>
+    /// <summary>Runs the writer until step <paramref name="killAfterStep"/> and a little longer, kills it; returns the last step done and the last flush it reported.</summary>
     static async Task<(int LastDone, int LastFlush)> RunAndKillAsync(string writer, string image, int seed, int killAfterStep, int jitterMs)
     {
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var argument in new[] { writer, image, seed.ToString(System.Globalization.CultureInfo.InvariantCulture) })
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        var lines = new List<string>();
-        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var reader = Task.Run(async () =>
-        {
-            while (await process.StandardOutput.ReadLineAsync() is { } line)
-            {
-                lock (lines)
-                {
-                    lines.Add(line);
-                }
-
-                if (line == $"done {killAfterStep}")
-                {
-                    reached.TrySetResult();
-                }
-            }
-
-            reached.TrySetResult();
-        });
-
-        try
-        {
-            await reached.Task.WaitAsync(TimeSpan.FromSeconds(60));
-            await Task.Delay(jitterMs);
-            if (process.HasExited)
-            {
-                Assert.Fail($"the writer exited on its own: {await stderr}");
-            }
-        }
-        finally
-        {
-            // Also when the test fails: a writer left running would go on writing for ever.
-            process.Kill();
-            await process.WaitForExitAsync();
-        }
-
-        await reader;
-        int lastDone = -1, lastFlush = -1;
-        foreach (var line in lines)
-        {
-            if (line.StartsWith("done ", StringComparison.Ordinal))
-            {
-                lastDone = int.Parse(line[5..], System.Globalization.CultureInfo.InvariantCulture);
-            }
-            else if (line.StartsWith("flushed ", StringComparison.Ordinal))
-            {
-                lastFlush = int.Parse(line[8..], System.Globalization.CultureInfo.InvariantCulture);
-            }
-        }
-
-        return (lastDone, lastFlush);
+        var lines = await CrashRun.RunAndKillAsync(writer, [image, seed.ToString(System.Globalization.CultureInfo.InvariantCulture)], killAfterStep, jitterMs);
+        return (CrashRun.Last(lines, "done "), CrashRun.Last(lines, "flushed "));
     }
 }

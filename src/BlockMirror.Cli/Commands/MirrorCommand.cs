@@ -41,11 +41,16 @@ static class MirrorCommand
             Description = "How both images are opened: none (O_DIRECT), writeback (page cache), or auto (none where the file allows it)",
             DefaultValueFactory = _ => "auto",
         };
+        var bitmap = new Option<string?>("--bitmap") { Description = "Incremental re-sync: copy only what this dirty bitmap of SOURCE marks, onto an existing TARGET that was in sync when the bitmap started (sync=bitmap)" };
+        var bitmapMode = new Option<string?>("--bitmap-mode") { Description = "What --bitmap keeps at the end: on-success (default: cleared once in sync), always, or never (left as it is)" };
+        var writeIntentLog = new Option<bool>("--write-intent-log") { Description = "Keep the job's dirty state in a write-intent log beside SOURCE (SOURCE.blockmirror-wil), so that a crashed mirror can be resumed" };
+        var resume = new Option<bool>("--resume") { Description = "Continue a crashed mirror from SOURCE's write-intent log onto the same existing TARGET, copying only what the log marks" };
         var json = new Option<bool>("--json") { Description = "Print QMP-style JSON events and progress, one object per line" };
 
         var command = new Command("mirror", "Mirror SOURCE onto TARGET, then complete (pivot) once they are in sync")
         {
-            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, targetIsZero, cache, json,
+            source, target, format, targetFormat, sync, granularity, bufSize, speed, copyMode, onSourceError, onTargetError, noUnmap, targetIsZero, bitmap, bitmapMode,
+            writeIntentLog, resume, cache, json,
         };
         command.SetAction((parse, cancellationToken) => CliErrors.RunAsync("mirror", () =>
         {
@@ -61,17 +66,42 @@ static class MirrorCommand
                 OnTargetError = ParsePolicy(parse.GetValue(onTargetError)!, "--on-target-error"),
                 Unmap = !parse.GetValue(noUnmap),
                 TargetIsZero = parse.GetValue(targetIsZero),
+                WriteIntentLog = parse.GetValue(writeIntentLog),
+                Resume = parse.GetValue(resume),
             };
+            options = WithBitmap(options, parse.GetValue(bitmap), parse.GetValue(bitmapMode), parse.GetResult(sync) is { Implicit: false });
             return RunAsync(parse.GetValue(source)!, parse.GetValue(target)!, parse.GetValue(format), parse.GetValue(targetFormat),
                 CacheModes.Parse(parse.GetValue(cache)!), options, parse.GetValue(json), cancellationToken);
         }));
         return command;
     }
 
+    /// <summary>
+    /// <c>--bitmap</c> is <c>sync=bitmap</c> with a bitmap-mode (on-success unless told: QMP requires one, a command
+    /// line may choose); <c>--bitmap-mode</c> alone is the job's own refusal.
+    /// </summary>
+    static MirrorOptions WithBitmap(MirrorOptions options, string? bitmap, string? mode, bool syncGiven)
+    {
+        BitmapSyncMode? bitmapMode = mode is null ? null
+            : MirrorNames.TryParseBitmapMode(mode, out var parsed) ? parsed
+            : throw new UsageException($"--bitmap-mode: unknown mode '{mode}' (expected on-success, always or never)");
+        if (bitmap is null)
+        {
+            return options with { BitmapMode = bitmapMode };
+        }
+
+        if (syncGiven && options.Sync != MirrorSyncMode.Bitmap)
+        {
+            throw new UsageException($"--bitmap copies what the bitmap marks (sync bitmap); it cannot be combined with --sync {options.Sync.ToWireName()}");
+        }
+
+        return options with { Sync = MirrorSyncMode.Bitmap, Bitmap = bitmap, BitmapMode = bitmapMode ?? BitmapSyncMode.OnSuccess };
+    }
+
     static long ParseSize(string? text, string option) => text is null ? 0 : ByteSize.Parse(text, option);
 
     static MirrorSyncMode ParseSync(string text) =>
-        MirrorNames.TryParseSync(text, out var mode) ? mode : throw new UsageException($"unknown sync mode '{text}' (expected full, top or none)");
+        MirrorNames.TryParseSync(text, out var mode) ? mode : throw new UsageException($"unknown sync mode '{text}' (expected full, top, none or bitmap)");
 
     /// <summary>
     /// Only report and ignore: stop (and enospc, which may stop) pause the job until someone resumes it,
@@ -102,7 +132,16 @@ static class MirrorCommand
         cancellationToken = interrupts.Token;
         await using var graph = new BlockGraph();
         // A null format probes the content, as qemu-img does: a qcow2 named disk.img is a qcow2.
-        var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: true, NodeName: "source"), cache, cancellationToken);
+        if ((options.Sync == MirrorSyncMode.Bitmap || options.Resume) && ImageFiles.LocalFile(targetPath) is { } localTarget && !File.Exists(localTarget))
+        {
+            throw new UsageException(options.Resume
+                ? $"--resume: TARGET '{targetPath}' does not exist; a resumed mirror continues onto the target the crashed one wrote"
+                : $"--bitmap: TARGET '{targetPath}' does not exist; an incremental re-sync copies onto a target that was in sync when the bitmap started");
+        }
+
+        // Read-only, unless the job is to change a bitmap of the source at its end (stored in the image at close).
+        var sourceReadOnly = options.Sync != MirrorSyncMode.Bitmap || options.BitmapMode == BitmapSyncMode.Never;
+        var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: sourceReadOnly, NodeName: "source"), cache, cancellationToken);
         var target = await MirrorTarget.PlanAsync(source, targetPath, targetFormat, options.Sync, cancellationToken);
         options = options with { Sync = target.Sync };
         if (!target.Exists)

@@ -276,6 +276,15 @@ sealed partial class MirrorEngine : IDisposable
         }
     }
 
+    /// <summary>Whether some operation holds a chunk of [offset, end) now.</summary>
+    public bool InFlightWithin(long offset, long end)
+    {
+        lock (_lock)
+        {
+            return _inFlightChunks is { } && RangeInFlightLocked(offset, Math.Min(end, _length));
+        }
+    }
+
     bool RangeInFlightLocked(long offset, long end)
     {
         var first = offset / _granularity;

@@ -54,7 +54,9 @@ public sealed partial class MirrorJob
         try
         {
             _lastPause = Time.GetUtcNow();
-            if (_options.Sync != MirrorSyncMode.None)
+            // sync=bitmap starts from the user's bitmap (merged at the start), none from nothing.
+            // A resume starts from its write-intent log (read in at the start).
+            if (!_options.Resume && _options.Sync is MirrorSyncMode.Full or MirrorSyncMode.Top)
             {
                 await DirtyInitAsync().ConfigureAwait(false);
                 if (IsCancelled)
@@ -92,6 +94,7 @@ public sealed partial class MirrorJob
             }
 
             RunAdaptivePolicy();
+            await ClearWriteIntentLogAsync().ConfigureAwait(false);
             var dirty = _dirty.DirtyBytes;
             var (bytesInFlight, inFlight, freeChunks) = _engine.Snapshot();
             ProgressSetRemaining(bytesInFlight + dirty);

@@ -26,12 +26,16 @@ public sealed partial class MirrorJob
 
         _exited = true;
         _source.ReleaseDirtyBitmap(_dirty);
+        EndSyncBitmap(success: !abort);
         if (_drain is null)
         {
             _drainStarted = Time.GetTimestamp();
             _drain = await _graph.DrainAsync(_source).ConfigureAwait(false);
         }
 
+        // The job stops tracking writes here (and on completion the target takes over): its log goes before the
+        // graph changes, so a crash from now on finds none to resume from, never a stale one.
+        _log?.Remove();
         var complete = !abort && _shouldComplete;
         Exception? backingFailure = null;
         try

@@ -125,8 +125,10 @@ public sealed partial class MirrorJob
             throw new JobException("Block node is read-only");
         }
 
+        var syncBitmap = CheckSyncBitmap(source, target, options);
         var replaces = options.Replaces is { } replacesName ? CheckReplaces(graph, source, replacesName) : null;
-        var granularity = options.Granularity != 0 ? options.Granularity : DefaultGranularity(target.Limits.ClusterSize, source.Length);
+        // sync=bitmap: the job's chunks are the bitmap's (Proxmox's rule), so its bits carry over one to one.
+        var granularity = syncBitmap?.Granularity ?? (options.Granularity != 0 ? options.Granularity : DefaultGranularity(target.Limits.ClusterSize, source.Length));
         // QEMU's mirror_start_job rounds any buf-size up to a whole number of chunks, one chunk at least (a
         // buf-size of 4 KiB with 64 KiB chunks copies one chunk at a time); the default (16 MiB) likewise
         // when the granularity is larger.
@@ -149,7 +151,7 @@ public sealed partial class MirrorJob
         await manager.StartGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget, replaces, cancellationToken).ConfigureAwait(false);
+            return await StartGatedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget, replaces, syncBitmap, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -160,11 +162,35 @@ public sealed partial class MirrorJob
     /// <summary>The part of <see cref="StartCoreAsync"/> that runs under the job manager's start gate.</summary>
     static async Task<MirrorJob> StartGatedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
         MirrorOptions options, long granularity, long bufSize, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes,
-        bool reopenedTarget, BlockNode? replaces, CancellationToken cancellationToken)
+        bool reopenedTarget, BlockNode? replaces, DirtyBitmap? syncBitmap, CancellationToken cancellationToken)
     {
         manager.ValidateNewId(options.JobId);
         manager.CheckNodesFree(options.JobId, [.. usedNodes]);
+        if (syncBitmap is not null)
+        {
+            // Another start may have taken it while this one waited for the gate.
+            CheckUsable(source, syncBitmap);
+        }
 
+        var (logPath, log) = PlanWriteIntentLog(source, target, options);
+        try
+        {
+            return await StartDrainedAsync(manager, graph, source, target, options, granularity, bufSize, type, @base, usedNodes, reopenedTarget,
+                replaces, syncBitmap, logPath, log, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            // A resumed log stays for another try; a new one was removed where its creation was undone.
+            log?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The graph change of <see cref="StartGatedAsync"/>, in one drained section of the source, and the job's registration.</summary>
+    static async Task<MirrorJob> StartDrainedAsync(JobManager manager, BlockGraph graph, BlockNode source, BlockNode target,
+        MirrorOptions options, long granularity, long bufSize, JobType type, BlockNode? @base, IReadOnlyList<BlockNode> usedNodes,
+        bool reopenedTarget, BlockNode? replaces, DirtyBitmap? syncBitmap, string? logPath, WriteIntentLog? log, CancellationToken cancellationToken)
+    {
         // Insert the filter while the source is drained, so no request slips between the old and the
         // new parents; start tracking writes before the section ends, so none is missed.
         BlockNode mirrorTop;
@@ -197,6 +223,20 @@ public sealed partial class MirrorJob
                     await graph.RemoveNodeAsync(mirrorTop).ConfigureAwait(false);
                     throw;
                 }
+
+                try
+                {
+                    // The log's file is made last, once everything else has been checked and taken (MirrorJob.WriteIntent.cs).
+                    log ??= logPath is null ? null : CreateWriteIntentLog(logPath, source, target, options, granularity, syncBitmap);
+                    ((MirrorTopFilter)mirrorTop.Driver).Log = log;
+                }
+                catch
+                {
+                    graph.ReplaceNode(mirrorTop, source);
+                    await graph.DetachRootAsync(sourceUse).ConfigureAwait(false);
+                    await graph.RemoveNodeAsync(mirrorTop).ConfigureAwait(false);
+                    throw;
+                }
             }
             catch
             {
@@ -208,6 +248,19 @@ public sealed partial class MirrorJob
             sourceResize = source.BlockResize(parent.ParentDescription);
             targetResize = target.BlockResize(parent.ParentDescription);
             dirty = source.CreateDirtyBitmap(granularity);
+            if (syncBitmap is not null)
+            {
+                // In the same drained section: a write after it marks both bitmaps, none falls between.
+                syncBitmap.Busy = true;
+                MergeInto(dirty, syncBitmap);
+            }
+
+            if (options.Resume)
+            {
+                // What the crashed job had not copied, or had seen written since: all of it, region by region.
+                var length = source.Length;
+                log!.ForEachMarked((offset, regionLength) => dirty.SetDirty(offset, Math.Min(regionLength, length - offset)));
+            }
         }
 
         var job = new MirrorJob(manager, graph, source, mirrorTop, targetEdge, @base, options, granularity, bufSize, dirty, type, usedNodes, reopenedTarget)
@@ -216,6 +269,8 @@ public sealed partial class MirrorJob
             _targetResizeBlock = targetResize,
             _replaces = replaces,
             _sourceUse = sourceUse,
+            _syncBitmap = syncBitmap,
+            _log = log,
         };
         manager.Register(job);
         job.Start();

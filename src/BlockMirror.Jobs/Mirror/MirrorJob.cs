@@ -92,6 +92,9 @@ public sealed partial class MirrorJob : BlockJob
     IDisposable? _targetResizeBlock;
 
     BlockNode? _replaces;
+
+    // sync=bitmap: the user's bitmap, busy while the job runs (MirrorJob.SyncBitmap.cs).
+    DirtyBitmap? _syncBitmap;
     volatile bool _shouldComplete;
     DrainedSection? _drain;
     long _drainStarted;

@@ -12,6 +12,27 @@ public sealed record MirrorOptions
     /// <summary><c>sync</c>.</summary>
     public MirrorSyncMode Sync { get; init; } = MirrorSyncMode.Full;
 
+    /// <summary><c>bitmap</c>: the source's dirty bitmap whose bits are what a <c>sync=bitmap</c> job copies.</summary>
+    public string? Bitmap { get; init; }
+
+    /// <summary><c>bitmap-mode</c>: what happens to <see cref="Bitmap"/> at the end; required with it (Proxmox's rule).</summary>
+    public BitmapSyncMode? BitmapMode { get; init; }
+
+    /// <summary>
+    /// Ours (QMP <c>__org.blockmirror_write-intent-log</c>): keep the job's dirty state durable in a write-intent log
+    /// beside the source's image file, so that after a crash the job can be resumed (<see cref="Resume"/>).
+    /// </summary>
+    public bool WriteIntentLog { get; init; }
+
+    /// <summary>
+    /// Ours (QMP <c>__org.blockmirror_resume</c>): continue the crashed mirror whose write-intent log is beside the
+    /// source, copying only what it marks (then keeping it, as <see cref="WriteIntentLog"/>).
+    /// </summary>
+    public bool Resume { get; init; }
+
+    /// <summary>How often the write-intent log's lazy clearing looks (not a QMP option; tests make it short).</summary>
+    internal TimeSpan WriteIntentLogClearInterval { get; init; } = TimeSpan.FromSeconds(2);
+
     /// <summary><c>granularity</c> in bytes; 0 picks the target's cluster size clamped to 4 KiB..64 KiB (64 KiB without one).</summary>
     public long Granularity { get; init; }
 

@@ -11,6 +11,25 @@ public enum MirrorSyncMode
 
     /// <summary>Nothing but writes made after the job started.</summary>
     None,
+
+    /// <summary>
+    /// What a named dirty bitmap of the source marks, onto a target that was in sync when the bitmap started
+    /// (Proxmox's downstream <c>sync=bitmap</c>; QEMU 7.2 refuses it).
+    /// </summary>
+    Bitmap,
+}
+
+/// <summary>What a <c>sync=bitmap</c> mirror does with the user's bitmap at its end (QAPI's BitmapSyncMode).</summary>
+public enum BitmapSyncMode
+{
+    /// <summary>On success the bitmap holds what the job left dirty (nothing, once completed); on failure it is left.</summary>
+    OnSuccess,
+
+    /// <summary>Nothing: the bitmap keeps its bits (and whatever it recorded meanwhile).</summary>
+    Never,
+
+    /// <summary>Whatever the outcome the bitmap holds what the job left dirty, so a failed re-sync can be run again.</summary>
+    Always,
 }
 
 /// <summary>What a mirror does with the target's backing file at completion (QEMU's BlockMirrorBackingMode).</summary>
@@ -53,6 +72,7 @@ public static class MirrorNames
         MirrorSyncMode.Full => "full",
         MirrorSyncMode.Top => "top",
         MirrorSyncMode.None => "none",
+        MirrorSyncMode.Bitmap => "bitmap",
         _ => throw new ArgumentOutOfRangeException(nameof(mode)),
     };
 
@@ -64,33 +84,33 @@ public static class MirrorNames
         _ => throw new ArgumentOutOfRangeException(nameof(mode)),
     };
 
-    public static bool TryParseCopyMode(string text, out MirrorCopyMode mode)
+    public static string ToWireName(this BitmapSyncMode mode) => mode switch
     {
-        foreach (var candidate in Enum.GetValues<MirrorCopyMode>())
+        BitmapSyncMode.OnSuccess => "on-success",
+        BitmapSyncMode.Never => "never",
+        BitmapSyncMode.Always => "always",
+        _ => throw new ArgumentOutOfRangeException(nameof(mode)),
+    };
+
+    public static bool TryParseBitmapMode(string text, out BitmapSyncMode mode) => TryParse(text, ToWireName, out mode);
+
+    public static bool TryParseCopyMode(string text, out MirrorCopyMode mode) => TryParse(text, ToWireName, out mode);
+
+    public static bool TryParseSync(string text, out MirrorSyncMode mode) => TryParse(text, ToWireName, out mode);
+
+    /// <summary>The value of <typeparamref name="T"/> whose wire name is <paramref name="text"/>.</summary>
+    static bool TryParse<T>(string text, Func<T, string> wireName, out T value) where T : struct, Enum
+    {
+        foreach (var candidate in Enum.GetValues<T>())
         {
-            if (candidate.ToWireName() == text)
+            if (wireName(candidate) == text)
             {
-                mode = candidate;
+                value = candidate;
                 return true;
             }
         }
 
-        mode = default;
-        return false;
-    }
-
-    public static bool TryParseSync(string text, out MirrorSyncMode mode)
-    {
-        foreach (var candidate in Enum.GetValues<MirrorSyncMode>())
-        {
-            if (candidate.ToWireName() == text)
-            {
-                mode = candidate;
-                return true;
-            }
-        }
-
-        mode = default;
+        value = default;
         return false;
     }
 }

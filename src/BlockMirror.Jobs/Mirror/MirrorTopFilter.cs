@@ -56,6 +56,10 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
 
     public override string DriverName => Name;
 
+    /// <summary>The job's write-intent log, from the filter's insertion on: every data-changing request waits for its region's mark.</summary>
+    /// <remarks>Set inside the start's drained section, so no request reads it while it changes.</remarks>
+    internal WriteIntentLog? Log { get; set; }
+
     /// <summary>The edge to the source: the job reads through it, untouched by drained sections.</summary>
     public NodeEdge Source => Child;
 
@@ -167,6 +171,13 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
     async ValueTask PassiveAsync(MirrorJob? job, PassiveOp op, long offset, ReadOnlyMemory<byte> buffer, IReadOnlyList<ReadOnlyMemory<byte>>? buffers,
         long length, RequestFlags flags, CancellationToken cancellationToken)
     {
+        // Marked (and the mark durable) before the source sees the request: a crash after this point finds it in the log.
+        var bytes = op == PassiveOp.Write ? buffer.Length : length;
+        if (Log is { } log)
+        {
+            await log.BeginWriteAsync(offset, bytes).ConfigureAwait(false);
+        }
+
         Interlocked.Increment(ref _passiveWrites);
         if (Volatile.Read(ref _activeWrites) > 0)
         {
@@ -193,6 +204,7 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
         }
         finally
         {
+            Log?.EndWrite(offset, bytes);
             Interlocked.Decrement(ref _passiveWrites);
 
             // After the source's mark (QEMU's bdrv_mirror_top_do_write when it does not copy).
@@ -206,6 +218,11 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
         CancellationToken cancellationToken)
     {
         var engine = job.Engine;
+        if (Log is { } log)
+        {
+            await log.BeginWriteAsync(offset, length).ConfigureAwait(false);
+        }
+
         Interlocked.Increment(ref _activeWrites);
         try
         {
@@ -255,6 +272,7 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
         }
         finally
         {
+            Log?.EndWrite(offset, length);
             Interlocked.Decrement(ref _activeWrites);
             if (bounce is not null)
             {

@@ -17,16 +17,28 @@ public sealed partial class StorageDaemon
 {
     static readonly QapiBuiltin Str = QapiBuiltin.Str, Int = QapiBuiltin.Int, Bool = QapiBuiltin.Bool;
 
+    /// <summary>QAPI's BitmapSyncMode, for Proxmox's <c>bitmap-mode</c> (QEMU 7.2 has the type for backup only).</summary>
+    static readonly QapiEnum BitmapSyncModeType = new("BitmapSyncMode", ["on-success", "never", "always"]);
+
     static readonly QapiObject BlockdevMirrorArguments = new("q_obj_blockdev-mirror-arg",
-        ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode), ("*speed", Int),
+        ("*job-id", Str), ("device", Str), ("target", Str), ("*replaces", Str), ("sync", QmpTypes.MirrorSyncMode),
+        ("*bitmap", Str), ("*bitmap-mode", BitmapSyncModeType), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*filter-node-name", Str), ("*copy-mode", QmpTypes.MirrorCopyMode),
-        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
+        ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool),
+        (WriteIntentLogMember, Bool), (ResumeMember, Bool));
+
+    // Ours, with QAPI's prefix for downstream extensions (as __org.blockmirror_adaptive), which QEMU never uses:
+    // arguments of blockdev-mirror rather than a command of their own, because a resumed job takes every other
+    // argument of a new one (speed, copy-mode, filter-node-name, ...) with the same checks.
+    const string WriteIntentLogMember = "*__org.blockmirror_write-intent-log";
+    const string ResumeMember = "*__org.blockmirror_resume";
 
     /// <summary>DriveMirror: no filter-node-name (QEMU 7.2 has none for drive-mirror), but format, node-name, mode and unmap.</summary>
     static readonly QapiObject DriveMirrorArguments = new("DriveMirror",
         ("*job-id", Str), ("device", Str), ("target", Str), ("*format", Str), ("*node-name", Str), ("*replaces", Str),
-        ("sync", QmpTypes.MirrorSyncMode), ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
+        ("sync", QmpTypes.MirrorSyncMode), ("*bitmap", Str), ("*bitmap-mode", BitmapSyncModeType),
+        ("*mode", new QapiEnum("NewImageMode", ["existing", "absolute-paths"])), ("*speed", Int),
         ("*granularity", QapiBuiltin.UInt32), ("*buf-size", Int), ("*on-source-error", QmpTypes.BlockdevOnError),
         ("*on-target-error", QmpTypes.BlockdevOnError), ("*unmap", Bool), ("*copy-mode", QmpTypes.MirrorCopyMode),
         ("*auto-finalize", Bool), ("*auto-dismiss", Bool), ("*target-is-zero", Bool));
@@ -135,6 +147,12 @@ public sealed partial class StorageDaemon
         if (nodeName is not null && Graph.FindNode(nodeName) is not null)
         {
             throw QmpException.Generic($"node-name '{nodeName}' is already in use");
+        }
+
+        if (options.Sync == MirrorSyncMode.Bitmap && mode != "existing")
+        {
+            // A new image holds nothing, so it cannot be in sync as of when the bitmap started.
+            throw QmpException.Generic("sync mode 'bitmap' needs a target that is already in sync: use mode 'existing'");
         }
 
         var (sync, backing) = NewTargetBacking.Choose(source, options.Sync);
@@ -306,11 +324,17 @@ public sealed partial class StorageDaemon
         var onSource = Policy(arguments.OptionalString("on-source-error"));
         var onTarget = Policy(arguments.OptionalString("on-target-error"));
         var unmap = drive ? arguments.OptionalBool("unmap") ?? true : true;
+        var writeIntentLog = !drive && (arguments.OptionalBool(WriteIntentLogMember[1..]) ?? false);
+        var resume = !drive && (arguments.OptionalBool(ResumeMember[1..]) ?? false);
         var filterNodeName = drive ? null : arguments.OptionalString("filter-node-name");
         var copyMode = arguments.OptionalString("copy-mode");
         var autoFinalize = arguments.OptionalBool("auto-finalize") ?? true;
         var autoDismiss = arguments.OptionalBool("auto-dismiss") ?? true;
         var targetIsZero = arguments.OptionalBool("target-is-zero") ?? false;
+        var bitmap = arguments.OptionalString("bitmap");
+        var bitmapMode = arguments.OptionalString("bitmap-mode") is { } modeText
+            ? MirrorNames.TryParseBitmapMode(modeText, out var parsed) ? parsed : throw new InvalidOperationException($"'{modeText}' passed the enum check but is no bitmap mode")
+            : (BitmapSyncMode?)null;
         if (speed < 0)
         {
             throw QmpException.Generic("Parameter 'speed' expects a non-negative value");
@@ -332,6 +356,10 @@ public sealed partial class StorageDaemon
             AutoDismiss = autoDismiss,
             CopyMode = CopyMode(copyMode),
             TargetIsZero = targetIsZero,
+            Bitmap = bitmap,
+            BitmapMode = bitmapMode,
+            WriteIntentLog = writeIntentLog,
+            Resume = resume,
         };
     }
 

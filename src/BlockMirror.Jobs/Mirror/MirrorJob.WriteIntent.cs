@@ -1,0 +1,87 @@
+using BlockMirror.Block.Bitmaps;
+using BlockMirror.Block.Graph;
+
+namespace BlockMirror.Jobs.Mirror;
+
+/// <summary>
+/// The job's side of its write-intent log (<see cref="WriteIntentLog"/>): made or reopened at the start, read into
+/// the dirty bitmap on a resume, cleared lazily by the copy loop, removed when the job ends.
+/// </summary>
+public sealed partial class MirrorJob
+{
+    WriteIntentLog? _log;
+    DateTimeOffset _lastLogClear;
+
+    /// <summary>The path of the job's write-intent log, or null when it keeps none.</summary>
+    public string? WriteIntentLogPath => _log?.Path;
+
+    /// <summary>
+    /// Where the log of a job with <see cref="MirrorOptions.WriteIntentLog"/> or <see cref="MirrorOptions.Resume"/>
+    /// goes, checked before the graph changes; a resume opens (and checks) its crashed job's log here. Null path:
+    /// the job keeps none.
+    /// </summary>
+    static (string? Path, WriteIntentLog? Resumed) PlanWriteIntentLog(BlockNode source, BlockNode target, MirrorOptions options)
+    {
+        if (!options.WriteIntentLog && !options.Resume)
+        {
+            return (null, null);
+        }
+
+        var path = WriteIntentLog.PathFor(source)
+            ?? throw new JobException($"A write-intent log is kept beside the source's image file, and '{source.Name}' has no local file");
+        if (options.Resume)
+        {
+            return (path, WriteIntentLog.Open(path, source, target));
+        }
+
+        WriteIntentLog.RefuseExisting(path, source);
+        return (path, null);
+    }
+
+    /// <summary>
+    /// Creates a new job's log, the last step of the start that can fail: it marks every region the job will copy
+    /// (all of them for a full or top copy, the sync bitmap's for sync=bitmap, none for sync=none), so a crash
+    /// before the first clear resumes the whole job.
+    /// </summary>
+    static WriteIntentLog CreateWriteIntentLog(string path, BlockNode source, BlockNode target, MirrorOptions options, long granularity, DirtyBitmap? syncBitmap)
+    {
+        Func<long, long, bool> initial = options.Sync switch
+        {
+            MirrorSyncMode.None => (_, _) => false,
+            MirrorSyncMode.Bitmap => (offset, length) => syncBitmap!.NextDirty(offset) is var d && d >= 0 && d < offset + length,
+            _ => (_, _) => true,
+        };
+        return WriteIntentLog.Create(path, source, target, WriteIntentLog.RegionSizeFor(source.Length, granularity), initial);
+    }
+
+    /// <summary>
+    /// The lazy clearing, once per <see cref="MirrorOptions.WriteIntentLogClearInterval"/>: when some region was idle
+    /// at the last look, flush the target, then clear those still idle and untouched (see
+    /// <see cref="WriteIntentLog.ClearIdle"/>); either way note the regions idle now.
+    /// </summary>
+    async Task ClearWriteIntentLogAsync()
+    {
+        if (_log is not { Abandoned: false } log || Time.GetUtcNow() - _lastLogClear < _options.WriteIntentLogClearInterval)
+        {
+            return;
+        }
+
+        _lastLogClear = Time.GetUtcNow();
+        if (log.HasIdleCandidates && !await _engine.FlushTargetAsync().ConfigureAwait(false))
+        {
+            return;
+        }
+
+        if (log.ClearIdle(RegionSettled) is { } write)
+        {
+            await write.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Nothing of [offset, offset + length) is dirty or being copied.</summary>
+    bool RegionSettled(long offset, long length)
+    {
+        var dirty = _dirty.NextDirty(offset);
+        return (dirty < 0 || dirty >= offset + length) && !_engine.InFlightWithin(offset, offset + length);
+    }
+}
