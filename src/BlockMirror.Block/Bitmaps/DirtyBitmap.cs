@@ -109,12 +109,6 @@ public sealed class DirtyBitmap
         set => _enabled = value;
     }
 
-    /// <summary>
-    /// An operation uses the bitmap (a <c>sync=bitmap</c> mirror): others may not change, merge into or remove it
-    /// meanwhile (QEMU's bdrv_dirty_bitmap_set_busy). Writes still mark it when it is enabled.
-    /// </summary>
-    public bool Busy { get; set; }
-
     /// <summary>Dirty bytes, exact: a dirty last chunk counts only up to the device end. O(1).</summary>
     public long DirtyBytes
     {
