@@ -49,7 +49,7 @@ public sealed class MirrorRefusalTests : IDisposable
 
     public static TheoryData<string[], string> BadOptions => new()
     {
-        { ["--sync", "bogus"], "unknown sync mode 'bogus' (expected full, top or none)" },
+        { ["--sync", "bogus"], "unknown sync mode 'bogus' (expected full, top, none or bitmap)" },
         { ["--granularity", "3K"], "Parameter 'granularity' expects a power of 2" },
         { ["--granularity", "128M"], "Parameter 'granularity' expects a value in range [512B, 64MB]" },
         { ["--granularity", "256"], "Parameter 'granularity' expects a value in range [512B, 64MB]" },
