@@ -52,6 +52,7 @@ read -r copied _ < <(last_progress "$dir/resume-2.json")
 echo "killed at $done of $len bytes (left $left); the resumed job copied $copied bytes in $(echo "$end - $start" | bc) s"
 echo "row: resumed copy / left at the kill = $(echo "scale=3; $copied / $left" | bc) (target <= 1.1)"
 cmp -s "$src" "$tgt" && echo "target equals source" || { echo "TARGET DIFFERS"; exit 1; }
+rm -f "$tgt"
 
 echo "== 2. incremental re-sync after 1 % changed ($size MiB dense qcow2)"
 q=$dir/resync-src.qcow2 t=$dir/resync-tgt.raw
@@ -81,3 +82,4 @@ echo "full copy $full s; re-sync after $writes writes of 64 KiB copied $copied b
 echo "row: copied / disk = $(echo "scale=4; $copied / ($size * 1048576)" | bc) (target about 0.01)"
 echo "row: re-sync time / full copy time = $(echo "scale=3; $inc / $full" | bc) (target < 0.1)"
 qemu-img compare -f qcow2 -F raw "$q" "$t"
+rm -f "$q" "$t"

@@ -73,12 +73,17 @@ def run(block_size, log):
         fio = subprocess.run(['fio', '--name=w', '--ioengine=nbd', f'--uri=nbd+unix:///disk?socket={nbd_path}',
             '--rw=randwrite', f'--bs={block_size}', '--iodepth=16', f'--size={size}M', '--time_based',
             f'--runtime={seconds}', '--output-format=json'], capture_output=True, text=True, check=True)
-        bandwidth = json.loads(fio.stdout)['jobs'][0]['write']['bw'] / 1024
+        # fio may print notes before its JSON.
+        bandwidth = json.loads(fio.stdout[fio.stdout.index('{'):])['jobs'][0]['write']['bw'] / 1024
         command('block-job-cancel', device='j')
         command('quit')
         return bandwidth
     finally:
-        daemon.wait(timeout=30)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 print(f'{size} MiB dense raw source, fio randwrite iodepth 16 for {seconds} s through the NBD export, mirror READY')

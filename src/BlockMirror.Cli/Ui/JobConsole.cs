@@ -18,6 +18,10 @@ namespace BlockMirror.Cli.Ui;
 sealed class JobConsole : IDisposable
 {
     readonly List<JobEvent> _events = [];
+
+    // Set when the job reports READY, so the wait between two looks ends at once: the job is completed then, not
+    // at the next progress tick (up to a second later with --json, which is all of a small re-sync's run).
+    readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly IDisposable _subscription;
     readonly bool _json;
     readonly bool _progress;
@@ -37,6 +41,11 @@ sealed class JobConsole : IDisposable
             lock (_events)
             {
                 _events.Add(e);
+            }
+
+            if (e is BlockJobReadyEvent)
+            {
+                _ready.TrySetResult();
             }
         });
     }
@@ -75,7 +84,8 @@ sealed class JobConsole : IDisposable
                     line.Update(info.Offset, info.Len, progress, info.Status.ToWireName(), ErrorSummary());
                 }
 
-                await Task.WhenAny(job.Finished, Task.Delay(_json ? 1000 : 200, CancellationToken.None));
+                var tick = Task.Delay(_json ? 1000 : 200, CancellationToken.None);
+                await (completed ? Task.WhenAny(job.Finished, tick) : Task.WhenAny(job.Finished, tick, _ready.Task));
             }
 
             TakeEvents();

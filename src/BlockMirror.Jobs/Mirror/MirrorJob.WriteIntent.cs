@@ -11,6 +11,7 @@ public sealed partial class MirrorJob
 {
     WriteIntentLog? _log;
     DateTimeOffset _lastLogClear;
+    DateTimeOffset _lastLogQuickClear;
 
     /// <summary>The path of the job's write-intent log, or null when it keeps none.</summary>
     public string? WriteIntentLogPath => _log?.Path;
@@ -55,24 +56,45 @@ public sealed partial class MirrorJob
     }
 
     /// <summary>
-    /// The lazy clearing, once per <see cref="MirrorOptions.WriteIntentLogClearInterval"/>: when some region was idle
-    /// at the last look, flush the target, then clear those still idle and untouched (see
-    /// <see cref="WriteIntentLog.ClearIdle"/>); either way note the regions idle now.
+    /// The log's clearing, from the copy loop. Once per <see cref="MirrorOptions.WriteIntentLogQuickClearInterval"/>,
+    /// the regions no guest has written that the copy has settled are looked at, the target flushed, and those
+    /// cleared (<see cref="WriteIntentLog.SettledUntouched"/>): during the bulk copy the log follows it within a
+    /// fraction of a second. Once per <see cref="MirrorOptions.WriteIntentLogClearInterval"/>, the lazy clearing of
+    /// the others: when some region was idle at the last look, flush the target, then clear those still idle and
+    /// untouched (see <see cref="WriteIntentLog.ClearIdle"/>); either way note the regions idle now.
     /// </summary>
     async Task ClearWriteIntentLogAsync()
     {
-        if (_log is not { Abandoned: false } log || Time.GetUtcNow() - _lastLogClear < _options.WriteIntentLogClearInterval)
+        if (_log is not { Abandoned: false } log)
         {
             return;
         }
 
-        _lastLogClear = Time.GetUtcNow();
-        if (log.HasIdleCandidates && !await _engine.FlushTargetAsync().ConfigureAwait(false))
+        var now = Time.GetUtcNow();
+        var lazy = now - _lastLogClear >= _options.WriteIntentLogClearInterval;
+        var untouched = now - _lastLogQuickClear >= _options.WriteIntentLogQuickClearInterval ? log.SettledUntouched(RegionSettled) : null;
+        if (!lazy && untouched is null)
         {
             return;
         }
 
-        if (log.ClearIdle(RegionSettled) is { } write)
+        _lastLogQuickClear = now;
+        if (lazy)
+        {
+            _lastLogClear = now;
+        }
+
+        if ((untouched is not null || (lazy && log.HasIdleCandidates)) && !await _engine.FlushTargetAsync().ConfigureAwait(false))
+        {
+            return;
+        }
+
+        if (untouched is not null && log.ClearUntouched(untouched) is { } quick)
+        {
+            await quick.ConfigureAwait(false);
+        }
+
+        if (lazy && log.ClearIdle(RegionSettled) is { } write)
         {
             await write.ConfigureAwait(false);
         }

@@ -33,6 +33,12 @@ public sealed record MirrorOptions
     /// <summary>How often the write-intent log's lazy clearing looks (not a QMP option; tests make it short).</summary>
     internal TimeSpan WriteIntentLogClearInterval { get; init; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// How often the write-intent log clears the regions the copy settled that no guest wrote (not a QMP option): each
+    /// such pass costs a flush of the target and a log write, so not more often than this.
+    /// </summary>
+    internal TimeSpan WriteIntentLogQuickClearInterval { get; init; } = TimeSpan.FromMilliseconds(250);
+
     /// <summary><c>granularity</c> in bytes; 0 picks the target's cluster size clamped to 4 KiB..64 KiB (64 KiB without one).</summary>
     public long Granularity { get; init; }
 

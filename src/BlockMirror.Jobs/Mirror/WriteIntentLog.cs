@@ -452,6 +452,66 @@ sealed class WriteIntentLog : IDisposable
         }
     }
 
+    /// <summary>
+    /// The first half of a quick clear: the marked regions that no guest request has touched since the log was made
+    /// or reopened (what the bulk copy works through) and that are settled now (<paramref name="clean"/>). What was
+    /// copied into them has completed, so once a flush of the target has followed this look,
+    /// <see cref="ClearUntouched"/> may clear them at once. The second look of <see cref="ClearIdle"/> is there to
+    /// keep a region a guest writes from being cleared and marked again over and over; a region no guest has
+    /// written needs no such wait, and clearing it soon is what keeps a resume after a crash in the bulk copy from
+    /// copying again what was already copied.
+    /// </summary>
+    public List<int>? SettledUntouched(Func<long, long, bool> clean)
+    {
+        lock (_lock)
+        {
+            List<int>? settled = null;
+            for (var r = 0; r < _regions; r++)
+            {
+                if (Marked(r) && Volatile.Read(ref _epoch[r]) == 0 && Volatile.Read(ref _active[r]) == 0 && clean((long)r << _shift, RegionSize))
+                {
+                    (settled ??= []).Add(r);
+                }
+            }
+
+            return settled;
+        }
+    }
+
+    /// <summary>
+    /// The second half of a quick clear, after a flush of the target that followed <see cref="SettledUntouched"/>:
+    /// clears those regions still untouched by any guest request. Returns the log write to wait for, or null when
+    /// nothing was cleared.
+    /// </summary>
+    public Task? ClearUntouched(List<int> settled)
+    {
+        lock (_lock)
+        {
+            var cleared = false;
+            foreach (var r in settled)
+            {
+                if (!Marked(r) || Volatile.Read(ref _epoch[r]) != 0 || Volatile.Read(ref _active[r]) != 0)
+                {
+                    continue;
+                }
+
+                // As in ClearIdle: out of memory first, then the counters once more.
+                Interlocked.And(ref _marked[r >> 6], ~(1UL << (r & 63)));
+                if (Volatile.Read(ref _epoch[r]) != 0 || Volatile.Read(ref _active[r]) != 0)
+                {
+                    Interlocked.Or(ref _marked[r >> 6], 1UL << (r & 63));
+                }
+                else
+                {
+                    cleared = true;
+                    _idle[r] = false;
+                }
+            }
+
+            return cleared && !_abandoned ? QueueWriteLocked() : null;
+        }
+    }
+
     /// <summary>Whether some marked region waits for a second idle look (a pass with a flush is worth making).</summary>
     public bool HasIdleCandidates
     {

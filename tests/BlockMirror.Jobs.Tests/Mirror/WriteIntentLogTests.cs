@@ -92,6 +92,36 @@ public sealed class WriteIntentLogTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_region_no_guest_wrote_is_cleared_after_one_look_and_a_flush_and_one_a_guest_wrote_is_not()
+    {
+        using var log = Create((offset, _) => offset < 3 * Region);
+        Assert.Equal(3 * Region, MarkedOnDisk());
+
+        // Region 1 has had a guest write (ended); region 2 is still being copied (clean says no).
+        await log.BeginWriteAsync(Region, 512);
+        log.EndWrite(Region, 512);
+        var settled = log.SettledUntouched((offset, _) => offset != 2 * Region);
+        Assert.Equal([0], settled);
+
+        // A guest write into a settled region between the look and the clear keeps it.
+        var again = log.SettledUntouched((offset, _) => offset == 0)!;
+        await log.BeginWriteAsync(0, 512);
+        Assert.Null(log.ClearUntouched(again));
+        log.EndWrite(0, 512);
+        Assert.Equal(3 * Region, MarkedOnDisk());
+
+        // Region 0 now has a guest write behind it too: only the lazy clearing's two looks take it (and region 1).
+        Assert.Null(log.SettledUntouched((offset, _) => offset != 2 * Region));
+        Assert.Null(log.ClearIdle((offset, _) => offset != 2 * Region));
+        await log.ClearIdle((offset, _) => offset != 2 * Region)!;
+        Assert.Equal(Region, MarkedOnDisk());
+
+        // Region 2, untouched by guests, goes at the first look once the copy has settled it.
+        await log.ClearUntouched(log.SettledUntouched((_, _) => true)!)!;
+        Assert.Equal(0, MarkedOnDisk());
+    }
+
+    [Fact]
     public void A_crashed_job_s_log_is_not_overwritten_and_a_resume_checks_it_is_of_these_nodes()
     {
         using (Create((_, _) => true))
