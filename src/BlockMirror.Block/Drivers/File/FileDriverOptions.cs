@@ -14,8 +14,9 @@ public enum FileDiscardMode
 /// <param name="Filename">Path of a regular file.</param>
 /// <param name="Direct"><c>cache.direct</c>: open with O_DIRECT, bypassing the page cache.</param>
 /// <param name="Aio">
-/// <c>aio</c>: <c>threads</c>, <c>native</c> or <c>io_uring</c>. Accepted for compatibility with QEMU's
-/// command lines; every value makes positional I/O calls on <see cref="FileIoThreads"/>.
+/// <c>aio</c>: <c>threads</c> (<see cref="FileIoThreads"/>), <c>io_uring</c> (<see cref="IoUring.FileIoUring"/>, or the
+/// threads with a warning where the kernel refuses io_uring) or <c>native</c>. QEMU's native is Linux AIO, which
+/// this driver does not implement: it is accepted (with QEMU's requirement of <c>cache.direct=on</c>) and served by the threads.
 /// </param>
 /// <param name="Discard">What discard requests do.</param>
 /// <param name="Locking">QEMU's <c>locking</c>: whether the node takes and honours QEMU's image locks (<see cref="FileLocks"/>).</param>

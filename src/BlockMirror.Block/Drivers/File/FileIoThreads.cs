@@ -30,7 +30,7 @@ namespace BlockMirror.Block.Drivers.File;
 /// .NET pool even with its spinning turned off, 3.0 to 3.5 here (half of them the socket thread's), and a
 /// request's latency pays for every extra wake-up when the host is busy.</para>
 /// </remarks>
-sealed class FileIoThreads
+sealed class FileIoThreads : IFileIo
 {
     /// <summary>QEMU's default max_worker_threads.</summary>
     public const int MaxThreads = 64;
@@ -52,6 +52,8 @@ sealed class FileIoThreads
     readonly List<Worker> _idle = [];
     readonly Stack<Operation> _free = new();
     int _threads;
+
+    public string Name => "threads";
 
     public ValueTask<int> ReadAsync(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
@@ -100,6 +102,10 @@ sealed class FileIoThreads
         Submit(operation);
         return task;
     }
+
+    /// <summary>fdatasync on an I/O thread: 0, or the errno it failed with.</summary>
+    public ValueTask<int> DataSyncAsync(SafeFileHandle handle, CancellationToken cancellationToken) =>
+        RunAsync(handle, static handle => LibC.FDataSync(handle) == 0 ? 0 : System.Runtime.InteropServices.Marshal.GetLastPInvokeError(), cancellationToken);
 
     /// <summary>lseek on an I/O thread: the new position, or minus the errno it failed with.</summary>
     public ValueTask<long> SeekAsync(SafeFileHandle handle, long offset, int whence, CancellationToken cancellationToken)
