@@ -93,6 +93,13 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         var handle = OpenHandle(options, readOnly);
         try
         {
+            if (options.Aio == "native" && !options.Direct)
+            {
+                // QEMU's Linux AIO works only with O_DIRECT and it refuses the pair, after opening the file as
+                // here; we serve native with the threads, but refuse what QEMU refuses.
+                throw new BlockOpenException("aio=native was specified, but it requires cache.direct=on, which was not specified.");
+            }
+
             // With O_DIRECT a length that is not a multiple of the alignment leaves a last block that cannot
             // be written on its own: the raw format refuses such a file for writing; qcow2 grows it first.
             var length = RandomAccess.GetLength(handle);
