@@ -75,7 +75,8 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     static FileDriver Open(FileDriverOptions options, bool readOnly, ILogger logger, string nodeName)
     {
-        if (!FileDriverOptions.AioModes.Contains(options.Aio))
+        var aio = options.Aio ?? FileDriverOptions.DefaultAio;
+        if (!FileDriverOptions.AioModes.Contains(aio))
         {
             throw new BlockOpenException($"Parameter 'aio' does not accept value '{options.Aio}' (expected one of: {string.Join(", ", FileDriverOptions.AioModes)})");
         }
@@ -93,7 +94,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         var handle = OpenHandle(options, readOnly);
         try
         {
-            if (options.Aio == "native" && !options.Direct)
+            if (aio == "native" && !options.Direct)
             {
                 // QEMU's Linux AIO works only with O_DIRECT and it refuses the pair, after opening the file as
                 // here; we serve native with the threads, but refuse what QEMU refuses.
@@ -104,7 +105,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             // be written on its own: the raw format refuses such a file for writing; qcow2 grows it first.
             var length = RandomAccess.GetLength(handle);
             var canPunch = !readOnly && options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, length);
-            return new FileDriver(handle, options, length, canPunch, FileIoEngines.Select(options.Aio, logger, nodeName));
+            return new FileDriver(handle, options, length, canPunch, FileIoEngines.Select(aio, logger, nodeName));
         }
         catch
         {
