@@ -37,8 +37,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     /// <summary>Ring size: more than the deepest queue the mirror (16) or an NBD client keeps in flight.</summary>
     public const uint DefaultEntries = 256;
 
-    const int MaxPooledOperations = 256;
-
     // user_data of the pending eventfd read; operations use their GCHandle, never 1.
     const ulong WakeUserData = 1;
 
@@ -56,7 +54,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     // Guards the fields below.
     readonly Lock _lock = new();
     readonly Queue<Operation> _incoming = new();
-    readonly Stack<Operation> _free = new();
     bool _sleeping;
     bool _wakeSent;
     bool _stopping;
@@ -67,8 +64,11 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     uint _unsubmitted;
     bool _wakeArmed;
 
+    readonly FileCallPool<Operation> _pool;
+
     FileIoUring(uint entries, out string? failure)
     {
+        _pool = new FileCallPool<Operation>(() => new Operation(this));
         using var ready = new ManualResetEventSlim();
         string? setupFailure = null;
         _thread = new Thread(() =>
@@ -209,31 +209,14 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
         Submit(operation);
     }
 
-    Operation Rent()
-    {
-        lock (_lock)
-        {
-            if (_free.TryPop(out var operation))
-            {
-                return operation;
-            }
-        }
-
-        return new Operation(this);
-    }
+    Operation Rent() => _pool.Rent();
 
     void Return(Operation operation)
     {
-        lock (_lock)
+        if (!_pool.Return(operation))
         {
-            if (_free.Count < MaxPooledOperations)
-            {
-                _free.Push(operation);
-                return;
-            }
+            operation.Discard();
         }
-
-        operation.Discard();
     }
 
     /// <summary>On the engine's thread, places the entry now; from any other thread, queues it and wakes the thread if it sleeps.</summary>
@@ -292,7 +275,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
         var ring = _ring!;
         while (true)
         {
-            bool sleep;
             lock (_lock)
             {
                 while (_incoming.TryDequeue(out var operation))
@@ -305,8 +287,7 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
                     break;
                 }
 
-                // Sleep only with nothing queued: a call queued after this sees the flag and wakes us.
-                sleep = true;
+                // Everything queued is taken: a call queued after this sees the flag and wakes us.
                 _sleeping = true;
             }
 
@@ -317,7 +298,7 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
             }
 
             // One system call submits what the last batch's continuations queued and sleeps until a completion.
-            var submitted = ring.Enter(_unsubmitted, wait: sleep);
+            var submitted = ring.Enter(_unsubmitted, wait: true);
             lock (_lock)
             {
                 _sleeping = false;
@@ -366,23 +347,19 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
 
         Signal(_eventFd);
         _thread.Join();
-        lock (_lock)
+        while (_pool.TryTake(out var operation))
         {
-            while (_free.TryPop(out var operation))
-            {
-                operation.Discard();
-            }
+            operation.Discard();
         }
     }
 
     /// <summary>One call: its pinned buffers and handle while in the kernel, then its result for the awaiting caller. Reused.</summary>
-    sealed class Operation : IValueTaskSource<int>, IValueTaskSource<long>, IValueTaskSource
+    sealed class Operation : PooledFileCall
     {
         readonly FileIoUring _owner;
 
         // The entry's user_data: a handle to this operation, made once (pooled operations keep theirs).
         GCHandle _self;
-        ManualResetValueTaskSourceCore<long> _core;
 
         byte _opcode;
         SafeFileHandle? _handle;
@@ -409,8 +386,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
             _owner = owner;
             _self = GCHandle.Alloc(this);
         }
-
-        public short Version => _core.Version;
 
         /// <summary>Nothing left to send (a write of no bytes).</summary>
         public bool Done => _opcode is IORING_OP_WRITE or IORING_OP_WRITEV && _remaining == 0;
@@ -590,13 +565,13 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
         public void Finish(long result)
         {
             Release();
-            _core.SetResult(result);
+            SetResult(result);
         }
 
         public void Fail(Exception error)
         {
             Release();
-            _core.SetException(error);
+            SetException(error);
         }
 
         /// <summary>Unpins the buffers and lets go of the handle: the caller may reuse them once the call completes.</summary>
@@ -621,28 +596,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
         /// <summary>Frees the handle the ring knows this operation by, when it leaves the pool for good.</summary>
         public void Discard() => _self.Free();
 
-        long GetResultAndReturn(short token)
-        {
-            try
-            {
-                return _core.GetResult(token);
-            }
-            finally
-            {
-                _core.Reset();
-                _owner.Return(this);
-            }
-        }
-
-        int IValueTaskSource<int>.GetResult(short token) => (int)GetResultAndReturn(token);
-
-        long IValueTaskSource<long>.GetResult(short token) => GetResultAndReturn(token);
-
-        void IValueTaskSource.GetResult(short token) => GetResultAndReturn(token);
-
-        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
-
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-            _core.OnCompleted(continuation, state, token, flags);
+        protected override void ReturnToPool() => _owner.Return(this);
     }
 }
