@@ -145,7 +145,7 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         Assert.Contains("io_uring buffered: ok", ours);
         Assert.Contains("native buffered: GenericError: aio=native was specified, but it requires cache.direct=on, which was not specified.", ours);
         Assert.Contains("native direct: ok", ours);
-        Assert.Contains("io-uring-direct file aio reported=False", ours);
+        Assert.Contains("io-uring-direct file aio reported=False direct=True", ours);
 
         // And on the command line (QEMU checks after opening the file, so it must exist).
         var path = _dir.File("native.raw");
@@ -155,8 +155,8 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
 
     /// <summary>
     /// blockdev-add of a file node with each aio value, buffered and with cache.direct: the reply, then what
-    /// query-named-block-nodes says of each node that opened (neither daemon reports aio there). Not compared:
-    /// cache.direct, which blockmirror reports as false for every node (a difference of its own, left to the QMP layer).
+    /// query-named-block-nodes says of each node that opened (neither daemon reports aio there) and its cache.direct
+    /// (<see cref="CacheDirectDifferentialTests"/> compares it for inline children too).
     /// </summary>
     async Task<List<string>> AioModesAsync(DifferentialDaemon daemon)
     {
@@ -186,7 +186,7 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
 
             var nodes = (await qmp.ExecuteAsync("query-named-block-nodes"))!.AsArray();
             seen.AddRange(nodes
-                .Select(n => $"{(string?)n!["node-name"]} {(string?)n["drv"]} aio reported={n.ToJsonString().Contains("\"aio\"", StringComparison.Ordinal)}")
+                .Select(n => $"{(string?)n!["node-name"]} {(string?)n["drv"]} aio reported={n.ToJsonString().Contains("\"aio\"", StringComparison.Ordinal)} direct={(bool)n["cache"]!["direct"]!}")
                 .Order(StringComparer.Ordinal));
         });
         return seen;

@@ -61,6 +61,12 @@ public sealed partial class BlockNode : IEdgeParent
     public bool ReadOnly { get; internal set; }
 
     /// <summary>
+    /// The node was opened with <c>cache.direct=on</c> (its own or inherited from an inline parent): what
+    /// <c>query-named-block-nodes</c> reports as <c>cache.direct</c>. The file driver acts on it (O_DIRECT).
+    /// </summary>
+    public bool Direct { get; internal set; }
+
+    /// <summary>
     /// Read-only only because nothing needed to write it (a backing file opened from a header, or QEMU's
     /// <c>auto-read-only</c>): a job that must write it (a commit into it) may reopen it read-write. A node
     /// the user asked to be read-only stays so.

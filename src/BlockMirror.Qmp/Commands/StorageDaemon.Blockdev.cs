@@ -94,7 +94,9 @@ public sealed partial class StorageDaemon
             // QAPI types it as int: a threshold past INT64_MAX prints negative, as in QEMU.
             ["write_threshold"] = (long)node.WriteThreshold,
             ["backing_file_depth"] = Depth(node),
-            ["cache"] = new JsonObject { ["writeback"] = true, ["direct"] = false, ["no-flush"] = false },
+            // writeback is a property of the device above (always true for a node, as in QEMU); no-flush is
+            // accepted and not acted on: flushes always reach the file.
+            ["cache"] = new JsonObject { ["writeback"] = true, ["direct"] = node.Direct, ["no-flush"] = false },
             ["image"] = new JsonObject
             {
                 ["filename"] = node.Driver.FileName ?? "",

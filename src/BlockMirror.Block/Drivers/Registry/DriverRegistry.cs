@@ -127,11 +127,17 @@ public static class DriverRegistry
 
     /// <summary>Reads one node's options, and its inline children's, checking all of them; opens nothing.</summary>
     /// <param name="parentForceShare">An inline child shares everything when its parent does (QEMU passes <c>force-share</c> down).</param>
+    /// <param name="parentDirect">
+    /// The parent's <c>cache.direct</c>: an inline child that does not set its own takes it, as QEMU's
+    /// bdrv_inherited_options copies it down, so <c>driver=qcow2,file.driver=file,...,cache.direct=on</c> opens the
+    /// file with O_DIRECT.
+    /// </param>
     /// <param name="inline">
     /// The node is a child given inline in its parent's options: its <c>discard</c> defaults to unmap, as QEMU's
     /// bdrv_inherited_options sets it, since the parent decides which discards and unmapping zeroes it passes on.
     /// </param>
-    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false, bool inline = false)
+    internal static NodePlan Read(BlockGraph graph, OptionReader options, bool parentReadOnly, OpenRules rules, bool parentForceShare = false, bool inline = false,
+        bool parentDirect = false)
     {
         var name = options.OptionalEnum("driver", rules.InternalDrivers ? _current.AllNames : _current.OfferedNames)
             ?? throw options.Invalid($"Parameter '{options.Prefix}driver' is missing");
@@ -175,10 +181,10 @@ public static class DriverRegistry
             }
         }
 
-        var direct = false;
+        var direct = inline && parentDirect;
         if (options.OptionalObject("cache") is { } cache)
         {
-            direct = cache.OptionalBool("direct") ?? false;
+            direct = cache.OptionalBool("direct") ?? direct;
             cache.Accept("no-flush");
             cache.CheckNoneUnexpected();
         }
@@ -194,19 +200,20 @@ public static class DriverRegistry
         options.Accept("auto-read-only");
         var open = driver.Read(new NodeOptions(graph, options, nodeName, readOnly, discard, direct, rules, forceShare));
         options.CheckNoneUnexpected();
-        return new NodePlan(driver, nodeName, readOnly, Unmapping(forceShare ? SharingAll(open) : open, discard == FileDiscardMode.Unmap, detectZeroes));
+        return new NodePlan(driver, nodeName, readOnly, Unmapping(forceShare ? SharingAll(open) : open, discard == FileDiscardMode.Unmap, detectZeroes, direct));
     }
 
     /// <summary>
-    /// Tells the node whether its discards are passed on (QEMU's BDRV_O_UNMAP) and what it does with zero writes,
-    /// as soon as it exists.
+    /// Tells the node whether its discards are passed on (QEMU's BDRV_O_UNMAP), what it does with zero writes and
+    /// whether it was opened with <c>cache.direct</c>, as soon as it exists.
     /// </summary>
-    static NodeOpener Unmapping(NodeOpener open, bool unmap, DetectZeroesMode detectZeroes) => async opening =>
+    static NodeOpener Unmapping(NodeOpener open, bool unmap, DetectZeroesMode detectZeroes, bool direct) => async opening =>
     {
         var node = await open(opening).ConfigureAwait(false);
         node.DiscardUnmaps = unmap;
         node.DropsDiscards = !unmap;
         node.DetectZeroes = detectZeroes;
+        node.Direct = direct;
         return node;
     };
 

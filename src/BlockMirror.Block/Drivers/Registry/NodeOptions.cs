@@ -57,7 +57,7 @@ public sealed class NodeOptions
                     ?? throw Options.Invalid($"Cannot find device='{reference.GetString()}' nor node-name='{reference.GetString()}'");
                 return new ChildPlan(node, null);
             case { ValueKind: JsonValueKind.Object }:
-                return new ChildPlan(null, DriverRegistry.Read(_graph, Options.OptionalObject(name)!, readOnly ?? ReadOnly, new OpenRules(), ForceShare, inline: true));
+                return new ChildPlan(null, DriverRegistry.Read(_graph, Options.OptionalObject(name)!, readOnly ?? ReadOnly, new OpenRules(), ForceShare, inline: true, parentDirect: Direct));
             default:
                 throw Options.Invalid($"Invalid parameter type for '{Options.Prefix}{name}', expected: BlockdevRef");
         }
