@@ -76,11 +76,8 @@ public sealed class NbdTransmissionTests
             byte[] data;
             if (structured)
             {
-                var (flags, type, chunkCookie, payload) = await client.ReadChunkAsync();
-                Assert.Equal((NbdChunkFlags.Done, NbdChunkType.OffsetData), (flags, type));
-                cookie = chunkCookie;
-                Assert.Equal((ulong)byCookie[cookie].Offset, BinaryPrimitives.ReadUInt64BigEndian(payload));
-                data = payload[8..];
+                // Data and hole chunks (the image file is sparse where nothing was written).
+                (cookie, data, _) = await client.ReadStructuredReadAsync(c => ((ulong)byCookie[c].Offset, byCookie[c].Length));
             }
             else
             {

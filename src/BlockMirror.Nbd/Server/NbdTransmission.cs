@@ -47,12 +47,12 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     readonly NodeEdge _edge = export.Edge;
     readonly ILogger _logger = connection.Logger;
 
-    // Replies: _replies and _sending are guarded by _replyLock; the batch buffer, the array of replies being
-    // sent and _broken belong to the one sender running.
+    // Replies: _replies and _sending are guarded by _replyLock; the gather, the array of replies being sent
+    // and _broken belong to the one sender running.
     readonly Lock _replyLock = new();
     readonly Queue<Reply> _replies = new(MaxInFlight);
     readonly Reply[] _sendingReplies = new Reply[MaxInFlight];
-    readonly byte[] _batch = new byte[BatchSize];
+    readonly NbdReplyGather _gather = new(connection.Stream, connection.Socket, BatchSize);
     bool _sending;
     bool _broken;
 
@@ -301,7 +301,15 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         switch (request.Command)
         {
             case NbdCommand.Read:
-                await ReadAsync(request, offset, length).ConfigureAwait(false);
+                if (structured && length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0)
+                {
+                    await SparseReadAsync(request, offset, length).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadAsync(request, offset, length).ConfigureAwait(false);
+                }
+
                 return;
             case NbdCommand.Write:
                 if (length > 0)
@@ -467,27 +475,30 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     }
 
     /// <summary>
-    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into one buffer, large
-    /// data from its own. Each reply is released as soon as its last byte is sent, not at the end of the
-    /// batch: its slot lets the request loop start the next request while the rest are still being sent.
+    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into the batch buffer,
+    /// large data from its own, all of it in one gather send where it fits. A send that the gather cannot hold
+    /// goes out first; the replies it carried whole are released then, not at the end of the batch: their
+    /// slots let the request loop start the next requests while the rest are still being sent.
     /// </summary>
     async ValueTask WriteRepliesAsync(int count)
     {
-        var used = 0;
         for (var i = 0; i < count; i++)
         {
+            if (_sendingReplies[i].Chunks is not null)
+            {
+                await GatherSparseReadAsync(i).ConfigureAwait(false);
+                continue;
+            }
+
             var headerLength = _sendingReplies[i].HeaderLength;
             var bodyLength = _sendingReplies[i].BodyLength;
             var coalesce = bodyLength <= CoalesceLimit;
-            if (used + headerLength + (coalesce ? bodyLength : 0) > _batch.Length)
+            if (!_gather.HasRoom(headerLength + (coalesce ? bodyLength : 0), coalesce ? 0 : 1))
             {
-                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
-                used = 0;
-                ReleaseUpTo(i);
+                await FlushAsync(i).ConfigureAwait(false);
             }
 
-            ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_batch.AsSpan(used));
-            used += headerLength;
+            ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_gather.Append(headerLength));
             if (bodyLength == 0)
             {
                 continue;
@@ -496,23 +507,26 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
             var body = _sendingReplies[i].Data is { } data ? data.Memory[..bodyLength] : _sendingReplies[i].Body.AsMemory(0, bodyLength);
             if (coalesce)
             {
-                body.Span.CopyTo(_batch.AsSpan(used));
-                used += bodyLength;
+                body.Span.CopyTo(_gather.Append(bodyLength));
             }
             else
             {
-                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
-                used = 0;
-                ReleaseUpTo(i);
-                await _stream.WriteAsync(body).ConfigureAwait(false);
-                ReleaseUpTo(i + 1);
+                _gather.Add(body);
             }
         }
 
-        if (used > 0)
+        await FlushAsync(count).ConfigureAwait(false);
+    }
+
+    /// <summary>Sends what the gather holds, then releases the replies before <paramref name="whole"/>, which it carried to the end.</summary>
+    async ValueTask FlushAsync(int whole)
+    {
+        if (!_gather.IsEmpty)
         {
-            await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+            await _gather.FlushAsync().ConfigureAwait(false);
         }
+
+        ReleaseUpTo(whole);
     }
 
     /// <summary>Gives back the buffers and request slots of <c>_sendingReplies[_released..end)</c>.</summary>
@@ -529,6 +543,11 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
             if (reply.Body is not null)
             {
                 ArrayPool<byte>.Shared.Return(reply.Body);
+            }
+
+            if (reply.Chunks is not null)
+            {
+                ArrayPool<ReadChunk>.Shared.Return(reply.Chunks);
             }
 
             reply = default;
@@ -552,7 +571,24 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         public byte[]? Body;
 
         public int BodyLength;
+
+        /// <summary>
+        /// A sparse read's chunks, in order, rented from the shared array pool (the first <see cref="ChunkCount"/>
+        /// count): their headers are written when sent, their data is in <see cref="Data"/> at the same place
+        /// as in the request. <see cref="Header"/> is unused then.
+        /// </summary>
+        public ReadChunk[]? Chunks;
+
+        public int ChunkCount;
+
+        /// <summary>A sparse read's cookie and offset, for its chunk headers.</summary>
+        public ulong Cookie;
+
+        public ulong Offset;
     }
+
+    /// <summary>One chunk of a sparse read: <see cref="Length"/> bytes from <see cref="Start"/> bytes into the request, data or a hole.</summary>
+    readonly record struct ReadChunk(int Start, int Length, bool Hole);
 
     /// <summary>Room for the longest reply header: a structured chunk header and the offset of an OffsetData chunk.</summary>
     [InlineArray(Length)]
@@ -578,6 +614,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     public ValueTask DisposeAsync()
     {
         _slots.Dispose();
+        _gather.Dispose();
         return ValueTask.CompletedTask;
     }
 }
