@@ -80,6 +80,7 @@ sealed partial class NbdReplyGather : IDisposable
     }
 
     /// <summary>Sends every segment, in order; then the gather is empty again.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask FlushAsync()
     {
         try

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using BlockMirror.Block.Graph;
 using BlockMirror.Nbd.Protocol;
 
@@ -22,6 +23,7 @@ sealed partial class NbdTransmission
     /// at its place in the request, and queues the reply as a list of chunks: one per block status run, as the
     /// chain reports them (QEMU's server does not join runs either).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask SparseReadAsync(NbdRequest request, long offset, int length)
     {
         var buffer = _buffers.Rent(length);
@@ -63,6 +65,7 @@ sealed partial class NbdTransmission
     }
 
     /// <summary>Puts the chunks of the sparse read <c>_sendingReplies[index]</c> into the gather, flushing it when full.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask GatherSparseReadAsync(int index)
     {
         for (var c = 0; c < _sendingReplies[index].ChunkCount; c++)

@@ -18,7 +18,8 @@ namespace BlockMirror.Nbd.Server;
 /// running mirror and follow a pivot.
 /// </summary>
 /// <remarks>
-/// <para>Write payloads: what the pipe already holds is copied out of it, the rest is read from the socket
+/// <para>Write payloads: a small one (up to 16 KiB) is read through the pipe with the headers around it and
+/// copied out. Of a large one, what the pipe already holds is copied out of it, the rest is read from the socket
 /// straight into the pooled request buffer. The pipe reads in small pieces so that a header read brings
 /// along little of a large payload.</para>
 /// <para>Replies: a finished request queues its reply (header, and read data or a structured payload) and
@@ -33,6 +34,9 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
     /// <summary>Requests of one connection in progress at once (QEMU's MAX_NBD_REQUESTS).</summary>
     public const int MaxInFlight = 16;
+
+    /// <summary>Write payloads up to this size are read through the pipe and copied out; larger ones are read from the socket into their buffer.</summary>
+    const int PipedPayloadLimit = 16 << 10;
 
     /// <summary>Reply data up to this size is copied next to its header and sent with it; larger data is sent from its own buffer.</summary>
     const int CoalesceLimit = 4096;
@@ -144,12 +148,29 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     async ValueTask<AlignedMemory> ReadPayloadAsync(int length, CancellationToken cancellationToken)
     {
         var payload = _buffers.Rent(Math.Max(length, 1));
         try
         {
-            // The part of the payload that came in with the header is in the pipe...
+            if (length <= PipedPayloadLimit)
+            {
+                // Small: through the pipe, whose reads bring the next requests along; a copy of a few KiB costs
+                // less than the read system call (and the wait for the socket) a read of the payload alone takes.
+                var piped = await _reader.ReadAtLeastAsync(length, cancellationToken).ConfigureAwait(false);
+                if (piped.Buffer.Length < length)
+                {
+                    _reader.AdvanceTo(piped.Buffer.Start, piped.Buffer.End);
+                    throw new EndOfStreamException("the client closed the connection in the middle of a write payload");
+                }
+
+                piped.Buffer.Slice(0, length).CopyTo(payload.Memory.Span);
+                _reader.AdvanceTo(piped.Buffer.GetPosition(length));
+                return payload;
+            }
+
+            // Large: the part of the payload that came in with the header is in the pipe...
             var copied = 0;
             if (_reader.TryRead(out var result))
             {
@@ -290,6 +311,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         return (NbdError.None, null);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ExecuteAsync(NbdRequest request, AlignedMemory? payload)
     {
         var offset = (long)request.Offset;
@@ -355,6 +377,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         Queue(ref reply);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ReadAsync(NbdRequest request, long offset, int length)
     {
         var buffer = _buffers.Rent(Math.Max(length, 1));
@@ -480,6 +503,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     /// goes out first; the replies it carried whole are released then, not at the end of the batch: their
     /// slots let the request loop start the next requests while the rest are still being sent.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask WriteRepliesAsync(int count)
     {
         for (var i = 0; i < count; i++)
@@ -519,6 +543,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     }
 
     /// <summary>Sends what the gather holds, then releases the replies before <paramref name="whole"/>, which it carried to the end.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask FlushAsync(int whole)
     {
         if (!_gather.IsEmpty)
