@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using BlockMirror.TestKit;
 
 namespace BlockMirror.Nbd.Tests;
 
@@ -42,6 +43,15 @@ static class ExternalNbdDaemon
                 await process.WaitForExitAsync();
             }
         }
+    }
+
+    /// <summary>A new raw image of <paramref name="size"/> bytes, all hole, in <paramref name="dir"/>, for the daemon to export.</summary>
+    public static string NewImage(TempDirectory dir, long size)
+    {
+        var path = dir.File("disk.raw");
+        using var stream = new FileStream(path, FileMode.CreateNew);
+        stream.SetLength(size);
+        return path;
     }
 
     sealed class DaemonGoneException(string message) : Exception(message);

@@ -52,11 +52,7 @@ public sealed class NbdPastTheEndDifferentialTests
     {
         var qsd = ExternalTool.Require("qemu-storage-daemon");
         using var dir = new TempDirectory("blockmirror-qsd-");
-        var path = dir.File("disk.raw");
-        await using (var stream = new FileStream(path, FileMode.CreateNew))
-        {
-            stream.SetLength(Size);
-        }
+        var path = ExternalNbdDaemon.NewImage(dir, Size);
 
         var errors = await ErrnosFromDaemonAsync(qsd, port =>
         [

@@ -73,11 +73,7 @@ public sealed class NbdSparseReadTests
     {
         var qsd = ExternalTool.Require("qemu-storage-daemon");
         using var dir = new TempDirectory("blockmirror-qsd-");
-        var path = dir.File("disk.raw");
-        await using (var stream = new FileStream(path, FileMode.CreateNew))
-        {
-            stream.SetLength(Size);
-        }
+        var path = ExternalNbdDaemon.NewImage(dir, Size);
 
         Lay(path);
         var chunks = await ExternalNbdDaemon.RunAsync(qsd, port =>

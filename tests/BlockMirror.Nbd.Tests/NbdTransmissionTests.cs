@@ -71,21 +71,8 @@ public sealed class NbdTransmissionTests
         var byCookie = reads.ToDictionary(r => r.Cookie);
         for (var i = 0; i < reads.Count; i++)
         {
-            ulong cookie;
-            byte[] data;
-            if (structured)
-            {
-                // Data and hole chunks (the image file is sparse where nothing was written).
-                (cookie, data, _) = await client.ReadStructuredReadAsync(c => ((ulong)byCookie[c].Offset, byCookie[c].Length));
-            }
-            else
-            {
-                NbdError error;
-                (error, cookie) = await client.ReadSimpleReplyAsync();
-                Assert.Equal(NbdError.None, error);
-                data = await client.ReadAsync(byCookie[cookie].Length);
-            }
-
+            // Structured: data and hole chunks (the image file is sparse where nothing was written).
+            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)byCookie[c].Offset, byCookie[c].Length));
             var read = byCookie[cookie];
             Assert.True(model.AsSpan(read.Offset, read.Length).SequenceEqual(data), $"read {cookie} at {read.Offset} (+{read.Length}) differs");
             Assert.True(byCookie.Remove(cookie));
@@ -115,21 +102,23 @@ public sealed class NbdTransmissionTests
 
         for (var i = 0; i < reads.Count; i++)
         {
-            ulong cookie;
-            byte[] data;
-            if (structured)
-            {
-                (cookie, data, _) = await client.ReadStructuredReadAsync(c => ((ulong)reads[c].Offset, reads[c].Length));
-            }
-            else
-            {
-                (var error, cookie) = await client.ReadSimpleReplyAsync();
-                Assert.Equal(NbdError.None, error);
-                data = await client.ReadAsync(reads[cookie].Length);
-            }
-
+            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)reads[c].Offset, reads[c].Length));
             Assert.True(content.AsSpan(reads[cookie].Offset, reads[cookie].Length).SequenceEqual(data), $"read {cookie} differs");
         }
+    }
+
+    /// <summary>One read's reply, simple or structured; <paramref name="request"/> gives a cookie's offset and length.</summary>
+    static async Task<(ulong Cookie, byte[] Data)> ReadReplyAsync(RawNbdClient client, bool structured, Func<ulong, (ulong Offset, int Length)> request)
+    {
+        if (structured)
+        {
+            var (cookie, data, _) = await client.ReadStructuredReadAsync(request);
+            return (cookie, data);
+        }
+
+        var (error, simpleCookie) = await client.ReadSimpleReplyAsync();
+        Assert.Equal(NbdError.None, error);
+        return (simpleCookie, await client.ReadAsync(request(simpleCookie).Length));
     }
 
     static byte[] Request(NbdCommand command, ulong cookie, ulong offset, uint length, byte[] payload) =>

@@ -21,6 +21,9 @@ sealed partial class NbdReplyGather : IDisposable
     const int MsgDontWait = 0x40;
     const int MsgNoSignal = 0x4000;
     const int EIntr = 4;
+    const int EPipe = 32;
+    const int EAgain = 11;
+    const int EConnReset = 104;
 
     readonly Stream _stream;
 
@@ -92,8 +95,7 @@ sealed partial class NbdReplyGather : IDisposable
                 var written = _socket < 0 ? -1 : SendGathered(next, sent);
                 if (written < 0)
                 {
-                    // TLS, a full socket or a failure: the stream waits for room, or reports the failure as it
-                    // does for any send (a reset as a reset).
+                    // TLS or a full socket: the stream's write waits for room.
                     await _stream.WriteAsync(_segments[next][sent..]).ConfigureAwait(false);
                     next++;
                     sent = 0;
@@ -118,7 +120,10 @@ sealed partial class NbdReplyGather : IDisposable
         }
     }
 
-    /// <summary>One non-blocking sendmsg of segments [<paramref name="first"/>, count) less <paramref name="skip"/> bytes of the first; returns the bytes sent, or -1 when none could be.</summary>
+    /// <summary>
+    /// One non-blocking sendmsg of segments [<paramref name="first"/>, count) less <paramref name="skip"/> bytes of the
+    /// first; returns the bytes sent, or -1 when the socket has no room. A failure throws as the socket's send would.
+    /// </summary>
     unsafe long SendGathered(int first, int skip)
     {
         var vectors = 0;
@@ -149,10 +154,20 @@ sealed partial class NbdReplyGather : IDisposable
         }
         while (written < 0 && Marshal.GetLastPInvokeError() == EIntr);
 
+        var error = written < 0 ? Marshal.GetLastPInvokeError() : 0;
+
         for (var i = 0; i < vectors; i++)
         {
             _pins[i].Dispose();
             _pins[i] = default;
+        }
+
+        if (written < 0 && error != EAgain)
+        {
+            // As the socket's own send reports it: the errno read here is gone for the next send, so a reset
+            // must be named now for the connection's log to say so.
+            throw new IOException($"Unable to write data to the transport connection: {Marshal.GetPInvokeErrorMessage(error)}.",
+                new SocketException((int)(error switch { EConnReset => SocketError.ConnectionReset, EPipe => SocketError.Shutdown, _ => SocketError.SocketError })));
         }
 
         return written;
