@@ -17,7 +17,7 @@ static class MirrorScenarios
     {
         var size = options.Quick ? 512L << 20 : 4L << 30;
         var source = ImageData.Dense(options.DataDirectory, size);
-        return Run(options, $"dense raw->raw {size >> 20} MiB (QMP)", source, size);
+        return Run(options, $"dense raw->raw {size >> 20} MiB (QMP)", source, size, data: size);
     }
 
     /// <summary>
@@ -30,14 +30,15 @@ static class MirrorScenarios
         var (size, data) = options.Quick ? (4L << 30, 256L << 20) : (32L << 30, 2L << 30);
         var source = ImageData.Qcow2(ImageData.Sparse(options.DataDirectory, size, data));
 
-        return Run(options, $"sparse qcow2->qcow2 {size >> 30} GiB ({data >> 20} MiB data) (QMP)", source, size, format: "qcow2");
+        return Run(options, $"sparse qcow2->qcow2 {size >> 30} GiB ({data >> 20} MiB data) (QMP)", source, size, data, format: "qcow2");
     }
 
-    static IEnumerable<Row> Run(Options options, string name, string source, long size, string format = "raw")
+    static IEnumerable<Row> Run(Options options, string name, string source, long size, long data, string format = "raw")
     {
         var target = Path.Combine(options.DataDirectory, "mirror-target." + format);
         var converted = new List<double>();
         var convertedOurs = new List<double>();
+        var (ourReady, theirReady, limits) = (new List<double>(), new List<double>(), new List<double>());
         var metrics = new MetricTable("qemu-storage-daemon");
         for (var pair = 0; pair < options.Pairs; pair++)
         {
@@ -47,6 +48,7 @@ static class MirrorScenarios
                 PrepareTarget(target, format, size);
                 var result = RunOnceAsync(options, mine, SourceArguments(source, format, socket: null), target, format).GetAwaiter().GetResult();
                 metrics.Add(name, "time to READY", mine, result.ToReady, "s", "<= 1.0");
+                (mine ? ourReady : theirReady).Add(result.ToReady);
                 metrics.Add(name, "pivot pause (complete -> COMPLETED)", mine, result.PivotPause * 1000, "ms", "<= 0.1");
                 metrics.Add(name, "daemon CPU per GiB", mine, result.CpuSeconds / (size / (double)(1L << 30)), "s", "<= 1.2");
                 metrics.Add(name, "daemon peak RSS", mine, result.PeakRssMiB, "MiB", "<= 2.0");
@@ -56,6 +58,10 @@ static class MirrorScenarios
                     convertedOurs.Add(result.ToReady + result.PivotPause);
                 }
             }
+
+            // The disk's limit for copying the data, in the same pair.
+            limits.Add(DiskCopyLimit.Measure(source, target, data));
+            Console.Error.WriteLine($"{name}: pair {pair + 1}: the disk's copy limit {limits[^1]:0.00} s");
 
             if (format == "qcow2")
             {
@@ -70,6 +76,10 @@ static class MirrorScenarios
         {
             yield return new Row(name, "READY + pivot vs offline copy", convertedOurs, converted, "s", "<= 0.8 (QEMU's mirror: 1.3-1.5)");
         }
+
+        const string Limit = "the disk's copy limit (fio: sequential read and write of the data at once, O_DIRECT, 1 MiB x 16)";
+        yield return new Row(name, "blockmirror time to READY vs the disk's copy limit", ourReady, limits, "s", "<= 1.15", Limit);
+        yield return new Row(name, "qemu-storage-daemon time to READY vs the disk's copy limit", theirReady, limits, "s", null, Limit);
 
         File.Delete(target);
         foreach (var row in metrics.Rows())

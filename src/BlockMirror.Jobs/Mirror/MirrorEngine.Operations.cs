@@ -117,7 +117,14 @@ sealed partial class MirrorEngine
         }
         catch (OperationCanceledException)
         {
-            // A forced cancel aborted it; the job is ending and the range no longer matters.
+            // A forced cancel aborted it: the job is ending, but what it leaves dirty can outlive it (a
+            // sync=bitmap job with bitmap-mode=always gives it back to the user's bitmap for the next
+            // re-sync), and an aborted write may or may not have reached the target. The claim cleared
+            // the range, so mark it again, as a failed copy does.
+            if (!op.InitialZeroing)
+            {
+                _dirty.SetDirty(op.Offset, op.Length);
+            }
         }
         catch (Exception ex)
         {

@@ -25,13 +25,15 @@ public sealed class FileDriverModelTests : IDisposable
     Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(string name, long size, bool direct, FileDiscardMode discard) =>
         OpenAsync(_dir, name, size, direct, discard);
 
-    static async Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(TempDirectory dir, string name, long size, bool direct, FileDiscardMode discard)
+    static async Task<(BlockGraph Graph, NodeEdge Disk)> OpenAsync(TempDirectory dir, string name, long size, bool direct, FileDiscardMode discard, string aio = "threads")
     {
         var path = dir.File(name);
         FileDriver.CreateFile(path, size);
         var graph = new BlockGraph();
-        var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Discard: discard));
+        var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Aio: aio, Discard: discard));
         Assert.Equal(discard == FileDiscardMode.Unmap, node.Capabilities.CanDiscard);
+        // Each engine must really be the one in use: a silent fallback would test the threads twice.
+        Assert.Equal(aio, ((FileDriver)node.Driver).Engine);
         return (graph, graph.AttachRoot(node, new RootParent("test")));
     }
 
@@ -52,16 +54,19 @@ public sealed class FileDriverModelTests : IDisposable
     };
 
     [SkippableTheory]
-    [InlineData(FileDiscardMode.Unmap)]
-    [InlineData(FileDiscardMode.Ignore)]
-    public async Task Buffered_random_unaligned_requests_match_the_model(FileDiscardMode discard)
+    [InlineData(FileDiscardMode.Unmap, "threads")]
+    [InlineData(FileDiscardMode.Ignore, "threads")]
+    [InlineData(FileDiscardMode.Unmap, "io_uring")]
+    [InlineData(FileDiscardMode.Ignore, "io_uring")]
+    public async Task Buffered_random_unaligned_requests_match_the_model(FileDiscardMode discard, string aio)
     {
         await SkipUnlessPunchHolesAsync(discard);
+        IoUringSupport.SkipUnlessAvailable(aio);
         await Seeds.RunAsync(Seeds.Range(8), async seed =>
         {
             // A directory per seed, deleted after the graph closes, so long runs do not fill the disk.
             using var dir = new TempDirectory();
-            var (graph, disk) = await OpenAsync(dir, $"buffered-{discard}-{seed}.raw", BufferedSize, direct: false, discard);
+            var (graph, disk) = await OpenAsync(dir, $"buffered-{discard}-{seed}.raw", BufferedSize, direct: false, discard, aio);
             await using var _ = graph;
             using var runner = new ModelRunner(disk, Profile(BufferedSize, direct: false, discard, BufferKind.Heap), seed);
             await runner.RunAsync(steps: 300, checkEvery: 50);
@@ -70,15 +75,18 @@ public sealed class FileDriverModelTests : IDisposable
     }
 
     [SkippableTheory]
-    [InlineData(FileDiscardMode.Unmap)]
-    [InlineData(FileDiscardMode.Ignore)]
-    public async Task Direct_random_aligned_requests_from_aligned_and_misaligned_buffers_match_the_model(FileDiscardMode discard)
+    [InlineData(FileDiscardMode.Unmap, "threads")]
+    [InlineData(FileDiscardMode.Ignore, "threads")]
+    [InlineData(FileDiscardMode.Unmap, "io_uring")]
+    [InlineData(FileDiscardMode.Ignore, "io_uring")]
+    public async Task Direct_random_aligned_requests_from_aligned_and_misaligned_buffers_match_the_model(FileDiscardMode discard, string aio)
     {
         await SkipUnlessPunchHolesAsync(discard);
+        IoUringSupport.SkipUnlessAvailable(aio);
         await Seeds.RunAsync(Seeds.Range(8), async seed =>
         {
             using var dir = new TempDirectory();
-            var (graph, disk) = await OpenAsync(dir, $"direct-{discard}-{seed}.raw", DirectSize, direct: true, discard);
+            var (graph, disk) = await OpenAsync(dir, $"direct-{discard}-{seed}.raw", DirectSize, direct: true, discard, aio);
             await using var _ = graph;
             using var runner = new ModelRunner(disk, Profile(DirectSize, direct: true, discard, BufferKind.Mixed), seed);
             await runner.RunAsync(steps: 200, checkEvery: 50);

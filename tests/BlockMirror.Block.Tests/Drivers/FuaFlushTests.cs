@@ -19,12 +19,13 @@ public sealed class FuaFlushTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    async Task<BlockNode> OpenFileAsync(BlockGraph graph)
+    async Task<BlockNode> OpenFileAsync(BlockGraph graph, string aio = "threads")
     {
         var path = _dir.File("disk.raw");
         FileDriver.CreateFile(path, 16 * Block);
-        var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path));
+        var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Aio: aio));
         Assert.False(file.Capabilities.CanFua);
+        Assert.Equal(aio, ((FileDriver)file.Driver).Engine);
         return file;
     }
 
@@ -35,14 +36,18 @@ public sealed class FuaFlushTests : IDisposable
         _ => disk.WriteZeroesAsync(Block, Block, flags).AsTask(),
     };
 
-    [Theory]
-    [InlineData("write")]
-    [InlineData("write-vector")]
-    [InlineData("write-zeroes")]
-    public async Task A_fua_request_through_blkdebug_over_a_file_fails_when_flush_is_failed(string kind)
+    [SkippableTheory]
+    [InlineData("write", "threads")]
+    [InlineData("write-vector", "threads")]
+    [InlineData("write-zeroes", "threads")]
+    [InlineData("write", "io_uring")]
+    [InlineData("write-vector", "io_uring")]
+    [InlineData("write-zeroes", "io_uring")]
+    public async Task A_fua_request_through_blkdebug_over_a_file_fails_when_flush_is_failed(string kind, string aio)
     {
+        IoUringSupport.SkipUnlessAvailable(aio);
         await using var graph = new BlockGraph();
-        var file = await OpenFileAsync(graph);
+        var file = await OpenFileAsync(graph, aio);
         await file.WriteAsync(0, Enumerable.Repeat((byte)0x11, 16 * Block).ToArray());
         var dbg = await BlkdebugFilter.OpenAsync(graph, "dbg", file, new BlkdebugOptions([new BlkdebugRule(Operation: BlockOperation.Flush, Errno: BlockErrno.ENOSPC)]));
         var blkdebug = (BlkdebugFilter)dbg.Driver;

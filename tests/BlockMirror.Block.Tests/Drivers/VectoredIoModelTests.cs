@@ -47,11 +47,14 @@ public sealed class VectoredIoModelTests : IDisposable
         });
 
     [SkippableTheory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task File_driver_vectors_match_the_model(bool direct)
+    [InlineData(false, "threads")]
+    [InlineData(true, "threads")]
+    [InlineData(false, "io_uring")]
+    [InlineData(true, "io_uring")]
+    public async Task File_driver_vectors_match_the_model(bool direct, string aio)
     {
         await PunchHoleSupport.SkipUnlessAvailableAsync();
+        IoUringSupport.SkipUnlessAvailable(aio);
         await Seeds.RunAsync(Seeds.Range(8), async seed =>
         {
             // A directory per seed, deleted after the graph closes, so long runs do not fill the disk.
@@ -59,8 +62,9 @@ public sealed class VectoredIoModelTests : IDisposable
             var path = dir.File($"vectors-{direct}-{seed}.raw");
             FileDriver.CreateFile(path, Size);
             await using var graph = new BlockGraph();
-            var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Discard: FileDiscardMode.Unmap));
+            var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Aio: aio, Discard: FileDiscardMode.Unmap));
             Assert.True(node.Capabilities.CanDiscard);
+            Assert.Equal(aio, ((FileDriver)node.Driver).Engine);
             var profile = new ModelProfile
             {
                 Size = Size,

@@ -13,9 +13,9 @@ public sealed class MirrorSyncBitmapTests
     const long Chunk = MirrorRig.Chunk;
 
     /// <summary>A rig whose target already holds the source's bytes, with bitmap b0 on the source recording two writes (three chunks).</summary>
-    static async Task<MirrorRig> InSyncThenChangedAsync()
+    static async Task<MirrorRig> InSyncThenChangedAsync(bool gateTarget = false)
     {
-        var rig = await MirrorRig.CreateAsync();
+        var rig = await MirrorRig.CreateAsync(gateTarget: gateTarget);
         await rig.TargetMemory.WriteAsync(0, rig.Content);
         rig.Source.CreateDirtyBitmap(Chunk, "b0");
         await rig.Vm.WriteAsync(3 * Chunk, Filled(Chunk, 0x5a));
@@ -74,6 +74,25 @@ public sealed class MirrorSyncBitmapTests
         Assert.NotNull(job.Error);
 
         // Nothing reached the target: the bitmap still marks all three chunks, so the re-sync can run again.
+        Assert.Equal(3 * Chunk, bitmap.DirtyBytes);
+        Assert.False(bitmap.Busy);
+    }
+
+    [Fact]
+    public async Task Always_gives_back_the_copies_a_forced_cancel_aborted()
+    {
+        await using var rig = await InSyncThenChangedAsync(gateTarget: true);
+        var bitmap = rig.Source.DirtyBitmaps.Single(b => b.Name == "b0");
+        rig.TargetGate.Close();
+        var job = await rig.StartAsync(BitmapOptions(BitmapSyncMode.Always));
+
+        // The first copy is held at the target when the cancel aborts it (the buffer has room for no other).
+        await rig.TargetGate.WaitArrivedAsync(1);
+        await job.CancelAsync(force: true);
+        await MirrorTestRunner.WaitFinishedAsync(job);
+        rig.TargetGate.Open();
+
+        // No copy reached the target, so the re-sync must find all three chunks still marked.
         Assert.Equal(3 * Chunk, bitmap.DirtyBytes);
         Assert.False(bitmap.Busy);
     }

@@ -22,7 +22,7 @@ static class FileDeclaration
     static NodeOpener Read(NodeOptions node)
     {
         var options = new FileDriverOptions(node.Options.RequireString("filename"), node.Direct,
-            node.Options.OptionalEnum("aio", "threads", "native", "io_uring") ?? "threads", node.Discard,
+            node.Options.OptionalEnum("aio", "threads", "native", "io_uring"), node.Discard,
             node.Options.OptionalEnum("locking", "auto", "on", "off") switch
             {
                 "on" => FileLockingMode.On,

@@ -4,6 +4,7 @@ using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Interop;
 using BlockMirror.Block.Io;
+using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Block.Drivers.File;
@@ -38,8 +39,11 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     // Shared zeroes for the write-zeroes fallback: aligned, so it also serves O_DIRECT, never written.
     static readonly Lazy<AlignedMemory> Zeroes = new(() => new AlignedMemory(ZeroChunk, DirectAlignment));
 
-    /// <summary>Where the blocking calls run (QEMU's thread pool for aio=threads).</summary>
-    static FileIoThreads Io => FileIoThreads.Shared;
+    /// <summary>Where lseek and ftruncate run (no engine has them as asynchronous operations).</summary>
+    static FileIoThreads Threads => FileIoThreads.Shared;
+
+    /// <summary>Where reads, writes, fallocate and fdatasync go: the I/O threads or io_uring (<c>aio</c>).</summary>
+    readonly IFileIo _io;
 
     // Replaced only by a reopen, which runs drained (nothing in flight).
     SafeFileHandle _handle;
@@ -52,8 +56,9 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     bool _zeroRangeUnsupported;
     bool _punchUnsupported;
 
-    FileDriver(SafeFileHandle handle, FileDriverOptions options, long length, bool canPunch)
+    FileDriver(SafeFileHandle handle, FileDriverOptions options, long length, bool canPunch, IFileIo io)
     {
+        _io = io;
         _handle = handle;
         _options = options;
         _length = length;
@@ -66,11 +71,12 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     /// <summary>Opens a regular file as a node.</summary>
     public static ValueTask<BlockNode> OpenAsync(BlockGraph graph, string? nodeName, FileDriverOptions options, bool readOnly = false, CancellationToken cancellationToken = default) =>
-        graph.CreateNodeAsync(nodeName, readOnly, (_, _) => ValueTask.FromResult<IBlockDriver>(Open(options, readOnly)), cancellationToken);
+        graph.CreateNodeAsync(nodeName, readOnly, (node, _) => ValueTask.FromResult<IBlockDriver>(Open(options, readOnly, graph.Logger, node.Name)), cancellationToken);
 
-    static FileDriver Open(FileDriverOptions options, bool readOnly)
+    static FileDriver Open(FileDriverOptions options, bool readOnly, ILogger logger, string nodeName)
     {
-        if (!FileDriverOptions.AioModes.Contains(options.Aio))
+        var aio = options.Aio ?? FileDriverOptions.DefaultAio;
+        if (!FileDriverOptions.AioModes.Contains(aio))
         {
             throw new BlockOpenException($"Parameter 'aio' does not accept value '{options.Aio}' (expected one of: {string.Join(", ", FileDriverOptions.AioModes)})");
         }
@@ -88,11 +94,18 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         var handle = OpenHandle(options, readOnly);
         try
         {
+            if (aio == "native" && !options.Direct)
+            {
+                // QEMU's Linux AIO works only with O_DIRECT and it refuses the pair, after opening the file as
+                // here; we serve native with the threads, but refuse what QEMU refuses.
+                throw new BlockOpenException("aio=native was specified, but it requires cache.direct=on, which was not specified.");
+            }
+
             // With O_DIRECT a length that is not a multiple of the alignment leaves a last block that cannot
             // be written on its own: the raw format refuses such a file for writing; qcow2 grows it first.
             var length = RandomAccess.GetLength(handle);
             var canPunch = !readOnly && options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, length);
-            return new FileDriver(handle, options, length, canPunch);
+            return new FileDriver(handle, options, length, canPunch, FileIoEngines.Select(aio, logger, nodeName));
         }
         catch
         {
@@ -215,6 +228,9 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     public string? FileName => _options.Filename;
 
+    /// <summary>The engine in use: <c>threads</c> or <c>io_uring</c> (after a fallback, threads).</summary>
+    internal string Engine => _io.Name;
+
     bool DirectFriendly(long offset, ReadOnlyMemory<byte> buffer) =>
         _bounce is null ||
         (offset % DirectAlignment == 0 && buffer.Length % DirectAlignment == 0 && AlignedMemory.IsAligned(buffer, DirectAlignment));
@@ -228,7 +244,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     {
         while (!buffer.IsEmpty)
         {
-            var read = await Io.ReadAsync(_handle, buffer, offset, cancellationToken).ConfigureAwait(false);
+            var read = await _io.ReadAsync(_handle, buffer, offset, cancellationToken).ConfigureAwait(false);
             if (read == 0)
             {
                 buffer.Span.Clear();
@@ -300,7 +316,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         }
 
         var expected = IoVectors.TotalLength(buffers);
-        var read = await Io.ReadAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        var read = await _io.ReadAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
         if (read < expected)
         {
             // Short read: the file ended (or the kernel split the request). Finish buffer by buffer.
@@ -413,7 +429,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
                 target = target[buffer.Length..];
             }
 
-            await Io.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -423,7 +439,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
         DirectFriendly(offset, buffer)
-            ? Io.WriteAsync(_handle, buffer, offset, cancellationToken)
+            ? _io.WriteAsync(_handle, buffer, offset, cancellationToken)
             : WriteBouncedAsync(offset, buffer, cancellationToken);
 
     async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
@@ -432,7 +448,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         try
         {
             buffer.CopyTo(bounce.Memory);
-            await Io.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -475,11 +491,11 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
         if (buffers.Count == 1)
         {
-            await Io.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        await Io.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        await _io.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)
@@ -507,7 +523,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         while (length > 0)
         {
             var count = (int)Math.Min(length, ZeroChunk);
-            await Io.WriteAsync(_handle, zeroes[..count], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, zeroes[..count], offset, cancellationToken).ConfigureAwait(false);
             offset += count;
             length -= count;
         }
@@ -538,7 +554,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     /// </summary>
     async ValueTask<bool> TryFallocateAsync(int mode, long offset, long length, BlockOperation operation, CancellationToken cancellationToken)
     {
-        var errno = await Io.FallocateAsync(_handle, mode, offset, length, cancellationToken).ConfigureAwait(false);
+        var errno = await _io.FallocateAsync(_handle, mode, offset, length, cancellationToken).ConfigureAwait(false);
 
         // Again after the call: a status query that ran while the hole was being punched may have cached
         // the state before it.
@@ -569,7 +585,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         // fdatasync blocks until the device has the data; keep it off the caller's thread.
-        var errno = await Io.RunAsync(_handle, static handle => LibC.FDataSync(handle) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
+        var errno = await _io.DataSyncAsync(_handle, cancellationToken).ConfigureAwait(false);
         if (errno != 0)
         {
             throw BlockIOException.Create(BlockErrnoText.FromErrno(errno), _options.Filename, BlockOperation.Flush, 0, 0, $"fdatasync: {LibC.Describe(errno)}");
@@ -623,7 +639,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             generation = _holeGeneration;
         }
 
-        var data = await Io.SeekAsync(_handle, offset, LibC.SEEK_DATA, cancellationToken).ConfigureAwait(false);
+        var data = await Threads.SeekAsync(_handle, offset, LibC.SEEK_DATA, cancellationToken).ConfigureAwait(false);
         if (data < 0)
         {
             // ENXIO: no data at or after offset, it sits in the trailing hole. Anything else: the file
@@ -636,7 +652,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             return Status(BlockStatusFlags.Zero, Math.Min(data, end) - offset);
         }
 
-        var hole = await Io.SeekAsync(_handle, offset, LibC.SEEK_HOLE, cancellationToken).ConfigureAwait(false);
+        var hole = await Threads.SeekAsync(_handle, offset, LibC.SEEK_HOLE, cancellationToken).ConfigureAwait(false);
         if (hole <= offset)
         {
             // A racing punch-hole or an odd file system; data is the safe answer.
@@ -660,7 +676,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
         ForgetDataRun();
-        var errno = await Io.RunAsync(_handle, handle => LibC.FTruncate(handle, length) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
+        var errno = await Threads.RunAsync(_handle, handle => LibC.FTruncate(handle, length) == 0 ? 0 : Marshal.GetLastPInvokeError(), cancellationToken).ConfigureAwait(false);
         ForgetDataRun();
         if (errno != 0)
         {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Threading.Tasks.Sources;
 using BlockMirror.Block.Interop;
 using Microsoft.Win32.SafeHandles;
 
@@ -30,16 +29,13 @@ namespace BlockMirror.Block.Drivers.File;
 /// .NET pool even with its spinning turned off, 3.0 to 3.5 here (half of them the socket thread's), and a
 /// request's latency pays for every extra wake-up when the host is busy.</para>
 /// </remarks>
-sealed class FileIoThreads
+sealed class FileIoThreads : IFileIo
 {
     /// <summary>QEMU's default max_worker_threads.</summary>
     public const int MaxThreads = 64;
 
     /// <summary>QEMU lets an idle worker go after 10 seconds.</summary>
     public static readonly TimeSpan IdleTimeout = TimeSpan.FromSeconds(10);
-
-    /// <summary>Calls kept for reuse: about the most that are ever in flight at once.</summary>
-    const int MaxPooledOperations = 256;
 
     /// <summary>One set of threads for every file node of the process, as QEMU has one pool per AioContext.</summary>
     public static FileIoThreads Shared { get; } = new();
@@ -50,8 +46,9 @@ sealed class FileIoThreads
 
     // Idle workers, the one that went idle last at the end.
     readonly List<Worker> _idle = [];
-    readonly Stack<Operation> _free = new();
     int _threads;
+
+    public string Name => "threads";
 
     public ValueTask<int> ReadAsync(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
@@ -101,6 +98,10 @@ sealed class FileIoThreads
         return task;
     }
 
+    /// <summary>fdatasync on an I/O thread: 0, or the errno it failed with.</summary>
+    public ValueTask<int> DataSyncAsync(SafeFileHandle handle, CancellationToken cancellationToken) =>
+        RunAsync(handle, static handle => LibC.FDataSync(handle) == 0 ? 0 : System.Runtime.InteropServices.Marshal.GetLastPInvokeError(), cancellationToken);
+
     /// <summary>lseek on an I/O thread: the new position, or minus the errno it failed with.</summary>
     public ValueTask<long> SeekAsync(SafeFileHandle handle, long offset, int whence, CancellationToken cancellationToken)
     {
@@ -121,29 +122,13 @@ sealed class FileIoThreads
         return task;
     }
 
-    Operation Rent()
-    {
-        lock (_lock)
-        {
-            if (_free.TryPop(out var operation))
-            {
-                return operation;
-            }
-        }
+    readonly FileCallPool<Operation> _pool;
 
-        return new Operation(this);
-    }
+    FileIoThreads() => _pool = new FileCallPool<Operation>(() => new Operation(this));
 
-    void Return(Operation operation)
-    {
-        lock (_lock)
-        {
-            if (_free.Count < MaxPooledOperations)
-            {
-                _free.Push(operation);
-            }
-        }
-    }
+    Operation Rent() => _pool.Rent();
+
+    void Return(Operation operation) => _pool.Return(operation);
 
     void Submit(Operation operation)
     {
@@ -267,7 +252,7 @@ sealed class FileIoThreads
     }
 
     /// <summary>One call: its arguments while queued, then its result for the awaiting caller. Reused.</summary>
-    sealed class Operation(FileIoThreads owner) : IValueTaskSource<int>, IValueTaskSource<long>, IValueTaskSource
+    sealed class Operation(FileIoThreads owner) : PooledFileCall
     {
         enum Kind : byte
         {
@@ -280,8 +265,6 @@ sealed class FileIoThreads
             Call,
         }
 
-        // Continuations run on the I/O thread that completes the call (see the class remarks).
-        ManualResetValueTaskSourceCore<long> _core;
         Kind _kind;
         SafeFileHandle? _handle;
         long _offset;
@@ -294,8 +277,6 @@ sealed class FileIoThreads
         IReadOnlyList<ReadOnlyMemory<byte>>? _writeBuffers;
         Func<SafeFileHandle, int>? _call;
         CancellationToken _cancellationToken;
-
-        public short Version => _core.Version;
 
         public void SetRead(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
             Set(Kind.Read, handle, buffer, offset, cancellationToken);
@@ -399,36 +380,14 @@ sealed class FileIoThreads
             _cancellationToken = default;
             if (error is null)
             {
-                _core.SetResult(result);
+                SetResult(result);
             }
             else
             {
-                _core.SetException(error);
+                SetException(error);
             }
         }
 
-        long GetResultAndReturn(short token)
-        {
-            try
-            {
-                return _core.GetResult(token);
-            }
-            finally
-            {
-                _core.Reset();
-                owner.Return(this);
-            }
-        }
-
-        int IValueTaskSource<int>.GetResult(short token) => (int)GetResultAndReturn(token);
-
-        long IValueTaskSource<long>.GetResult(short token) => GetResultAndReturn(token);
-
-        void IValueTaskSource.GetResult(short token) => GetResultAndReturn(token);
-
-        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
-
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-            _core.OnCompleted(continuation, state, token, flags);
+        protected override void ReturnToPool() => owner.Return(this);
     }
 }
