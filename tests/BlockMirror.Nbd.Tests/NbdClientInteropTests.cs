@@ -62,6 +62,35 @@ public sealed class NbdClientInteropTests
     }
 
     [SkippableFact]
+    public async Task Qemu_io_nbdcopy_and_qemu_img_compare_read_a_sparse_export_through_hole_chunks()
+    {
+        // Data between holes: the clients negotiate structured replies and read without "don't fragment", so the
+        // holes reach them as hole chunks (NbdSparseReadTests shows the chunks).
+        await using var nbd = await NbdFixture.StartAsync(Size, writable: false);
+        var content = new byte[Size];
+        using (var file = File.OpenHandle(nbd.ImagePath, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
+        {
+            foreach (var (offset, value) in new[] { (0, (byte)0x5a), (1 << 20, (byte)0xa5), ((5 << 20) + 4096, (byte)0x33) })
+            {
+                content.AsSpan(offset, 64 << 10).Fill(value);
+                RandomAccess.Write(file, content.AsSpan(offset, 64 << 10), offset);
+            }
+        }
+
+        var output = await ExternalTool.RunCheckedAsync("qemu-io", "-r", "-f", "raw",
+            "-c", "read -P 0x5a 0 64k", "-c", "read -P 0 64k 960k", "-c", "read -P 0xa5 1M 64k", "-c", "read -P 0 4M 1M",
+            "-c", "read -P 0x33 5124k 64k", "-c", "read -P 0 5188k 2940k", nbd.Uri);
+        Assert.DoesNotContain("Pattern verification failed", output, StringComparison.Ordinal);
+
+        var back = nbd.Directory.File("back.raw");
+        await ExternalTool.RunCheckedAsync("nbdcopy", nbd.Uri, back);
+        Assert.Equal(content, await File.ReadAllBytesAsync(back));
+
+        var compare = await ExternalTool.RunCheckedAsync("qemu-img", "compare", "-f", "raw", "-F", "raw", nbd.Uri, back);
+        Assert.Contains("Images are identical.", compare, StringComparison.Ordinal);
+    }
+
+    [SkippableFact]
     public async Task Nbdcopy_copies_to_and_from_the_export()
     {
         var content = new byte[Size];

@@ -1,6 +1,3 @@
-using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using BlockMirror.Nbd.Client;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.TestKit;
@@ -55,11 +52,7 @@ public sealed class NbdPastTheEndDifferentialTests
     {
         var qsd = ExternalTool.Require("qemu-storage-daemon");
         using var dir = new TempDirectory("blockmirror-qsd-");
-        var path = dir.File("disk.raw");
-        await using (var stream = new FileStream(path, FileMode.CreateNew))
-        {
-            stream.SetLength(Size);
-        }
+        var path = ExternalNbdDaemon.NewImage(dir, Size);
 
         var errors = await ErrnosFromDaemonAsync(qsd, port =>
         [
@@ -71,43 +64,8 @@ public sealed class NbdPastTheEndDifferentialTests
         Assert.Equal(expected, errors);
     }
 
-    /// <summary>
-    /// Starts the daemon on a free port and sends the requests. The free port is only free when asked for:
-    /// a daemon that cannot start, or that drops the first connection, gets two more tries on new ports.
-    /// </summary>
-    static async Task<NbdError[]> ErrnosFromDaemonAsync(string tool, Func<int, string[]> arguments)
-    {
-        for (var attempt = 1; ; attempt++)
-        {
-            var port = FreePort();
-            var start = new ProcessStartInfo(tool) { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
-            foreach (var argument in arguments(port))
-            {
-                start.ArgumentList.Add(argument);
-            }
-
-            using var process = Process.Start(start)!;
-            try
-            {
-                await WaitForPortAsync(port, process);
-                return await SendAllAsync(port, "disk");
-            }
-            catch (Exception e) when (attempt < 3 && e is DaemonGoneException or IOException or System.Net.Sockets.SocketException)
-            {
-            }
-            finally
-            {
-                if (!process.HasExited)
-                {
-                    process.Kill();
-                }
-
-                await process.WaitForExitAsync();
-            }
-        }
-    }
-
-    sealed class DaemonGoneException(string message) : Exception(message);
+    static Task<NbdError[]> ErrnosFromDaemonAsync(string tool, Func<int, string[]> arguments) =>
+        ExternalNbdDaemon.RunAsync(tool, arguments, port => SendAllAsync(port, "disk"));
 
     /// <summary>The requests through our client's connection (which checks no range: the node above it would).</summary>
     static async Task<NbdError[]> SendAllAsync(int port, string export)
@@ -124,37 +82,5 @@ public sealed class NbdPastTheEndDifferentialTests
         }
 
         return [.. errors];
-    }
-
-    static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
-
-    static async Task WaitForPortAsync(int port, Process process)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(20);
-        while (true)
-        {
-            if (process.HasExited)
-            {
-                throw new DaemonGoneException($"{process.StartInfo.FileName} exited with {process.ExitCode}: {await process.StandardError.ReadToEndAsync()}");
-            }
-
-            try
-            {
-                using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-                await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
-                return;
-            }
-            catch (SocketException) when (DateTime.UtcNow < deadline)
-            {
-                await Task.Delay(50);
-            }
-        }
     }
 }

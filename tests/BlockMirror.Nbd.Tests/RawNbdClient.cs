@@ -123,6 +123,49 @@ sealed class RawNbdClient : IAsyncDisposable
         return (chunk.Flags, chunk.Type, chunk.Cookie, await ReadAsync((int)chunk.Length));
     }
 
+    /// <summary>
+    /// Reads one structured read reply: chunks up to the one flagged done, all of one cookie (this server sends a
+    /// reply's chunks together). Returns the cookie, the bytes read (holes as zeroes, every byte covered exactly
+    /// once) and the chunks as (type, offset, length) in the order they came. <paramref name="request"/> gives a
+    /// cookie's offset and length.
+    /// </summary>
+    public async Task<(ulong Cookie, byte[] Data, List<(NbdChunkType Type, ulong Offset, int Length)> Chunks)> ReadStructuredReadAsync(Func<ulong, (ulong Offset, int Length)> request)
+    {
+        ulong? cookie = null;
+        byte[] data = [];
+        bool[] covered = [];
+        var chunks = new List<(NbdChunkType, ulong, int)>();
+        while (true)
+        {
+            var (flags, type, chunkCookie, payload) = await ReadChunkAsync();
+            if (cookie is null)
+            {
+                cookie = chunkCookie;
+                data = new byte[request(chunkCookie).Length];
+                covered = new bool[data.Length];
+            }
+
+            Assert.Equal(cookie, chunkCookie);
+            Assert.True(type is NbdChunkType.OffsetData or NbdChunkType.OffsetHole, $"chunk type {type} in a read reply");
+            var at = BinaryPrimitives.ReadUInt64BigEndian(payload) - request(chunkCookie).Offset;
+            var length = type == NbdChunkType.OffsetHole ? (int)BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(8)) : payload.Length - 8;
+            Assert.InRange(at + (ulong)length, (ulong)length, (ulong)data.Length);
+            Assert.DoesNotContain(true, covered.AsSpan((int)at, length).ToArray());
+            covered.AsSpan((int)at, length).Fill(true);
+            if (type == NbdChunkType.OffsetData)
+            {
+                payload.AsSpan(8).CopyTo(data.AsSpan((int)at));
+            }
+
+            chunks.Add((type, at + request(chunkCookie).Offset, length));
+            if ((flags & NbdChunkFlags.Done) != 0)
+            {
+                Assert.DoesNotContain(false, covered);
+                return (chunkCookie, data, chunks);
+            }
+        }
+    }
+
     /// <summary>True when the server has closed the connection (a read returns end of stream).</summary>
     public async Task<bool> IsClosedByServerAsync()
     {

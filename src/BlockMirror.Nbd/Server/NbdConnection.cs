@@ -70,6 +70,12 @@ sealed class NbdConnection : IAsyncDisposable
     /// </summary>
     internal Stream Stream => _stream;
 
+    /// <summary>
+    /// The socket under <see cref="Stream"/> when nothing is layered over it (no TLS): replies may then be sent to
+    /// it directly, gathered from several buffers in one system call.
+    /// </summary>
+    internal System.Net.Sockets.Socket? Socket => (_stream as System.Net.Sockets.NetworkStream)?.Socket;
+
     internal PipeWriter Writer { get; private set; }
 
     internal AlignedBufferPool Buffers => _server.Buffers;
@@ -594,7 +600,7 @@ sealed class NbdConnection : IAsyncDisposable
             : NbdTransmissionFlags.ReadOnly;
         if (Structured)
         {
-            // Reads are always answered in one chunk, so "don't fragment" costs nothing to honour.
+            // A read is split into data and hole chunks unless the client asks for one chunk with "don't fragment".
             flags |= NbdTransmissionFlags.SendDf;
         }
 

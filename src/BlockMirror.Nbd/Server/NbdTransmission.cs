@@ -18,7 +18,8 @@ namespace BlockMirror.Nbd.Server;
 /// running mirror and follow a pivot.
 /// </summary>
 /// <remarks>
-/// <para>Write payloads: what the pipe already holds is copied out of it, the rest is read from the socket
+/// <para>Write payloads: a small one (up to 16 KiB) is read through the pipe with the headers around it and
+/// copied out. Of a large one, what the pipe already holds is copied out of it, the rest is read from the socket
 /// straight into the pooled request buffer. The pipe reads in small pieces so that a header read brings
 /// along little of a large payload.</para>
 /// <para>Replies: a finished request queues its reply (header, and read data or a structured payload) and
@@ -34,6 +35,9 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     /// <summary>Requests of one connection in progress at once (QEMU's MAX_NBD_REQUESTS).</summary>
     public const int MaxInFlight = 16;
 
+    /// <summary>Write payloads up to this size are read through the pipe and copied out; larger ones are read from the socket into their buffer.</summary>
+    const int PipedPayloadLimit = 16 << 10;
+
     /// <summary>Reply data up to this size is copied next to its header and sent with it; larger data is sent from its own buffer.</summary>
     const int CoalesceLimit = 4096;
 
@@ -47,12 +51,12 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     readonly NodeEdge _edge = export.Edge;
     readonly ILogger _logger = connection.Logger;
 
-    // Replies: _replies and _sending are guarded by _replyLock; the batch buffer, the array of replies being
-    // sent and _broken belong to the one sender running.
+    // Replies: _replies and _sending are guarded by _replyLock; the gather, the array of replies being sent
+    // and _broken belong to the one sender running.
     readonly Lock _replyLock = new();
     readonly Queue<Reply> _replies = new(MaxInFlight);
     readonly Reply[] _sendingReplies = new Reply[MaxInFlight];
-    readonly byte[] _batch = new byte[BatchSize];
+    readonly NbdReplyGather _gather = new(connection.Stream, connection.Socket, BatchSize);
     bool _sending;
     bool _broken;
 
@@ -144,12 +148,29 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     async ValueTask<AlignedMemory> ReadPayloadAsync(int length, CancellationToken cancellationToken)
     {
         var payload = _buffers.Rent(Math.Max(length, 1));
         try
         {
-            // The part of the payload that came in with the header is in the pipe...
+            if (length <= PipedPayloadLimit)
+            {
+                // Small: through the pipe, whose reads bring the next requests along; a copy of a few KiB costs
+                // less than the read system call (and the wait for the socket) a read of the payload alone takes.
+                var piped = await _reader.ReadAtLeastAsync(length, cancellationToken).ConfigureAwait(false);
+                if (piped.Buffer.Length < length)
+                {
+                    _reader.AdvanceTo(piped.Buffer.Start, piped.Buffer.End);
+                    throw new EndOfStreamException("the client closed the connection in the middle of a write payload");
+                }
+
+                piped.Buffer.Slice(0, length).CopyTo(payload.Memory.Span);
+                _reader.AdvanceTo(piped.Buffer.GetPosition(length));
+                return payload;
+            }
+
+            // Large: the part of the payload that came in with the header is in the pipe...
             var copied = 0;
             if (_reader.TryRead(out var result))
             {
@@ -290,6 +311,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         return (NbdError.None, null);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ExecuteAsync(NbdRequest request, AlignedMemory? payload)
     {
         var offset = (long)request.Offset;
@@ -301,7 +323,15 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         switch (request.Command)
         {
             case NbdCommand.Read:
-                await ReadAsync(request, offset, length).ConfigureAwait(false);
+                if (structured && length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0)
+                {
+                    await SparseReadAsync(request, offset, length).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadAsync(request, offset, length).ConfigureAwait(false);
+                }
+
                 return;
             case NbdCommand.Write:
                 if (length > 0)
@@ -347,6 +377,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         Queue(ref reply);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ReadAsync(NbdRequest request, long offset, int length)
     {
         var buffer = _buffers.Rent(Math.Max(length, 1));
@@ -467,27 +498,31 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     }
 
     /// <summary>
-    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into one buffer, large
-    /// data from its own. Each reply is released as soon as its last byte is sent, not at the end of the
-    /// batch: its slot lets the request loop start the next request while the rest are still being sent.
+    /// Sends <c>_sendingReplies[0..count)</c> in order: headers and small data gathered into the batch buffer,
+    /// large data from its own, all of it in one gather send where it fits. A send that the gather cannot hold
+    /// goes out first; the replies it carried whole are released then, not at the end of the batch: their
+    /// slots let the request loop start the next requests while the rest are still being sent.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask WriteRepliesAsync(int count)
     {
-        var used = 0;
         for (var i = 0; i < count; i++)
         {
+            if (_sendingReplies[i].Chunks is not null)
+            {
+                await GatherSparseReadAsync(i).ConfigureAwait(false);
+                continue;
+            }
+
             var headerLength = _sendingReplies[i].HeaderLength;
             var bodyLength = _sendingReplies[i].BodyLength;
             var coalesce = bodyLength <= CoalesceLimit;
-            if (used + headerLength + (coalesce ? bodyLength : 0) > _batch.Length)
+            if (!_gather.HasRoom(headerLength + (coalesce ? bodyLength : 0), coalesce ? 0 : 1))
             {
-                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
-                used = 0;
-                ReleaseUpTo(i);
+                await FlushAsync(i).ConfigureAwait(false);
             }
 
-            ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_batch.AsSpan(used));
-            used += headerLength;
+            ((ReadOnlySpan<byte>)_sendingReplies[i].Header)[..headerLength].CopyTo(_gather.Append(headerLength));
             if (bodyLength == 0)
             {
                 continue;
@@ -496,23 +531,27 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
             var body = _sendingReplies[i].Data is { } data ? data.Memory[..bodyLength] : _sendingReplies[i].Body.AsMemory(0, bodyLength);
             if (coalesce)
             {
-                body.Span.CopyTo(_batch.AsSpan(used));
-                used += bodyLength;
+                body.Span.CopyTo(_gather.Append(bodyLength));
             }
             else
             {
-                await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
-                used = 0;
-                ReleaseUpTo(i);
-                await _stream.WriteAsync(body).ConfigureAwait(false);
-                ReleaseUpTo(i + 1);
+                _gather.Add(body);
             }
         }
 
-        if (used > 0)
+        await FlushAsync(count).ConfigureAwait(false);
+    }
+
+    /// <summary>Sends what the gather holds, then releases the replies before <paramref name="whole"/>, which it carried to the end.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    async ValueTask FlushAsync(int whole)
+    {
+        if (!_gather.IsEmpty)
         {
-            await _stream.WriteAsync(_batch.AsMemory(0, used)).ConfigureAwait(false);
+            await _gather.FlushAsync().ConfigureAwait(false);
         }
+
+        ReleaseUpTo(whole);
     }
 
     /// <summary>Gives back the buffers and request slots of <c>_sendingReplies[_released..end)</c>.</summary>
@@ -529,6 +568,11 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
             if (reply.Body is not null)
             {
                 ArrayPool<byte>.Shared.Return(reply.Body);
+            }
+
+            if (reply.Chunks is not null)
+            {
+                ArrayPool<ReadChunk>.Shared.Return(reply.Chunks);
             }
 
             reply = default;
@@ -552,7 +596,24 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         public byte[]? Body;
 
         public int BodyLength;
+
+        /// <summary>
+        /// A sparse read's chunks, in order, rented from the shared array pool (the first <see cref="ChunkCount"/>
+        /// count): their headers are written when sent, their data is in <see cref="Data"/> at the same place
+        /// as in the request. <see cref="Header"/> is unused then.
+        /// </summary>
+        public ReadChunk[]? Chunks;
+
+        public int ChunkCount;
+
+        /// <summary>A sparse read's cookie and offset, for its chunk headers.</summary>
+        public ulong Cookie;
+
+        public ulong Offset;
     }
+
+    /// <summary>One chunk of a sparse read: <see cref="Length"/> bytes from <see cref="Start"/> bytes into the request, data or a hole.</summary>
+    readonly record struct ReadChunk(int Start, int Length, bool Hole);
 
     /// <summary>Room for the longest reply header: a structured chunk header and the offset of an OffsetData chunk.</summary>
     [InlineArray(Length)]
@@ -578,6 +639,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     public ValueTask DisposeAsync()
     {
         _slots.Dispose();
+        _gather.Dispose();
         return ValueTask.CompletedTask;
     }
 }
