@@ -59,8 +59,8 @@ public sealed class MirrorNbdReconnectDifferentialTests
     /// <summary>
     /// on-target-error=stop without reconnect-delay: the job pauses, and resumed once the destination is back it
     /// finishes. A deliberate difference, pinned: QEMU 7.2 starts connecting again only when a request meets the
-    /// lost connection after the pause (its first request after the resume fails, so the job stops a second
-    /// time and needs a second resume); ours connects again as soon as the connection is lost, so one resume
+    /// lost connection after the pause (its first request after the resume usually fails, so the job stops a
+    /// second time and needs a second resume); ours connects again as soon as the connection is lost, so one resume
     /// after the destination is back is enough.
     /// </summary>
     [SkippableFact]
@@ -85,10 +85,12 @@ public sealed class MirrorNbdReconnectDifferentialTests
             await session.CompleteAndWaitAsync();
         }, TargetEqualsSource: true)));
 
-        Assert.Equal(2, resumes["qsd"]);
+        // QEMU 7.2 usually stops a second time, but not always: when its first request after the resume is the
+        // one that connects again, it goes through (seen once in CI). Ours needs one resume every time.
+        Assert.InRange(resumes["qsd"], 1, 2);
         Assert.Equal(1, resumes["ours"]);
         string[] stopped = ["BLOCK_JOB_ERROR write stop", "JOB_STATUS_CHANGE paused", "JOB_STATUS_CHANGE running"];
-        Assert.Equal([.. ReadyJobStart, .. stopped, .. stopped, .. ReadyJobEnd], WithoutRepeats(qsd));
+        Assert.Equal([.. ReadyJobStart, .. Enumerable.Repeat(stopped, resumes["qsd"]).SelectMany(e => e), .. ReadyJobEnd], WithoutRepeats(qsd));
         Assert.Equal([.. ReadyJobStart, .. stopped, .. ReadyJobEnd], WithoutRepeats(ours));
     }
 
