@@ -55,9 +55,16 @@ static class BlockMirrorCli
     }
 
     /// <summary>Runs <c>blockmirror</c> with the arguments and waits for it to exit; kills it and throws on timeout.</summary>
-    public static async Task<CliResult> RunAsync(IEnumerable<string> arguments, string? workingDirectory = null, TimeSpan? timeout = null)
+    /// <param name="environment">Variables set for this run only.</param>
+    public static async Task<CliResult> RunAsync(IEnumerable<string> arguments, string? workingDirectory = null, TimeSpan? timeout = null,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var start = StartInfo(arguments);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[name] = value;
+        }
+
         start.RedirectStandardInput = true;
         start.WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory;
         var clock = Stopwatch.StartNew();

@@ -236,4 +236,25 @@ public sealed class MirrorCommandTests : IDisposable
         Assert.True(progress.Length >= 2, result.ToString());
         await QemuImages.AssertIdenticalAsync(source, target);
     }
+
+    [Fact]
+    public async Task The_file_engine_variable_chooses_io_uring_and_an_unknown_value_is_refused_before_the_target_exists()
+    {
+        var source = _dir.File("aio-source.raw");
+        var data = new byte[4 << 20];
+        new Random(7).NextBytes(data);
+        await File.WriteAllBytesAsync(source, data);
+
+        var target = _dir.File("aio-bogus.raw");
+        var refused = await BlockMirrorCli.RunAsync(["mirror", source, target], environment: new Dictionary<string, string> { ["BLOCKMIRROR_AIO"] = "bogus" });
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("BLOCKMIRROR_AIO: unknown value 'bogus' (expected threads or io_uring)", refused.StandardError);
+        Assert.DoesNotContain("   at ", refused.StandardError);
+        Assert.False(File.Exists(target), refused.ToString());
+
+        var copied = _dir.File("aio-uring.raw");
+        var result = await BlockMirrorCli.RunAsync(["mirror", source, copied], environment: new Dictionary<string, string> { ["BLOCKMIRROR_AIO"] = "io_uring" });
+        Assert.True(result.ExitCode == 0, result.ToString());
+        Assert.Equal(data, await File.ReadAllBytesAsync(copied));
+    }
 }
