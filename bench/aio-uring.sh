@@ -1,8 +1,10 @@
 #!/bin/bash
-# aio=threads against aio=io_uring, interleaved (threads, io_uring, threads, ...): fio 4 KiB randread and
-# randwrite at depth 1 and 16 through `blockmirror serve` exporting a 1 GiB raw with cache.direct=on, and an
-# offline `blockmirror mirror --cache none` of a 1 GiB dense raw. One line per run on stdout (and in $OUT).
-# Usage: bench/aio-uring.sh BLOCKMIRROR [SCRATCH_DIR]; RUNTIME (s per fio run) and ROUNDS in the environment.
+# The file engines side by side, interleaved (threads, io_uring, default, threads, ...): fio 4 KiB randread and
+# randwrite at depth 1 and 16 through `blockmirror serve` exporting a 1 GiB raw (cache.direct=$DIRECT, on unless
+# set), and an offline `blockmirror mirror --cache none` of a 1 GiB dense raw. "default" names no aio (and leaves
+# BLOCKMIRROR_AIO unset): the adaptive engine. One line per run on stdout (and in $OUT).
+# Usage: bench/aio-uring.sh BLOCKMIRROR [SCRATCH_DIR]; RUNTIME (s per fio run), ROUNDS, AIOS ("threads io_uring
+# default") and DIRECT (on|off) in the environment.
 set -u
 BM=${1:?usage: bench/aio-uring.sh PATH/TO/blockmirror}
 D=${2:-/var/tmp/aio-uring-bench}
@@ -14,10 +16,13 @@ SRC=$D/src.raw
 RUNTIME=${RUNTIME:-10}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/dev/null}
+AIOS=${AIOS:-threads io_uring default}
+DIRECT=${DIRECT:-on}
 for round in $(seq 1 $ROUNDS); do
-  for aio in threads io_uring; do
+  for aio in $AIOS; do
     SOCK=$D/nbd.sock; rm -f $SOCK
-    $BM serve --blockdev driver=file,node-name=file0,filename=$IMG,cache.direct=on,aio=$aio \
+    option=$([ $aio = default ] || echo ",aio=$aio")
+    $BM serve --blockdev driver=file,node-name=file0,filename=$IMG,cache.direct=$DIRECT$option \
       --blockdev driver=raw,node-name=disk,file=file0 \
       --nbd-server addr.type=unix,addr.path=$SOCK \
       --export type=nbd,id=exp0,node-name=disk,name=disk,writable=on 2>$D/serve-$aio.log &
@@ -34,7 +39,7 @@ for round in $(seq 1 $ROUNDS); do
     kill $pid; wait $pid 2>/dev/null
     rm -f $D/dst.raw
     t0=$(date +%s.%N)
-    BLOCKMIRROR_AIO=$aio $BM mirror --cache none $SRC $D/dst.raw >/dev/null 2>$D/mirror-$aio.log || echo "mirror failed: $(tail -2 $D/mirror-$aio.log)"
+    BLOCKMIRROR_AIO=$([ $aio = default ] || echo $aio) $BM mirror --cache none $SRC $D/dst.raw >/dev/null 2>$D/mirror-$aio.log || echo "mirror failed: $(tail -2 $D/mirror-$aio.log)"
     t1=$(date +%s.%N)
     echo "round=$round aio=$aio mirror_1GiB_s=$(echo "$t1 - $t0" | bc) load=$(cut -d' ' -f1 /proc/loadavg)" | tee -a $OUT
   done

@@ -8,7 +8,9 @@ namespace BlockMirror.Scenarios;
 /// The NBD export: <c>blockmirror serve</c> and <c>qemu-storage-daemon</c> started with the same options
 /// (a raw file exported writable on a Unix socket), measured by the same clients: nbdcopy for sequential
 /// throughput, fio's nbd engine for 4 KiB random-write latency at depth 1 and 16: flat out (mean), and
-/// paced at 32 MiB/s (p99), the rate at which a daemon that batches or sleeps shows its tail.
+/// paced at 32 MiB/s (p99), the rate at which a daemon that batches or sleeps shows its tail. nbdcopy reads
+/// the export cold (and its write reads the source cold), so both are also given against the disk's
+/// sequential read limit measured in the same pair, with nbdcopy's own CPU time.
 /// </summary>
 static class NbdScenarios
 {
@@ -29,6 +31,8 @@ static class NbdScenarios
             ["fio 4 KiB randwrite depth 1 at 32 MiB/s, p99 latency"] = ([], [], "µs", "<= 1.0"),
             ["fio 4 KiB randwrite depth 16 at 32 MiB/s, p99 latency"] = ([], [], "µs", "<= 1.0"),
         };
+        var (readLimit, ourRead, theirRead) = (new List<double>(), new List<double>(), new List<double>());
+        var (ourClientCpu, theirClientCpu) = (new List<double>(), new List<double>());
         for (var pair = 0; pair < options.Pairs; pair++)
         {
             var oursFirst = pair % 2 == 1;
@@ -40,8 +44,12 @@ static class NbdScenarios
                 using var daemon = Start(options, mine, image, socket);
                 try
                 {
-                    Record(metrics, "nbdcopy read throughput", mine, size / (double)(1 << 20) / Time(() => Runner.Run($"nbdcopy '{uri}' null:")));
-                    Record(metrics, "nbdcopy write throughput", mine, size / (double)(1 << 20) / Time(() => Runner.Run($"nbdcopy '{source}' '{uri}'")));
+                    var (readSeconds, readCpu) = TimeClient($"nbdcopy '{uri}' null:");
+                    Record(metrics, "nbdcopy read throughput", mine, size / (double)(1 << 20) / readSeconds);
+                    (mine ? ourRead : theirRead).Add(size / (double)(1 << 20) / readSeconds);
+                    var (writeSeconds, writeCpu) = TimeClient($"nbdcopy '{source}' '{uri}'");
+                    Record(metrics, "nbdcopy write throughput", mine, size / (double)(1 << 20) / writeSeconds);
+                    (mine ? ourClientCpu : theirClientCpu).Add((readCpu + writeCpu) / 2 / (size / (double)(1L << 30)));
                     foreach (var depth in new[] { 1, 16 })
                     {
                         var flatOut = Fio(uri, depth, size, runtime, rate: null);
@@ -60,13 +68,42 @@ static class NbdScenarios
 
                 Console.Error.WriteLine($"nbd export: pair {pair + 1} turn {turn + 1} done");
             }
+
+            readLimit.Add(SequentialReadLimit(image, size));
+            Console.Error.WriteLine($"nbd export: pair {pair + 1}: the disk's sequential read limit {readLimit[^1]:0} MiB/s");
         }
 
         File.Delete(image);
+        var name = $"nbd export {size >> 20} MiB raw";
         foreach (var (metric, (ours, theirs, unit, target)) in metrics)
         {
-            yield return new Row($"nbd export {size >> 20} MiB raw", metric, ours, theirs, unit, target, "qemu-storage-daemon");
+            yield return new Row(name, metric, ours, theirs, unit, target, "qemu-storage-daemon");
         }
+
+        const string Limit = "the disk's sequential read limit (fio: buffered 256 KiB reads of the export, cold)";
+        yield return new Row(name, "blockmirror nbdcopy read vs the disk's sequential read limit", ourRead, readLimit, "MiB/s", null, Limit);
+        yield return new Row(name, "qemu-storage-daemon nbdcopy read vs the disk's sequential read limit", theirRead, readLimit, "MiB/s", null, Limit);
+        yield return new Row(name, "nbdcopy's own CPU per GiB (mean of read and write)", ourClientCpu, theirClientCpu, "s", null, "qemu-storage-daemon");
+    }
+
+    /// <summary>
+    /// How fast this disk gives the export's bytes to one sequential reader through the page cache, cold (the
+    /// daemons' default cache mode): fio, 256 KiB buffered reads, after the page cache is dropped.
+    /// </summary>
+    static double SequentialReadLimit(string image, long size)
+    {
+        Runner.DropCaches();
+        var json = Runner.Run($"fio --name=seqread --filename='{image}' --rw=read --bs=256k --ioengine=psync --size={size} --output-format=json");
+        using var report = JsonDocument.Parse(json[json.IndexOf('{', StringComparison.Ordinal)..]);
+        return report.RootElement.GetProperty("jobs")[0].GetProperty("read").GetProperty("bw_bytes").GetDouble() / (1 << 20);
+    }
+
+    /// <summary>Runs a client: its wall time (measured here, to the microsecond) and its own CPU time.</summary>
+    static (double Seconds, double CpuSeconds) TimeClient(string commandLine)
+    {
+        var clock = Stopwatch.StartNew();
+        var measured = Runner.Measure(commandLine);
+        return (clock.Elapsed.TotalSeconds, measured.CpuSeconds);
     }
 
     /// <summary>Runs fio's nbd engine (4 KiB random writes) and returns its completion-latency object (ns).</summary>
@@ -80,13 +117,6 @@ static class NbdScenarios
 
     static void Record(Dictionary<string, (List<double> Ours, List<double> Theirs, string Unit, string Target)> metrics, string metric, bool mine, double value) =>
         (mine ? metrics[metric].Ours : metrics[metric].Theirs).Add(value);
-
-    static double Time(Action action)
-    {
-        var clock = Stopwatch.StartNew();
-        action();
-        return clock.Elapsed.TotalSeconds;
-    }
 
     static Process Start(Options options, bool mine, string image, string socket)
     {
