@@ -1,10 +1,10 @@
 #!/bin/bash
-# The file engines side by side, interleaved (threads, io_uring, default, threads, ...): fio 4 KiB randread and
+# The file engines side by side, interleaved (threads, io_uring, threads, ...): fio 4 KiB randread and
 # randwrite at depth 1 and 16 through `blockmirror serve` exporting a 1 GiB raw (cache.direct=$DIRECT, on unless
 # set), and an offline `blockmirror mirror --cache none` of a 1 GiB dense raw. "default" names no aio (and leaves
-# BLOCKMIRROR_AIO unset): the adaptive engine. One line per run on stdout (and in $OUT).
-# Usage: bench/aio-uring.sh BLOCKMIRROR [SCRATCH_DIR]; RUNTIME (s per fio run), ROUNDS, AIOS ("threads io_uring
-# default") and DIRECT (on|off) in the environment.
+# BLOCKMIRROR_AIO unset): whatever engine the build picks by default. One line per run on stdout (and in $OUT).
+# Usage: bench/aio-uring.sh BLOCKMIRROR [SCRATCH_DIR]; RUNTIME (s per fio run), ROUNDS, AIOS ("threads io_uring",
+# may add "default") and DIRECT (on|off) in the environment.
 set -u
 BM=${1:?usage: bench/aio-uring.sh PATH/TO/blockmirror}
 D=${2:-/var/tmp/aio-uring-bench}
@@ -16,7 +16,7 @@ SRC=$D/src.raw
 RUNTIME=${RUNTIME:-10}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/dev/null}
-AIOS=${AIOS:-threads io_uring default}
+AIOS=${AIOS:-threads io_uring}
 DIRECT=${DIRECT:-on}
 for round in $(seq 1 $ROUNDS); do
   for aio in $AIOS; do
