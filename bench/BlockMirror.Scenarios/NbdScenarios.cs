@@ -44,11 +44,12 @@ static class NbdScenarios
                 using var daemon = Start(options, mine, image, socket);
                 try
                 {
+                    var mebibytes = size / (double)(1 << 20);
                     var (readSeconds, readCpu) = TimeClient($"nbdcopy '{uri}' null:");
-                    Record(metrics, "nbdcopy read throughput", mine, size / (double)(1 << 20) / readSeconds);
-                    (mine ? ourRead : theirRead).Add(size / (double)(1 << 20) / readSeconds);
+                    Record(metrics, "nbdcopy read throughput", mine, mebibytes / readSeconds);
+                    (mine ? ourRead : theirRead).Add(mebibytes / readSeconds);
                     var (writeSeconds, writeCpu) = TimeClient($"nbdcopy '{source}' '{uri}'");
-                    Record(metrics, "nbdcopy write throughput", mine, size / (double)(1 << 20) / writeSeconds);
+                    Record(metrics, "nbdcopy write throughput", mine, mebibytes / writeSeconds);
                     (mine ? ourClientCpu : theirClientCpu).Add((readCpu + writeCpu) / 2 / (size / (double)(1L << 30)));
                     foreach (var depth in new[] { 1, 16 })
                     {
