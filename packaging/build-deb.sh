@@ -37,7 +37,9 @@ install -D -m 644 "$repo/LICENSE" "$root/usr/share/doc/blockmirror/copyright"
 depends=()
 glibc=$(objdump -T "$exe" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1)
 for lib in $(objdump -p "$exe" | awk '/NEEDED/ { print $2 }'); do
-  path=$(ldconfig -p | awk -v lib="$lib" '$1 == lib && /x86-64/ { print $NF; exit }')
+  # awk reads to the end: leaving at the first match could end ldconfig with SIGPIPE, which pipefail turns into
+  # a failed build (exit 141; seen once in a fresh-clone CI run).
+  path=$(ldconfig -p | awk -v lib="$lib" '$1 == lib && /x86-64/ && !found { print $NF; found = 1 }')
   [ -n "$path" ] || { echo "build-deb.sh: $lib (needed by $exe) is not installed" >&2; exit 1; }
   pkg=$(dpkg -S "$path" 2>/dev/null || dpkg -S "$(readlink -f "$path")" 2>/dev/null || dpkg -S "/usr$path") || { echo "build-deb.sh: no package owns $path" >&2; exit 1; }
   pkg=${pkg%%:*}
