@@ -1,4 +1,5 @@
 using BlockMirror.Block.Interop;
+using BlockMirror.Block.Io;
 
 namespace BlockMirror.Block.Drivers.File.IoUring;
 
@@ -10,24 +11,19 @@ namespace BlockMirror.Block.Drivers.File.IoUring;
 /// </summary>
 static class ErrnoExceptions
 {
-    const int EPERM = 1;
-    const int ENOENT = 2;
-    const int EBADF = 9;
-    const int EACCES = 13;
-    const int EFBIG = 27;
+    // Not a BlockErrno: no block error carries it (it is only ever a path's).
     const int ENAMETOOLONG = 36;
-    const int ECANCELED = 125;
 
     public static Exception For(int errno)
     {
         var message = LibC.Describe(errno);
-        return errno switch
+        return (BlockErrno)errno switch
         {
-            EPERM or EBADF or EACCES => new UnauthorizedAccessException("Access to the path is denied.", new IOException(message, errno)),
-            ENOENT => new FileNotFoundException("Unable to find the specified file."),
-            ENAMETOOLONG => new PathTooLongException("The specified file name or path is too long, or a component of the specified path is too long."),
-            ECANCELED => new OperationCanceledException(),
-            EFBIG => new ArgumentOutOfRangeException("Specified file length was too large for the file system.", (Exception?)null),
+            BlockErrno.EPERM or BlockErrno.EBADF or BlockErrno.EACCES => new UnauthorizedAccessException("Access to the path is denied.", new IOException(message, errno)),
+            BlockErrno.ENOENT => new FileNotFoundException("Unable to find the specified file."),
+            (BlockErrno)ENAMETOOLONG => new PathTooLongException("The specified file name or path is too long, or a component of the specified path is too long."),
+            BlockErrno.ECANCELED => new OperationCanceledException(),
+            BlockErrno.EFBIG => new ArgumentOutOfRangeException("Specified file length was too large for the file system.", (Exception?)null),
             _ => new IOException(message, errno),
         };
     }
