@@ -330,18 +330,18 @@ sealed partial class MirrorEngine : IDisposable
 
     /// <summary>
     /// From the dirty chunk at <paramref name="offset"/>, claims the run of dirty chunks after it (up to
-    /// buf-size, stopping at one in flight), grown to whole target clusters where a target's backing is not
+    /// buf-size and <paramref name="maxBytes"/>, stopping at one in flight), grown to whole target clusters where a target's backing is not
     /// open yet, and clears their dirty bits. The claim is listed until <see cref="EndClaim"/>, so that
     /// requests meeting the run wait until its operations are issued.
     /// </summary>
-    public async Task<MirrorOp> ClaimRunAsync(long offset, long targetCluster)
+    public async Task<MirrorOp> ClaimRunAsync(long offset, long targetCluster, long maxBytes)
     {
         while (true)
         {
             Task wait;
             lock (_lock)
             {
-                if (TryClaimLocked(offset, targetCluster, out var claim, out var conflictStart, out var conflictEnd))
+                if (TryClaimLocked(offset, targetCluster, maxBytes, out var claim, out var conflictStart, out var conflictEnd))
                 {
                     return claim;
                 }
@@ -353,7 +353,7 @@ sealed partial class MirrorEngine : IDisposable
         }
     }
 
-    bool TryClaimLocked(long offset, long targetCluster, out MirrorOp claim, out long conflictStart, out long conflictEnd)
+    bool TryClaimLocked(long offset, long targetCluster, long maxBytes, out MirrorOp claim, out long conflictStart, out long conflictEnd)
     {
         claim = null!;
         (conflictStart, conflictEnd) = (offset, offset + _granularity);
@@ -363,11 +363,11 @@ sealed partial class MirrorEngine : IDisposable
             return false;
         }
 
-        // Extend over the dirty chunks that follow, up to buf-size, stopping at one in flight (it must finish
+        // Extend over the dirty chunks that follow, up to maxBytes (buf-size at most), stopping at one in flight (it must finish
         // first). Both bitmaps are read a word at a time: on a disk dirtied whole (a target that does not read
         // as zeroes) every claim runs the full buf-size.
         var end = Math.Min(offset + _granularity, _length);
-        var maxEnd = Math.Min(offset + Math.Max(1, _bufSize / _granularity) * _granularity, _length);
+        var maxEnd = Math.Min(offset + Math.Max(1, Math.Min(_bufSize, maxBytes) / _granularity) * _granularity, _length);
         if (end < maxEnd)
         {
             end = Math.Max(end, _dirty.DirtyRunEnd(end, maxEnd));

@@ -104,7 +104,8 @@ public sealed partial class MirrorJob
             // Yield with no I/O pending at least once per slice, so drains and pauses are not starved.
             if (Time.GetUtcNow() - _lastPause < SliceTime && IoStatus == IoStatus.Ok)
             {
-                if (inFlight >= InFlightLimit || freeChunks == 0 || (dirty == 0 && inFlight > 0))
+                if (inFlight >= InFlightLimit || freeChunks == 0 || (dirty == 0 && inFlight > 0)
+                    || (bytesInFlight >= GuestWritingMaxBytesInFlight && YieldsToGuest))
                 {
                     await _engine.WaitForIoAsync().ConfigureAwait(false);
                     continue;
@@ -223,7 +224,9 @@ public sealed partial class MirrorJob
             return TimeSpan.Zero;
         }
 
-        var claim = await _engine.ClaimRunAsync(offset, _targetCluster).ConfigureAwait(false);
+        // While the copy yields to a guest, a run no longer than it may have in flight: the run's chunks stay
+        // claimed until its last operation is issued.
+        var claim = await _engine.ClaimRunAsync(offset, _targetCluster, YieldsToGuest ? GuestWritingMaxBytesInFlight : long.MaxValue).ConfigureAwait(false);
         try
         {
             return await IssueRunAsync(claim.Offset, claim.Offset + claim.Length).ConfigureAwait(false);
@@ -241,7 +244,7 @@ public sealed partial class MirrorJob
         while (offset < end)
         {
             var (method, io) = await ChooseMethodAsync(offset, end).ConfigureAwait(false);
-            while (_engine.InFlight >= InFlightLimit)
+            while (MustWaitToIssue(io))
             {
                 await _engine.WaitForIoAsync().ConfigureAwait(false);
             }
@@ -275,6 +278,14 @@ public sealed partial class MirrorJob
 
         _cursor = end;
         return delay;
+    }
+
+    /// <summary>Whether an operation of <paramref name="length"/> bytes must wait for one in flight to end first.</summary>
+    bool MustWaitToIssue(long length)
+    {
+        var (bytesInFlight, inFlight, _) = _engine.Snapshot();
+        return inFlight >= InFlightLimit
+            || (inFlight > 0 && bytesInFlight + length > GuestWritingMaxBytesInFlight && YieldsToGuest);
     }
 
     /// <summary>Decides how to move [offset, ...) and how much of it in one operation.</summary>

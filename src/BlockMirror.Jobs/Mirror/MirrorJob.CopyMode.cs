@@ -91,7 +91,19 @@ public sealed partial class MirrorJob
     internal MirrorEngine Engine => _engine;
 
     /// <summary>A guest write went to the source only: the target may lack it until the loop copies it.</summary>
-    internal void WriteNotMirrored() => _activelySynced = false;
+    internal void WriteNotMirrored()
+    {
+        _activelySynced = false;
+        Volatile.Write(ref _lastGuestWrite, Time.GetTimestamp());
+        Volatile.Write(ref _guestHasWritten, true);
+    }
+
+    // When a guest write through the filter last ended (a timestamp of the job's clock), once there was one.
+    long _lastGuestWrite;
+    bool _guestHasWritten;
+
+    /// <summary>Whether a guest write ended within the last slice: the background copy then yields the disk (<see cref="GuestWritingMaxBytesInFlight"/>).</summary>
+    bool GuestWroteLately => Volatile.Read(ref _guestHasWritten) && Time.GetElapsedTime(Volatile.Read(ref _lastGuestWrite)) < SliceTime;
 
     /// <summary>A guest write's copy to the target: counted as work that came in and, when it landed, as done.</summary>
     internal void ActiveWriteStarted(long bytes) => ProgressIncreaseRemaining(bytes);
