@@ -6,7 +6,8 @@
 # from fio's latency log between the mirror's start and READY, as the bench's live scenario counts it.
 # usage: bench/live-starvation.py SRC_AIO TGT_AIO [copy-mode]   (aio: threads, io_uring, or none for the default)
 # env: BIN (the blockmirror to run), DIR (scratch, ~8.5 GiB), SOURCE (a 4 GiB raw to copy from), RECOPY=1 (copy
-# the source again before the run, as the bench does), PREALLOC=1 (fallocate the target instead of truncate).
+# the source again before the run, as the bench does), PREALLOC=1 (fallocate the target instead of truncate),
+# BUFSIZE (the mirror's buf-size in bytes; 1 MiB copies, so buf-size / 1 MiB of them in flight).
 import json, os, socket, subprocess, sys, time
 B = os.environ.get('BIN', 'artifacts/blockmirror/blockmirror')
 saio, taio = sys.argv[1], sys.argv[2]; mode = sys.argv[3] if len(sys.argv) > 3 else 'background'
@@ -37,10 +38,12 @@ targ = {'node-name': 'tf', 'filename': tgt, 'cache': {'direct': True}}
 if taio != 'none': targ['aio'] = taio
 print(cmd('blockdev-add', driver='file', **targ)['return'] == {}, end=' ')
 cmd('blockdev-add', driver='raw', **{'node-name': 'tgt', 'file': 'tf'})
-fio = subprocess.Popen(f"fio --name=vm --ioengine=nbd --uri='nbd+unix:///disk?socket={d}/nbd.sock' --rw=randwrite --bs=64k --iodepth=4 --size=4G --runtime=10 --time_based --randseed=3 --rate=256m --output-format=json --output={d}/fio.json --write_lat_log={d}/lat --log_unix_epoch=1", shell=True)
+fio = subprocess.Popen(f"fio --name=vm --ioengine=nbd --uri='nbd+unix:///disk?socket={d}/nbd.sock' --rw=randwrite --bs=64k --iodepth=4 --size=4G --runtime=10 --time_based --randseed=3 --rate={os.environ.get('RATE', '256m')} --output-format=json --output={d}/fio.json --write_lat_log={d}/lat --log_unix_epoch=1", shell=True)
 time.sleep(1)
 t0 = time.time(); t0ms = t0 * 1000
-cmd('blockdev-mirror', **{'job-id': 'j', 'device': 'src', 'target': 'tgt', 'sync': 'full', 'copy-mode': mode})
+margs = {'job-id': 'j', 'device': 'src', 'target': 'tgt', 'sync': 'full', 'copy-mode': mode}
+if os.environ.get('BUFSIZE'): margs['buf-size'] = int(os.environ['BUFSIZE'])
+cmd('blockdev-mirror', **margs)
 ready = None
 while fio.poll() is None:
     j = cmd('query-block-jobs')['return']
@@ -55,5 +58,7 @@ for line in open(f'{d}/lat_clat.1.log'):
 lats.sort()
 if lats: print(f"window: {nbytes / ((end - t0ms) / 1000) / 2**20:.0f} MiB/s p50 {lats[len(lats)//2]/1e6:.2f} p99 {lats[int(len(lats)*0.99)]/1e6:.1f} ms;", end=' ')
 print(f"src={saio} tgt={taio} {mode}: writer {w['bw']/1024:.0f} MiB/s p50 {w['clat_ns']['percentile']['50.000000']/1e6:.2f} p99 {w['clat_ns']['percentile']['99.000000']/1e6:.1f} ms; READY {ready and round(ready,2)}")
+j = cmd('query-block-jobs')['return']
+if j and not ready: print(f"copied {j[0]['offset'] / 2**30:.2f} of {j[0]['len'] / 2**30:.2f} GiB by the end", end='; ')
 cmd('block-job-cancel', device='j', force=True); time.sleep(0.5)
 cmd('quit'); p.wait()
