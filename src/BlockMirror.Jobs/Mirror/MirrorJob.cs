@@ -51,12 +51,13 @@ public sealed partial class MirrorJob : BlockJob
     /// (7.9 s, guest 220 MiB/s). qemu-storage-daemon on the same run: 256 MiB/s, READY 7.4 s. A cap on
     /// operations instead of bytes would not do: near the end the dirty chunks are scattered 64 KiB
     /// pieces, and two of them at a time never caught up with the guest. With no guest writes the copy
-    /// takes buf-size again within a slice.
+    /// takes buf-size again within a slice. Only until READY: from then on the copy moves what the guest
+    /// dirtied, no more, and must keep up with it, or the switch-over waits for the backlog.
     /// </summary>
     public const long GuestWritingMaxBytesInFlight = 2 * MaxIoBytes;
 
     /// <summary>Whether the background copy yields the disk to the guest now (<see cref="GuestWritingMaxBytesInFlight"/>).</summary>
-    bool YieldsToGuest => !_writesBlocking && GuestWroteLately;
+    bool YieldsToGuest => !_writesBlocking && !IsReady && GuestWroteLately;
 
     /// <summary>Largest data copy in one operation (QEMU's MAX_IO_BYTES).</summary>
     public const long MaxIoBytes = 1 << 20;

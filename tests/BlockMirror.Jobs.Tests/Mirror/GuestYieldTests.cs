@@ -73,6 +73,37 @@ public sealed class GuestYieldTests
         await rig.AssertTargetEqualsSourceAsync();
     }
 
+    [Fact]
+    public async Task In_READY_the_copy_keeps_up_with_the_guest_at_full_depth()
+    {
+        var time = new ManualTimeProvider();
+        await using var rig = await MirrorRig.CreateAsync(size: Runs * (RunChunks + 1) * Chunk, withData: false, gateTarget: true, time: time);
+        var job = await rig.StartAsync(MirrorRig.Options() with { BufSize = MirrorJob.MaxInFlight * MirrorJob.MaxIoBytes });
+        await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
+
+        // The loop, in sync, sleeps a slice. The guest writes within it, and the loop wakes to copy what
+        // it dirtied while the writes are still recent: before READY that would be 2 MiB at a time.
+        rig.TargetGate.Close();
+        time.Advance(TimeSpan.FromMilliseconds(60));
+        for (var run = 0; run < Runs; run++)
+        {
+            var data = new byte[RunChunks * Chunk];
+            data.AsSpan().Fill((byte)(run + 1));
+            await rig.Vm.WriteAsync(run * (RunChunks + 1) * Chunk, data);
+        }
+
+        time.Advance(TimeSpan.FromMilliseconds(40));
+        await rig.TargetGate.WaitArrivedAsync(Full);
+        await WaitInFlightAsync(job, Full);
+        await SettleAsync();
+        Assert.Equal(Full, job.Engine.InFlight);
+
+        rig.TargetGate.Open();
+        time.Advance(TimeSpan.FromMilliseconds(100));
+        await MirrorTestRunner.CompleteWhenReadyAsync(rig.Manager, job);
+        await rig.AssertTargetEqualsSourceAsync();
+    }
+
     static async Task WaitInFlightAsync(MirrorJob job, int count)
     {
         using var deadline = new CancellationTokenSource(MirrorTestRunner.Limit);
