@@ -330,8 +330,8 @@ sealed partial class MirrorEngine : IDisposable
 
     /// <summary>
     /// From the dirty chunk at <paramref name="offset"/>, claims the run of dirty chunks after it (up to
-    /// buf-size and <paramref name="maxBytes"/>, stopping at one in flight), grown to whole target clusters where a target's backing is not
-    /// open yet, and clears their dirty bits. The claim is listed until <see cref="EndClaim"/>, so that
+    /// buf-size and <paramref name="maxBytes"/>, stopping at one in flight), grown to whole target clusters
+    /// where a target's backing is not open yet, and clears their dirty bits. The claim is listed until <see cref="EndClaim"/>, so that
     /// requests meeting the run wait until its operations are issued.
     /// </summary>
     public async Task<MirrorOp> ClaimRunAsync(long offset, long targetCluster, long maxBytes)
@@ -363,9 +363,9 @@ sealed partial class MirrorEngine : IDisposable
             return false;
         }
 
-        // Extend over the dirty chunks that follow, up to maxBytes (buf-size at most), stopping at one in flight (it must finish
-        // first). Both bitmaps are read a word at a time: on a disk dirtied whole (a target that does not read
-        // as zeroes) every claim runs the full buf-size.
+        // Extend over the dirty chunks that follow, up to maxBytes (buf-size at most), stopping at one in
+        // flight (it must finish first). Both bitmaps are read a word at a time: on a disk dirtied whole (a
+        // target that does not read as zeroes) every claim runs the full length.
         var end = Math.Min(offset + _granularity, _length);
         var maxEnd = Math.Min(offset + Math.Max(1, Math.Min(_bufSize, maxBytes) / _granularity) * _granularity, _length);
         if (end < maxEnd)

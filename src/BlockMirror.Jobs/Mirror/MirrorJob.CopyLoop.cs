@@ -105,7 +105,7 @@ public sealed partial class MirrorJob
             if (Time.GetUtcNow() - _lastPause < SliceTime && IoStatus == IoStatus.Ok)
             {
                 if (inFlight >= InFlightLimit || freeChunks == 0 || (dirty == 0 && inFlight > 0)
-                    || (bytesInFlight >= GuestWritingMaxBytesInFlight && YieldsToGuest))
+                    || (inFlight > 0 && bytesInFlight >= GuestWritingMaxBytesInFlight && YieldsToGuest))
                 {
                     await _engine.WaitForIoAsync().ConfigureAwait(false);
                     continue;
