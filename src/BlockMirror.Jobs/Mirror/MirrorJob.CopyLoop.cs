@@ -105,7 +105,7 @@ public sealed partial class MirrorJob
             if (Time.GetUtcNow() - _lastPause < SliceTime && IoStatus == IoStatus.Ok)
             {
                 if (inFlight >= InFlightLimit || freeChunks == 0 || (dirty == 0 && inFlight > 0)
-                    || (inFlight > 0 && bytesInFlight >= GuestWritingMaxBytesInFlight && YieldsToGuest))
+                    || OverGuestShare(bytesInFlight, inFlight, adding: 1))
                 {
                     await _engine.WaitForIoAsync().ConfigureAwait(false);
                     continue;
@@ -284,9 +284,15 @@ public sealed partial class MirrorJob
     bool MustWaitToIssue(long length)
     {
         var (bytesInFlight, inFlight, _) = _engine.Snapshot();
-        return inFlight >= InFlightLimit
-            || (inFlight > 0 && bytesInFlight + length > GuestWritingMaxBytesInFlight && YieldsToGuest);
+        return inFlight >= InFlightLimit || OverGuestShare(bytesInFlight, inFlight, length);
     }
+
+    /// <summary>
+    /// Whether <paramref name="adding"/> more bytes would take the copy past what it keeps in flight while it
+    /// yields to a guest (never with nothing in flight: <see cref="MirrorEngine.WaitForIoAsync"/> would not wait).
+    /// </summary>
+    bool OverGuestShare(long bytesInFlight, int inFlight, long adding) =>
+        inFlight > 0 && bytesInFlight + adding > GuestWritingMaxBytesInFlight && YieldsToGuest;
 
     /// <summary>Decides how to move [offset, ...) and how much of it in one operation.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
