@@ -76,7 +76,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     static FileDriver Open(FileDriverOptions options, bool readOnly, ILogger logger, string nodeName)
     {
         var aio = options.Aio ?? FileDriverOptions.DefaultAio;
-        if (!FileDriverOptions.AioModes.Contains(aio))
+        if (aio is not null && !FileDriverOptions.AioModes.Contains(aio))
         {
             throw new BlockOpenException($"Parameter 'aio' does not accept value '{options.Aio}' (expected one of: {string.Join(", ", FileDriverOptions.AioModes)})");
         }
