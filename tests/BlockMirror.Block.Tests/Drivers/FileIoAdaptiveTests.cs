@@ -1,5 +1,8 @@
+using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers.File;
 using BlockMirror.Block.Drivers.File.IoUring;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.TestKit;
 using Microsoft.Win32.SafeHandles;
 
@@ -56,6 +59,51 @@ public sealed class FileIoAdaptiveTests : IDisposable
         var back = new byte[Block];
         Assert.Equal(Block, await adaptive.ReadAsync(handle, back, 0, CancellationToken.None));
         Assert.Equal(data, back);
+    }
+
+    [SkippableFact]
+    public async Task A_write_flagged_background_goes_to_the_threads_even_while_calls_are_in_flight()
+    {
+        // The process's own engines, as a node without aio gets them.
+        Skip.If(FileIoUring.TryGetShared(out _) is null, "io_uring_setup fails on this kernel");
+        var path = _dir.File("node.raw");
+        FileDriver.CreateFile(path, 1 << 20);
+        await using var graph = new BlockGraph();
+        var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: true));
+        var driver = (FileDriver)node.Driver;
+        var adaptive = Assert.IsType<FileIoAdaptive>(driver.WriteEngine(RequestFlags.None));
+        Assert.Same(FileIoThreads.Shared, adaptive.Background);
+
+        // Under load the adaptive engine would pick the ring; a background write still takes the threads.
+        using var handle = Create("busy.raw");
+        using var gate = new ManualResetEventSlim();
+        var held = FileIoThreads.Shared.RunAsync(handle, _ => { gate.Wait(); return 0; }, CancellationToken.None);
+        try
+        {
+            Assert.IsType<FileIoUring>(adaptive.Pick());
+            Assert.Same(FileIoThreads.Shared, driver.WriteEngine(RequestFlags.Background | RequestFlags.Fua));
+
+            // Every write path takes the flag: one buffer, several, and a misaligned one through the bounce buffer.
+            using var data = new AlignedMemory(2 * Block, AlignedMemory.DirectAlignment);
+            data.Memory.Span.Fill(0x3C);
+            var block = data.Memory[..Block];
+            await driver.WriteAsync(0, block, RequestFlags.Background, CancellationToken.None);
+            await driver.WriteVectorAsync(Block, [block, block], RequestFlags.Background, CancellationToken.None);
+            await driver.WriteAsync(3 * Block, data.Memory[1..(Block + 1)], RequestFlags.Background, CancellationToken.None);
+        }
+        finally
+        {
+            gate.Set();
+            await held;
+        }
+
+        var back = new byte[4 * Block];
+        await using (var file = new FileStream(path, FileMode.Open, FileAccess.Read))
+        {
+            await file.ReadExactlyAsync(back);
+        }
+
+        Assert.All(back, b => Assert.Equal(0x3C, b));
     }
 
     [SkippableFact]

@@ -416,7 +416,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         }
     }
 
-    async ValueTask WriteVectorBouncedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, CancellationToken cancellationToken)
+    async ValueTask WriteVectorBouncedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
         var length = (int)IoVectors.TotalLength(buffers);
         var bounce = _bounce!.Rent(length);
@@ -429,7 +429,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
                 target = target[buffer.Length..];
             }
 
-            await _io.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
+            await WriteEngine(flags).WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -439,16 +439,19 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
         DirectFriendly(offset, buffer)
-            ? _io.WriteAsync(_handle, buffer, offset, cancellationToken)
-            : WriteBouncedAsync(offset, buffer, cancellationToken);
+            ? WriteEngine(flags).WriteAsync(_handle, buffer, offset, cancellationToken)
+            : WriteBouncedAsync(offset, buffer, flags, cancellationToken);
 
-    async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
+    /// <summary>The engine a write goes to: a background copy's may go elsewhere (<see cref="IFileIo.Background"/>).</summary>
+    internal IFileIo WriteEngine(RequestFlags flags) => (flags & RequestFlags.Background) != 0 ? _io.Background : _io;
+
+    async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
         var bounce = _bounce!.Rent(buffer.Length);
         try
         {
             buffer.CopyTo(bounce.Memory);
-            await _io.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
+            await WriteEngine(flags).WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -476,7 +479,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             if (!SegmentsBlockAligned(buffers))
             {
                 // See ReadVectorAsync: a segment that splits a block cannot be written on its own with O_DIRECT.
-                await WriteVectorBouncedAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
+                await WriteVectorBouncedAsync(offset, buffers, flags, cancellationToken).ConfigureAwait(false);
                 return;
             }
 
@@ -491,11 +494,11 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
         if (buffers.Count == 1)
         {
-            await _io.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
+            await WriteEngine(flags).WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        await _io.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        await WriteEngine(flags).WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)

@@ -29,6 +29,12 @@ sealed class FileIoAdaptive(FileIoUring ring, FileIoThreads threads) : IFileIo
 
     public string Name => AdaptiveName;
 
+    /// <summary>
+    /// A background copy's writes go to the threads: with a guest writing next to the copy, the ring's writes
+    /// kept more requests queued at the disk ahead of the guest's (bench/README.md, "The default file engine").
+    /// </summary>
+    public IFileIo Background => threads;
+
     /// <summary>The engine the next call goes to.</summary>
     internal IFileIo Pick() => ring.OnEngineThread || ring.Busy || threads.Busy ? ring : threads;
 
