@@ -32,11 +32,6 @@ public sealed class GateFilter : FilterDriver
     /// <summary>Requests that reached the filter so far.</summary>
     public int Arrived => Volatile.Read(ref _arrived);
 
-    /// <summary>Writes that arrived flagged <see cref="RequestFlags.Background"/> so far.</summary>
-    public int BackgroundWrites => Volatile.Read(ref _backgroundWrites);
-
-    int _backgroundWrites;
-
     /// <summary>Lets every held and future request through.</summary>
     public void Open()
     {
@@ -68,14 +63,6 @@ public sealed class GateFilter : FilterDriver
         }
     }
 
-    void CountFlags(RequestFlags flags)
-    {
-        if ((flags & RequestFlags.Background) != 0)
-        {
-            Interlocked.Increment(ref _backgroundWrites);
-        }
-    }
-
     async ValueTask PassAsync(CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _arrived);
@@ -102,14 +89,12 @@ public sealed class GateFilter : FilterDriver
 
     public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
-        CountFlags(flags);
         await PassAsync(cancellationToken);
         await base.WriteAsync(offset, buffer, flags, cancellationToken);
     }
 
     public override async ValueTask WriteVectorAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
     {
-        CountFlags(flags);
         await PassAsync(cancellationToken);
         await base.WriteVectorAsync(offset, buffers, flags, cancellationToken);
     }

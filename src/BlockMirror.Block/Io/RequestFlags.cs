@@ -17,12 +17,4 @@ public enum RequestFlags
     /// writing zero buffers (QEMU's BDRV_REQ_NO_FALLBACK, NBD's FAST_ZERO).
     /// </summary>
     NoFallback = 1 << 2,
-
-    /// <summary>
-    /// A background copy's write, which may take longer so that other requests on the disk are answered
-    /// sooner (ours; QEMU has no such flag). The default file engine makes it on an I/O thread instead of in
-    /// the io_uring ring (<c>FileIoAdaptive</c>); every other driver passes it down or ignores it. It never
-    /// changes what the write does.
-    /// </summary>
-    Background = 1 << 3,
 }

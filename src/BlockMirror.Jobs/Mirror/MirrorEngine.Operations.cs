@@ -166,13 +166,6 @@ sealed partial class MirrorEngine
     }
 
     /// <summary>
-    /// A copy's write is flagged <see cref="RequestFlags.Background"/> while the loop yields to a writing guest:
-    /// the default file engine then makes it on an I/O thread, where it keeps fewer requests queued at the disk
-    /// ahead of the guest's than in the io_uring ring (bench/README.md, "The default file engine").
-    /// </summary>
-    RequestFlags CopyWriteFlags => _job.YieldsToGuest ? RequestFlags.Background : RequestFlags.None;
-
-    /// <summary>
     /// Writes a background copy onto the target. While guest writes block, at most
     /// <see cref="WriteBlockingCopyWrites"/> of these are in flight, so that a guest write's copy does not
     /// queue behind the whole buffer of them.
@@ -195,7 +188,7 @@ sealed partial class MirrorEngine
 
         try
         {
-            await _target.WriteVectorAsync(op.Offset, op.WriteSegments, CopyWriteFlags, cancel).ConfigureAwait(false);
+            await _target.WriteVectorAsync(op.Offset, op.WriteSegments, RequestFlags.None, cancel).ConfigureAwait(false);
         }
         finally
         {

@@ -57,7 +57,7 @@ public sealed partial class MirrorJob : BlockJob
     public const long GuestWritingMaxBytesInFlight = 2 * MaxIoBytes;
 
     /// <summary>Whether the background copy yields the disk to the guest now (<see cref="GuestWritingMaxBytesInFlight"/>).</summary>
-    internal bool YieldsToGuest => !_writesBlocking && !IsReady && GuestWroteLately;
+    bool YieldsToGuest => !_writesBlocking && !IsReady && GuestWroteLately;
 
     /// <summary>Largest data copy in one operation (QEMU's MAX_IO_BYTES).</summary>
     public const long MaxIoBytes = 1 << 20;

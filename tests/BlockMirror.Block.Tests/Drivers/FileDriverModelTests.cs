@@ -30,8 +30,7 @@ public sealed class FileDriverModelTests : IDisposable
         var path = dir.File(name);
         FileDriver.CreateFile(path, size);
         var graph = new BlockGraph();
-        // "default" opens the node without aio: the adaptive engine (threads for a lone call, the ring for several).
-        var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Aio: aio == "default" ? null : aio, Discard: discard));
+        var node = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Direct: direct, Aio: aio, Discard: discard));
         Assert.Equal(discard == FileDiscardMode.Unmap, node.Capabilities.CanDiscard);
         // Each engine must really be the one in use: a silent fallback would test the threads twice.
         Assert.Equal(aio, ((FileDriver)node.Driver).Engine);
@@ -59,8 +58,6 @@ public sealed class FileDriverModelTests : IDisposable
     [InlineData(FileDiscardMode.Ignore, "threads")]
     [InlineData(FileDiscardMode.Unmap, "io_uring")]
     [InlineData(FileDiscardMode.Ignore, "io_uring")]
-    [InlineData(FileDiscardMode.Unmap, "default")]
-    [InlineData(FileDiscardMode.Ignore, "default")]
     public async Task Buffered_random_unaligned_requests_match_the_model(FileDiscardMode discard, string aio)
     {
         await SkipUnlessPunchHolesAsync(discard);
@@ -82,8 +79,6 @@ public sealed class FileDriverModelTests : IDisposable
     [InlineData(FileDiscardMode.Ignore, "threads")]
     [InlineData(FileDiscardMode.Unmap, "io_uring")]
     [InlineData(FileDiscardMode.Ignore, "io_uring")]
-    [InlineData(FileDiscardMode.Unmap, "default")]
-    [InlineData(FileDiscardMode.Ignore, "default")]
     public async Task Direct_random_aligned_requests_from_aligned_and_misaligned_buffers_match_the_model(FileDiscardMode discard, string aio)
     {
         await SkipUnlessPunchHolesAsync(discard);

@@ -76,7 +76,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     static FileDriver Open(FileDriverOptions options, bool readOnly, ILogger logger, string nodeName)
     {
         var aio = options.Aio ?? FileDriverOptions.DefaultAio;
-        if (aio is not null && !FileDriverOptions.AioModes.Contains(aio))
+        if (!FileDriverOptions.AioModes.Contains(aio))
         {
             throw new BlockOpenException($"Parameter 'aio' does not accept value '{options.Aio}' (expected one of: {string.Join(", ", FileDriverOptions.AioModes)})");
         }
@@ -416,7 +416,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         }
     }
 
-    async ValueTask WriteVectorBouncedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, RequestFlags flags, CancellationToken cancellationToken)
+    async ValueTask WriteVectorBouncedAsync(long offset, IReadOnlyList<ReadOnlyMemory<byte>> buffers, CancellationToken cancellationToken)
     {
         var length = (int)IoVectors.TotalLength(buffers);
         var bounce = _bounce!.Rent(length);
@@ -429,7 +429,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
                 target = target[buffer.Length..];
             }
 
-            await WriteEngine(flags).WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, bounce.Memory[..length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -439,19 +439,16 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken) =>
         DirectFriendly(offset, buffer)
-            ? WriteEngine(flags).WriteAsync(_handle, buffer, offset, cancellationToken)
-            : WriteBouncedAsync(offset, buffer, flags, cancellationToken);
+            ? _io.WriteAsync(_handle, buffer, offset, cancellationToken)
+            : WriteBouncedAsync(offset, buffer, cancellationToken);
 
-    /// <summary>The engine a write goes to: a background copy's may go elsewhere (<see cref="IFileIo.Background"/>).</summary>
-    internal IFileIo WriteEngine(RequestFlags flags) => (flags & RequestFlags.Background) != 0 ? _io.Background : _io;
-
-    async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
+    async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
     {
         var bounce = _bounce!.Rent(buffer.Length);
         try
         {
             buffer.CopyTo(bounce.Memory);
-            await WriteEngine(flags).WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, bounce.Memory[..buffer.Length], offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -479,7 +476,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             if (!SegmentsBlockAligned(buffers))
             {
                 // See ReadVectorAsync: a segment that splits a block cannot be written on its own with O_DIRECT.
-                await WriteVectorBouncedAsync(offset, buffers, flags, cancellationToken).ConfigureAwait(false);
+                await WriteVectorBouncedAsync(offset, buffers, cancellationToken).ConfigureAwait(false);
                 return;
             }
 
@@ -494,11 +491,11 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
         if (buffers.Count == 1)
         {
-            await WriteEngine(flags).WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
+            await _io.WriteAsync(_handle, buffers[0], offset, cancellationToken).ConfigureAwait(false);
             return;
         }
 
-        await WriteEngine(flags).WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
+        await _io.WriteAsync(_handle, buffers, offset, cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask WriteZeroesAsync(long offset, long length, RequestFlags flags, CancellationToken cancellationToken)

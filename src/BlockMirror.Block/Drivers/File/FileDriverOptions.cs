@@ -14,11 +14,9 @@ public enum FileDiscardMode
 /// <param name="Filename">Path of a regular file.</param>
 /// <param name="Direct"><c>cache.direct</c>: open with O_DIRECT, bypassing the page cache.</param>
 /// <param name="Aio">
-/// <c>aio</c>, or null when not given (<see cref="DefaultAio"/>; null there too: <see cref="FileIoAdaptive"/>, the threads
-/// for a lone call and the ring for calls in flight together): <c>threads</c> (<see cref="FileIoThreads"/>), <c>io_uring</c>
-/// (<see cref="IoUring.FileIoUring"/>, or the threads with a warning where the kernel refuses io_uring) or <c>native</c>.
-/// QEMU's native is Linux AIO, which this driver does not implement: it is accepted (with QEMU's requirement of
-/// <c>cache.direct=on</c>) and served by the threads.
+/// <c>aio</c>, or null when not given (<see cref="DefaultAio"/>): <c>threads</c> (<see cref="FileIoThreads"/>), <c>io_uring</c> (<see cref="IoUring.FileIoUring"/>, or the
+/// threads with a warning where the kernel refuses io_uring) or <c>native</c>. QEMU's native is Linux AIO, which
+/// this driver does not implement: it is accepted (with QEMU's requirement of <c>cache.direct=on</c>) and served by the threads.
 /// </param>
 /// <param name="Discard">What discard requests do.</param>
 /// <param name="Locking">QEMU's <c>locking</c>: whether the node takes and honours QEMU's image locks (<see cref="FileLocks"/>).</param>
@@ -30,15 +28,17 @@ public sealed record FileDriverOptions(string Filename, bool Direct = false, str
     /// <summary>Names the engine for file nodes that do not say (commands such as <c>mirror</c> have no aio option).</summary>
     public const string AioVariable = "BLOCKMIRROR_AIO";
 
+    /// <summary>The threads' name, the default where nothing else is asked for.</summary>
+    const string BuiltInDefault = "threads";
+
     /// <summary>
     /// The engine of a node opened without <c>aio</c>: <see cref="AioVariable"/> (<c>threads</c> or
-    /// <c>io_uring</c>) when set, else null: the default engine (<see cref="FileIoAdaptive"/>: the I/O threads
-    /// for a call alone, the ring for calls in flight together; the threads alone where the kernel has no io_uring).
+    /// <c>io_uring</c>) when set, else <c>threads</c>.
     /// </summary>
-    public static string? DefaultAio =>
+    public static string DefaultAio =>
         Environment.GetEnvironmentVariable(AioVariable) switch
         {
-            null or "" => null,
+            null or "" => BuiltInDefault,
             "threads" => "threads",
             "io_uring" => "io_uring",
             var value => throw new BlockOpenException($"{AioVariable}: unknown value '{value}' (expected threads or io_uring)"),

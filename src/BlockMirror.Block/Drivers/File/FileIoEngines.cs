@@ -10,20 +10,14 @@ static class FileIoEngines
     /// <c>io_uring</c>: the process's ring, or the I/O threads with one warning saying why where the kernel
     /// has none (ENOSYS), forbids it (EPERM: kernel.io_uring_disabled, seccomp) or cannot map it.
     /// <c>threads</c> and <c>native</c>: the I/O threads (QEMU's native is Linux AIO, which this driver
-    /// does not implement; its threads serve the same requests). Null (not given): <see cref="FileIoAdaptive"/>
-    /// over the process's ring, or the I/O threads without a word where there is no ring (nobody asked for one).
+    /// does not implement; its threads serve the same requests).
     /// </summary>
-    public static IFileIo Select(string? aio, ILogger logger, string nodeName) =>
+    public static IFileIo Select(string aio, ILogger logger, string nodeName) =>
         Select(aio, logger, nodeName, static () => (FileIoUring.TryGetShared(out var failure), failure));
 
     /// <summary>As above, with the io_uring engine from <paramref name="ioUring"/> (tests inject a failing setup here).</summary>
-    internal static IFileIo Select(string? aio, ILogger logger, string nodeName, Func<(FileIoUring? Engine, string? Failure)> ioUring)
+    internal static IFileIo Select(string aio, ILogger logger, string nodeName, Func<(IFileIo? Engine, string? Failure)> ioUring)
     {
-        if (aio is null)
-        {
-            return ioUring().Engine is { } ring ? new FileIoAdaptive(ring, FileIoThreads.Shared) : FileIoThreads.Shared;
-        }
-
         if (aio != "io_uring")
         {
             return FileIoThreads.Shared;

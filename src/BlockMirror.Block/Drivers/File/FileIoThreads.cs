@@ -48,13 +48,7 @@ sealed class FileIoThreads : IFileIo
     readonly List<Worker> _idle = [];
     int _threads;
 
-    // Calls submitted whose system call has not returned yet (outside the lock: read without it).
-    int _busy;
-
     public string Name => "threads";
-
-    /// <summary>Whether a call is queued or in its system call now (a hint: it may change at once).</summary>
-    public bool Busy => Volatile.Read(ref _busy) > 0;
 
     public ValueTask<int> ReadAsync(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken)
     {
@@ -130,8 +124,7 @@ sealed class FileIoThreads : IFileIo
 
     readonly FileCallPool<Operation> _pool;
 
-    /// <summary>A set of its own (tests); the program uses <see cref="Shared"/>.</summary>
-    internal FileIoThreads() => _pool = new FileCallPool<Operation>(() => new Operation(this));
+    FileIoThreads() => _pool = new FileCallPool<Operation>(() => new Operation(this));
 
     Operation Rent() => _pool.Rent();
 
@@ -139,7 +132,6 @@ sealed class FileIoThreads : IFileIo
 
     void Submit(Operation operation)
     {
-        Interlocked.Increment(ref _busy);
         if (Worker.Current is { } current && current.Owner == this && current.Next is null)
         {
             // Made by a continuation on one of our threads: that thread makes it next.
@@ -386,7 +378,6 @@ sealed class FileIoThreads : IFileIo
             _writeBuffers = null;
             _call = null;
             _cancellationToken = default;
-            Interlocked.Decrement(ref owner._busy);
             if (error is null)
             {
                 SetResult(result);

@@ -17,10 +17,6 @@ interface IFileIo
     /// <summary>The <c>aio</c> value this engine implements.</summary>
     string Name { get; }
 
-    /// <summary>The engine for a write flagged <see cref="Io.RequestFlags.Background"/>: this one, but for the
-    /// default engine, which makes it on its I/O threads.</summary>
-    IFileIo Background => this;
-
     ValueTask<int> ReadAsync(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken);
 
     ValueTask<long> ReadAsync(SafeFileHandle handle, IReadOnlyList<Memory<byte>> buffers, long offset, CancellationToken cancellationToken);

@@ -13,12 +13,9 @@ public sealed partial class Qcow2Driver
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags, CancellationToken cancellationToken)
     {
         CheckWritable(BlockOperation.Write, offset, buffer.Length);
-        // The data's own writes keep what the file should know of the request (a background copy's may wait);
-        // the metadata's never do: a table write holds the lock that other requests wait on.
-        var dataFlags = flags & RequestFlags.Background;
         while (buffer.Length > 0)
         {
-            var written = await WriteRunAsync(offset, buffer, dataFlags, cancellationToken).ConfigureAwait(false);
+            var written = await WriteRunAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
             offset += written;
             buffer = buffer[written..];
         }
@@ -81,7 +78,7 @@ public sealed partial class Qcow2Driver
 
     /// <summary>Writes a prefix of <paramref name="data"/> that maps one way inside one L2 table; returns its length.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    async ValueTask<int> WriteRunAsync(long offset, ReadOnlyMemory<byte> data, RequestFlags dataFlags, CancellationToken cancellationToken)
+    async ValueTask<int> WriteRunAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
         var g = _image.Geometry;
         var span = (int)Math.Min(data.Length, (g.L1Index(offset) + 1) * g.L2Span - offset);
@@ -137,13 +134,13 @@ public sealed partial class Qcow2Driver
             if (allocation is null)
             {
                 _image.File.DebugEvent(BlkdebugEvent.WriteAio);
-                await _image.File.WriteAsync(host, data[..length], dataFlags, cancellationToken).ConfigureAwait(false);
+                await _image.File.WriteAsync(host, data[..length], RequestFlags.None, cancellationToken).ConfigureAwait(false);
                 return length;
             }
 
             try
             {
-                await WriteAllocatedAsync(run, offset, data[..length], clusterStart, clusters, host, knownZero, dataFlags, cancellationToken).ConfigureAwait(false);
+                await WriteAllocatedAsync(run, offset, data[..length], clusterStart, clusters, host, knownZero, cancellationToken).ConfigureAwait(false);
             }
             catch
             {
@@ -189,7 +186,7 @@ public sealed partial class Qcow2Driver
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask WriteAllocatedAsync(Qcow2Mapping old, long offset, ReadOnlyMemory<byte> data, long clusterStart, long clusters, long host,
-        bool knownZero, RequestFlags dataFlags, CancellationToken cancellationToken)
+        bool knownZero, CancellationToken cancellationToken)
     {
         var g = _image.Geometry;
         var head = (int)(offset - clusterStart);
@@ -209,7 +206,7 @@ public sealed partial class Qcow2Driver
         if (zeroSource && knownZero || head == 0 && tail == 0)
         {
             _image.File.DebugEvent(BlkdebugEvent.WriteAio);
-            await _image.File.WriteAsync(host + head, data, dataFlags, cancellationToken).ConfigureAwait(false);
+            await _image.File.WriteAsync(host + head, data, RequestFlags.None, cancellationToken).ConfigureAwait(false);
             return;
         }
 
@@ -231,7 +228,7 @@ public sealed partial class Qcow2Driver
             }
 
             _image.File.DebugEvent(BlkdebugEvent.CowWrite);
-            await _image.File.WriteVectorAsync(host, segments, dataFlags, cancellationToken).ConfigureAwait(false);
+            await _image.File.WriteVectorAsync(host, segments, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         }
         finally
         {

@@ -64,9 +64,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     uint _unsubmitted;
     bool _wakeArmed;
 
-    // Calls started and not yet finished, in the ring or queued for it (read without the lock).
-    int _outstanding;
-
     readonly FileCallPool<Operation> _pool;
 
     FileIoUring(uint entries, out string? failure)
@@ -128,12 +125,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     }
 
     public string Name => "io_uring";
-
-    /// <summary>Whether a call is queued, in the ring or completing now (a hint: it may change at once).</summary>
-    public bool Busy => Volatile.Read(ref _outstanding) > 0;
-
-    /// <summary>Whether the caller runs on the engine's thread, where a call goes into the ring with no wake-up.</summary>
-    public bool OnEngineThread => t_completing == this;
 
     /// <summary>Entries the ring holds; one is the eventfd read, the others carry calls.</summary>
     public uint Entries => _ring!.Entries;
@@ -197,8 +188,6 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
     /// </summary>
     void Start<TState>(Operation operation, Action<Operation, TState> set, TState state, CancellationToken cancellationToken)
     {
-        // Counted until Finish or Fail, which every path below ends in.
-        Interlocked.Increment(ref _outstanding);
         try
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -576,14 +565,12 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
         public void Finish(long result)
         {
             Release();
-            Interlocked.Decrement(ref _owner._outstanding);
             SetResult(result);
         }
 
         public void Fail(Exception error)
         {
             Release();
-            Interlocked.Decrement(ref _owner._outstanding);
             SetException(error);
         }
 
