@@ -63,12 +63,30 @@ sealed partial class MirrorEngine
     /// The part of a guest write [offset, offset + length) that goes to the target (QEMU's
     /// do_sync_target_write): an unaligned edge whose chunk is dirty is left out, since the chunk holds
     /// bytes still to copy and the loop will copy it whole; a clean edge goes, and its chunk stays clean.
+    /// Where the target lacks, during the job, the backing it will read through afterwards (see
+    /// <see cref="MirrorJob"/>'s GuestWriteAlignment), only whole target clusters go: a write into part of a
+    /// cluster the target has not allocated would allocate it and fill the rest from nothing (zeroes), and
+    /// once the backing is there the cluster would hide the data the backing holds for the rest.
     /// Empty (end &lt;= start) when nothing is left. Called once the write owns its chunks, so only the
     /// write itself changes them from here on.
     /// </summary>
     public (long Start, long End) TargetRange(long offset, long length)
     {
         var end = offset + length;
+        var unit = _guestWriteAlignment;
+        if (unit > 1)
+        {
+            // Only whole units go: the edges stay dirty (the source's own marking of this write) and the
+            // loop copies them whole, from the source, which reads the rest of each cluster through its chain.
+            offset = (offset + unit - 1) / unit * unit;
+            if (end < _length)
+            {
+                end -= end % unit;
+            }
+
+            return (offset, end);
+        }
+
         if (offset % _granularity != 0 && _dirty.IsDirty(offset))
         {
             offset += _granularity - offset % _granularity;
@@ -81,6 +99,9 @@ sealed partial class MirrorEngine
 
         return (offset, end);
     }
+
+    // 1, or the whole target clusters (and chunks) a guest write's target part is cut to (TargetRange).
+    long _guestWriteAlignment = 1;
 
     /// <summary>
     /// Writes a guest write's part to the target. A failure marks the range dirty again and goes through

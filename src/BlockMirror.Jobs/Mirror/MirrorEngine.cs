@@ -86,13 +86,16 @@ sealed partial class MirrorEngine : IDisposable
     /// <summary>
     /// Allocates the in-flight map and the copy buffer for a device of <paramref name="length"/> bytes;
     /// with <paramref name="cowAlignment"/> also the map of chunks copied once (see <see cref="CowCopied"/>).
+    /// <paramref name="guestWriteAlignment"/>: the unit a guest write's target part is cut to (see
+    /// <see cref="TargetRange"/>); 1 for none.
     /// </summary>
-    public void Start(long length, bool cowAlignment)
+    public void Start(long length, bool cowAlignment, long guestWriteAlignment)
     {
         var chunks = (length + _granularity - 1) / _granularity;
         lock (_lock)
         {
             _length = length;
+            _guestWriteAlignment = Math.Max(guestWriteAlignment, 1);
             _inFlightChunks = new HBitmap(chunks);
             _zeroChunks = new MirrorZeroMap(length, _granularity);
             _buffers = new MirrorBufferPool(_bufSize, _granularity);

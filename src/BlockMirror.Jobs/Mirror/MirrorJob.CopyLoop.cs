@@ -49,7 +49,7 @@ public sealed partial class MirrorJob
         _targetCluster = Math.Max(_target.Node.Limits.ClusterSize, 1);
         var targetCaps = _target.Node.Capabilities;
         _zeroesUnmetered = targetCaps.CanDiscard && targetCaps.CanUnmapOnZero;
-        _engine.Start(_length, NeedsCowAlignment(_target.Node, _granularity));
+        _engine.Start(_length, NeedsCowAlignment(_target.Node, _granularity), GuestWriteAlignment(_target.Node));
 
         try
         {

@@ -365,4 +365,18 @@ public sealed partial class MirrorJob
     /// </summary>
     static bool NeedsCowAlignment(BlockNode target, long granularity) =>
         target.Driver.BackingFileName is not null && target.Backing is null && granularity < target.Limits.ClusterSize;
+
+    /// <summary>
+    /// The unit a write-blocking guest write's target part is cut to: whole target clusters and chunks where
+    /// the target has no backing open now but will read through one after the switch (it names one in its
+    /// header, or the job attaches the source's chain: sync=top and none), 1 otherwise. A guest write into
+    /// part of an unallocated cluster would fill the rest from nothing; the cluster would then hide what the
+    /// backing holds there. Found by the sync=top harness with copy-mode write-blocking: writes lost.
+    /// </summary>
+    long GuestWriteAlignment(BlockNode target)
+    {
+        var cluster = target.Limits.ClusterSize;
+        var backingLater = target.Driver.BackingFileName is not null || _options.Sync is MirrorSyncMode.Top or MirrorSyncMode.None;
+        return cluster > 0 && target.Backing is null && backingLater ? Math.Max(cluster, _granularity) : 1;
+    }
 }
