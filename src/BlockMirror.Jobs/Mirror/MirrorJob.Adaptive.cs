@@ -41,7 +41,7 @@ public sealed partial class MirrorJob
         {
             // A block-job-change that landed since the look above wins: it set the mode's own answer
             // (and a return to adaptive starts a fresh policy at the next turn).
-            if (CopyMode == MirrorCopyMode.Adaptive && _adaptiveEntered == _adaptiveSeen)
+            if (CopyMode == MirrorCopyMode.Adaptive && _adaptiveEntered == _adaptiveSeen && !_finishing)
             {
                 SetWritesBlocking(policy.WritesBlocking);
             }

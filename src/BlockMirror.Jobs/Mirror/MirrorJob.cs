@@ -184,6 +184,7 @@ public sealed partial class MirrorJob : BlockJob
         }
 
         _shouldComplete = true;
+        BlockWritesToFinish();
         Enter();
     }
 
@@ -194,6 +195,11 @@ public sealed partial class MirrorJob : BlockJob
         if (force)
         {
             _forcedCancel = true;
+        }
+        else
+        {
+            // A soft cancel in READY finishes the final sync as a complete does.
+            BlockWritesToFinish();
         }
 
         return force;
