@@ -94,8 +94,8 @@ public sealed partial class MirrorJob
     /// Why: the switch needs a moment with nothing dirty and nothing in flight, then a drain that finds the
     /// bitmap still clean. Under a guest that writes without pause, background mode rarely gets both: the
     /// writes in flight when the drain starts land and dirty the bitmap, and the drain is let go to copy
-    /// them. On the bench host a guest writing flat out kept <c>complete</c> waiting 2.9 to 13.8 s while each
-    /// flush took under 3 ms (QEMU's mirror has the same loop, and its switches there took 0.9 to 22 s). With
+    /// them. On the bench host a guest writing flat out kept <c>complete</c> waiting 2.9 to 16.8 s while each
+    /// flush took under 3 ms (QEMU's mirror has the same loop, and its switches there took 0.9 to 62 s). With
     /// the writes mirrored, what is dirty stops growing: the loop copies the rest and the drain finds it
     /// clean. A guest write then waits for the target too, as in write-blocking mode, for that short time
     /// instead of being held for the whole switch. A later block-job-change to another mode is obeyed (to
