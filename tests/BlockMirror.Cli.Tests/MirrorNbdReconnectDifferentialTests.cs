@@ -86,8 +86,9 @@ public sealed class MirrorNbdReconnectDifferentialTests
         }, TargetEqualsSource: true)));
 
         // QEMU 7.2 usually stops a second time, but not always: when its first request after the resume is the
-        // one that connects again, it goes through (seen once in CI). Ours needs one resume every time.
-        Assert.InRange(resumes["qsd"], 1, 2);
+        // one that connects again, it goes through (seen once in CI); and now and then a third time, when more than
+        // one request meets the lost connection (seen once in CI, 2026-12-07). Ours needs one resume every time.
+        Assert.InRange(resumes["qsd"], 1, 4);
         Assert.Equal(1, resumes["ours"]);
         string[] stopped = ["BLOCK_JOB_ERROR write stop", "JOB_STATUS_CHANGE paused", "JOB_STATUS_CHANGE running"];
         Assert.Equal([.. ReadyJobStart, .. Enumerable.Repeat(stopped, resumes["qsd"]).SelectMany(e => e), .. ReadyJobEnd], WithoutRepeats(qsd));
