@@ -68,7 +68,9 @@ public sealed class MirrorBehaviourTests
         var job = await rig.StartAsync(MirrorRig.Options());
         await MirrorTestRunner.WaitReadyAsync(rig.Manager, job);
 
-        // Writers stop; whatever they wrote before must be on the target when the job ends.
+        // Writers stop once they have written (under load the job can reach READY before the first write);
+        // whatever they wrote must be on the target when the job ends.
+        await writer.FirstWrite.WaitAsync(TimeSpan.FromSeconds(30));
         await writer.StopAsync();
         await job.CancelAsync(force: false);
         await MirrorTestRunner.WaitFinishedAsync(job);
@@ -323,6 +325,7 @@ public sealed class MirrorBehaviourTests
     sealed class Writer
     {
         readonly CancellationTokenSource _stop = new();
+        readonly TaskCompletionSource _firstWrite = new(TaskCreationOptions.RunContinuationsAsynchronously);
         Task _task = Task.CompletedTask;
 
         Writer(byte[] model) => Model = model;
@@ -330,6 +333,9 @@ public sealed class MirrorBehaviourTests
         public byte[] Model { get; }
 
         public int Writes { get; private set; }
+
+        /// <summary>Completes once the first write has reached the disk and the model.</summary>
+        public Task FirstWrite => _firstWrite.Task;
 
         public static Writer Start(MirrorRig rig)
         {
@@ -349,6 +355,7 @@ public sealed class MirrorBehaviourTests
                 await vm.WriteAsync(offset, buffer);
                 buffer.CopyTo(Model, offset);
                 Writes++;
+                _firstWrite.TrySetResult();
                 await Task.Delay(1);
             }
         }
