@@ -109,9 +109,8 @@ public sealed class ServeSystemdTests : IDisposable
                 await Task.Delay(10);
             }
 
-            using (var first = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+            using (var first = await ConnectWhenListeningAsync(qmpPath))
             {
-                await first.ConnectAsync(new UnixDomainSocketEndPoint(qmpPath));
                 Assert.Equal("READY=1", await ReceiveAsync(notify, daemon, stderr));
             }
 
@@ -127,6 +126,34 @@ public sealed class ServeSystemdTests : IDisposable
         finally
         {
             await EndAsync(daemon);
+        }
+    }
+
+    /// <summary>
+    /// Connects to a socket systemd-socket-activate has bound: its file exists from bind on, but a connection
+    /// is refused until it also listens, a moment later (seen under load).
+    /// </summary>
+    static async Task<Socket> ConnectWhenListeningAsync(string path)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                await socket.ConnectAsync(new UnixDomainSocketEndPoint(path));
+                return socket;
+            }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused && DateTime.UtcNow < deadline)
+            {
+                socket.Dispose();
+                await Task.Delay(10);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
         }
     }
 
@@ -161,9 +188,8 @@ public sealed class ServeSystemdTests : IDisposable
         }
 
         // The daemon starts at the first connection; this one is closed when it fails.
-        using (var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        using (await ConnectWhenListeningAsync(qmpPath))
         {
-            await client.ConnectAsync(new UnixDomainSocketEndPoint(qmpPath));
             await daemon.WaitForExitAsync();
         }
 
