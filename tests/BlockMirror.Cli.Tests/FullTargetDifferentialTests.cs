@@ -1,0 +1,150 @@
+using System.Text.Json.Nodes;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary>
+/// A mirror whose target's file system fills up for real (a tmpfs mounted small by the test, not an injected
+/// error), run unchanged on qemu-storage-daemon 7.2 and on <c>blockmirror serve</c>, onto a raw and a qcow2
+/// target. With <c>on-target-error=enospc</c> the job stops at the first write the disk refuses; once the file
+/// system has room again (remounted larger) and the job is resumed, it reaches READY and completes with a
+/// target equal to the source, writes the guest made while it was stopped included, which <c>qemu-img check</c> finds sound. With <c>report</c> the job fails with
+/// the disk's error and leaves a target <c>qemu-img check</c> finds without corruption (clusters a refused
+/// allocation left unreferenced are leaks, not errors). Both daemons give the same events. How many
+/// BLOCK_JOB_ERROR events the copies in flight raise depends on timing on both daemons, so the events are
+/// compared with those collapsed to the distinct kinds, in order.
+/// </summary>
+public sealed class FullTargetDifferentialTests : IDisposable
+{
+    const long Size = 8 << 20;
+
+
+    readonly TempDirectory _dir = new("blockmirror-full-target-");
+    readonly List<string> _mounts = [];
+
+    public void Dispose()
+    {
+        foreach (var mount in _mounts)
+        {
+            ExternalTool.RunAsync("umount", ["-l", mount]).GetAwaiter().GetResult();
+        }
+
+        _dir.Dispose();
+    }
+
+    /// <summary>
+    /// The file system's size: room for the target's start only, so the copy of 8 MiB runs out partway
+    /// (3m), or for little more than a new qcow2's header and tables, so the first allocations (an L2 table,
+    /// a data cluster) are refused (320k).
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("raw", "enospc", "3m")]
+    [InlineData("qcow2", "enospc", "3m")]
+    [InlineData("qcow2", "enospc", "320k")]
+    [InlineData("raw", "report", "3m")]
+    [InlineData("qcow2", "report", "3m")]
+    [InlineData("qcow2", "report", "320k")]
+    public async Task A_target_file_system_that_fills_up_stops_or_fails_the_job_and_never_corrupts_the_target(string format, string policy, string room)
+    {
+        RequireRoot();
+        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd(), format, policy, room);
+        var ours = await RunScenarioAsync(DifferentialDaemon.Ours(), format, policy, room);
+
+        string[] expected = policy == "enospc"
+            ?
+            [
+                "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR write stop", "JOB_STATUS_CHANGE paused",
+                "JOB_STATUS_CHANGE running", .. DifferentialDaemon.ReadyJobEvents.Skip(2),
+            ]
+            :
+            [
+                "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR write report", "JOB_STATUS_CHANGE aborting",
+                "BLOCK_JOB_COMPLETED error: No space left on device", "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED",
+            ];
+        Assert.Equal(expected, theirs.Events);
+        Assert.Equal(theirs.Events, ours.Events);
+        Assert.Equal(policy == "enospc" ? "nospace" : null, theirs.StoppedIoStatus);
+        Assert.Equal(theirs.StoppedIoStatus, ours.StoppedIoStatus);
+    }
+
+    async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room)
+    {
+        var dir = Path.Combine(_dir.Path, daemon.Name);
+        var full = Path.Combine(dir, "full");
+        Directory.CreateDirectory(full);
+        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", $"size={room}", "tmpfs", full);
+        _mounts.Add(full);
+
+        // A source with data everywhere (no zero to skip), in pieces a lost or misplaced chunk would show.
+        var source = $"{dir}/source.raw";
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", source, $"{Size}");
+        await ImageRecipes.QemuIoAsync(source, "raw", Enumerable.Range(0, (int)(Size >> 20)).Select(i => $"write -P {0x41 + i} {i << 20} 1M"));
+        var target = $"{full}/target.{format}";
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", format, target, $"{Size}");
+
+        string[] blockdevs =
+        [
+            "--blockdev", $"driver=file,node-name=file0,filename={source}", "--blockdev", "driver=raw,node-name=disk,file=file0",
+            "--blockdev", $"driver=file,node-name=target-file,filename={target}", "--blockdev", $"driver={format},node-name=target,file=target-file",
+        ];
+        string? stoppedIoStatus = null;
+        var events = await daemon.RunAsync(dir, blockdevs, "disk", async (qmp, uri) =>
+        {
+            await qmp.ExecuteAsync("blockdev-mirror", new JsonObject
+            {
+                ["job-id"] = "job0", ["device"] = "disk", ["target"] = "target", ["sync"] = "full", ["on-target-error"] = policy,
+            });
+            if (policy == "enospc")
+            {
+                await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "paused");
+                var job = (await qmp.ExecuteAsync("query-block-jobs"))!.AsArray().Single()!;
+                stoppedIoStatus = (string?)job["io-status"];
+
+                // The guest writes on while the job is stopped: across the refused range and past it.
+                await ImageRecipes.QemuIoAsync(uri, "raw", ["write -P 0xe1 1000 3000", "write -P 0xe2 2M 1M", "write -P 0xe3 7M 4096"]);
+
+                // Room again, then on: the refused writes were left to copy again.
+                await ExternalTool.RunCheckedAsync("mount", "-o", "remount,size=64m", full);
+                await qmp.ExecuteAsync("block-job-resume", new JsonObject { ["device"] = "job0" });
+                await qmp.WaitEventAsync("BLOCK_JOB_READY");
+                await qmp.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "job0" });
+            }
+
+            await DifferentialDaemon.WaitJobGoneAsync(qmp);
+        });
+
+        if (format == "qcow2")
+        {
+            // Exit status 0: sound; 3: only leaked clusters (a refused allocation); 2: corruption.
+            var check = await ExternalTool.RunAsync("qemu-img", ["check", target]);
+            Assert.True(check.ExitCode == 0 || (policy == "report" && check.ExitCode == 3), $"{daemon.Name}: qemu-img check {target} gave {check.ExitCode}: {check.StandardOutput}{check.StandardError}");
+        }
+
+        if (policy == "enospc")
+        {
+            await QemuImages.AssertIdenticalAsync(source, target, "raw", format);
+        }
+
+        return ([.. CollapseErrors(events)], stoppedIoStatus);
+    }
+
+    /// <summary>The events with every BLOCK_JOB_ERROR after the first of its kind dropped (their count is timing).</summary>
+    static IEnumerable<string> CollapseErrors(List<string> events)
+    {
+        var seen = new HashSet<string>();
+        return events.Where(e => !e.StartsWith("BLOCK_JOB_ERROR", StringComparison.Ordinal) || seen.Add(e));
+    }
+
+    static void RequireRoot()
+    {
+        if (!Environment.IsPrivilegedProcess)
+        {
+            const string reason = "a file system that fills up is a tmpfs mounted by the test, which needs root";
+            Assert.False(ExternalTool.IsCi, $"{reason}; CI=true, so interop tests must not skip");
+            Skip.If(true, reason);
+        }
+
+        ExternalTool.Require("mount");
+        ExternalTool.Require("umount");
+    }
+}
