@@ -128,6 +128,67 @@ public sealed class FullTargetDifferentialTests : IDisposable
         return ([.. CollapseErrors(events)], stoppedIoStatus);
     }
 
+    /// <summary>
+    /// The offline commands on a full file system, beside qemu-img's: <c>commit</c> into a base that cannot
+    /// grow, and <c>mirror</c> onto an existing qcow2 that cannot. Each fails (exit 1, as qemu-img's) with
+    /// the file, the offset and the disk's error; the top keeps every write (it is emptied only after a
+    /// commit succeeds), and both images stay sound.
+    /// </summary>
+    [SkippableFact]
+    public async Task The_offline_commit_and_mirror_fail_loudly_and_keep_every_image_sound()
+    {
+        RequireRoot();
+        ExternalTool.Require("qemu-img");
+        var full = Path.Combine(_dir.Path, "full");
+        Directory.CreateDirectory(full);
+        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
+        _mounts.Add(full);
+
+        // commit: the top's 6 MiB do not fit beside the base. qemu-img's run first, then its files go.
+        var @base = $"{full}/base.qcow2";
+        var top = _dir.File("top.qcow2");
+        await MakeChainAsync(@base, top);
+        var theirs = await ExternalTool.RunAsync("qemu-img", ["commit", "-f", "qcow2", top]);
+        File.Delete(@base);
+        await MakeChainAsync(@base, top);
+        var expected = _dir.File("expected.raw");
+        await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-O", "raw", top, expected);
+        var commit = await BlockMirrorCli.RunAsync("commit", top);
+        Assert.Equal((1, 1), (theirs.ExitCode, commit.ExitCode));
+        Assert.Contains($"'{@base}': write at offset ", commit.StandardError, StringComparison.Ordinal);
+        Assert.Contains(": No space left on device", commit.StandardError, StringComparison.Ordinal);
+        await QemuImages.AssertIdenticalAsync(expected, top, "raw", "qcow2");
+        await AssertSoundAsync(@base);
+        await AssertSoundAsync(top);
+        File.Delete(@base);
+
+        // mirror onto an existing qcow2 of 8 MiB.
+        var source = _dir.File("source.raw");
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "raw", source, $"{Size}");
+        await ImageRecipes.QemuIoAsync(source, "raw", ["write -P 0x5a 0 8M"]);
+        var target = $"{full}/target.qcow2";
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", target, $"{Size}");
+        var mirror = await BlockMirrorCli.RunAsync("mirror", source, target);
+        Assert.Equal(1, mirror.ExitCode);
+        Assert.Contains($"'{target}': write at offset ", mirror.StandardError, StringComparison.Ordinal);
+        Assert.Contains("No space left on device", mirror.StandardError, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", mirror.StandardError, StringComparison.Ordinal);
+        await AssertSoundAsync(target);
+    }
+
+    static async Task MakeChainAsync(string @base, string top)
+    {
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", @base, $"{Size}");
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", "-b", @base, "-F", "qcow2", top);
+        await ImageRecipes.QemuIoAsync(top, "qcow2", ["write -P 0x33 0 6M"]);
+    }
+
+    static async Task AssertSoundAsync(string qcow2)
+    {
+        var check = await ExternalTool.RunAsync("qemu-img", ["check", qcow2]);
+        Assert.True(check.ExitCode == 0, $"qemu-img check {qcow2} gave {check.ExitCode}: {check.StandardOutput}{check.StandardError}");
+    }
+
     /// <summary>The events with every BLOCK_JOB_ERROR after the first of its kind dropped (their count is timing).</summary>
     static IEnumerable<string> CollapseErrors(List<string> events)
     {
