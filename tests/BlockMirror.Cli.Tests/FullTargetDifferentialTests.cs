@@ -38,17 +38,18 @@ public sealed class FullTargetDifferentialTests : IDisposable
     /// a data cluster) are refused (320k).
     /// </summary>
     [SkippableTheory]
-    [InlineData("raw", "enospc", "3m")]
-    [InlineData("qcow2", "enospc", "3m")]
-    [InlineData("qcow2", "enospc", "320k")]
-    [InlineData("raw", "report", "3m")]
-    [InlineData("qcow2", "report", "3m")]
-    [InlineData("qcow2", "report", "320k")]
-    public async Task A_target_file_system_that_fills_up_stops_or_fails_the_job_and_never_corrupts_the_target(string format, string policy, string room)
+    [InlineData("raw", "enospc", "3m", "background")]
+    [InlineData("qcow2", "enospc", "3m", "background")]
+    [InlineData("qcow2", "enospc", "320k", "background")]
+    [InlineData("qcow2", "enospc", "3m", "write-blocking")]
+    [InlineData("raw", "report", "3m", "background")]
+    [InlineData("qcow2", "report", "3m", "background")]
+    [InlineData("qcow2", "report", "320k", "background")]
+    public async Task A_target_file_system_that_fills_up_stops_or_fails_the_job_and_never_corrupts_the_target(string format, string policy, string room, string copyMode)
     {
         RequireRoot();
-        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd(), format, policy, room);
-        var ours = await RunScenarioAsync(DifferentialDaemon.Ours(), format, policy, room);
+        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd(), format, policy, room, copyMode);
+        var ours = await RunScenarioAsync(DifferentialDaemon.Ours(), format, policy, room, copyMode);
 
         string[] expected = policy == "enospc"
             ?
@@ -67,7 +68,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
         Assert.Equal(theirs.StoppedIoStatus, ours.StoppedIoStatus);
     }
 
-    async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room)
+    async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room, string copyMode)
     {
         var dir = Path.Combine(_dir.Path, daemon.Name);
         var full = Path.Combine(dir, "full");
@@ -92,7 +93,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
         {
             await qmp.ExecuteAsync("blockdev-mirror", new JsonObject
             {
-                ["job-id"] = "job0", ["device"] = "disk", ["target"] = "target", ["sync"] = "full", ["on-target-error"] = policy,
+                ["job-id"] = "job0", ["device"] = "disk", ["target"] = "target", ["sync"] = "full", ["on-target-error"] = policy, ["copy-mode"] = copyMode,
             });
             if (policy == "enospc")
             {
@@ -100,7 +101,9 @@ public sealed class FullTargetDifferentialTests : IDisposable
                 var job = (await qmp.ExecuteAsync("query-block-jobs"))!.AsArray().Single()!;
                 stoppedIoStatus = (string?)job["io-status"];
 
-                // The guest writes on while the job is stopped: across the refused range and past it.
+                // The guest writes on while the job is stopped: across the refused range and past it. (In
+                // write-blocking mode these writes go to the target too and are refused there: the guest's
+                // writes succeed, the job's policy takes the error, and the ranges stay dirty.)
                 await ImageRecipes.QemuIoAsync(uri, "raw", ["write -P 0xe1 1000 3000", "write -P 0xe2 2M 1M", "write -P 0xe3 7M 4096"]);
 
                 // Room again, then on: the refused writes were left to copy again.
