@@ -179,6 +179,42 @@ public sealed class FullTargetDifferentialTests : IDisposable
         await AssertSoundAsync(target);
     }
 
+    /// <summary>
+    /// A guest writing through the NBD export of a qcow2 whose file system is full: both daemons refuse the
+    /// write with ENOSPC (qemu-io reports "No space left on device"), keep serving, and take the same write
+    /// once the file system has room; the image stays sound and holds it.
+    /// </summary>
+    [SkippableFact]
+    public async Task An_export_on_a_full_file_system_refuses_the_write_with_ENOSPC_and_takes_it_once_there_is_room()
+    {
+        RequireRoot();
+        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
+        {
+            var dir = Path.Combine(_dir.Path, $"export-{daemon.Name}");
+            var full = Path.Combine(dir, "full");
+            Directory.CreateDirectory(full);
+            await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
+            _mounts.Add(full);
+            var image = $"{full}/disk.qcow2";
+            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", image, $"{Size}");
+            string[] blockdevs = ["--blockdev", $"driver=file,node-name=file0,filename={image}", "--blockdev", "driver=qcow2,node-name=disk,file=file0"];
+            string[] write = ["-f", "raw", "-c", "write -P 0x61 0 6M"];
+            await daemon.RunAsync(dir, blockdevs, "disk", async (qmp, uri) =>
+            {
+                var refused = await ExternalTool.RunAsync("qemu-io", [.. write, uri]);
+                Assert.Contains("write failed: No space left on device", refused.StandardOutput + refused.StandardError, StringComparison.Ordinal);
+
+                await ExternalTool.RunCheckedAsync("mount", "-o", "remount,size=64m", full);
+                var taken = await ExternalTool.RunAsync("qemu-io", [.. write, uri]);
+                Assert.True(taken.ExitCode == 0 && !taken.StandardOutput.Contains("failed", StringComparison.Ordinal), $"{daemon.Name}: {taken.StandardOutput}{taken.StandardError}");
+            });
+
+            await AssertSoundAsync(image);
+            var check = await ExternalTool.RunAsync("qemu-io", ["-f", "qcow2", "-c", "read -P 0x61 0 6M", "-c", "read -P 0 6M 2M", image]);
+            Assert.True(check.ExitCode == 0 && !check.StandardOutput.Contains("fail", StringComparison.OrdinalIgnoreCase), $"{daemon.Name}: {check.StandardOutput}");
+        }
+    }
+
     static async Task MakeChainAsync(string @base, string top)
     {
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", @base, $"{Size}");
