@@ -37,19 +37,25 @@ public sealed class FullTargetDifferentialTests : IDisposable
     /// (3m), or for little more than a new qcow2's header and tables, so the first allocations (an L2 table,
     /// a data cluster) are refused (320k).
     /// </summary>
+    /// <remarks>
+    /// <paramref name="via"/>: <c>file</c>, the target's file opened by the daemon; <c>nbd</c>, a raw target
+    /// exported by qemu-nbd and opened with <c>driver=nbd</c>, so the disk's ENOSPC comes over the wire.
+    /// </remarks>
     [SkippableTheory]
-    [InlineData("raw", "enospc", "3m", "background")]
-    [InlineData("qcow2", "enospc", "3m", "background")]
-    [InlineData("qcow2", "enospc", "320k", "background")]
-    [InlineData("qcow2", "enospc", "3m", "write-blocking")]
-    [InlineData("raw", "report", "3m", "background")]
-    [InlineData("qcow2", "report", "3m", "background")]
-    [InlineData("qcow2", "report", "320k", "background")]
-    public async Task A_target_file_system_that_fills_up_stops_or_fails_the_job_and_never_corrupts_the_target(string format, string policy, string room, string copyMode)
+    [InlineData("raw", "enospc", "3m", "background", "file")]
+    [InlineData("qcow2", "enospc", "3m", "background", "file")]
+    [InlineData("qcow2", "enospc", "320k", "background", "file")]
+    [InlineData("qcow2", "enospc", "3m", "write-blocking", "file")]
+    [InlineData("raw", "enospc", "3m", "background", "nbd")]
+    [InlineData("raw", "report", "3m", "background", "file")]
+    [InlineData("qcow2", "report", "3m", "background", "file")]
+    [InlineData("qcow2", "report", "320k", "background", "file")]
+    [InlineData("raw", "report", "3m", "background", "nbd")]
+    public async Task A_target_file_system_that_fills_up_stops_or_fails_the_job_and_never_corrupts_the_target(string format, string policy, string room, string copyMode, string via)
     {
         RequireRoot();
-        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd(), format, policy, room, copyMode);
-        var ours = await RunScenarioAsync(DifferentialDaemon.Ours(), format, policy, room, copyMode);
+        var theirs = await RunScenarioAsync(DifferentialDaemon.Qsd(), format, policy, room, copyMode, via);
+        var ours = await RunScenarioAsync(DifferentialDaemon.Ours(), format, policy, room, copyMode, via);
 
         string[] expected = policy == "enospc"
             ?
@@ -68,7 +74,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
         Assert.Equal(theirs.StoppedIoStatus, ours.StoppedIoStatus);
     }
 
-    async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room, string copyMode)
+    async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room, string copyMode, string via)
     {
         var dir = Path.Combine(_dir.Path, daemon.Name);
         var full = Path.Combine(dir, "full");
@@ -83,10 +89,12 @@ public sealed class FullTargetDifferentialTests : IDisposable
         var target = $"{full}/target.{format}";
         await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", format, target, $"{Size}");
 
+        await using var destination = via == "nbd" ? await NbdDestination.StartAsync(target, $"{dir}/destination.sock") : null;
         string[] blockdevs =
         [
             "--blockdev", $"driver=file,node-name=file0,filename={source}", "--blockdev", "driver=raw,node-name=disk,file=file0",
-            "--blockdev", $"driver=file,node-name=target-file,filename={target}", "--blockdev", $"driver={format},node-name=target,file=target-file",
+            .. destination?.ClientNode("target", reconnectDelay: 0)
+                ?? ["--blockdev", $"driver=file,node-name=target-file,filename={target}", "--blockdev", $"driver={format},node-name=target,file=target-file"],
         ];
         string? stoppedIoStatus = null;
         var events = await daemon.RunAsync(dir, blockdevs, "disk", async (qmp, uri) =>
@@ -115,6 +123,11 @@ public sealed class FullTargetDifferentialTests : IDisposable
 
             await DifferentialDaemon.WaitJobGoneAsync(qmp);
         });
+
+        if (destination is not null)
+        {
+            await destination.DisposeAsync();
+        }
 
         if (format == "qcow2")
         {
