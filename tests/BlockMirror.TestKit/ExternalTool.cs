@@ -28,6 +28,25 @@ public static class ExternalTool
         return name;
     }
 
+    /// <summary>
+    /// Skips (or, in CI, fails) the calling test unless it runs as root; <paramref name="reason"/> says what
+    /// needs root (CI runs the tests as root).
+    /// </summary>
+    public static void RequireRoot(string reason)
+    {
+        if (Environment.IsPrivilegedProcess)
+        {
+            return;
+        }
+
+        if (IsCi)
+        {
+            throw new InvalidOperationException($"{reason}; CI=true, so interop tests must not skip");
+        }
+
+        Skip.If(true, reason);
+    }
+
     public static bool IsCi => string.Equals(Environment.GetEnvironmentVariable("CI"), "true", StringComparison.OrdinalIgnoreCase);
 
     public static string? Find(string name)
