@@ -34,8 +34,10 @@ public sealed partial class MirrorJob
     /// <remarks>
     /// Reported false while a chunk is dirty and no guest write is in flight (a write in flight marks its
     /// chunks on the source before it clears them, so a mark then is not a lack on the target). The
-    /// randomized harness found the loop's flag held over a dirty chunk in rare interleavings whose cause is
-    /// not yet pinned down; what is reported must not claim a copy the target may lack.
+    /// randomized harness found the loop's flag held over a dirty chunk in rare interleavings: a write that
+    /// entered the filter before the job was attached and landed after the loop found nothing dirty did not
+    /// end the flag (the filter now asks the job as it is when the write ends). The check stays as a second
+    /// guard: what is reported must not claim a copy the target may lack.
     /// </remarks>
     public bool ActivelySynced => _activelySynced && _writesBlocking && (Filter.GuestWritesInFlight || _dirty.DirtyBytes == 0);
 

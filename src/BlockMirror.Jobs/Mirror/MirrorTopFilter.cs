@@ -207,8 +207,12 @@ sealed class MirrorTopFilter(NodeEdge source) : FilterDriver(source)
             Log?.EndWrite(offset, bytes);
             Interlocked.Decrement(ref _passiveWrites);
 
-            // After the source's mark (QEMU's bdrv_mirror_top_do_write when it does not copy).
-            job?.WriteNotMirrored();
+            // After the source's mark (QEMU's bdrv_mirror_top_do_write when it does not copy). The job as it
+            // is now, not as it was when the write started: a write that started before the job was attached
+            // and lands after its loop found nothing dirty must end actively-synced too, or the flag claims a
+            // copy the target lacks until the loop copies the chunks this write marked (the randomized
+            // harness: seed 269 of the active-mode runs, a write from the job's start landing after READY).
+            (Volatile.Read(ref _job) ?? job)?.WriteNotMirrored();
         }
     }
 
