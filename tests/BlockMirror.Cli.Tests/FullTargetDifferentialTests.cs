@@ -145,6 +145,87 @@ public sealed class FullTargetDifferentialTests : IDisposable
     }
 
     /// <summary>
+    /// block-commit into a base whose file system fills up, with <c>on-error=enospc</c>, on both daemons: an
+    /// intermediate commit (mid into the base, the commit job's own copy) and an active one (the top into
+    /// the base, the mirror's copy). The job stops at the refused write; once the file system has room and
+    /// the job is resumed it finishes (the active one after READY and complete), and the base holds the
+    /// committed view and is sound.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("intermediate")]
+    [InlineData("active")]
+    public async Task A_commit_into_a_base_on_a_full_file_system_stops_and_resumes_to_a_whole_base(string kind)
+    {
+        RequireRoot();
+        var theirs = await RunCommitAsync(DifferentialDaemon.Qsd(), kind);
+        var ours = await RunCommitAsync(DifferentialDaemon.Ours(), kind);
+
+        string[] end = kind == "active"
+            ? ["JOB_STATUS_CHANGE ready", "BLOCK_JOB_READY", "JOB_STATUS_CHANGE waiting", "JOB_STATUS_CHANGE pending", "BLOCK_JOB_COMPLETED"]
+            : ["JOB_STATUS_CHANGE waiting", "JOB_STATUS_CHANGE pending", "BLOCK_JOB_COMPLETED"];
+        string[] expected =
+        [
+            "JOB_STATUS_CHANGE created", "JOB_STATUS_CHANGE running", "BLOCK_JOB_ERROR write stop", "JOB_STATUS_CHANGE paused",
+            "JOB_STATUS_CHANGE running", .. end, "JOB_STATUS_CHANGE concluded", "JOB_STATUS_CHANGE null", "BLOCK_EXPORT_DELETED",
+        ];
+        Assert.Equal(expected, theirs.Events);
+        Assert.Equal(theirs.Events, ours.Events);
+        Assert.Equal(("nospace", "nospace"), (theirs.StoppedIoStatus, ours.StoppedIoStatus));
+    }
+
+    async Task<(List<string> Events, string? StoppedIoStatus)> RunCommitAsync(DifferentialDaemon daemon, string kind)
+    {
+        var dir = Path.Combine(_dir.Path, $"commit-{kind}-{daemon.Name}");
+        var full = Path.Combine(dir, "full");
+        Directory.CreateDirectory(full);
+        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
+        _mounts.Add(full);
+
+        var @base = await ImageRecipes.Qcow2Async(full, "base.qcow2", $"{Size}", [], []);
+        var mid = await ImageRecipes.Qcow2Async(dir, "mid.qcow2", null, ["-b", @base, "-F", "qcow2"],
+            [.. Enumerable.Range(0, 6).Select(i => $"write -P {0x21 + i} {i << 20} 1M")]);
+        var top = await ImageRecipes.Qcow2Async(dir, "top.qcow2", null, ["-b", mid, "-F", "qcow2"], ["write -P 0x33 1M 64k"]);
+
+        // What the base must hold at the end: mid's view for an intermediate commit, the top's for an active one.
+        var expected = $"{dir}/expected.raw";
+        await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-O", "raw", kind == "active" ? top : mid, expected);
+        string[] blockdevs =
+        [
+            "--blockdev", $"driver=file,node-name=base-file,filename={@base}", "--blockdev", "driver=qcow2,node-name=base,file=base-file",
+            "--blockdev", $"driver=file,node-name=mid-file,filename={mid}", "--blockdev", "driver=qcow2,node-name=mid,file=mid-file,backing=base",
+            "--blockdev", $"driver=file,node-name=top-file,filename={top}", "--blockdev", "driver=qcow2,node-name=top,file=top-file,backing=mid",
+        ];
+        string? stoppedIoStatus = null;
+        var events = await daemon.RunAsync(dir, blockdevs, "top", async (qmp, _) =>
+        {
+            var commit = new JsonObject { ["job-id"] = "job0", ["device"] = "top", ["base-node"] = "base", ["on-error"] = "enospc" };
+            if (kind == "intermediate")
+            {
+                commit["top-node"] = "mid";
+            }
+
+            await qmp.ExecuteAsync("block-commit", commit);
+            await qmp.WaitEventAsync("JOB_STATUS_CHANGE", e => (string?)e["data"]!["status"] == "paused");
+            var job = (await qmp.ExecuteAsync("query-block-jobs"))!.AsArray().Single()!;
+            stoppedIoStatus = (string?)job["io-status"];
+
+            await ExternalTool.RunCheckedAsync("mount", "-o", "remount,size=64m", full);
+            await qmp.ExecuteAsync("block-job-resume", new JsonObject { ["device"] = "job0" });
+            if (kind == "active")
+            {
+                await qmp.WaitEventAsync("BLOCK_JOB_READY");
+                await qmp.ExecuteAsync("block-job-complete", new JsonObject { ["device"] = "job0" });
+            }
+
+            await DifferentialDaemon.WaitJobGoneAsync(qmp);
+        });
+
+        await AssertSoundAsync(@base);
+        await QemuImages.AssertIdenticalAsync(expected, @base, "raw", "qcow2");
+        return ([.. CollapseErrors(events)], stoppedIoStatus);
+    }
+
+    /// <summary>
     /// The offline commands on a full file system, beside qemu-img's: <c>commit</c> into a base that cannot
     /// grow, and <c>mirror</c> onto an existing qcow2 that cannot. Each fails (exit 1, as qemu-img's) with
     /// the file, the offset and the disk's error; the top keeps every write (it is emptied only after a
