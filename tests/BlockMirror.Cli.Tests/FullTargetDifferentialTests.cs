@@ -77,10 +77,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
     async Task<(List<string> Events, string? StoppedIoStatus)> RunScenarioAsync(DifferentialDaemon daemon, string format, string policy, string room, string copyMode, string via)
     {
         var dir = Path.Combine(_dir.Path, daemon.Name);
-        var full = Path.Combine(dir, "full");
-        Directory.CreateDirectory(full);
-        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", $"size={room}", "tmpfs", full);
-        _mounts.Add(full);
+        var full = await MountFullAsync(dir, room);
 
         // A source with data everywhere (no zero to skip), in pieces a lost or misplaced chunk would show.
         var source = $"{dir}/source.raw";
@@ -176,10 +173,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
     async Task<(List<string> Events, string? StoppedIoStatus)> RunCommitAsync(DifferentialDaemon daemon, string kind)
     {
         var dir = Path.Combine(_dir.Path, $"commit-{kind}-{daemon.Name}");
-        var full = Path.Combine(dir, "full");
-        Directory.CreateDirectory(full);
-        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
-        _mounts.Add(full);
+        var full = await MountFullAsync(dir, "3m");
 
         var @base = await ImageRecipes.Qcow2Async(full, "base.qcow2", $"{Size}", [], []);
         var mid = await ImageRecipes.Qcow2Async(dir, "mid.qcow2", null, ["-b", @base, "-F", "qcow2"],
@@ -236,10 +230,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
     {
         RequireRoot();
         ExternalTool.Require("qemu-img");
-        var full = Path.Combine(_dir.Path, "full");
-        Directory.CreateDirectory(full);
-        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
-        _mounts.Add(full);
+        var full = await MountFullAsync(_dir.Path, "3m");
 
         // commit: the top's 6 MiB do not fit beside the base. qemu-img's run first, then its files go.
         var @base = $"{full}/base.qcow2";
@@ -285,10 +276,7 @@ public sealed class FullTargetDifferentialTests : IDisposable
         foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
         {
             var dir = Path.Combine(_dir.Path, $"export-{daemon.Name}");
-            var full = Path.Combine(dir, "full");
-            Directory.CreateDirectory(full);
-            await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", full);
-            _mounts.Add(full);
+            var full = await MountFullAsync(dir, "3m");
             var image = $"{full}/disk.qcow2";
             await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", image, $"{Size}");
             string[] blockdevs = ["--blockdev", $"driver=file,node-name=file0,filename={image}", "--blockdev", "driver=qcow2,node-name=disk,file=file0"];
@@ -307,6 +295,16 @@ public sealed class FullTargetDifferentialTests : IDisposable
             var check = await ExternalTool.RunAsync("qemu-io", ["-f", "qcow2", "-c", "read -P 0x61 0 6M", "-c", "read -P 0 6M 2M", image]);
             Assert.True(check.ExitCode == 0 && !check.StandardOutput.Contains("fail", StringComparison.OrdinalIgnoreCase), $"{daemon.Name}: {check.StandardOutput}");
         }
+    }
+
+    /// <summary>Mounts a tmpfs of <paramref name="room"/> (mount's words) at <c>DIR/full</c>, unmounted when the test ends.</summary>
+    async Task<string> MountFullAsync(string dir, string room)
+    {
+        var full = Path.Combine(dir, "full");
+        Directory.CreateDirectory(full);
+        await ExternalTool.RunCheckedAsync("mount", "-t", "tmpfs", "-o", $"size={room}", "tmpfs", full);
+        _mounts.Add(full);
+        return full;
     }
 
     static async Task MakeChainAsync(string @base, string top)
