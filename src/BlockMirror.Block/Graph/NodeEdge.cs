@@ -182,6 +182,10 @@ public sealed class NodeEdge
     public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken = default) =>
         Send(new NodeRequests.ReadVector(offset, buffers), cancellationToken);
 
+    /// <summary>A read into a pipe (see <see cref="BlockNode.SpliceReadAsync"/>), through this edge as any read.</summary>
+    public ValueTask SpliceReadAsync(long offset, int length, SplicePipe pipe, CancellationToken cancellationToken = default) =>
+        Send(new NodeRequests.SpliceRead(offset, length, pipe), cancellationToken);
+
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> buffer, RequestFlags flags = RequestFlags.None, CancellationToken cancellationToken = default) =>
         Send(new NodeRequests.Write(offset, buffer, flags), cancellationToken);
 

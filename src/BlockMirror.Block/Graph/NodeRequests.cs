@@ -24,6 +24,12 @@ static class NodeRequests
             node.ReadVectorEnteredAsync(Offset, Buffers, cancellationToken);
     }
 
+    public readonly record struct SpliceRead(long Offset, int Length, SplicePipe Pipe) : INodeRequest
+    {
+        public ValueTask RunEnteredAsync(BlockNode node, CancellationToken cancellationToken) =>
+            node.SpliceReadEnteredAsync(Offset, Length, Pipe, cancellationToken);
+    }
+
     public readonly record struct Write(long Offset, ReadOnlyMemory<byte> Buffer, RequestFlags Flags) : INodeRequest
     {
         public ValueTask RunEnteredAsync(BlockNode node, CancellationToken cancellationToken) =>

@@ -5,7 +5,7 @@ namespace BlockMirror.Block.Interop;
 
 /// <summary>
 /// The few Linux system calls the BCL does not expose: open(2) with O_DIRECT, lseek(2) with
-/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2), futex(2), fcntl(2) OFD locks. Constants are Linux's.
+/// SEEK_DATA/SEEK_HOLE, fallocate(2), fdatasync(2), ftruncate(2), futex(2), fcntl(2) OFD locks, pipe2(2) and splice(2). Constants are Linux's.
 /// </summary>
 static partial class LibC
 {
@@ -13,6 +13,7 @@ static partial class LibC
     public const int O_RDWR = 2;
     public const int O_CREAT = 0x40;
     public const int O_CLOEXEC = 0x80000;
+    public const int O_NONBLOCK = 0x800;
 
     public const int SEEK_DATA = 3;
     public const int SEEK_HOLE = 4;
@@ -93,6 +94,33 @@ static partial class LibC
     /// <summary>fcntl(2) with a struct flock argument (the record-lock commands).</summary>
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     public static partial int FcntlLock(SafeFileHandle fd, int command, ref Flock flock);
+
+    // Pipes and splice(2): reads that move file pages into a pipe (SplicePipe).
+    public const int F_SETPIPE_SZ = 1031;
+    public const int F_GETPIPE_SZ = 1032;
+    public const uint SPLICE_F_MOVE = 1;
+    public const uint SPLICE_F_NONBLOCK = 2;
+
+    [LibraryImport("libc", EntryPoint = "pipe2", SetLastError = true)]
+    public static unsafe partial int Pipe2(int* fds, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int FcntlInt(int fd, int command, int argument);
+
+    [LibraryImport("libc", EntryPoint = "splice", SetLastError = true)]
+    public static unsafe partial nint Splice(int fdIn, long* offsetIn, int fdOut, long* offsetOut, nuint length, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "splice", SetLastError = true)]
+    public static unsafe partial nint Splice(SafeFileHandle fdIn, long* offsetIn, int fdOut, long* offsetOut, nuint length, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    public static unsafe partial nint Write(int fd, byte* buffer, nuint length);
+
+    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
+    public static unsafe partial nint Read(int fd, byte* buffer, nuint length);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    public static partial int Close(int fd);
 
     [LibraryImport("libc", EntryPoint = "strerror")]
     private static partial nint StrError(int errnum);

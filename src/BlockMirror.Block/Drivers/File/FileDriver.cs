@@ -24,7 +24,7 @@ namespace BlockMirror.Block.Drivers.File;
 /// (EOPNOTSUPP) is remembered and not tried again: punch-hole for may-unmap zeroing, then zero-range,
 /// then writing zero buffers unless the caller asked for no fallback.</para>
 /// </remarks>
-public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwareDriver
+public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwareDriver, ISpliceReadable
 {
     public const string Name = DriverNames.File;
 
@@ -253,6 +253,34 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
             buffer = buffer[read..];
             offset += read;
+        }
+    }
+
+    /// <summary>Any range of a buffered file; with O_DIRECT only what O_DIRECT takes as it is (the kernel reads it into pages of its own).</summary>
+    public bool CanSpliceRead(long offset, int length) =>
+        SplicePipe.Supported && (_bounce is null || (offset % DirectAlignment == 0 && length % DirectAlignment == 0));
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask SpliceReadAsync(long offset, int length, SplicePipe pipe, CancellationToken cancellationToken)
+    {
+        while (length > 0)
+        {
+            var moved = await _io.SpliceAsync(_handle, offset, pipe, length, cancellationToken).ConfigureAwait(false);
+            if (moved < 0)
+            {
+                var errno = (int)-moved;
+                throw new IOException($"splice from '{_options.Filename}' at {offset} failed: {LibC.Describe(errno)}", errno);
+            }
+
+            if (moved == 0)
+            {
+                // Past the end of the file (it shrank under us): zeroes, as a read gives.
+                pipe.WriteZeroes(length);
+                return;
+            }
+
+            offset += moved;
+            length -= (int)moved;
         }
     }
 

@@ -1,12 +1,13 @@
 using System.Diagnostics;
 using BlockMirror.Block.Interop;
+using BlockMirror.Block.Io;
 using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Block.Drivers.File;
 
 /// <summary>
 /// The threads that make the file driver's blocking system calls (pread, pwrite, their vectored forms,
-/// fdatasync, fallocate, lseek, ftruncate), as QEMU's thread pool (<c>util/thread-pool.c</c>) does for
+/// fdatasync, fallocate, lseek, ftruncate, splice), as QEMU's thread pool (<c>util/thread-pool.c</c>) does for
 /// <c>aio=threads</c>: no caller blocks its own thread on the file system, and none needs Task.Run.
 /// </summary>
 /// <remarks>
@@ -101,6 +102,16 @@ sealed class FileIoThreads : IFileIo
     /// <summary>fdatasync on an I/O thread: 0, or the errno it failed with.</summary>
     public ValueTask<int> DataSyncAsync(SafeFileHandle handle, CancellationToken cancellationToken) =>
         RunAsync(handle, static handle => LibC.FDataSync(handle) == 0 ? 0 : System.Runtime.InteropServices.Marshal.GetLastPInvokeError(), cancellationToken);
+
+    /// <summary>splice(2) into a pipe on an I/O thread: the bytes moved, or minus the errno.</summary>
+    public ValueTask<long> SpliceAsync(SafeFileHandle handle, long offset, SplicePipe pipe, int length, CancellationToken cancellationToken)
+    {
+        var operation = Rent();
+        operation.SetSplice(handle, offset, pipe, length, cancellationToken);
+        var task = new ValueTask<long>(operation, operation.Version);
+        Submit(operation);
+        return task;
+    }
 
     /// <summary>lseek on an I/O thread: the new position, or minus the errno it failed with.</summary>
     public ValueTask<long> SeekAsync(SafeFileHandle handle, long offset, int whence, CancellationToken cancellationToken)
@@ -262,6 +273,7 @@ sealed class FileIoThreads : IFileIo
             WriteVector,
             Fallocate,
             Seek,
+            Splice,
             Call,
         }
 
@@ -276,6 +288,7 @@ sealed class FileIoThreads : IFileIo
         IReadOnlyList<Memory<byte>>? _readBuffers;
         IReadOnlyList<ReadOnlyMemory<byte>>? _writeBuffers;
         Func<SafeFileHandle, int>? _call;
+        SplicePipe? _pipe;
         CancellationToken _cancellationToken;
 
         public void SetRead(SafeFileHandle handle, Memory<byte> buffer, long offset, CancellationToken cancellationToken) =>
@@ -308,6 +321,13 @@ sealed class FileIoThreads : IFileIo
         {
             Set(Kind.Seek, handle, default, offset, cancellationToken);
             _mode = whence;
+        }
+
+        public void SetSplice(SafeFileHandle handle, long offset, SplicePipe pipe, int length, CancellationToken cancellationToken)
+        {
+            Set(Kind.Splice, handle, default, offset, cancellationToken);
+            _pipe = pipe;
+            _length = length;
         }
 
         public void SetCall(SafeFileHandle handle, Func<SafeFileHandle, int> call, CancellationToken cancellationToken)
@@ -359,6 +379,9 @@ sealed class FileIoThreads : IFileIo
                         }
 
                         break;
+                    case Kind.Splice:
+                        result = _pipe!.SpliceFrom(handle, _offset, (int)_length);
+                        break;
                     case Kind.Call:
                         result = _call!(handle);
                         break;
@@ -377,6 +400,7 @@ sealed class FileIoThreads : IFileIo
             _readBuffers = null;
             _writeBuffers = null;
             _call = null;
+            _pipe = null;
             _cancellationToken = default;
             if (error is null)
             {

@@ -1,3 +1,4 @@
+using BlockMirror.Block.Io;
 using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Block.Drivers.File;
@@ -32,4 +33,7 @@ interface IFileIo
 
     /// <summary>fdatasync: 0, or the errno it failed with.</summary>
     ValueTask<int> DataSyncAsync(SafeFileHandle handle, CancellationToken cancellationToken);
+
+    /// <summary>One splice(2) of up to <paramref name="length"/> bytes at <paramref name="offset"/> into the pipe: the bytes moved (0 at the end of the file), or minus the errno.</summary>
+    ValueTask<long> SpliceAsync(SafeFileHandle handle, long offset, SplicePipe pipe, int length, CancellationToken cancellationToken);
 }

@@ -21,7 +21,7 @@ public sealed record RawDriverOptions(long Offset = 0, long? Size = null, bool P
 /// The <c>raw</c> format: the image is the bytes of its <c>file</c> child, optionally a window of them.
 /// Requests pass through with the offset added; block status is the file's.
 /// </summary>
-public sealed class RawDriver : IBlockDriver, IReopenableDriver
+public sealed class RawDriver : IBlockDriver, IReopenableDriver, ISpliceReadable
 {
     public const string Name = DriverNames.Raw;
 
@@ -103,6 +103,14 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver
     {
         _file.DebugEvent(BlkdebugEvent.ReadAio);
         return _file.ReadAsync(_offset + offset, buffer, cancellationToken);
+    }
+
+    public bool CanSpliceRead(long offset, int length) => _file.Node.CanSpliceRead(_offset + offset, length);
+
+    public ValueTask SpliceReadAsync(long offset, int length, SplicePipe pipe, CancellationToken cancellationToken)
+    {
+        _file.DebugEvent(BlkdebugEvent.ReadAio);
+        return _file.SpliceReadAsync(_offset + offset, length, pipe, cancellationToken);
     }
 
     public ValueTask ReadVectorAsync(long offset, IReadOnlyList<Memory<byte>> buffers, CancellationToken cancellationToken)

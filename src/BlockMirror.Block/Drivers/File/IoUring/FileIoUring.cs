@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Threading.Tasks.Sources;
 using BlockMirror.Block.Interop;
+using BlockMirror.Block.Io;
 using Microsoft.Win32.SafeHandles;
 using static BlockMirror.Block.Drivers.File.IoUring.IoUringNative;
 
@@ -173,6 +174,10 @@ sealed unsafe class FileIoUring : IFileIo, IDisposable
             (Handle: handle, Mode: mode, Offset: offset, Length: length), cancellationToken);
         return task;
     }
+
+    /// <summary>On the I/O threads: the ring is not worth it for what only NBD's spliced reads use.</summary>
+    public ValueTask<long> SpliceAsync(SafeFileHandle handle, long offset, SplicePipe pipe, int length, CancellationToken cancellationToken) =>
+        FileIoThreads.Shared.SpliceAsync(handle, offset, pipe, length, cancellationToken);
 
     public ValueTask<int> DataSyncAsync(SafeFileHandle handle, CancellationToken cancellationToken)
     {
