@@ -1,7 +1,9 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using BlockMirror.Block.Io;
 
 namespace BlockMirror.Nbd.Server;
 
@@ -10,7 +12,8 @@ namespace BlockMirror.Nbd.Server;
 /// data as segments of its own, all in order. On a plain socket (Linux) <see cref="FlushAsync"/> hands every
 /// segment to the kernel in one <c>sendmsg</c> with an iovec each, so a read's header and its data, and several
 /// replies queued together, leave in one system call without being copied together. On TLS, or where the
-/// socket is full, each segment goes through the stream's own write, which waits for room.
+/// socket is full, each segment goes through the stream's own write, which waits for room. Read data waiting in
+/// a pipe (<see cref="SpliceAsync"/>) follows a flush, spliced from the pipe into the socket.
 /// </summary>
 /// <remarks>Used by one sender at a time (the transmission's reply sender); nothing here is thread-safe.</remarks>
 sealed partial class NbdReplyGather : IDisposable
@@ -51,6 +54,57 @@ sealed partial class NbdReplyGather : IDisposable
     }
 
     public bool IsEmpty => _count == 0;
+
+    /// <summary>Whether read data may go from a pipe straight into the socket (a plain, non-blocking socket on Linux).</summary>
+    public bool CanSplice => _socket >= 0 && SplicePipe.Supported && (_socketNonBlocking ??= IsNonBlocking(_socket));
+
+    bool? _socketNonBlocking;
+
+    /// <summary>
+    /// Sends <paramref name="length"/> bytes out of <paramref name="pipe"/>, after what was flushed before (call on an
+    /// empty gather). The pipe's pages go into the socket as they are; where the socket is full, a piece is read
+    /// out into the batch buffer and goes through the stream's write, which waits for room.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask SpliceAsync(SplicePipe pipe, int length)
+    {
+        Debug.Assert(IsEmpty, "the pipe's data follows what the gather held");
+        for (var left = length; left > 0;)
+        {
+            var moved = SpliceOut(pipe.ReadEnd, left);
+            if (moved > 0)
+            {
+                pipe.Taken((int)moved);
+                left -= (int)moved;
+                continue;
+            }
+
+            var piece = pipe.ReadInto(_batch.AsSpan(0, Math.Min(left, _batch.Length)));
+            await _stream.WriteAsync(_batch.AsMemory(0, piece)).ConfigureAwait(false);
+            left -= piece;
+        }
+    }
+
+    /// <summary>One non-blocking splice from the pipe into the socket: the bytes moved, or 0 when the socket has no room.</summary>
+    unsafe long SpliceOut(int pipe, int length)
+    {
+        long moved;
+        do
+        {
+            moved = SpliceToSocket(pipe, null, _socket, null, (nuint)length, SpliceMove | SpliceNonBlock);
+        }
+        while (moved < 0 && Marshal.GetLastPInvokeError() == EIntr);
+
+        if (moved >= 0)
+        {
+            return moved;
+        }
+
+        var error = Marshal.GetLastPInvokeError();
+        return error == EAgain ? 0 : throw SendFailure(error);
+    }
+
+    static bool IsNonBlocking(int socket) => (GetFlags(socket, FGetFl, 0) & ONonBlock) != 0;
 
     /// <summary>Whether <paramref name="copied"/> more bytes in the batch and <paramref name="segments"/> more segments of their own fit in this send.</summary>
     public bool HasRoom(int copied, int segments) =>
@@ -164,16 +218,32 @@ sealed partial class NbdReplyGather : IDisposable
 
         if (written < 0 && error != EAgain)
         {
-            // As the socket's own send reports it: the errno read here is gone for the next send, so a reset
-            // must be named now for the connection's log to say so.
-            throw new IOException($"Unable to write data to the transport connection: {Marshal.GetPInvokeErrorMessage(error)}.",
-                new SocketException((int)(error switch { EConnReset => SocketError.ConnectionReset, EPipe => SocketError.Shutdown, _ => SocketError.SocketError })));
+            throw SendFailure(error);
         }
 
         return written;
     }
 
+    /// <summary>
+    /// A failed send as the socket's own send reports it: the errno read here is gone for the next send, so a reset
+    /// must be named now for the connection's log to say so.
+    /// </summary>
+    static IOException SendFailure(int error) =>
+        new($"Unable to write data to the transport connection: {Marshal.GetPInvokeErrorMessage(error)}.",
+            new SocketException((int)(error switch { EConnReset => SocketError.ConnectionReset, EPipe => SocketError.Shutdown, _ => SocketError.SocketError })));
+
     public unsafe void Dispose() => NativeMemory.Free(_vectors);
+
+    const int FGetFl = 3;
+    const int ONonBlock = 0x800;
+    const uint SpliceMove = 1;
+    const uint SpliceNonBlock = 2;
+
+    [LibraryImport("libc", EntryPoint = "splice", SetLastError = true)]
+    private static unsafe partial nint SpliceToSocket(int fdIn, long* offsetIn, int fdOut, long* offsetOut, nuint length, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int GetFlags(int fd, int command, int argument);
 
     [LibraryImport("libc", EntryPoint = "sendmsg", SetLastError = true)]
     private static unsafe partial nint SendMessage(int socket, MessageHeader* message, int flags);

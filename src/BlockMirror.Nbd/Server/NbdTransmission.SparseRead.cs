@@ -2,7 +2,9 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Nbd.Protocol;
 
 namespace BlockMirror.Nbd.Server;
@@ -19,28 +21,26 @@ sealed partial class NbdTransmission
     const int DataChunkHeaderSize = NbdWire.ChunkHeaderSize + 8;
 
     /// <summary>
-    /// Reads the data parts of [<paramref name="offset"/>, +<paramref name="length"/>) into one request buffer, each
-    /// at its place in the request, and queues the reply as a list of chunks: one per block status run, as the
-    /// chain reports them (QEMU's server does not join runs either).
+    /// Reads the data parts of [<paramref name="offset"/>, +<paramref name="length"/>) into one pipe, in order, or into
+    /// one request buffer, each at its place in the request, and queues the reply as a list of chunks: one per block
+    /// status run, as the chain reports them (QEMU's server does not join runs either). The runs are all known
+    /// before the first read, so that the pipe is chosen only when every data run fits in it.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask SparseReadAsync(NbdRequest request, long offset, int length)
     {
-        var buffer = _buffers.Rent(length);
         var chunks = ArrayPool<ReadChunk>.Shared.Rent(4);
         var count = 0;
+        SplicePipe? pipe = null;
+        AlignedMemory? buffer = null;
         try
         {
+            long pages = 0;
             for (var done = 0; done < length;)
             {
                 var status = await BlockChain.GetBlockStatusAboveAsync(_edge.Node, null, offset + done, length - done).ConfigureAwait(false);
                 var run = (int)Math.Min(status.Length, length - done);
                 Debug.Assert(run > 0, "block status reports at least one byte");
-                if (!status.IsZero)
-                {
-                    await _edge.ReadAsync(offset + done, buffer.Memory.Slice(done, run)).ConfigureAwait(false);
-                }
-
                 if (count == chunks.Length)
                 {
                     var larger = ArrayPool<ReadChunk>.Shared.Rent(count * 2);
@@ -50,17 +50,52 @@ sealed partial class NbdTransmission
                 }
 
                 chunks[count++] = new ReadChunk(done, run, status.IsZero);
+                pages += status.IsZero ? 0 : SplicePipe.PagesFor(offset + done, run);
                 done += run;
+            }
+
+            pipe = pages > 0 ? RentPipe(offset, length, pages) : null;
+            buffer = pipe is null ? _buffers.Rent(length) : null;
+            for (var c = 0; c < count; c++)
+            {
+                var chunk = chunks[c];
+                if (chunk.Hole)
+                {
+                    continue;
+                }
+
+                if (pipe is not null)
+                {
+                    await _edge.SpliceReadAsync(offset + chunk.Start, chunk.Length, pipe).ConfigureAwait(false);
+                }
+                else
+                {
+                    await _edge.ReadAsync(offset + chunk.Start, buffer!.Memory.Slice(chunk.Start, chunk.Length)).ConfigureAwait(false);
+                }
             }
         }
         catch
         {
-            _buffers.Return(buffer);
+            if (pipe is not null)
+            {
+                ReturnPipe(pipe);
+            }
+
+            if (buffer is not null)
+            {
+                _buffers.Return(buffer);
+            }
+
             ArrayPool<ReadChunk>.Shared.Return(chunks);
             throw;
         }
 
-        var reply = new Reply { Data = buffer, Chunks = chunks, ChunkCount = count, Cookie = request.Cookie, Offset = request.Offset };
+        if (pipe is not null)
+        {
+            Interlocked.Increment(ref SplicedReads);
+        }
+
+        var reply = new Reply { Data = buffer, Pipe = pipe, Chunks = chunks, ChunkCount = count, Cookie = request.Cookie, Offset = request.Offset };
         Queue(ref reply);
     }
 
@@ -70,8 +105,21 @@ sealed partial class NbdTransmission
     {
         for (var c = 0; c < _sendingReplies[index].ChunkCount; c++)
         {
-            var (chunks, data) = (_sendingReplies[index].Chunks!, _sendingReplies[index].Data!);
+            var chunks = _sendingReplies[index].Chunks!;
             var chunk = chunks[c];
+            if (!chunk.Hole && _sendingReplies[index].Pipe is { } pipe)
+            {
+                if (!_gather.HasRoom(DataChunkHeaderSize, 0))
+                {
+                    await FlushAsync(index).ConfigureAwait(false);
+                }
+
+                WriteChunk(_gather.Append(DataChunkHeaderSize), in _sendingReplies[index], chunk, c == _sendingReplies[index].ChunkCount - 1);
+                await SendHeaderAndPipeAsync(index, pipe, chunk.Length, headerAppended: true).ConfigureAwait(false);
+                continue;
+            }
+
+            var data = _sendingReplies[index].Data!;
             var coalesce = chunk.Hole || chunk.Length <= CoalesceLimit;
             var copied = chunk.Hole ? HoleChunkSize : DataChunkHeaderSize + (coalesce ? chunk.Length : 0);
             if (!_gather.HasRoom(copied, coalesce ? 0 : 1))

@@ -380,23 +380,34 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     async ValueTask ReadAsync(NbdRequest request, long offset, int length)
     {
-        var buffer = _buffers.Rent(Math.Max(length, 1));
-        try
+        Reply reply;
+        if (RentPipe(offset, length, SplicePipe.PagesFor(offset, length)) is { } pipe)
         {
-            if (length > 0)
-            {
-                await _edge.ReadAsync(offset, buffer.Memory[..length]).ConfigureAwait(false);
-            }
+            await ReadIntoPipeAsync(pipe, offset, length).ConfigureAwait(false);
+            Interlocked.Increment(ref SplicedReads);
+            reply = new Reply { Pipe = pipe, BodyLength = length };
         }
-        catch
+        else
         {
-            _buffers.Return(buffer);
-            throw;
+            var buffer = _buffers.Rent(Math.Max(length, 1));
+            try
+            {
+                if (length > 0)
+                {
+                    await _edge.ReadAsync(offset, buffer.Memory[..length]).ConfigureAwait(false);
+                }
+            }
+            catch
+            {
+                _buffers.Return(buffer);
+                throw;
+            }
+
+            // The data goes to the socket from this buffer (or next to its header, when small); the sender
+            // returns the buffer to the pool.
+            reply = new Reply { Data = buffer, BodyLength = length };
         }
 
-        // The data goes to the socket from this buffer (or next to its header, when small); the sender
-        // returns the buffer to the pool.
-        var reply = new Reply { Data = buffer, BodyLength = length };
         if (structured)
         {
             Span<byte> header = reply.Header;
@@ -516,6 +527,12 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
             var headerLength = _sendingReplies[i].HeaderLength;
             var bodyLength = _sendingReplies[i].BodyLength;
+            if (_sendingReplies[i].Pipe is { } pipe)
+            {
+                await SendHeaderAndPipeAsync(i, pipe, bodyLength).ConfigureAwait(false);
+                continue;
+            }
+
             var coalesce = bodyLength <= CoalesceLimit;
             if (!_gather.HasRoom(headerLength + (coalesce ? bodyLength : 0), coalesce ? 0 : 1))
             {
@@ -540,6 +557,28 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         }
 
         await FlushAsync(count).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Sends what the gather holds with the header of <c>_sendingReplies[index]</c> (or the chunk header just
+    /// appended) at its end, then <paramref name="length"/> bytes of the reply's data out of its pipe.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    async ValueTask SendHeaderAndPipeAsync(int index, SplicePipe pipe, int length, bool headerAppended = false)
+    {
+        if (!headerAppended)
+        {
+            var headerLength = _sendingReplies[index].HeaderLength;
+            if (!_gather.HasRoom(headerLength, 0))
+            {
+                await FlushAsync(index).ConfigureAwait(false);
+            }
+
+            ((ReadOnlySpan<byte>)_sendingReplies[index].Header)[..headerLength].CopyTo(_gather.Append(headerLength));
+        }
+
+        await FlushAsync(index).ConfigureAwait(false);
+        await _gather.SpliceAsync(pipe, length).ConfigureAwait(false);
     }
 
     /// <summary>Sends what the gather holds, then releases the replies before <paramref name="whole"/>, which it carried to the end.</summary>
@@ -575,6 +614,11 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
                 ArrayPool<ReadChunk>.Shared.Return(reply.Chunks);
             }
 
+            if (reply.Pipe is not null)
+            {
+                ReturnPipe(reply.Pipe);
+            }
+
             reply = default;
 
             // Only once its reply is out (or the client is gone): the connection closes when every slot
@@ -591,6 +635,9 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
         /// <summary>Read data, from the request buffer pool; returned to it once sent.</summary>
         public AlignedMemory? Data;
+
+        /// <summary>Read data waiting in a pipe of this connection, instead of <see cref="Data"/>; kept for the next read once sent.</summary>
+        public SplicePipe? Pipe;
 
         /// <summary>A structured reply's payload, rented from the shared array pool; returned once sent.</summary>
         public byte[]? Body;
@@ -638,6 +685,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
     public ValueTask DisposeAsync()
     {
+        DisposePipes();
         _slots.Dispose();
         _gather.Dispose();
         return ValueTask.CompletedTask;
