@@ -122,6 +122,19 @@ static partial class LibC
     [LibraryImport("libc", EntryPoint = "close")]
     public static partial int Close(int fd);
 
+    public const int RLIMIT_NOFILE = 7;
+
+    /// <summary>struct rlimit: the soft and hard limit.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct RLimit
+    {
+        public ulong Current;
+        public ulong Maximum;
+    }
+
+    [LibraryImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int GetRLimit(int resource, out RLimit limit);
+
     [LibraryImport("libc", EntryPoint = "strerror")]
     private static partial nint StrError(int errnum);
 

@@ -25,6 +25,14 @@ public sealed class SplicePipe : IDisposable
 
     const int PageSize = 4096;
 
+    /// <summary>
+    /// Pipes open at once in the process, at most: each costs two descriptors, and a pipe is only ever a faster way,
+    /// so they may take a quarter of the descriptors the process may open and never crowd out a connection or a file.
+    /// </summary>
+    public static readonly int MaxOpen = LibC.GetRLimit(LibC.RLIMIT_NOFILE, out var limit) == 0 ? (int)Math.Min(limit.Current / 8, 1024) : 64;
+
+    static int _open;
+
     readonly int _read;
     readonly int _write;
     bool _disposed;
@@ -52,11 +60,17 @@ public sealed class SplicePipe : IDisposable
     /// <summary>Bytes put in and not yet taken out.</summary>
     public int Length { get; private set; }
 
-    /// <summary>A new pipe, or null when none can be made (out of descriptors): the caller reads the usual way.</summary>
+    /// <summary>A new pipe, or null when none can be made (<see cref="MaxOpen"/> are open, or no descriptors are left): the caller reads the usual way.</summary>
     public static unsafe SplicePipe? TryCreate()
     {
         if (!Supported)
         {
+            return null;
+        }
+
+        if (Interlocked.Increment(ref _open) > MaxOpen)
+        {
+            Interlocked.Decrement(ref _open);
             return null;
         }
 
@@ -65,6 +79,7 @@ public sealed class SplicePipe : IDisposable
         // the other end, which is this same connection (every use reserves room first, so this is a safety net).
         if (LibC.Pipe2(fds, LibC.O_CLOEXEC | LibC.O_NONBLOCK) != 0)
         {
+            Interlocked.Decrement(ref _open);
             return null;
         }
 
@@ -218,6 +233,7 @@ public sealed class SplicePipe : IDisposable
             _disposed = true;
             _ = LibC.Close(_read);
             _ = LibC.Close(_write);
+            Interlocked.Decrement(ref _open);
         }
     }
 }

@@ -83,6 +83,30 @@ public sealed class SpliceReadTests : IDisposable
         Assert.True(small.Capacity < 200_000);
     }
 
+    [Fact]
+    public void Pipes_stop_at_the_process_budget_and_come_back_when_closed()
+    {
+        // Only this class opens pipes in this test assembly, and its tests run one at a time.
+        var pipes = new List<SplicePipe>();
+        try
+        {
+            while (SplicePipe.TryCreate() is { } pipe)
+            {
+                pipes.Add(pipe);
+                Assert.True(pipes.Count <= SplicePipe.MaxOpen, $"more than {SplicePipe.MaxOpen} pipes open");
+            }
+
+            Assert.Equal(SplicePipe.MaxOpen, pipes.Count);
+        }
+        finally
+        {
+            pipes.ForEach(p => p.Dispose());
+        }
+
+        using var again = SplicePipe.TryCreate();
+        Assert.NotNull(again);
+    }
+
     static async Task<byte[]> ReadThroughPipeAsync(BlockNode node, long offset, int length)
     {
         using var pipe = SplicePipe.TryCreate()!;
