@@ -40,7 +40,7 @@ public sealed class NbdSplicedReadTests
         foreach (var read in reads.Values)
         {
             await client.SendRequestAsync(NbdCommand.Read, (ulong)read.Offset, (uint)read.Length, read.Cookie, flags);
-            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)reads[c].Offset, reads[c].Length));
+            var (cookie, data) = await client.ReadReadReplyAsync(structured, c => ((ulong)reads[c].Offset, reads[c].Length));
             Assert.Equal(read.Cookie, cookie);
             Assert.True(content.AsSpan(read.Offset, read.Length).SequenceEqual(data), $"read at {read.Offset} (+{read.Length}) differs");
         }
@@ -115,7 +115,7 @@ public sealed class NbdSplicedReadTests
 
         for (var i = 0; i < reads.Count; i++)
         {
-            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)reads[c].Offset, reads[c].Length));
+            var (cookie, data) = await client.ReadReadReplyAsync(structured, c => ((ulong)reads[c].Offset, reads[c].Length));
             Assert.True(content.AsSpan(reads[cookie].Offset, reads[cookie].Length).SequenceEqual(data), $"read {cookie} differs");
         }
     }
@@ -142,19 +142,6 @@ public sealed class NbdSplicedReadTests
         Assert.Equal((NbdError.None, 7UL), (error, cookie));
         var data = await client.ReadAsync(500_000);
         Assert.True(content.AsSpan(12_345, 500_000).SequenceEqual(data));
-    }
-
-    static async Task<(ulong Cookie, byte[] Data)> ReadReplyAsync(RawNbdClient client, bool structured, Func<ulong, (ulong Offset, int Length)> request)
-    {
-        if (structured)
-        {
-            var (cookie, data, _) = await client.ReadStructuredReadAsync(request);
-            return (cookie, data);
-        }
-
-        var (error, simpleCookie) = await client.ReadSimpleReplyAsync();
-        Assert.Equal(NbdError.None, error);
-        return (simpleCookie, await client.ReadAsync(request(simpleCookie).Length));
     }
 }
 

@@ -72,7 +72,7 @@ public sealed class NbdTransmissionTests
         for (var i = 0; i < reads.Count; i++)
         {
             // Structured: data and hole chunks (the image file is sparse where nothing was written).
-            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)byCookie[c].Offset, byCookie[c].Length));
+            var (cookie, data) = await client.ReadReadReplyAsync(structured, c => ((ulong)byCookie[c].Offset, byCookie[c].Length));
             var read = byCookie[cookie];
             Assert.True(model.AsSpan(read.Offset, read.Length).SequenceEqual(data), $"read {cookie} at {read.Offset} (+{read.Length}) differs");
             Assert.True(byCookie.Remove(cookie));
@@ -102,23 +102,9 @@ public sealed class NbdTransmissionTests
 
         for (var i = 0; i < reads.Count; i++)
         {
-            var (cookie, data) = await ReadReplyAsync(client, structured, c => ((ulong)reads[c].Offset, reads[c].Length));
+            var (cookie, data) = await client.ReadReadReplyAsync(structured, c => ((ulong)reads[c].Offset, reads[c].Length));
             Assert.True(content.AsSpan(reads[cookie].Offset, reads[cookie].Length).SequenceEqual(data), $"read {cookie} differs");
         }
-    }
-
-    /// <summary>One read's reply, simple or structured; <paramref name="request"/> gives a cookie's offset and length.</summary>
-    static async Task<(ulong Cookie, byte[] Data)> ReadReplyAsync(RawNbdClient client, bool structured, Func<ulong, (ulong Offset, int Length)> request)
-    {
-        if (structured)
-        {
-            var (cookie, data, _) = await client.ReadStructuredReadAsync(request);
-            return (cookie, data);
-        }
-
-        var (error, simpleCookie) = await client.ReadSimpleReplyAsync();
-        Assert.Equal(NbdError.None, error);
-        return (simpleCookie, await client.ReadAsync(request(simpleCookie).Length));
     }
 
     static byte[] Request(NbdCommand command, ulong cookie, ulong offset, uint length, byte[] payload) =>

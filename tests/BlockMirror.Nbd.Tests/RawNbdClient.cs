@@ -166,6 +166,20 @@ sealed class RawNbdClient : IAsyncDisposable
         }
     }
 
+    /// <summary>One read's reply, simple (header, then the data) or structured; <paramref name="request"/> gives a cookie's offset and length.</summary>
+    public async Task<(ulong Cookie, byte[] Data)> ReadReadReplyAsync(bool structured, Func<ulong, (ulong Offset, int Length)> request)
+    {
+        if (structured)
+        {
+            var (cookie, data, _) = await ReadStructuredReadAsync(request);
+            return (cookie, data);
+        }
+
+        var (error, simpleCookie) = await ReadSimpleReplyAsync();
+        Assert.Equal(NbdError.None, error);
+        return (simpleCookie, await ReadAsync(request(simpleCookie).Length));
+    }
+
     /// <summary>True when the server has closed the connection (a read returns end of stream).</summary>
     public async Task<bool> IsClosedByServerAsync()
     {
