@@ -45,7 +45,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>The credentials clients must start TLS with, or null when the server speaks plain NBD.</summary>
     public TlsCredentials? Tls { get; private set; }
 
-    public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Id, StringComparer.Ordinal);
+    /// <summary>The exports in the order they were added, as QEMU's server keeps and lists them (NBD_OPT_LIST).</summary>
+    public IEnumerable<NbdExport> Exports => _exports.Values.OrderBy(e => e.Order);
 
     /// <summary>
     /// Binds and starts accepting clients (with <paramref name="acceptAfter"/>, once it completes: until then
