@@ -73,6 +73,27 @@ public sealed class ServeLoggingTests : IDisposable
         Assert.Matches(@"^\S+ warning nbd_client_dropped: client #1 \(unix\) dropped in transmission: EOF without NBD_CMD_DISC\n$", byDefault);
     }
 
+    /// <summary>
+    /// libnbd's clients end a listing with NBD_OPT_ABORT and close without waiting for the reply, as proto.md
+    /// allows: an ordinary end, not a dropped client. serve used to warn on most listings ("dropped in the
+    /// handshake: socket error: Broken pipe").
+    /// </summary>
+    [Fact]
+    public async Task Listing_the_exports_and_closing_after_the_abort_is_no_warning()
+    {
+        ExternalTool.Require("nbdinfo");
+        ExternalTool.Require("qemu-nbd");
+        var stderr = await ServeAsync(Arguments(), async () =>
+        {
+            for (var round = 0; round < 8; round++)
+            {
+                Assert.Contains("export=\"disk\"", await ExternalTool.RunCheckedAsync("nbdinfo", "--list", $"nbd+unix://?socket={Socket}"), StringComparison.Ordinal);
+                Assert.Contains("export: 'disk'", await ExternalTool.RunCheckedAsync("qemu-nbd", "--list", "-k", Socket), StringComparison.Ordinal);
+            }
+        });
+        Assert.Equal("", stderr);
+    }
+
     [Fact]
     public async Task A_traced_event_is_logged_whatever_the_level_and_file_sends_the_log_to_a_file()
     {

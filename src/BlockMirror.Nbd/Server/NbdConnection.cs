@@ -269,9 +269,29 @@ sealed class NbdConnection : IAsyncDisposable
             case NbdOption.ExportName:
                 _refusal = "NBD_OPT_EXPORT_NAME before TLS was started";
                 return false;
+            case NbdOption.Abort:
+                await AcknowledgeAbortAsync(NbdOptionReply.ErrTlsRequired, $"Option 0x{(uint)option:x} not permitted before TLS", cancellationToken).ConfigureAwait(false);
+                return false;
             default:
                 await OptionReplyAsync(option, NbdOptionReply.ErrTlsRequired, $"Option 0x{(uint)option:x} not permitted before TLS", cancellationToken).ConfigureAwait(false);
-                return option != NbdOption.Abort;
+                return true;
+        }
+    }
+
+    /// <summary>
+    /// The reply to NBD_OPT_ABORT, if the client still takes it. proto.md lets a client send the abort and close
+    /// without waiting for the reply, and libnbd does (<c>nbdinfo --list</c>, <c>qemu-nbd --list</c> through
+    /// QEMU's client end their listing the same way): a send that finds the client gone is the end it asked for,
+    /// not a dropped connection worth a warning.
+    /// </summary>
+    async Task AcknowledgeAbortAsync(NbdOptionReply reply, string? message, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await OptionReplyAsync(NbdOption.Abort, reply, message, cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
         }
     }
 
@@ -328,7 +348,7 @@ sealed class NbdConnection : IAsyncDisposable
             }
 
             case NbdOption.Abort:
-                await OptionReplyAsync(option, NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
+                await AcknowledgeAbortAsync(NbdOptionReply.Ack, null, cancellationToken).ConfigureAwait(false);
                 return (true, null);
 
             case NbdOption.List:
