@@ -173,6 +173,50 @@ public sealed class DriveMirrorSafetyDifferentialTests : IDisposable
         Assert.Equal(events[0], events[1]);
     }
 
+    /// <summary>
+    /// A node-name the graph already has: both daemons refuse it in QEMU's words, and an existing target is left as
+    /// it was. A deliberate difference, pinned: qemu-storage-daemon 7.2 formats a new target (absolute-paths) before
+    /// it finds the name taken, and leaves the file behind; we refuse before creating anything.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_node_name_already_in_the_graph_is_refused_and_no_target_is_made()
+    {
+        var daemons = Daemons();
+        List<string>[] replies = [[], []];
+        bool[] created = [false, false];
+        for (var i = 0; i < daemons.Length; i++)
+        {
+            var dir = DirFor(daemons[i]);
+            await QemuImages.CreateAsync($"{dir}/source.raw", "8M", "write -P 0x5a 0 1M");
+            await ImageRecipes.Qcow2Async(dir, "existing.qcow2", "8M", [], ["write -P 0x33 0 64k"]);
+            var before = QemuImages.Fingerprint($"{dir}/existing.qcow2");
+            var log = replies[i];
+            await daemons[i].RunAsync(dir, ["--blockdev", $"driver=raw,node-name=src,file.driver=file,file.filename={dir}/source.raw"], "src",
+                async (qmp, _) =>
+                {
+                    foreach (var (target, mode, nodeName) in new[] { ("new.qcow2", "absolute-paths", "src"), ("existing.qcow2", "existing", "src") })
+                    {
+                        var reply = await qmp.CommandAsync("drive-mirror", new JsonObject
+                        {
+                            ["job-id"] = "job0", ["device"] = "src", ["target"] = $"{dir}/{target}", ["format"] = "qcow2", ["sync"] = "full",
+                            ["mode"] = mode, ["node-name"] = nodeName,
+                        });
+                        var error = reply["error"] ?? throw new InvalidOperationException($"{daemons[i].Name} accepted node-name {nodeName}");
+                        log.Add($"{target}: {error["class"]}: {error["desc"]}");
+                    }
+
+                    Assert.Empty((await qmp.ExecuteAsync("query-block-jobs"))!.AsArray());
+                });
+            created[i] = File.Exists($"{dir}/new.qcow2");
+            Assert.Equal(before, QemuImages.Fingerprint($"{dir}/existing.qcow2"));
+        }
+
+        Assert.Equal(["new.qcow2: GenericError: Duplicate nodes with node-name='src'", "existing.qcow2: GenericError: Duplicate nodes with node-name='src'"], replies[0]);
+        Assert.Equal(replies[0], replies[1]);
+        Assert.True(created[0], "qemu-storage-daemon 7.2 no longer creates the target before refusing the name: the pinned difference is gone");
+        Assert.False(created[1], "blockmirror created a target for a request it refused");
+    }
+
     static DifferentialDaemon[] Daemons() => [DifferentialDaemon.Qsd(), DifferentialDaemon.Ours()];
 
     string DirFor(DifferentialDaemon daemon) => Directory.CreateDirectory(Path.Combine(_dir.Path, daemon.Name)).FullName;

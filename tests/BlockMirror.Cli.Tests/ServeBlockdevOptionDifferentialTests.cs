@@ -40,6 +40,9 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "discard": "ignore", "detect-zeroes": "unmap"}}""",
         """{"driver": "null-co", "detect-zeroes": "unmap"}""",
         """{"driver": "null-co", "node-name": "9bad", "detect-zeroes": "unmap"}""",
+        // A name the graph has (the daemon's own node), at the root or on an inline child.
+        """{"driver": "null-co", "node-name": "disk"}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "node-name": "disk"}}""",
     ];
 
     /// <summary>--blockdev values both daemons refuse at start.</summary>
@@ -80,6 +83,10 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
     [MemberData(nameof(BadCommandLines))]
     public Task Blockdev_on_the_command_line_is_refused_as_qemu_storage_daemon_refuses_it(string blockdev) =>
         AssertRefusedAlikeAsync(blockdev);
+
+    [SkippableFact]
+    public Task A_node_name_given_twice_on_the_command_line_is_refused_as_qemu_storage_daemon_refuses_it() =>
+        AssertOptionsRefusedAlikeAsync("--blockdev", "driver=null-co,node-name=n", "--blockdev", "driver=null-co,node-name=n");
 
     /// <summary>Starts both daemons with this <c>--blockdev</c>: both must exit 1 with the same message.</summary>
     internal static Task AssertRefusedAlikeAsync(string blockdev) => AssertOptionsRefusedAlikeAsync("--blockdev", blockdev);

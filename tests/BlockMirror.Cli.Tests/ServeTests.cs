@@ -59,7 +59,7 @@ public sealed class ServeTests : IAsyncLifetime
         { "blockdev-mirror", new JsonObject { ["device"] = "disk", ["target"] = "disk", ["sync"] = "sideways" }, "GenericError: Parameter 'sync' does not accept value 'sideways'" },
         { "blockdev-mirror", new JsonObject { ["device"] = "disk", ["target"] = "disk", ["sync"] = "full", ["colour"] = "red" }, "GenericError: Parameter 'colour' is unexpected" },
         { "blockdev-mirror", new JsonObject { ["device"] = "nope", ["target"] = "disk", ["sync"] = "full" }, "GenericError: Cannot find device='nope' nor node-name='nope'" },
-        { "blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "disk", ["filename"] = "/nonexistent" }, "GenericError: node-name 'disk' is already in use" },
+        { "blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "disk", ["filename"] = "/nonexistent" }, "GenericError: Duplicate nodes with node-name='disk'" },
         { "blockdev-add", new JsonObject { ["driver"] = "vmdk", ["node-name"] = "x" }, "GenericError: Parameter 'driver' does not accept value 'vmdk'" },
         { "block-job-pause", new JsonObject { ["device"] = "job0" }, "DeviceNotActive: Block job 'job0' not found" },
         { "job-dismiss", new JsonObject { ["id"] = "job0" }, "GenericError: Job not found" },

@@ -146,7 +146,7 @@ public sealed partial class StorageDaemon
 
         if (nodeName is not null && Graph.FindNode(nodeName) is not null)
         {
-            throw QmpException.Generic($"node-name '{nodeName}' is already in use");
+            throw QmpException.Generic($"Duplicate nodes with node-name='{nodeName}'");
         }
 
         if (options.Sync == MirrorSyncMode.Bitmap && mode != "existing")

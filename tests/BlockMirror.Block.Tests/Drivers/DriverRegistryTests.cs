@@ -126,7 +126,7 @@ public sealed class DriverRegistryTests : IDisposable
         Assert.Equal(DriverNames.File, node.File!.Node.Driver.DriverName);
         var again = await Assert.ThrowsAsync<BlockOptionException>(async () =>
             await ImageFiles.OpenAsync(graph, new ImageOpenOptions(path, ReadOnly: true, NodeName: "image")));
-        Assert.Equal("node-name 'image' is already in use", again.Message);
+        Assert.Equal("Duplicate nodes with node-name='image'", again.Message);
     }
 
     [Fact]

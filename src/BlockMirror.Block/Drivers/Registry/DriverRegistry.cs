@@ -177,7 +177,7 @@ public static class DriverRegistry
 
             if (graph.FindNode(nodeName) is not null)
             {
-                throw options.Invalid($"node-name '{nodeName}' is already in use");
+                throw options.Invalid($"Duplicate nodes with node-name='{nodeName}'");
             }
         }
 
