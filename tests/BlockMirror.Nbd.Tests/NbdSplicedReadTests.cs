@@ -1,3 +1,4 @@
+using BlockMirror.Block.Io;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.Nbd.Server;
 
@@ -118,6 +119,53 @@ public sealed class NbdSplicedReadTests
             var (cookie, data) = await client.ReadReadReplyAsync(structured, c => ((ulong)reads[c].Offset, reads[c].Length));
             Assert.True(content.AsSpan(reads[cookie].Offset, reads[cookie].Length).SequenceEqual(data), $"read {cookie} differs");
         }
+    }
+
+    /// <summary>
+    /// A connection's pipes go back to the process's pool as its replies go out: a quiet connection holds none, and
+    /// the next client's reads take them instead of opening pipes of their own against the descriptor budget.
+    /// </summary>
+    [Fact]
+    public async Task A_quiet_connection_holds_no_pipes_and_the_next_client_reuses_them()
+    {
+        var content = new byte[Size];
+        new Random(37).NextBytes(content);
+        await using var nbd = await NbdFixture.StartAsync(Size, writable: false, content);
+        await using var busy = await RawNbdClient.ConnectAsync(nbd.Port);
+        await busy.GoAsync(NbdFixture.ExportName, structured: false);
+        var reads = Enumerable.Range(0, NbdTransmission.MaxInFlight).ToDictionary(i => (ulong)i, i => (Offset: i * 123_457, Length: 200_000));
+        await busy.WriteAsync([.. reads.SelectMany(r => RawNbdClient.Request(NbdCommand.Read, (ulong)r.Value.Offset, (uint)r.Value.Length, r.Key))]);
+        for (var i = 0; i < reads.Count; i++)
+        {
+            var (cookie, data) = await busy.ReadReadReplyAsync(false, c => ((ulong)reads[c].Offset, reads[c].Length));
+            Assert.True(content.AsSpan(reads[cookie].Offset, reads[cookie].Length).SequenceEqual(data), $"read {cookie} differs");
+        }
+
+        // busy is still connected, and quiet: every pipe open is idle in the pool (the last reply's pipe goes back
+        // just after its bytes are sent, so give it a moment).
+        for (var wait = 0; wait < 100 && SplicePipe.OpenCount != SplicePipe.IdleCount; wait++)
+        {
+            await Task.Delay(10);
+        }
+
+        var open = SplicePipe.OpenCount;
+        Assert.True(open > 0, "no read was spliced");
+        Assert.Equal(open, SplicePipe.IdleCount);
+
+        await using var next = await RawNbdClient.ConnectAsync(nbd.Port);
+        await next.GoAsync(NbdFixture.ExportName, structured: false);
+        var before = Interlocked.Read(ref NbdTransmission.SplicedReads);
+        for (var i = 0; i < 8; i++)
+        {
+            await next.SendRequestAsync(NbdCommand.Read, (ulong)i * 77_777, 150_000, cookie: (ulong)i);
+            var (error, _) = await next.ReadSimpleReplyAsync();
+            Assert.Equal(NbdError.None, error);
+            var data = await next.ReadAsync(150_000);
+            Assert.True(content.AsSpan(i * 77_777, 150_000).SequenceEqual(data), $"read {i} differs");
+        }
+
+        Assert.Equal(8, Interlocked.Read(ref NbdTransmission.SplicedReads) - before);
+        Assert.Equal(open, SplicePipe.OpenCount);
     }
 
     [Fact]

@@ -33,6 +33,12 @@ public sealed class SplicePipe : IDisposable
 
     static int _open;
 
+    // Empty pipes waiting for any reader in the process. One pool for all, not one per connection: a connection
+    // that went quiet would otherwise keep its pipes, and with them the descriptor budget (MaxOpen), while busy
+    // ones took buffers. A stack under a lock: no allocation per rent or release once it has grown.
+    static readonly Lock IdleLock = new();
+    static readonly Stack<SplicePipe> Idle = new();
+
     readonly int _read;
     readonly int _write;
     bool _disposed;
@@ -59,6 +65,75 @@ public sealed class SplicePipe : IDisposable
 
     /// <summary>Bytes put in and not yet taken out.</summary>
     public int Length { get; private set; }
+
+    /// <summary>An empty pipe: one another reader released, else a new one; null as <see cref="TryCreate"/>.</summary>
+    public static SplicePipe? Rent()
+    {
+        lock (IdleLock)
+        {
+            if (Idle.TryPop(out var pipe))
+            {
+                return pipe;
+            }
+        }
+
+        return TryCreate();
+    }
+
+    /// <summary>
+    /// Gives the pipe back once its reader is done with it: an empty one waits for the next reader in the process,
+    /// one still holding data (a failed read, a reply not sent) is closed, as its bytes must never reach another reply.
+    /// </summary>
+    public void Release()
+    {
+        if (Length == 0 && !_disposed)
+        {
+            _pages = 0;
+            lock (IdleLock)
+            {
+                if (Idle.Count < MaxOpen)
+                {
+                    Idle.Push(this);
+                    return;
+                }
+            }
+        }
+
+        Dispose();
+    }
+
+    /// <summary>Closes every idle pipe (an NBD server that stops gives back the descriptors its clients' reads took).</summary>
+    public static void CloseIdle()
+    {
+        while (true)
+        {
+            SplicePipe? pipe;
+            lock (IdleLock)
+            {
+                if (!Idle.TryPop(out pipe))
+                {
+                    return;
+                }
+            }
+
+            pipe.Dispose();
+        }
+    }
+
+    /// <summary>Idle pipes, for tests.</summary>
+    internal static int IdleCount
+    {
+        get
+        {
+            lock (IdleLock)
+            {
+                return Idle.Count;
+            }
+        }
+    }
+
+    /// <summary>Pipes open in the process (idle or in use), for tests.</summary>
+    internal static int OpenCount => Volatile.Read(ref _open);
 
     /// <summary>A new pipe, or null when none can be made (<see cref="MaxOpen"/> are open, or no descriptors are left): the caller reads the usual way.</summary>
     public static unsafe SplicePipe? TryCreate()

@@ -3,6 +3,7 @@ using System.Net;
 using BlockMirror.Block.Buffers;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
 using BlockMirror.Net.Listening;
 using BlockMirror.Net.Tls;
 using Microsoft.Extensions.Logging;
@@ -200,6 +201,8 @@ public sealed class NbdServer : IAsyncDisposable
             await listener.StopAsync().ConfigureAwait(false);
             _listener = null;
             NbdServerLog.ServerStopped(Logger, listener.LocalEndPoint);
+            // Its connections' reads are over: the pipes they left idle need not keep their descriptors.
+            SplicePipe.CloseIdle();
         }
     }
 

@@ -78,7 +78,7 @@ sealed partial class NbdTransmission
         {
             if (pipe is not null)
             {
-                ReturnPipe(pipe);
+                pipe.Release();
             }
 
             if (buffer is not null)

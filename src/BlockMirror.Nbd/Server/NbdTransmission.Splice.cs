@@ -4,15 +4,11 @@ namespace BlockMirror.Nbd.Server;
 
 // Read data that goes from the file to the socket through a pipe (SplicePipe), never through a buffer of ours: where
 // the export's node has its data as it is in a file (raw or file over a file) and the socket is plain, a read is
-// spliced into a pipe of this connection, and the sender splices the pipe into the socket after the reply's header.
+// spliced into a pipe (from the process's pool of idle pipes, SplicePipe.Rent), and the sender splices the pipe into the socket after the reply's header.
 // The read and its errors happen before any header is sent, as with a buffer. Measured with nbdcopy reading a cold
 // 1 GiB export on 2 cores: the daemon's CPU halved (bench/README.md).
 sealed partial class NbdTransmission
 {
-    // Free pipes, at most one per request slot; a pipe goes back only empty (its data all sent).
-    readonly Lock _pipeLock = new();
-    readonly Stack<SplicePipe> _pipes = new(MaxInFlight);
-
     /// <summary>Reads that went through a pipe, for tests that must know which path they exercised.</summary>
     internal static long SplicedReads;
 
@@ -30,39 +26,15 @@ sealed partial class NbdTransmission
             return null;
         }
 
-        SplicePipe? pipe;
-        lock (_pipeLock)
-        {
-            _pipes.TryPop(out pipe);
-        }
-
-        pipe ??= SplicePipe.TryCreate();
+        var pipe = SplicePipe.Rent();
         if (pipe is null || pipe.TryReservePages(pages, PipeLimit))
         {
             return pipe;
         }
 
         // The system would not grow it (the user's pipe budget): this read takes a buffer.
-        ReturnPipe(pipe);
+        pipe.Release();
         return null;
-    }
-
-    /// <summary>Keeps an emptied pipe for the next read; one still holding data (a failed read, a reply not sent) is closed.</summary>
-    void ReturnPipe(SplicePipe pipe)
-    {
-        if (pipe.Length == 0)
-        {
-            lock (_pipeLock)
-            {
-                if (_pipes.Count < MaxInFlight)
-                {
-                    _pipes.Push(pipe);
-                    return;
-                }
-            }
-        }
-
-        pipe.Dispose();
     }
 
     /// <summary>Reads [<paramref name="offset"/>, +<paramref name="length"/>) into the pipe; on failure the pipe is given up.</summary>
@@ -74,19 +46,8 @@ sealed partial class NbdTransmission
         }
         catch
         {
-            ReturnPipe(pipe);
+            pipe.Release();
             throw;
-        }
-    }
-
-    void DisposePipes()
-    {
-        lock (_pipeLock)
-        {
-            while (_pipes.TryPop(out var pipe))
-            {
-                pipe.Dispose();
-            }
         }
     }
 }

@@ -616,7 +616,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
             if (reply.Pipe is not null)
             {
-                ReturnPipe(reply.Pipe);
+                reply.Pipe.Release();
             }
 
             reply = default;
@@ -636,7 +636,7 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
         /// <summary>Read data, from the request buffer pool; returned to it once sent.</summary>
         public AlignedMemory? Data;
 
-        /// <summary>Read data waiting in a pipe of this connection, instead of <see cref="Data"/>; kept for the next read once sent.</summary>
+        /// <summary>Read data waiting in a pipe, instead of <see cref="Data"/>; released to the pool once sent.</summary>
         public SplicePipe? Pipe;
 
         /// <summary>A structured reply's payload, rented from the shared array pool; returned once sent.</summary>
@@ -685,7 +685,6 @@ sealed partial class NbdTransmission(NbdConnection connection, NbdExport export,
 
     public ValueTask DisposeAsync()
     {
-        DisposePipes();
         _slots.Dispose();
         _gather.Dispose();
         return ValueTask.CompletedTask;

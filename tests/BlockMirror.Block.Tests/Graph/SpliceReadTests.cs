@@ -107,6 +107,41 @@ public sealed class SpliceReadTests : IDisposable
         Assert.NotNull(again);
     }
 
+    [Fact]
+    public void An_empty_pipe_released_serves_the_next_reader_and_one_holding_data_is_closed()
+    {
+        SplicePipe.CloseIdle();
+        var open = SplicePipe.OpenCount;
+        try
+        {
+            var first = SplicePipe.Rent()!;
+            first.Release();
+            Assert.Equal(1, SplicePipe.IdleCount);
+            var again = SplicePipe.Rent()!;
+            Assert.Same(first, again);
+            Assert.Equal(0, SplicePipe.IdleCount);
+
+            // Bytes left in a pipe must never reach another reader's reply: it is closed, not pooled.
+            Assert.True(again.TryReserve(0, 100));
+            again.Write(new byte[100]);
+            again.Release();
+            Assert.Equal(0, SplicePipe.IdleCount);
+            Assert.Equal(open, SplicePipe.OpenCount);
+
+            var fresh = SplicePipe.Rent()!;
+            Assert.NotSame(first, fresh);
+            Assert.Equal(0, fresh.Length);
+            fresh.Release();
+            Assert.Equal(open + 1, SplicePipe.OpenCount);
+        }
+        finally
+        {
+            SplicePipe.CloseIdle();
+        }
+
+        Assert.Equal(open, SplicePipe.OpenCount);
+    }
+
     static async Task<byte[]> ReadThroughPipeAsync(BlockNode node, long offset, int length)
     {
         using var pipe = SplicePipe.TryCreate()!;
