@@ -152,6 +152,8 @@ public sealed class ServeStartupTests : IDisposable
         var taken = _dir.File("taken.sock");
         using var holder = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         holder.Bind(new UnixDomainSocketEndPoint(taken));
+        // Listening: a socket file nobody listens on is stale, and serve would replace it.
+        holder.Listen(1);
 
         var result = await BlockMirrorCli.RunAsync("serve",
             "--chardev", $"socket,id=m,path={taken},server=on,wait=off", "--monitor", "m",
@@ -159,6 +161,65 @@ public sealed class ServeStartupTests : IDisposable
 
         Assert.True(result.ExitCode == 1, result.ToString());
         Assert.StartsWith("blockmirror serve: --monitor m: Failed to bind socket", result.ErrorLines[0], StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A daemon killed outright leaves its socket files behind. The same command run again (systemd's restart, a
+    /// user's second try) must come up on them: qemu-storage-daemon removes whatever is at the path, ours a socket
+    /// file nobody listens on (a regular file there is refused: <c>SocketListenerTests</c>).
+    /// </summary>
+    [SkippableFact]
+    public async Task A_daemon_killed_outright_is_restarted_on_the_socket_files_it_left()
+    {
+        await File.WriteAllBytesAsync(_dir.File("disk.raw"), new byte[1 << 20]);
+        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
+        {
+            string[] arguments =
+            [
+                "--chardev", $"socket,id=mon0,path={_dir.File($"{daemon.Name}-qmp.sock")},server=on,wait=off", "--monitor", "chardev=mon0",
+                "--blockdev", $"driver=file,node-name=file0,filename={_dir.File("disk.raw")}", "--blockdev", "driver=raw,node-name=drive0,file=file0",
+                "--nbd-server", $"addr.type=unix,addr.path={_dir.File($"{daemon.Name}-nbd.sock")}",
+                "--export", "type=nbd,id=exp0,node-name=drive0,name=disk", "--pidfile", _dir.File($"{daemon.Name}-pid"),
+            ];
+            for (var life = 0; life < 2; life++)
+            {
+                var start = new ProcessStartInfo(daemon.Program) { RedirectStandardError = true, UseShellExecute = false };
+                foreach (var argument in (string[])[.. daemon.Prefix, .. arguments])
+                {
+                    start.ArgumentList.Add(argument);
+                }
+
+                File.Delete(_dir.File($"{daemon.Name}-pid"));
+                using var process = Process.Start(start)!;
+                var stderr = process.StandardError.ReadToEndAsync();
+                try
+                {
+                    var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+                    while (!File.Exists(_dir.File($"{daemon.Name}-pid")))
+                    {
+                        Assert.False(process.HasExited, $"{daemon.Name} exited in life {life}: {(process.HasExited ? await stderr : "")}");
+                        Assert.True(DateTime.UtcNow < deadline, $"{daemon.Name} did not start within 30 s");
+                        await Task.Delay(10);
+                    }
+
+                    await using (var qmp = await QmpClient.ConnectAsync(_dir.File($"{daemon.Name}-qmp.sock")))
+                    {
+                        await qmp.ExecuteAsync("query-version");
+                    }
+
+                    Assert.Equal(1UL << 20, await NbdExportSizeAsync(_dir.File($"{daemon.Name}-nbd.sock")));
+                }
+                finally
+                {
+                    process.Kill(entireProcessTree: true);
+                    await process.WaitForExitAsync();
+                }
+
+                // SIGKILL: nothing was cleaned up.
+                Assert.True(File.Exists(_dir.File($"{daemon.Name}-qmp.sock")) && File.Exists(_dir.File($"{daemon.Name}-nbd.sock")),
+                    $"{daemon.Name} removed its socket files though it was killed");
+            }
+        }
     }
 
     /// <summary>The size of the export <c>disk</c>, as our NBD client learns it from a full handshake (within 10 s).</summary>

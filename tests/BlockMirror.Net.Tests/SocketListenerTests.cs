@@ -44,6 +44,52 @@ public sealed class SocketListenerTests
         Assert.False(File.Exists(path));
     }
 
+    /// <summary>
+    /// What a daemon killed before it could clean up leaves at its socket path: a socket file nobody listens on. The
+    /// next daemon binds there (QEMU's does, by removing whatever is at the path). A regular file there is someone's
+    /// data, and a socket someone listens on is theirs: both make the bind fail and stay as they were.
+    /// </summary>
+    [Fact]
+    public async Task A_stale_socket_file_is_replaced_and_a_regular_file_or_a_live_socket_is_not()
+    {
+        using var dir = new TempDirectory("blockmirror-listener-stale-");
+        var stale = dir.File("stale.sock");
+        using (var dead = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            // .NET removes the path a socket was bound to when it is closed; a killed daemon cannot. Moved away
+            // from that path, the socket file outlives its socket as a killed daemon's does.
+            dead.Bind(new UnixDomainSocketEndPoint(dir.File("bound.sock")));
+            dead.Listen(1);
+            File.Move(dir.File("bound.sock"), stale);
+        }
+
+        Assert.True(File.Exists(stale));
+        var listener = SocketListener.Bind(new UnixDomainSocketEndPoint(stale), backlog: 4);
+        listener.Start(async (stream, _) => await stream.DisposeAsync());
+        using (var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            await client.ConnectAsync(new UnixDomainSocketEndPoint(stale));
+        }
+
+        await listener.StopAsync();
+
+        var file = dir.File("data.sock");
+        await File.WriteAllTextAsync(file, "someone's data");
+        var refused = Assert.Throws<SocketException>(() => SocketListener.Bind(new UnixDomainSocketEndPoint(file), backlog: 4));
+        Assert.Equal(SocketError.AddressAlreadyInUse, refused.SocketErrorCode);
+        Assert.Equal("someone's data", await File.ReadAllTextAsync(file));
+
+        var live = dir.File("live.sock");
+        using var owner = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        owner.Bind(new UnixDomainSocketEndPoint(live));
+        owner.Listen(1);
+        refused = Assert.Throws<SocketException>(() => SocketListener.Bind(new UnixDomainSocketEndPoint(live), backlog: 4));
+        Assert.Equal(SocketError.AddressAlreadyInUse, refused.SocketErrorCode);
+        using var stillTheirs = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await stillTheirs.ConnectAsync(new UnixDomainSocketEndPoint(live));
+        using var accepted = await owner.AcceptAsync();
+    }
+
     [Fact]
     public async Task An_accept_that_fails_for_want_of_descriptors_waits_doubling_instead_of_retrying_at_once()
     {

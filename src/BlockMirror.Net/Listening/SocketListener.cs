@@ -42,8 +42,9 @@ public sealed class SocketListener : IAsyncDisposable
     }
 
     /// <summary>
-    /// Binds <paramref name="endPoint"/> and listens. A Unix socket path must not exist yet; with
-    /// <paramref name="unixMode"/> its file gets that mode before any client can connect.
+    /// Binds <paramref name="endPoint"/> and listens. A Unix socket path must not exist yet, unless it is a socket file
+    /// nobody listens on (<see cref="StaleUnixSocket"/>), which is replaced; with <paramref name="unixMode"/> its file
+    /// gets that mode before any client can connect.
     /// </summary>
     /// <exception cref="SocketException">The address is in use or cannot be bound.</exception>
     /// <remarks>
@@ -69,7 +70,15 @@ public sealed class SocketListener : IAsyncDisposable
                 socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             }
 
-            socket.Bind(endPoint);
+            try
+            {
+                socket.Bind(endPoint);
+            }
+            catch (SocketException e) when (unix && e.SocketErrorCode == SocketError.AddressAlreadyInUse && StaleUnixSocket.TryRemove(endPoint.ToString()!))
+            {
+                socket.Bind(endPoint);
+            }
+
             if (unix)
             {
                 path = endPoint.ToString()!;
