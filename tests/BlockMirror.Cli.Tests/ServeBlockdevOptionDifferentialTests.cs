@@ -40,6 +40,10 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "discard": "ignore", "detect-zeroes": "unmap"}}""",
         """{"driver": "null-co", "detect-zeroes": "unmap"}""",
         """{"driver": "null-co", "node-name": "9bad", "detect-zeroes": "unmap"}""",
+        // A raw window outside its file, or of a size that is not whole sectors.
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "offset": 8192}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "offset": 512, "size": 4096}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "size": 1000}""",
         // A name the graph has (the daemon's own node), at the root or on an inline child.
         """{"driver": "null-co", "node-name": "disk"}""",
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "node-name": "disk"}}""",

@@ -60,10 +60,23 @@ public sealed class RawDriver : IBlockDriver, IReopenableDriver, ISpliceReadable
                 throw new BlockOpenException($"raw: offset and size must not be negative (offset {options.Offset}, size {options.Size})");
             }
 
+            // QEMU's checks and words (raw_apply_options), the double space of its last message included.
             var fileLength = file.Length;
-            if (options.Offset > fileLength || (options.Size is { } size && size > fileLength - options.Offset))
+            if (options.Offset > fileLength)
             {
-                throw new BlockOpenException($"raw: the window (offset {options.Offset}, size {options.Size}) runs past the end of the file ({fileLength} bytes)");
+                throw new BlockOpenException($"Offset ({options.Offset}) cannot be greater than size of the containing file ({fileLength})");
+            }
+
+            if (options.Size is { } size && size > fileLength - options.Offset)
+            {
+                throw new BlockOpenException(
+                    $"The sum of offset ({options.Offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({fileLength})");
+            }
+
+            if (options.Size is { } whole && whole % 512 != 0)
+            {
+                // A size the sector-based layers above would round up would leak past the window's end.
+                throw new BlockOpenException("Specified size is not multiple of 512");
             }
 
             var alignment = file.Limits.RequestAlignment;
