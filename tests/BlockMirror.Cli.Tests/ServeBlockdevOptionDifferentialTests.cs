@@ -44,6 +44,9 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "offset": 8192}""",
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "offset": 512, "size": 4096}""",
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "size": 1000}""",
+        // An int to QAPI, a size to the raw driver: refused by the driver's reading, in its words.
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "offset": -1}""",
+        """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "size": 4096}, "size": -512}""",
         // A name the graph has (the daemon's own node), at the root or on an inline child.
         """{"driver": "null-co", "node-name": "disk"}""",
         """{"driver": "raw", "node-name": "n", "file": {"driver": "null-co", "node-name": "disk"}}""",

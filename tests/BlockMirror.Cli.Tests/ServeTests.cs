@@ -61,6 +61,8 @@ public sealed class ServeTests : IAsyncLifetime
         { "blockdev-mirror", new JsonObject { ["device"] = "nope", ["target"] = "disk", ["sync"] = "full" }, "GenericError: Cannot find device='nope' nor node-name='nope'" },
         { "blockdev-add", new JsonObject { ["driver"] = "file", ["node-name"] = "disk", ["filename"] = "/nonexistent" }, "GenericError: Duplicate nodes with node-name='disk'" },
         { "blockdev-add", new JsonObject { ["driver"] = "vmdk", ["node-name"] = "x" }, "GenericError: Parameter 'driver' does not accept value 'vmdk'" },
+        // QEMU's words for a size its driver reads; qemu-storage-daemon 7.2 says them and then aborts (error_abort).
+        { "blockdev-add", new JsonObject { ["driver"] = "null-co", ["node-name"] = "x", ["size"] = -1 }, "GenericError: Parameter 'size' expects a non-negative number below 2^64" },
         { "block-job-pause", new JsonObject { ["device"] = "job0" }, "DeviceNotActive: Block job 'job0' not found" },
         { "job-dismiss", new JsonObject { ["id"] = "job0" }, "GenericError: Job not found" },
         { "blockdev-del", new JsonObject { ["node-name"] = "file0" }, "GenericError: Block device file0 is in use" },

@@ -13,7 +13,7 @@ static class NullDeclaration
 
     static NodeOpener Read(NodeOptions node)
     {
-        var options = new NullDriverOptions(node.Options.OptionalUnsigned("size") ?? NullDriverOptions.DefaultSize,
+        var options = new NullDriverOptions(node.Options.OptionalOptsSize("size") ?? NullDriverOptions.DefaultSize,
             node.Options.OptionalBool("read-zeroes") ?? false, node.Options.OptionalUnsigned("latency-ns") ?? 0);
         return opening => NullDriver.OpenAsync(opening.Graph, node.NodeName, options, node.ReadOnly, opening.CancellationToken);
     }

@@ -34,7 +34,9 @@ static class Qcow2Declaration
             throw options.Invalid("qcow2: an external data file ('data-file') is not supported");
         }
 
-        var l2Cache = options.OptionalUnsigned("l2-cache-size");
+        var l2Cache = options.OptionalOptsSize("l2-cache-size");
+        _ = options.OptionalOptsSize("cache-size");
+        _ = options.OptionalOptsSize("refcount-cache-size");
         if (l2Cache is 0)
         {
             throw options.Invalid("l2-cache-size must be positive");

@@ -14,7 +14,7 @@ static class RawDeclaration
     static NodeOpener Read(NodeOptions node)
     {
         var file = node.Child("file");
-        var options = new RawDriverOptions(node.Options.OptionalUnsigned("offset") ?? 0, node.Options.OptionalUnsigned("size"), node.Rules.ProbedFormat,
+        var options = new RawDriverOptions(node.Options.OptionalOptsSize("offset") ?? 0, node.Options.OptionalOptsSize("size"), node.Rules.ProbedFormat,
             node.Discard == File.FileDiscardMode.Unmap);
         return async opening =>
         {

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using BlockMirror.Block.Qapi;
 
@@ -111,11 +112,25 @@ public partial class OptionReader
 
         if (_keyval && value.ValueKind == JsonValueKind.String)
         {
-            // The command line also takes sizes with a suffix (size=1G), as QEMU's keyval visitor does.
-            return TryParseSize(value.GetString()!, out var size) ? size : throw Invalid($"Parameter '{Full(name)}' expects integer");
+            // The command line also takes sizes with a suffix (size=1G), as QEMU's keyval visitor does, and a
+            // negative integer (-1), which is an int to QAPI: the option's own check refuses it in its words.
+            var text = value.GetString()!;
+            return TryParseSize(text, out var size) ? size
+                : text.StartsWith('-') && long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var negative) ? negative
+                : throw Invalid($"Parameter '{Full(name)}' expects integer");
         }
 
         return value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) ? number : throw WrongType(name, "integer");
+    }
+
+    /// <summary>
+    /// An option QAPI types <c>int</c> and QEMU's driver then reads through QemuOpts as a size (raw's <c>offset</c> and
+    /// <c>size</c>, qcow2's cache sizes): a negative value passes QAPI and is refused there, in its words.
+    /// </summary>
+    public long? OptionalOptsSize(string name)
+    {
+        var value = OptionalInt(name);
+        return value is < 0 ? throw Invalid($"Parameter '{Full(name)}' expects a non-negative number below 2^64") : value;
     }
 
     /// <summary>A size or count that must not be negative (QAPI's uint64/size).</summary>
