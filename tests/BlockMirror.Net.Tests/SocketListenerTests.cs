@@ -45,6 +45,56 @@ public sealed class SocketListenerTests
     }
 
     /// <summary>
+    /// With a connection limit, the client past it is not accepted (it waits in the backlog, connected as far as its
+    /// kernel is concerned) until a served one ends, as QEMU's NBD server does at its max-connections.
+    /// </summary>
+    [Fact]
+    public async Task Past_the_connection_limit_a_client_waits_in_the_backlog_until_one_ends()
+    {
+        using var dir = new TempDirectory("blockmirror-listener-limit-");
+        var path = dir.File("l.sock");
+        var listener = SocketListener.Bind(new UnixDomainSocketEndPoint(path), backlog: 4);
+        var served = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        listener.Start(async (stream, cancellationToken) =>
+        {
+            await using (stream)
+            {
+                var buffer = new byte[1];
+                await stream.ReadExactlyAsync(buffer, cancellationToken);
+                served.Enqueue(buffer[0]);
+                // Held until the client closes.
+                _ = await stream.ReadAsync(buffer, cancellationToken);
+            }
+        }, maxConnections: 1);
+
+        using var first = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await first.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        await first.SendAsync(new byte[] { 1 });
+        using var second = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await second.ConnectAsync(new UnixDomainSocketEndPoint(path));
+        await second.SendAsync(new byte[] { 2 });
+
+        for (var wait = 0; wait < 200 && served.IsEmpty; wait++)
+        {
+            await Task.Delay(10);
+        }
+
+        await Task.Delay(300);
+        Assert.Equal([1], served);
+        Assert.Equal(1, listener.ConnectionCount);
+
+        first.Shutdown(SocketShutdown.Both);
+        for (var wait = 0; wait < 500 && served.Count < 2; wait++)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.Equal([1, 2], served);
+        second.Shutdown(SocketShutdown.Both);
+        await listener.StopAsync();
+    }
+
+    /// <summary>
     /// What a daemon killed before it could clean up leaves at its socket path: a socket file nobody listens on. The
     /// next daemon binds there (QEMU's does, by removing whatever is at the path). A regular file there is someone's
     /// data, and a socket someone listens on is theirs: both make the bind fail and stay as they were.

@@ -179,8 +179,8 @@ static partial class ServeCommand
                         monitors.Listen(ReadMonitor(Arguments(setting.Value!, "chardev"), chardevs), serving.Task);
                         break;
                     case "--nbd-server":
-                        var (nbdEndPoint, tlsCreds, tlsAuthz) = ReadNbdServer(Arguments(setting.Value!, null).Check(NbdServerOptions), sockets);
-                        daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task);
+                        var (nbdEndPoint, tlsCreds, tlsAuthz, maxConnections) = ReadNbdServer(Arguments(setting.Value!, null).Check(NbdServerOptions), sockets);
+                        daemon.StartNbdServer(nbdEndPoint, tlsCreds, tlsAuthz, serving.Task, maxConnections);
                         break;
                     case "--export":
                         await RunAsync(daemon, "block-export-add", Arguments(setting.Value!, "type"), cancellationToken);
@@ -358,15 +358,15 @@ static partial class ServeCommand
     static readonly QapiObject NbdServerOptions = new("NbdServerOptions",
         ("addr", SocketAddressSchema.Flat), ("*tls-creds", QapiBuiltin.Str), ("*tls-authz", QapiBuiltin.Str), ("*max-connections", QapiBuiltin.UInt32));
 
-    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz) ReadNbdServer(QmpArguments server, SocketActivation sockets)
+    static (EndPoint EndPoint, string? TlsCreds, string? TlsAuthz, uint MaxConnections) ReadNbdServer(QmpArguments server, SocketActivation sockets)
     {
         var address = server.OptionalObject("addr")!;
         var endPoint = address.OptionalString("type") == "fd" ? ReadFdAddress(address, sockets) : StorageDaemon.ReadSocketAddress(address, legacy: false);
-        server.Accept("max-connections");
+        var maxConnections = server.OptionalUInt32("max-connections") ?? 0;
         var tlsCreds = server.OptionalString("tls-creds");
         var tlsAuthz = server.OptionalString("tls-authz");
         server.CheckNoneUnexpected();
-        return (endPoint, tlsCreds, tlsAuthz);
+        return (endPoint, tlsCreds, tlsAuthz, maxConnections);
     }
 
     /// <summary><c>addr.type=fd,addr.str=N|NAME</c>: a socket the daemon was given (SocketAddress of type 'fd').</summary>

@@ -612,9 +612,14 @@ sealed class NbdConnection : IAsyncDisposable
     NbdTransmissionFlags TransmissionFlags(NbdExport export)
     {
         var flags = NbdTransmissionFlags.HasFlags | NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua |
-            NbdTransmissionFlags.SendCache |
-            // Every connection reaches the same node, and a flush on one covers writes made on all.
-            NbdTransmissionFlags.CanMultiConn;
+            NbdTransmissionFlags.SendCache;
+        if (_server.MaxConnections != 1)
+        {
+            // Every connection reaches the same node, and a flush on one covers writes made on all; a server that
+            // takes one client at a time says not to try more (QEMU's rule).
+            flags |= NbdTransmissionFlags.CanMultiConn;
+        }
+
         flags |= export.Writable
             ? NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero
             : NbdTransmissionFlags.ReadOnly;

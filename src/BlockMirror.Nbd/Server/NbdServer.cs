@@ -43,6 +43,12 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Where the server listens, once started (the port is the real one when 0 was asked for).</summary>
     public EndPoint? LocalEndPoint => _listener?.LocalEndPoint;
 
+    /// <summary>
+    /// Clients served at once at most (QEMU's <c>max-connections</c>; 0: no limit). Others wait in the listen backlog
+    /// until one leaves; with 1 the exports do not advertise NBD_FLAG_CAN_MULTI_CONN, as QEMU's do not.
+    /// </summary>
+    public uint MaxConnections { get; private set; }
+
     /// <summary>The credentials clients must start TLS with, or null when the server speaks plain NBD.</summary>
     public TlsCredentials? Tls { get; private set; }
 
@@ -58,7 +64,7 @@ public sealed class NbdServer : IAsyncDisposable
     /// With <paramref name="tls"/> (server credentials), clients must start TLS (NBD_OPT_STARTTLS) before any
     /// other option, and the rest of the connection runs over the session.
     /// </remarks>
-    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null)
+    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null, uint maxConnections = 0)
     {
         if (tls is { Endpoint: not TlsEndpoint.Server })
         {
@@ -72,7 +78,8 @@ public sealed class NbdServer : IAsyncDisposable
         }
 
         _listener = SocketListener.Bind(endPoint, backlog: 64);
-        _listener.Start(ServeAsync, acceptAfter);
+        MaxConnections = maxConnections;
+        _listener.Start(ServeAsync, acceptAfter, maxConnections: (int)Math.Min(maxConnections, int.MaxValue));
         NbdServerLog.ServerStarted(Logger, _listener.LocalEndPoint, tls is null ? "" : " (TLS required)");
     }
 

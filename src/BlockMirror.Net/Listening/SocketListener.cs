@@ -128,16 +128,24 @@ public sealed class SocketListener : IAsyncDisposable
     /// <summary>
     /// Starts accepting. With <paramref name="acceptAfter"/>, not before it completes: clients wait in the
     /// listen backlog meanwhile (a daemon applying its command line greets nobody yet, as qemu-storage-daemon).
+    /// With <paramref name="maxConnections"/> (0: no limit), no more are served at once: the next client waits in
+    /// the backlog until one ends, as QEMU's NBD server stops accepting at its <c>max-connections</c>.
     /// </summary>
-    public void Start(ConnectionHandler handler, Task? acceptAfter = null, StreamUpgrade? upgrade = null)
+    public void Start(ConnectionHandler handler, Task? acceptAfter = null, StreamUpgrade? upgrade = null, int maxConnections = 0)
     {
         if (_accepting is not null)
         {
             throw new InvalidOperationException("the listener is already accepting");
         }
 
+        ArgumentOutOfRangeException.ThrowIfNegative(maxConnections);
+        _slots = maxConnections == 0 ? null : new SemaphoreSlim(maxConnections, maxConnections);
         _accepting = AcceptAsync(handler, acceptAfter, upgrade, _stopping.Token);
     }
+
+    // One per connection that may be served at once, when there is a limit; taken before accept, given back when
+    // the connection ends.
+    SemaphoreSlim? _slots;
 
     async Task AcceptAsync(ConnectionHandler handler, Task? acceptAfter, StreamUpgrade? upgrade, CancellationToken cancellationToken)
     {
@@ -151,8 +159,21 @@ public sealed class SocketListener : IAsyncDisposable
         }
 
         var backoff = TimeSpan.Zero;
+        var slots = _slots;
         while (!cancellationToken.IsCancellationRequested)
         {
+            if (slots is not null)
+            {
+                try
+                {
+                    await slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+
             Socket client;
             try
             {
@@ -165,10 +186,12 @@ public sealed class SocketListener : IAsyncDisposable
             catch (SocketException ex) when (ex.SocketErrorCode is SocketError.ConnectionAborted or SocketError.ConnectionReset or SocketError.Interrupted)
             {
                 // That client is gone; the next one in the backlog is unaffected.
+                slots?.Release();
                 continue;
             }
             catch (SocketException)
             {
+                slots?.Release();
                 // Out of descriptors or memory: the connection stays queued and a retry now fails the same way.
                 backoff = backoff == TimeSpan.Zero ? MinBackoff : TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, MaxBackoff.Ticks));
                 try
@@ -193,8 +216,12 @@ public sealed class SocketListener : IAsyncDisposable
             // Registered before its removal can be: the continuation is added after TryAdd.
             var connection = Task.Run(() => ServeAsync(client, handler, upgrade, cancellationToken), CancellationToken.None);
             _connections.TryAdd(connection, 0);
-            _ = connection.ContinueWith(static (t, state) => ((ConcurrentDictionary<Task, byte>)state!).TryRemove(t, out _), _connections,
-                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            _ = connection.ContinueWith(static (t, state) =>
+                {
+                    var listener = (SocketListener)state!;
+                    listener._connections.TryRemove(t, out _);
+                    listener._slots?.Release();
+                }, this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
 

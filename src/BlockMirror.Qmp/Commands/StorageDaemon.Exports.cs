@@ -41,16 +41,11 @@ public sealed partial class StorageDaemon
         {
             var address = arguments.OptionalObject("addr") ?? throw QmpException.Generic("Parameter 'addr' is missing");
             var endPoint = ReadSocketAddress(address, legacy: true);
-            if (arguments.OptionalUInt32("max-connections") is not (null or 0))
-            {
-                // The NBD server takes any number of clients; a limit it would not enforce is refused.
-                throw QmpException.Generic("Limiting NBD clients ('max-connections') is not supported");
-            }
-
+            var maxConnections = arguments.OptionalUInt32("max-connections") ?? 0;
             var tlsCreds = arguments.OptionalString("tls-creds");
             var tlsAuthz = arguments.OptionalString("tls-authz");
             arguments.CheckNoneUnexpected();
-            StartNbdServer(endPoint, tlsCreds, tlsAuthz);
+            StartNbdServer(endPoint, tlsCreds, tlsAuthz, maxConnections: maxConnections);
             return ValueTask.FromResult(Empty);
         });
 

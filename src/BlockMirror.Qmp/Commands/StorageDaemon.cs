@@ -97,7 +97,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     /// Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time. <paramref name="tlsCreds"/>: the id
     /// of server TLS credentials every client must start TLS with. <paramref name="acceptAfter"/>: see <see cref="NbdServer.Start"/>.
     /// </summary>
-    public EndPoint StartNbdServer(EndPoint endPoint, string? tlsCreds = null, string? tlsAuthz = null, Task? acceptAfter = null)
+    public EndPoint StartNbdServer(EndPoint endPoint, string? tlsCreds = null, string? tlsAuthz = null, Task? acceptAfter = null, uint maxConnections = 0)
     {
         if (Nbd is not null)
         {
@@ -115,7 +115,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
         var server = new NbdServer(Graph, LoggerFactory);
         try
         {
-            server.Start(endPoint, acceptAfter, tls);
+            server.Start(endPoint, acceptAfter, tls, maxConnections);
         }
         catch (SocketException ex)
         {

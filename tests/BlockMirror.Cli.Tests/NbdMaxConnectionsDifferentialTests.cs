@@ -1,0 +1,156 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Cli.Tests;
+
+/// <summary>
+/// The NBD server's <c>max-connections</c> on qemu-storage-daemon 7.2 and on <c>blockmirror serve</c>, over QMP
+/// (nbd-server-start) and on the command line (<c>--nbd-server</c>): past the limit a client is not greeted until a
+/// served one leaves (it waits in the listen backlog), and with a limit of 1 the exports do not advertise
+/// NBD_FLAG_CAN_MULTI_CONN (as nbdinfo reads it).
+/// </summary>
+public sealed class NbdMaxConnectionsDifferentialTests
+{
+    [SkippableFact]
+    public async Task Past_max_connections_a_client_waits_for_its_greeting_on_both_daemons()
+    {
+        ExternalTool.Require("nbdinfo");
+        using var root = new TempDirectory("bm-nbd-max-conn-");
+        var seen = new List<string>();
+        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
+        {
+            var dir = Directory.CreateDirectory(Path.Combine(root.Path, daemon.Name)).FullName;
+            await File.WriteAllBytesAsync(Path.Combine(dir, "disk.raw"), new byte[1 << 20]);
+            await daemon.RunAsync(dir, ["--blockdev", $"driver=file,node-name=n0,filename={dir}/disk.raw"], "n0", async (qmp, _) =>
+            {
+                var limited = $"{dir}/limited.sock";
+                foreach (var limit in new[] { 2, 1 })
+                {
+                    await qmp.ExecuteAsync("nbd-server-stop");
+                    await qmp.ExecuteAsync("nbd-server-start", new JsonObject
+                    {
+                        ["addr"] = new JsonObject { ["type"] = "unix", ["data"] = new JsonObject { ["path"] = limited } },
+                        ["max-connections"] = limit,
+                    });
+                    await qmp.ExecuteAsync("block-export-add", new JsonObject { ["type"] = "nbd", ["id"] = "e", ["node-name"] = "n0", ["name"] = "disk" });
+                    seen.Add($"{daemon.Name} max-connections={limit}: multi-conn {await CanMultiConnAsync(limited)}; {await GreetingsAsync(limited, limit)}");
+                }
+            });
+        }
+
+        Assert.Equal(
+            "qsd max-connections=2: multi-conn yes; greeted at once: 2, then after one left: 1\n" +
+            "qsd max-connections=1: multi-conn no; greeted at once: 1, then after one left: 1\n" +
+            "ours max-connections=2: multi-conn yes; greeted at once: 2, then after one left: 1\n" +
+            "ours max-connections=1: multi-conn no; greeted at once: 1, then after one left: 1",
+            string.Join('\n', seen));
+    }
+
+    [SkippableFact]
+    public async Task Max_connections_on_the_command_line_is_applied_as_by_qemu_storage_daemon()
+    {
+        ExternalTool.Require("nbdinfo");
+        using var root = new TempDirectory("bm-nbd-max-conn-cl-");
+        var seen = new List<string>();
+        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
+        {
+            var socket = Path.Combine(root.Path, $"{daemon.Name}.sock");
+            var start = new ProcessStartInfo(daemon.Program) { RedirectStandardError = true, UseShellExecute = false };
+            foreach (var argument in (string[])[.. daemon.Prefix, "--blockdev", "driver=null-co,node-name=n0,size=1048576",
+                "--nbd-server", $"addr.type=unix,addr.path={socket},max-connections=1", "--export", "type=nbd,id=e,node-name=n0,name=disk"])
+            {
+                start.ArgumentList.Add(argument);
+            }
+
+            using var process = Process.Start(start)!;
+            try
+            {
+                for (var wait = 0; wait < 300 && !File.Exists(socket); wait++)
+                {
+                    Assert.False(process.HasExited, $"{daemon.Name} exited: {(process.HasExited ? await process.StandardError.ReadToEndAsync() : "")}");
+                    await Task.Delay(20);
+                }
+
+                seen.Add($"{daemon.Name}: multi-conn {await CanMultiConnAsync(socket)}; {await GreetingsAsync(socket, 1)}");
+            }
+            finally
+            {
+                process.Kill(entireProcessTree: true);
+                await process.WaitForExitAsync();
+            }
+        }
+
+        Assert.Equal(["qsd: multi-conn no; greeted at once: 1, then after one left: 1", "ours: multi-conn no; greeted at once: 1, then after one left: 1"], seen);
+    }
+
+    static async Task<string> CanMultiConnAsync(string socket)
+    {
+        var result = await ExternalTool.RunAsync("nbdinfo", ["--can", "multi-conn", $"nbd+unix:///disk?socket={socket}"]);
+        return result.ExitCode switch { 0 => "yes", 2 => "no", _ => $"nbdinfo failed: {result.StandardError}" };
+    }
+
+    /// <summary>
+    /// Connects <paramref name="limit"/> + 1 clients at once and counts those greeted within half a second; then
+    /// closes one greeted client and counts the waiting ones greeted after it.
+    /// </summary>
+    static async Task<string> GreetingsAsync(string socket, int limit)
+    {
+        var clients = new List<Socket>();
+        try
+        {
+            var greetings = new List<Task<int>>();
+            for (var i = 0; i <= limit; i++)
+            {
+                var client = await ConnectAsync(socket, clients);
+                greetings.Add(client.ReceiveAsync(new byte[18]));
+            }
+
+            var atOnce = await CountWithinAsync(greetings, TimeSpan.FromMilliseconds(500));
+            var firstGreeted = greetings.FindIndex(g => g.IsCompletedSuccessfully && g.Result > 0);
+            clients[firstGreeted].Dispose();
+            var waiting = greetings.Where(g => !g.IsCompleted).ToList();
+            var afterwards = await CountWithinAsync(waiting, TimeSpan.FromSeconds(5));
+            return $"greeted at once: {atOnce}, then after one left: {afterwards}";
+        }
+        finally
+        {
+            clients.ForEach(c => c.Dispose());
+        }
+    }
+
+    /// <summary>
+    /// A client connected to <paramref name="socket"/>. qemu-storage-daemon listens with a backlog of max-connections,
+    /// so a connect may find it full (EAGAIN) while the last client's close is still queued: it is tried again.
+    /// </summary>
+    static async Task<Socket> ConnectAsync(string socket, List<Socket> clients)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                await client.ConnectAsync(new UnixDomainSocketEndPoint(socket));
+                clients.Add(client);
+                return client;
+            }
+            catch (SocketException) when (attempt < 100)
+            {
+                client.Dispose();
+                await Task.Delay(20);
+            }
+        }
+    }
+
+    static async Task<int> CountWithinAsync(List<Task<int>> greetings, TimeSpan time)
+    {
+        var deadline = Task.Delay(time);
+        while (!deadline.IsCompleted && greetings.Any(g => !g.IsCompleted))
+        {
+            await Task.WhenAny([deadline, .. greetings.Where(g => !g.IsCompleted)]);
+        }
+
+        return greetings.Count(g => g.IsCompletedSuccessfully && g.Result > 0);
+    }
+}
