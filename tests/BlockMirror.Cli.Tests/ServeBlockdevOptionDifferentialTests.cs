@@ -57,6 +57,10 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
     {
         "driver=null-co,node-name=n,foo=1",
         "driver=null-co,node-name=n,size=big",
+        // An int takes no size suffix on the command line (QEMU's keyval reads ints as strtoll does).
+        "driver=null-co,node-name=n,size=1M",
+        "driver=null-co,node-name=n,size=0x10G",
+        "driver=null-co,node-name=n,size=08",
         "driver=null-co,node-name=n,read-zeroes=maybe",
         "driver=bogus,node-name=n",
         "driver=raw,node-name=n,file=nope",
@@ -111,6 +115,36 @@ public sealed class ServeBlockdevOptionDifferentialTests : IDisposable
         var theirMessage = theirs.StandardError.Trim().Replace("qemu-storage-daemon: ", "", StringComparison.Ordinal);
         var ourMessage = ours.ErrorLines[0].Replace("blockmirror serve: ", "", StringComparison.Ordinal);
         Assert.Equal(theirMessage, ourMessage);
+    }
+
+    /// <summary>An int on the command line as C's strtoll reads it in base 0: hex, octal, a sign, leading blanks.</summary>
+    [SkippableFact]
+    public async Task Ints_on_the_command_line_are_read_as_qemu_storage_daemon_reads_them()
+    {
+        var seen = new List<string>[2];
+        var daemons = new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() };
+        for (var i = 0; i < daemons.Length; i++)
+        {
+            var dir = Path.Combine(_dir.Path, $"ints-{daemons[i].Name}");
+            Directory.CreateDirectory(dir);
+            var sizes = new List<string>();
+            string[] blockdevs =
+            [
+                "--blockdev", "driver=null-co,node-name=hex,size=0x100000",
+                "--blockdev", "driver=null-co,node-name=octal,size=04000000",
+                "--blockdev", "driver=null-co,node-name=signed,size=+2097152",
+                "--blockdev", "driver=null-co,node-name=blank,size= 3145728",
+            ];
+            await daemons[i].RunAsync(dir, blockdevs, "hex", async (qmp, _) =>
+            {
+                var nodes = (await qmp.ExecuteAsync("query-named-block-nodes"))!.AsArray();
+                sizes.AddRange(nodes.Select(n => $"{(string?)n!["node-name"]} {(long?)n["image"]!["virtual-size"]}").Order(StringComparer.Ordinal));
+            });
+            seen[i] = sizes;
+        }
+
+        Assert.Equal(["blank 3145728", "hex 1048576", "octal 1048576", "signed 2097152"], seen[0]);
+        Assert.Equal(seen[0], seen[1]);
     }
 
     [SkippableFact]

@@ -16,7 +16,7 @@ public sealed class ServeDaemonizeTests : IDisposable
         var pidfile = _dir.File("pid");
 
         var result = await BlockMirrorCli.RunAsync("serve", "--daemonize", "--pidfile", pidfile,
-            "--blockdev", "driver=null-co,node-name=disk,size=1M",
+            "--blockdev", "driver=null-co,node-name=disk,size=1048576",
             "--chardev", $"socket,id=m,path={socket},server=on,wait=off", "--monitor", "m");
 
         Assert.True(result.ExitCode == 0, result.ToString());

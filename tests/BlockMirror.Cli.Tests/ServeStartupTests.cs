@@ -28,7 +28,7 @@ public sealed class ServeStartupTests : IDisposable
     [
         "--chardev", $"socket,id=mon0,path={_dir.File($"{run}-qmp.sock")},server=on,wait=off",
         "--monitor", "chardev=mon0",
-        .. Enumerable.Range(0, Nodes).SelectMany(i => new[] { "--blockdev", $"driver=null-co,node-name=n{i},size=1M" }),
+        .. Enumerable.Range(0, Nodes).SelectMany(i => new[] { "--blockdev", $"driver=null-co,node-name=n{i},size=1048576" }),
         "--blockdev", $"driver=file,node-name=file0,filename={_dir.File("disk.raw")}",
         "--blockdev", "driver=raw,node-name=drive0,file=file0",
         "--nbd-server", $"addr.type=unix,addr.path={_dir.File($"{run}-nbd.sock")}",

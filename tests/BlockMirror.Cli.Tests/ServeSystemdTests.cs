@@ -32,7 +32,7 @@ public sealed class ServeSystemdTests : IDisposable
         using var _ = notify;
         var start = BlockMirrorCli.StartInfo(["serve",
             "--chardev", $"socket,id=m,path={_dir.File("qmp.sock")},server=on,wait=off", "--monitor", "m",
-            "--blockdev", "driver=null-co,node-name=n,size=1M", "--pidfile", pidfile]);
+            "--blockdev", "driver=null-co,node-name=n,size=1048576", "--pidfile", pidfile]);
         start.Environment["NOTIFY_SOCKET"] = address;
         using var daemon = Process.Start(start)!;
         var stderr = daemon.StandardError.ReadToEndAsync();

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using BlockMirror.Block.Qapi;
 
@@ -112,12 +111,10 @@ public partial class OptionReader
 
         if (_keyval && value.ValueKind == JsonValueKind.String)
         {
-            // The command line also takes sizes with a suffix (size=1G), as QEMU's keyval visitor does, and a
-            // negative integer (-1), which is an int to QAPI: the option's own check refuses it in its words.
-            var text = value.GetString()!;
-            return TryParseSize(text, out var size) ? size
-                : text.StartsWith('-') && long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var negative) ? negative
-                : throw Invalid($"Parameter '{Full(name)}' expects integer");
+            // On the command line an int is what C's strtoll reads in base 0, as QEMU's keyval visitor reads it:
+            // decimal, 0x hex or 0 octal, signed; no size suffix (size=1M "expects integer"). A negative one is an
+            // int to QAPI: the option's own check refuses it in its words.
+            return TryParseCInteger(value.GetString()!, out var parsed) ? parsed : throw Invalid($"Parameter '{Full(name)}' expects integer");
         }
 
         return value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) ? number : throw WrongType(name, "integer");
@@ -230,40 +227,45 @@ public partial class OptionReader
     /// <summary>A nested object or element read with this object's rules (for list items), checked against <paramref name="declared"/> when given.</summary>
     public virtual OptionReader Nested(JsonElement value, string prefix, QapiObject? declared = null) => Create(value, prefix, declared);
 
-    static bool TryParseSize(string text, out long size)
+    /// <summary>An integer as strtoll(text, &amp;end, 0) reads the whole of it: leading white space, a sign, then 0x hex, 0 octal or decimal.</summary>
+    static bool TryParseCInteger(string text, out long number)
     {
-        size = 0;
-        if (text.Length == 0)
+        number = 0;
+        var span = text.AsSpan().TrimStart(" \t\n\v\f\r");
+        var negative = span.Length > 0 && span[0] == '-';
+        if (span.Length > 0 && span[0] is '-' or '+')
+        {
+            span = span[1..];
+        }
+
+        var style = span.Length > 2 && span[0] == '0' && span[1] is 'x' or 'X' ? 16 : span.Length > 1 && span[0] == '0' ? 8 : 10;
+        var digits = style switch { 16 => span[2..], 8 => span[1..], _ => span };
+        if (digits.IsEmpty)
         {
             return false;
         }
 
-        var shift = char.ToUpperInvariant(text[^1]) switch
+        ulong magnitude = 0;
+        foreach (var c in digits)
         {
-            'K' => 10,
-            'M' => 20,
-            'G' => 30,
-            'T' => 40,
-            'P' => 50,
-            'E' => 60,
-            'B' => 0,
-            _ => -1,
-        };
-        var digits = shift >= 0 ? text[..^1] : text;
-        if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+            var digit = c is >= '0' and <= '9' ? c - '0' : c is >= 'a' and <= 'f' ? c - 'a' + 10 : c is >= 'A' and <= 'F' ? c - 'A' + 10 : 99;
+            if (digit >= style || magnitude > (ulong.MaxValue - (ulong)digit) / (ulong)style)
+            {
+                return false;
+            }
+
+            magnitude = magnitude * (ulong)style + (ulong)digit;
+        }
+
+        if (magnitude > (negative ? 1UL << 63 : long.MaxValue))
         {
             return false;
         }
 
-        shift = Math.Max(shift, 0);
-        if (number > long.MaxValue >> shift)
-        {
-            return false;
-        }
-
-        size = number << shift;
+        number = negative ? unchecked(-(long)magnitude) : (long)magnitude;
         return true;
     }
+
 
     /// <summary>Marks members as read on purpose without using them (accepted and ignored).</summary>
     public void Accept(params string[] names)
