@@ -178,12 +178,16 @@ public sealed class QmpInputTests
     }
 
     [Fact]
-    public void Keyval_arguments_convert_numbers_sizes_and_switches()
+    public void Keyval_arguments_convert_numbers_and_switches()
     {
-        var arguments = new QmpArguments(KeyVal.Parse("size=1G,count=12,writable=on,ro=off,bad=maybe"), keyval: true);
+        var arguments = new QmpArguments(KeyVal.Parse("size=1G,count=12,hex=0x10,octal=010,neg=-3,writable=on,ro=off,bad=maybe"), keyval: true);
 
-        Assert.Equal(1L << 30, arguments.OptionalInt("size"));
+        // An int as strtoll reads it in base 0, as QEMU's keyval visitor does: no size suffix.
+        Assert.Equal("Parameter 'size' expects integer", Assert.Throws<QmpException>(() => arguments.OptionalInt("size")).Message);
         Assert.Equal(12, arguments.OptionalInt("count"));
+        Assert.Equal(16, arguments.OptionalInt("hex"));
+        Assert.Equal(8, arguments.OptionalInt("octal"));
+        Assert.Equal(-3, arguments.OptionalInt("neg"));
         Assert.True(arguments.OptionalBool("writable"));
         Assert.False(arguments.OptionalBool("ro"));
         Assert.Equal("Parameter 'bad' expects 'on' or 'off'", Assert.Throws<QmpException>(() => arguments.OptionalBool("bad")).Message);
