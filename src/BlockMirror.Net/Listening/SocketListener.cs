@@ -29,6 +29,10 @@ public sealed class SocketListener : IAsyncDisposable
     readonly Func<Socket, CancellationToken, ValueTask<Socket>> _accept;
     readonly CancellationTokenSource _stopping = new();
     readonly ConcurrentDictionary<Task, byte> _connections = new();
+
+    // One per connection that may be served at once, when there is a limit; taken before accept, given back when
+    // the connection ends.
+    SemaphoreSlim? _slots;
     Task? _accepting;
     int _stopped;
 
@@ -142,10 +146,6 @@ public sealed class SocketListener : IAsyncDisposable
         _slots = maxConnections == 0 ? null : new SemaphoreSlim(maxConnections, maxConnections);
         _accepting = AcceptAsync(handler, acceptAfter, upgrade, _stopping.Token);
     }
-
-    // One per connection that may be served at once, when there is a limit; taken before accept, given back when
-    // the connection ends.
-    SemaphoreSlim? _slots;
 
     async Task AcceptAsync(ConnectionHandler handler, Task? acceptAfter, StreamUpgrade? upgrade, CancellationToken cancellationToken)
     {
