@@ -86,7 +86,10 @@ public sealed class NbdMaxConnectionsDifferentialTests
             }
         }
 
-        Assert.Equal(["qsd: multi-conn no; greeted at once: 1, then after one left: 1", "ours: multi-conn no; greeted at once: 1, then after one left: 1"], seen);
+        Assert.Equal(
+            "qsd: multi-conn no; greeted at once: 1, then after one left: 1\n" +
+            "ours: multi-conn no; greeted at once: 1, then after one left: 1",
+            string.Join('\n', seen));
     }
 
     static async Task<string> CanMultiConnAsync(string socket)
@@ -100,7 +103,26 @@ public sealed class NbdMaxConnectionsDifferentialTests
     /// <paramref name="limit"/> are, half a second more); then closes one greeted client and counts the waiting
     /// ones greeted after it.
     /// </summary>
+    /// <remarks>
+    /// qemu-storage-daemon 7.2 (Debian's) drops a client that has not negotiated within 10 s, which frees its
+    /// slot; now and then under load it greets the first clients only that late, so the count is void. Such a
+    /// measurement (first greetings slower than 5 s) is taken again, once the dropped clients have gone.
+    /// </remarks>
     static async Task<string> GreetingsAsync(string socket, int limit)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            var result = await TryGreetingsAsync(socket, limit, TimeSpan.FromSeconds(attempt < 3 ? 5 : 60));
+            if (result is not null)
+            {
+                return result;
+            }
+
+            await Task.Delay(TimeSpan.FromSeconds(1));
+        }
+    }
+
+    static async Task<string?> TryGreetingsAsync(string socket, int limit, TimeSpan firstGreetings)
     {
         var clients = new List<Socket>();
         try
@@ -114,12 +136,18 @@ public sealed class NbdMaxConnectionsDifferentialTests
 
             // The clients within the limit are greeted however long a loaded machine takes; then half a second more
             // shows whether the one past it is greeted too.
-            _ = await CountWithinAsync(greetings, TimeSpan.FromSeconds(10), enough: limit);
+            if (await CountWithinAsync(greetings, firstGreetings, enough: limit) < limit)
+            {
+                return null;
+            }
+
             var atOnce = await CountWithinAsync(greetings, TimeSpan.FromMilliseconds(500));
-            var firstGreeted = greetings.FindIndex(g => g.IsCompletedSuccessfully && g.Result > 0);
-            clients[firstGreeted].Dispose();
+
+            // The waiting ones are taken before a greeted client leaves: qemu-storage-daemon greets the next within
+            // microseconds of the close.
             var waiting = greetings.Where(g => !g.IsCompleted).ToList();
-            var afterwards = await CountWithinAsync(waiting, TimeSpan.FromSeconds(5));
+            clients[greetings.FindIndex(g => g.IsCompletedSuccessfully && g.Result > 0)].Dispose();
+            var afterwards = await CountWithinAsync(waiting, TimeSpan.FromSeconds(10), enough: waiting.Count);
             return $"greeted at once: {atOnce}, then after one left: {afterwards}";
         }
         finally
