@@ -13,6 +13,7 @@ using BlockMirror.Block.Qapi;
 using BlockMirror.Cli.Logging;
 using BlockMirror.Cli.Systemd;
 using BlockMirror.Nbd;
+using BlockMirror.Nbd.Server;
 using BlockMirror.Qmp.Commands;
 using BlockMirror.Qmp.Protocol;
 using BlockMirror.Qmp.Server;
@@ -362,7 +363,7 @@ static partial class ServeCommand
     {
         var address = server.OptionalObject("addr")!;
         var endPoint = address.OptionalString("type") == "fd" ? ReadFdAddress(address, sockets) : StorageDaemon.ReadSocketAddress(address, legacy: false);
-        var maxConnections = server.OptionalUInt32("max-connections") ?? 0;
+        var maxConnections = server.OptionalUInt32("max-connections") ?? NbdServer.DefaultMaxConnections;
         var tlsCreds = server.OptionalString("tls-creds");
         var tlsAuthz = server.OptionalString("tls-authz");
         server.CheckNoneUnexpected();

@@ -26,8 +26,12 @@ sealed class NbdConnection : IAsyncDisposable
     /// <summary>NBD strings (export names, context queries) are limited to 4 KiB by the protocol.</summary>
     internal const int MaxStringLength = 4096;
 
-    /// <summary>How long a client may take to reach the transmission phase.</summary>
-    internal static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// How long a client may take to reach the transmission phase: QEMU's limit since the fix for CVE-2024-7409
+    /// (Debian's 7.2 has it too), so that a client which connects and stays silent does not hold a
+    /// <c>max-connections</c> slot for ever.
+    /// </summary>
+    internal static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(10);
 
     Stream _stream;
     readonly NbdServer _server;

@@ -49,6 +49,12 @@ public sealed class NbdServer : IAsyncDisposable
     /// </summary>
     public uint MaxConnections { get; private set; }
 
+    /// <summary>
+    /// <c>max-connections</c> when none is given: QEMU's since the fix for CVE-2024-7409 (9.1, and Debian's 7.2),
+    /// so that clients which connect and never leave cannot take every descriptor and the memory each one holds.
+    /// </summary>
+    public const uint DefaultMaxConnections = 100;
+
     /// <summary>The credentials clients must start TLS with, or null when the server speaks plain NBD.</summary>
     public TlsCredentials? Tls { get; private set; }
 
@@ -64,7 +70,7 @@ public sealed class NbdServer : IAsyncDisposable
     /// With <paramref name="tls"/> (server credentials), clients must start TLS (NBD_OPT_STARTTLS) before any
     /// other option, and the rest of the connection runs over the session.
     /// </remarks>
-    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null, uint maxConnections = 0)
+    public void Start(EndPoint endPoint, Task? acceptAfter = null, TlsCredentials? tls = null, uint maxConnections = DefaultMaxConnections)
     {
         if (tls is { Endpoint: not TlsEndpoint.Server })
         {

@@ -41,7 +41,7 @@ public sealed partial class StorageDaemon
         {
             var address = arguments.OptionalObject("addr") ?? throw QmpException.Generic("Parameter 'addr' is missing");
             var endPoint = ReadSocketAddress(address, legacy: true);
-            var maxConnections = arguments.OptionalUInt32("max-connections") ?? 0;
+            var maxConnections = arguments.OptionalUInt32("max-connections") ?? NbdServer.DefaultMaxConnections;
             var tlsCreds = arguments.OptionalString("tls-creds");
             var tlsAuthz = arguments.OptionalString("tls-authz");
             arguments.CheckNoneUnexpected();

@@ -97,7 +97,7 @@ public sealed partial class StorageDaemon : IAsyncDisposable
     /// Starts the NBD server (<c>nbd-server-start</c>); only one runs at a time. <paramref name="tlsCreds"/>: the id
     /// of server TLS credentials every client must start TLS with. <paramref name="acceptAfter"/>: see <see cref="NbdServer.Start"/>.
     /// </summary>
-    public EndPoint StartNbdServer(EndPoint endPoint, string? tlsCreds = null, string? tlsAuthz = null, Task? acceptAfter = null, uint maxConnections = 0)
+    public EndPoint StartNbdServer(EndPoint endPoint, string? tlsCreds = null, string? tlsAuthz = null, Task? acceptAfter = null, uint maxConnections = NbdServer.DefaultMaxConnections)
     {
         if (Nbd is not null)
         {
