@@ -244,4 +244,38 @@ public sealed class SocketListenerTests
             base.Dispose(disposing);
         }
     }
+
+    [Fact]
+    public async Task An_empty_host_listens_on_both_wildcards_and_the_connection_limit_spans_both_sockets()
+    {
+        int port;
+        using (var probe = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp) { DualMode = true })
+        {
+            probe.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.IPv6Any, 0));
+            port = ((System.Net.IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+
+        var listener = SocketListener.Bind(InetListenEndPoint.Resolve("", $"{port}", null, null, numeric: false), backlog: 4);
+        Assert.Equal(["0.0.0.0", "::"], listener.LocalEndPoints.Select(e => ((System.Net.IPEndPoint)e).Address.ToString()));
+        var greeted = new SemaphoreSlim(0);
+        listener.Start(async (stream, cancellationToken) =>
+        {
+            await stream.WriteAsync("hi"u8.ToArray(), cancellationToken);
+            greeted.Release();
+            // Served until the client leaves.
+            _ = await stream.ReadAsync(new byte[1], cancellationToken);
+            await stream.DisposeAsync();
+        }, maxConnections: 1);
+
+        using var v4 = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await v4.ConnectAsync(System.Net.IPAddress.Loopback, port);
+        Assert.True(await greeted.WaitAsync(TimeSpan.FromSeconds(10)));
+        using var v6 = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+        await v6.ConnectAsync(System.Net.IPAddress.IPv6Loopback, port);
+        // The limit is the listener's, not each socket's: the IPv6 client waits for the IPv4 one to leave.
+        Assert.False(await greeted.WaitAsync(TimeSpan.FromMilliseconds(300)));
+        v4.Close();
+        Assert.True(await greeted.WaitAsync(TimeSpan.FromSeconds(10)));
+        await listener.StopAsync();
+    }
 }

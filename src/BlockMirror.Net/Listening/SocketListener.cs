@@ -5,7 +5,8 @@ using System.Net.Sockets;
 namespace BlockMirror.Net.Listening;
 
 /// <summary>
-/// One listening socket (TCP or Unix) and the connections accepted on it: the accept loop the NBD server and
+/// The listening sockets of one address (a Unix socket, or every address a TCP host resolves to:
+/// <see cref="InetListenEndPoint"/>) and the connections accepted on them: the accept loop the NBD server and
 /// the QMP monitors share. Each accepted connection runs <see cref="ConnectionHandler"/> on its own task with the
 /// stream the listener's <see cref="StreamUpgrade"/> made of it (the socket's own stream when there is none).
 /// </summary>
@@ -23,7 +24,7 @@ public sealed class SocketListener : IAsyncDisposable
     /// <summary>The longest wait between accepts that keep failing: how late a freed descriptor is noticed at worst.</summary>
     public static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(1);
 
-    readonly Socket _socket;
+    readonly Socket[] _sockets;
     readonly string? _unixPath;
     readonly TimeProvider _time;
     readonly Func<Socket, CancellationToken, ValueTask<Socket>> _accept;
@@ -37,12 +38,18 @@ public sealed class SocketListener : IAsyncDisposable
     int _stopped;
 
     internal SocketListener(Socket socket, string? unixPath, TimeProvider time, Func<Socket, CancellationToken, ValueTask<Socket>>? accept = null)
+        : this([socket], unixPath, time, accept)
     {
-        _socket = socket;
+    }
+
+    SocketListener(Socket[] sockets, string? unixPath, TimeProvider time, Func<Socket, CancellationToken, ValueTask<Socket>>? accept = null)
+    {
+        _sockets = sockets;
         _unixPath = unixPath;
         _time = time;
         _accept = accept ?? ((listener, cancellationToken) => listener.AcceptAsync(cancellationToken));
-        LocalEndPoint = socket.LocalEndPoint!;
+        LocalEndPoint = sockets[0].LocalEndPoint!;
+        LocalEndPoints = [.. sockets.Select(s => s.LocalEndPoint!)];
     }
 
     /// <summary>
@@ -61,6 +68,11 @@ public sealed class SocketListener : IAsyncDisposable
         if (endPoint is InheritedSocketEndPoint inherited)
         {
             return Adopt(inherited, backlog, time);
+        }
+
+        if (endPoint is InetListenEndPoint inet)
+        {
+            return BindAll(inet, backlog, time);
         }
 
         var unix = endPoint is UnixDomainSocketEndPoint;
@@ -108,6 +120,56 @@ public sealed class SocketListener : IAsyncDisposable
         return new SocketListener(socket, path, time ?? TimeProvider.System);
     }
 
+    /// <summary>
+    /// A socket for each of <paramref name="inet"/>'s addresses, as QEMU's QIONetListener: the listener stands if one
+    /// of them can be bound (an IPv6 address on a host without IPv6 is passed over), else the first failure is thrown.
+    /// </summary>
+    static SocketListener BindAll(InetListenEndPoint inet, int backlog, TimeProvider? time)
+    {
+        var sockets = new List<Socket>();
+        SocketException? first = null;
+        foreach (var address in inet.Addresses)
+        {
+            Socket? socket = null;
+            try
+            {
+                socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                // Dual-stack unless an IPv4 socket of the same listener takes the IPv4 side (the wildcard pair an
+                // empty host resolves to): QEMU's dual bind fails there and it binds IPv6 alone, which is where
+                // Linux leaves it too once the IPv4 wildcard listens.
+                var dual = address.AddressFamily == AddressFamily.InterNetworkV6 && !inet.V6Only
+                    && !inet.Addresses.Any(a => a.AddressFamily == AddressFamily.InterNetwork);
+                if (address.AddressFamily == AddressFamily.InterNetworkV6)
+                {
+                    socket.DualMode = dual;
+                }
+
+                try
+                {
+                    socket.Bind(address);
+                }
+                catch (SocketException e) when (dual && e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+                {
+                    // The IPv4 side of the port is taken, by this listener's own 0.0.0.0 socket when the host was
+                    // empty: IPv6 alone, as QEMU retries.
+                    socket.DualMode = false;
+                    socket.Bind(address);
+                }
+
+                socket.Listen(backlog);
+                sockets.Add(socket);
+            }
+            catch (SocketException e)
+            {
+                socket?.Dispose();
+                first ??= e;
+            }
+        }
+
+        return sockets.Count > 0 ? new SocketListener([.. sockets], unixPath: null, time ?? TimeProvider.System) : throw first!;
+    }
+
     static SocketListener Adopt(InheritedSocketEndPoint inherited, int backlog, TimeProvider? time)
     {
         try
@@ -123,8 +185,11 @@ public sealed class SocketListener : IAsyncDisposable
         return new SocketListener(inherited.Socket, unixPath: null, time ?? TimeProvider.System);
     }
 
-    /// <summary>Where the listener listens (the real port when 0 was asked for).</summary>
+    /// <summary>Where the listener listens (the real port when 0 was asked for); the first socket's, when there are several.</summary>
     public EndPoint LocalEndPoint { get; }
+
+    /// <summary>Where each of the listener's sockets listens.</summary>
+    public IReadOnlyList<EndPoint> LocalEndPoints { get; }
 
     /// <summary>Connections being served right now.</summary>
     public int ConnectionCount => _connections.Count;
@@ -158,8 +223,38 @@ public sealed class SocketListener : IAsyncDisposable
             return;
         }
 
-        var backoff = TimeSpan.Zero;
         var slots = _slots;
+        // One accept waits on each socket that has none waiting, started once a slot is free; the first client of
+        // any socket is served. With one socket nothing is accepted past the limit; with several, a client accepted
+        // on another socket meanwhile waits for its slot unserved, as it would in the backlog.
+        var pending = new Task<Socket>?[_sockets.Length];
+        try
+        {
+            await AcceptEachAsync(handler, upgrade, slots, pending, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (var accept in pending)
+            {
+                // Stopped: a connection accepted after all is closed, a failed accept observed.
+                _ = accept?.ContinueWith(static t =>
+                {
+                    if (t.IsCompletedSuccessfully)
+                    {
+                        t.Result.Dispose();
+                    }
+                    else
+                    {
+                        _ = t.Exception;
+                    }
+                }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            }
+        }
+    }
+
+    async Task AcceptEachAsync(ConnectionHandler handler, StreamUpgrade? upgrade, SemaphoreSlim? slots, Task<Socket>?[] pending, CancellationToken cancellationToken)
+    {
+        var backoff = TimeSpan.Zero;
         while (!cancellationToken.IsCancellationRequested)
         {
             if (slots is not null)
@@ -174,10 +269,17 @@ public sealed class SocketListener : IAsyncDisposable
                 }
             }
 
+            for (var i = 0; i < pending.Length; i++)
+            {
+                pending[i] ??= StartAccept(_sockets[i], cancellationToken);
+            }
+
+            var accepted = pending.Length == 1 ? pending[0]! : await Task.WhenAny(pending!).ConfigureAwait(false);
+            pending[Array.IndexOf(pending, accepted)] = null;
             Socket client;
             try
             {
-                client = await _accept(_socket, cancellationToken).ConfigureAwait(false);
+                client = await accepted.ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException && cancellationToken.IsCancellationRequested)
             {
@@ -225,6 +327,19 @@ public sealed class SocketListener : IAsyncDisposable
         }
     }
 
+    /// <summary>An accept on <paramref name="socket"/>; one that fails at once (a disposed socket) is a failed task.</summary>
+    Task<Socket> StartAccept(Socket socket, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return _accept(socket, cancellationToken).AsTask();
+        }
+        catch (Exception ex)
+        {
+            return Task.FromException<Socket>(ex);
+        }
+    }
+
     static async Task ServeAsync(Socket client, ConnectionHandler handler, StreamUpgrade? upgrade, CancellationToken cancellationToken)
     {
         Stream stream = new NetworkStream(client, ownsSocket: true);
@@ -257,7 +372,11 @@ public sealed class SocketListener : IAsyncDisposable
         }
 
         await _stopping.CancelAsync().ConfigureAwait(false);
-        _socket.Dispose();
+        foreach (var socket in _sockets)
+        {
+            socket.Dispose();
+        }
+
         if (_accepting is not null)
         {
             await _accepting.ConfigureAwait(false);

@@ -6,6 +6,7 @@ using BlockMirror.Block.Bitmaps;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Qapi;
 using BlockMirror.Nbd.Server;
+using BlockMirror.Net.Listening;
 using BlockMirror.Qmp.Protocol;
 
 namespace BlockMirror.Qmp.Commands;
@@ -219,8 +220,9 @@ public sealed partial class StorageDaemon
     }
 
     /// <summary>
-    /// A SocketAddress: <c>{"type": "inet", "host", "port"}</c> or <c>{"type": "unix", "path"}</c>; with
-    /// <paramref name="legacy"/> nbd-server-start's older form instead, which nests the fields in <c>data</c>.
+    /// A SocketAddress to listen on: <c>{"type": "inet", "host", "port"}</c> (resolved as QEMU resolves a server's:
+    /// <see cref="InetListenEndPoint"/>) or <c>{"type": "unix", "path"}</c>; with <paramref name="legacy"/>
+    /// nbd-server-start's older form instead, which nests the fields in <c>data</c>.
     /// </summary>
     public static EndPoint ReadSocketAddress(QmpArguments address, bool legacy)
     {
@@ -244,8 +246,7 @@ public sealed partial class StorageDaemon
             {
                 var host = fields.RequireString("host");
                 var port = fields.RequireString("port");
-                // Host names are never resolved here, so numeric=on changes nothing.
-                fields.OptionalBool("numeric");
+                var numeric = fields.OptionalBool("numeric") ?? false;
                 var ipv4 = fields.OptionalBool("ipv4");
                 var ipv6 = fields.OptionalBool("ipv6");
                 if (fields.OptionalRaw("to") is not null)
@@ -253,29 +254,22 @@ public sealed partial class StorageDaemon
                     throw QmpException.Generic($"A port range ('{fields.Prefix}to') is not supported");
                 }
 
-                if (fields.OptionalBool("keep-alive") == true)
-                {
-                    throw QmpException.Generic($"TCP keep-alive ('{fields.Prefix}keep-alive') is not supported");
-                }
-
+                // QEMU 7.2 sets keep-alive on the sockets it connects, not on those it listens with or accepts.
+                fields.OptionalBool("keep-alive");
                 if (fields.OptionalBool("mptcp") == true)
                 {
                     throw QmpException.Generic($"Multipath TCP ('{fields.Prefix}mptcp') is not supported");
                 }
 
-                if (!int.TryParse(port, out var number) || number is < 0 or > 65535)
+                try
                 {
-                    throw QmpException.Generic($"Invalid port '{port}'");
+                    endPoint = InetListenEndPoint.Resolve(host, port, ipv4, ipv6, numeric);
+                }
+                catch (ArgumentException ex)
+                {
+                    throw QmpException.Generic(ex.Message);
                 }
 
-                var ip = host is "" or "localhost" ? IPAddress.Loopback : IPAddress.TryParse(host, out var parsed) ? parsed
-                    : throw QmpException.Generic($"address resolution failed for {host}:{port}: only numeric addresses and localhost are supported");
-                if ((ip.AddressFamily == AddressFamily.InterNetwork ? ipv4 : ipv6) == false)
-                {
-                    throw QmpException.Generic($"The address {host} is excluded by '{fields.Prefix}{(ip.AddressFamily == AddressFamily.InterNetwork ? "ipv4" : "ipv6")}'");
-                }
-
-                endPoint = new IPEndPoint(ip, number);
                 break;
             }
 
