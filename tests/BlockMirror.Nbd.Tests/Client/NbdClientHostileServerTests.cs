@@ -190,15 +190,24 @@ public sealed class NbdClientHostileServerTests : IDisposable
 
     /// <summary>
     /// A good handshake, then the first request's reply is broken: that request fails with EIO, saying what the
-    /// server did, and so does every later one (the stream is out of step and cannot be trusted again).
+    /// server did, and so does every later one (the stream is out of step and cannot be trusted again). A hang-up
+    /// is tried again, and this server takes no second connection.
     /// </summary>
     [Theory]
     [MemberData(nameof(TransmissionCases))]
     public async Task A_broken_reply_fails_the_request_with_eio_and_the_connection_for_good(string @case, string expected)
     {
         var buffer = new byte[4096];
+        var connections = 0;
         await using var server = new FakeNbdServer(_dir.File("t.sock"), async s =>
         {
+            // After a hang-up the client connects again (QEMU's reconnect without reconnect-delay); the server is
+            // gone for it, so the later request fails too, whichever of it and the reconnect comes first.
+            if (Interlocked.Increment(ref connections) > 1)
+            {
+                return;
+            }
+
             await s.HandshakeAsync();
             var request = await s.ReadRequestAsync();
             var cookie = request.Cookie;
@@ -250,7 +259,19 @@ public sealed class NbdClientHostileServerTests : IDisposable
         Assert.EndsWith(expected, failed.Message, StringComparison.Ordinal);
         var later = await Assert.ThrowsAsync<BlockIOException>(() => node.ReadAsync(65536, buffer).AsTask().WaitAsync(Guard));
         Assert.Equal(BlockErrno.EIO, later.Errno);
-        Assert.EndsWith(expected, later.Message, StringComparison.Ordinal);
+        if (@case == "hang up mid-reply")
+        {
+            // An I/O failure, unlike a broken protocol, is worth another connection (QEMU's client tries again
+            // without reconnect-delay too): the later request fails with the loss, or with the words of the attempt
+            // this server hung up on, whichever came first.
+            Assert.True(later.Message.EndsWith(expected, StringComparison.Ordinal)
+                || later.Message.EndsWith("Unexpected end-of-file before all data were read", StringComparison.Ordinal), later.Message);
+        }
+        else
+        {
+            Assert.EndsWith(expected, later.Message, StringComparison.Ordinal);
+        }
+
         Assert.Empty(server.ScriptErrors);
     }
 
