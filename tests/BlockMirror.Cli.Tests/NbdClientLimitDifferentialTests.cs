@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using BlockMirror.Nbd.Protocol;
 using BlockMirror.TestKit;
 
 namespace BlockMirror.Cli.Tests;
@@ -105,7 +106,7 @@ public sealed class NbdClientLimitDifferentialTests
     {
         var request = new byte[4 + 16 + 4];
         BinaryPrimitives.WriteUInt32BigEndian(request, 3);
-        BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(4), 0x49484156454F5054); // IHAVEOPT
+        BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(4), NbdMagic.Option);
         BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(12), 1); // NBD_OPT_EXPORT_NAME
         BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(16), 4);
         "disk"u8.CopyTo(request.AsSpan(20));
@@ -118,12 +119,12 @@ public sealed class NbdClientLimitDifferentialTests
     static async Task<byte> ReadFirstByteAsync(Socket socket)
     {
         var request = new byte[28];
-        BinaryPrimitives.WriteUInt32BigEndian(request, 0x25609513);
+        BinaryPrimitives.WriteUInt32BigEndian(request, NbdMagic.Request);
         BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), 7);
         BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), 512);
         await socket.SendAsync(request);
         var reply = await ReadExactlyAsync(socket, 16 + 512);
-        Assert.Equal(0x67446698u, BinaryPrimitives.ReadUInt32BigEndian(reply));
+        Assert.Equal(NbdMagic.SimpleReply, BinaryPrimitives.ReadUInt32BigEndian(reply));
         Assert.Equal(0u, BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)));
         return reply[16];
     }
