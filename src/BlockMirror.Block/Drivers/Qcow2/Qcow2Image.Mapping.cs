@@ -188,16 +188,16 @@ internal sealed partial class Qcow2Image
         var table = await _l2Cache.GetAsync(offset, load: false, cancellationToken).ConfigureAwait(false);
         shared?.CopyTo(table.Span);
 
-        // Its refcount, then the table, then the L1 entry that points at it.
+        // Its refcount, then the table, then the L1 entry that points at it. The flush between table and entry is
+        // kept with lazy refcounts too (as QEMU's l2_allocate keeps it): the repair of a dirty image recounts
+        // references, but an L1 entry that reached the disk before its table would point at whatever the cluster
+        // held before (data, once it is reused), and no repair turns that back into a table.
         await BeforeMetadataWriteAsync(cancellationToken).ConfigureAwait(false);
         await MakeRefcountsDurableAsync(cancellationToken).ConfigureAwait(false);
         _file.DebugEvent(BlkdebugEvent.L2AllocWrite);
         await _file.WriteAsync(offset, table.Memory, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         table.Dirty = false;
-        if (!Lazy)
-        {
-            await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
-        }
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
 
         _l1[l1Index] = (ulong)offset | Qcow2Entries.Copied;
         await WriteL1EntryAsync(l1Index, cancellationToken).ConfigureAwait(false);

@@ -278,10 +278,9 @@ internal sealed partial class Qcow2Image
         await EnsureFileLengthAsync(areaEnd << g.ClusterBits, cancellationToken).ConfigureAwait(false);
         await _file.WriteAsync(area << g.ClusterBits, bytes, RequestFlags.None, cancellationToken).ConfigureAwait(false);
         await MakeRefcountsDurableAsync(cancellationToken).ConfigureAwait(false);
-        if (!Lazy)
-        {
-            await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
-        }
+        // Flushed before the refcount table points at them, lazy refcounts or not (as QEMU's alloc_refcount_block):
+        // a table entry that reached the disk first would name a block of whatever the cluster held before.
+        await _file.FlushAsync(cancellationToken).ConfigureAwait(false);
 
         foreach (var (block, s) in slot)
         {

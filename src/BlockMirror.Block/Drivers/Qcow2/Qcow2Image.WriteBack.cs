@@ -10,8 +10,10 @@ namespace BlockMirror.Block.Drivers.Qcow2;
 //
 // _l2NeedsRefcountsFirst records an increment not yet durable; a table that may point at the new cluster
 // waits for it. _refcountsNeedL2Durable records a decrement whose unlinking write is not yet flushed; the
-// refcount block waits for it. With lazy refcounts the flushes are skipped (the writes keep their order)
-// and the dirty bit stands in for them.
+// refcount block waits for it. With lazy refcounts these two flushes are skipped and the dirty bit stands in
+// for them (the repair at the next open recounts). A new table is still flushed before anything points at it
+// (GetL2ForWriteAsync, the new refcount blocks): a pointer to a table that never reached the disk is beyond
+// any repair.
 internal sealed partial class Qcow2Image
 {
     public ValueTask LoadAsync(Qcow2TableCache cache, Qcow2Table table, CancellationToken cancellationToken) =>

@@ -1,0 +1,316 @@
+using BlockMirror.Block.Drivers.File;
+using BlockMirror.Block.Drivers.Qcow2;
+using BlockMirror.Block.Graph;
+using BlockMirror.Block.Io;
+using BlockMirror.Block.Tests.Drivers.PowerLoss;
+using BlockMirror.TestKit;
+
+namespace BlockMirror.Block.Tests.Drivers.Qcow2;
+
+/// <summary>
+/// The qcow2 driver's promise across a power loss, as QEMU's: whatever the disk's cache kept of the unflushed
+/// writes, <c>qemu-img check</c> finds no corruption (leaked clusters are allowed), and every guest write that
+/// completed before a completed guest flush reads back. A journal below the driver records every file change
+/// and flush; each run is cut at random moments (half of them just before a flush completes) and the file a disk
+/// could hold then (<see cref="PowerLossImage"/>: flushed changes kept, the others kept, dropped or torn at random)
+/// is checked, then opened by this driver (which repairs a dirty image), written once more and checked again.
+/// </summary>
+public sealed class Qcow2PowerLossTests
+{
+    /// <summary>One kind of image.</summary>
+    public sealed record Shape(string Name, int ClusterSize, long Size, int Version = 3, int RefcountBits = 16, bool Lazy = false,
+        bool Backing = false, bool PassDiscard = false, int Steps = 50);
+
+    static readonly Shape[] AllShapes =
+    [
+        // 512-byte clusters: L2 tables, refcount blocks and a larger refcount table are allocated within a run.
+        new("512 B clusters", 512, 256 << 10),
+        new("4 KiB clusters", 4096, 1 << 20),
+        new("compat 0.10, 1 KiB clusters", 1024, 512 << 10, Version: 2),
+        new("4-bit refcounts, 512 B clusters", 512, 192 << 10, RefcountBits: 4),
+        // Freed clusters punched out of the file (discard=unmap): the release order matters most.
+        new("discard passed down, 512 B clusters", 512, 256 << 10, PassDiscard: true),
+        // Partial writes copy the rest of the cluster up from the backing file.
+        new("over a backing file, 1 KiB clusters", 1024, 384 << 10, Backing: true),
+        // Lazy refcounts: refcounts are not flushed ahead of the tables that rely on them; the dirty bit and the
+        // repair at the next open stand in. A new table is still flushed before anything points at it.
+        new("lazy refcounts, 512 B clusters", 512, 256 << 10, Lazy: true),
+    ];
+
+    public static TheoryData<string> Shapes => [.. AllShapes.Select(s => s.Name)];
+
+    const int CutsPerRun = 8;
+
+    [SkippableTheory]
+    [MemberData(nameof(Shapes))]
+    public async Task A_power_loss_at_any_moment_leaves_a_consistent_image_with_every_flushed_write(string shapeName)
+    {
+        ExternalTool.Require("qemu-img");
+        var shape = AllShapes.Single(s => s.Name == shapeName);
+        await Seeds.RunAsync(Seeds.Range(12), async seed =>
+        {
+            using var dir = TempDirectory.InMemory("blockmirror-qcow2-power-loss-");
+            var random = new Random(seed);
+            var path = dir.File("image.qcow2");
+            var backing = new byte[shape.Size];
+            string? backingPath = null;
+            if (shape.Backing)
+            {
+                random.NextBytes(backing);
+                backingPath = dir.File("backing.raw");
+                await File.WriteAllBytesAsync(backingPath, backing);
+            }
+
+            Qcow2Create.Create(path, new Qcow2CreateOptions
+            {
+                Size = shape.Size,
+                ClusterSize = shape.ClusterSize,
+                Version = shape.Version,
+                RefcountBits = shape.RefcountBits,
+                LazyRefcounts = shape.Lazy,
+                BackingFile = backingPath,
+                BackingFormat = backingPath is null ? null : "raw",
+            });
+            var initial = await File.ReadAllBytesAsync(path);
+            var journal = new PowerLossJournal();
+            var guest = new GuestLog(backing, shape.ClusterSize);
+            var options = new Qcow2Options { Discard = shape.PassDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore };
+
+            await using (var graph = new BlockGraph())
+            {
+                var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Discard: FileDiscardMode.Unmap));
+                var recorder = await PowerLossRecorder.OpenAsync(graph, file, journal);
+                var image = await Qcow2Driver.OpenAsync(graph, "image", recorder, options);
+                var disk = graph.AttachRoot(image, new RootParent("guest"), "guest", BlockPermissions.ConsistentRead | BlockPermissions.Write);
+                for (var step = 0; step < shape.Steps; step++)
+                {
+                    await guest.RunStepAsync(disk, journal, random);
+                }
+            }
+
+            // The close (caches written back, a final flush) is in the journal too: a cut may fall inside it.
+            var entries = journal.Snapshot();
+            var crashed = dir.File("crashed.qcow2");
+            var raw = dir.File("crashed.raw");
+            // Cuts anywhere, and cuts just before a flush completes, where the most changes are in the air.
+            var beforeFlushDone = entries.Select((e, index) => (e, index)).Where(x => x.e.Kind == JournalKind.FlushDone).Select(x => x.index).ToArray();
+            for (var i = 0; i < CutsPerRun; i++)
+            {
+                var cut = i == 0 ? entries.Count
+                    : i % 2 == 1 && beforeFlushDone.Length > 0 ? beforeFlushDone[random.Next(beforeFlushDone.Length)]
+                    : random.Next(entries.Count + 1);
+                await File.WriteAllBytesAsync(crashed, PowerLossImage.Build(initial, entries, cut, random));
+                var where = $"power lost after journal entry {cut} of {entries.Count}";
+                if (!shape.Lazy)
+                {
+                    // A lazy image is left dirty with refcounts that may be behind: only a repair makes it whole.
+                    await CheckAsync(crashed, where);
+                }
+
+                // Opened again by us (a dirty image is repaired first) and written once more, it stays consistent.
+                var (expected, known) = guest.DurableAt(entries, cut);
+                var after = Math.Min(shape.Size - 512, random.Next((int)shape.Size) / 512 * 512);
+                var more = new byte[512];
+                random.NextBytes(more);
+                await using (var graph = new BlockGraph())
+                {
+                    var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(crashed));
+                    var image = await Qcow2Driver.OpenAsync(graph, "image", file, options);
+                    var disk = graph.AttachRoot(image, new RootParent("guest"), "guest", BlockPermissions.ConsistentRead | BlockPermissions.Write);
+                    await disk.WriteAsync(after, more);
+                    await disk.FlushAsync();
+                }
+
+                more.CopyTo(expected.AsSpan((int)after));
+                known.AsSpan((int)after, more.Length).Fill(true);
+                await CheckAsync(crashed, $"{where}, then opened and written by us");
+
+                await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-f", "qcow2", "-O", "raw", crashed, raw);
+                var content = await File.ReadAllBytesAsync(raw);
+                for (var b = 0; b < content.Length; b++)
+                {
+                    if (known[b] && content[b] != expected[b])
+                    {
+                        Assert.Fail($"{where}: guest byte {b} reads 0x{content[b]:x2}, but a flushed write made it 0x{expected[b]:x2} ({guest.Describe(b)})");
+                    }
+                }
+            }
+        });
+    }
+
+    /// <summary>No corruption: a clean image, or one with leaked clusters only (exit status 3).</summary>
+    static async Task CheckAsync(string path, string where)
+    {
+        var check = await ExternalTool.RunAsync("qemu-img", ["check", "-f", "qcow2", path]);
+        Assert.True(check.ExitCode is 0 or 3, $"{where}: qemu-img check exited {check.ExitCode}:\n{check.StandardOutput}{check.StandardError}");
+    }
+
+    /// <summary>The guest's requests, each issued and completed into the journal, and what they left durable.</summary>
+    sealed class GuestLog(byte[] initial, int clusterSize)
+    {
+        readonly long _size = initial.Length;
+        readonly Dictionary<int, GuestRequest> _requests = [];
+
+        public async Task RunStepAsync(NodeEdge disk, PowerLossJournal journal, Random random)
+        {
+            if (random.Next(8) == 0)
+            {
+                await RunAsync(disk, journal, new GuestRequest(GuestKind.Flush, 0, 0, null));
+                return;
+            }
+
+            // One to three requests at once, on clusters no other of them touches.
+            List<GuestRequest> batch = [];
+            for (var tries = 0; batch.Count < 1 + random.Next(3) && tries < 10; tries++)
+            {
+                var request = Pick(random);
+                if (!batch.Any(o => o.ClusterStart(clusterSize) < request.ClusterEnd(clusterSize) && request.ClusterStart(clusterSize) < o.ClusterEnd(clusterSize)))
+                {
+                    batch.Add(request);
+                }
+            }
+
+            await Task.WhenAll(batch.Select(r => RunAsync(disk, journal, r)));
+        }
+
+        GuestRequest Pick(Random random)
+        {
+            var length = 1 + random.Next((int)Math.Min(_size, clusterSize * 6L));
+            var offset = (long)random.Next((int)(_size - length + 1));
+            offset -= offset % 512;
+            length = (int)Math.Max(512, length - length % 512);
+            var kind = random.Next(10) switch
+            {
+                < 6 => GuestKind.Write,
+                < 8 => GuestKind.Zero,
+                _ => GuestKind.Discard,
+            };
+            byte[]? data = null;
+            if (kind == GuestKind.Write)
+            {
+                data = new byte[length];
+                random.NextBytes(data);
+            }
+
+            return new GuestRequest(kind, offset, length, data, MayUnmap: random.Next(2) == 0);
+        }
+
+        async Task RunAsync(NodeEdge disk, PowerLossJournal journal, GuestRequest request)
+        {
+            var id = journal.Begin(JournalKind.GuestIssued);
+            lock (_requests)
+            {
+                _requests[id] = request;
+            }
+
+            await Task.Yield();
+            switch (request.Kind)
+            {
+                case GuestKind.Write:
+                    await disk.WriteAsync(request.Offset, request.Data);
+                    break;
+                case GuestKind.Zero:
+                    await disk.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap ? RequestFlags.MayUnmap : RequestFlags.None);
+                    break;
+                case GuestKind.Discard:
+                    await disk.DiscardAsync(request.Offset, request.Length);
+                    break;
+                case GuestKind.Flush:
+                    await disk.FlushAsync();
+                    break;
+            }
+
+            journal.End(JournalKind.GuestDone, id);
+        }
+
+        /// <summary>
+        /// The guest's bytes that must survive a power loss after the first <paramref name="cut"/> entries: those of
+        /// requests completed before the last completed flush was issued. Bytes that a request not covered by it
+        /// may have touched (its whole clusters), and discarded bytes, are not known.
+        /// </summary>
+        public (byte[] Bytes, bool[] Known) DurableAt(IReadOnlyList<JournalEntry> entries, int cut)
+        {
+            var issuedAt = new Dictionary<int, int>();
+            var done = new List<(int Index, int Id)>();
+            var coveredBefore = 0;
+            for (var i = 0; i < cut; i++)
+            {
+                var e = entries[i];
+                if (e.Kind == JournalKind.GuestIssued)
+                {
+                    issuedAt[e.Id] = i;
+                }
+                else if (e.Kind == JournalKind.GuestDone)
+                {
+                    done.Add((i, e.Id));
+                    if (_requests[e.Id].Kind == GuestKind.Flush)
+                    {
+                        coveredBefore = Math.Max(coveredBefore, issuedAt[e.Id]);
+                    }
+                }
+            }
+
+            var bytes = initial.ToArray();
+            var known = new bool[_size];
+            Array.Fill(known, true);
+            var durable = new HashSet<int>();
+            foreach (var (index, id) in done.Where(d => d.Index < coveredBefore))
+            {
+                durable.Add(id);
+                var r = _requests[id];
+                switch (r.Kind)
+                {
+                    case GuestKind.Write:
+                        r.Data.CopyTo(bytes.AsSpan((int)r.Offset));
+                        known.AsSpan((int)r.Offset, r.Length).Fill(true);
+                        break;
+                    case GuestKind.Zero:
+                        bytes.AsSpan((int)r.Offset, r.Length).Clear();
+                        known.AsSpan((int)r.Offset, r.Length).Fill(true);
+                        break;
+                    case GuestKind.Discard:
+                        known.AsSpan((int)r.Offset, r.Length).Clear();
+                        break;
+                }
+            }
+
+            foreach (var (id, _) in issuedAt.Where(kv => !durable.Contains(kv.Key)))
+            {
+                var r = _requests[id];
+                if (r.Kind != GuestKind.Flush)
+                {
+                    var start = r.ClusterStart(clusterSize);
+                    known.AsSpan((int)start, (int)(Math.Min(_size, r.ClusterEnd(clusterSize)) - start)).Clear();
+                }
+            }
+
+            return (bytes, known);
+        }
+
+        /// <summary>The requests that touched byte <paramref name="b"/>, for a failure message.</summary>
+        public string Describe(long b)
+        {
+            lock (_requests)
+            {
+                var touching = _requests.Where(kv => kv.Value.Kind != GuestKind.Flush && kv.Value.Offset <= b && b < kv.Value.Offset + kv.Value.Length)
+                    .Select(kv => $"#{kv.Key} {kv.Value.Kind} {kv.Value.Offset}+{kv.Value.Length}");
+                return "requests over it: " + string.Join(", ", touching);
+            }
+        }
+    }
+
+    enum GuestKind
+    {
+        Write,
+        Zero,
+        Discard,
+        Flush,
+    }
+
+    sealed record GuestRequest(GuestKind Kind, long Offset, int Length, byte[]? Data, bool MayUnmap = false)
+    {
+        public long ClusterStart(int clusterSize) => Offset / clusterSize * clusterSize;
+
+        public long ClusterEnd(int clusterSize) => (Offset + Length + clusterSize - 1) / clusterSize * clusterSize;
+    }
+}
