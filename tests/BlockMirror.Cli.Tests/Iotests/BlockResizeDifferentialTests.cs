@@ -97,4 +97,58 @@ public sealed class BlockResizeDifferentialTests
         Assert.Contains("a: virtual-size 67108864", qsd);
         JobQmp.AssertSame(qsd, ours);
     }
+
+    /// <summary>
+    /// Growing a qcow2 over a backing file longer than it (an overlay made short, or shrunk): the new part reads as
+    /// zeroes, not as the backing file's data (QEMU zeroes it: explicit zeroes to the end of the cluster the old end
+    /// falls in, zero clusters past it); a version 2 overlay, which has no zero clusters, refuses to grow at all.
+    /// </summary>
+    [SkippableFact]
+    public async Task Growing_over_a_longer_backing_file_hides_it_as_qemu_does()
+    {
+        var (qsd, ours) = await JobQmp.OnBothAsync("resize-backing", async (daemon, dir) =>
+        {
+            await QemuImages.CreateAsync($"{dir}/base.raw", "4M", "write -P 0x77 0 4M");
+            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw", $"{dir}/v3.qcow2", $"{M + 512}");
+            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", $"{dir}/v2.qcow2", $"{M}");
+            var log = new List<string>();
+            await daemon.RunAsync(dir,
+            [
+                "--blockdev", $"driver=file,node-name=bf,filename={dir}/base.raw,read-only=on",
+                "--blockdev", "driver=raw,node-name=b,file=bf,read-only=on",
+                "--blockdev", $"driver=file,node-name=v3f,filename={dir}/v3.qcow2", "--blockdev", "driver=qcow2,node-name=v3,file=v3f,backing=b",
+                "--blockdev", $"driver=file,node-name=v2f,filename={dir}/v2.qcow2", "--blockdev", "driver=qcow2,node-name=v2,file=v2f,backing=b",
+                .. JobQmp.NullNode("exp", M),
+            ], "exp", async (qmp, _) =>
+            {
+                foreach (var node in new[] { "v3", "v2" })
+                {
+                    log.Add($"grow {node}: {await JobQmp.ReplyAsync(qmp, "block_resize", new JsonObject { ["node-name"] = node, ["size"] = 3 * M })}");
+                }
+
+                var nodes = (await qmp.ExecuteAsync("query-named-block-nodes"))!.AsArray();
+                foreach (var name in new[] { "v3", "v2" })
+                {
+                    var node = nodes.Single(n => (string?)n!["node-name"] == name)!;
+                    log.Add($"{name}: virtual-size {(long)node["image"]!["virtual-size"]!}");
+                }
+            });
+
+            foreach (var image in new[] { "v3", "v2" })
+            {
+                var check = await ExternalTool.RunAsync("qemu-img", ["check", $"{dir}/{image}.qcow2"]);
+                log.Add($"qemu-img check {image}: exit {check.ExitCode}");
+                log.Add($"{image} map: {await ExternalTool.RunCheckedAsync("qemu-img", "map", "--output=json", $"{dir}/{image}.qcow2")}");
+            }
+
+            // The first MiB and 512 bytes still read from the backing file; the grown part reads zeroes.
+            var read = await ExternalTool.RunAsync("qemu-io", ["-f", "qcow2", "-c", $"read -P 0x77 0 {M + 512}", "-c", $"read -P 0 {M + 512} {(2 * M) - 512}", $"{dir}/v3.qcow2"]);
+            log.Add($"v3 reads: {(read.StandardOutput.Contains("Pattern verification failed") ? "pattern verification failed" : "as expected")}, exit {read.ExitCode}");
+            return log;
+        });
+
+        Assert.Contains("grow v2: GenericError: Failed to zero out new clusters: Operation not supported", qsd);
+        Assert.Contains("v3 reads: as expected, exit 0", qsd);
+        JobQmp.AssertSame(qsd, ours);
+    }
 }

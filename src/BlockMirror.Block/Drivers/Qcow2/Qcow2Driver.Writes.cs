@@ -496,10 +496,10 @@ public sealed partial class Qcow2Driver
     }
 
     /// <summary>
-    /// Changes the virtual size, as QEMU's qcow2_co_truncate: growing, the new part reads as zeroes (or from a
-    /// longer backing file); shrinking, the clusters past the new end are discarded and the tables and the file
-    /// shrink with them (<see cref="Qcow2Image.ShrinkAsync"/>). A version 2 image with internal snapshots is
-    /// refused either way: its snapshots need not record their size.
+    /// Changes the virtual size, as QEMU's qcow2_co_truncate: growing, the new part reads as zeroes, also over a
+    /// backing file longer than the image (<see cref="ZeroOverBackingAsync"/>); shrinking, the clusters past the
+    /// new end are discarded and the tables and the file shrink with them (<see cref="Qcow2Image.ShrinkAsync"/>).
+    /// A version 2 image with internal snapshots is refused either way: its snapshots need not record their size.
     /// </summary>
     public async ValueTask TruncateAsync(long length, CancellationToken cancellationToken)
     {
@@ -523,6 +523,18 @@ public sealed partial class Qcow2Driver
             throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length, bitmapRefusal);
         }
 
+        // Growing over a backing file that reaches past the present end would show the backing file's data in the
+        // new part: what a shrink cut off, or what the image never covered. QEMU's bdrv_co_truncate asks for the new
+        // part to be zeroed then, which version 2 (no zero clusters) refuses; so is it refused here, before anything
+        // changes.
+        var oldSize = _image.Size;
+        var hidesBacking = length > oldSize && Backing is { } backing && backing.Node.Length > oldSize;
+        if (hidesBacking && _image.Header.Version < 3)
+        {
+            throw BlockIOException.Create(BlockErrno.ENOTSUP, _image.Name, BlockOperation.Truncate, 0, length,
+                "Failed to zero out new clusters: Operation not supported");
+        }
+
         await _lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -542,6 +554,43 @@ public sealed partial class Qcow2Driver
         finally
         {
             _lock.Release();
+        }
+
+        if (hidesBacking)
+        {
+            await ZeroOverBackingAsync(oldSize, length, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Zeroes the part a grow added over a longer backing file (zero clusters; explicit zeroes for the rest of the
+    /// cluster the old end fell in, as QEMU writes them) and flushes. If that fails the image goes back to its old
+    /// size, so that a failed grow never leaves the backing file's data showing.
+    /// </summary>
+    async ValueTask ZeroOverBackingAsync(long oldSize, long newSize, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await WriteZeroesAsync(oldSize, newSize - oldSize, RequestFlags.None, cancellationToken).ConfigureAwait(false);
+            await FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is BlockIOException or OperationCanceledException)
+        {
+            await _lock.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                await _image.ShrinkAsync(oldSize, MetadataChange).ConfigureAwait(false);
+            }
+            catch (Exception undo) when (undo is BlockIOException or Qcow2Corruption or IOException)
+            {
+                // The original failure is what the caller must see; the image is as far grown as it got.
+            }
+            finally
+            {
+                _lock.Release();
+            }
+
+            throw;
         }
     }
 }
