@@ -133,6 +133,26 @@ public sealed class ResizeShrinkInteropTests : IDisposable
         Assert.Equal(before, QemuImages.Fingerprint(path));
     }
 
+    /// <summary>
+    /// A version 2 overlay shorter than its backing file cannot hide the backing file's data in a grown part (it has
+    /// no zero clusters): the grow is refused in qemu-img's words and the image left as it was.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_version_2_overlay_shorter_than_its_backing_file_refuses_to_grow_as_qemu_img_does()
+    {
+        ExternalTool.Require("qemu-img");
+        await QemuImages.CreateAsync(Path.Combine(_ours.Path, "base.raw"), "4M", "write -P 0x77 0 4M");
+        var path = await ImageRecipes.Qcow2Async(_ours.Path, "v2.qcow2", "2M", ["-o", "compat=0.10", "-b", "base.raw", "-F", "raw"], ["write -P 0x11 0 64k"]);
+        var before = QemuImages.Fingerprint(path);
+
+        var runs = await SideBySide.RunAsync("compat=0.10 over a longer backing file", _ours.Path, "resize", "-f", "qcow2", path, "4M");
+
+        Assert.Equal("qemu-img: Failed to zero out new clusters: Operation not supported\n", runs.Qemu.StandardError);
+        Assert.Equal(1, runs.Ours.ExitCode);
+        SideBySide.AssertOneErrorLine(runs.Ours, "resize", "Failed to zero out new clusters: Operation not supported");
+        Assert.Equal(before, QemuImages.Fingerprint(path));
+    }
+
     static async Task<long> VirtualSizeAsync(string path)
     {
         using var info = JsonDocument.Parse(await ExternalTool.RunCheckedAsync("qemu-img", "info", "--output=json", "-f", "qcow2", path));
