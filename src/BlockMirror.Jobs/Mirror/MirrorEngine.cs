@@ -212,16 +212,24 @@ sealed partial class MirrorEngine : IDisposable
     }
 
     /// <summary>Flushes the target; a failure goes through the target's policy. True when it succeeded.</summary>
-    public async Task<bool> FlushTargetAsync()
+    public Task<bool> FlushTargetAsync() => FlushAsync(_target, isRead: false);
+
+    /// <summary>
+    /// Flushes the source (what the copies read there may still be only in its cache: a guest write the guest has
+    /// not flushed); a failure goes through the source's policy. True when it succeeded.
+    /// </summary>
+    public Task<bool> FlushSourceAsync() => FlushAsync(_read, isRead: true);
+
+    async Task<bool> FlushAsync(NodeEdge side, bool isRead)
     {
         try
         {
-            await _target.FlushAsync(_forceCancel.Token).ConfigureAwait(false);
+            await side.FlushAsync(_forceCancel.Token).ConfigureAwait(false);
             return true;
         }
         catch (BlockIOException ex)
         {
-            if (_job.CopyFailed(isRead: false, ex.Errno) == BlockErrorAction.Report)
+            if (_job.CopyFailed(isRead, ex.Errno) == BlockErrorAction.Report)
             {
                 RecordFailure(ex);
             }

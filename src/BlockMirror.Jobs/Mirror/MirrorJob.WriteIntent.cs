@@ -57,10 +57,10 @@ public sealed partial class MirrorJob
 
     /// <summary>
     /// The log's clearing, from the copy loop. Once per <see cref="MirrorOptions.WriteIntentLogQuickClearInterval"/>,
-    /// the regions no guest has written that the copy has settled are looked at, the target flushed, and those
+    /// the regions no guest has written that the copy has settled are looked at, source and target flushed, and those
     /// cleared (<see cref="WriteIntentLog.SettledUntouched"/>): during the bulk copy the log follows it within a
     /// fraction of a second. Once per <see cref="MirrorOptions.WriteIntentLogClearInterval"/>, the lazy clearing of
-    /// the others: when some region was idle at the last look, flush the target, then clear those still idle and
+    /// the others: when some region was idle at the last look, flush source and target, then clear those still idle and
     /// untouched (see <see cref="WriteIntentLog.ClearIdle"/>); either way note the regions idle now.
     /// </summary>
     async Task ClearWriteIntentLogAsync()
@@ -84,7 +84,13 @@ public sealed partial class MirrorJob
             _lastLogClear = now;
         }
 
-        if ((untouched is not null || (lazy && log.HasIdleCandidates)) && !await _engine.FlushTargetAsync().ConfigureAwait(false))
+        // Both disks hold a region's bytes before it leaves the log. Flushing the target alone is not enough: the copy
+        // read what the source's cache held (a guest write the guest has not flushed yet, or one from before the job),
+        // and a power loss that kept it on the target and lost it on the source would leave the two different with
+        // no mark to say so; a resume would not copy the region, and after the switch the guest would find data its
+        // own disk had lost.
+        if ((untouched is not null || (lazy && log.HasIdleCandidates)) &&
+            !(await _engine.FlushSourceAsync().ConfigureAwait(false) && await _engine.FlushTargetAsync().ConfigureAwait(false)))
         {
             return;
         }

@@ -10,7 +10,7 @@ namespace BlockMirror.Jobs.Mirror;
 /// A mirror's write-intent log (Linux md's write-intent bitmap is the model): one bit per coarse region of the
 /// source, kept in a side file, set on disk for every region where source and target may differ. A region is
 /// marked, and the mark made durable, before the first guest write into it goes to the source; it is cleared
-/// lazily, once it has been copied, stayed clean and the target has been flushed. After a crash (SIGKILL, power
+/// lazily, once it has been copied, stayed clean and both source and target have been flushed. After a crash (SIGKILL, power
 /// loss) the set bits are exactly what a resumed job must copy; everything else is equal on both sides.
 /// </summary>
 /// <remarks>
@@ -405,7 +405,7 @@ sealed class WriteIntentLog : IDisposable
     }
 
     /// <summary>
-    /// One pass of the lazy clearing, made right after a flush of the target succeeded: a region is cleared when
+    /// One pass of the lazy clearing, made right after flushes of source and target succeeded: a region is cleared when
     /// it was idle at the previous pass (<paramref name="clean"/>: nothing dirty, nothing in flight; no guest
     /// request running) and nothing has started in it since. Whatever was copied into it happened before that
     /// pass, so the flush just made has made it durable. Regions idle now for the first time are noted for the
@@ -455,7 +455,7 @@ sealed class WriteIntentLog : IDisposable
     /// <summary>
     /// The first half of a quick clear: the marked regions that no guest request has touched since the log was made
     /// or reopened (what the bulk copy works through) and that are settled now (<paramref name="clean"/>). What was
-    /// copied into them has completed, so once a flush of the target has followed this look,
+    /// copied into them has completed, so once flushes of source and target have followed this look,
     /// <see cref="ClearUntouched"/> may clear them at once. The second look of <see cref="ClearIdle"/> is there to
     /// keep a region a guest writes from being cleared and marked again over and over; a region no guest has
     /// written needs no such wait, and clearing it soon is what keeps a resume after a crash in the bulk copy from
@@ -479,7 +479,7 @@ sealed class WriteIntentLog : IDisposable
     }
 
     /// <summary>
-    /// The second half of a quick clear, after a flush of the target that followed <see cref="SettledUntouched"/>:
+    /// The second half of a quick clear, after flushes of source and target that followed <see cref="SettledUntouched"/>:
     /// clears those regions still untouched by any guest request. Returns the log write to wait for, or null when
     /// nothing was cleared.
     /// </summary>
