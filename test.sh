@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests drive (qemu-img, qemu-io, qemu-nbd,
-# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests; systemd-socket-activate; clang,
-# zlib and binutils for the native build), builds, runs every test project (the command-line tests only in
-# part), then the command-line tests in full against the native build (publish.sh), and ends with one plain line
-# "N passed, N failed" summed over all runs. Exit status 0 only when nothing failed.
+# qemu-storage-daemon, nbdinfo, nbdcopy, fio; ip and tc for the two-host tests; systemd-socket-activate; strace,
+# for the order of a command's fsyncs and renames; clang, zlib and binutils for the native build), builds, runs
+# every test project (the command-line tests only in part), then the command-line tests in full against the
+# native build (publish.sh), and ends with one plain line "N passed, N failed" summed over all runs. Exit status
+# 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
 # clang, zlib1g-dev and binutils: publish.sh's native build links with clang, packaging/build-deb.sh reads the
 # executable with objdump. Installed here, in the one apt transaction, so the native pass does not depend on
 # a second apt-get run late in the job.
-packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2 systemd clang zlib1g-dev binutils)
+packages=(qemu-utils qemu-system-common libnbd-bin fio nbdkit iproute2 systemd clang zlib1g-dev binutils strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -207,4 +207,51 @@ public sealed class CreateCommandTests : IDisposable
         Assert.True(shrunk.ExitCode == 0, shrunk.ToString());
         Assert.Equal(3L << 20, new FileInfo(path).Length);
     }
+
+    /// <summary>
+    /// create writes the image beside FILE and renames it over it: the new file must be on the disk before the rename
+    /// and the rename before the command ends (traced with strace: fsync of the new file, rename, then a flush of
+    /// the directory), or a power loss could leave FILE named but empty where the old image was.
+    /// </summary>
+    [SkippableFact]
+    public async Task Create_over_an_existing_file_flushes_the_new_image_before_the_rename_and_the_directory_after()
+    {
+        ExternalTool.Require("strace");
+        var path = _dir.File("img.qcow2");
+        await File.WriteAllBytesAsync(path, new byte[4096]);
+        var trace = _dir.File("create.strace");
+        var launcher = BlockMirrorCli.Launcher;
+        var result = await ExternalTool.RunAsync("strace", ["-f", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,openat", "-o", trace,
+            .. launcher, "create", "-q", "-f", "qcow2", path, "1M"]);
+        Assert.True(result.ExitCode == 0, result.StandardOutput + result.StandardError);
+
+        // The descriptors the new file and the directory were opened under, and the order of what followed.
+        var lines = await File.ReadAllLinesAsync(trace);
+        var dir = Path.GetDirectoryName(path)!;
+        var events = new List<string>();
+        var fds = new Dictionary<string, string>();
+        foreach (var line in lines)
+        {
+            var opened = System.Text.RegularExpressions.Regex.Match(line, @"openat\(AT_FDCWD, ""([^""]+)"".*\) = (\d+)$");
+            if (opened.Success)
+            {
+                fds[opened.Groups[2].Value] = opened.Groups[1].Value;
+                continue;
+            }
+
+            var synced = System.Text.RegularExpressions.Regex.Match(line, @"(fsync|fdatasync)\((\d+)\)\s+= 0");
+            if (synced.Success && fds.TryGetValue(synced.Groups[2].Value, out var what))
+            {
+                events.Add(what == dir ? "sync directory" : what.EndsWith(".tmp", StringComparison.Ordinal) ? "sync new file" : $"sync {what}");
+            }
+            else if (line.Contains("rename", StringComparison.Ordinal) && line.Contains(path + "\"", StringComparison.Ordinal) && line.EndsWith("= 0", StringComparison.Ordinal))
+            {
+                events.Add("rename");
+            }
+        }
+
+        var order = string.Join(", ", events.Where(e => e is "sync new file" or "rename" or "sync directory"));
+        Assert.True(order.EndsWith("sync new file, rename, sync directory", StringComparison.Ordinal), $"order seen: {order}\n{string.Join('\n', lines.Where(l => !l.Contains("ENOENT", StringComparison.Ordinal)).TakeLast(40))}");
+        Assert.Equal(0, (await ExternalTool.RunAsync("qemu-img", ["check", path])).ExitCode);
+    }
 }

@@ -274,7 +274,11 @@ static class CreateCommand
         }
     }
 
-    /// <summary>Writes the image under a temporary name in FILE's directory, then renames it over FILE.</summary>
+    /// <summary>
+    /// Writes the image under a temporary name in FILE's directory, then renames it over FILE. The new file is
+    /// flushed before the rename and the directory after it (qemu-img's close flushes the image too): otherwise a
+    /// power loss soon after could leave FILE named but empty, where the old file was.
+    /// </summary>
     static void Replace(string file, Action<string> create)
     {
         var full = Path.GetFullPath(file);
@@ -292,7 +296,13 @@ static class CreateCommand
         try
         {
             create(temporary);
+            using (var written = File.OpenHandle(temporary, FileMode.Open, FileAccess.ReadWrite))
+            {
+                RandomAccess.FlushToDisk(written);
+            }
+
             File.Move(temporary, full, overwrite: true);
+            DirectorySync.Flush(Path.GetDirectoryName(full) ?? ".");
         }
         catch (BlockOpenException ex) when (ex.Message.Contains(temporary, StringComparison.Ordinal))
         {
