@@ -47,6 +47,11 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     // Replaced only by a reopen, which runs drained (nothing in flight).
     SafeFileHandle _handle;
+
+    // Opened for writing (now): the close makes what was written durable first (see DisposeAsync).
+    bool _writable;
+    readonly ILogger _logger;
+    readonly string _nodeName;
     readonly FileDriverOptions _options;
     readonly AlignedBufferPool? _bounce;
     // Null with locking=off, or with auto where the file system has no OFD locks.
@@ -56,9 +61,12 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     bool _zeroRangeUnsupported;
     bool _punchUnsupported;
 
-    FileDriver(SafeFileHandle handle, FileDriverOptions options, long length, bool canPunch, IFileIo io)
+    FileDriver(SafeFileHandle handle, FileDriverOptions options, long length, bool canPunch, IFileIo io, bool writable, ILogger logger, string nodeName)
     {
         _io = io;
+        _writable = writable;
+        _logger = logger;
+        _nodeName = nodeName;
         _handle = handle;
         _options = options;
         _length = length;
@@ -105,7 +113,7 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             // be written on its own: the raw format refuses such a file for writing; qcow2 grows it first.
             var length = RandomAccess.GetLength(handle);
             var canPunch = !readOnly && options.Discard == FileDiscardMode.Unmap && ProbePunchHole(handle, length);
-            return new FileDriver(handle, options, length, canPunch, FileIoEngines.Select(aio, logger, nodeName));
+            return new FileDriver(handle, options, length, canPunch, FileIoEngines.Select(aio, logger, nodeName), !readOnly, logger, nodeName);
         }
         catch
         {
@@ -169,7 +177,13 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
         // The locks belong to the old descriptor and go with it: hold them on the new one first.
         _locks?.MoveTo(handle);
         var old = _handle;
+        if (_writable)
+        {
+            SyncBeforeClose(old);
+        }
+
         _handle = handle;
+        _writable = !readOnly;
         _punchUnsupported = !canPunch;
         Capabilities = CapabilitiesFor(_options, canPunch);
         old.Dispose();
@@ -719,10 +733,30 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
 
     static long RoundUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
 
+    /// <summary>
+    /// Closes the file; one opened for writing is fdatasync'd first, as QEMU's bdrv_close flushes every node: what a
+    /// writer never flushed (an NBD client that sent no flush, then a shutdown or a blockdev-del) reaches the disk
+    /// before the descriptor goes. The flush is here, in the local file, and not above: a network node's flush
+    /// could wait for its server to come back.
+    /// </summary>
     public ValueTask DisposeAsync()
     {
+        if (_writable)
+        {
+            SyncBeforeClose(_handle);
+        }
+
         _handle.Dispose();
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>fdatasync before a descriptor is closed; a failure is logged and the close goes on, as in QEMU.</summary>
+    void SyncBeforeClose(SafeFileHandle handle)
+    {
+        if (LibC.FDataSync(handle) != 0)
+        {
+            FileDriverLog.CloseSyncFailed(_logger, _nodeName, _options.Filename, LibC.Describe(Marshal.GetLastPInvokeError()));
+        }
     }
 
     /// <summary>A window of a segment list, without copying it.</summary>
