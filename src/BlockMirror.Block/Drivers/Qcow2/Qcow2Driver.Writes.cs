@@ -564,8 +564,9 @@ public sealed partial class Qcow2Driver
 
     /// <summary>
     /// Zeroes the part a grow added over a longer backing file (zero clusters; explicit zeroes for the rest of the
-    /// cluster the old end fell in, as QEMU writes them) and flushes. If that fails the image goes back to its old
-    /// size, so that a failed grow never leaves the backing file's data showing.
+    /// cluster the old end fell in, as QEMU writes them) and flushes. If that fails the image is shrunk back to its
+    /// old size, so that a failed grow does not leave the backing file's data showing (if the shrink fails too, the
+    /// caller still sees the first failure, and the image stays as far grown as it got).
     /// </summary>
     async ValueTask ZeroOverBackingAsync(long oldSize, long newSize, CancellationToken cancellationToken)
     {
