@@ -54,7 +54,8 @@ sealed class PowerLossGuest(byte[] initial, int clusterSize)
             random.NextBytes(data);
         }
 
-        return new GuestRequest(kind, offset, length, data, MayUnmap: random.Next(2) == 0);
+        // A write or zero write with FUA is durable once it completes, flush or not.
+        return new GuestRequest(kind, offset, length, data, MayUnmap: random.Next(2) == 0, Fua: kind != GuestKind.Discard && random.Next(4) == 0);
     }
 
     async Task RunAsync(NodeEdge disk, PowerLossJournal journal, GuestRequest request)
@@ -69,10 +70,11 @@ sealed class PowerLossGuest(byte[] initial, int clusterSize)
         switch (request.Kind)
         {
             case GuestKind.Write:
-                await disk.WriteAsync(request.Offset, request.Data);
+                await disk.WriteAsync(request.Offset, request.Data, request.Fua ? RequestFlags.Fua : RequestFlags.None);
                 break;
             case GuestKind.Zero:
-                await disk.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap ? RequestFlags.MayUnmap : RequestFlags.None);
+                await disk.WriteZeroesAsync(request.Offset, request.Length,
+                    (request.MayUnmap ? RequestFlags.MayUnmap : RequestFlags.None) | (request.Fua ? RequestFlags.Fua : RequestFlags.None));
                 break;
             case GuestKind.Discard:
                 await disk.DiscardAsync(request.Offset, request.Length);
@@ -87,8 +89,8 @@ sealed class PowerLossGuest(byte[] initial, int clusterSize)
 
     /// <summary>
     /// The guest's bytes that must survive a power loss after the first <paramref name="cut"/> entries: those of
-    /// requests completed before the last completed flush was issued. Bytes that a request not covered by it
-    /// may have touched (its whole clusters), and discarded bytes, are not known.
+    /// requests completed before the last completed flush was issued, and of completed requests with FUA. Bytes that
+    /// a request not covered by either may have touched (its whole clusters), and discarded bytes, are not known.
     /// </summary>
     public (byte[] Bytes, bool[] Known) DurableAt(IReadOnlyList<JournalEntry> entries, int cut)
     {
@@ -116,7 +118,7 @@ sealed class PowerLossGuest(byte[] initial, int clusterSize)
         var known = new bool[_size];
         Array.Fill(known, true);
         var durable = new HashSet<int>();
-        foreach (var (index, id) in done.Where(d => d.Index < coveredBefore))
+        foreach (var (index, id) in done.Where(d => d.Index < coveredBefore || _requests[d.Id].Fua))
         {
             durable.Add(id);
             var r = _requests[id];
@@ -155,7 +157,7 @@ sealed class PowerLossGuest(byte[] initial, int clusterSize)
         lock (_requests)
         {
             var touching = _requests.Where(kv => kv.Value.Kind != GuestKind.Flush && kv.Value.Offset <= b && b < kv.Value.Offset + kv.Value.Length)
-                .Select(kv => $"#{kv.Key} {kv.Value.Kind} {kv.Value.Offset}+{kv.Value.Length}");
+                .Select(kv => $"#{kv.Key} {kv.Value.Kind}{(kv.Value.Fua ? " FUA" : "")} {kv.Value.Offset}+{kv.Value.Length}");
             return "requests over it: " + string.Join(", ", touching);
         }
     }
@@ -169,7 +171,7 @@ enum GuestKind
     Flush,
 }
 
-sealed record GuestRequest(GuestKind Kind, long Offset, int Length, byte[]? Data, bool MayUnmap = false)
+sealed record GuestRequest(GuestKind Kind, long Offset, int Length, byte[]? Data, bool MayUnmap = false, bool Fua = false)
 {
     public long ClusterStart(int clusterSize) => Offset / clusterSize * clusterSize;
 

@@ -131,7 +131,7 @@ public sealed class Qcow2PowerLossTests
                 {
                     if (known[b] && content[b] != expected[b])
                     {
-                        Assert.Fail($"{where}: guest byte {b} reads 0x{content[b]:x2}, but a flushed write made it 0x{expected[b]:x2} ({guest.Describe(b)})");
+                        Assert.Fail($"{where}: guest byte {b} reads 0x{content[b]:x2}, but a write made durable (flushed or FUA) made it 0x{expected[b]:x2} ({guest.Describe(b)})");
                     }
                 }
             }
