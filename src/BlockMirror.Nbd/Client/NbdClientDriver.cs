@@ -3,6 +3,7 @@ using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Nbd.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Nbd.Client;
 
@@ -25,11 +26,15 @@ public sealed class NbdClientDriver : IBlockDriver
     readonly NbdClientOptions _options;
     readonly NbdClientSession[] _sessions;
     readonly NbdExportInfo _info;
+    readonly ILogger _logger;
+    readonly bool _writable;
     int _turn;
 
-    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientSession[] sessions)
+    NbdClientDriver(string nodeName, NbdClientOptions options, NbdClientSession[] sessions, bool writable, ILogger logger)
     {
         _nodeName = nodeName;
+        _writable = writable;
+        _logger = logger;
         _options = options;
         _sessions = sessions;
         _info = sessions[0].Export;
@@ -70,7 +75,8 @@ public sealed class NbdClientDriver : IBlockDriver
             Func<CancellationToken, Task<NbdClientConnection>> connect = token => ConnectAsync(again, token);
             var first = new NbdClientSession(connection, options, !readOnly, connect);
             var count = connection.Info.Has(NbdTransmissionFlags.CanMultiConn) ? options.MultiConn : 1;
-            return new NbdClientDriver(node.Name, options, count == 1 ? [first] : await OpenMoreAsync(first, count, options, !readOnly, connect, token).ConfigureAwait(false));
+            var sessions = count == 1 ? [first] : await OpenMoreAsync(first, count, options, !readOnly, connect, token).ConfigureAwait(false);
+            return new NbdClientDriver(node.Name, options, sessions, !readOnly, node.Graph.Logger);
         }, cancellationToken);
 
     /// <summary>
@@ -385,7 +391,55 @@ public sealed class NbdClientDriver : IBlockDriver
         _ => BlockOperation.BlockStatus,
     };
 
-    /// <summary>Closes every connection at once: each may wait out its grace on a silent server, and those waits overlap.</summary>
-    public async ValueTask DisposeAsync() =>
+    /// <summary>
+    /// Flushes a writable node (QEMU's bdrv_close flushes every node, and an NBD node's flush goes to the server
+    /// whether or not anything was written), then closes every connection at once: each may wait out its grace on
+    /// a silent server, and those waits overlap.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        await FlushBeforeCloseAsync().ConfigureAwait(false);
         await Task.WhenAll(_sessions.Select(session => session.DisposeAsync().AsTask())).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The close's flush, on a connection that is up, within <see cref="NbdClientConnection.CloseGrace"/>. Unlike
+    /// QEMU, which waits out <c>reconnect-delay</c> for a server that is down, the close does not wait for a
+    /// connection: the node is going, and a daemon's quit must not hang on a dead host. A flush that cannot be
+    /// made is logged, and the close goes on (QEMU's close goes on too).
+    /// </summary>
+    async ValueTask FlushBeforeCloseAsync()
+    {
+        if (!_writable || !_info.Has(NbdTransmissionFlags.SendFlush))
+        {
+            return;
+        }
+
+        // With multi-conn one flush covers every connection's completed writes; without, there is one connection.
+        if (Array.Find(_sessions, s => s.State == NbdClientState.Connected) is not { } session)
+        {
+            NbdClientLog.CloseFlushFailed(_logger, _nodeName, "no connection to the server is up");
+            return;
+        }
+
+        var flush = session.Current.RequestAsync(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, CancellationToken.None).AsTask();
+        try
+        {
+            var reply = await flush.WaitAsync(NbdClientConnection.CloseGrace).ConfigureAwait(false);
+            if (reply.Error != NbdError.None)
+            {
+                NbdClientLog.CloseFlushFailed(_logger, _nodeName, reply.Message ?? NbdClientRequest.ToErrno(reply.Error).Describe());
+            }
+        }
+        catch (TimeoutException)
+        {
+            // The connection's close fails the request once its own grace is over; nobody waits for that.
+            _ = flush.ContinueWith(static t => _ = t.Exception, TaskScheduler.Default);
+            NbdClientLog.CloseFlushFailed(_logger, _nodeName, $"the server did not answer within {NbdClientConnection.CloseGrace.TotalSeconds:0} s");
+        }
+        catch (NbdConnectionLostException lost)
+        {
+            NbdClientLog.CloseFlushFailed(_logger, _nodeName, lost.Message);
+        }
+    }
 }
