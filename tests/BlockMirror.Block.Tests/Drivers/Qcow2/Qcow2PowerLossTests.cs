@@ -19,7 +19,7 @@ public sealed class Qcow2PowerLossTests
 {
     /// <summary>One kind of image.</summary>
     public sealed record Shape(string Name, int ClusterSize, long Size, int Version = 3, int RefcountBits = 16, bool Lazy = false,
-        bool Backing = false, bool PassDiscard = false, int Steps = 50);
+        bool Backing = false, bool PassDiscard = false, bool Snapshot = false, int Steps = 50);
 
     static readonly Shape[] AllShapes =
     [
@@ -32,6 +32,9 @@ public sealed class Qcow2PowerLossTests
         new("discard passed down, 512 B clusters", 512, 256 << 10, PassDiscard: true),
         // Partial writes copy the rest of the cluster up from the backing file.
         new("over a backing file, 1 KiB clusters", 1024, 384 << 10, Backing: true),
+        // Every cluster and table shared with an internal snapshot: a write copies the cluster, and the L2 table
+        // too, and drops the old ones' refcounts; the snapshot must read as it was whatever reached the disk.
+        new("over an internal snapshot, 512 B clusters", 512, 256 << 10, Snapshot: true, PassDiscard: true),
         // Lazy refcounts: refcounts are not flushed ahead of the tables that rely on them; the dirty bit and the
         // repair at the next open stand in. A new table is still flushed before anything points at it.
         new("lazy refcounts, 512 B clusters", 512, 256 << 10, Lazy: true),
@@ -52,11 +55,16 @@ public sealed class Qcow2PowerLossTests
             using var dir = TempDirectory.InMemory("blockmirror-qcow2-power-loss-");
             var random = new Random(seed);
             var path = dir.File("image.qcow2");
+            // What the guest reads before the run: the backing file's data, or the data the snapshot keeps.
             var backing = new byte[shape.Size];
             string? backingPath = null;
-            if (shape.Backing)
+            if (shape.Backing || shape.Snapshot)
             {
                 random.NextBytes(backing);
+            }
+
+            if (shape.Backing)
+            {
                 backingPath = dir.File("backing.raw");
                 await File.WriteAllBytesAsync(backingPath, backing);
             }
@@ -71,6 +79,18 @@ public sealed class Qcow2PowerLossTests
                 BackingFile = backingPath,
                 BackingFormat = backingPath is null ? null : "raw",
             });
+            if (shape.Snapshot)
+            {
+                await using (var graph = new BlockGraph())
+                {
+                    var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path));
+                    var image = await Qcow2Driver.OpenAsync(graph, "image", file);
+                    await image.WriteAsync(0, backing);
+                }
+
+                await ExternalTool.RunCheckedAsync("qemu-img", "snapshot", "-c", "before", path);
+            }
+
             var initial = await File.ReadAllBytesAsync(path);
             var journal = new PowerLossJournal();
             var guest = new PowerLossGuest(backing, shape.ClusterSize);
@@ -133,6 +153,12 @@ public sealed class Qcow2PowerLossTests
                     {
                         Assert.Fail($"{where}: guest byte {b} reads 0x{content[b]:x2}, but a write made durable (flushed or FUA) made it 0x{expected[b]:x2} ({guest.Describe(b)})");
                     }
+                }
+
+                if (shape.Snapshot)
+                {
+                    await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-l", "snapshot.name=before", "-f", "qcow2", "-O", "raw", crashed, raw);
+                    Assert.True((await File.ReadAllBytesAsync(raw)).AsSpan().SequenceEqual(backing), $"{where}: the internal snapshot no longer reads as it was made");
                 }
             }
         });
