@@ -19,7 +19,7 @@ public sealed class Qcow2PowerLossTests
 {
     /// <summary>One kind of image.</summary>
     public sealed record Shape(string Name, int ClusterSize, long Size, int Version = 3, int RefcountBits = 16, bool Lazy = false,
-        bool Backing = false, bool PassDiscard = false, bool Snapshot = false, int Steps = 50);
+        bool Backing = false, bool PassDiscard = false, bool Snapshot = false, long GrowTo = 0, int Steps = 50);
 
     static readonly Shape[] AllShapes =
     [
@@ -38,6 +38,9 @@ public sealed class Qcow2PowerLossTests
         // Lazy refcounts: refcounts are not flushed ahead of the tables that rely on them; the dirty bit and the
         // repair at the next open stand in. A new table is still flushed before anything points at it.
         new("lazy refcounts, 512 B clusters", 512, 256 << 10, Lazy: true),
+        // Grown half way (between requests, as block_resize drains): the L1 table moves to three new clusters and
+        // the header switches to it; the guest keeps writing below the old end. Either size may survive.
+        new("grown to a larger L1 table, 512 B clusters", 512, 256 << 10, GrowTo: 6 << 20),
     ];
 
     public static TheoryData<string> Shapes => [.. AllShapes.Select(s => s.Name)];
@@ -94,6 +97,7 @@ public sealed class Qcow2PowerLossTests
             var initial = await File.ReadAllBytesAsync(path);
             var journal = new PowerLossJournal();
             var guest = new PowerLossGuest(backing, shape.ClusterSize);
+            int growStart = 0, growEnd = 0;
             var options = new Qcow2Options { Discard = shape.PassDiscard ? FileDiscardMode.Unmap : FileDiscardMode.Ignore };
 
             await using (var graph = new BlockGraph())
@@ -101,9 +105,16 @@ public sealed class Qcow2PowerLossTests
                 var file = await FileDriver.OpenAsync(graph, "file", new FileDriverOptions(path, Discard: FileDiscardMode.Unmap));
                 var recorder = await PowerLossRecorder.OpenAsync(graph, file, journal);
                 var image = await Qcow2Driver.OpenAsync(graph, "image", recorder, options);
-                var disk = graph.AttachRoot(image, new RootParent("guest"), "guest", BlockPermissions.ConsistentRead | BlockPermissions.Write);
+                var disk = graph.AttachRoot(image, new RootParent("guest"), "guest", BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.Resize);
                 for (var step = 0; step < shape.Steps; step++)
                 {
+                    if (shape.GrowTo > 0 && step == shape.Steps / 2)
+                    {
+                        growStart = journal.Count;
+                        await disk.TruncateAsync(shape.GrowTo);
+                        growEnd = journal.Count;
+                    }
+
                     await guest.RunStepAsync(disk, journal, random);
                 }
             }
@@ -112,12 +123,14 @@ public sealed class Qcow2PowerLossTests
             var entries = journal.Snapshot();
             var crashed = dir.File("crashed.qcow2");
             var raw = dir.File("crashed.raw");
-            // Cuts anywhere, and cuts just before a flush completes, where the most changes are in the air.
             var beforeFlushDone = entries.Select((e, index) => (e, index)).Where(x => x.e.Kind == JournalKind.FlushDone).Select(x => x.index).ToArray();
             for (var i = 0; i < CutsPerRun; i++)
             {
+                // Cuts anywhere, and cuts just before a flush completes, where the most changes are in the air; a grow's
+                // few entries get two cuts of their own.
                 var cut = i == 0 ? entries.Count
                     : i % 2 == 1 && beforeFlushDone.Length > 0 ? beforeFlushDone[random.Next(beforeFlushDone.Length)]
+                    : i is 2 or 4 && growEnd > growStart ? random.Next(growStart, growEnd + 1)
                     : random.Next(entries.Count + 1);
                 await File.WriteAllBytesAsync(crashed, PowerLossImage.Build(initial, entries, cut, random));
                 var where = $"power lost after journal entry {cut} of {entries.Count}";
@@ -147,7 +160,10 @@ public sealed class Qcow2PowerLossTests
 
                 await ExternalTool.RunCheckedAsync("qemu-img", "convert", "-f", "qcow2", "-O", "raw", crashed, raw);
                 var content = await File.ReadAllBytesAsync(raw);
-                for (var b = 0; b < content.Length; b++)
+                Assert.True(content.Length == shape.Size || content.Length == shape.GrowTo, $"{where}: the image is {content.Length} bytes long");
+                // Past the old end (a grow that survived) the disk reads as zeroes.
+                Assert.False(content.AsSpan((int)shape.Size).ContainsAnyExcept((byte)0), $"{where}: the grown part does not read as zeroes");
+                for (var b = 0; b < shape.Size; b++)
                 {
                     if (known[b] && content[b] != expected[b])
                     {
