@@ -123,15 +123,10 @@ public sealed class Qcow2PowerLossTests
             var entries = journal.Snapshot();
             var crashed = dir.File("crashed.qcow2");
             var raw = dir.File("crashed.raw");
-            var beforeFlushDone = entries.Select((e, index) => (e, index)).Where(x => x.e.Kind == JournalKind.FlushDone).Select(x => x.index).ToArray();
             for (var i = 0; i < CutsPerRun; i++)
             {
-                // Cuts anywhere, and cuts just before a flush completes, where the most changes are in the air; a grow's
-                // few entries get two cuts of their own.
-                var cut = i == 0 ? entries.Count
-                    : i % 2 == 1 && beforeFlushDone.Length > 0 ? beforeFlushDone[random.Next(beforeFlushDone.Length)]
-                    : i is 2 or 4 && growEnd > growStart ? random.Next(growStart, growEnd + 1)
-                    : random.Next(entries.Count + 1);
+                // A grow's few entries get two cuts of their own.
+                var cut = PowerLossCuts.Pick(entries, i, random, (growStart, growEnd));
                 await File.WriteAllBytesAsync(crashed, PowerLossImage.Build(initial, entries, cut, random));
                 var where = $"power lost after journal entry {cut} of {entries.Count}";
                 if (!shape.Lazy)
@@ -181,7 +176,7 @@ public sealed class Qcow2PowerLossTests
     }
 
     /// <summary>No corruption: a clean image, or one with leaked clusters only (exit status 3).</summary>
-    static async Task CheckAsync(string path, string where)
+    internal static async Task CheckAsync(string path, string where)
     {
         var check = await ExternalTool.RunAsync("qemu-img", ["check", "-f", "qcow2", path]);
         Assert.True(check.ExitCode is 0 or 3, $"{where}: qemu-img check exited {check.ExitCode}:\n{check.StandardOutput}{check.StandardError}");
