@@ -15,8 +15,8 @@ namespace BlockMirror.Block.Tests.Drivers.Qcow2;
 /// on disk missed it is a backup that silently lacks data. So, whatever the disk's cache kept: a bitmap not in use
 /// covers every chunk whose durable content differs from the content when the bitmap was made, a disabled one
 /// still holds exactly its bits, and QEMU reads the same bitmaps with the same flags as this driver. The run
-/// spans three opens of the image (each marks the bitmaps in use, each close stores them) and a bitmap removed
-/// while the image is open, and is cut anywhere, as in <see cref="Qcow2PowerLossTests"/>.
+/// spans three opens of the image (each marks the bitmaps in use, each close stores them), a bitmap removed
+/// while the image is open and a reopen read-only and back, and is cut anywhere, as in <see cref="Qcow2PowerLossTests"/>.
 /// </summary>
 public sealed class Qcow2BitmapPowerLossTests
 {
@@ -69,6 +69,17 @@ public sealed class Qcow2BitmapPowerLossTests
                     {
                         // Removed from the image at once, while the others stay in use.
                         Assert.True(await bitmaps.RemovePersistentBitmapAsync(Removed));
+                    }
+
+                    if (session == 2 && step == StepsPerSession / 2)
+                    {
+                        // Reopened read-only (the bitmaps are stored, no longer in use) and read-write again (in use
+                        // again before the next write), as libvirt does around a snapshot.
+                        var image = disk.Node;
+                        await graph.DetachRootAsync(disk);
+                        await graph.ReopenAsync(image, readOnly: true);
+                        await graph.ReopenAsync(image, readOnly: false);
+                        disk = graph.AttachRoot(image, new RootParent("guest"), "guest", BlockPermissions.ConsistentRead | BlockPermissions.Write);
                     }
 
                     await guest.RunStepAsync(disk, journal, random);
