@@ -11,6 +11,7 @@ using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Qapi;
 using BlockMirror.Cli.Logging;
+using BlockMirror.Cli.Memory;
 using BlockMirror.Cli.Systemd;
 using BlockMirror.Nbd;
 using BlockMirror.Nbd.Server;
@@ -249,6 +250,8 @@ static partial class ServeCommand
             Console.SetError(TextWriter.Null);
         }
 
+        // Start-up is over: what it alone touched of the executable need not stay resident (StartupPages).
+        StartupPages.ReleaseExecutable();
         SystemdNotify.Send("READY=1");
 
         var stopped = await Task.WhenAny(stop.Task, daemon.QuitRequested, Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default));
