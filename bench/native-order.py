@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -120,7 +121,17 @@ def workload(exe, data, trace):
          '--nbd-server', f'addr.type=unix,addr.path={nbd}',
          '--export', 'type=nbd,id=e0,node-name=src,name=src,writable=on',
          '--chardev', f'socket,id=mon0,path={qmp},server=on,wait=off', '--monitor', 'chardev=mon0'],
-        stderr=open(os.path.join(data, 'serve.log'), 'w'))
+        stderr=open(os.path.join(data, 'serve.log'), 'w'), start_new_session=True)
+    try:
+        run_workload(exe, d, qmp, nbd)
+    except BaseException:
+        os.killpg(daemon.pid, signal.SIGKILL)  # perf and serve both: the loop device must unmount
+        raise
+    finally:
+        daemon.wait()
+
+
+def run_workload(exe, d, qmp, nbd):
     monitor = Monitor(qmp)
     time.sleep(0.5)
     fd = os.open(exe, os.O_RDONLY)
@@ -148,7 +159,6 @@ def workload(exe, data, trace):
     sh('nbdcopy', uri, 'null:')
     sh('nbdcopy', f'{d}/src.raw', uri)
     monitor.quit()
-    daemon.wait()
 
 
 def touched(exe, dbg, trace):
