@@ -17,29 +17,31 @@ public sealed partial class StartupPagesTests : IDisposable
 
     readonly string _directory = Directory.CreateTempSubdirectory("bm-startup-pages-").FullName;
     readonly int _pageSize = Environment.SystemPageSize;
+    readonly List<nint> _mappings = [];
 
-    public void Dispose() => Directory.Delete(_directory, recursive: true);
+    public void Dispose()
+    {
+        foreach (var address in _mappings)
+        {
+            Assert.Equal(0, Munmap(address, (nuint)(Pages * _pageSize)));
+        }
+
+        Directory.Delete(_directory, recursive: true);
+    }
 
     [Fact]
     public void Releases_the_resident_pages_of_a_read_only_mapping_and_the_bytes_read_back_unchanged()
     {
         var (path, content) = MakeFile("image");
         var address = Map(path, ProtRead);
-        try
-        {
-            Assert.Equal(content, Read(address));
-            Assert.True(ResidentKiB(address) >= Pages * _pageSize / 1024, $"all {Pages} pages read are resident");
+        Assert.Equal(content, Read(address));
+        Assert.True(ResidentKiB(address) >= Pages * _pageSize / 1024, $"all {Pages} pages read are resident");
 
-            var released = StartupPages.Release(path);
+        var released = StartupPages.Release(path);
 
-            Assert.Equal(Pages * _pageSize, released);
-            Assert.Equal(0, ResidentKiB(address));
-            Assert.Equal(content, Read(address));
-        }
-        finally
-        {
-            Assert.Equal(0, Munmap(address, (nuint)(Pages * _pageSize)));
-        }
+        Assert.Equal(Pages * _pageSize, released);
+        Assert.Equal(0, ResidentKiB(address));
+        Assert.Equal(content, Read(address));
     }
 
     [Fact]
@@ -48,28 +50,21 @@ public sealed partial class StartupPagesTests : IDisposable
         // The shape of relocated read-only data: a private mapping written (copy on write), then made read-only.
         var (path, content) = MakeFile("relro");
         var address = Map(path, ProtRead | ProtWrite);
-        try
+        var written = 5 * _pageSize;
+        for (var i = 0; i < 16; i++)
         {
-            var written = 5 * _pageSize;
-            for (var i = 0; i < 16; i++)
-            {
-                Marshal.WriteByte(address, written + i, 0xEE);
-                content[written + i] = 0xEE;
-            }
-
-            Assert.Equal(0, Mprotect(address, (nuint)(Pages * _pageSize), ProtRead));
-            Assert.Equal(content, Read(address));
-
-            var released = StartupPages.Release(path);
-
-            // Every page but the written one is released, and the written one still holds what was written.
-            Assert.Equal((Pages - 1) * _pageSize, released);
-            Assert.Equal(content, Read(address));
+            Marshal.WriteByte(address, written + i, 0xEE);
+            content[written + i] = 0xEE;
         }
-        finally
-        {
-            Assert.Equal(0, Munmap(address, (nuint)(Pages * _pageSize)));
-        }
+
+        Assert.Equal(0, Mprotect(address, (nuint)(Pages * _pageSize), ProtRead));
+        Assert.Equal(content, Read(address));
+
+        var released = StartupPages.Release(path);
+
+        // Every page but the written one is released, and the written one still holds what was written.
+        Assert.Equal((Pages - 1) * _pageSize, released);
+        Assert.Equal(content, Read(address));
     }
 
     [Fact]
@@ -77,18 +72,11 @@ public sealed partial class StartupPagesTests : IDisposable
     {
         var (path, content) = MakeFile("writable");
         var address = Map(path, ProtRead | ProtWrite);
-        try
-        {
-            Marshal.WriteByte(address, 0, 0x11);
-            content[0] = 0x11;
+        Marshal.WriteByte(address, 0, 0x11);
+        content[0] = 0x11;
 
-            Assert.Equal(0, StartupPages.Release(path));
-            Assert.Equal(content, Read(address));
-        }
-        finally
-        {
-            Assert.Equal(0, Munmap(address, (nuint)(Pages * _pageSize)));
-        }
+        Assert.Equal(0, StartupPages.Release(path));
+        Assert.Equal(content, Read(address));
     }
 
     (string Path, byte[] Content) MakeFile(string name)
@@ -105,6 +93,7 @@ public sealed partial class StartupPagesTests : IDisposable
         using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
         var address = Mmap(0, (nuint)(Pages * _pageSize), protection, MapPrivate, (int)file.DangerousGetHandle(), 0);
         Assert.NotEqual(-1, address);
+        _mappings.Add(address);
         return address;
     }
 
