@@ -414,19 +414,14 @@ public sealed class NbdClientConnection : IAsyncDisposable
     }
 
     /// <summary>
-    /// Tells the server the client is leaving (NBD_CMD_DISCONNECT, which has no reply) once every request has
-    /// its answer, then closes the connection.
-    /// </summary>
-    /// <summary>
     /// How long closing waits for the requests on the wire to be answered before it drops the connection
-    /// (they then fail as on a lost connection): a server that stopped answering must not hold the node's close,
-    /// or the daemon's quit, for ever.
+    /// (they then fail as on a lost connection); the default of <see cref="NbdClientOptions.CloseGrace"/>.
     /// </summary>
     public static readonly TimeSpan CloseGrace = TimeSpan.FromSeconds(10);
 
     /// <summary>
-    /// Closes politely (NBD_CMD_DISC once every request has its reply), within <see cref="CloseGrace"/>
-    /// (<paramref name="grace"/> for tests); a server silent that long is dropped without it.
+    /// Tells the server the client is leaving (NBD_CMD_DISC, which has no reply) once every request has its
+    /// answer, then closes the connection; a server silent for <paramref name="grace"/> is dropped without it.
     /// </summary>
     public async ValueTask DisposeAsync(TimeSpan grace)
     {

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
@@ -393,17 +394,21 @@ public sealed class NbdClientDriver : IBlockDriver
 
     /// <summary>
     /// Flushes a writable node (QEMU's bdrv_close flushes every node, and an NBD node's flush goes to the server
-    /// whether or not anything was written), then closes every connection at once: each may wait out its grace on
-    /// a silent server, and those waits overlap.
+    /// whether or not anything was written), then closes every connection at once. The flush and the close share
+    /// one <see cref="NbdClientOptions.CloseGrace"/>: a server that leaves the flush unanswered would leave the
+    /// close waiting for that same reply.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
+        var closing = Stopwatch.StartNew();
         await FlushBeforeCloseAsync().ConfigureAwait(false);
-        await Task.WhenAll(_sessions.Select(session => session.DisposeAsync().AsTask())).ConfigureAwait(false);
+        var left = _options.CloseGrace - closing.Elapsed;
+        var grace = left > TimeSpan.Zero ? left : TimeSpan.Zero;
+        await Task.WhenAll(_sessions.Select(session => session.DisposeAsync(grace).AsTask())).ConfigureAwait(false);
     }
 
     /// <summary>
-    /// The close's flush, on a connection that is up, within <see cref="NbdClientConnection.CloseGrace"/>. Unlike
+    /// The close's flush, on a connection that is up, within <see cref="NbdClientOptions.CloseGrace"/>. Unlike
     /// QEMU, which waits out <c>reconnect-delay</c> for a server that is down, the close does not wait for a
     /// connection: the node is going, and a daemon's quit must not hang on a dead host. A flush that cannot be
     /// made is logged, and the close goes on (QEMU's close goes on too).
@@ -425,7 +430,7 @@ public sealed class NbdClientDriver : IBlockDriver
         var flush = session.Current.RequestAsync(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, CancellationToken.None).AsTask();
         try
         {
-            var reply = await flush.WaitAsync(NbdClientConnection.CloseGrace).ConfigureAwait(false);
+            var reply = await flush.WaitAsync(_options.CloseGrace).ConfigureAwait(false);
             if (reply.Error != NbdError.None)
             {
                 NbdClientLog.CloseFlushFailed(_logger, _nodeName, reply.Message ?? NbdClientRequest.ToErrno(reply.Error).Describe());
@@ -433,9 +438,9 @@ public sealed class NbdClientDriver : IBlockDriver
         }
         catch (TimeoutException)
         {
-            // The connection's close fails the request once its own grace is over; nobody waits for that.
+            // The connection's close fails the request; nobody waits for that.
             _ = flush.ContinueWith(static t => _ = t.Exception, TaskScheduler.Default);
-            NbdClientLog.CloseFlushFailed(_logger, _nodeName, $"the server did not answer within {NbdClientConnection.CloseGrace.TotalSeconds:0} s");
+            NbdClientLog.CloseFlushFailed(_logger, _nodeName, $"the server did not answer within {_options.CloseGrace.TotalSeconds:0.#} s");
         }
         catch (NbdConnectionLostException lost)
         {

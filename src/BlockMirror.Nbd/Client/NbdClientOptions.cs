@@ -31,6 +31,13 @@ public sealed record NbdClientOptions(
     /// </summary>
     public TimeSpan AttemptTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// The longest closing the node may wait for the server: the close's flush and the replies to the requests
+    /// on the wire share it. A server that stopped answering must not hold the node's close, or the daemon's quit,
+    /// for ever; what it has not answered by then fails as on a lost connection.
+    /// </summary>
+    public TimeSpan CloseGrace { get; init; } = NbdClientConnection.CloseGrace;
+
     /// <summary>The node's file name, as QEMU builds it (nbd_refresh_filename).</summary>
     /// <remarks>The default export (a URI without one) has no path part, in either form: <c>nbd+unix://?socket=PATH</c>.</remarks>
     public string FileName =>

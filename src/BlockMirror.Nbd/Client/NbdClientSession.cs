@@ -310,9 +310,9 @@ public sealed class NbdClientSession : IAsyncDisposable
 
     /// <summary>
     /// Closes the node's link: the loop stops (an attempt under way is cancelled), waiting requests fail, and
-    /// the connection, if up, is closed after its requests.
+    /// the connection, if up, is closed after its requests, waiting for them at most <paramref name="grace"/>.
     /// </summary>
-    public async ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync(TimeSpan grace)
     {
         TaskCompletionSource? outage;
         lock (_lock)
@@ -333,7 +333,9 @@ public sealed class NbdClientSession : IAsyncDisposable
         _quit.Cancel();
         outage?.TrySetResult();
         await _watching.ConfigureAwait(false);
-        await Current.DisposeAsync().ConfigureAwait(false);
+        await Current.DisposeAsync(grace).ConfigureAwait(false);
         _quit.Dispose();
     }
+
+    public ValueTask DisposeAsync() => DisposeAsync(_options.CloseGrace);
 }

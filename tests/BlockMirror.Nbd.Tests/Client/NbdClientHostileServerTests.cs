@@ -34,8 +34,13 @@ public sealed class NbdClientHostileServerTests : IDisposable
         return refused.Message;
     }
 
+    /// <summary>
+    /// Opens a writable node. The scripts leave the close's flush unanswered: a short close grace keeps that from
+    /// costing each case the default 10 s (NbdClientSilentServerTests covers the close itself).
+    /// </summary>
     static ValueTask<BlockNode> OpenAsync(BlockGraph graph, FakeNbdServer server) =>
-        NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }), readOnly: false, CancellationToken.None);
+        NbdClientDriver.OpenAsync(graph, "nbd0", new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }) { CloseGrace = TimeSpan.FromMilliseconds(200) },
+            readOnly: false, CancellationToken.None);
 
     public static TheoryData<string, string> HandshakeCases => new()
     {

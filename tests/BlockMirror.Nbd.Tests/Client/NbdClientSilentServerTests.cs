@@ -10,7 +10,7 @@ namespace BlockMirror.Nbd.Tests.Client;
 /// <summary>
 /// Our client against a server that goes quiet or breaks off: a handshake cut by a reset is named by the step
 /// it broke, a server that never greets fails the open after the attempt's timeout, and closing a connection
-/// whose server stopped answering ends within its grace.
+/// (or a node) whose server stopped answering ends within its grace.
 /// </summary>
 public sealed class NbdClientSilentServerTests : IDisposable
 {
@@ -75,5 +75,28 @@ public sealed class NbdClientSilentServerTests : IDisposable
 
         await connection.DisposeAsync(TimeSpan.FromMilliseconds(200)).AsTask().WaitAsync(Guard);
         await Assert.ThrowsAsync<NbdConnectionLostException>(() => read.WaitAsync(Guard));
+    }
+
+    [Fact]
+    public async Task Closing_a_writable_node_whose_server_leaves_the_flush_unanswered_ends_within_one_grace()
+    {
+        // The close's flush and the close's wait for that flush's reply share the grace: before they did not,
+        // and a silent server held the close (and the daemon's quit) for two graces.
+        var grace = TimeSpan.FromSeconds(3);
+        var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = Server(async s =>
+        {
+            await s.HandshakeAsync();
+            Assert.Equal(NbdCommand.Flush, (await s.ReadRequestAsync()).Command);
+            flushed.SetResult();
+            await Task.Delay(Timeout.Infinite);
+        });
+        var graph = new BlockGraph();
+        var options = new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }) { CloseGrace = grace };
+        await NbdClientDriver.OpenAsync(graph, "nbd0", options, readOnly: false, CancellationToken.None).AsTask().WaitAsync(Guard);
+
+        // The bound is the grace and a margin far above the close's own work, far below a second grace.
+        await graph.DisposeAsync().AsTask().WaitAsync(grace + TimeSpan.FromSeconds(2));
+        Assert.True(flushed.Task.IsCompleted, "the close sent no flush");
     }
 }
