@@ -153,6 +153,39 @@ public sealed class CreateCommandTests : IDisposable
         Assert.Single(Directory.GetFiles(_dir.Path));
     }
 
+    /// <summary>
+    /// A raw image larger than the file system takes (here the process's file size limit): both tools say so in
+    /// qemu-img's words. A deliberate difference, pinned: qemu-img truncates the existing file before the resize
+    /// fails; ours writes beside it, so the file is left as it was and nothing else is left behind.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_size_the_file_system_refuses_is_told_in_qemu_img_s_words_and_the_existing_file_stays()
+    {
+        var qemuImg = ExternalTool.Require("qemu-img");
+        var kept = "what the user kept here\n"u8.ToArray();
+        var results = new List<string>();
+        var left = new List<byte[]>();
+        foreach (var (name, command) in new[] { ("qemu-img", new[] { qemuImg }), ("ours", BlockMirrorCli.Launcher.ToArray()) })
+        {
+            var dir = Directory.CreateDirectory(Path.Combine(_dir.Path, name)).FullName;
+            await File.WriteAllBytesAsync(Path.Combine(dir, "disk.img"), kept);
+            var result = await ExternalTool.RunAsync(FileSizeLimit.Shell, FileSizeLimit.Arguments(1 << 20, [.. command, "create", "-q", "-f", "raw", "disk.img", "8M"]),
+                workingDirectory: dir);
+            Assert.True(result.ExitCode == 1, result.StandardOutput + result.StandardError);
+            results.Add(result.StandardError.Trim().Split(": ", 2)[1]);
+            left.Add(await File.ReadAllBytesAsync(Path.Combine(dir, "disk.img")));
+            if (name == "ours")
+            {
+                Assert.Equal(["disk.img"], Directory.GetFiles(dir).Select(Path.GetFileName));
+            }
+        }
+
+        Assert.Equal("disk.img: The image size is too large for file format 'raw'", results[0]);
+        Assert.Equal(results[0], results[1]);
+        Assert.True(left[0].Length == 0, "qemu-img no longer truncates the existing file before the size fails: the pinned difference is gone");
+        Assert.Equal(kept, left[1]);
+    }
+
     [SkippableTheory]
     [InlineData("qcow2", "4M", "+2M", "6M")]
     [InlineData("qcow2", "4M", "5M", "5M")]

@@ -217,6 +217,58 @@ public sealed class DriveMirrorSafetyDifferentialTests : IDisposable
         Assert.False(created[1], "blockmirror created a target for a request it refused");
     }
 
+    /// <summary>
+    /// New targets whose size defeats the creation (absolute-paths over an existing file): a raw file larger than
+    /// the file system takes (here the process's RLIMIT_FSIZE of 1 MiB, SIGXFSZ ignored, so the resize fails with
+    /// EFBIG) and a qcow2 whose L1 table would pass qcow2's limit (a 4 PiB source). Both daemons refuse them in
+    /// QEMU's words and start no job. A deliberate difference, pinned: qemu-storage-daemon 7.2 has truncated the
+    /// existing raw file by then (bdrv_img_create truncates before it resizes); ours writes the new image beside it
+    /// and renames it over only once whole, so the file is left as it was, with nothing else left behind.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_new_target_the_size_defeats_is_refused_in_qemus_words_and_ours_keeps_the_file_that_was_there()
+    {
+        var daemons = Daemons().Select(d => d with { Program = FileSizeLimit.Shell, Prefix = FileSizeLimit.Arguments(1 << 20, [d.Program, .. d.Prefix]) }).ToArray();
+        List<string>[] replies = [[], []];
+        byte[]?[] left = [null, null];
+        string[][] files = [[], []];
+        var precious = "what the user kept here\n"u8.ToArray();
+        for (var i = 0; i < daemons.Length; i++)
+        {
+            var dir = DirFor(daemons[i]);
+            await File.WriteAllBytesAsync($"{dir}/existing.img", precious);
+            var log = replies[i];
+            await daemons[i].RunAsync(dir, ["--blockdev", "driver=null-co,node-name=src,size=8388608", "--blockdev", $"driver=null-co,node-name=big,size={4L << 50}"], "src",
+                async (qmp, _) =>
+                {
+                    foreach (var (device, format) in new[] { ("big", "qcow2"), ("src", "raw") })
+                    {
+                        var reply = await qmp.CommandAsync("drive-mirror", new JsonObject
+                        {
+                            ["job-id"] = "job0", ["device"] = device, ["target"] = $"{dir}/existing.img", ["format"] = format, ["sync"] = "full",
+                            ["mode"] = "absolute-paths",
+                        });
+                        var error = reply["error"] ?? throw new InvalidOperationException($"{daemons[i].Name} accepted a {format} target");
+                        log.Add($"{format}: {error["class"]}: {error["desc"]}");
+                    }
+
+                    Assert.Empty((await qmp.ExecuteAsync("query-block-jobs"))!.AsArray());
+                });
+            left[i] = await File.ReadAllBytesAsync($"{dir}/existing.img");
+            files[i] = [.. Directory.GetFiles(dir).Select(Path.GetFileName).Where(f => !f!.EndsWith(".sock", StringComparison.Ordinal)).Order()!];
+        }
+
+        Assert.Equal(
+        [
+            "qcow2: GenericError: The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+            "raw: GenericError: The image size is too large for file format 'raw'",
+        ], replies[0]);
+        Assert.Equal(replies[0], replies[1]);
+        Assert.True(left[0]!.Length == 0, "qemu-storage-daemon 7.2 no longer truncates the existing file before the size fails: the pinned difference is gone");
+        Assert.Equal(precious, left[1]);
+        Assert.Equal(["existing.img"], files[1]);
+    }
+
     static DifferentialDaemon[] Daemons() => [DifferentialDaemon.Qsd(), DifferentialDaemon.Ours()];
 
     string DirFor(DifferentialDaemon daemon) => Directory.CreateDirectory(Path.Combine(_dir.Path, daemon.Name)).FullName;

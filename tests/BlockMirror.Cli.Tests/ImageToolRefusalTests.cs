@@ -115,6 +115,8 @@ public sealed class ImageToolRefusalTests : IDisposable
         { ["-f", "qcow2", "new.qcow2", "lots"], "invalid image size 'lots'" },
         { ["-f", "qcow2", "new.qcow2"], "new.qcow2: Image creation needs a size parameter" },
         { ["-f", "vmdk", "new.qcow2", "1M"], "Unknown file format 'vmdk'" },
+        { ["-f", "qcow2", "new.qcow2", "4P"], "new.qcow2: The image size is too large for file format 'qcow2' (try using a larger cluster size)" },
+        { ["-f", "qcow2", "-o", "cluster_size=512", "new.qcow2", "1P"], "new.qcow2: The image size is too large for file format 'qcow2' (try using a larger cluster size)" },
         { ["-f", "qcow2", "-o", "compat=2", "new.qcow2", "1M"], "Parameter 'compat' does not accept value '2'" },
         { ["-f", "qcow2", "-o", "lazy_refcounts=maybe", "new.qcow2", "1M"], "Parameter 'lazy_refcounts' expects 'on' or 'off'" },
         { ["-f", "qcow2", "-o", "refcount_bits=many", "new.qcow2", "1M"], "Parameter 'refcount_bits' expects a number" },

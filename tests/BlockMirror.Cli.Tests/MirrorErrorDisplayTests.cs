@@ -12,7 +12,7 @@ namespace BlockMirror.Cli.Tests;
 /// </summary>
 public sealed partial class MirrorErrorDisplayTests : IDisposable
 {
-    const int FileSizeLimit = 1 << 20;
+    const int Limit = 1 << 20;
 
     readonly TempDirectory _dir = new("blockmirror-mirror-errors-");
 
@@ -35,18 +35,12 @@ public sealed partial class MirrorErrorDisplayTests : IDisposable
     /// <summary><c>blockmirror ARGS</c> run with files limited to 1 MiB.</summary>
     static ProcessStartInfo Limited(params string[] arguments)
     {
-        var prlimit = ExternalTool.Require("prlimit");
-        var start = new ProcessStartInfo(ExternalTool.Require("sh")) { UseShellExecute = false, RedirectStandardInput = true };
-        start.ArgumentList.Add("-c");
-        start.ArgumentList.Add($"trap '' XFSZ; exec {prlimit} --fsize={FileSizeLimit} -- \"$@\"");
-        start.ArgumentList.Add("sh");
-        foreach (var argument in BlockMirrorCli.Launcher.Concat(arguments))
+        var start = new ProcessStartInfo(FileSizeLimit.Shell) { UseShellExecute = false, RedirectStandardInput = true };
+        foreach (var argument in FileSizeLimit.Arguments(Limit, BlockMirrorCli.Launcher.Concat(arguments)))
         {
             start.ArgumentList.Add(argument);
         }
 
-        // The runtime's W^X double mapping sizes a memory file, which the limit would refuse (the JIT build only).
-        start.Environment["DOTNET_EnableWriteXorExecute"] = "0";
         return start;
     }
 

@@ -156,7 +156,7 @@ static class CreateCommand
         }
 
         Announce(request, $"fmt=raw size={given}");
-        Replace(request.File, temporary => ImageFiles.Create(temporary, DriverNames.Raw, RoundUpToSector(given)));
+        Replace(request.File, DriverNames.Raw, temporary => ImageFiles.Create(temporary, DriverNames.Raw, RoundUpToSector(given)));
         return 0;
     }
 
@@ -211,7 +211,7 @@ static class CreateCommand
             throw new UsageException($"{request.File}: {problem}");
         }
 
-        Replace(request.File, temporary => Qcow2Create.Create(temporary, create));
+        Replace(request.File, DriverNames.Qcow2, temporary => Qcow2Create.Create(temporary, create));
         return 0;
     }
 
@@ -275,54 +275,23 @@ static class CreateCommand
     }
 
     /// <summary>
-    /// Writes the image under a temporary name in FILE's directory, then renames it over FILE. The new file is
-    /// flushed before the rename and the directory after it (qemu-img's close flushes the image too): otherwise a
-    /// power loss soon after could leave FILE named but empty, where the old file was.
+    /// Writes the image beside FILE and renames it over FILE (<see cref="ImageReplacement"/>); errors name FILE
+    /// first, as qemu-img's do.
     /// </summary>
-    static void Replace(string file, Action<string> create)
+    static void Replace(string file, string format, Action<string> create)
     {
-        var full = Path.GetFullPath(file);
-        var temporary = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         try
         {
-            ImageFiles.CheckReplaceable(file);
+            ImageReplacement.Replace(file, format, create);
         }
         catch (BlockGraphException ex)
         {
             // qemu-img's words: the file, then the lock it could not get.
             throw new BlockGraphException(ex.Kind, $"{file}: {ex.Message}") { Hint = ex.Hint };
         }
-
-        try
+        catch (BlockOpenException ex)
         {
-            create(temporary);
-            using (var written = File.OpenHandle(temporary, FileMode.Open, FileAccess.ReadWrite))
-            {
-                RandomAccess.FlushToDisk(written);
-            }
-
-            File.Move(temporary, full, overwrite: true);
-            DirectorySync.Flush(Path.GetDirectoryName(full) ?? ".");
-        }
-        catch (BlockOpenException ex) when (ex.Message.Contains(temporary, StringComparison.Ordinal))
-        {
-            DeleteIfThere(temporary);
-            // qemu-img's words, about the file the user named, never the temporary name it is written under.
-            throw new BlockOpenException($"{file}: {ex.Message.Replace(temporary, file, StringComparison.Ordinal)}", ex.Errno, ex);
-        }
-        catch
-        {
-            DeleteIfThere(temporary);
-            throw;
-        }
-    }
-
-    /// <summary>File.Delete, except that a missing directory is not an error (it would hide the real one).</summary>
-    static void DeleteIfThere(string path)
-    {
-        if (File.Exists(path))
-        {
-            File.Delete(path);
+            throw new BlockOpenException($"{file}: {ex.Message}", ex.Errno, ex) { Hint = ex.Hint };
         }
     }
 

@@ -200,6 +200,11 @@ public sealed partial class StorageDaemon
             throw QmpException.Generic($"Backing file not supported for file format '{targetFormat}'");
         }
 
+        if (targetFormat == DriverNames.Qcow2 && !Qcow2Create.FitsL1Table(source.Length, Qcow2CreateOptions.DefaultClusterSize))
+        {
+            throw QmpException.Generic(ImageReplacement.TooLarge(targetFormat));
+        }
+
         if (file is not null)
         {
             RefuseFileInUse(file);
@@ -253,16 +258,14 @@ public sealed partial class StorageDaemon
 
         if (plan.Create)
         {
+            // QEMU truncates an existing file and then writes the new image into it; ours is written beside it
+            // and renamed over it once whole, so a creation that fails leaves the old file as it was.
             try
             {
-                if (plan.Existed)
-                {
-                    File.Delete(plan.File);
-                }
-
-                ImageFiles.Create(plan.Path, plan.Format!, source.Length, plan.BackingFile, plan.BackingFormat);
+                ImageReplacement.Replace(plan.File, plan.Format!, temporary =>
+                    ImageFiles.Create(temporary, plan.Format!, source.Length, plan.BackingFile, plan.BackingFormat));
             }
-            catch (BlockOpenException ex)
+            catch (Exception ex) when (ex is BlockOpenException or BlockGraphException)
             {
                 throw QmpException.Generic(ex.Message);
             }

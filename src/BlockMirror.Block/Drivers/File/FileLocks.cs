@@ -98,24 +98,41 @@ sealed class FileLocks(string path, SafeFileHandle handle)
 
     /// <summary>
     /// Refuses to replace or truncate a file another user holds, as QEMU's raw_co_create does before it
-    /// truncates: write and resize taken for a moment, resize shared with nobody. Nothing to check when the
+    /// truncates: write and resize taken, resize shared with nobody. The returned descriptor holds them until it
+    /// is disposed, so nobody else opens the file for writing while its replacement is written; null when the
     /// file cannot be opened (the creation then says what is wrong in its own words) or has no OFD locks.
     /// </summary>
-    public static void CheckReplaceable(string path)
+    /// <remarks>O_NONBLOCK: the path may name a FIFO, whose open would otherwise wait for a writer.</remarks>
+    public static IDisposable? HoldForReplace(string path)
     {
-        var fd = LibC.Open(path, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
+        var fd = LibC.Open(path, LibC.O_RDONLY | LibC.O_NONBLOCK | LibC.O_CLOEXEC, 0);
         if (fd < 0)
         {
-            return;
+            return null;
         }
 
         // Closing the descriptor drops what Apply took.
-        using var handle = new SafeFileHandle(fd, ownsHandle: true);
-        if (Supported(handle, FileLockingMode.Auto, path))
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        try
         {
-            new FileLocks(path, handle).Apply(BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All & ~BlockPermissions.Resize);
+            if (Supported(handle, FileLockingMode.Auto, path))
+            {
+                new FileLocks(path, handle).Apply(BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All & ~BlockPermissions.Resize);
+                return handle;
+            }
         }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+
+        handle.Dispose();
+        return null;
     }
+
+    /// <summary>Refuses, as <see cref="HoldForReplace"/> does, and lets go at once: a check before the real work.</summary>
+    public static void CheckReplaceable(string path) => HoldForReplace(path)?.Dispose();
 
     /// <summary>
     /// Holds the same locks on a new descriptor of the file (a reopen) and keeps to it from now on, then

@@ -11,8 +11,11 @@ public sealed record Qcow2CreateOptions
     /// <summary>Virtual size in bytes, a multiple of 512.</summary>
     public required long Size { get; init; }
 
+    /// <summary>QEMU's default <c>cluster_size</c>.</summary>
+    public const int DefaultClusterSize = 65536;
+
     /// <summary><c>cluster_size</c>: a power of two from 512 B to 2 MiB.</summary>
-    public int ClusterSize { get; init; } = 65536;
+    public int ClusterSize { get; init; } = DefaultClusterSize;
 
     /// <summary>2 for <c>compat=0.10</c>, 3 for <c>compat=1.1</c> (the default).</summary>
     public int Version { get; init; } = 3;
@@ -74,7 +77,7 @@ public static class Qcow2Create
 
         if (!FitsL1Table(options.Size, options.ClusterSize))
         {
-            return $"The image size is too large for file format 'qcow2' with a cluster size of {options.ClusterSize} (try using a larger cluster size)";
+            return ImageReplacement.TooLarge(DriverNames.Qcow2);
         }
 
         if (options.BackingFile is { } backing && Encoding.UTF8.GetByteCount(backing) > Qcow2Header.MaxBackingFileNameLength)
