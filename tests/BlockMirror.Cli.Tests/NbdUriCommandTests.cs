@@ -58,6 +58,31 @@ public sealed class NbdUriCommandTests : IDisposable
         await AssertSameAsync(recipe, "compare", unix.Uri, tcp.Uri);
     }
 
+    /// <summary>
+    /// compare on an export whose reads fail (nbdkit's error filter, EIO on every read): the same exit code (4) and
+    /// the same line as qemu-img, never "identical". The data plugin gives the export allocated extents, so both tools
+    /// must read them.
+    /// </summary>
+    [SkippableFact]
+    public async Task Compare_on_an_export_whose_reads_fail_exits_4_with_qemu_img_s_line()
+    {
+        ExternalTool.Require("nbdkit");
+        var local = _dir.File("zero.raw");
+        await using (var file = File.Create(local))
+        {
+            file.SetLength(4 << 20);
+        }
+
+        await using var failing = await NbdServerProcess.NbdkitAsync(_dir.File("failing.sock"), "--filter=error", "data", "1 2 3 @1048576 4 5 6", "size=4M",
+            "error-pread=EIO", "error-pread-rate=1");
+        foreach (var arguments in new[] { new[] { "compare", "-f", "raw", "-F", "raw", local, failing.Uri }, ["compare", "-f", "raw", "-F", "raw", failing.Uri, local] })
+        {
+            var runs = await SideBySide.RunAsync("an export whose reads fail", null, arguments);
+            Assert.True(runs.Qemu.ExitCode == 4, runs.ToString());
+            await AssertSameAsync("an export whose reads fail", arguments);
+        }
+    }
+
     /// <summary>A URI without an export asks for the default one (""), and the image is named without one.</summary>
     [SkippableFact]
     public async Task The_default_export_is_opened_and_named_as_qemu_img_names_it()

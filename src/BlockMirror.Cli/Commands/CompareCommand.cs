@@ -200,7 +200,9 @@ static class CompareCommand
         }
         catch (IOException e)
         {
-            throw new ToolExitException($"Error while reading offset {offset} of {side.Name}: {e.Message}", ExitRead);
+            // qemu-img's words end with strerror: the node and request our message would add name nothing the user gave.
+            var why = e is BlockIOException failed ? failed.Errno.Describe() : e.Message;
+            throw new ToolExitException($"Error while reading offset {offset} of {side.Name}: {why}", ExitRead);
         }
     }
 
