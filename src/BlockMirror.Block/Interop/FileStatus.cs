@@ -11,13 +11,15 @@ public static partial class FileStatus
 {
     const int AtFdCwd = -100;
     const int AtEmptyPath = 0x1000;
+    const uint StatxType = 0x1;
     const uint StatxIno = 0x100;
     const uint StatxBlocks = 0x400;
 
-    // struct statx: __u32 stx_mask at 0, __u64 stx_blocks at 48, __u64 stx_ino at 32, __u32 stx_dev_major
+    // struct statx: __u32 stx_mask at 0, __u16 stx_mode at 28, __u64 stx_blocks at 48, __u64 stx_ino at 32, __u32 stx_dev_major
     // at 136 and stx_dev_minor at 140; 256 bytes in all.
     const int StatxSize = 256;
     const int MaskOffset = 0;
+    const int ModeOffset = 28;
     const int InoOffset = 32;
     const int BlocksOffset = 48;
     const int DevMajorOffset = 136;
@@ -56,6 +58,13 @@ public static partial class FileStatus
         return (device, MemoryMarshal.Read<ulong>(buffer[InoOffset..]));
     }
 
+    /// <summary>What kind of file <paramref name="path"/> names (links followed), or null when it cannot be examined.</summary>
+    public static UnixFileKind? KindOf(string path)
+    {
+        Span<byte> buffer = stackalloc byte[StatxSize];
+        return Query(path, StatxType, buffer) ? (UnixFileKind)(MemoryMarshal.Read<ushort>(buffer[ModeOffset..]) & 0xF000) : null;
+    }
+
     /// <summary>
     /// The bytes the file occupies on disk (<c>st_blocks * 512</c>, what <c>qemu-img info</c> shows as "disk
     /// size"), or null when that cannot be told.
@@ -88,4 +97,16 @@ public static partial class FileStatus
 
     [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Statx(int dirFd, string path, int flags, uint mask, Span<byte> buffer);
+}
+
+/// <summary>A file's type, as the S_IFMT bits of its mode give it.</summary>
+public enum UnixFileKind
+{
+    Fifo = 0x1000,
+    CharacterDevice = 0x2000,
+    Directory = 0x4000,
+    BlockDevice = 0x6000,
+    Regular = 0x8000,
+    SymbolicLink = 0xA000,
+    Socket = 0xC000,
 }

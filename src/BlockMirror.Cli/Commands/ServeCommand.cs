@@ -10,6 +10,7 @@ using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
 using BlockMirror.Block.Qapi;
+using BlockMirror.Cli.Daemon;
 using BlockMirror.Cli.Logging;
 using BlockMirror.Cli.Memory;
 using BlockMirror.Cli.Systemd;
@@ -225,17 +226,15 @@ static partial class ServeCommand
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.TrySetResult("SIGTERM"); });
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, context => { context.Cancel = true; stop.TrySetResult("SIGINT"); });
 
-        if (pidfile is not null)
+        // Writing the pid truncates the file: never one of the images being served, even one opened with
+        // locking=off (QEMU's lock on the pid file fails against a locked image's locks; PidFile's does too).
+        if (pidfile is not null && daemon.Graph.FindNodeUsingFile(pidfile) is not null)
         {
-            // Writing the pid truncates the file: never one of the images being served (QEMU's lock on the pid
-            // file fails there too, against the image's locks).
-            if (daemon.Graph.FindNodeUsingFile(pidfile) is not null)
-            {
-                throw new UsageException($"Cannot lock pid file '{pidfile}': it is an image file the daemon has open");
-            }
-
-            await File.WriteAllTextAsync(pidfile, $"{Environment.ProcessId}\n", CancellationToken.None);
+            throw new UsageException($"Cannot lock pid file '{pidfile}': it is an image file the daemon has open");
         }
+
+        // Held until the daemon exits, then removed (if still this daemon's).
+        using var pid = pidfile is null ? null : PidFile.Write(pidfile);
 
         using var metrics = StartMetrics(metricsListen, metricsHistograms);
         serving.SetResult();
@@ -260,11 +259,6 @@ static partial class ServeCommand
         // On a signal as on quit, the monitors hear the jobs end before they close.
         SystemdNotify.Send("STOPPING=1");
         await daemon.StopServingAsync();
-        if (pidfile is not null)
-        {
-            File.Delete(pidfile);
-        }
-
         return 0;
     }
 
