@@ -36,6 +36,31 @@ public sealed class ServeLoggingTests : IDisposable
         "--pidfile", PidFile,
     ];
 
+    /// <summary>
+    /// A log file that is an image in use, another process's (qemu-storage-daemon serving it) or one of the daemon's
+    /// own nodes, is refused before a line is written, and the image is left as it was: appended lines would land
+    /// where the image's owner writes its next clusters.
+    /// </summary>
+    [SkippableFact]
+    public async Task A_log_file_that_is_an_image_in_use_is_refused_and_the_image_left_as_it_was()
+    {
+        var image = _dir.File("served.raw");
+        await File.WriteAllBytesAsync(image, [.. Enumerable.Range(0, 1 << 20).Select(i => (byte)(i * 13 + 5))]);
+        var fingerprint = QemuImages.Fingerprint(image);
+        await using (await NbdServerProcess.QsdAsync(_dir.File("qsd.sock"), image))
+        {
+            var refused = await BlockMirrorCli.RunAsync("serve", "--blockdev", "driver=null-co,node-name=n", "--trace", $"file={image}");
+            Assert.True(refused.ExitCode == 1, refused.ToString());
+            SideBySide.AssertOneErrorLine(refused, "serve", $"--trace file={image}: Error opening logfile {image}: it is an image file another process has open");
+            Assert.Equal(fingerprint, QemuImages.Fingerprint(image));
+        }
+
+        var own = await BlockMirrorCli.RunAsync("serve", "--blockdev", $"driver=file,node-name=f,filename={image}", "--trace", $"file={image}");
+        Assert.True(own.ExitCode == 1, own.ToString());
+        SideBySide.AssertOneErrorLine(own, "serve", $"Cannot log to '{image}': it is the image file of node 'f'");
+        Assert.Equal(fingerprint, QemuImages.Fingerprint(image));
+    }
+
     [Fact]
     public async Task A_refused_request_and_a_connection_dropped_in_the_middle_of_a_request_are_logged_on_stderr()
     {

@@ -5,6 +5,7 @@ using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
+using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Block.Drivers;
 
@@ -314,6 +315,12 @@ public static class ImageFiles
     /// another process holds the image at <paramref name="path"/>: a creation must not replace or truncate it.
     /// </summary>
     public static void CheckReplaceable(string path) => FileLocks.CheckReplaceable(path);
+
+    /// <summary>
+    /// Whether the file open as <paramref name="handle"/> is an image some process (QEMU, or this one) has open: it
+    /// holds image locks. A file written for another purpose (a log) must then be left alone.
+    /// </summary>
+    public static bool IsOpenAsImage(SafeFileHandle handle) => FileLocks.HeldAsImage(handle);
 
     /// <summary>Creates a new, empty (sparse) image of the given format and size. Refuses to overwrite.</summary>
     public static void Create(string path, string format, long size, string? backingFile = null, string? backingFormat = null)

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using BlockMirror.Block.Drivers;
 using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Cli.Logging;
@@ -28,7 +29,15 @@ sealed class FileLoggerProvider : ILoggerProvider
     public FileLoggerProvider(string path)
     {
         Path = System.IO.Path.GetFullPath(path);
-        _writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.ReadWrite));
+        var file = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.ReadWrite);
+        if (ImageFiles.IsOpenAsImage(file.SafeFileHandle))
+        {
+            // Appended lines would land where the image's owner is about to write its clusters.
+            file.Dispose();
+            throw new IOException("it is an image file another process has open");
+        }
+
+        _writer = new StreamWriter(file);
         _writing = Task.Run(WriteAsync);
     }
 

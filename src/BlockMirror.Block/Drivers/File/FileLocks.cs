@@ -131,6 +131,16 @@ sealed class FileLocks(string path, SafeFileHandle handle)
         return null;
     }
 
+    /// <summary>
+    /// Whether another open file description holds any of the image lock bytes of the file open as
+    /// <paramref name="handle"/>: some QEMU process, or a node of this one, has it open as an image.
+    /// </summary>
+    public static bool HeldAsImage(SafeFileHandle handle)
+    {
+        var probe = new LibC.Flock { Type = LibC.F_WRLCK, Whence = LibC.SEEK_SET, Start = PermissionBase, Length = 2 * (SharedBase - PermissionBase) };
+        return LibC.FcntlLock(handle, LibC.F_OFD_GETLK, ref probe) == 0 && probe.Type != LibC.F_UNLCK;
+    }
+
     /// <summary>Refuses, as <see cref="HoldForReplace"/> does, and lets go at once: a check before the real work.</summary>
     public static void CheckReplaceable(string path) => HoldForReplace(path)?.Dispose();
 
