@@ -421,13 +421,15 @@ public sealed class NbdClientConnection : IAsyncDisposable
 
     /// <summary>
     /// Tells the server the client is leaving (NBD_CMD_DISC, which has no reply) once every request has its
-    /// answer, then closes the connection; a server silent for <paramref name="grace"/> is dropped without it.
+    /// answer, then closes the connection; a server silent for <paramref name="grace"/> (on <paramref name="time"/>,
+    /// the system's clock by default) is dropped without it.
     /// </summary>
-    public async ValueTask DisposeAsync(TimeSpan grace)
+    public async ValueTask DisposeAsync(TimeSpan grace, TimeProvider? time = null)
     {
-        if (_failure is null)
+        // No grace left: the server has been silent for all of it already, and nothing more is waited for.
+        if (_failure is null && grace > TimeSpan.Zero)
         {
-            using var timeout = new CancellationTokenSource(grace);
+            using var timeout = new CancellationTokenSource(grace, time ?? TimeProvider.System);
             try
             {
                 // Every slot back means nothing is on the wire; a broken connection releases them all too. The

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Diagnostics;
 using BlockMirror.Block.Drivers;
 using BlockMirror.Block.Graph;
 using BlockMirror.Block.Io;
@@ -400,9 +399,9 @@ public sealed class NbdClientDriver : IBlockDriver
     /// </summary>
     public async ValueTask DisposeAsync()
     {
-        var closing = Stopwatch.StartNew();
+        var closing = _options.Time.GetTimestamp();
         await FlushBeforeCloseAsync().ConfigureAwait(false);
-        var left = _options.CloseGrace - closing.Elapsed;
+        var left = _options.CloseGrace - _options.Time.GetElapsedTime(closing);
         var grace = left > TimeSpan.Zero ? left : TimeSpan.Zero;
         await Task.WhenAll(_sessions.Select(session => session.DisposeAsync(grace).AsTask())).ConfigureAwait(false);
     }
@@ -430,7 +429,7 @@ public sealed class NbdClientDriver : IBlockDriver
         var flush = session.Current.RequestAsync(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, CancellationToken.None).AsTask();
         try
         {
-            var reply = await flush.WaitAsync(_options.CloseGrace).ConfigureAwait(false);
+            var reply = await flush.WaitAsync(_options.CloseGrace, _options.Time).ConfigureAwait(false);
             if (reply.Error != NbdError.None)
             {
                 NbdClientLog.CloseFlushFailed(_logger, _nodeName, reply.Message ?? NbdClientRequest.ToErrno(reply.Error).Describe());

@@ -38,6 +38,9 @@ public sealed record NbdClientOptions(
     /// </summary>
     public TimeSpan CloseGrace { get; init; } = NbdClientConnection.CloseGrace;
 
+    /// <summary>The clock <see cref="CloseGrace"/> is counted on (tests give a fake one).</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
     /// <summary>The node's file name, as QEMU builds it (nbd_refresh_filename).</summary>
     /// <remarks>The default export (a URI without one) has no path part, in either form: <c>nbd+unix://?socket=PATH</c>.</remarks>
     public string FileName =>

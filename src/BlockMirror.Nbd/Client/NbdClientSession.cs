@@ -333,7 +333,7 @@ public sealed class NbdClientSession : IAsyncDisposable
         _quit.Cancel();
         outage?.TrySetResult();
         await _watching.ConfigureAwait(false);
-        await Current.DisposeAsync(grace).ConfigureAwait(false);
+        await Current.DisposeAsync(grace, _options.Time).ConfigureAwait(false);
         _quit.Dispose();
     }
 

@@ -4,6 +4,7 @@ using BlockMirror.Block.Graph;
 using BlockMirror.Nbd.Client;
 using BlockMirror.Nbd.Protocol;
 using BlockMirror.TestKit;
+using Microsoft.Extensions.Time.Testing;
 
 namespace BlockMirror.Nbd.Tests.Client;
 
@@ -80,9 +81,11 @@ public sealed class NbdClientSilentServerTests : IDisposable
     [Fact]
     public async Task Closing_a_writable_node_whose_server_leaves_the_flush_unanswered_ends_within_one_grace()
     {
-        // The close's flush and the close's wait for that flush's reply share the grace: before they did not,
-        // and a silent server held the close (and the daemon's quit) for two graces.
-        var grace = TimeSpan.FromSeconds(3);
+        // The close's flush and the close's wait for that flush's reply share the grace: before they did not, and a
+        // silent server held the close (and the daemon's quit) for two graces. On a fake clock: once one grace has
+        // passed, the close ends with no more time passing.
+        var grace = TimeSpan.FromSeconds(10);
+        var time = new FakeTimeProvider();
         var flushed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var server = Server(async s =>
         {
@@ -92,11 +95,13 @@ public sealed class NbdClientSilentServerTests : IDisposable
             await Task.Delay(Timeout.Infinite);
         });
         var graph = new BlockGraph();
-        var options = new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }) { CloseGrace = grace };
+        var options = new NbdClientOptions(new NbdServerAddress { UnixPath = server.SocketPath }) { CloseGrace = grace, Time = time };
         await NbdClientDriver.OpenAsync(graph, "nbd0", options, readOnly: false, CancellationToken.None).AsTask().WaitAsync(Guard);
 
-        // The bound is the grace and a margin far above the close's own work, far below a second grace.
-        await graph.DisposeAsync().AsTask().WaitAsync(grace + TimeSpan.FromSeconds(2));
-        Assert.True(flushed.Task.IsCompleted, "the close sent no flush");
+        var closing = graph.DisposeAsync().AsTask();
+        await flushed.Task.WaitAsync(Guard);
+        Assert.False(closing.IsCompleted, "the close did not wait for the flush's reply");
+        time.Advance(grace);
+        await closing.WaitAsync(Guard);
     }
 }
