@@ -58,6 +58,9 @@ public sealed class BlkdebugFilter : FilterDriver, IBlkdebugEventSink
         if (options.InjectErrors is { Count: > 0 } || options.SetStates is { Count: > 0 })
         {
             _events = new BlkdebugStateMachine(options.InjectErrors ?? [], options.SetStates ?? []);
+            // QEMU raises "none" once as the node is made, so a rule filed under it is armed (or a state set)
+            // from the first request on, without knowing which real event comes first.
+            _events.Raise(BlkdebugEvent.None);
         }
     }
 

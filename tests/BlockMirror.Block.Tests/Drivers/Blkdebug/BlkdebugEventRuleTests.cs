@@ -58,6 +58,22 @@ public sealed class BlkdebugEventRuleTests
     }
 
     [Fact]
+    public async Task The_none_event_is_raised_once_as_the_node_is_made()
+    {
+        // QEMU's "none": armed before any request, and a set-state under it has moved the state at open.
+        await using var s = await OpenAsync(
+            [new BlkdebugInjectError(BlkdebugEvent.None, IoTypes: 1 << (int)BlockOperation.Read, Once: true)],
+            [new BlkdebugSetState(BlkdebugEvent.None, 1, 3)]);
+        Assert.Equal(3, s.Blkdebug.State);
+        Assert.Single(s.Blkdebug.ArmedRules);
+
+        await s.Direct.WriteAsync(0, new byte[4096]);
+        await FailsAsync(() => s.Direct.ReadAsync(0, new byte[4096]).AsTask());
+        await s.Direct.ReadAsync(0, new byte[4096]);
+        Assert.Empty(s.Blkdebug.ArmedRules);
+    }
+
+    [Fact]
     public async Task Set_state_on_the_first_flush_lets_the_second_flush_fail_once()
     {
         // mirror-ready-cancel-error's target: state 2 on the first flush_to_disk, which then arms the error.
