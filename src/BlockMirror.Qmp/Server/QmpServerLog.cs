@@ -24,4 +24,8 @@ public static partial class QmpServerLog
     [LoggerMessage(EventId = 405, EventName = "qmp_command_error", Level = LogLevel.Debug,
         Message = "monitor client {Client}: error {Class}: {Description}")]
     internal static partial void CommandError(ILogger logger, string client, string @class, string description);
+
+    [LoggerMessage(EventId = 406, EventName = "qmp_client_overflow", Level = LogLevel.Warning,
+        Message = "monitor client {Client} disconnected: it left {Unread} bytes of output unread, over the limit of {Limit} (events are never dropped, so the client goes)")]
+    internal static partial void ClientOverflow(ILogger logger, string client, long unread, int limit);
 }

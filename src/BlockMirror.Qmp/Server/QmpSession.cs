@@ -13,19 +13,26 @@ namespace BlockMirror.Qmp.Server;
 /// goes through one queue and one writer, so a job's event never waits for a slow client and replies keep
 /// their order. A client that does not read its replies is not read either: while more than
 /// <see cref="MaxBacklogBytes"/> wait to be sent, the session takes no new command (QEMU likewise stops
-/// reading a monitor whose output is backed up), so its memory stays bounded; events are still queued,
-/// never dropped.
+/// reading a monitor whose output is backed up), so its memory stays bounded. Events are queued, never
+/// dropped, up to <see cref="MaxUnreadBytes"/>: a client that leaves that much unread is disconnected (as Redis
+/// treats a subscriber over its output limit), since the events a job sends with an <c>ignore</c> policy on a
+/// failing disk (tens of thousands a second, also from qemu-storage-daemon) would otherwise grow the daemon
+/// without end. A client that reads is never near it; one that was can reconnect and query the state.
 /// </summary>
 sealed class QmpSession
 {
     /// <summary>Unsent output above which the session stops reading commands.</summary>
     public const int MaxBacklogBytes = 1 << 20;
 
+    /// <summary>Unsent output (events, since commands stop at <see cref="MaxBacklogBytes"/>) at which the client is disconnected.</summary>
+    public const int MaxUnreadBytes = 16 << 20;
+
     readonly Stream _stream;
     readonly QmpServer _server;
     readonly Channel<byte[]> _outgoing = Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
     readonly QmpJsonStreamer _input = new();
     long _backlog;
+    int _overflowed;
     TaskCompletionSource? _roomWaiter;
     volatile bool _writerFailed;
 
@@ -118,11 +125,35 @@ sealed class QmpSession
     /// <summary>Queues one JSON value; the writer adds QEMU's CRLF.</summary>
     public void Send(byte[] json)
     {
-        _server.RecordBacklog(Interlocked.Add(ref _backlog, json.Length + LineEnd.Length));
+        var size = json.Length + LineEnd.Length;
+        var backlog = Interlocked.Add(ref _backlog, size);
+        if (backlog > MaxUnreadBytes)
+        {
+            Interlocked.Add(ref _backlog, -size);
+            Disconnect(backlog - size);
+            return;
+        }
+
+        _server.RecordBacklog(backlog);
         if (!_outgoing.Writer.TryWrite(json))
         {
-            Interlocked.Add(ref _backlog, -(json.Length + LineEnd.Length));
+            Interlocked.Add(ref _backlog, -size);
         }
+    }
+
+    /// <summary>Ends a session whose client leaves more than <see cref="MaxUnreadBytes"/> unread; called on the sender's thread.</summary>
+    void Disconnect(long unread)
+    {
+        if (Interlocked.Exchange(ref _overflowed, 1) != 0)
+        {
+            return;
+        }
+
+        _outgoing.Writer.TryComplete();
+        QmpServerLog.ClientOverflow(_server.Logger, _client, unread, MaxUnreadBytes);
+        // Closing the connection ends the read loop's wait and the writer's blocked write, and the rest of
+        // the queue is not sent. On the thread pool: not on the job that sent the event.
+        ThreadPool.UnsafeQueueUserWorkItem(static stream => stream.Dispose(), _stream, preferLocal: false);
     }
 
     /// <summary>Waits while the backlog is over its bound; false when the client can no longer be written to.</summary>
