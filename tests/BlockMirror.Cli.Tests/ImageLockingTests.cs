@@ -64,14 +64,16 @@ public sealed class ImageLockingTests : IDisposable
         var (_, refusal, readOnly) = Commands.Single(c => c.Command == command);
         var before = BlockMirror.Block.Interop.FileStatus.Identify(image);
 
-        var refused = await RunAsync(tool, command, image, forceShare: false);
+        // Named as the user names it, relative to the working directory: both tools repeat the name as given.
+        var name = Path.GetFileName(image);
+        var refused = await RunAsync(tool, command, image, forceShare: false, relative: true);
 
         var exitCode = command == "compare" ? 2 : 1;
         var prefix = tool == "qemu-img" ? "qemu-img" : $"blockmirror {command.Split(' ')[0]}";
         // A creation is refused before it touches the file; the others when they open it.
-        var message = command.StartsWith("create", StringComparison.Ordinal) ? $"{image}: {refusal}" : $"Could not open '{image}': {refusal}";
+        var message = command.StartsWith("create", StringComparison.Ordinal) ? $"{name}: {refusal}" : $"Could not open '{name}': {refusal}";
         Assert.True(refused.ExitCode == exitCode, $"expected exit {exitCode}:\n{refused}");
-        Assert.Equal([$"{prefix}: {message}", $"Is another process using the image [{image}]?"], refused.ErrorLines);
+        Assert.Equal([$"{prefix}: {message}", $"Is another process using the image [{name}]?"], refused.ErrorLines);
         Assert.Equal(before, BlockMirror.Block.Interop.FileStatus.Identify(image));
 
         if (readOnly)
@@ -152,8 +154,11 @@ public sealed class ImageLockingTests : IDisposable
         return top;
     }
 
-    async Task<CliResult> RunAsync(string tool, string command, string image, bool forceShare)
+    /// <param name="relative">Runs in the image's directory and names the image by its file name alone.</param>
+    async Task<CliResult> RunAsync(string tool, string command, string image, bool forceShare, bool relative = false)
     {
+        var directory = relative ? Path.GetDirectoryName(image) : null;
+        image = relative ? Path.GetFileName(image) : image;
         List<string> arguments = [.. command.Split(' ')];
         if (forceShare)
         {
@@ -171,10 +176,10 @@ public sealed class ImageLockingTests : IDisposable
 
         if (tool == "blockmirror")
         {
-            return await BlockMirrorCli.RunAsync(arguments);
+            return await BlockMirrorCli.RunAsync(arguments, directory);
         }
 
-        var result = await ExternalTool.RunAsync("qemu-img", arguments);
+        var result = await ExternalTool.RunAsync("qemu-img", arguments, workingDirectory: directory);
         return new CliResult(result.ExitCode, result.StandardOutput, result.StandardError, TimeSpan.Zero);
     }
 

@@ -33,7 +33,8 @@ public static class ImageReplacement
         var full = Path.GetFullPath(path);
         var directory = Path.GetDirectoryName(full) ?? ".";
         var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        using var held = FileLocks.HoldForReplace(full);
+        // The name as given: QEMU's lock error names the image as the user did.
+        using var held = FileLocks.HoldForReplace(path);
         try
         {
             create(temporary);
