@@ -5,6 +5,7 @@ using BlockMirror.Block.Drivers.Qcow2;
 using BlockMirror.Block.Drivers.Raw;
 using BlockMirror.Block.Drivers.Registry;
 using BlockMirror.Block.Graph;
+using BlockMirror.Block.Interop;
 using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Block.Drivers;
@@ -73,6 +74,12 @@ public static class ImageFiles
     /// </summary>
     public static string Probe(string path)
     {
+        // Only a regular file is read: a FIFO would hold the open up, and the file driver refuses the rest.
+        if (FileStatus.KindOf(path) is { } kind && kind != UnixFileKind.Regular)
+        {
+            return RawDriver.Name;
+        }
+
         try
         {
             return ImageFormatProbe.Detect(path);

@@ -13,8 +13,10 @@ namespace BlockMirror.Block.Drivers;
 /// <remarks>
 /// The old file is held, while its replacement is written, with the locks QEMU's creation takes (write and
 /// resize, resize shared with nobody): a process that holds it already refuses the creation, and none opens it
-/// for writing meanwhile. The rename replaces the directory entry: a symbolic link at the path is replaced, not
-/// followed (as the removal of the old file did before), and hard links to the old file keep the old contents.
+/// for writing meanwhile. A symbolic link at the path is followed, as QEMU's open follows it: the file it names
+/// is the one replaced (made, if missing), beside itself, and the link stays. Hard links to the old file keep
+/// the old contents. What is not a regular file (a block device, a FIFO) is refused before anything is made:
+/// a rename would put a file in the device's place, where QEMU writes the image onto the device.
 /// </remarks>
 public static class ImageReplacement
 {
@@ -30,7 +32,12 @@ public static class ImageReplacement
     /// </exception>
     public static void Replace(string path, string format, Action<string> create)
     {
-        var full = Path.GetFullPath(path);
+        var full = FinalTarget(path);
+        if (FileStatus.KindOf(full) is { } kind && kind != UnixFileKind.Regular)
+        {
+            throw new BlockOpenException(FileDriver.NotRegularMessage(path), Io.BlockErrno.EINVAL);
+        }
+
         var directory = Path.GetDirectoryName(full) ?? ".";
         var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         // The name as given: QEMU's lock error names the image as the user did.
@@ -69,6 +76,29 @@ public static class ImageReplacement
     /// </summary>
     public static string TooLarge(string format) =>
         $"The image size is too large for file format '{format}'{(format == DriverNames.Qcow2 ? " (try using a larger cluster size)" : "")}";
+
+    /// <summary>
+    /// The absolute path <paramref name="path"/> leads to through its symbolic links, the last one's target even if
+    /// that does not exist yet (open with O_CREAT makes it there); <paramref name="path"/> itself when it is no link.
+    /// </summary>
+    /// <exception cref="BlockOpenException">The links do not end (ELOOP), as QEMU's open reports.</exception>
+    static string FinalTarget(string path)
+    {
+        try
+        {
+            var full = Path.GetFullPath(path);
+            return System.IO.File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full;
+        }
+        catch (IOException ex) when (ex.HResult is not (> 0 and < 4096))
+        {
+            // .NET's "too many levels of symbolic links" carries no errno.
+            throw new BlockOpenException($"Could not create '{path}': {Interop.LibC.Describe((int)Io.BlockErrno.ELOOP)}", Io.BlockErrno.ELOOP, ex);
+        }
+        catch (IOException ex)
+        {
+            throw BlockOpenException.CouldNotCreate(path, ex);
+        }
+    }
 
     /// <summary>File.Delete, except that a missing directory is not an error (it would hide the real one).</summary>
     static void DeleteIfThere(string path)

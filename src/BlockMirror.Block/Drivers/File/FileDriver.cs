@@ -99,9 +99,12 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             throw new BlockOpenException($"Could not open '{options.Filename}': Is a directory", BlockErrno.EISDIR);
         }
 
+        // Looked at before the open too: opening a FIFO for reading would wait for a writer.
+        RequireRegular(options.Filename, FileStatus.KindOf(options.Filename));
         var handle = OpenHandle(options, readOnly);
         try
         {
+            RequireRegular(options.Filename, FileStatus.KindOf(handle));
             if (aio == "native" && !options.Direct)
             {
                 // QEMU's Linux AIO works only with O_DIRECT and it refuses the pair, after opening the file as
@@ -121,6 +124,22 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
             throw;
         }
     }
+
+    /// <summary>
+    /// Refuses what is not a regular file, in QEMU's words: a block or character device is its host_device and
+    /// host_cdrom drivers' (which this daemon does not have), and a FIFO or socket no image. Before this, a block
+    /// device opened as a file of 0 bytes: a mirror from it "succeeded" having copied nothing.
+    /// </summary>
+    internal static void RequireRegular(string path, UnixFileKind? kind)
+    {
+        if (kind is { } known && known != UnixFileKind.Regular)
+        {
+            throw new BlockOpenException(NotRegularMessage(path), BlockErrno.EINVAL);
+        }
+    }
+
+    /// <summary>QEMU's refusal of a path that is not a regular file (file-posix's raw_open_common).</summary>
+    public static string NotRegularMessage(string path) => $"'file' driver requires '{path}' to be a regular file";
 
     static SafeFileHandle OpenHandle(FileDriverOptions options, bool readOnly)
     {
