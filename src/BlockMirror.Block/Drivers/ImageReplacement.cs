@@ -87,7 +87,15 @@ public static class ImageReplacement
         try
         {
             var full = Path.GetFullPath(path);
-            return System.IO.File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full;
+            try
+            {
+                return System.IO.File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full;
+            }
+            catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+            {
+                // Nothing there, not even a link: the creation makes the file at the path (or reports why not).
+                return full;
+            }
         }
         catch (IOException ex) when (ex.HResult is not (> 0 and < 4096))
         {
