@@ -35,7 +35,7 @@ public sealed class CheckCommandTests : IDisposable
     }
 
     /// <summary>Ways to damage the 'written' image (data cluster at host cluster 5, 64 KiB clusters, 16-bit refcounts).</summary>
-    public static TheoryData<string> Damages => ["leaks", "refcount-zero", "refcount-two", "l1-misaligned", "l2-past-end"];
+    public static TheoryData<string> Damages => ["leaks", "refcount-zero", "refcount-two", "l1-misaligned", "l2-past-end", "shared-cluster"];
 
     /// <summary>Builds the 'written' image and damages it; returns the path and how it was damaged.</summary>
     async Task<(string Path, string Recipe)> DamagedAsync(string damage, string name = "damaged")
@@ -79,6 +79,17 @@ public sealed class CheckCommandTests : IDisposable
                 var far = (entry & 0x8000000000000000UL) | (100UL << layout.ClusterBits);
                 WriteUInt64(copy, l2, far);
                 how = $"L2[0] pointed at cluster 100, past the end of the file (0x{entry:x} -> 0x{far:x})";
+                break;
+            case "shared-cluster":
+                // The next L2 entry points at the data cluster too, copied flag and all: two guest clusters in
+                // one host cluster of refcount 1, where a write to either would change both.
+                var table = (long)(ReadUInt64(copy, layout.L1TableOffset) & 0x00fffffffffffe00UL);
+                var index = Enumerable.Range(0, 1 << (layout.ClusterBits - 3))
+                    .First(i => (ReadUInt64(copy, table + (8L * i)) & 0x00fffffffffffe00UL) == (ulong)dataCluster << layout.ClusterBits);
+                var shared = ReadUInt64(copy, table + (8L * index));
+                Assert.Equal(0UL, ReadUInt64(copy, table + (8L * (index + 1))));
+                WriteUInt64(copy, table + (8L * (index + 1)), shared);
+                how = $"L2[{index + 1}] pointed at L2[{index}]'s cluster {dataCluster} (0x{shared:x})";
                 break;
             default:
                 throw new ArgumentException(damage);
@@ -161,6 +172,7 @@ public sealed class CheckCommandTests : IDisposable
     [InlineData("refcount-two", "all")]
     [InlineData("refcount-zero", "leaks")]
     [InlineData("refcount-two", "leaks")]
+    [InlineData("shared-cluster", "all")]
     public async Task Repair_leaves_what_qemu_img_s_repair_leaves(string damage, string mode)
     {
         var (ours, recipe) = await DamagedAsync(damage, "ours");
@@ -183,6 +195,38 @@ public sealed class CheckCommandTests : IDisposable
             using var document = JsonDocument.Parse(result.StandardOutput);
             Assert.True(document.RootElement.TryGetProperty("leaks-fixed", out _) || document.RootElement.TryGetProperty("corruptions-fixed", out _), context);
         }
+    }
+
+    [SkippableFact]
+    public async Task A_shared_cluster_is_repaired_as_qemu_img_repairs_it_and_writes_then_copy_it()
+    {
+        var (ours, recipe) = await DamagedAsync("shared-cluster", "ours");
+        var theirs = _dir.File("theirs.qcow2");
+        File.Copy(ours, theirs);
+
+        var qemu = await ExternalTool.RunAsync("qemu-img", ["check", "-r", "all", theirs]);
+        var result = await BlockMirrorCli.RunAsync("check", "-r", "all", ours);
+
+        // The findings and what is done to each, line for line (the refcount raised to 2, then both copied
+        // flags cleared: "Repairing OFLAG_COPIED", where a check alone says "ERROR").
+        var context = $"{recipe}\n--- qemu-img:\n{qemu.StandardError}\n--- blockmirror:\n{result}";
+        Assert.True(qemu.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries).SequenceEqual(result.ErrorLines), context);
+        Assert.Contains(result.ErrorLines, l => l.StartsWith("Repairing OFLAG_COPIED data cluster", StringComparison.Ordinal));
+
+        // A write to one of the two guest clusters leaves the other as it was, on both images alike.
+        var map = JsonDocument.Parse(await ExternalTool.RunCheckedAsync("qemu-img", "map", "--output=json", theirs));
+        var second = map.RootElement.EnumerateArray().Where(e => e.GetProperty("data").GetBoolean()).Select(e => e.GetProperty("start").GetInt64()).Max();
+        foreach (var image in new[] { theirs, ours })
+        {
+            await ExternalTool.RunCheckedAsync("qemu-io", "-c", $"write -P 0x5c {second} 4k", image);
+        }
+
+        await QemuImages.AssertIdenticalAsync(theirs, ours, "qcow2", "qcow2");
+        // The write moved the cluster it wrote; the one left behind has refcount 1 and no copied flag, which
+        // qemu-img check then reports on both (harmless: a later write copies once more).
+        var after = await ExternalTool.RunAsync("qemu-img", ["check", theirs]);
+        var afterOurs = await ExternalTool.RunAsync("qemu-img", ["check", ours]);
+        Assert.Equal((after.ExitCode, after.StandardError), (afterOurs.ExitCode, afterOurs.StandardError));
     }
 
     [SkippableFact]

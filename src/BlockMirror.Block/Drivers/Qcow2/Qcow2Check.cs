@@ -48,7 +48,8 @@ public static class Qcow2Check
             var again = await Qcow2CheckScan.RunAsync(file, name, checkCopied: true, cancellationToken).ConfigureAwait(false);
             if (again.CopiedFixes.Count > 0)
             {
-                messages.AddRange(again.Messages.Where(m => m.StartsWith("ERROR OFLAG_COPIED", StringComparison.Ordinal)));
+                // qemu-img says what it does to each: "Repairing" where the check alone says "ERROR".
+                messages.AddRange(again.Messages.Where(m => m.StartsWith("ERROR OFLAG_COPIED", StringComparison.Ordinal)).Select(m => "Repairing" + m["ERROR".Length..]));
                 await FixCopiedFlagsAsync(file, again, cancellationToken).ConfigureAwait(false);
                 copiedFixed = again.CopiedFixes.Count;
             }
