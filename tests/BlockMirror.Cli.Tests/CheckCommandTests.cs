@@ -230,6 +230,40 @@ public sealed class CheckCommandTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task An_l2_table_two_l1_entries_share_is_repaired_and_told_of_as_qemu_img_does()
+    {
+        // 1 GiB: two L1 entries (512 MiB each with 64 KiB clusters); the second is set to the first's L2 table.
+        var ours = _dir.File("shared-l2.qcow2");
+        await ExternalTool.RunCheckedAsync("qemu-img", "create", "-q", "-f", "qcow2", ours, "1G");
+        await ExternalTool.RunCheckedAsync("qemu-io", "-c", "write -P 0x11 0 64k", ours);
+        var layout = ImageRecipes.ReadLayout(ours);
+        WriteUInt64(ours, layout.L1TableOffset + 8, ReadUInt64(ours, layout.L1TableOffset));
+        var theirs = _dir.File("shared-l2-theirs.qcow2");
+        File.Copy(ours, theirs);
+
+        // Checked alone, both report the data cluster's flag once per L1 entry that reaches it.
+        var check = await SideBySide.RunAsync("1 GiB qcow2, 64 KiB written at 0, L1[1] set to L1[0]", null, "check", ours);
+        Assert.True(check.Qemu.StandardError == check.Ours.StandardError, check.ToString());
+
+        var qemu = await ExternalTool.RunAsync("qemu-img", ["check", "-r", "all", theirs]);
+        var result = await BlockMirrorCli.RunAsync("check", "-r", "all", ours);
+        // Repaired, qemu-img fixes the shared table as it meets it and tells of its entry once.
+        var context = $"--- qemu-img:\n{qemu.StandardError}{qemu.StandardOutput}\n--- blockmirror:\n{result}";
+        Assert.True(qemu.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries).SequenceEqual(result.ErrorLines), context);
+        Assert.Contains("    5 corruptions", result.OutputLines);
+        Assert.Equal(qemu.ExitCode, result.ExitCode);
+
+        // Writes through either L1 entry now copy the table first: what the other reads stays.
+        foreach (var image in new[] { theirs, ours })
+        {
+            await ExternalTool.RunCheckedAsync("qemu-io", "-c", "write -P 0x22 512M 4k", image);
+            Assert.DoesNotContain("Pattern verification failed", await ExternalTool.RunCheckedAsync("qemu-io", "-c", "read -P 0x11 0 4k", image));
+        }
+
+        await QemuImages.AssertIdenticalAsync(theirs, ours, "qcow2", "qcow2");
+    }
+
+    [SkippableFact]
     public async Task Leaks_only_exit_3_and_repair_prints_qemu_img_s_summary()
     {
         var (path, recipe) = await DamagedAsync("leaks");

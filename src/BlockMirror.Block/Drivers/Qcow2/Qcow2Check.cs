@@ -48,10 +48,21 @@ public static class Qcow2Check
             var again = await Qcow2CheckScan.RunAsync(file, name, checkCopied: true, cancellationToken).ConfigureAwait(false);
             if (again.CopiedFixes.Count > 0)
             {
-                // qemu-img says what it does to each: "Repairing" where the check alone says "ERROR".
-                messages.AddRange(again.Messages.Where(m => m.StartsWith("ERROR OFLAG_COPIED", StringComparison.Ordinal)).Select(m => "Repairing" + m["ERROR".Length..]));
+                // qemu-img says what it does to each: "Repairing" where the check alone says "ERROR". It fixes an
+                // L2 table as it meets it, so an L2 table that two L1 entries share is told of once, not per entry.
+                var found = again.Messages.Where(m => m.StartsWith("ERROR OFLAG_COPIED", StringComparison.Ordinal)).ToList();
+                var seen = new HashSet<(bool, long, int)>();
+                for (var i = 0; i < again.CopiedFixes.Count; i++)
+                {
+                    var (l1, table, index, _) = again.CopiedFixes[i];
+                    if (seen.Add((l1, table, index)))
+                    {
+                        messages.Add("Repairing" + found[i]["ERROR".Length..]);
+                        copiedFixed++;
+                    }
+                }
+
                 await FixCopiedFlagsAsync(file, again, cancellationToken).ConfigureAwait(false);
-                copiedFixed = again.CopiedFixes.Count;
             }
         }
 
