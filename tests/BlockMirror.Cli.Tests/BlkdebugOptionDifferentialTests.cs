@@ -94,35 +94,21 @@ public sealed class BlkdebugOptionDifferentialTests : IDisposable
     {
         // QEMU raises "none" once, at the end of blkdebug's open: the rule fails the very first read of the
         // export (nothing above blkdebug raises an event) and, being once, only that one.
-        var rule = new JsonObject
+        var outputs = await QemuIoOverBlkdebugAsync(new JsonObject { ["event"] = "none", ["iotype"] = "read", ["once"] = true }, async uri =>
         {
-            ["driver"] = "blkdebug", ["node-name"] = "dbg", ["image"] = "file",
-            ["inject-error"] = new JsonArray(new JsonObject { ["event"] = "none", ["iotype"] = "read", ["once"] = true }),
-        };
-        var outputs = new List<string>();
-        foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
-        {
-            var dir = Path.Combine(_dir.Path, daemon.Name);
-            Directory.CreateDirectory(dir);
-            await ExternalTool.RunCheckedAsync("qemu-img", "create", "-f", "raw", $"{dir}/disk.raw", "1M");
-            await ExternalTool.RunCheckedAsync("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", $"{dir}/disk.raw");
-            string[] blockdevs = ["--blockdev", $"driver=file,node-name=file,filename={dir}/disk.raw", "--blockdev", rule.ToJsonString()];
-            await daemon.RunAsync(dir, blockdevs, "dbg", async (_, uri) =>
+            // One connection per request: QEMU 7.2's server drops a client whose structured read fails.
+            var output = "";
+            foreach (var command in new[] { "read -P 0x5a 0 64k", "read -P 0x5a 0 64k", "write 0 64k" })
             {
-                // One connection per request: QEMU 7.2's server drops a client whose structured read fails.
-                var output = "";
-                foreach (var command in new[] { "read -P 0x5a 0 64k", "read -P 0x5a 0 64k", "write 0 64k" })
-                {
-                    var io = await ExternalTool.RunAsync("qemu-io", ["-f", "raw", "-c", command, uri]);
-                    output += $"{io.ExitCode}: {io.StandardOutput}{io.StandardError}";
-                }
+                var io = await ExternalTool.RunAsync("qemu-io", ["-f", "raw", "-c", command, uri]);
+                output += $"{io.ExitCode}: {io.StandardOutput}{io.StandardError}";
+            }
 
-                outputs.Add(WithoutTimings(output));
-            });
-        }
+            return output;
+        });
 
-        Assert.Equal(outputs[0], outputs[1]);
-        Assert.Matches(@"^1: read failed: Input/output error\n0: read 65536/65536 bytes at offset 0\n.*\n0: wrote 65536/65536 bytes at offset 0\n", outputs[1]);
+        Assert.Equal(outputs["qsd"], outputs["ours"]);
+        Assert.Matches(@"^1: read failed: Input/output error\n0: read 65536/65536 bytes at offset 0\n.*\n0: wrote 65536/65536 bytes at offset 0\n", outputs["ours"]);
     }
 
     [SkippableFact]
@@ -132,11 +118,23 @@ public sealed class BlkdebugOptionDifferentialTests : IDisposable
         // to send and disconnects the client ("Disconnect client, due to: Failed to send reply: reading from
         // file failed"), so every later request of that client fails too. The NBD protocol has an error chunk
         // for this: ours sends it and serves the client's next requests.
-        var rule = new JsonObject
+        var outputs = await QemuIoOverBlkdebugAsync(new JsonObject { ["event"] = "none", ["iotype"] = "read", ["sector"] = 0 }, async uri =>
         {
-            ["driver"] = "blkdebug", ["node-name"] = "dbg", ["image"] = "file",
-            ["inject-error"] = new JsonArray(new JsonObject { ["event"] = "none", ["iotype"] = "read", ["sector"] = 0 }),
-        };
+            var io = await ExternalTool.RunAsync("qemu-io", ["-f", "raw", "-c", "read 0 64k", "-c", "read -P 0x5a 512k 64k", "-c", "write 512k 64k", uri]);
+            return io.StandardOutput + io.StandardError;
+        });
+
+        Assert.Equal("read failed: Input/output error\nread failed: Input/output error\nwrite failed: Input/output error\n", outputs["qsd"]);
+        Assert.Matches(@"^read failed: Input/output error\nread 65536/65536 bytes at offset 524288\n.*\nwrote 65536/65536 bytes at offset 524288\n", outputs["ours"]);
+    }
+
+    /// <summary>
+    /// On each daemon: a 1 MiB raw file of 0x5a under a blkdebug node with <paramref name="injectError"/>, exported;
+    /// <paramref name="io"/> given the export's URI. Returns its output per daemon, qemu-io's timings made alike.
+    /// </summary>
+    async Task<Dictionary<string, string>> QemuIoOverBlkdebugAsync(JsonObject injectError, Func<string, Task<string>> io)
+    {
+        var rule = new JsonObject { ["driver"] = "blkdebug", ["node-name"] = "dbg", ["image"] = "file", ["inject-error"] = new JsonArray(injectError) };
         var outputs = new Dictionary<string, string>();
         foreach (var daemon in new[] { DifferentialDaemon.Qsd(), DifferentialDaemon.Ours() })
         {
@@ -145,15 +143,10 @@ public sealed class BlkdebugOptionDifferentialTests : IDisposable
             await ExternalTool.RunCheckedAsync("qemu-img", "create", "-f", "raw", $"{dir}/disk.raw", "1M");
             await ExternalTool.RunCheckedAsync("qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", $"{dir}/disk.raw");
             string[] blockdevs = ["--blockdev", $"driver=file,node-name=file,filename={dir}/disk.raw", "--blockdev", rule.ToJsonString()];
-            await daemon.RunAsync(dir, blockdevs, "dbg", async (_, uri) =>
-            {
-                var io = await ExternalTool.RunAsync("qemu-io", ["-f", "raw", "-c", "read 0 64k", "-c", "read -P 0x5a 512k 64k", "-c", "write 512k 64k", uri]);
-                outputs[daemon.Name] = WithoutTimings(io.StandardOutput + io.StandardError);
-            });
+            await daemon.RunAsync(dir, blockdevs, "dbg", async (_, uri) => outputs[daemon.Name] = WithoutTimings(await io(uri)));
         }
 
-        Assert.Equal("read failed: Input/output error\nread failed: Input/output error\nwrite failed: Input/output error\n", outputs["qsd"]);
-        Assert.Matches(@"^read failed: Input/output error\nread 65536/65536 bytes at offset 524288\n.*\nwrote 65536/65536 bytes at offset 524288\n", outputs["ours"]);
+        return outputs;
     }
 
     /// <summary>qemu-io's output with its timing lines ("64 KiB, 1 ops; 00.02 sec (...)") made alike.</summary>
