@@ -33,10 +33,7 @@ public static class ImageReplacement
     public static void Replace(string path, string format, Action<string> create)
     {
         var full = FinalTarget(path);
-        if (FileStatus.KindOf(full) is { } kind && kind != UnixFileKind.Regular)
-        {
-            throw new BlockOpenException(FileDriver.NotRegularMessage(path), Io.BlockErrno.EINVAL);
-        }
+        FileDriver.RequireRegular(path, FileStatus.KindOf(full));
 
         var directory = Path.GetDirectoryName(full) ?? ".";
         var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");

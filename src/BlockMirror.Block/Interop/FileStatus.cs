@@ -62,17 +62,17 @@ public static partial class FileStatus
     public static UnixFileKind? KindOf(string path)
     {
         Span<byte> buffer = stackalloc byte[StatxSize];
-        return Query(path, StatxType, buffer) ? (UnixFileKind)(MemoryMarshal.Read<ushort>(buffer[ModeOffset..]) & 0xF000) : null;
+        return Query(path, StatxType, buffer) ? Kind(buffer) : null;
     }
 
     /// <summary>The type of the file open as <paramref name="handle"/>, or null when it cannot be told.</summary>
     public static UnixFileKind? KindOf(Microsoft.Win32.SafeHandles.SafeFileHandle handle)
     {
         Span<byte> buffer = stackalloc byte[StatxSize];
-        return Query((int)handle.DangerousGetHandle(), "", AtEmptyPath, StatxType, buffer)
-            ? (UnixFileKind)(MemoryMarshal.Read<ushort>(buffer[ModeOffset..]) & 0xF000)
-            : null;
+        return Query((int)handle.DangerousGetHandle(), "", AtEmptyPath, StatxType, buffer) ? Kind(buffer) : null;
     }
+
+    static UnixFileKind Kind(ReadOnlySpan<byte> statx) => (UnixFileKind)(MemoryMarshal.Read<ushort>(statx[ModeOffset..]) & 0xF000);
 
     /// <summary>
     /// The bytes the file occupies on disk (<c>st_blocks * 512</c>, what <c>qemu-img info</c> shows as "disk

@@ -134,12 +134,10 @@ public sealed class FileDriver : IBlockDriver, IReopenableDriver, IPermissionAwa
     {
         if (kind is { } known && known != UnixFileKind.Regular)
         {
-            throw new BlockOpenException(NotRegularMessage(path), BlockErrno.EINVAL);
+            // QEMU's words (file-posix's raw_open_common).
+            throw new BlockOpenException($"'file' driver requires '{path}' to be a regular file", BlockErrno.EINVAL);
         }
     }
-
-    /// <summary>QEMU's refusal of a path that is not a regular file (file-posix's raw_open_common).</summary>
-    public static string NotRegularMessage(string path) => $"'file' driver requires '{path}' to be a regular file";
 
     static SafeFileHandle OpenHandle(FileDriverOptions options, bool readOnly)
     {
