@@ -58,6 +58,32 @@ public sealed partial class MirrorCleanupTests : IDisposable
     }
 
     [SkippableFact]
+    public async Task A_mirror_onto_a_link_that_names_no_file_makes_that_file_and_a_failed_one_removes_only_it()
+    {
+        // qemu-img convert makes the file a dangling link names; so does the mirror, and the link stays a link.
+        Directory.CreateDirectory(_dir.File("images"));
+        var source = _dir.File("source.raw");
+        await QemuImages.CreateAsync(source, "2M", "write -P 0x5a 0 2M");
+        foreach (var (tool, link) in new[] { ("qemu-img", "theirs.raw"), ("blockmirror", "ours.raw") })
+        {
+            File.CreateSymbolicLink(_dir.File(link), $"images/{link}");
+            var run = tool == "qemu-img"
+                ? (await ExternalTool.RunAsync("qemu-img", ["convert", "-O", "raw", source, _dir.File(link)])).ExitCode
+                : (await BlockMirrorCli.RunAsync("mirror", source, _dir.File(link))).ExitCode;
+            Assert.Equal(0, run);
+            Assert.NotNull(new FileInfo(_dir.File(link)).LinkTarget);
+            await QemuImages.AssertIdenticalAsync(source, _dir.File($"images/{link}"));
+        }
+
+        // A failed mirror removes the file it made there, not the link.
+        File.CreateSymbolicLink(_dir.File("failed.qcow2"), "images/failed.qcow2");
+        var failed = await BlockMirrorCli.RunAsync("mirror", await UnreadableSourceAsync(), _dir.File("failed.qcow2"));
+        Assert.True(failed.ExitCode == 1, failed.ToString());
+        Assert.NotNull(new FileInfo(_dir.File("failed.qcow2")).LinkTarget);
+        Assert.False(File.Exists(_dir.File("images/failed.qcow2")), "the failed mirror left the file it made behind");
+    }
+
+    [SkippableFact]
     public async Task A_failed_mirror_keeps_an_existing_target_and_says_it_holds_a_partial_copy()
     {
         var source = await UnreadableSourceAsync();

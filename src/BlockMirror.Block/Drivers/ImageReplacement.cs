@@ -79,7 +79,7 @@ public static class ImageReplacement
     /// that does not exist yet (open with O_CREAT makes it there); <paramref name="path"/> itself when it is no link.
     /// </summary>
     /// <exception cref="BlockOpenException">The links do not end (ELOOP), as QEMU's open reports.</exception>
-    static string FinalTarget(string path)
+    public static string FinalTarget(string path)
     {
         try
         {

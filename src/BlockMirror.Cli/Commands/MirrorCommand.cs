@@ -144,9 +144,12 @@ static class MirrorCommand
         var source = await CacheModes.OpenAsync(graph, new ImageOpenOptions(sourcePath, format, ReadOnly: sourceReadOnly, NodeName: "source"), cache, cancellationToken);
         var target = await MirrorTarget.PlanAsync(source, targetPath, targetFormat, options.Sync, cancellationToken);
         options = options with { Sync = target.Sync };
-        if (!target.Exists)
+        // Made where the path leads: through a symbolic link that names no file yet, the file it names (as
+        // qemu-img convert makes it); that file, not the link, is what a failure removes again.
+        var created = target.Exists ? null : ImageReplacement.FinalTarget(ImageFiles.LocalFile(targetPath)!);
+        if (created is not null)
         {
-            ImageFiles.Create(targetPath, target.Format!, source.Length, target.BackingFile, target.BackingFormat);
+            ImageFiles.Create(created, target.Format!, source.Length, target.BackingFile, target.BackingFormat);
         }
 
         var manager = new JobManager();
@@ -187,7 +190,7 @@ static class MirrorCommand
             // failed or interrupted: a target the command created goes again. The graph is closed first (its
             // close flushes the target's metadata), so nothing writes to the file once its name is gone.
             await graph.DisposeAsync();
-            File.Delete(ImageFiles.LocalFile(targetPath)!);
+            File.Delete(created!);
             throw;
         }
         catch (IOException ex) when (started)

@@ -1,4 +1,5 @@
 using BlockMirror.Block.Drivers;
+using BlockMirror.Block.Interop;
 using BlockMirror.Block.Graph;
 using BlockMirror.Cli.Tools;
 using BlockMirror.Jobs.Mirror;
@@ -54,7 +55,8 @@ sealed record MirrorTarget(string Path, bool Exists, string? Format, string? Ope
             throw new UsageException($"TARGET '{path}' is a directory");
         }
 
-        if (File.Exists(file))
+        // .NET's File.Exists is true of a symbolic link that names no file; such a target is new, made where it points.
+        if (File.Exists(file) && FileStatus.KindOf(file) is not null)
         {
             var format = ImageTool.FormatOf(file, targetFormat)!;
             if (sync == MirrorSyncMode.Top)
